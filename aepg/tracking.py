@@ -1,0 +1,127 @@
+"""The one place that talks to MLflow.
+
+The driver opens a run (``open_run``) and sets its final status (``close_run``); the chief
+training worker logs into it through ``MlflowReporter``, addressing the run by id, so the
+same code works in-process, in Ray Train workers and in Ray Tune trials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+
+from aepg import plots
+from aepg.config import RunConfig, flatten, to_yaml
+from aepg.metrics import accuracy_after_each_task
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PARENT_TAG = "mlflow.parentRunId"
+BATCH_LIMIT = 1000
+SCHEDULE_PLOT_KEYS = ("a_t", "entropy", "p_y")
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """MLFLOW_TRACKING_URI, else the config's ``tracking_uri``, else ./mlflow.db.
+
+    Relative sqlite paths become absolute, so workers with another working directory
+    write to the same database.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def open_run(cfg: RunConfig, tracking_uri: str, tags: dict[str, str] | None = None, run_name: str | None = None) -> str:
+    """Create the run with the flattened config as params and the resolved config as artifact."""
+    client = client_for(tracking_uri)
+    run = client.create_run(experiment_id(client, cfg.experiment), run_name=run_name or cfg.run_name, tags=tags or {})
+    run_id = run.info.run_id
+    params = [Param(k, json.dumps(v) if isinstance(v, list) else str(v)) for k, v in flatten(cfg.model_dump(mode="json")).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+    client.log_text(run_id, to_yaml(cfg), "config.yaml")
+    return run_id
+
+
+def close_run(tracking_uri: str, run_id: str, status: str, reason: str | None = None) -> None:
+    """Set FINISHED, FAILED or KILLED; a failure reason becomes the ``failure_reason`` tag."""
+    client = client_for(tracking_uri)
+    if reason:
+        client.set_tag(run_id, "failure_reason", reason[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+def reopen_run(tracking_uri: str, run_id: str) -> None:
+    """Mark a resumed run RUNNING again."""
+    client_for(tracking_uri).update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+
+def run_status(tracking_uri: str, run_id: str) -> str:
+    return client_for(tracking_uri).get_run(run_id).info.status
+
+
+class MlflowReporter:
+    """Logs step and task metrics, the accuracy matrix and the plots into one run."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.client = client_for(tracking_uri)
+        self.run_id = run_id
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self._log([Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def _log(self, metrics: list[Metric]) -> None:
+        for i in range(0, len(metrics), BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + BATCH_LIMIT])
+
+    def log_params(self, values: dict[str, object]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
+
+    def log_dict(self, data: dict, path: str) -> None:
+        self.client.log_dict(self.run_id, data, path)
+
+    def log_steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        now = int(time.time() * 1000)
+        self._log([Metric(k, v, now, step) for step, values in rows for k, v in values.items()])
+
+    def task_finished(self, state) -> None:
+        R = state.accuracy_matrix
+        i = len(R)
+        A = accuracy_after_each_task(R)
+        metrics = {f"accuracy_after_task_{i}": A[-1], "accuracy_after_task": A[-1], "avg_incremental_accuracy": sum(A) / i}
+        metrics.update({f"accuracy_task_{j + 1}": acc for j, acc in enumerate(R[-1])})
+        self.log_metrics(metrics, step=i)
+        self.client.log_dict(self.run_id, {"R": R, "accuracy_after_task": A}, "accuracy_matrix.json")
+
+    def run_finished(self, state) -> None:
+        self.log_metrics(state.summary, step=len(state.accuracy_matrix))
+        self._log_figure(plots.accuracy_heatmap(state.accuracy_matrix), "accuracy_matrix.png")
+        series = {}
+        for key in SCHEDULE_PLOT_KEYS:
+            history = sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+            if history:
+                series[key] = ([s for s, _ in history], [v for _, v in history])
+        if series:
+            self._log_figure(plots.series_plot(series, "annealing weight and output entropy over steps"), "schedule_entropy.png")
+
+    def _log_figure(self, figure, path: str) -> None:
+        self.client.log_figure(self.run_id, figure, path)
+        plt.close(figure)

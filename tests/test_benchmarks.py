@@ -1,0 +1,97 @@
+"""Benchmarks on real data: sklearn's digits and Fashion-MNIST IDX files in the real format."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from aepg.benchmarks import DatasetNotFound, build_benchmark, class_order
+from aepg.benchmarks import fashion_mnist
+from aepg.config import BenchmarkConfig
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def build(**kwargs):
+    return build_benchmark(BenchmarkConfig(**kwargs), 16, MEAN, STD)
+
+
+def test_digits_tasks_are_disjoint_and_cover_all_classes():
+    bench = build(dataset="digits", num_tasks=5, order_seed=3)
+    assert bench.num_classes == 10
+    classes = [c for task in bench.tasks for c in task.classes]
+    assert sorted(classes) == list(range(10)) and classes == bench.class_order
+    assert sum(len(t.train) for t in bench.tasks) == 1347 and sum(len(t.test) for t in bench.tasks) == 450
+    for task in bench.tasks:
+        assert (task.start, task.stop) == (2 * task.index, 2 * task.index + 2)
+        labels = {task.train[i][1] for i in range(len(task.train))}
+        assert labels == set(range(task.start, task.stop))
+    x, _ = bench.tasks[0].train[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and -1.0 <= x.min() and x.max() <= 1.0
+
+
+def test_class_order_reproducible_from_seed():
+    assert class_order(100, 7) == class_order(100, 7)
+    assert class_order(100, 7) != class_order(100, 8)
+    assert build(dataset="digits", order_seed=5).class_order == build(dataset="digits", order_seed=5).class_order
+
+
+def test_uneven_split_and_subsampling():
+    bench = build(dataset="digits", num_tasks=3, max_train_per_class=10, max_test_per_class=4)
+    assert [len(t.classes) for t in bench.tasks] == [4, 3, 3]
+    assert [len(t.train) for t in bench.tasks] == [40, 30, 30]
+    assert [len(t.test) for t in bench.tasks] == [16, 12, 12]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """The IDX format: 0x0000 magic, type 0x08 (ubyte), ndim, big-endian sizes, then the bytes."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion(folder: Path, gz: bool, per_class=(6, 2)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, n in zip(("train", "t10k"), per_class):
+        labels = np.repeat(np.arange(10), n)
+        images = rng.integers(0, 256, (len(labels), 28, 28))
+        arrays[prefix] = images
+        for name, data in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            write_idx(folder / (name + (".gz" if gz else "")), data)
+    return arrays
+
+
+@pytest.mark.parametrize("layout", ["gz-in-root", "plain-in-torchvision-raw", "gz-in-torchvision-raw"])
+def test_fashion_mnist_reads_idx_files(tmp_path, layout):
+    folder = tmp_path if layout == "gz-in-root" else tmp_path / "FashionMNIST" / "raw"
+    arrays = fake_fashion(folder, gz=layout.startswith("gz"))
+    bench = build(dataset="fashion-mnist", root=str(tmp_path), num_tasks=2)
+    assert sum(len(t.train) for t in bench.tasks) == 60 and sum(len(t.test) for t in bench.tasks) == 20
+    source = bench.tasks[0].train.images
+    np.testing.assert_array_equal(source.images.numpy(), arrays["train"])
+    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    assert bench.class_names[0] == "T-shirt/top"
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FOLDER", tmp_path / "not-installed")
+    # torchvision's download is really attempted; point it at a closed local port.
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(DatasetNotFound, match="apt-get install dataset-fashion-mnist"):
+        build(dataset="fashion-mnist", root=str(tmp_path / "empty"))
+
+
+@pytest.mark.skipif(not fashion_mnist.DEBIAN_FOLDER.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_real_fashion_mnist(tmp_path):
+    bench = build(dataset="fashion-mnist", root=str(tmp_path), num_tasks=5)
+    assert sum(len(t.train) for t in bench.tasks) == 60000 and sum(len(t.test) for t in bench.tasks) == 10000
+    assert all(len(t.test) == 2000 for t in bench.tasks)
+    labels = bench.tasks[0].train.images.labels
+    assert np.bincount(labels).tolist() == [6000] * 10

@@ -1,0 +1,78 @@
+"""Configs: YAML + overrides, and bad values rejected before any compute with the key named."""
+
+import pytest
+import yaml
+
+from aepg.cli import main
+from aepg.config import ConfigError, load_config, to_yaml
+
+from conftest import CONFIGS, run_aepg
+
+DIGITS = str(CONFIGS / "digits.yaml")
+
+BAD = [
+    (["epochs=3"], "epochs", "unknown key"),
+    (["train.epoch=3"], "train.epoch", "did you mean 'epochs'"),
+    (["train.lr_rate=0.1"], "train.lr_rate", "known keys: epochs, head_only_epochs, lr,"),
+    (["train.epochs=three"], "train.epochs", "valid integer"),
+    (["train.batch_size=true"], "train.batch_size", "valid integer"),
+    (["schedule.tau=0"], "schedule.tau", "greater than 0"),
+    (["schedule.tau=-1.5"], "schedule.tau", "greater than 0"),
+    (["model.peft.rank=0"], "model.peft.rank", "greater than or equal to 1"),
+    (["benchmark.num_tasks=11"], "benchmark.num_tasks", "only 10 classes"),
+    (["train.lr=0"], "train.lr", "greater than 0"),
+    (["train.lr=-1e-3"], "train.lr", "greater than 0"),
+    (["schedule.kind=exponential"], "schedule.kind", "'sigmoid'"),
+    (["objective.kind=hinge"], "objective.kind", "unknown objective"),
+    (["objective.eps=1.5"], "objective.eps", "less than 1"),
+    (["train.head_only_epochs=3"], "train.head_only_epochs", "less than train.epochs"),
+    (["model.backbone=vit_base_patch16_225"], "model.backbone", "did you mean 'vit_base_patch16_224'"),
+    (["model.weights=/no/such/file.pth"], "model.weights", "neither"),
+    (["model.backbone=vit_tiny_patch16_224"], "model.weights", "lite0-offline weights fit only"),
+    (["benchmark.dataset=cifar10"], "benchmark.dataset", "unknown dataset"),
+    (["scaling.num_workers=3"], "train.batch_size", "divisible"),
+    (["train.epochs"], "train.epochs", "key=value"),
+]
+
+
+@pytest.mark.parametrize("overrides, key, fragment", BAD, ids=[b[1] + ":" + b[0][0] for b in BAD])
+def test_bad_config_exits_2_naming_the_key(overrides, key, fragment, capsys, workdir):
+    assert main(["train", DIGITS, *overrides, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    line = next(l for l in err.splitlines() if l.strip().startswith(key + ":"))
+    assert fragment in line
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_every_problem_is_reported(workdir):
+    with pytest.raises(ConfigError) as info:
+        load_config(DIGITS, ["schedule.tau=0", "train.lr=-1", "bogus=1"])
+    assert {key for key, _ in info.value.problems} == {"schedule.tau", "train.lr", "bogus"}
+
+
+def test_bad_files(tmp_path, capsys):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "broken.yaml").write_text("train: [unclosed\n")
+    assert main(["train", str(tmp_path / "list.yaml"), "--dry-run"]) == 2
+    assert "mapping" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "broken.yaml"), "--dry-run"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml"), "--dry-run"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_overrides_and_resolved_yaml_round_trip(tmp_path):
+    cfg = load_config(DIGITS, ["train.lr=1e-3", "schedule.kind=cosine", "model.peft.blocks=[0,1]"])
+    assert cfg.train.lr == 1e-3 and cfg.schedule.kind == "cosine" and cfg.model.peft.blocks == [0, 1]
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(to_yaml(cfg))
+    assert load_config(resolved) == cfg
+    assert yaml.safe_load(resolved.read_text())["train"]["lr"] == 1e-3
+
+
+def test_console_script_exit_code(workdir):
+    result = run_aepg(["train", DIGITS, "schedule.tau=0"], cwd=workdir)
+    assert result.returncode == 2
+    assert "schedule.tau" in result.stderr
+    dry = run_aepg(["train", DIGITS, "--dry-run", "train.epochs=7"], cwd=workdir)
+    assert dry.returncode == 0 and yaml.safe_load(dry.stdout)["train"]["epochs"] == 7

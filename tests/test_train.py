@@ -1,0 +1,99 @@
+"""Training end to end: the trainer in-process, and `aepg train` writing a real MLflow run."""
+
+import json
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from aepg.benchmarks import build_benchmark
+from aepg.config import load_config
+from aepg.distributed import Context
+from aepg.launch import run
+from aepg.models import build_model
+from aepg.objectives import build_objective
+from aepg.trainer import ContinualTrainer, NonFiniteLoss
+from aepg import tracking
+
+from conftest import CONFIGS, run_aepg
+
+DIGITS = str(CONFIGS / "digits.yaml")
+SMALL = ["benchmark.num_tasks=2", "benchmark.max_train_per_class=20", "benchmark.max_test_per_class=10",
+         "train.epochs=2", "train.batch_size=8"]
+
+
+def small_config(tmp_path, *overrides):
+    return load_config(DIGITS, [*SMALL, f"storage_path={tmp_path / 'runs'}",
+                                f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides])
+
+
+def build_trainer(cfg, save):
+    model, inputs = build_model(cfg.model, 10)
+    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std)
+    objective = build_objective(cfg.objective, cfg.schedule)
+    return ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu")), save=save)
+
+
+def test_backbone_frozen_and_head_only_epochs_leave_peft_alone(tmp_path):
+    cfg = small_config(tmp_path, "train.epochs=3", "train.head_only_epochs=2", "checkpoint.every_epochs=1")
+    snapshots = []
+    trainer = build_trainer(cfg, lambda s: snapshots.append((s.state.task, s.state.epoch, s.model, s.optimizer)))
+    frozen = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items() if "lora_" not in k}
+    state = trainer.fit()
+    after = trainer.model.backbone.state_dict()
+    for key, value in frozen.items():
+        assert torch.equal(after[key], value), f"frozen backbone tensor {key} changed"
+    assert len(state.accuracy_matrix) == 2
+    # After task 1, then after task 2's epochs 1 and 2 (head only, then the switch), then after task 2.
+    assert [(t, e) for t, e, _, _ in snapshots] == [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)]
+    end_task1, head1, head2, end_task2 = snapshots[2][2], snapshots[3][2], snapshots[4][2], snapshots[5][2]
+    lora = [k for k in end_task1 if "lora_" in k]
+    for key in lora:
+        assert torch.equal(end_task1[key], head1[key]) and torch.equal(end_task1[key], head2[key]), key
+    assert any(not torch.equal(head2[k], end_task2[k]) for k in lora)
+    assert not torch.equal(end_task1["head.weight"], head1["head.weight"])
+    # The optimiser is kept inside a phase and dropped where the phase changes (head only -> all).
+    assert snapshots[3][3] is not None and snapshots[4][3] is None
+
+
+def test_non_finite_loss_fails_the_run(tmp_path):
+    cfg = small_config(tmp_path, "model.head_init_std=1e37")
+    with pytest.raises(NonFiniteLoss):
+        run(cfg)
+    client = MlflowClient(tracking.resolve_tracking_uri(cfg.tracking_uri))
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
+    assert mlflow_run.info.status == "FAILED"
+    assert "NonFiniteLoss" in mlflow_run.data.tags["failure_reason"]
+
+
+def test_aepg_train_writes_a_complete_mlflow_run(workdir):
+    result = run_aepg(["train", DIGITS, "train.epochs=2", "run_name=e2e"], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "last_accuracy" in result.stdout
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("aepg-digits")
+    (mlflow_run,) = client.search_runs([experiment.experiment_id])
+    run_id = mlflow_run.info.run_id
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.info.run_name == "e2e"
+    metrics = mlflow_run.data.metrics
+    assert metrics["last_accuracy"] > 0.1  # ten classes: chance is 0.1
+    for key in ("avg_incremental_accuracy", "forgetting", "bwt", "accuracy_after_task_5", "a_t", "entropy", "p_y",
+                "batch_accuracy", "loss"):
+        assert key in metrics, key
+    params = mlflow_run.data.params
+    assert params["schedule.tau"] == "6.0" and int(params["params_trainable"]) > 0
+    a_t = [m.value for m in client.get_metric_history(run_id, "a_t")]
+    assert a_t[0] > 0.95 and min(a_t) < 0.05
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "accuracy_matrix.json", "accuracy_matrix.png", "schedule_entropy.png", "benchmark.json"} <= artifacts
+    local = client.download_artifacts(run_id, "", str(workdir / "artifacts"))
+    R = json.load(open(f"{local}/accuracy_matrix.json"))["R"]
+    assert [len(row) for row in R] == [1, 2, 3, 4, 5]
+    assert abs(sum(R[-1]) / 5 - metrics["last_accuracy"]) < 1e-9
+    for png in ("accuracy_matrix.png", "schedule_entropy.png"):
+        assert open(f"{local}/{png}", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    benchmark = json.load(open(f"{local}/benchmark.json"))
+    assert sorted(benchmark["class_order"]) == list(range(10))
+    # The logged config is runnable as it is.
+    dry = run_aepg(["train", f"{local}/config.yaml", "--dry-run"], cwd=workdir)
+    assert dry.returncode == 0, dry.stderr
