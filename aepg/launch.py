@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -117,12 +118,36 @@ def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, callbacks: lis
     )
 
 
+def fit_off_main_thread(trainer):
+    """``trainer.fit()`` in a helper thread, so Ctrl-C stays a KeyboardInterrupt here.
+
+    On the main thread Ray Train installs its own SIGINT handler, which ends the process with
+    SystemExit. Interrupted here, the driver marks the run KILLED and exits; the job's workers
+    die with it, and the last (atomically written) checkpoint is what ``--resume`` continues.
+    """
+    outcome = {}
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as error:  # handed to the main thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def run_workers(cfg: RunConfig, run_id: str, tracking_uri: str) -> TrainState:
     """Train to the end in-process or on Ray; returns the final state."""
     if cfg.scaling.num_workers == 0:
         return train_worker(cfg, run_id, tracking_uri, Context(device=pick_device(cfg.train.device)))
     ensure_ray()
-    torch_trainer(cfg, run_id, tracking_uri).fit()
+    fit_off_main_thread(torch_trainer(cfg, run_id, tracking_uri))
     restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
     if restored is None:
         raise RuntimeError(f"the Ray Train run {run_id} finished without a checkpoint")

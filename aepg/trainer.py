@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -136,8 +137,13 @@ class ContinualTrainer:
         """Train from ``state`` (a fresh run, or one restored from a checkpoint) to the end."""
         state = state or TrainState()
         for task in self.benchmark.tasks[state.task :]:
+            start, first_epoch = time.perf_counter(), state.epoch
             self.train_task(task, state, optimizer_state)
             optimizer_state = None
+            # Training throughput of the whole job (all workers), evaluation excluded.
+            rate = (self.cfg.train.epochs - first_epoch) * len(task.train) / (time.perf_counter() - start)
+            for reporter in self.reporters:
+                reporter.log_steps([(state.global_step, {"samples_per_second": rate})])
             state.accuracy_matrix.append(self.evaluate(task.index))
             state.task, state.epoch = task.index + 1, 0
             self._log_task(state)

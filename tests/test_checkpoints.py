@@ -1,0 +1,118 @@
+"""Checkpoints: atomic files, digest-checked on load, fallback to the previous one; exact resume."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from aepg.checkpoints import CheckpointStore
+from aepg.config import load_config
+from aepg.launch import run
+from aepg.trainer import Snapshot, TrainState
+
+from conftest import AEPG, CONFIGS, run_aepg
+
+DIGITS = str(CONFIGS / "digits.yaml")
+
+
+def snapshot(task: int, epoch: int) -> Snapshot:
+    return Snapshot(TrainState(task, epoch, 10 * task + epoch, [[0.5]] * task), {"head.weight": torch.full((2, 2), float(task))})
+
+
+def test_newest_readable_checkpoint_wins_and_old_ones_are_pruned(tmp_path):
+    store = CheckpointStore(str(tmp_path), "run", num_to_keep=2)
+    for task in (1, 2, 3):
+        store.save(snapshot(task, 0), {"seed": 0})
+    assert store._names() == ["ckpt-0002-0000.pt", "ckpt-0003-0000.pt"]
+    restored, config = store.load_latest()
+    assert restored.state.task == 3 and restored.state.global_step == 30 and config == {"seed": 0}
+    assert torch.equal(restored.model["head.weight"], torch.full((2, 2), 3.0))
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*partial"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-byte", "empty"])
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+    store = CheckpointStore(str(tmp_path), "run")
+    store.save(snapshot(1, 0), {})
+    newest = tmp_path / "run" / "checkpoints" / store.save(snapshot(2, 0), {}).rsplit("/", 1)[1]
+    data = newest.read_bytes()
+    if damage == "truncate":
+        newest.write_bytes(data[: len(data) // 2])
+    elif damage == "flip-byte":
+        newest.write_bytes(data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:])
+    else:
+        newest.write_bytes(b"")
+    with pytest.warns(UserWarning, match="unreadable"):
+        restored, _ = store.load_latest()
+    assert restored.state.task == 1
+
+
+def test_no_checkpoint(tmp_path):
+    assert CheckpointStore(str(tmp_path), "never-ran").load_latest() is None
+
+
+SHORT = ["benchmark.num_tasks=4", "train.epochs=2", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=60"]
+
+
+def wait_for(path_glob, folder, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = sorted(folder.glob(path_glob)) if folder.exists() else []
+        if found:
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(path_glob)
+
+
+def interrupt_after_task(workdir, task: int, overrides: list[str], env: dict | None = None) -> str:
+    """Start `aepg train`, send SIGINT once task `task` has checkpointed, return the run id."""
+    process = subprocess.Popen([str(AEPG), "train", DIGITS, *overrides], cwd=workdir, env={**os.environ, **(env or {})},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        (checkpoint,) = wait_for(f"*/checkpoints/ckpt-{task:04d}-0000.pt", workdir / "aepg_runs")[:1]
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output[-3000:]
+    assert "ckpt-0004-0000.pt" not in {p.name for p in checkpoint.parent.iterdir()}
+    return checkpoint.parent.parent.name
+
+
+def final_matrix(workdir, run_id):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    path = client.download_artifacts(run_id, "accuracy_matrix.json", str(workdir / run_id))
+    import json
+
+    return client.get_run(run_id), json.load(open(path))["R"]
+
+
+def test_interrupted_run_resumes_exactly(workdir):
+    run_id = interrupt_after_task(workdir, 2, SHORT)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "KILLED"
+    resumed = run_aepg(["train", DIGITS, *SHORT, "--resume", run_id], cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at task 3" in resumed.stderr
+    mlflow_run, R_resumed = final_matrix(workdir, run_id)
+    assert mlflow_run.info.status == "FINISHED"
+    assert len(client.search_runs([mlflow_run.info.experiment_id])) == 1
+
+    cfg = load_config(DIGITS, [*SHORT, f"storage_path={workdir / 'uninterrupted'}",
+                               f"tracking_uri=sqlite:///{workdir / 'uninterrupted.db'}"])
+    R = run(cfg).state.accuracy_matrix
+    assert R_resumed == R
+    for i in range(1, 5):
+        assert f"accuracy_after_task_{i}" in mlflow_run.data.metrics
+
+
+def test_resume_refuses_a_changed_config(workdir):
+    run_id = interrupt_after_task(workdir, 1, SHORT)
+    result = run_aepg(["train", DIGITS, *SHORT, "train.lr=0.1", "--resume", run_id], cwd=workdir)
+    assert result.returncode == 2 and "train.lr: differs from the resumed run" in result.stderr
+    missing = run_aepg(["train", DIGITS, *SHORT, "--resume", "no-such-run"], cwd=workdir)
+    assert missing.returncode == 2 and "no checkpoint of run no-such-run" in missing.stderr

@@ -1,0 +1,124 @@
+"""Ray Train on a real local Ray instance (127.0.0.1) with 2 CPU workers."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from aepg.benchmarks import build_benchmark
+from aepg.checkpoints import CheckpointStore
+from aepg.config import load_config
+from aepg.distributed import Context
+from aepg.launch import run
+from aepg.models import build_model
+from aepg.objectives import build_objective
+from aepg.trainer import ContinualTrainer
+
+from conftest import CONFIGS
+from test_checkpoints import interrupt_after_task, final_matrix, SHORT, DIGITS
+
+pytestmark = pytest.mark.ray
+
+# 1 and 2 workers see the same global batches (DistributedSampler interleaves one permutation),
+# so they differ only by floating-point order; on this small benchmark that stays within:
+TOLERANCE = 0.03
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    import ray
+
+    context = ray.init(_node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=True,
+                       dashboard_host="127.0.0.1")
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+def config(tmp_path, *overrides):
+    return load_config(DIGITS, ["benchmark.num_tasks=2", "train.epochs=2", "scaling.torch_threads=1",
+                                "benchmark.max_train_per_class=60",
+                                f"storage_path={tmp_path / 'runs'}", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                                *overrides])
+
+
+def test_one_and_two_workers_agree(ray_address, tmp_path):
+    one = run(config(tmp_path, "scaling.num_workers=1"))
+    two = run(config(tmp_path, "scaling.num_workers=2"))
+    for row_one, row_two in zip(one.state.accuracy_matrix, two.state.accuracy_matrix, strict=True):
+        assert row_one == pytest.approx(row_two, abs=TOLERANCE)
+    assert one.state.global_step == two.state.global_step
+
+    # Evaluation reduced over 2 workers equals a single process scoring the same weights.
+    cfg = config(tmp_path)
+    model, inputs = build_model(cfg.model, 10)
+    snapshot, _ = CheckpointStore(cfg.storage_path, two.run_id).load_latest()
+    model.load_trainable_state_dict(snapshot.model)
+    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std)
+    trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.schedule),
+                               Context(device=torch.device("cpu")))
+    assert trainer.evaluate(1) == two.state.accuracy_matrix[-1]
+
+    client = MlflowClient(two.tracking_uri)
+    mlflow_run = client.get_run(two.run_id)
+    assert mlflow_run.info.status == "FINISHED"
+    # Only rank 0 logs: one value per step, not one per worker.
+    steps = [m.step for m in client.get_metric_history(two.run_id, "loss")]
+    assert len(steps) == len(set(steps)) == two.state.global_step
+
+
+def ray_workers() -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=100)
+
+
+def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
+    cfg = config(tmp_path, "scaling.num_workers=2", "failure.max_failures=1", "benchmark.num_tasks=3",
+                 "checkpoint.every_epochs=1")
+    before = {a.actor_id for a in ray_workers()}
+    killed = {}
+
+    def kill_one_worker_mid_task():
+        runs = tmp_path / "runs"
+        while not list(runs.glob("*/checkpoints/ckpt-0001-0001.pt")):
+            time.sleep(0.2)
+        alive = [a for a in ray_workers() if a.actor_id not in before and a.state == "ALIVE"]
+        killed["pid"] = alive[-1].pid
+        os.kill(killed["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_one_worker_mid_task, daemon=True)
+    killer.start()
+    result = run(cfg)
+    killer.join(timeout=5)
+    assert "pid" in killed
+    started = [a for a in ray_workers() if a.actor_id not in before]
+    assert len(started) == 4, "the worker group was not restarted"
+    client = MlflowClient(result.tracking_uri)
+    mlflow_run = client.get_run(result.run_id)
+    assert mlflow_run.info.status == "FINISHED"
+    assert len(result.state.accuracy_matrix) == 3
+    for i in (1, 2, 3):
+        assert f"accuracy_after_task_{i}" in mlflow_run.data.metrics
+    assert {a.path for a in client.list_artifacts(result.run_id)} >= {"accuracy_matrix.png", "schedule_entropy.png"}
+
+
+def test_two_worker_run_resumes_after_interrupt(ray_address, workdir):
+    overrides = [*SHORT, "scaling.num_workers=2", "scaling.torch_threads=1"]
+    env = {"RAY_ADDRESS": ray_address}
+    run_id = interrupt_after_task(workdir, 2, overrides, env=env)
+    from conftest import run_aepg
+
+    resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], cwd=workdir, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    mlflow_run, R_resumed = final_matrix(workdir, run_id)
+    assert mlflow_run.info.status == "FINISHED"
+    cfg = load_config(DIGITS, [*overrides, f"storage_path={workdir / 'uninterrupted'}",
+                               f"tracking_uri=sqlite:///{workdir / 'uninterrupted.db'}"])
+    R = run(cfg).state.accuracy_matrix
+    for row_resumed, row in zip(R_resumed, R, strict=True):
+        assert row_resumed == pytest.approx(row, abs=TOLERANCE)
