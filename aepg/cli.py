@@ -46,6 +46,66 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from aepg.sweep.spec import load_sweep
+
+    if args.resume:
+        if args.sweep or args.overrides:
+            raise ConfigError([("--resume", "takes only the sweep folder; its sweep file and overrides were saved")])
+        sweep = None
+    else:
+        if not args.sweep:
+            raise ConfigError([("SWEEP", "give a sweep file, or --resume PATH")])
+        sweep = load_sweep(args.sweep, args.overrides)
+    if args.dry_run:
+        from aepg.sweep.driver import expected_trials
+
+        print(f"sweep {sweep.spec.name}: {expected_trials(sweep)} trials of {sweep.spec.search.algorithm} search "
+              f"over {', '.join(sweep.space)}; metric {sweep.spec.metric} ({sweep.spec.mode})")
+        return 0
+    from aepg.sweep.driver import finalize, resume_sweep, run_sweep
+
+    runtime, complete = resume_sweep(args.resume) if args.resume else run_sweep(sweep)
+    if not complete:
+        print(f"\nsweep interrupted; continue it with: aepg sweep --resume {runtime.path}", file=sys.stderr)
+        return 130
+    report = finalize(runtime)
+    print(f"\nleaderboard ({report.metric}):\n{report.text}\n")
+    if report.best_yaml:
+        print(f"best config: {runtime.path}/best.yaml  (reproduce it with: aepg train {runtime.path}/best.yaml)")
+    print(f"sweep outputs: {runtime.path}")
+    print(f"see it with: mlflow ui --backend-store-uri {runtime.tracking_uri}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from aepg import tracking
+    from aepg.sweep.report import build_report, to_csv
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    parent = tracking.find_sweep(uri, args.sweep)
+    if parent is None:
+        try:
+            tracking.get_run(uri, args.sweep)
+            parent = args.sweep
+        except Exception:
+            raise ConfigError([("SWEEP", f"no sweep named {args.sweep!r} and no such run in {uri}")]) from None
+    report = build_report(uri, parent)
+    out = Path(args.out or f"sweep-report-{report.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leaderboard.csv").write_text(to_csv(report.rows))
+    if report.best_yaml:
+        (out / "best.yaml").write_text(report.best_yaml)
+    for name, figure in report.figures.items():
+        figure.savefig(out / name, dpi=120, bbox_inches="tight")
+    print(f"sweep {report.name} ({report.metric}):\n{report.text}\n")
+    print(f"wrote {out}/: leaderboard.csv{', best.yaml' if report.best_yaml else ''}"
+          f"{''.join(', ' + n for n in report.figures)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aepg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true", help="validate and print the resolved config")
     train.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its latest checkpoint")
     train.set_defaults(func=cmd_train)
+
+    sweep = commands.add_parser("sweep", help="search objectives, schedules and PEFT settings with Ray Tune + Optuna")
+    sweep.add_argument("sweep", nargs="?", help="sweep file (see sweeps/)")
+    sweep.add_argument("overrides", nargs="*", help="dotted key=value overrides of the sweep file")
+    sweep.add_argument("--resume", metavar="PATH", help="continue an interrupted sweep from its output folder")
+    sweep.add_argument("--dry-run", action="store_true", help="validate the sweep file and its space")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = commands.add_parser("report", help="leaderboard and plots of a past sweep, from MLflow")
+    report.add_argument("sweep", help="sweep name, sweep folder name, or parent run id")
+    report.add_argument("--out", help="folder for the plots and tables (default ./sweep-report-NAME)")
+    report.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
@@ -69,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     _setup_logging()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from aepg.benchmarks import DatasetNotFound
     from aepg.models import PeftError, WeightsError
 

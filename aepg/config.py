@@ -146,7 +146,7 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
-def _pydantic_problems(error: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+def pydantic_problems(error: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
     problems = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
@@ -214,7 +214,7 @@ def validate(data: dict[str, Any]) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_pydantic_problems(error, RunConfig)) from None
+        raise ConfigError(pydantic_problems(error, RunConfig)) from None
     if not _is_uri(cfg.storage_path):
         cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
     if cfg.model.weights not in WEIGHT_KEYWORDS:

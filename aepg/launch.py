@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -19,9 +20,10 @@ from aepg.benchmarks import DATASETS, build_benchmark
 from aepg.checkpoints import CheckpointStore
 from aepg.config import ConfigError, RunConfig, flatten
 from aepg.distributed import Context, pick_device, seed_all
+from aepg.metrics import running_metrics
 from aepg.models import build_model
 from aepg.objectives import build_objective
-from aepg.trainer import ContinualTrainer, Reporter, TrainState
+from aepg.trainer import ContinualTrainer, TrainState
 from aepg import tracking
 
 log = logging.getLogger("aepg")
@@ -41,7 +43,7 @@ class RunResult:
 
 
 def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Context,
-                 reporters: list[Reporter] = ()) -> TrainState:
+                 task_hooks: list[Callable[[TrainState], None]] = ()) -> TrainState:
     """Build benchmark, model and objective, restore the latest checkpoint if any, and train."""
     if cfg.scaling.torch_threads:
         torch.set_num_threads(cfg.scaling.torch_threads)
@@ -57,15 +59,18 @@ def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Contex
         state, optimizer_state = snapshot.state, snapshot.optimizer
         if context.is_chief:
             log.info("resuming at task %d, epoch %d from %s", state.task + 1, state.epoch, store.uri)
+    reporters = []
     if context.is_chief:
-        mlflow_reporter = tracking.MlflowReporter(tracking_uri, run_id)
-        mlflow_reporter.log_params(model.parameter_counts())
-        mlflow_reporter.log_dict(benchmark.describe(), "benchmark.json")
-        reporters = [mlflow_reporter, *reporters]
+        reporters.append(tracking.MlflowReporter(tracking_uri, run_id))
+        reporters[0].log_params(model.parameter_counts())
+        reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         log.info("trainable parameters: %s", model.parameter_counts())
     config = cfg.model_dump(mode="json")
     trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.schedule), context,
-                               reporters, save=lambda snapshot: store.save(snapshot, config))
+                               reporters, save=lambda snapshot: store.save(snapshot, config), task_hooks=task_hooks)
+    if state.task >= len(benchmark.tasks):  # restarted after the end: report the end again
+        for hook in task_hooks:
+            hook(state)
     return trainer.fit(state, optimizer_state)
 
 
@@ -87,6 +92,31 @@ def ensure_ray() -> None:
                  runtime_env=runtime_env)
 
 
+def worker_resources(cfg: RunConfig) -> dict[str, float]:
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    return resources
+
+
+def check_fits(needed: dict[str, float], what: str) -> None:
+    """Refuse work the Ray cluster can never schedule (it would wait forever).
+
+    On a cluster reached through RAY_ADDRESS an autoscaler may add nodes: only warn there.
+    """
+    import ray
+
+    have = ray.cluster_resources()
+    short = {k: v for k, v in needed.items() if v > have.get(k, 0.0) + 1e-9}
+    if not short:
+        return
+    message = f"{what} needs {needed} but the Ray cluster has {({k: have.get(k, 0.0) for k in needed})}"
+    if os.environ.get("RAY_ADDRESS"):
+        log.warning("%s; waiting for the autoscaler", message)
+    else:
+        raise ConfigError([("scaling", message + "; lower scaling.num_workers or scaling.cpus_per_worker")])
+
+
 def _ray_train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -96,25 +126,35 @@ def _ray_train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     context = Context(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
                       device=ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model)
-    train_worker(cfg, config["run_id"], config["tracking_uri"], context)
+    # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
+    hooks = [lambda state: ray.train.report(running_metrics(state.accuracy_matrix))] if config["report"] else []
+    train_worker(cfg, config["run_id"], config["tracking_uri"], context, task_hooks=hooks)
 
 
-def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, callbacks: list = ()):
-    """The Ray Train TorchTrainer for this run, named by run id so a second fit() resumes."""
+def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, report_to_tune: bool = False):
+    """The Ray Train TorchTrainer for this run, named by run id so a second fit() resumes.
+
+    With ``report_to_tune`` (a sweep trial), per-task metrics reach Ray Tune through
+    ``TuneReportCallback``.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
-    if cfg.scaling.use_gpu:
-        resources["GPU"] = cfg.scaling.gpus_per_worker
+    callbacks = []
+    if report_to_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    resources = worker_resources(cfg)
     return TorchTrainer(
         _ray_train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracking_uri},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracking_uri,
+                           "report": report_to_tune},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run_id, storage_path=cfg.storage_path,
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
-                                       callbacks=list(callbacks)),
+                                       callbacks=callbacks),
     )
 
 
@@ -170,6 +210,9 @@ def check_resumable(cfg: RunConfig, run_id: str) -> None:
 def run(cfg: RunConfig, resume: str | None = None) -> RunResult:
     """Open (or reopen) the MLflow run, train, and set the run's final status."""
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    if cfg.scaling.num_workers:  # before opening the run: refuse what can never be scheduled
+        ensure_ray()
+        check_fits({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run")
     if resume:
         check_resumable(cfg, resume)
         run_id = resume

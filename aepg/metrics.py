@@ -29,3 +29,8 @@ def summarize(R: list[list[float]]) -> dict[str, float]:
         summary["forgetting"] = mean(max(R[i][j] for i in range(j, len(R) - 1)) - last[j] for j in old)
         summary["bwt"] = mean(last[j] - R[j][j] for j in old)
     return summary
+
+
+def running_metrics(R: list[list[float]]) -> dict[str, float]:
+    """What is reported after each task: the budget used (``tasks_done``) and the summary so far."""
+    return {"tasks_done": len(R), "accuracy_after_task": accuracy_after_each_task(R)[-1], **summarize(R)}

@@ -41,3 +41,28 @@ def series_plot(series: dict[str, tuple[list[int], list[float]]], title: str, xl
     axes[0, 0].set_title(title)
     fig.tight_layout()
     return fig
+
+
+def trials_plot(trials: list[tuple[str, float | None]], metric: str, mode: str):
+    """Each trial's metric in start order, marked by status, with the best finished value so far."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    styles = {"finished": dict(marker="o", color="tab:blue"), "pruned": dict(marker="o", facecolors="none", edgecolors="tab:orange"),
+              "failed": dict(marker="x", color="tab:red")}
+    finite = [v for _, v in trials if v is not None and np.isfinite(v)]
+    floor = min(finite) if finite else 0.0
+    for status, style in styles.items():
+        points = [(i, v if v is not None and np.isfinite(v) else floor) for i, (s, v) in enumerate(trials, 1) if s == status]
+        if points:
+            ax.scatter(*zip(*points), label=status, **style)
+    best, line = None, []
+    for i, (status, value) in enumerate(trials, 1):
+        if status == "finished" and value is not None:
+            best = value if best is None else (max if mode == "max" else min)(best, value)
+        line.append(best if best is not None else np.nan)
+    ax.step(range(1, len(trials) + 1), line, where="post", color="tab:gray", label="best finished")
+    ax.set_xlabel("trial (start order)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,7 +19,7 @@ from mlflow.entities import Metric, Param, RunStatus
 
 from aepg import plots
 from aepg.config import RunConfig, flatten, to_yaml
-from aepg.metrics import accuracy_after_each_task
+from aepg.metrics import accuracy_after_each_task, running_metrics
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -48,16 +49,23 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
-def open_run(cfg: RunConfig, tracking_uri: str, tags: dict[str, str] | None = None, run_name: str | None = None) -> str:
-    """Create the run with the flattened config as params and the resolved config as artifact."""
+def create_run(tracking_uri: str, experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
+               params: dict[str, object] | None = None, texts: dict[str, str] | None = None) -> str:
+    """A new RUNNING run with params and text artifacts; returns its id."""
     client = client_for(tracking_uri)
-    run = client.create_run(experiment_id(client, cfg.experiment), run_name=run_name or cfg.run_name, tags=tags or {})
-    run_id = run.info.run_id
-    params = [Param(k, json.dumps(v) if isinstance(v, list) else str(v)) for k, v in flatten(cfg.model_dump(mode="json")).items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i : i + 100])
-    client.log_text(run_id, to_yaml(cfg), "config.yaml")
+    run_id = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags or {}).info.run_id
+    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in (params or {}).items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    for path, text in (texts or {}).items():
+        client.log_text(run_id, text, path)
     return run_id
+
+
+def open_run(cfg: RunConfig, tracking_uri: str, tags: dict[str, str] | None = None) -> str:
+    """A run for ``cfg``: the flattened config as params, the resolved config as ``config.yaml``."""
+    return create_run(tracking_uri, cfg.experiment, cfg.run_name, tags,
+                      flatten(cfg.model_dump(mode="json")), {"config.yaml": to_yaml(cfg)})
 
 
 def close_run(tracking_uri: str, run_id: str, status: str, reason: str | None = None) -> None:
@@ -75,6 +83,82 @@ def reopen_run(tracking_uri: str, run_id: str) -> None:
 
 def run_status(tracking_uri: str, run_id: str) -> str:
     return client_for(tracking_uri).get_run(run_id).info.status
+
+
+def delete_run(tracking_uri: str, run_id: str) -> None:
+    """Soft delete: hidden from searches and the UI, restorable with ``MlflowClient.restore_run``."""
+    client_for(tracking_uri).delete_run(run_id)
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
+    client = client_for(tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+@dataclass
+class RunRecord:
+    """A run as plain data, for leaderboards and reports."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def find_runs(tracking_uri: str, experiment: str, tags: dict[str, str]) -> list[RunRecord]:
+    """Runs of ``experiment`` carrying all ``tags``, oldest first."""
+    client = client_for(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([found.experiment_id], filter_string=query, order_by=["attributes.start_time ASC"],
+                              max_results=50000)
+    return [RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics, r.data.tags)
+            for r in runs]
+
+
+def find_sweep(tracking_uri: str, name: str) -> str | None:
+    """The parent run of the newest sweep whose folder name or sweep name is ``name``."""
+    client = client_for(tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    for query in (f"tags.`aepg.sweep` = '{name}'", f"params.`sweep.name` = '{name}'"):
+        runs = client.search_runs(ids, filter_string=f"tags.`aepg.kind` = 'sweep' and {query}",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            return runs[0].info.run_id
+    return None
+
+
+def get_run(tracking_uri: str, run_id: str) -> tuple[RunRecord, str]:
+    """The run and the name of its experiment."""
+    client = client_for(tracking_uri)
+    r = client.get_run(run_id)
+    experiment = client.get_experiment(r.info.experiment_id).name
+    return RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics, r.data.tags), experiment
+
+
+def read_text(tracking_uri: str, run_id: str, path: str) -> str:
+    import mlflow.artifacts
+
+    return mlflow.artifacts.load_text(f"{client_for(tracking_uri).get_run(run_id).info.artifact_uri}/{path}")
+
+
+def log_outputs(tracking_uri: str, run_id: str, texts: dict[str, str] | None = None,
+                figures: dict[str, object] | None = None, metrics: dict[str, float] | None = None) -> None:
+    """Text artifacts, matplotlib figures (closed after logging) and metrics, into one run."""
+    client = client_for(tracking_uri)
+    for path, text in (texts or {}).items():
+        client.log_text(run_id, text, path)
+    for path, figure in (figures or {}).items():
+        client.log_figure(run_id, figure, path)
+        plt.close(figure)
+    now = int(time.time() * 1000)
+    if metrics:
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
 class MlflowReporter:
@@ -105,11 +189,10 @@ class MlflowReporter:
     def task_finished(self, state) -> None:
         R = state.accuracy_matrix
         i = len(R)
-        A = accuracy_after_each_task(R)
-        metrics = {f"accuracy_after_task_{i}": A[-1], "accuracy_after_task": A[-1], "avg_incremental_accuracy": sum(A) / i}
+        metrics = {f"accuracy_after_task_{i}": accuracy_after_each_task(R)[-1], **running_metrics(R)}
         metrics.update({f"accuracy_task_{j + 1}": acc for j, acc in enumerate(R[-1])})
         self.log_metrics(metrics, step=i)
-        self.client.log_dict(self.run_id, {"R": R, "accuracy_after_task": A}, "accuracy_matrix.json")
+        self.client.log_dict(self.run_id, {"R": R, "accuracy_after_task": accuracy_after_each_task(R)}, "accuracy_matrix.json")
 
     def run_finished(self, state) -> None:
         self.log_metrics(state.summary, step=len(state.accuracy_matrix))

@@ -95,10 +95,14 @@ class ContinualTrainer:
         context: Context,
         reporters: list[Reporter] = (),
         save: Callable[[Snapshot], None] | None = None,
+        task_hooks: list[Callable[[TrainState], None]] = (),
     ):
+        """``reporters`` and ``save`` run on the chief only; ``task_hooks`` run on every rank after
+        each task's evaluation (collectives such as ``ray.train.report`` need all ranks)."""
         self.cfg, self.model, self.benchmark, self.objective, self.context = cfg, model, benchmark, objective, context
         self.reporters = list(reporters) if context.is_chief else []
         self.save = save if context.is_chief else None
+        self.task_hooks = list(task_hooks)
         self.device = context.device
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
@@ -142,17 +146,19 @@ class ContinualTrainer:
             optimizer_state = None
             # Training throughput of the whole job (all workers), evaluation excluded.
             rate = (self.cfg.train.epochs - first_epoch) * len(task.train) / (time.perf_counter() - start)
-            for reporter in self.reporters:
-                reporter.log_steps([(state.global_step, {"samples_per_second": rate})])
             state.accuracy_matrix.append(self.evaluate(task.index))
             state.task, state.epoch = task.index + 1, 0
             self._log_task(state)
             for reporter in self.reporters:
+                reporter.log_steps([(state.global_step, {"samples_per_second": rate})])
                 reporter.task_finished(state)
+                if state.task == len(self.benchmark.tasks):
+                    reporter.run_finished(state)
             if self.save:
                 self.save(Snapshot(state, self.model.trainable_state_dict()))
-        for reporter in self.reporters:
-            reporter.run_finished(state)
+            # Last: a sweep may stop the trial as soon as it hears of the task's end.
+            for hook in self.task_hooks:
+                hook(state)
         return state
 
     def _optimizer(self, head_only: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

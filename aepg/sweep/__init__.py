@@ -1,0 +1,1 @@
+"""Hyper-parameter sweeps: sweep files, Ray Tune + Optuna driver, reports."""

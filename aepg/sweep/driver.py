@@ -1,0 +1,354 @@
+"""Run a sweep with Ray Tune: Optuna TPE (or random, or a grid), ASHA over tasks, MLflow runs.
+
+The driver owns MLflow: it opens the sweep's parent run, opens each trial's child run when
+the trial starts (tagged ``mlflow.parentRunId``), and sets every status: FINISHED, FAILED
+(with the reason), or KILLED for trials ASHA pruned. A trial only logs into its run. Each
+trial is one run of the trainer, in its Tune process (``scaling.num_workers: 0``) or as a
+Ray Train TorchTrainer with N workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow.fs as pafs
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from aepg import tracking
+from aepg.config import ConfigError, RunConfig
+from aepg.distributed import Context, pick_device
+from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
+from aepg.metrics import running_metrics
+from aepg.sweep.report import SweepReport, build_report, to_csv
+from aepg.sweep.spec import BUDGET_KEY, Sweep, SweepSpec, trial_run_name
+
+log = logging.getLogger("aepg")
+
+STATE_FILE = "aepg_sweep.json"
+TRIAL_TAG = "aepg.trial_id"
+SWEEP_TAG = "aepg.sweep"
+PRUNED_TAG = "aepg.pruned"
+OPTUNA_STATE_TAG = "aepg.optuna_state"
+RUN_LOOKUP_SECONDS = 120
+
+
+@dataclass
+class SweepRuntime:
+    """What the driver, its callback and every trial share (pickled into the trials)."""
+
+    sweep: Sweep
+    path: str
+    """The sweep's output folder or URI: Ray Tune's experiment, trial checkpoints, best config."""
+    tracking_uri: str
+    parent_run_id: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def trial_config(self, params: dict, trial_id: str) -> RunConfig:
+        cfg = self.sweep.trial_config(params, f"{self.path}/runs", trial_run_name(self.sweep.spec.name, trial_id))
+        if cfg.scaling.num_workers == 0 and cfg.scaling.torch_threads is None:
+            cfg.scaling.torch_threads = max(1, int(self.sweep.spec.trial.cpus))
+        return cfg
+
+    def child_tags(self, trial_id: str) -> dict[str, str]:
+        return {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.name}
+
+    def find_child(self, trial_id: str) -> tracking.RunRecord | None:
+        found = tracking.find_runs(self.tracking_uri, self.sweep.experiment,
+                                   {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
+        return found[0] if found else None
+
+    def children(self) -> list[tracking.RunRecord]:
+        return tracking.find_runs(self.tracking_uri, self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id})
+
+    def save(self) -> None:
+        """Everything ``aepg sweep --resume PATH`` needs, next to Ray Tune's own state."""
+        state = {
+            "spec": self.sweep.spec.model_dump(mode="json", by_alias=True),
+            "base": self.sweep.base,
+            "source": self.sweep.source_text,
+            "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.parent_run_id,
+        }
+        fs, folder = pafs.FileSystem.from_uri(self.path)
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(f"{folder}/{STATE_FILE}") as out:
+            out.write(json.dumps(state, indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str) -> "SweepRuntime":
+        fs, folder = pafs.FileSystem.from_uri(path)
+        try:
+            with fs.open_input_stream(f"{folder}/{STATE_FILE}") as stream:
+                state = json.loads(stream.read())
+        except (FileNotFoundError, OSError):
+            raise ConfigError([("--resume", f"{path} is not an aepg sweep folder (no {STATE_FILE})")]) from None
+        sweep = Sweep(SweepSpec.model_validate(state["spec"]), state["base"], state["source"])
+        return cls(sweep, path, state["tracking_uri"], state["parent_run_id"])
+
+
+# -- the trial ----------------------------------------------------------------------------------
+
+def run_trial(config: dict, runtime: SweepRuntime) -> None:
+    """One trial: find the run the driver opened for it, then train, reporting after each task."""
+    trial_id = tune.get_context().get_trial_id()
+    params = config.get("params", config)
+    cfg = runtime.trial_config(params, trial_id)
+    deadline = time.time() + RUN_LOOKUP_SECONDS
+    while (run := runtime.find_child(trial_id)) is None:
+        if time.time() > deadline:
+            raise RuntimeError(f"no MLflow run was opened for trial {trial_id}")
+        time.sleep(0.5)
+    if cfg.scaling.num_workers == 0:
+        report = lambda state: tune.report(running_metrics(state.accuracy_matrix))  # noqa: E731
+        train_worker(cfg, run.run_id, runtime.tracking_uri, Context(device=pick_device(cfg.train.device)), [report])
+    else:
+        torch_trainer(cfg, run.run_id, runtime.tracking_uri, report_to_tune=True).fit()
+
+
+# -- searcher and MLflow callback ---------------------------------------------------------------
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """Optuna search that tells trials stopped before the full budget as PRUNED.
+
+    Ray's OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial value, which
+    biases TPE toward configurations that merely look good early. Here such trials end as
+    PRUNED, keeping the per-task intermediate values Optuna already received.
+    """
+
+    def __init__(self, *args, full_budget: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.full_budget = full_budget
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped_early = not error and result and result.get(BUDGET_KEY, self.full_budget) < self.full_budget
+        if stopped_early and trial_id not in self._completed_trials:
+            from optuna.trial import TrialState
+
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    def optuna_state(self, trial_id: str) -> str | None:
+        trial = self._ot_trials.get(trial_id)
+        return self._ot_study.trials[trial.number].state.name if trial is not None else None
+
+
+def _error_reason(trial) -> str:
+    """The last line of the trial's latest error: the exception, e.g. 'NonFiniteLoss: ...'."""
+    local = trial.error_file
+    text = open(local).read() if local and os.path.exists(local) else trial.get_error()
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "trial failed"
+
+
+class MlflowTrialRuns(tune.Callback):
+    """Opens each trial's child run at its (re)start and sets its final status."""
+
+    def __init__(self, runtime: SweepRuntime, searcher: PrunedAwareOptunaSearch | None):
+        self.runtime, self.searcher = runtime, searcher
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        existing = self.runtime.find_child(trial.trial_id)
+        if existing:
+            tracking.reopen_run(self.runtime.tracking_uri, existing.run_id)
+            return
+        tags = self.runtime.child_tags(trial.trial_id)
+        params = trial.config.get("params", trial.config)
+        try:
+            cfg = self.runtime.trial_config(params, trial.trial_id)
+        except ConfigError as error:  # an invalid combination: the trial fails on it too
+            tracking.create_run(self.runtime.tracking_uri, self.runtime.sweep.experiment,
+                                trial_run_name(self.runtime.sweep.spec.name, trial.trial_id), tags, params)
+            log.warning("trial %s has an invalid config: %s", trial.trial_id, error)
+            return
+        tracking.open_run(cfg, self.runtime.tracking_uri, tags=tags)
+
+    def _close(self, trial, status: str, reason: str | None = None, tags: dict | None = None) -> None:
+        run = self.runtime.find_child(trial.trial_id)
+        if run is None:
+            return
+        tags = dict(tags or {})
+        state = self.searcher.optuna_state(trial.trial_id) if self.searcher else None
+        if state:
+            tags[OPTUNA_STATE_TAG] = state
+        if tags:
+            tracking.set_tags(self.runtime.tracking_uri, run.run_id, tags)
+        tracking.close_run(self.runtime.tracking_uri, run.run_id, status, reason)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        done = (trial.last_result or {}).get(BUDGET_KEY, 0)
+        if done >= self.runtime.sweep.num_tasks:
+            self._close(trial, "FINISHED")
+        else:
+            self._close(trial, "KILLED", tags={PRUNED_TAG: "true"})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "FAILED", _error_reason(trial))
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+def trial_resources(sweep: Sweep) -> dict[str, float]:
+    """What one trial process asks Ray for (TorchTrainer trials: just the driver, see trial.cpus)."""
+    trial = sweep.spec.trial
+    resources = {"CPU": trial.cpus, **trial.resources}
+    if trial.gpus and sweep.base_config.scaling.num_workers == 0:
+        resources["GPU"] = trial.gpus
+    return resources
+
+
+def _trainable(runtime: SweepRuntime):
+    resources = {k.lower() if k in ("CPU", "GPU") else k: v for k, v in trial_resources(runtime.sweep).items()}
+    return tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), resources)
+
+
+def _check_trial_fits(sweep: Sweep) -> None:
+    needed = dict(trial_resources(sweep))
+    scaling = sweep.base_config.scaling
+    for key, value in worker_resources(sweep.base_config).items():
+        if scaling.num_workers:
+            needed[key] = needed.get(key, 0.0) + value * scaling.num_workers
+    check_fits(needed, "one trial")
+
+
+def _search(runtime: SweepRuntime) -> tuple[dict | None, PrunedAwareOptunaSearch | None, int]:
+    """(param_space, searcher, num_samples) for the configured algorithm."""
+    import optuna
+
+    sweep, spec = runtime.sweep, runtime.sweep.spec
+    if spec.search.algorithm == "grid":
+        return {"params": tune.grid_search(sweep.grid())}, None, 1
+    sampler = (optuna.samplers.TPESampler(seed=spec.search.seed) if spec.search.algorithm == "tpe"
+               else optuna.samplers.RandomSampler(seed=spec.search.seed))
+    searcher = PrunedAwareOptunaSearch(space=sweep.define_by_run(), metric=spec.metric, mode=spec.mode,
+                                       sampler=sampler, full_budget=sweep.num_tasks)
+    return None, searcher, spec.search.num_trials
+
+
+def expected_trials(sweep: Sweep) -> int:
+    return len(sweep.grid()) if sweep.spec.search.algorithm == "grid" else sweep.spec.search.num_trials
+
+
+def build_tuner(runtime: SweepRuntime) -> tune.Tuner:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    spec = runtime.sweep.spec
+    param_space, searcher, num_samples = _search(runtime)
+    scheduler = (ASHAScheduler(time_attr=BUDGET_KEY, max_t=runtime.sweep.num_tasks,
+                               grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
+                 if spec.scheduler.kind == "asha" else FIFOScheduler())
+    storage, name = runtime.path.rstrip("/").rsplit("/", 1)
+    return tune.Tuner(
+        _trainable(runtime),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=num_samples, max_concurrent_trials=spec.search.max_concurrent,
+                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=name, storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
+                                  callbacks=[MlflowTrialRuns(runtime, searcher)]),
+    )
+
+
+def _output_path(sweep: Sweep) -> str:
+    storage = sweep.spec.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    return f"{storage.rstrip('/')}/{sweep.spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def start(sweep: Sweep) -> SweepRuntime:
+    """Open the parent run and record the sweep's state; nothing runs yet."""
+    uri = tracking.resolve_tracking_uri(sweep.base_config.tracking_uri)
+    path = _output_path(sweep)
+    spec = sweep.spec
+    params = {"sweep.name": spec.name, "sweep.path": path, "search.algorithm": spec.search.algorithm,
+              "search.num_trials": expected_trials(sweep), "search.seed": spec.search.seed,
+              "search.max_concurrent": spec.search.max_concurrent, "scheduler.kind": spec.scheduler.kind,
+              "metric": spec.metric, "mode": spec.mode, "seeds": sweep.seeds,
+              "base.storage_path": sweep.base_config.storage_path}
+    space = {key: param.model_dump(exclude_none=True, by_alias=True) for key, param in spec.space.items()}
+    parent = tracking.create_run(uri, sweep.experiment, path.rsplit("/", 1)[-1], {SWEEP_TAG: path.rsplit("/", 1)[-1],
+                                 "aepg.kind": "sweep"}, params,
+                                 {"sweep.yaml": sweep.source_text, "space.json": json.dumps(space, indent=1)})
+    runtime = SweepRuntime(sweep, path, uri, parent)
+    runtime.save()
+    return runtime
+
+
+def run_sweep(sweep: Sweep) -> tuple[SweepRuntime, bool]:
+    ensure_ray()
+    _check_trial_fits(sweep)
+    runtime = start(sweep)
+    log.info("sweep outputs: %s (resume with: aepg sweep --resume %s)", runtime.path, runtime.path)
+    return runtime, _fit_and_close(runtime, build_tuner(runtime))
+
+
+def resume_sweep(path: str) -> tuple[SweepRuntime, bool]:
+    ensure_ray()
+    runtime = SweepRuntime.load(path)
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
+    tracking.reopen_run(runtime.tracking_uri, runtime.parent_run_id)
+    tuner = tune.Tuner.restore(path, trainable=_trainable(runtime), resume_unfinished=True, resume_errored=False)
+    return runtime, _fit_and_close(runtime, tuner)
+
+
+def _fit_and_close(runtime: SweepRuntime, tuner: tune.Tuner) -> bool:
+    try:
+        results = tuner.fit()
+    except BaseException as error:
+        tracking.close_run(runtime.tracking_uri, runtime.parent_run_id, "FAILED", f"{type(error).__name__}: {error}")
+        raise
+    _drop_orphans(runtime, {Path(r.path).name.removeprefix("trial_") for r in results})
+    complete = results.num_terminated + results.num_errors >= expected_trials(runtime.sweep)
+    if not complete:  # Ctrl-C: Tune saved its state and stopped the trials
+        for child in runtime.children():
+            if child.status == "RUNNING":
+                tracking.close_run(runtime.tracking_uri, child.run_id, "KILLED", "sweep interrupted")
+        tracking.close_run(runtime.tracking_uri, runtime.parent_run_id, "KILLED", "interrupted")
+    return complete
+
+
+def _drop_orphans(runtime: SweepRuntime, trial_ids: set[str]) -> None:
+    """Delete child runs of trials the sweep does not know: a driver killed between opening a
+    trial's run and saving Tune's state leaves one, and the restored sweep samples anew."""
+    for child in runtime.children():
+        if child.tags.get(TRIAL_TAG) not in trial_ids:
+            log.warning("deleting MLflow run %s of trial %s, which the restored sweep never recorded",
+                        child.run_id, child.tags.get(TRIAL_TAG))
+            tracking.delete_run(runtime.tracking_uri, child.run_id)
+
+
+def trial_dirname(trial) -> str:
+    """Trial folders named by trial id alone, so results map back to MLflow runs."""
+    return f"trial_{trial.trial_id}"
+
+
+def finalize(runtime: SweepRuntime) -> SweepReport:
+    """Leaderboard, best config and plots: into the sweep folder and the parent run, which ends FINISHED."""
+    report = build_report(runtime.tracking_uri, runtime.parent_run_id)
+    texts = {"leaderboard.csv": to_csv(report.rows), "leaderboard.txt": report.text + "\n"}
+    if report.best_yaml:
+        texts["best.yaml"] = report.best_yaml
+    fs, folder = pafs.FileSystem.from_uri(runtime.path)
+    for name, text in texts.items():
+        with fs.open_output_stream(f"{folder}/{name}") as out:
+            out.write(text.encode())
+    counts = {f"trials_{status}": sum(1 for r in report.rows if r["status"] == status)
+              for status in ("finished", "pruned", "failed")}
+    metrics = {**counts, **({f"best_{report.metric}": report.best.value} if report.best else {})}
+    tracking.log_outputs(runtime.tracking_uri, runtime.parent_run_id, texts, report.figures, metrics)
+    tracking.close_run(runtime.tracking_uri, runtime.parent_run_id, "FINISHED")
+    return report

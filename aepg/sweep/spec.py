@@ -1,0 +1,295 @@
+"""Sweep files: a base run config, a search space over its dotted keys, and search settings.
+
+Everything is validated before a trial starts: the file's own keys, the base config, every
+searched key against the run-config schema, and every value the space can produce (each
+choice and both ends of each range) through the run config's own validation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from aepg.config import (
+    ConfigError,
+    RunConfig,
+    Section,
+    pydantic_problems,
+    flatten,
+    merge_overrides,
+    read_yaml,
+    validate,
+)
+
+Scalar = str | int | float | bool | None
+
+# Metrics reported after every task (running values), any of which a sweep can optimise.
+REPORTED_METRICS = ("avg_incremental_accuracy", "accuracy_after_task", "last_accuracy", "forgetting", "bwt")
+BUDGET_KEY = "tasks_done"
+
+
+class Param(Section):
+    """One searched key: exactly one of choice / uniform / loguniform / int, optionally ``when``."""
+
+    choice: list[Scalar] | None = Field(None, min_length=1)
+    uniform: list[float] | None = Field(None, min_length=2, max_length=2)
+    loguniform: list[float] | None = Field(None, min_length=2, max_length=2)
+    integer: list[int] | None = Field(None, min_length=2, max_length=2, alias="int")
+    when: dict[str, Scalar | list[Scalar]] | None = None
+    """Sample this key only when every listed key has the given value (or one of the listed values)."""
+
+    model_config = {**Section.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Param":
+        kinds = [k for k in ("choice", "uniform", "loguniform", "integer") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, int")
+        low_high = self.uniform or self.loguniform or self.integer
+        if low_high is not None and not low_high[0] < low_high[1]:
+            raise ValueError(f"range {low_high} must have low < high")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("choice", "uniform", "loguniform", "integer") if getattr(self, k) is not None)
+
+    def extremes(self) -> list[Scalar]:
+        """The values to validate: every choice, both ends of a range."""
+        return list(self.choice) if self.choice is not None else list(self.uniform or self.loguniform or self.integer)
+
+    def active(self, values: dict[str, Any]) -> bool:
+        for key, wanted in (self.when or {}).items():
+            allowed = wanted if isinstance(wanted, list) else [wanted]
+            if values.get(key) not in allowed:
+                return False
+        return True
+
+    def suggest(self, trial, name: str):
+        if self.choice is not None:
+            return trial.suggest_categorical(name, self.choice)
+        if self.uniform is not None:
+            return trial.suggest_float(name, *self.uniform)
+        if self.loguniform is not None:
+            return trial.suggest_float(name, *self.loguniform, log=True)
+        return trial.suggest_int(name, *self.integer)
+
+    def contains(self, value) -> bool:
+        if self.choice is not None:
+            return value in self.choice
+        low, high = self.uniform or self.loguniform or self.integer
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+    def distribution(self):
+        """The Optuna distribution (for importance and parallel-coordinate plots)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.choice is not None:
+            return CategoricalDistribution(self.choice)
+        if self.uniform is not None:
+            return FloatDistribution(*self.uniform)
+        if self.loguniform is not None:
+            return FloatDistribution(*self.loguniform, log=True)
+        return IntDistribution(*self.integer)
+
+
+class SearchSettings(Section):
+    algorithm: Literal["tpe", "random", "grid"] = "tpe"
+    seed: int = 0
+    num_trials: int = Field(8, ge=1)
+    """Trials to sample (tpe, random); a grid runs each of its points once per seed."""
+    max_concurrent: int = Field(2, ge=1)
+
+
+class SchedulerSettings(Section):
+    kind: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    """Tasks every trial completes before ASHA may stop it."""
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class TrialSettings(Section):
+    cpus: float = Field(1.0, gt=0)
+    """CPUs of the trial process. In-process trials train there; with scaling.num_workers > 0
+    the trial only drives a TorchTrainer, and a fraction (0.1) is enough."""
+    gpus: float = Field(0.0, ge=0)
+    """GPUs of an in-process trial; fractions let small trials share a GPU."""
+    resources: dict[str, float] = {}
+    """Custom Ray resources, e.g. to keep trial drivers on non-spot nodes."""
+    max_failures: int = Field(1, ge=0)
+    """Retries of a failed trial, each resuming from the trial's latest checkpoint."""
+
+
+class SweepSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    base_config: str
+    """Run config YAML, relative to the sweep file."""
+    base_overrides: dict[str, Any] = {}
+    """Nested run-config keys applied to the base config."""
+    experiment: str | None = None
+    """MLflow experiment of the sweep and its trials; default the base config's."""
+    space: dict[str, Param]
+    search: SearchSettings = SearchSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    metric: Literal[REPORTED_METRICS] = "avg_incremental_accuracy"
+    mode: Literal["max", "min"] = "max"
+    seeds: list[int] | None = Field(None, min_length=1)
+    """Run every grid point once per seed; the leaderboard averages over seeds."""
+    trial: TrialSettings = TrialSettings()
+    storage_path: str = "aepg_sweeps"
+    """Where Ray Tune's state, trial checkpoints and the best config go: a folder or URI."""
+
+
+class Sweep:
+    """A validated sweep: spec, the base config as data and as ``RunConfig``, and the space."""
+
+    def __init__(self, spec: SweepSpec, base: dict[str, Any], source_text: str):
+        self.spec, self.base, self.source_text = spec, base, source_text
+        self.base_config = validate(base)
+        self.base_flat = flatten(self.base_config.model_dump(mode="json"))
+
+    @property
+    def space(self) -> dict[str, Param]:
+        return self.spec.space
+
+    @property
+    def experiment(self) -> str:
+        return self.spec.experiment or self.base_config.experiment
+
+    @property
+    def num_tasks(self) -> int:
+        return self.base_config.benchmark.num_tasks
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.spec.seeds or [self.base_config.seed]
+
+    def trial_config(self, params: dict[str, Any], storage_path: str, run_name: str) -> RunConfig:
+        """The run config of one trial: base + sampled params, storing under the sweep."""
+        overrides = {"experiment": self.experiment, "run_name": run_name, "storage_path": storage_path, **params}
+        return validate(_apply_dotted(self.base, overrides))
+
+    def define_by_run(self) -> "DefineByRun":
+        return DefineByRun(self.space, self.base_flat)
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of choices, inactive keys dropped and duplicates removed, per seed."""
+        points: list[dict[str, Any]] = [{}]
+        for key, param in self.space.items():
+            grown = []
+            for point in points:
+                if param.active({**self.base_flat, **point}):
+                    grown.extend({**point, key: value} for value in param.choice)
+                else:
+                    grown.append(point)
+            points = grown
+        unique = list({tuple(sorted(p.items(), key=lambda kv: kv[0])): p for p in points}.values())
+        if self.spec.seeds:
+            return [{**p, "seed": s} for p, s in itertools.product(unique, self.spec.seeds)]
+        return unique
+
+
+class DefineByRun:
+    """Optuna define-by-run space: conditional keys are asked only when their ``when`` holds.
+
+    A class rather than a closure, because Ray Tune pickles the searcher with its space.
+    """
+
+    def __init__(self, space: dict[str, Param], base_flat: dict[str, Any]):
+        self.space, self.base_flat = space, base_flat
+
+    def __call__(self, trial) -> None:
+        values = dict(self.base_flat)
+        for key, param in self.space.items():
+            if param.active(values):
+                values[key] = param.suggest(trial, key)
+
+
+def _apply_dotted(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of nested ``data`` with dotted keys set (values kept as they are, not parsed)."""
+    import copy
+
+    result = copy.deepcopy(data)
+    for dotted, value in values.items():
+        node = result
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return result
+
+
+def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
+    problems = []
+    known = set(sweep.base_flat)
+    seen: list[str] = []
+    for key, param in sweep.space.items():
+        where = f"space.{key}"
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            problems.append((where, "not a run-config key" + (f"; did you mean '{close[0]}'?" if close else "")))
+            continue
+        for dependency in param.when or {}:
+            if dependency not in known or (dependency in sweep.space and dependency not in seen):
+                problems.append((f"{where}.when", f"{dependency!r} must be a run-config key searched before {key!r} or fixed in the base config"))
+        for value in param.extremes():
+            try:
+                validate(_apply_dotted(sweep.base, {key: value}))
+            except ConfigError as error:
+                problems.extend((where, f"value {value!r}: {k}: {m}") for k, m in error.problems)
+        seen.append(key)
+    return problems
+
+
+def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
+    spec, problems = sweep.spec, []
+    if spec.search.algorithm == "grid":
+        for key, param in spec.space.items():
+            if param.kind != "choice":
+                problems.append((f"space.{key}", "grid search takes choice parameters only"))
+    elif spec.seeds and len(spec.seeds) > 1:
+        problems.append(("seeds", "several seeds need search.algorithm: grid (TPE and random sample one config per trial)"))
+    if spec.scheduler.kind == "asha" and spec.scheduler.grace_period > sweep.num_tasks:
+        problems.append(("scheduler.grace_period", f"{spec.scheduler.grace_period} tasks but the benchmark has {sweep.num_tasks}"))
+    if spec.scheduler.kind == "asha" and sweep.num_tasks < 2:
+        problems.append(("scheduler.kind", "ASHA needs at least 2 tasks to stop trials early"))
+    return problems
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """Read, override and validate a sweep file (and its base config); ConfigError on any problem."""
+    path = Path(path)
+    data = merge_overrides(read_yaml(path), list(overrides))
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(pydantic_problems(error, SweepSpec)) from None
+    base_path = (path.parent / spec.base_config).resolve()
+    try:
+        base = merge_overrides(read_yaml(base_path), [])
+        base = _apply_nested(base, spec.base_overrides)
+        sweep = Sweep(spec, base, path.read_text())
+    except ConfigError as error:
+        raise ConfigError([(f"base_config ({base_path.name}): {k}", m) for k, m in error.problems]) from None
+    problems = _check_space(sweep) + _check_settings(sweep)
+    if problems:
+        raise ConfigError(problems)
+    return sweep
+
+
+def _apply_nested(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(data), OmegaConf.create(overrides)))
+
+
+def trial_run_name(sweep_name: str, trial_id: str) -> str:
+    return f"{sweep_name}-{re.sub(r'[^A-Za-z0-9]+', '-', trial_id)}"

@@ -1,0 +1,255 @@
+"""Sweeps on a real local Ray instance writing to a real MLflow store."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from ray.tune.search.optuna import OptunaSearch
+
+from aepg.cli import main
+from aepg.sweep.driver import PrunedAwareOptunaSearch
+from aepg.sweep.spec import load_sweep
+
+from conftest import AEPG, CONFIGS, REPO, run_aepg
+
+pytestmark = pytest.mark.ray
+
+TINY_BASE = {"train": {"epochs": 1, "batch_size": 16},
+             "benchmark": {"num_tasks": 3, "max_train_per_class": 20, "max_test_per_class": 10}}
+
+
+def write_sweep(folder, **changes) -> str:
+    spec = {
+        "name": "tiny",
+        "base_config": str(CONFIGS / "digits.yaml"),
+        "base_overrides": TINY_BASE,
+        "space": {
+            "objective.kind": {"choice": ["ce", "aepg"]},
+            "schedule.tau": {"uniform": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
+            "train.lr": {"loguniform": [1.0e-4, 1.0e-3]},
+        },
+        "search": {"algorithm": "tpe", "seed": 3, "num_trials": 6, "max_concurrent": 2},
+        "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+        "trial": {"cpus": 1, "max_failures": 1},
+    }
+    spec.update(changes)
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    import ray
+
+    context = ray.init(_node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+def sweep_runs(db):
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("aepg-digits")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("aepg.kind") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_sweep_end_to_end(ray_address, workdir):
+    space = {
+        "objective.kind": {"choice": ["ce", "aepg"]},
+        "schedule.tau": {"uniform": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
+        "train.lr": {"loguniform": [1.0e-4, 1.0e-3]},
+        # A head initialised this large gives infinite logits: those trials fail with NaN losses.
+        "model.head_init_std": {"choice": [0.001, 0.002, 1.0e37]},
+    }
+    path = write_sweep(workdir, space=space, search={"algorithm": "tpe", "seed": 3, "num_trials": 8, "max_concurrent": 2})
+    assert main(["sweep", path]) == 0
+    client, parents, children = sweep_runs(workdir / "mlflow.db")
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 8
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert len({c.data.tags["aepg.trial_id"] for c in children}) == 8
+
+    by_status = {}
+    for child in children:
+        by_status.setdefault(child.info.status, []).append(child)
+    nan_trials = [c for c in children if float(c.data.params["model.head_init_std"]) > 1]
+    assert nan_trials and all(c.info.status == "FAILED" for c in nan_trials)
+    assert all("NonFiniteLoss" in c.data.tags["failure_reason"] for c in nan_trials)
+    assert len(by_status.get("FAILED", [])) == len(nan_trials), "only the NaN trials fail"
+    finished = by_status["FINISHED"]
+    assert finished and all(c.data.metrics["tasks_done"] == 3 for c in finished)
+    assert all(c.data.tags["aepg.optuna_state"] == "COMPLETE" for c in finished)
+    pruned = [c for c in by_status.get("KILLED", []) if c.data.tags.get("aepg.pruned") == "true"]
+    assert pruned, "ASHA stopped no trial"
+    for child in pruned:
+        assert child.data.metrics["tasks_done"] < 3
+        assert child.data.tags["aepg.optuna_state"] == "PRUNED"  # not COMPLETE with a partial value
+    for child in nan_trials:
+        assert child.data.tags["aepg.optuna_state"] == "FAIL"
+    # Conditional parameter: tau is sampled only for aepg (the config still holds the default).
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep.yaml", "space.json", "leaderboard.csv", "best.yaml", "objective_over_trials.png"} <= artifacts
+    assert json.loads(client.download_artifacts(parent.info.run_id, "space.json", str(workdir)) and
+                      open(workdir / "space.json").read())["schedule.tau"]["when"] == {"objective.kind": "aepg"}
+    for child in finished[:1]:
+        assert {"config.yaml", "accuracy_matrix.json", "accuracy_matrix.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+
+    # The best config is written under the working directory and reproduces with `aepg train`.
+    (best,) = list((workdir / "aepg_sweeps").glob("tiny-*/best.yaml"))
+    best_cfg = yaml.safe_load(best.read_text())
+    assert best_cfg["model"]["head_init_std"] < 1
+    best_value = parent.data.metrics["best_avg_incremental_accuracy"]
+    trained = run_aepg(["train", str(best)], cwd=workdir)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    runs = client.search_runs([parent.info.experiment_id], filter_string="attributes.run_name LIKE '%-best'")
+    assert runs and runs[0].data.metrics["avg_incremental_accuracy"] == pytest.approx(best_value, abs=1e-9)
+
+    # `aepg report` rebuilds the leaderboard and plots from MLflow alone.
+    report = run_aepg(["report", "tiny", "--out", str(workdir / "report")], cwd=workdir)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "pruned" in report.stdout and "failed" in report.stdout
+    assert (workdir / "report" / "objective_over_trials.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (workdir / "report" / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 9 and rows[1].split(",")[2] == "finished"
+
+
+def test_asha_stopped_trials_reach_optuna_as_pruned():
+    """Ray's OptunaSearch tells a stopped trial COMPLETE with its partial value; ours PRUNED."""
+    import optuna
+
+    def space(trial):
+        trial.suggest_float("x", 0.0, 1.0)
+
+    for cls, expected in ((OptunaSearch, "COMPLETE"), (PrunedAwareOptunaSearch, "PRUNED")):
+        kwargs = {"full_budget": 5} if cls is PrunedAwareOptunaSearch else {}
+        searcher = cls(space=space, metric="acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0), **kwargs)
+        assert searcher.suggest("t1") is not None
+        for step in (1, 2):
+            searcher.on_trial_result("t1", {"acc": 0.5 + step / 10, "tasks_done": step, "training_iteration": step})
+        searcher.on_trial_complete("t1", {"acc": 0.7, "tasks_done": 2, "training_iteration": 2})
+        (trial,) = searcher._ot_study.trials
+        assert trial.state.name == expected
+        assert trial.intermediate_values == {1: 0.6, 2: 0.7}
+        # A trial that used its whole budget is COMPLETE either way.
+        searcher.suggest("t2")
+        searcher.on_trial_complete("t2", {"acc": 0.8, "tasks_done": 5, "training_iteration": 5})
+        assert searcher._ot_study.trials[1].state.name == "COMPLETE"
+
+
+def live_children(db) -> list:
+    if not db.exists():
+        return []
+    try:
+        return sweep_runs(db)[2]
+    except Exception:
+        return []
+
+
+@pytest.mark.parametrize("kill", [signal.SIGINT, signal.SIGKILL])
+def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
+    path = write_sweep(workdir, scheduler={"kind": "none"}, search={"algorithm": "random", "seed": 1, "num_trials": 5, "max_concurrent": 2})
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    driver = subprocess.Popen([str(AEPG), "sweep", path], cwd=workdir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while sum(c.info.status == "FINISHED" for c in live_children(workdir / "mlflow.db")) < 1:
+            assert time.time() < deadline and driver.poll() is None, "no trial finished"
+            time.sleep(0.5)
+        driver.send_signal(kill)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    if kill == signal.SIGINT:
+        assert driver.returncode == 130, output[-3000:]
+        assert "aepg sweep --resume" in output
+    (folder,) = list((workdir / "aepg_sweeps").glob("tiny-*"))
+    before = len(live_children(workdir / "mlflow.db"))
+    assert 1 <= before < 5
+    time.sleep(2)  # the dead driver's trials end with its job
+
+    resumed = run_aepg(["sweep", "--resume", str(folder)], cwd=workdir, env={"RAY_ADDRESS": ray_address})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, parents, children = sweep_runs(workdir / "mlflow.db")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    trial_ids = [c.data.tags["aepg.trial_id"] for c in children]
+    assert len(trial_ids) == 5 and len(set(trial_ids)) == 5, "a trial is missing or duplicated"
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.metrics["tasks_done"] == 3 for c in children)
+
+
+BAD_SWEEPS = [
+    ({"space": {"train.lr": {"loguniform": [0.0, 1.0e-3]}}}, "space.train.lr", "loguniform bounds must be > 0"),
+    ({"space": {"train.lrate": {"choice": [0.1]}}}, "space.train.lrate", "not a run-config key"),
+    ({"space": {"schedule.tau": {"uniform": [-1.0, 2.0]}}}, "space.schedule.tau", "greater than 0"),
+    ({"space": {"train.lr": {"choice": [0.1], "uniform": [0.1, 0.2]}}}, "space.train.lr", "exactly one"),
+    ({"space": {"schedule.tau": {"uniform": [1.0, 2.0], "when": {"objective.kind": "aepg"}},
+                "objective.kind": {"choice": ["ce", "aepg"]}}}, "space.schedule.tau.when", "searched before"),
+    ({"search": {"algorithm": "grid"}}, "space.schedule.tau", "grid search takes choice"),
+    ({"metric": "accuracy"}, "metric", "Input should be"),
+    ({"seeds": [0, 1]}, "seeds", "grid"),
+    ({"scheduler": {"grace_period": 5}}, "scheduler.grace_period", "the benchmark has 3"),
+    ({"base_overrides": {"train": {"lr": -1}}}, "train.lr", "greater than 0"),
+    ({"searchh": {}}, "searchh", "did you mean 'search'"),
+]
+
+
+@pytest.mark.parametrize("changes, key, fragment", BAD_SWEEPS, ids=[b[1] for b in BAD_SWEEPS])
+def test_bad_sweep_fails_before_any_trial(changes, key, fragment, workdir, capsys):
+    path = write_sweep(workdir, **changes)
+    assert main(["sweep", path]) == 2
+    err = capsys.readouterr().err
+    assert any(key in line and fragment in line for line in err.splitlines()), err
+    assert not (workdir / "aepg_sweeps").exists() and not (workdir / "mlflow.db").exists()
+
+
+def test_shipped_sweeps_validate():
+    for path in sorted((REPO / "sweeps").rglob("*.yaml")):
+        if "paper" in path.parts:
+            continue
+        sweep = load_sweep(path)
+        assert sweep.space
+
+
+def test_grid_expands_conditions_and_seeds(tmp_path):
+    path = write_sweep(tmp_path, space={
+        "objective.kind": {"choice": ["ce", "aepg"]},
+        "schedule.kind": {"choice": ["sigmoid", "cosine"], "when": {"objective.kind": "aepg"}},
+    }, search={"algorithm": "grid"}, seeds=[0, 1])
+    grid = load_sweep(path).grid()
+    configs = {tuple(sorted((k, v) for k, v in p.items() if k != "seed")) for p in grid}
+    assert configs == {(("objective.kind", "ce"),),
+                       (("objective.kind", "aepg"), ("schedule.kind", "sigmoid")),
+                       (("objective.kind", "aepg"), ("schedule.kind", "cosine"))}
+    assert len(grid) == 6 and sorted({p["seed"] for p in grid}) == [0, 1]
+
+
+def test_trials_can_be_torch_trainer_runs(ray_address, workdir):
+    path = write_sweep(
+        workdir,
+        base_overrides={**TINY_BASE, "benchmark": {**TINY_BASE["benchmark"], "num_tasks": 2},
+                        "scaling": {"num_workers": 2, "cpus_per_worker": 0.9, "torch_threads": 1}},
+        space={"train.lr": {"choice": [0.0005]}},
+        search={"algorithm": "grid", "max_concurrent": 1},
+        scheduler={"kind": "none"},
+        trial={"cpus": 0.1},
+    )
+    assert main(["sweep", path]) == 0
+    _, parents, children = sweep_runs(workdir / "mlflow.db")
+    (child,) = children
+    assert child.info.status == "FINISHED" and child.data.metrics["tasks_done"] == 2
+    assert child.data.params["scaling.num_workers"] == "2"
+    # Reported through ray.train.report on both ranks and TuneReportCallback, logged once by rank 0.
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
+    assert len(steps) == len(set(steps)) > 0
+    assert parents[0].data.metrics["trials_finished"] == 1
