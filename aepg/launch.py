@@ -16,13 +16,13 @@ from typing import Callable
 
 import torch
 
-from aepg.benchmarks import DATASETS, build_benchmark
+from aepg.benchmarks import DATASETS, Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore
 from aepg.config import ConfigError, RunConfig, flatten
 from aepg.distributed import Context, pick_device, seed_all
 from aepg.metrics import running_metrics
-from aepg.models import build_model
-from aepg.objectives import build_objective
+from aepg.models import ContinualClassifier, build_model
+from aepg.objectives import Objective, build_objective
 from aepg.trainer import ContinualTrainer, TrainState
 from aepg import tracking
 
@@ -42,14 +42,20 @@ class RunResult:
     state: TrainState
 
 
+def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective]:
+    """Model (initialised from ``cfg.seed``), benchmark and objective of a run."""
+    seed_all(cfg.seed)
+    model, inputs = build_model(cfg.model, DATASETS[cfg.benchmark.dataset].num_classes, cfg.benchmark.num_tasks)
+    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std)
+    return model, benchmark, build_objective(cfg.objective, cfg.schedule)
+
+
 def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Context,
                  task_hooks: list[Callable[[TrainState], None]] = ()) -> TrainState:
     """Build benchmark, model and objective, restore the latest checkpoint if any, and train."""
     if cfg.scaling.torch_threads:
         torch.set_num_threads(cfg.scaling.torch_threads)
-    seed_all(cfg.seed)
-    model, inputs = build_model(cfg.model, DATASETS[cfg.benchmark.dataset].num_classes)
-    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std)
+    model, benchmark, objective = build_job(cfg)
     store = CheckpointStore(cfg.storage_path, run_id, cfg.checkpoint.num_to_keep)
     state, optimizer_state = TrainState(), None
     restored = store.load_latest()
@@ -64,9 +70,11 @@ def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Contex
         reporters.append(tracking.MlflowReporter(tracking_uri, run_id))
         reporters[0].log_params(model.parameter_counts())
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
+        if benchmark.split_manifest:
+            reporters[0].log_dict(benchmark.split_manifest, "split.json")
         log.info("trainable parameters: %s", model.parameter_counts())
     config = cfg.model_dump(mode="json")
-    trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.schedule), context,
+    trainer = ContinualTrainer(cfg, model, benchmark, objective, context,
                                reporters, save=lambda snapshot: store.save(snapshot, config), task_hooks=task_hooks)
     if state.task >= len(benchmark.tasks):  # restarted after the end: report the end again
         for hook in task_hooks:
@@ -125,10 +133,18 @@ def _ray_train_loop(config: dict) -> None:
     cfg = RunConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     context = Context(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-                      device=ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model)
+                      device=ray.train.torch.get_device(), wrap=_prepare_ddp)
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
     hooks = [lambda state: ray.train.report(running_metrics(state.accuracy_matrix))] if config["report"] else []
     train_worker(cfg, config["run_id"], config["tracking_uri"], context, task_hooks=hooks)
+
+
+def _prepare_ddp(model: ContinualClassifier):
+    """Ray Train's DDP wrapping; prompt pools leave some parameters without gradients each step."""
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": model.sparse_updates})
 
 
 def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, report_to_tune: bool = False):

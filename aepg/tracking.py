@@ -106,6 +106,9 @@ class RunRecord:
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
+    start_time: int | None = None
+    end_time: int | None = None
+    """Milliseconds since the epoch; None while running."""
 
 
 def find_runs(tracking_uri: str, experiment: str, tags: dict[str, str]) -> list[RunRecord]:
@@ -117,8 +120,12 @@ def find_runs(tracking_uri: str, experiment: str, tags: dict[str, str]) -> list[
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client.search_runs([found.experiment_id], filter_string=query, order_by=["attributes.start_time ASC"],
                               max_results=50000)
-    return [RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics, r.data.tags)
-            for r in runs]
+    return [_record(r) for r in runs]
+
+
+def _record(r) -> RunRecord:
+    return RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics, r.data.tags,
+                     r.info.start_time, r.info.end_time)
 
 
 def find_sweep(tracking_uri: str, name: str) -> str | None:
@@ -138,7 +145,7 @@ def get_run(tracking_uri: str, run_id: str) -> tuple[RunRecord, str]:
     client = client_for(tracking_uri)
     r = client.get_run(run_id)
     experiment = client.get_experiment(r.info.experiment_id).name
-    return RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics, r.data.tags), experiment
+    return _record(r), experiment
 
 
 def read_text(tracking_uri: str, run_id: str, path: str) -> str:

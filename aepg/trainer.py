@@ -186,6 +186,7 @@ class ContinualTrainer:
             disable=None if self.context.is_chief else True,
             leave=False,
         )
+        self.model.begin_task(task.index)
         phase = None
         for epoch in range(state.epoch, cfg.epochs):
             head_only = self._head_only(task, epoch)
@@ -202,11 +203,12 @@ class ContinualTrainer:
                 step = epoch * steps_per_epoch + i
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True) - columns.start
                 with self.autocast:
-                    logits = model(x)[:, columns].float()
+                    logits = model(x, columns).float()
                 out = self.objective(logits, y, self._progress(task, step, state.global_step, task_steps))
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                (out.loss + self.model.auxiliary_loss()).backward()
                 optimizer.step()
+                self.model.after_step()
                 state.global_step += 1
                 if state.global_step % cfg.log_every_steps == 0:
                     buffer.add(state.global_step, self._step_metrics(out, logits, y))
@@ -247,7 +249,7 @@ class ContinualTrainer:
             for x, y in DataLoader(shard, batch_size=self.cfg.train.eval_batch_size, num_workers=self.cfg.train.data_workers):
                 x, y = x.to(self.device), y.to(self.device)
                 with self.autocast:
-                    predictions = self.model(x)[:, :seen].argmax(1)
+                    predictions = self.model(x, slice(0, seen)).argmax(1)
                 counts[task.index, 0] += (predictions == y).sum()
                 counts[task.index, 1] += len(y)
         counts = self.context.all_reduce_sum(counts).cpu()

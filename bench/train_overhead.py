@@ -22,10 +22,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from aepg import tracking
-from aepg.benchmarks import build_benchmark
 from aepg.config import load_config
-from aepg.distributed import Context, derive_seed, seed_all
-from aepg.models import build_model
+from aepg.distributed import Context, derive_seed
+from aepg.launch import build_job
 from aepg.objectives import build_objective
 from aepg.trainer import ContinualTrainer, TrainState
 
@@ -33,8 +32,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
 
 def fresh_model(cfg):
-    seed_all(cfg.seed)
-    return build_model(cfg.model, 10)[0]
+    return build_job(cfg)[0]
 
 
 def run_aepg(cfg, benchmark, run_id: str, uri: str) -> tuple[int, float]:
@@ -65,7 +63,7 @@ def run_bare(cfg, benchmark) -> tuple[int, float]:
             sampler.set_epoch(epoch)
             for x, y in loader:
                 a = 1 / (1 + math.exp(-cfg.schedule.tau * (T - 2 * t) / T))
-                log_p_y = F.log_softmax(model(x)[:, task.start:task.stop], -1).gather(1, (y - task.start)[:, None])
+                log_p_y = F.log_softmax(model(x, slice(task.start, task.stop)), -1).gather(1, (y - task.start)[:, None])
                 loss = -(a * log_p_y + (1 - a) * log_p_y.exp()).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -82,8 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(CONFIG, ["train.epochs=2", "train.batch_size=32", *args.overrides])
     torch.set_num_threads(cfg.scaling.torch_threads or torch.get_num_threads())
-    _, inputs = build_model(cfg.model, 10)
-    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std)
+    benchmark = build_job(cfg)[1]
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         run_id = tracking.open_run(cfg, uri)

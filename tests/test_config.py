@@ -76,3 +76,24 @@ def test_console_script_exit_code(workdir):
     assert "schedule.tau" in result.stderr
     dry = run_aepg(["train", DIGITS, "--dry-run", "train.epochs=7"], cwd=workdir)
     assert dry.returncode == 0 and yaml.safe_load(dry.stdout)["train"]["epochs"] == 7
+
+
+def test_shipped_configs_validate():
+    paths = sorted(CONFIGS.rglob("*.yaml"))
+    leaves = [p for p in paths if "peft" not in p.parts]
+    assert len(leaves) >= 2 + 1 + 4 + 4 * 7
+    for path in leaves:
+        load_config(path)
+    lae = load_config(CONFIGS / "paper" / "cub200_lae.yaml")
+    assert (lae.benchmark.dataset, lae.model.peft.kind, lae.model.peft.lae, lae.train.head_only_epochs) == ("cub200", "lora", True, 30)
+
+
+def test_extends_merges_parents_in_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("train: {epochs: 7, lr: 0.01}\nseed: 1\n")
+    (tmp_path / "b.yaml").write_text("train: {lr: 0.02}\n")
+    (tmp_path / "leaf.yaml").write_text("extends: [a.yaml, b.yaml]\nseed: 3\n")
+    cfg = load_config(tmp_path / "leaf.yaml")
+    assert (cfg.train.epochs, cfg.train.lr, cfg.seed) == (7, 0.02, 3)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "loop.yaml")

@@ -10,13 +10,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from aepg.benchmarks import build_benchmark
 from aepg.checkpoints import CheckpointStore
 from aepg.config import load_config
 from aepg.distributed import Context
-from aepg.launch import run
-from aepg.models import build_model
-from aepg.objectives import build_objective
+from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer
 
 from conftest import CONFIGS
@@ -55,12 +52,10 @@ def test_one_and_two_workers_agree(ray_address, tmp_path):
 
     # Evaluation reduced over 2 workers equals a single process scoring the same weights.
     cfg = config(tmp_path)
-    model, inputs = build_model(cfg.model, 10)
+    model, benchmark, objective = build_job(cfg)
     snapshot, _ = CheckpointStore(cfg.storage_path, two.run_id).load_latest()
     model.load_trainable_state_dict(snapshot.model)
-    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std)
-    trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.schedule),
-                               Context(device=torch.device("cpu")))
+    trainer = ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu")))
     assert trainer.evaluate(1) == two.state.accuracy_matrix[-1]
 
     client = MlflowClient(two.tracking_uri)

@@ -6,12 +6,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from aepg.benchmarks import build_benchmark
 from aepg.config import load_config
 from aepg.distributed import Context
-from aepg.launch import run
-from aepg.models import build_model
-from aepg.objectives import build_objective
+from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer, NonFiniteLoss
 from aepg import tracking
 
@@ -28,9 +25,7 @@ def small_config(tmp_path, *overrides):
 
 
 def build_trainer(cfg, save):
-    model, inputs = build_model(cfg.model, 10)
-    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std)
-    objective = build_objective(cfg.objective, cfg.schedule)
+    model, benchmark, objective = build_job(cfg)
     return ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu")), save=save)
 
 

@@ -13,8 +13,10 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from aepg.benchmarks.cifar100 import load_cifar100_splits
 from aepg.benchmarks.digits import load_digits_splits
 from aepg.benchmarks.fashion_mnist import load_fashion_mnist_splits
+from aepg.benchmarks.folders import load_cub200_splits, load_food101_splits, load_imagenet_r_splits
 from aepg.benchmarks.images import DatasetNotFound, ImageSet, ImageSplits, build_transforms
 
 __all__ = ["DATASETS", "Benchmark", "DatasetNotFound", "Task", "build_benchmark"]
@@ -23,12 +25,17 @@ __all__ = ["DATASETS", "Benchmark", "DatasetNotFound", "Task", "build_benchmark"
 @dataclass(frozen=True)
 class DatasetSpec:
     num_classes: int
-    load: Callable[[str | None], ImageSplits]
+    load: Callable[..., ImageSplits]
+    """``load(benchmark_config)``: the data set's train and test images."""
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(10, load_digits_splits),
     "fashion-mnist": DatasetSpec(10, load_fashion_mnist_splits),
+    "cifar100": DatasetSpec(100, load_cifar100_splits),
+    "imagenet-r": DatasetSpec(200, load_imagenet_r_splits),
+    "cub200": DatasetSpec(200, load_cub200_splits),
+    "food101": DatasetSpec(101, load_food101_splits),
 }
 
 
@@ -63,6 +70,7 @@ class Benchmark:
     class_order: list[int]
     class_names: list[str]
     tasks: list[Task]
+    split_manifest: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -103,7 +111,9 @@ def _indices_of(labels: np.ndarray, classes: list[int], per_class: int | None, r
 def build_benchmark(cfg, image_size: int, mean, std) -> Benchmark:
     """Tasks of ``cfg.num_tasks`` near-equal groups of classes, in the order ``cfg.order_seed`` fixes."""
     spec = DATASETS[cfg.dataset]
-    splits = spec.load(cfg.root)
+    splits = spec.load(cfg)
+    if len(splits.class_names) != spec.num_classes:
+        raise DatasetNotFound(f"{cfg.dataset}: found {len(splits.class_names)} classes, expected {spec.num_classes}")
     order = class_order(spec.num_classes, cfg.order_seed)
     position = np.empty(spec.num_classes, dtype=np.int64)
     position[order] = np.arange(spec.num_classes)
@@ -125,4 +135,4 @@ def build_benchmark(cfg, image_size: int, mean, std) -> Benchmark:
             )
         )
         start += len(classes)
-    return Benchmark(cfg.dataset, order, splits.class_names, tasks)
+    return Benchmark(cfg.dataset, order, splits.class_names, tasks, splits.manifest)

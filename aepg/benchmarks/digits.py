@@ -10,7 +10,7 @@ TEST_FRACTION = 0.25
 SPLIT_SEED = 0
 
 
-def load_digits_splits(root=None) -> ImageSplits:
+def load_digits_splits(cfg=None) -> ImageSplits:
     """A fixed stratified train/test split (25% test, seed 0), independent of run seeds."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

@@ -65,10 +65,10 @@ def prepare_raw_folder(root: Path) -> None:
         ) from None
 
 
-def load_fashion_mnist_splits(root: str | None = None) -> ImageSplits:
+def load_fashion_mnist_splits(cfg) -> ImageSplits:
     import torchvision
 
-    root_path = Path(root).expanduser() if root else default_data_root()
+    root_path = Path(cfg.root).expanduser() if cfg.root else default_data_root()
     prepare_raw_folder(root_path)
     train = torchvision.datasets.FashionMNIST(str(root_path), train=True)
     test = torchvision.datasets.FashionMNIST(str(root_path), train=False)

@@ -69,6 +69,8 @@ class ImageSplits:
     train: ImageSet
     test: ImageSet
     class_names: list[str]
+    manifest: dict | None = None
+    """The file lists of a split made here (not shipped with the data), for the run's artifacts."""
 
 
 def build_transforms(image_size: int, mean, std, augment: bool) -> tuple[v2.Transform, v2.Transform]:

@@ -83,9 +83,9 @@ def _size_kwargs(name: str, image_size: int | None) -> dict:
     return {}
 
 
-def create_backbone(name: str, weights: str, image_size: int | None = None) -> nn.Module:
+def create_backbone(name: str, weights: str, image_size: int | None = None, **extra) -> nn.Module:
     """A timm feature extractor (``num_classes=0``) with the requested weights, frozen."""
-    kwargs = {"num_classes": 0, **_size_kwargs(name, image_size)}
+    kwargs = {"num_classes": 0, **_size_kwargs(name, image_size), **extra}
     if weights == "random":
         model = timm.create_model(name, pretrained=False, **kwargs)
     elif weights == "hub":

@@ -21,6 +21,7 @@ from aepg.config import (
     pydantic_problems,
     flatten,
     merge_overrides,
+    read_run_yaml,
     read_yaml,
     validate,
 )
@@ -274,7 +275,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         raise ConfigError(pydantic_problems(error, SweepSpec)) from None
     base_path = (path.parent / spec.base_config).resolve()
     try:
-        base = merge_overrides(read_yaml(base_path), [])
+        base = read_run_yaml(base_path)
         base = _apply_nested(base, spec.base_overrides)
         sweep = Sweep(spec, base, path.read_text())
     except ConfigError as error:
