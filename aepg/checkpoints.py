@@ -69,7 +69,8 @@ class CheckpointStore:
             try:
                 payload = self._read(name)
             except Exception as error:
-                warnings.warn(f"checkpoint {self.folder}/{name} is unreadable ({error}); using the previous one")
+                warnings.warn(f"checkpoint {self.folder}/{name} is unreadable ({error}); using the previous one",
+                              stacklevel=2)
                 continue
             state = TrainState(**payload["state"])
             return Snapshot(state, payload["model"], payload["optimizer"]), payload["config"]

@@ -106,6 +106,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_cluster(args) -> int:
+    from aepg.cluster import run_local_cluster
+
+    return run_local_cluster(args.workers, args.head_cpus, args.worker_cpus)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aepg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="folder for the plots and tables (default ./sweep-report-NAME)")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     report.set_defaults(func=cmd_report)
+
+    cluster = commands.add_parser("cluster", help="clusters for trying multi-node features")
+    cluster_kinds = cluster.add_subparsers(dest="kind", required=True)
+    local = cluster_kinds.add_parser("local", help="a head and worker nodes on this machine, until Ctrl-C")
+    local.add_argument("--workers", type=int, default=1)
+    local.add_argument("--head-cpus", type=float, default=1)
+    local.add_argument("--worker-cpus", type=float, default=1)
+    local.set_defaults(func=cmd_cluster)
     return parser
 
 
@@ -145,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from aepg.benchmarks import DatasetNotFound
     from aepg.models import PeftError, WeightsError
+    from aepg.tracking import TrackingUnavailable
 
     try:
         return args.func(args)
@@ -153,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, message in error.problems:
             print(f"  {key}: {message}", file=sys.stderr)
         return EXIT_CONFIG
-    except (DatasetNotFound, WeightsError, PeftError) as error:
+    except (DatasetNotFound, WeightsError, PeftError, TrackingUnavailable) as error:
         print(f"aepg: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -32,7 +32,8 @@ log = logging.getLogger("aepg")
 RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "schedule.", "train.epochs", "train.head_only_epochs",
                 "train.lr", "train.weight_decay", "train.batch_size")
 # Environment the Ray workers need from the driver.
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "AEPG_DATA", "HF_HUB_OFFLINE", "HF_HOME")
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "AEPG_DATA",
+                 "HF_HUB_OFFLINE", "HF_HOME")
 
 
 @dataclass
@@ -65,6 +66,7 @@ def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Contex
         state, optimizer_state = snapshot.state, snapshot.optimizer
         if context.is_chief:
             log.info("resuming at task %d, epoch %d from %s", state.task + 1, state.epoch, store.uri)
+            tracking.set_tags(tracking_uri, run_id, {"aepg.resumed_from": f"task {state.task + 1}, epoch {state.epoch}"})
     reporters = []
     if context.is_chief:
         reporters.append(tracking.MlflowReporter(tracking_uri, run_id))
@@ -94,10 +96,10 @@ def ensure_ray() -> None:
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
-    else:
-        ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", include_dashboard=True,
-                 runtime_env=runtime_env)
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
+    else:  # "local": never join a cluster some `ray start` left on this machine
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                 include_dashboard=True, runtime_env=runtime_env)
 
 
 def worker_resources(cfg: RunConfig) -> dict[str, float]:
@@ -126,6 +128,7 @@ def check_fits(needed: dict[str, float], what: str) -> None:
 
 
 def _ray_train_loop(config: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -134,6 +137,13 @@ def _ray_train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     context = Context(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
                       device=ray.train.torch.get_device(), wrap=_prepare_ddp)
+    if context.world_size > 1:  # record where the workers ran (a collective: every rank joins)
+        import torch.distributed as dist
+
+        nodes = [None] * context.world_size
+        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+        if context.is_chief:
+            tracking.set_tags(config["tracking_uri"], config["run_id"], {"aepg.ray_node_ids": ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
     hooks = [lambda state: ray.train.report(running_metrics(state.accuracy_matrix))] if config["report"] else []
     train_worker(cfg, config["run_id"], config["tracking_uri"], context, task_hooks=hooks)
@@ -226,6 +236,7 @@ def check_resumable(cfg: RunConfig, run_id: str) -> None:
 def run(cfg: RunConfig, resume: str | None = None) -> RunResult:
     """Open (or reopen) the MLflow run, train, and set the run's final status."""
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
+    tracking.check_reachable(tracking_uri)
     if cfg.scaling.num_workers:  # before opening the run: refuse what can never be scheduled
         ensure_ray()
         check_fits({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run")

@@ -55,7 +55,7 @@ def trials_plot(trials: list[tuple[str, float | None]], metric: str, mode: str):
         if points:
             ax.scatter(*zip(*points), label=status, **style)
     best, line = None, []
-    for i, (status, value) in enumerate(trials, 1):
+    for status, value in trials:
         if status == "finished" and value is not None:
             best = value if best is None else (max if mode == "max" else min)(best, value)
         line.append(best if best is not None else np.nan)

@@ -40,6 +40,26 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, before any compute, when an HTTP tracking server does not answer."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as error:
+        raise TrackingUnavailable(
+            f"the MLflow tracking server at {tracking_uri} is unreachable ({type(error).__name__}). Start it "
+            "(e.g. mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db) "
+            "or point MLFLOW_TRACKING_URI (or tracking_uri) at a running one."
+        ) from None
+
+
 def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri)
 

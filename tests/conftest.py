@@ -20,6 +20,12 @@ def run_aepg(args: list[str], cwd: Path, env: dict | None = None, timeout: int =
                           capture_output=True, text=True, timeout=timeout)
 
 
+def start_aepg(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start the ``aepg`` console script in the background (output merged, as text)."""
+    return subprocess.Popen([str(AEPG), *args], cwd=cwd, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -1,8 +1,6 @@
 """Checkpoints: atomic files, digest-checked on load, fallback to the previous one; exact resume."""
 
-import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -14,7 +12,7 @@ from aepg.config import load_config
 from aepg.launch import run
 from aepg.trainer import Snapshot, TrainState
 
-from conftest import AEPG, CONFIGS, run_aepg
+from conftest import CONFIGS, run_aepg, start_aepg
 
 DIGITS = str(CONFIGS / "digits.yaml")
 
@@ -68,10 +66,9 @@ def wait_for(path_glob, folder, timeout=300):
     raise TimeoutError(path_glob)
 
 
-def interrupt_after_task(workdir, task: int, overrides: list[str], env: dict | None = None) -> str:
+def interrupt_after_task(workdir, task: int, overrides: list[str], env: dict | None = None, num_tasks: int = 4) -> str:
     """Start `aepg train`, send SIGINT once task `task` has checkpointed, return the run id."""
-    process = subprocess.Popen([str(AEPG), "train", DIGITS, *overrides], cwd=workdir, env={**os.environ, **(env or {})},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = start_aepg(["train", DIGITS, *overrides], workdir, env)
     try:
         (checkpoint,) = wait_for(f"*/checkpoints/ckpt-{task:04d}-0000.pt", workdir / "aepg_runs")[:1]
         process.send_signal(signal.SIGINT)
@@ -79,7 +76,7 @@ def interrupt_after_task(workdir, task: int, overrides: list[str], env: dict | N
     finally:
         process.kill()
     assert process.returncode == 130, output[-3000:]
-    assert "ckpt-0004-0000.pt" not in {p.name for p in checkpoint.parent.iterdir()}
+    assert f"ckpt-{num_tasks:04d}-0000.pt" not in {p.name for p in checkpoint.parent.iterdir()}, "not interrupted"
     return checkpoint.parent.parent.name
 
 
@@ -111,8 +108,9 @@ def test_interrupted_run_resumes_exactly(workdir):
 
 
 def test_resume_refuses_a_changed_config(workdir):
-    run_id = interrupt_after_task(workdir, 1, SHORT)
-    result = run_aepg(["train", DIGITS, *SHORT, "train.lr=0.1", "--resume", run_id], cwd=workdir)
+    tiny = ["benchmark.num_tasks=2", "train.epochs=1", "benchmark.max_train_per_class=20"]
+    run_id = run(load_config(DIGITS, tiny)).run_id
+    result = run_aepg(["train", DIGITS, *tiny, "train.lr=0.1", "--resume", run_id], cwd=workdir)
     assert result.returncode == 2 and "train.lr: differs from the resumed run" in result.stderr
-    missing = run_aepg(["train", DIGITS, *SHORT, "--resume", "no-such-run"], cwd=workdir)
+    missing = run_aepg(["train", DIGITS, *tiny, "--resume", "no-such-run"], cwd=workdir)
     assert missing.returncode == 2 and "no checkpoint of run no-such-run" in missing.stderr

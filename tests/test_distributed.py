@@ -1,6 +1,5 @@
 """Ray Train on a real local Ray instance (127.0.0.1) with 2 CPU workers."""
 
-import json
 import os
 import signal
 import threading
@@ -16,8 +15,7 @@ from aepg.distributed import Context
 from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer
 
-from conftest import CONFIGS
-from test_checkpoints import interrupt_after_task, final_matrix, SHORT, DIGITS
+from test_checkpoints import DIGITS, final_matrix, interrupt_after_task
 
 pytestmark = pytest.mark.ray
 
@@ -103,9 +101,10 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
 
 
 def test_two_worker_run_resumes_after_interrupt(ray_address, workdir):
-    overrides = [*SHORT, "scaling.num_workers=2", "scaling.torch_threads=1"]
+    overrides = ["benchmark.num_tasks=3", "train.epochs=1", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=40",
+                 "scaling.num_workers=2", "scaling.torch_threads=1"]
     env = {"RAY_ADDRESS": ray_address}
-    run_id = interrupt_after_task(workdir, 2, overrides, env=env)
+    run_id = interrupt_after_task(workdir, 1, overrides, env=env, num_tasks=3)
     from conftest import run_aepg
 
     resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], cwd=workdir, env=env)

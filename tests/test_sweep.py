@@ -1,9 +1,7 @@
 """Sweeps on a real local Ray instance writing to a real MLflow store."""
 
 import json
-import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -15,7 +13,7 @@ from aepg.cli import main
 from aepg.sweep.driver import PrunedAwareOptunaSearch
 from aepg.sweep.spec import load_sweep
 
-from conftest import AEPG, CONFIGS, REPO, run_aepg
+from conftest import CONFIGS, REPO, run_aepg, start_aepg
 
 pytestmark = pytest.mark.ray
 
@@ -157,9 +155,7 @@ def live_children(db) -> list:
 @pytest.mark.parametrize("kill", [signal.SIGINT, signal.SIGKILL])
 def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
     path = write_sweep(workdir, scheduler={"kind": "none"}, search={"algorithm": "random", "seed": 1, "num_trials": 5, "max_concurrent": 2})
-    env = {**os.environ, "RAY_ADDRESS": ray_address}
-    driver = subprocess.Popen([str(AEPG), "sweep", path], cwd=workdir, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = start_aepg(["sweep", path], workdir, {"RAY_ADDRESS": ray_address})
     try:
         deadline = time.time() + 300
         while sum(c.info.status == "FINISHED" for c in live_children(workdir / "mlflow.db")) < 1:

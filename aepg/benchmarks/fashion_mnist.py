@@ -8,7 +8,9 @@ ROOT/FashionMNIST/raw. With none found, torchvision's download is tried (it need
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 from aepg.benchmarks.images import ArrayImages, DatasetNotFound, ImageSplits, default_data_root
@@ -36,7 +38,8 @@ def _unpack(files: dict[str, Path], raw: Path) -> None:
         target = raw / name
         if target.exists() and target.resolve() == source.resolve():
             continue
-        partial = target.with_suffix(".partial")
+        # Concurrent trials may unpack at once: each writes its own file, then renames it in place.
+        partial = raw / f".{name}.{os.getpid()}.{uuid.uuid4().hex}.partial"
         with (gzip.open(source) if source.suffix == ".gz" else open(source, "rb")) as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst)
         partial.replace(target)

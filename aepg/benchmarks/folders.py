@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +48,10 @@ def load_imagenet_r_splits(cfg) -> ImageSplits:
             cut = int(round(0.8 * len(images)))
             split["train"] += [f"{wnid}/{images[i]}" for i in sorted(order[:cut])]
             split["test"] += [f"{wnid}/{images[i]}" for i in sorted(order[cut:])]
-        try:
-            split_file.write_text(json.dumps(split))
+        try:  # atomically: concurrent trials may write it at once
+            partial = split_file.with_name(f".{split_file.name}.{os.getpid()}.{uuid.uuid4().hex}")
+            partial.write_text(json.dumps(split))
+            partial.replace(split_file)
         except OSError:  # a read-only data folder: the run's artifacts still record the split
             pass
     index = {wnid: i for i, wnid in enumerate(classes)}

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
@@ -36,6 +37,7 @@ TRIAL_TAG = "aepg.trial_id"
 SWEEP_TAG = "aepg.sweep"
 PRUNED_TAG = "aepg.pruned"
 OPTUNA_STATE_TAG = "aepg.optuna_state"
+NODE_TAG = "aepg.ray_node_id"
 RUN_LOOKUP_SECONDS = 120
 
 
@@ -108,6 +110,7 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
         if time.time() > deadline:
             raise RuntimeError(f"no MLflow run was opened for trial {trial_id}")
         time.sleep(0.5)
+    tracking.set_tags(runtime.tracking_uri, run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
     if cfg.scaling.num_workers == 0:
         report = lambda state: tune.report(running_metrics(state.accuracy_matrix))  # noqa: E731
         train_worker(cfg, run.run_id, runtime.tracking_uri, Context(device=pick_device(cfg.train.device)), [report])
@@ -288,6 +291,7 @@ def start(sweep: Sweep) -> SweepRuntime:
 
 
 def run_sweep(sweep: Sweep) -> tuple[SweepRuntime, bool]:
+    tracking.check_reachable(tracking.resolve_tracking_uri(sweep.base_config.tracking_uri))
     ensure_ray()
     _check_trial_fits(sweep)
     runtime = start(sweep)
@@ -296,8 +300,9 @@ def run_sweep(sweep: Sweep) -> tuple[SweepRuntime, bool]:
 
 
 def resume_sweep(path: str) -> tuple[SweepRuntime, bool]:
-    ensure_ray()
     runtime = SweepRuntime.load(path)
+    tracking.check_reachable(runtime.tracking_uri)
+    ensure_ray()
     if not tune.Tuner.can_restore(path):
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
     tracking.reopen_run(runtime.tracking_uri, runtime.parent_run_id)

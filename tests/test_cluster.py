@@ -1,0 +1,211 @@
+"""Cluster configs, and a real 2-node Ray cluster on this machine with a real MLflow server."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from mlflow import MlflowClient
+
+from aepg.cluster import LocalCluster, free_port
+from aepg.sweep.spec import load_sweep
+
+from conftest import CONFIGS, REPO, run_aepg, start_aepg
+from test_sweep import TINY_BASE, write_sweep
+
+RAY_CONFIGS = REPO / "ray_configs"
+DIGITS = str(CONFIGS / "digits.yaml")
+
+
+# -- configs ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_launcher_configs_pass_rays_own_validation(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((RAY_CONFIGS / name).read_text())
+    validate_config(prepare_config(config))  # Ray's cluster-config schema and node-type rules
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert "InstanceMarketOptions" not in head["node_config"] and "scheduling" not in head["node_config"]
+    assert head["resources"]["trial_driver"] > 0
+    workers = {k: v for k, v in types.items() if k != config["head_node_type"]}
+    assert len(workers) >= 2 and all(v["min_workers"] == 0 for v in workers.values())
+    assert sum(v["max_workers"] for v in workers.values()) <= config["max_workers"]
+    setup = " ".join(config["setup_commands"])
+    assert "pip install -e" in setup and "aepg" in setup and "AEPG_STORAGE" in setup
+    assert any("mlflow server" in c and "--backend-store-uri" in c for c in config["head_start_ray_commands"])
+
+
+def manifests() -> dict[str, dict]:
+    docs = {}
+    for path in sorted((RAY_CONFIGS / "kuberay").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[doc["kind"]] = doc
+    return docs
+
+
+def check_pod_template(template: dict, gpus: bool) -> None:
+    (container,) = template["spec"]["containers"]
+    assert container["name"] and container["image"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_TRACKING_URI"]["valueFrom"]["secretKeyRef"]["key"] == "tracking_uri"
+    limits, requests_ = container["resources"]["limits"], container["resources"]["requests"]
+    assert limits["cpu"] and limits["memory"] and requests_["cpu"]
+    assert ("nvidia.com/gpu" in limits) == gpus
+    mounts = {m["name"] for m in container["volumeMounts"]}
+    assert mounts == {v["name"] for v in template["spec"]["volumes"]}
+
+
+def test_kuberay_manifests_have_what_the_operator_requires():
+    docs = manifests()
+    cluster = docs["RayCluster"]
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["metadata"]["name"]
+    spec = cluster["spec"]
+    assert spec["authOptions"]["mode"] in ("token", "disabled") and spec["authOptions"]["mode"] == "token"
+    assert isinstance(spec["headGroupSpec"]["rayStartParams"], dict)
+    check_pod_template(spec["headGroupSpec"]["template"], gpus=False)
+    groups = spec["workerGroupSpecs"]
+    assert len({g["groupName"] for g in groups}) == len(groups) >= 2
+    for group in groups:
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        assert isinstance(group["rayStartParams"], dict)
+        check_pod_template(group["template"], gpus=True)
+    claim = docs["PersistentVolumeClaim"]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+
+    job = docs["RayJob"]
+    assert job["apiVersion"] == "ray.io/v1"
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+    assert job["spec"]["submissionMode"] in ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
+    command = shlex.split(job["spec"]["entrypoint"])
+    assert command[:2] == ["aepg", "sweep"]
+    sweep_file = command[2].replace("/home/ray/aepg", str(REPO))
+    assert load_sweep(sweep_file, command[3:]).spec.storage_path.startswith("/mnt/shared")
+
+
+# -- a real 2-node cluster and MLflow server on this machine ----------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(head_cpus=1, head_resources={"head_node": 1}) as local:
+        local.add_worker(1, {"node_b": 1})
+        yield local
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = open(folder / "server.log", "w")
+    server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+                               "--artifacts-destination", str(folder / "artifacts")],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if requests.get(f"{uri}/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        assert time.time() < deadline and server.poll() is None, (folder / "server.log").read_text()[-2000:]
+        time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it forked, by process group id
+    server.wait(30)
+
+
+@pytest.fixture(scope="module")
+def node_ids(cluster):
+    """Node ids by role, asked of the cluster by a separate client (Ray reads its auth mode at import)."""
+    query = ("import json, ray; ray.init(); print(json.dumps({('b' if 'node_b' in n['Resources'] else 'head'): "
+             "n['NodeID'] for n in ray.nodes() if n['Alive']}))")
+    out = subprocess.run([sys.executable, "-c", query], env={**os.environ, **cluster.client_env},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def env_for(cluster, server) -> dict:
+    return {**cluster.client_env, "MLFLOW_TRACKING_URI": server}
+
+
+def test_two_worker_run_spans_both_nodes(cluster, mlflow_server, node_ids, workdir):
+    result = run_aepg(["train", DIGITS, "benchmark.num_tasks=2", "benchmark.max_train_per_class=40", "train.epochs=1",
+                       "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.torch_threads=1", "run_name=span"],
+                      cwd=workdir, env=env_for(cluster, mlflow_server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id],
+                                filter_string="attributes.run_name = 'span'")
+    assert run.info.status == "FINISHED" and run.data.metrics["last_accuracy"] > 0
+    assert set(run.data.tags["aepg.ray_node_ids"].split(",")) == set(node_ids.values())
+    assert {"accuracy_matrix.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_sweep_trials_land_on_both_nodes(cluster, mlflow_server, node_ids, workdir):
+    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
+                       search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
+    result = run_aepg(["sweep", path], cwd=workdir, env=env_for(cluster, mlflow_server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id],
+                              filter_string="tags.`aepg.sweep` LIKE 'tiny-%'")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["aepg.ray_node_id"] for c in children} == set(node_ids.values())
+
+
+def test_losing_a_worker_node_mid_sweep(cluster, mlflow_server, node_ids, workdir):
+    path = write_sweep(
+        workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
+        base_overrides={**TINY_BASE, "benchmark": {"num_tasks": 3, "max_train_per_class": 60, "max_test_per_class": 10},
+                        "train": {"epochs": 2, "batch_size": 16}, "checkpoint": {"every_epochs": 1}},
+        search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"},
+        trial={"cpus": 1, "max_failures": 2})
+    driver = start_aepg(["sweep", path], workdir, env_for(cluster, mlflow_server))
+    client = MlflowClient(mlflow_server)
+    worker = next(n for n in cluster.nodes if n.name.startswith("worker"))
+    try:
+        deadline = time.time() + 300
+        while True:  # wait until the trial on node b has checkpointed
+            experiment = client.get_experiment_by_name("aepg-digits")
+            on_b = [r for r in client.search_runs([experiment.experiment_id],
+                                                  filter_string=f"tags.`aepg.ray_node_id` = '{node_ids['b']}'")
+                    if r.info.status == "RUNNING"] if experiment else []
+            if on_b and list(workdir.glob(f"aepg_sweeps/*/runs/{on_b[0].info.run_id}/checkpoints/ckpt-*")):
+                break
+            assert time.time() < deadline and driver.poll() is None, "no trial checkpointed on node b"
+            time.sleep(0.3)
+        cluster.kill_node(worker)
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+        if worker not in cluster.nodes:
+            cluster.add_worker(1, {"node_b": 1})
+    assert driver.returncode == 0, output[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "runs left RUNNING"
+    moved = client.get_run(on_b[0].info.run_id)
+    assert moved.info.status == "FINISHED" and moved.data.metrics["tasks_done"] == 3
+    assert "aepg.resumed_from" in moved.data.tags, "the retried trial did not resume from its checkpoint"
+    assert moved.data.tags["aepg.ray_node_id"] == node_ids["head"]
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(workdir):
+    dead = f"http://127.0.0.1:{free_port()}"
+    sweep = run_aepg(["sweep", str(REPO / "sweeps" / "quickstart.yaml")], cwd=workdir, env={"MLFLOW_TRACKING_URI": dead})
+    assert sweep.returncode == 1 and "unreachable" in sweep.stderr and dead in sweep.stderr
+    train = run_aepg(["train", DIGITS], cwd=workdir, env={"MLFLOW_TRACKING_URI": dead})
+    assert train.returncode == 1 and "unreachable" in train.stderr
+    assert not list(workdir.iterdir()), "nothing should be written"
