@@ -123,6 +123,10 @@ class LocalCluster:
     def stop(self) -> None:
         for node in reversed(list(self.nodes)):  # workers first, head last
             self.stop_node(node)
+        # `ray start --head` records its address for later `ray.init()` calls; forget ours.
+        record = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray" / "ray_current_cluster"
+        if self.port and record.is_file() and record.read_text().strip().endswith(f":{self.port}"):
+            record.unlink()
 
     def __enter__(self) -> "LocalCluster":
         return self.start()

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,19 @@ def start_aepg(args: list[str], cwd: Path, env: dict | None = None) -> subproces
     """Start the ``aepg`` console script in the background (output merged, as text)."""
     return subprocess.Popen([str(AEPG), *args], cwd=cwd, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until(condition, what: str, process: subprocess.Popen | None = None, timeout: float = 300):
+    """Poll ``condition`` until it returns something truthy and return that; fail naming ``what``
+    on timeout or as soon as ``process`` (the thing being waited on) exits."""
+    deadline = time.time() + timeout
+    while not (value := condition()):
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        if process is not None and process.poll() is not None:
+            output = process.communicate()[0] if process.stdout else ""
+            raise AssertionError(f"process exited ({process.returncode}) while waiting for {what}:\n{output[-3000:]}")
+        time.sleep(0.3)
+    return value
 
 
 @pytest.fixture

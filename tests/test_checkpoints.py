@@ -1,7 +1,7 @@
 """Checkpoints: atomic files, digest-checked on load, fallback to the previous one; exact resume."""
 
+import json
 import signal
-import time
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from aepg.config import load_config
 from aepg.launch import run
 from aepg.trainer import Snapshot, TrainState
 
-from conftest import CONFIGS, run_aepg, start_aepg
+from conftest import CONFIGS, run_aepg, start_aepg, wait_until
 
 DIGITS = str(CONFIGS / "digits.yaml")
 
@@ -53,24 +53,15 @@ def test_no_checkpoint(tmp_path):
     assert CheckpointStore(str(tmp_path), "never-ran").load_latest() is None
 
 
-SHORT = ["benchmark.num_tasks=4", "train.epochs=2", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=60"]
+SHORT = ["benchmark.num_tasks=3", "train.epochs=2", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=40"]
 
 
-def wait_for(path_glob, folder, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = sorted(folder.glob(path_glob)) if folder.exists() else []
-        if found:
-            return found
-        time.sleep(0.2)
-    raise TimeoutError(path_glob)
-
-
-def interrupt_after_task(workdir, task: int, overrides: list[str], env: dict | None = None, num_tasks: int = 4) -> str:
+def interrupt_after_task(workdir, task: int, overrides: list[str], num_tasks: int, env: dict | None = None) -> str:
     """Start `aepg train`, send SIGINT once task `task` has checkpointed, return the run id."""
     process = start_aepg(["train", DIGITS, *overrides], workdir, env)
     try:
-        (checkpoint,) = wait_for(f"*/checkpoints/ckpt-{task:04d}-0000.pt", workdir / "aepg_runs")[:1]
+        pattern = f"aepg_runs/*/checkpoints/ckpt-{task:04d}-0000.pt"
+        checkpoint = wait_until(lambda: sorted(workdir.glob(pattern)), pattern, process)[0]
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=300)
     finally:
@@ -83,13 +74,11 @@ def interrupt_after_task(workdir, task: int, overrides: list[str], env: dict | N
 def final_matrix(workdir, run_id):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     path = client.download_artifacts(run_id, "accuracy_matrix.json", str(workdir / run_id))
-    import json
-
     return client.get_run(run_id), json.load(open(path))["R"]
 
 
 def test_interrupted_run_resumes_exactly(workdir):
-    run_id = interrupt_after_task(workdir, 2, SHORT)
+    run_id = interrupt_after_task(workdir, 2, SHORT, num_tasks=3)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     assert client.get_run(run_id).info.status == "KILLED"
     resumed = run_aepg(["train", DIGITS, *SHORT, "--resume", run_id], cwd=workdir)
@@ -103,7 +92,7 @@ def test_interrupted_run_resumes_exactly(workdir):
                                f"tracking_uri=sqlite:///{workdir / 'uninterrupted.db'}"])
     R = run(cfg).state.accuracy_matrix
     assert R_resumed == R
-    for i in range(1, 5):
+    for i in range(1, 4):
         assert f"accuracy_after_task_{i}" in mlflow_run.data.metrics
 
 

@@ -6,7 +6,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from mlflow import MlflowClient
 from aepg.cluster import LocalCluster, free_port
 from aepg.sweep.spec import load_sweep
 
-from conftest import CONFIGS, REPO, run_aepg, start_aepg
+from conftest import CONFIGS, REPO, run_aepg, start_aepg, wait_until
 from test_sweep import TINY_BASE, write_sweep
 
 RAY_CONFIGS = REPO / "ray_configs"
@@ -111,15 +110,14 @@ def mlflow_server(tmp_path_factory):
                                "--artifacts-destination", str(folder / "artifacts")],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
+
+    def healthy() -> bool:
         try:
-            if requests.get(f"{uri}/health", timeout=2).ok:
-                break
+            return requests.get(f"{uri}/health", timeout=2).ok
         except requests.RequestException:
-            pass
-        assert time.time() < deadline and server.poll() is None, (folder / "server.log").read_text()[-2000:]
-        time.sleep(0.5)
+            return False
+
+    wait_until(healthy, f"the MLflow server (log: {folder / 'server.log'})", server, timeout=120)
     yield uri
     os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it forked, by process group id
     server.wait(30)
@@ -177,16 +175,14 @@ def test_losing_a_worker_node_mid_sweep(cluster, mlflow_server, node_ids, workdi
     client = MlflowClient(mlflow_server)
     worker = next(n for n in cluster.nodes if n.name.startswith("worker"))
     try:
-        deadline = time.time() + 300
-        while True:  # wait until the trial on node b has checkpointed
+        def checkpointed_trials_on_b() -> list:
             experiment = client.get_experiment_by_name("aepg-digits")
             on_b = [r for r in client.search_runs([experiment.experiment_id],
                                                   filter_string=f"tags.`aepg.ray_node_id` = '{node_ids['b']}'")
                     if r.info.status == "RUNNING"] if experiment else []
-            if on_b and list(workdir.glob(f"aepg_sweeps/*/runs/{on_b[0].info.run_id}/checkpoints/ckpt-*")):
-                break
-            assert time.time() < deadline and driver.poll() is None, "no trial checkpointed on node b"
-            time.sleep(0.3)
+            return [r for r in on_b if list(workdir.glob(f"aepg_sweeps/*/runs/{r.info.run_id}/checkpoints/ckpt-*"))]
+
+        on_b = wait_until(checkpointed_trials_on_b, "a trial on node b to checkpoint", driver)
         cluster.kill_node(worker)
         output, _ = driver.communicate(timeout=600)
     finally:

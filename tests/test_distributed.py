@@ -15,6 +15,7 @@ from aepg.distributed import Context
 from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer
 
+from conftest import run_aepg
 from test_checkpoints import DIGITS, final_matrix, interrupt_after_task
 
 pytestmark = pytest.mark.ray
@@ -28,7 +29,7 @@ TOLERANCE = 0.03
 def ray_address():
     import ray
 
-    context = ray.init(_node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=True,
+    context = ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=4, include_dashboard=True,
                        dashboard_host="127.0.0.1")
     yield context.address_info["gcs_address"]
     ray.shutdown()
@@ -105,8 +106,6 @@ def test_two_worker_run_resumes_after_interrupt(ray_address, workdir):
                  "scaling.num_workers=2", "scaling.torch_threads=1"]
     env = {"RAY_ADDRESS": ray_address}
     run_id = interrupt_after_task(workdir, 1, overrides, env=env, num_tasks=3)
-    from conftest import run_aepg
-
     resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], cwd=workdir, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     mlflow_run, R_resumed = final_matrix(workdir, run_id)

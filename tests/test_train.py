@@ -92,3 +92,35 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     # The logged config is runnable as it is.
     dry = run_aepg(["train", f"{local}/config.yaml", "--dry-run"], cwd=workdir)
     assert dry.returncode == 0, dry.stderr
+
+
+class RecordingObjective:
+    """Wraps the real objective and records what the trainer hands it (the loss is one injected object)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __call__(self, logits, targets, progress):
+        self.calls.append((logits.shape[1], int(targets.min()), int(targets.max()), progress))
+        return self.inner(logits, targets, progress)
+
+
+@pytest.mark.parametrize("logits, scope", [("local", "task"), ("seen", "run")])
+def test_logit_columns_and_schedule_scope(tmp_path, logits, scope):
+    cfg = small_config(tmp_path, "benchmark.num_tasks=2", f"objective.logits={logits}", f"schedule.scope={scope}")
+    model, benchmark, objective = build_job(cfg)
+    recorder = RecordingObjective(objective)
+    trainer = ContinualTrainer(cfg, model, benchmark, recorder, Context(device=torch.device("cpu")))
+    trainer.fit()
+    per_task = trainer.steps_per_epoch(benchmark.tasks[0]) * cfg.train.epochs
+    first, second = recorder.calls[:per_task], recorder.calls[per_task:]
+    assert {c[0] for c in first} == {5}
+    # Local logits: the second task's 5 classes, relabelled 0-4. Seen: all 10, labels 5-9.
+    assert {c[0] for c in second} == ({5} if logits == "local" else {10})
+    assert min(c[1] for c in second) == (0 if logits == "local" else 5)
+    progress = [c[3] for c in second]
+    if scope == "task":
+        assert (progress[0].t, progress[0].T) == (0, per_task)
+    else:
+        assert (progress[0].t, progress[0].T) == (per_task, 2 * per_task)
+    assert progress[-1].t == progress[0].t + per_task - 1
