@@ -292,10 +292,12 @@ def read_run_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, A
     parents = [parents] if isinstance(parents, str) else parents
     if not isinstance(parents, list):
         raise ConfigError([("extends", "must be a path or a list of paths")])
-    merged = OmegaConf.create({})
-    for parent in parents:
-        merged = OmegaConf.merge(merged, read_run_yaml(path.parent / parent, (*_seen, path)))
-    return OmegaConf.to_container(OmegaConf.merge(merged, data))
+    return merge_nested(*(read_run_yaml(path.parent / parent, (*_seen, path)) for parent in parents), data)
+
+
+def merge_nested(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Nested mappings merged in order: later layers override earlier ones key by key."""
+    return OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.create(layer) for layer in layers)))
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:

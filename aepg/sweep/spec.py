@@ -7,6 +7,8 @@ choice and both ends of each range) through the run config's own validation.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import itertools
 import re
 from pathlib import Path
@@ -20,6 +22,7 @@ from aepg.config import (
     Section,
     pydantic_problems,
     flatten,
+    merge_nested,
     merge_overrides,
     read_run_yaml,
     read_yaml,
@@ -214,8 +217,6 @@ class DefineByRun:
 
 def _apply_dotted(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """A copy of nested ``data`` with dotted keys set (values kept as they are, not parsed)."""
-    import copy
-
     result = copy.deepcopy(data)
     for dotted, value in values.items():
         node = result
@@ -233,8 +234,6 @@ def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
     for key, param in sweep.space.items():
         where = f"space.{key}"
         if key not in known:
-            import difflib
-
             close = difflib.get_close_matches(key, sorted(known), n=1)
             problems.append((where, "not a run-config key" + (f"; did you mean '{close[0]}'?" if close else "")))
             continue
@@ -276,7 +275,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     base_path = (path.parent / spec.base_config).resolve()
     try:
         base = read_run_yaml(base_path)
-        base = _apply_nested(base, spec.base_overrides)
+        base = merge_nested(base, spec.base_overrides)
         sweep = Sweep(spec, base, path.read_text())
     except ConfigError as error:
         raise ConfigError([(f"base_config ({base_path.name}): {k}", m) for k, m in error.problems]) from None
@@ -284,12 +283,6 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     if problems:
         raise ConfigError(problems)
     return sweep
-
-
-def _apply_nested(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(data), OmegaConf.create(overrides)))
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:
