@@ -112,6 +112,21 @@ def cmd_cluster(args) -> int:
     return run_local_cluster(args.workers, args.head_cpus, args.worker_cpus)
 
 
+def _count(minimum: int):
+    """An argparse type: a whole number >= ``minimum`` (Ray counts CPUs of a node in whole units)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aepg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("cluster", help="clusters for trying multi-node features")
     cluster_kinds = cluster.add_subparsers(dest="kind", required=True)
     local = cluster_kinds.add_parser("local", help="a head and worker nodes on this machine, until Ctrl-C")
-    local.add_argument("--workers", type=int, default=1)
-    local.add_argument("--head-cpus", type=float, default=1)
-    local.add_argument("--worker-cpus", type=float, default=1)
+    local.add_argument("--workers", type=_count(0), default=1, help="worker nodes besides the head (default 1)")
+    local.add_argument("--head-cpus", type=_count(0), default=1, help="CPUs of the head; 0 keeps work off it (default 1)")
+    local.add_argument("--worker-cpus", type=_count(1), default=1, help="CPUs of each worker node (default 1)")
     local.set_defaults(func=cmd_cluster)
     return parser
 

@@ -135,7 +135,7 @@ class LocalCluster:
         self.stop()
 
 
-def run_local_cluster(workers: int, head_cpus: float, worker_cpus: float) -> int:
+def run_local_cluster(workers: int, head_cpus: int, worker_cpus: int) -> int:
     """``aepg cluster local``: start a head and workers, print how to use them, stop on Ctrl-C."""
     cluster = LocalCluster(head_cpus=head_cpus, head_resources={"head_node": 1})
     stop = {"now": False}

@@ -97,3 +97,13 @@ def test_extends_merges_parents_in_order(tmp_path):
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="extends itself"):
         load_config(tmp_path / "loop.yaml")
+
+
+@pytest.mark.parametrize("args, message", [(["--workers", "-1"], "--workers: must be >= 0"),
+                                           (["--worker-cpus", "0"], "--worker-cpus: must be >= 1"),
+                                           (["--head-cpus", "1.5"], "--head-cpus: '1.5' is not a whole number")])
+def test_local_cluster_refuses_bad_sizes_before_starting_anything(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", "local", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
