@@ -65,23 +65,24 @@ def test_one_and_two_workers_agree(ray_address, tmp_path):
     assert len(steps) == len(set(steps)) == two.state.global_step
 
 
-def ray_workers() -> list:
+def ray_workers(address: str) -> list:
+    """Ray Train workers of the cluster at ``address`` (never whichever cluster Ray finds first)."""
     from ray.util.state import list_actors
 
-    return list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=100)
+    return list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")], limit=100)
 
 
 def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
     cfg = config(tmp_path, "scaling.num_workers=2", "failure.max_failures=1", "benchmark.num_tasks=3",
                  "checkpoint.every_epochs=1")
-    before = {a.actor_id for a in ray_workers()}
+    before = {a.actor_id for a in ray_workers(ray_address)}
     killed = {}
 
     def kill_one_worker_mid_task():
         runs = tmp_path / "runs"
         while not list(runs.glob("*/checkpoints/ckpt-0001-0001.pt")):
             time.sleep(0.2)
-        alive = [a for a in ray_workers() if a.actor_id not in before and a.state == "ALIVE"]
+        alive = [a for a in ray_workers(ray_address) if a.actor_id not in before and a.state == "ALIVE"]
         killed["pid"] = alive[-1].pid
         os.kill(killed["pid"], signal.SIGKILL)
 
@@ -90,7 +91,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
     result = run(cfg)
     killer.join(timeout=5)
     assert "pid" in killed
-    started = [a for a in ray_workers() if a.actor_id not in before]
+    started = [a for a in ray_workers(ray_address) if a.actor_id not in before]
     assert len(started) == 4, "the worker group was not restarted"
     client = MlflowClient(result.tracking_uri)
     mlflow_run = client.get_run(result.run_id)
