@@ -46,35 +46,55 @@ class BenchmarkConfig(Section):
 
 
 class PeftConfig(Section):
-    kind: Literal["none", "lora", "dora", "adapter", "prefix", "l2p", "dualprompt", "coda"] = "lora"
+    kind: Literal["none", "lora", "dora", "adapter", "adaptformer", "prefix", "l2p", "dualprompt", "coda"] = "lora"
+    """docs/methods.md describes each kind and how it follows its reference code."""
     blocks: list[int] | None = None
     """Indices of ``blocks.N`` to adapt; default: blocks 0-4 of a ViT (the paper), every block otherwise."""
-    # LoRA / DoRA (HF peft)
+    # LoRA: LAE's key/value LoRA on a ViT; HF peft on named targets, for DoRA and on other families
     rank: int = Field(4, ge=1)
     alpha: float = Field(8.0, gt=0)
+    """HF peft LoRA/DoRA scaling (alpha / rank); LAE's LoRA learns its scales instead."""
     dropout: float = Field(0.0, ge=0, lt=1)
+    """HF peft LoRA/DoRA dropout."""
     target_modules: list[str] | None = None
-    """Module-name suffixes to adapt; default by backbone family (see ``aepg.models.peft.lora``)."""
-    # AdaptFormer adapter
+    """Module-name suffixes for HF peft LoRA (setting them selects HF peft on a ViT too); default by family."""
+    # adapters
     bottleneck: int = Field(5, ge=1)
     adapter_scale: float = Field(0.1, gt=0)
+    """AdaptFormer's fixed output scale (LAE's adapter learns its scale)."""
+    adapter_dropout: float = Field(0.1, ge=0, lt=1)
+    """AdaptFormer's bottleneck dropout."""
     # prompts and prefixes
     length: int | None = Field(None, ge=1)
-    """Prefix length (default 10), L2P prompt length (5), DualPrompt expert length (20), CODA length (8)."""
+    """Prefix length (default 10), L2P prompt length (5), DualPrompt expert length (5 on CIFAR-100,
+    20 elsewhere, as the reference configs), CODA-Prompt length (8)."""
     g_length: int = Field(5, ge=1)
     """DualPrompt general-prompt length."""
     pool_size: int | None = Field(None, ge=1)
     """L2P prompt pool (default 10), CODA-Prompt components (100)."""
     top_k: int = Field(5, ge=1)
     """L2P prompts chosen per input."""
-    pull_weight: float = Field(0.5, ge=0)
-    """Weight of the loss pulling chosen prompt keys to queries (L2P, DualPrompt)."""
-    ortho_weight: float = Field(0.1, ge=0)
-    """CODA-Prompt orthogonality loss weight."""
+    batchwise_prompt: bool = False
+    """L2P: give the whole batch its most chosen prompts (the reference's option; see docs/methods.md)."""
+    pull_weight: float | None = Field(None, ge=0)
+    """Weight of the pull constraint on chosen keys: L2P 0.1, DualPrompt 1.0 (the reference configs)."""
+    ortho_weight: float = Field(0.0, ge=0)
+    """CODA-Prompt orthogonality penalty weight (0.0 in the reference's experiment scripts)."""
     # LAE
     lae: bool = False
-    """Wrap the PEFT module in LAE's online/offline pair (EMA, ensembled at test)."""
-    lae_decay: float = Field(0.999, gt=0, lt=1)
+    """Wrap the PEFT module in LAE's online/offline pair (EMA from task 1, ensembled at test)."""
+    lae_decay: float = Field(0.9999, gt=0, lt=1)
+    """EMA decay per optimiser step. LAE's 0.9999 is for batch 24; at batch B use 0.9999 ** (B / 24)."""
+
+
+# Per-kind defaults of the keys left unset (None): what a run uses is written into its config.
+PEFT_DEFAULTS = {
+    "prefix": {"length": 10},
+    "l2p": {"length": 5, "pool_size": 10, "pull_weight": 0.1},
+    "dualprompt": {"length": 20, "pull_weight": 1.0},
+    "coda": {"length": 8, "pool_size": 100},
+}
+DUALPROMPT_CIFAR_LENGTH = 5  # the reference's CIFAR-100 config; ImageNet-R uses 20
 
 
 class ModelConfig(Section):
@@ -226,8 +246,8 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
         problems.append(("model.peft.blocks", "block indices must be >= 0"))
     if peft.lae and peft.kind == "none":
         problems.append(("model.peft.lae", "LAE wraps a PEFT module: set model.peft.kind"))
-    if peft.kind == "l2p" and peft.top_k > (peft.pool_size or 10):
-        problems.append(("model.peft.top_k", f"{peft.top_k} exceeds the prompt pool ({peft.pool_size or 10})"))
+    if peft.kind == "l2p" and peft.top_k > peft.pool_size:
+        problems.append(("model.peft.top_k", f"{peft.top_k} exceeds the prompt pool ({peft.pool_size})"))
     workers = cfg.scaling.num_workers
     if workers > 1 and cfg.train.batch_size % workers:
         problems.append(("train.batch_size", f"the global batch {cfg.train.batch_size} must be divisible by scaling.num_workers ({workers})"))
@@ -237,6 +257,17 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
         if not torch.cuda.is_available():
             problems.append(("train.device", "cuda requested but no CUDA device is available"))
     return problems
+
+
+def resolve_peft_defaults(cfg: RunConfig) -> None:
+    """Fill the PEFT keys left unset with the chosen kind's defaults."""
+    peft = cfg.model.peft
+    defaults = dict(PEFT_DEFAULTS.get(peft.kind, {}))
+    if peft.kind == "dualprompt" and cfg.benchmark.dataset == "cifar100":
+        defaults["length"] = DUALPROMPT_CIFAR_LENGTH
+    for key, value in defaults.items():
+        if getattr(peft, key) is None:
+            setattr(peft, key, value)
 
 
 def validate(data: dict[str, Any]) -> RunConfig:
@@ -249,6 +280,7 @@ def validate(data: dict[str, Any]) -> RunConfig:
         cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
     if cfg.model.weights not in WEIGHT_KEYWORDS:
         cfg.model.weights = str(Path(cfg.model.weights).expanduser().resolve())
+    resolve_peft_defaults(cfg)
     problems = check_consistency(cfg)
     if problems:
         raise ConfigError(problems)

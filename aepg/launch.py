@@ -20,7 +20,6 @@ from aepg.benchmarks import DATASETS, Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore
 from aepg.config import ConfigError, RunConfig, flatten
 from aepg.distributed import Context, pick_device, seed_all
-from aepg.metrics import running_metrics
 from aepg.models import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
 from aepg.trainer import ContinualTrainer, TrainState
@@ -145,7 +144,7 @@ def _ray_train_loop(config: dict) -> None:
         if context.is_chief:
             tracking.set_tags(config["tracking_uri"], config["run_id"], {"aepg.ray_node_ids": ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
-    hooks = [lambda state: ray.train.report(running_metrics(state.accuracy_matrix))] if config["report"] else []
+    hooks = [lambda state: ray.train.report(state.running)] if config["report"] else []
     train_worker(cfg, config["run_id"], config["tracking_uri"], context, task_hooks=hooks)
 
 

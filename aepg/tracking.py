@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, RunStatus
 
 from aepg import plots
 from aepg.config import RunConfig, flatten, to_yaml
-from aepg.metrics import accuracy_after_each_task, running_metrics
+from aepg.metrics import accuracy_after_each_task
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -216,10 +216,10 @@ class MlflowReporter:
     def task_finished(self, state) -> None:
         R = state.accuracy_matrix
         i = len(R)
-        metrics = {f"accuracy_after_task_{i}": accuracy_after_each_task(R)[-1], **running_metrics(R)}
+        metrics = {f"accuracy_after_task_{i}": state.running["accuracy_after_task"], **state.running}
         metrics.update({f"accuracy_task_{j + 1}": acc for j, acc in enumerate(R[-1])})
         self.log_metrics(metrics, step=i)
-        self.client.log_dict(self.run_id, {"R": R, "accuracy_after_task": accuracy_after_each_task(R)}, "accuracy_matrix.json")
+        self.client.log_dict(self.run_id, {"R": R, "test_sizes": state.test_sizes, "accuracy_after_task": accuracy_after_each_task(R, state.test_sizes)}, "accuracy_matrix.json")
 
     def run_finished(self, state) -> None:
         self.log_metrics(state.summary, step=len(state.accuracy_matrix))

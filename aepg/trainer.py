@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from aepg.benchmarks import Benchmark, Task
 from aepg.distributed import Context, derive_seed, seed_all
-from aepg.metrics import summarize
+from aepg.metrics import running_metrics, summarize
 from aepg.models import ContinualClassifier
 from aepg.objectives import Objective
 from aepg.schedules import Progress
@@ -40,10 +40,17 @@ class TrainState:
     epoch: int = 0
     global_step: int = 0
     accuracy_matrix: list[list[float]] = field(default_factory=list)
+    test_sizes: list[int] = field(default_factory=list)
+    """Test samples of each task seen so far (for the pooled accuracy)."""
 
     @property
     def summary(self) -> dict[str, float]:
-        return summarize(self.accuracy_matrix)
+        return summarize(self.accuracy_matrix, self.test_sizes)
+
+    @property
+    def running(self) -> dict[str, float]:
+        """The metrics reported after each task (sweeps compare trials on them)."""
+        return running_metrics(self.accuracy_matrix, self.test_sizes)
 
 
 @dataclass
@@ -146,7 +153,8 @@ class ContinualTrainer:
             optimizer_state = None
             # Training throughput of the whole job (all workers), evaluation excluded.
             rate = (self.cfg.train.epochs - first_epoch) * len(task.train) / (time.perf_counter() - start)
-            state.accuracy_matrix.append(self.evaluate(task.index))
+            accuracies, state.test_sizes = self.evaluate(task.index)
+            state.accuracy_matrix.append(accuracies)
             state.task, state.epoch = task.index + 1, 0
             self._log_task(state)
             for reporter in self.reporters:
@@ -236,8 +244,9 @@ class ContinualTrainer:
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, last_task: int) -> list[float]:
-        """Accuracy on each seen task's test data, predicting among all seen classes (no task id).
+    def evaluate(self, last_task: int) -> tuple[list[float], list[int]]:
+        """Accuracy on each seen task's test data, predicting among all seen classes (no task id),
+        and the number of test samples of each.
 
         Each worker scores its shard; counts are summed so every test sample counts once.
         """
@@ -253,7 +262,7 @@ class ContinualTrainer:
                 counts[task.index, 0] += (predictions == y).sum()
                 counts[task.index, 1] += len(y)
         counts = self.context.all_reduce_sum(counts).cpu()
-        return [float(correct / total) for correct, total in counts.tolist()]
+        return [float(correct / total) for correct, total in counts.tolist()], [int(total) for _, total in counts.tolist()]
 
     def _log_task(self, state: TrainState) -> None:
         if self.context.is_chief:

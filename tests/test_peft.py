@@ -1,4 +1,5 @@
-"""Every PEFT module on a tiny timm ViT (random weights, 32 px, 4 blocks)."""
+"""Every PEFT module on a tiny timm ViT (random weights, 32 px, 4 blocks): what trains, what stays,
+and save/load round trips. The reference behaviour of each module is pinned in test_peft_reference.py."""
 
 import typing
 
@@ -16,13 +17,15 @@ from conftest import CONFIGS
 TINY_VIT = [
     "model.backbone=vit_tiny_patch16_224", "model.weights=random", "model.image_size=32",
     "model.backbone_kwargs={depth: 4, embed_dim: 64, num_heads: 4, patch_size: 8, global_pool: avg}",
-    "benchmark.num_tasks=2", "benchmark.max_train_per_class=80", "benchmark.max_test_per_class=30",
-    "train.epochs=8", "train.batch_size=16", "train.lr=0.01",
+    "benchmark.num_tasks=2", "benchmark.max_train_per_class=40", "benchmark.max_test_per_class=10",
+    "train.epochs=4", "train.batch_size=16", "train.lr=0.003", "objective.kind=ce",
 ]
 VARIANTS = {
     "lora": ["model.peft.kind=lora"],
+    "hf-lora": ["model.peft.kind=lora", "model.peft.target_modules=[attn.qkv]"],
     "dora": ["model.peft.kind=dora"],
     "adapter": ["model.peft.kind=adapter"],
+    "adaptformer": ["model.peft.kind=adaptformer"],
     "prefix": ["model.peft.kind=prefix"],
     "l2p": ["model.peft.kind=l2p"],
     "dualprompt": ["model.peft.kind=dualprompt"],
@@ -58,17 +61,33 @@ def test_only_peft_and_head_get_gradients(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_two_task_run_learns_keeps_backbone_and_round_trips(variant):
+def test_two_task_run_trains_keeps_backbone_and_round_trips(variant):
     cfg = config(variant)
+    torch.manual_seed(0)
     model, benchmark, objective = build_job(cfg)
     frozen_names = {f"backbone.{k}" for k in model.backbone.state_dict()} - set(model.state_names())
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k in frozen_names}
-    state = ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu"))).fit()
+    peft_before = {n: p.detach().clone() for n, p in zip(model.peft_names, model.peft_parameters())}
+    first = benchmark.tasks[0]
+    x0 = torch.stack([first.train[i][0] for i in range(64)])
+    y0 = torch.tensor([first.train[i][1] for i in range(64)])
+
+    def task0_loss(state=None) -> float:
+        model.eval()
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(x0, slice(first.start, first.stop)), y0).item()
+
+    losses = [task0_loss()]
+    hook = lambda state: losses.append(task0_loss()) if state.task == 1 else None  # noqa: E731
+    state = ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu")),
+                             task_hooks=[hook]).fit()
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in frozen.items()), "the frozen backbone changed"
-    R = state.accuracy_matrix
-    assert R[0][0] > 0.3, R  # 5 classes per task: chance 0.2
-    assert state.summary["last_accuracy"] > 0.15, R  # 10 classes: chance 0.1
+    assert any(not torch.equal(after[n], v) for n, v in peft_before.items()), "no PEFT parameter changed"
+    assert [len(row) for row in state.accuracy_matrix] == [1, 2]
+    # Training the first task lowers its cross-entropy on a fixed batch of its training images
+    # (from ln 5 = 1.61 to about 1.5 or less here; the margin is far above floating-point noise).
+    assert losses[1] < losses[0] - 0.03, losses
 
     # Save/load: an untrained model (same random backbone) predicts like the trained one once loaded.
     saved = model.trainable_state_dict()
@@ -77,19 +96,22 @@ def test_two_task_run_learns_keeps_backbone_and_round_trips(variant):
         x = torch.stack([benchmark.tasks[1].test[i][0] for i in range(6)])
         assert not torch.allclose(other.eval()(x, slice(0, 10)), model.eval()(x, slice(0, 10)))
     other.load_trainable_state_dict(saved)
+    other.begin_task(1)  # as a resumed run does: a no-op for per-task state already restored
     with torch.no_grad():
         torch.testing.assert_close(other(x, slice(0, 10)), model(x, slice(0, 10)))
 
 
 def test_per_task_state_is_saved():
-    for variant in ("dualprompt", "coda"):
+    for variant in ("dualprompt", "coda", "lae-lora"):
         model, _, _ = build_job(config(variant))
         model.begin_task(1)
         state = model.trainable_state_dict()
-        assert int(state["backbone.aepg_peft.task"]) == 1
         fresh, _, _ = build_job(config(variant))
         fresh.load_trainable_state_dict(state)
-        assert int(fresh.peft.task) == 1
+        if variant == "lae-lora":
+            assert bool(state["lae.active"]) and fresh.lae.is_active
+        else:
+            assert int(state["backbone.aepg_peft.task"]) == 1 and int(fresh.peft.task) == 1
 
 
 def test_coda_freezes_the_components_of_past_tasks():
@@ -100,9 +122,6 @@ def test_coda_freezes_the_components_of_past_tasks():
     (model(x, slice(0, 10)).sum() + model.auxiliary_loss()).backward()
     grad = model.peft.components.grad
     assert grad[:, :4].abs().sum() == 0 and grad[:, 4:].abs().sum() > 0
-    # The new slice starts orthogonal to the frozen one.
-    flat = model.peft.keys.detach()[0]
-    assert (flat[:4] @ flat[4:].t()).abs().max() < 1e-4
 
 
 def test_prompt_kinds_need_a_vit():

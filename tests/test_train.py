@@ -82,9 +82,11 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "accuracy_matrix.json", "accuracy_matrix.png", "schedule_entropy.png", "benchmark.json"} <= artifacts
     local = client.download_artifacts(run_id, "", str(workdir / "artifacts"))
-    R = json.load(open(f"{local}/accuracy_matrix.json"))["R"]
-    assert [len(row) for row in R] == [1, 2, 3, 4, 5]
-    assert abs(sum(R[-1]) / 5 - metrics["last_accuracy"]) < 1e-9
+    matrix = json.load(open(f"{local}/accuracy_matrix.json"))
+    R, sizes = matrix["R"], matrix["test_sizes"]
+    assert [len(row) for row in R] == [1, 2, 3, 4, 5] and sum(sizes) == 450
+    # Pooled over all test samples, not the mean over tasks.
+    assert abs(sum(a * n for a, n in zip(R[-1], sizes)) / sum(sizes) - metrics["last_accuracy"]) < 1e-9
     for png in ("accuracy_matrix.png", "schedule_entropy.png"):
         assert open(f"{local}/{png}", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     benchmark = json.load(open(f"{local}/benchmark.json"))

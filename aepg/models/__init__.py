@@ -48,18 +48,27 @@ class ContinualClassifier(nn.Module):
         self.peft_state_names = [f"backbone.{k}" for k in backbone.state_dict()
                                  if k not in frozen_keys and ".base_layer." not in k]
         self.lae = OnlineOfflinePair(self.peft_parameters(), lae_decay) if lae_decay else None
+        self.peft_frozen = False
         self.sparse_updates = bool(self.peft is not None and self.peft.sparse)
 
-    def _logits(self, x: Tensor, columns: slice) -> Tensor:
+    def _features(self, x: Tensor) -> Tensor:
         if self.peft is not None and self.peft.needs_query:
             with torch.no_grad(), self.peft.disabled():
                 query = self.backbone(x)
             self.peft.set_query(query)
-        return self.head(self.backbone(x))[:, columns]
+        return self.backbone(x)
+
+    def _logits(self, x: Tensor, columns: slice) -> Tensor:
+        if self.peft_frozen:  # head-only phases: no autograd graph through the backbone
+            with torch.no_grad():
+                features = self._features(x)
+        else:
+            features = self._features(x)
+        return self.head(features)[:, columns]
 
     def forward(self, x: Tensor, columns: slice = slice(None)) -> Tensor:
         logits = self._logits(x, columns)
-        if self.lae is not None and not self.training:
+        if self.lae is not None and self.lae.is_active and not self.training:
             with self.lae.offline():
                 offline = self._logits(x, columns)
             return self.lae.ensemble(logits, offline)
@@ -76,6 +85,8 @@ class ContinualClassifier(nn.Module):
     def begin_task(self, task: int) -> None:
         if self.peft is not None:
             self.peft.begin_task(task)
+        if self.lae is not None:
+            self.lae.begin_task(task)
 
     def auxiliary_loss(self) -> Tensor | float:
         return self.peft.auxiliary_loss() if self.peft is not None else 0.0
@@ -91,6 +102,7 @@ class ContinualClassifier(nn.Module):
 
     def set_peft_trainable(self, trainable: bool) -> None:
         """Head-only phases switch the PEFT parameters off so backward stops at the head."""
+        self.peft_frozen = not trainable
         for p in self.peft_parameters():
             p.requires_grad_(trainable)
 

@@ -26,7 +26,6 @@ from aepg import tracking
 from aepg.config import ConfigError, RunConfig
 from aepg.distributed import Context, pick_device
 from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
-from aepg.metrics import running_metrics
 from aepg.sweep.report import SweepReport, build_report, to_csv
 from aepg.sweep.spec import BUDGET_KEY, Sweep, SweepSpec, trial_run_name
 
@@ -112,7 +111,7 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
         time.sleep(0.5)
     tracking.set_tags(runtime.tracking_uri, run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
     if cfg.scaling.num_workers == 0:
-        report = lambda state: tune.report(running_metrics(state.accuracy_matrix))  # noqa: E731
+        report = lambda state: tune.report(state.running)  # noqa: E731
         train_worker(cfg, run.run_id, runtime.tracking_uri, Context(device=pick_device(cfg.train.device)), [report])
     else:
         torch_trainer(cfg, run.run_id, runtime.tracking_uri, report_to_tune=True).fit()

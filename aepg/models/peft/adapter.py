@@ -1,43 +1,52 @@
-"""AdaptFormer-style parallel adapter: each chosen block's MLP gets a scaled bottleneck beside it,
-mlp(x) + s * up(relu(down(x))), with ``up`` initialised to zero so training starts at the backbone.
+"""The adapter as in LAE: a bottleneck in parallel with each adapted block's *attention*.
+
+It reads what the attention reads (``norm1(x)``) and its output is added to the attention's:
+``attn(h) + s * up(gelu(down(h)))`` with ``down``: Linear(d, 5), Kaiming-uniform (a = sqrt(5)),
+zero bias; ``up``: Linear(5, d), zero weight and bias; ``s`` a learnable scalar (init 1.0). The
+output is zero at initialisation, so training starts at the backbone.
 """
 
 from __future__ import annotations
 
+import math
 from types import MethodType
 
 from torch import nn
 
-from aepg.models.peft.base import PeftModule, vit_blocks
+from aepg.models.peft.base import PeftModule, Scale, vit_blocks
 
 
-class ParallelAdapter(PeftModule):
-    def __init__(self, backbone: nn.Module, blocks: list[int], bottleneck: int, scale: float):
+class Bottleneck(nn.Sequential):
+    """down -> activation -> [dropout] -> up, with ``up`` zero so the output starts at zero."""
+
+    def __init__(self, dim: int, hidden: int, activation: nn.Module, dropout: float = 0.0):
+        layers = [nn.Linear(dim, hidden), activation] + ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(hidden, dim)]
+        super().__init__(*layers)
+        down, up = self[0], self[-1]
+        nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+        nn.init.zeros_(down.bias)
+        nn.init.zeros_(up.weight)
+        nn.init.zeros_(up.bias)
+
+
+class AttentionAdapter(PeftModule):
+    def __init__(self, backbone: nn.Module, blocks: list[int], bottleneck: int):
         super().__init__()
         dim = backbone.embed_dim
-        self.blocks, self.scale = blocks, scale
-        self.down = nn.ModuleList(nn.Linear(dim, bottleneck) for _ in blocks)
-        self.up = nn.ModuleList(nn.Linear(bottleneck, dim) for _ in blocks)
-        for down, up in zip(self.down, self.up):
-            nn.init.kaiming_uniform_(down.weight, a=5**0.5)
-            nn.init.zeros_(down.bias)
-            nn.init.zeros_(up.weight)
-            nn.init.zeros_(up.bias)
+        self.layers = nn.ModuleList(nn.Sequential(Bottleneck(dim, bottleneck, nn.GELU()), Scale()) for _ in blocks)
         for slot, index in enumerate(blocks):
-            mlp = backbone.blocks[index].mlp
-            mlp.forward = MethodType(self._patched_forward(slot, mlp.forward), mlp)
+            attn = backbone.blocks[index].attn
+            attn.forward = MethodType(self._patched_forward(slot, attn.forward), attn)
 
     def _patched_forward(self, slot: int, original):
         adapter = self
 
-        def forward(mlp, x):
-            out = original(x)
-            if adapter.enabled:
-                out = out + adapter.scale * adapter.up[slot](adapter.down[slot](x).relu())
-            return out
+        def forward(attn, x, *args, **kwargs):
+            out = original(x, *args, **kwargs)
+            return out + adapter.layers[slot](x).to(out.dtype) if adapter.enabled else out
 
         return forward
 
 
-def build_adapter(backbone: nn.Module, cfg) -> ParallelAdapter:
-    return ParallelAdapter(backbone, vit_blocks(backbone, cfg.blocks, list(range(5))), cfg.bottleneck, cfg.adapter_scale)
+def build_adapter(backbone: nn.Module, cfg, num_tasks: int) -> AttentionAdapter:
+    return AttentionAdapter(backbone, vit_blocks(backbone, cfg.blocks, list(range(5))), cfg.bottleneck)

@@ -1,5 +1,5 @@
-"""What every PEFT module written here shares: where it hooks into a timm model, and the hooks
-the classifier and trainer call (task start, query, auxiliary loss).
+"""What every PEFT module written here shares: where it hooks into a timm ViT, and the hooks the
+classifier and trainer call (task start, query, auxiliary loss, optimiser step).
 
 Modules live on the backbone as ``backbone.aepg_peft`` so they move, save and wrap (DDP) with it.
 """
@@ -24,8 +24,8 @@ ATTRIBUTE = "aepg_peft"
 class PeftModule(nn.Module):
     """Parameters attached to a frozen backbone.
 
-    ``needs_query``: the module selects or weights prompts by the frozen backbone's [CLS]
-    feature, computed by a first forward pass with the module disabled.
+    ``needs_query``: the module selects or weights prompts by the frozen backbone's feature,
+    computed by a first forward pass with the module disabled.
     ``sparse``: not every parameter gets a gradient at every step (DDP must be told).
     """
 
@@ -39,7 +39,7 @@ class PeftModule(nn.Module):
         self._aux: Tensor | None = None
 
     def begin_task(self, task: int) -> None:
-        """Called before training task ``task`` (and before evaluating after a resume)."""
+        """Called before training task ``task`` (and again when a run resumes inside it)."""
 
     def set_query(self, query: Tensor | None) -> None:
         self.query = query
@@ -58,9 +58,20 @@ class PeftModule(nn.Module):
             self.enabled = True
 
 
+class Scale(nn.Module):
+    """A learnable scalar multiplier initialised to 1.0 (LAE's ``Scaler(None)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
 def vit_blocks(backbone: nn.Module, blocks: list[int] | None, default: list[int]) -> list[int]:
     """The block indices to adapt, checked against the ViT's depth."""
-    if not hasattr(backbone, "blocks") or not hasattr(backbone, "cls_token"):
+    if not is_vit(backbone):
         raise PeftError(f"this PEFT kind needs a timm VisionTransformer, not {type(backbone).__name__}")
     depth = len(backbone.blocks)
     if blocks is None:  # the paper's blocks 0-4, as far as the ViT goes
@@ -71,23 +82,57 @@ def vit_blocks(backbone: nn.Module, blocks: list[int] | None, default: list[int]
     return chosen
 
 
-def prefixed_attention(attn: nn.Module, x: Tensor, prefix: tuple[Tensor, Tensor] | None) -> Tensor:
-    """timm ``Attention.forward`` with learned key/value prefixes (B, P, dim) prepended."""
+def is_vit(backbone: nn.Module) -> bool:
+    return hasattr(backbone, "blocks") and hasattr(backbone, "cls_token")
+
+
+def compensate(attn: Tensor, start: int, stop: int) -> Tensor:
+    """LAE's compensatory attention: the prefix columns [start, stop) are divided by their sum
+    (clamped at 1e-12), so the prefix's attention mass is 1; the other columns stay as they are."""
+    prefix = attn[..., start:stop]
+    mass = prefix.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+    return torch.cat([attn[..., :start], prefix / mass, attn[..., stop:]], dim=-1)
+
+
+def prefixed_attention(attn: nn.Module, x: Tensor, prefix: tuple[Tensor, Tensor] | None,
+                       position: int = 0, compensatory: bool = False) -> Tensor:
+    """timm ``Attention.forward`` with learned key/value prefixes (B, P, dim) inserted at
+    ``position`` of the key/value sequence; ``compensatory`` renormalises their attention (LAE)."""
     B, N, C = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    if prefix is not None:
-        pk, pv = (p.to(x.dtype).reshape(B, -1, attn.num_heads, attn.head_dim).transpose(1, 2) for p in prefix)
-        k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    if prefix is None:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    else:
+        pk, pv = (p.to(q.dtype).reshape(B, -1, attn.num_heads, attn.head_dim).transpose(1, 2) for p in prefix)
+        k = torch.cat([k[:, :, :position], pk, k[:, :, position:]], dim=2)
+        v = torch.cat([v[:, :, :position], pv, v[:, :, position:]], dim=2)
+        if compensatory:
+            weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            weights = compensate(F.dropout(weights, dropout), position, position + pk.shape[2])
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
     out = attn.norm(out.transpose(1, 2).reshape(B, N, getattr(attn, "attn_dim", C)))
-    if getattr(attn, "gate", None) is not None:
-        out = out * attn.gate(x).sigmoid()
+    if gate is not None:
+        out = out * gate
     return attn.proj_drop(attn.proj(out))
 
 
-def install_prefixes(backbone: nn.Module, module: "PrefixSource", blocks: list[int]) -> None:
+class PrefixSource(PeftModule):
+    """A module that hands each adapted block a (key, value) prefix, or None."""
+
+    position = 0
+    compensatory = False
+
+    def prefix(self, block: int, batch: int) -> tuple[Tensor, Tensor] | None:
+        raise NotImplementedError
+
+
+def install_prefixes(backbone: nn.Module, module: PrefixSource, blocks: list[int]) -> None:
     """Route the attention of ``blocks`` through ``prefixed_attention`` with ``module``'s prefixes."""
     for index in blocks:
         attn = backbone.blocks[index].attn
@@ -96,14 +141,14 @@ def install_prefixes(backbone: nn.Module, module: "PrefixSource", blocks: list[i
             if attn_mask is not None or is_causal:
                 raise PeftError("prefix-based PEFT does not support attention masks")
             prefix = module.prefix(_index, x.shape[0]) if module.enabled else None
-            return prefixed_attention(self, x, prefix)
+            return prefixed_attention(self, x, prefix, module.position, module.compensatory)
 
         attn.forward = MethodType(forward, attn)
 
 
-class PrefixSource(PeftModule):
-    def prefix(self, block: int, batch: int) -> tuple[Tensor, Tensor] | None:
-        raise NotImplementedError
+def uniform_parameter(*shape: int, low: float = -1.0, high: float = 1.0) -> nn.Parameter:
+    """A parameter drawn from U(low, high): the prompt initialisation of L2P and DualPrompt."""
+    return nn.Parameter(torch.empty(*shape).uniform_(low, high))
 
 
 def cosine_to_keys(query: Tensor, keys: Tensor) -> Tensor:

@@ -1,6 +1,13 @@
-"""LAE's online/offline pair over any PEFT module: the online parameters train, an offline copy
-follows them by an exponential moving average after every step, and at test time the two are
-ensembled by taking, per class, the larger of their softmax probabilities over the seen classes.
+"""LAE's online/offline pair over any PEFT module (Gao et al., 2023; gqk/LAE).
+
+The online PEFT parameters train. There is no offline copy during task 0; when task 1 starts,
+the offline copy is a copy of the online parameters, and from then on it follows them by an
+exponential moving average after every optimiser step (head-only steps included, as in LAE).
+From task 1 on, a prediction is the per-class maximum of the online and offline softmaxes over
+the seen classes.
+
+LAE's default decay is 0.9999 at batch 24. The EMA's time constant is counted in steps, so at
+batch B the same horizon in samples is ``decay ** (B / 24)``: 0.9989 at batch 256.
 """
 
 from __future__ import annotations
@@ -16,15 +23,31 @@ class OnlineOfflinePair(nn.Module):
         super().__init__()
         self.online, self.decay = online, decay
         for i, p in enumerate(online):
-            self.register_buffer(f"offline_{i}", p.detach().clone())
+            self.register_buffer(f"offline_{i}", torch.zeros_like(p))
+        self.register_buffer("active", torch.zeros((), dtype=torch.bool))
+        self.is_active = False  # a host copy of ``active``: no device sync per step
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.is_active = bool(self.active)
 
     def _offline(self) -> list[Tensor]:
         return [getattr(self, f"offline_{i}") for i in range(len(self.online))]
 
     @torch.no_grad()
+    def begin_task(self, task: int) -> None:
+        """From task 1 on there is an offline copy; it starts as the online parameters."""
+        if task >= 1 and not self.is_active:
+            for p, offline in zip(self.online, self._offline()):
+                offline.copy_(p)
+            self.active.fill_(True)
+            self.is_active = True
+
+    @torch.no_grad()
     def update(self) -> None:
-        for p, offline in zip(self.online, self._offline()):
-            offline.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+        if self.is_active:
+            for p, offline in zip(self.online, self._offline()):
+                offline.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
 
     @contextmanager
     @torch.no_grad()
@@ -41,4 +64,5 @@ class OnlineOfflinePair(nn.Module):
 
     @staticmethod
     def ensemble(online_logits: Tensor, offline_logits: Tensor) -> Tensor:
+        """log of the per-class maximum of the two softmaxes (its argmax is the prediction)."""
         return torch.maximum(online_logits.log_softmax(-1), offline_logits.log_softmax(-1))

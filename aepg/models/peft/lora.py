@@ -1,51 +1,60 @@
-"""LoRA (and DoRA) from HF peft, injected in place into a timm model.
+"""LoRA as in LAE (``KVLoRA``): low-rank updates of the key and value rows of a ViT block's fused
+``attn.qkv`` projection; the query rows are left alone.
 
-Targets are module-name suffixes (``attn.qkv``, ``conv_pw``) restricted to chosen ``blocks.N``;
-defaults follow the backbone family: a ViT's attention and MLP linears in blocks 0-4 (the
-paper), an EfficientNet's 1x1 convolutions in every block.
+Per adapted block: two independent rank-r pairs (A: r x d, Kaiming-uniform with a = sqrt(5);
+B: d x r, zero), each times its own learnable scalar scale (init 1.0). The projection becomes
+``qkv(x) + [0, s_k x A_k^T B_k^T, s_v x A_v^T B_v^T]``, which equals LAE's
+``F.linear(x, W + [0; s_k B_k A_k; s_v B_v A_v], b)`` without forming the d x 3d update.
 """
 
 from __future__ import annotations
 
-import re
+import math
+from types import MethodType
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from aepg.models.peft.base import PeftError
-
-DEFAULT_TARGETS = {
-    "VisionTransformer": ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"],
-    "EfficientNet": ["conv_pw", "conv_pwl"],
-}
-DEFAULT_BLOCKS = {"VisionTransformer": [0, 1, 2, 3, 4]}
+from aepg.models.peft.base import PeftModule, Scale, vit_blocks
 
 
-def default_targets(backbone: nn.Module) -> list[str]:
-    family = type(backbone).__name__
-    if family not in DEFAULT_TARGETS:
-        raise PeftError(
-            f"no default LoRA targets for {family}; set model.peft.target_modules "
-            "(module-name suffixes such as attn.qkv)"
-        )
-    return DEFAULT_TARGETS[family]
+class LowRank(nn.Module):
+    """One scaled rank-r update x -> s * x A^T B^T, zero at initialisation."""
+
+    def __init__(self, dim: int, rank: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, dim))
+        self.B = nn.Parameter(torch.zeros(dim, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.scale = Scale()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale(x @ self.A.t() @ self.B.t())
 
 
-def target_pattern(targets: list[str], blocks: list[int] | None) -> str:
-    """A full-match regex over module names: ``blocks.<b>.[...].<target>`` or any ``<target>``."""
-    names = "|".join(re.escape(t) for t in targets)
-    if blocks is None:
-        return rf"^(?:.*\.)?(?:{names})$"
-    block_ids = "|".join(str(b) for b in sorted(set(blocks)))
-    return rf"^blocks\.(?:{block_ids})\.(?:.*\.)?(?:{names})$"
+class KVLoRA(PeftModule):
+    def __init__(self, backbone: nn.Module, blocks: list[int], rank: int):
+        super().__init__()
+        dim = backbone.embed_dim
+        self.key = nn.ModuleList(LowRank(dim, rank) for _ in blocks)
+        self.value = nn.ModuleList(LowRank(dim, rank) for _ in blocks)
+        for slot, index in enumerate(blocks):
+            qkv = backbone.blocks[index].attn.qkv
+            qkv.forward = MethodType(self._patched_forward(slot, qkv.forward), qkv)
+
+    def _patched_forward(self, slot: int, original):
+        lora = self
+
+        def forward(qkv, x):
+            out = original(x)
+            if not lora.enabled:
+                return out
+            update = torch.cat([lora.key[slot](x), lora.value[slot](x)], dim=-1).to(out.dtype)
+            dim = update.shape[-1] // 2
+            return torch.cat([out[..., :dim], out[..., dim:] + update], dim=-1)
+
+        return forward
 
 
-def attach_lora(backbone: nn.Module, cfg, dora: bool = False) -> nn.Module:
-    from peft import LoraConfig, inject_adapter_in_model
-
-    targets = cfg.target_modules or default_targets(backbone)
-    blocks = cfg.blocks if cfg.blocks is not None else DEFAULT_BLOCKS.get(type(backbone).__name__)
-    pattern = target_pattern(targets, blocks)
-    if not any(re.fullmatch(pattern, name) for name, _ in backbone.named_modules()):
-        raise PeftError(f"model.peft.target_modules {targets} with blocks {blocks} match no module of {type(backbone).__name__}")
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=pattern, use_dora=dora)
-    return inject_adapter_in_model(lora, backbone)
+def build_kv_lora(backbone: nn.Module, cfg, num_tasks: int) -> KVLoRA:
+    return KVLoRA(backbone, vit_blocks(backbone, cfg.blocks, list(range(5))), cfg.rank)

@@ -1,0 +1,74 @@
+"""DualPrompt, as in the reference code (JH-LEE-KR/dualprompt-pytorch), with prefix tuning.
+
+A G(eneral)-prompt shared by all tasks in blocks 0-1 (length 5) and one E(xpert)-prompt per
+task in blocks 2-4 (length 20 on ImageNet-R, 5 on CIFAR-100 in the reference configs), each a
+key prefix and a value prefix, prepended to the keys and values; prompts and keys are
+initialised U(-1, 1). Training uses the current task's expert (the reference's prompt mask) and
+adds the pull constraint ``-pull_weight * cos(query, key_t)`` averaged over the batch; at test
+each input takes the expert whose key best matches its query (the frozen [CLS] feature). When
+a task starts, its expert is initialised as a copy of the previous task's (the reference's
+``shared_prompt_pool``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from aepg.models.peft.base import PeftError, PrefixSource, cosine_to_keys, install_prefixes, uniform_parameter, vit_blocks
+
+
+class DualPrompt(PrefixSource):
+    needs_query = True
+    sparse = True
+
+    def __init__(self, backbone: nn.Module, g_blocks: list[int], e_blocks: list[int], g_length: int,
+                 e_length: int, num_tasks: int, pull_weight: float):
+        super().__init__()
+        dim = backbone.embed_dim
+        self.g_slots = {b: i for i, b in enumerate(g_blocks)}
+        self.e_slots = {b: i for i, b in enumerate(e_blocks)}
+        self.general = uniform_parameter(len(g_blocks), 2, g_length, dim)
+        self.experts = uniform_parameter(num_tasks, len(e_blocks), 2, e_length, dim)
+        self.keys = uniform_parameter(num_tasks, dim)
+        self.pull_weight = pull_weight
+        self.register_buffer("task", torch.zeros((), dtype=torch.long))
+        self._expert: Tensor | None = None
+        install_prefixes(backbone, self, sorted(set(g_blocks) | set(e_blocks)))
+
+    @torch.no_grad()
+    def begin_task(self, task: int) -> None:
+        if task == int(self.task):  # the first task, or a task resumed part-way
+            return
+        self.experts[task].copy_(self.experts[task - 1])
+        self.task.fill_(task)
+
+    def set_query(self, query: Tensor | None) -> None:
+        super().set_query(query)
+        if query is None:
+            self._expert = None
+            return
+        task = int(self.task)
+        if self.training:
+            self._expert = torch.full((len(query),), task, device=query.device, dtype=torch.long)
+            self._aux = -self.pull_weight * cosine_to_keys(query, self.keys[task : task + 1]).mean()
+        else:  # the experts of the tasks seen so far compete
+            self._expert = cosine_to_keys(query, self.keys[: task + 1]).argmax(dim=1)
+
+    def prefix(self, block: int, batch: int):
+        if block in self.g_slots:
+            key, value = self.general[self.g_slots[block]]
+            return key.expand(batch, -1, -1), value.expand(batch, -1, -1)
+        if self._expert is None:
+            return None
+        chosen = self.experts[self._expert, self.e_slots[block]]  # (B, 2, length, dim)
+        return chosen[:, 0], chosen[:, 1]
+
+
+def build_dualprompt(backbone: nn.Module, cfg, num_tasks: int) -> DualPrompt:
+    blocks = vit_blocks(backbone, cfg.blocks, list(range(5)))
+    g_blocks = [b for b in blocks if b < 2] or blocks[:1]
+    e_blocks = [b for b in blocks if b not in g_blocks]
+    if not e_blocks:
+        raise PeftError("DualPrompt needs blocks for expert prompts beyond the general ones (default 0-4)")
+    return DualPrompt(backbone, g_blocks, e_blocks, cfg.g_length, cfg.length, num_tasks, cfg.pull_weight)
