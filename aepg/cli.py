@@ -1,7 +1,9 @@
-"""``aepg`` command line: train, sweep, report.
+"""``aepg`` command line: train, sweep, report, cluster.
 
-Bad configs exit with code 2 and one message per bad key; missing data or weights exit
-with code 1 and a message saying how to get them.
+Bad input (configs, sweep files, overrides, paths, missing data) exits with code 2 and one line
+per problem, naming the key or file, before any compute; a failure during a run exits with
+code 1. Validation imports neither torch, timm, Ray nor MLflow, so a typo costs well under a
+second; those are imported only to do the work.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import os
 import sys
 
+from aepg import __version__
 from aepg.config import ConfigError
 
 EXIT_CONFIG = 2
@@ -26,12 +29,27 @@ def _matrix(R: list[list[float]]) -> str:
     return "\n".join("  " + " ".join(f"{a:6.3f}" for a in row) for row in R)
 
 
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        print(f"aepg: warning: {note}", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
+    from aepg import preflight
     from aepg.config import load_config, to_yaml
 
+    if not args.config:
+        raise ConfigError([("CONFIG", "give a run config file, e.g. aepg train configs/digits.yaml [key=value ...]")])
+    if "=" in args.config and not os.path.exists(args.config):
+        raise ConfigError([("CONFIG", f"{args.config!r} looks like an override; give the run config file first: "
+                            "aepg train CONFIG key=value ...")])
     cfg = load_config(args.config, args.overrides)
+    _warn(preflight.warnings(cfg))
     if args.dry_run:
+        preflight.check(cfg, args.resume)
         print(to_yaml(cfg), end="")
+        print("# data: " + preflight.data_location(cfg))
+        print("\n".join("# " + line for line in preflight.plan(cfg).lines()))
         return 0
     from aepg.launch import run
 
@@ -47,25 +65,29 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from aepg.sweep.spec import load_sweep
+    from aepg.sweep.spec import load_sweep, read_state, sweep_folder
 
     if args.resume:
         if args.sweep or args.overrides:
             raise ConfigError([("--resume", "takes only the sweep folder; its sweep file and overrides were saved")])
+        path = sweep_folder(args.resume)
+        state = read_state(path)
+        if args.dry_run:
+            print(f"would resume sweep {state['spec']['name']} from {path}")
+            return 0
         sweep = None
     else:
         if not args.sweep:
-            raise ConfigError([("SWEEP", "give a sweep file, or --resume PATH")])
+            raise ConfigError([("SWEEP", "give a sweep file (see sweeps/), or --resume PATH")])
         sweep = load_sweep(args.sweep, args.overrides)
     if args.dry_run:
-        from aepg.sweep.driver import expected_trials
+        from aepg.sweep.spec import sweep_plan
 
-        print(f"sweep {sweep.spec.name}: {expected_trials(sweep)} trials of {sweep.spec.search.algorithm} search "
-              f"over {', '.join(sweep.space)}; metric {sweep.spec.metric} ({sweep.spec.mode})")
+        print("\n".join(sweep_plan(sweep)))
         return 0
     from aepg.sweep.driver import finalize, resume_sweep, run_sweep
 
-    runtime, complete = resume_sweep(args.resume) if args.resume else run_sweep(sweep)
+    runtime, complete = resume_sweep(path) if args.resume else run_sweep(sweep)
     if not complete:
         print(f"\nsweep interrupted; continue it with: aepg sweep --resume {runtime.path}", file=sys.stderr)
         return 130
@@ -82,9 +104,11 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from aepg import tracking
-    from aepg.sweep.report import build_report, to_csv
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_store(uri)  # before MLflow touches the store: it would create an empty one
+    from aepg.sweep.report import build_report, to_csv
+
     parent = tracking.find_sweep(uri, args.sweep)
     if parent is None:
         try:
@@ -129,12 +153,13 @@ def _count(minimum: int):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aepg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"aepg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="run one continual fine-tuning job")
-    train.add_argument("config", help="run config YAML (see configs/)")
+    train.add_argument("config", nargs="?", help="run config YAML (see configs/)")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-3")
-    train.add_argument("--dry-run", action="store_true", help="validate and print the resolved config")
+    train.add_argument("--dry-run", action="store_true", help="check everything a run checks, print the resolved config and the run's size")
     train.add_argument("--resume", metavar="RUN_ID", help="continue this MLflow run from its latest checkpoint")
     train.set_defaults(func=cmd_train)
 
@@ -142,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("sweep", nargs="?", help="sweep file (see sweeps/)")
     sweep.add_argument("overrides", nargs="*", help="dotted key=value overrides of the sweep file")
     sweep.add_argument("--resume", metavar="PATH", help="continue an interrupted sweep from its output folder")
-    sweep.add_argument("--dry-run", action="store_true", help="validate the sweep file and its space")
+    sweep.add_argument("--dry-run", action="store_true", help="check the sweep file, its base config and its space; print its size")
     sweep.set_defaults(func=cmd_sweep)
 
     report = commands.add_parser("report", help="leaderboard and plots of a past sweep, from MLflow")
@@ -161,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runtime_errors() -> tuple[type[Exception], ...]:
+    """Failures with a message for the user rather than a traceback (imported only when one happened)."""
+    from aepg.benchmarks import DatasetNotFound
+    from aepg.models import WeightsError
+    from aepg.models.peft import PeftError
+    from aepg.tracking import TrackingUnavailable
+
+    return DatasetNotFound, WeightsError, PeftError, TrackingUnavailable
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`train C --dry-run a=1`); argparse leaves those over.
@@ -172,23 +207,21 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from aepg.benchmarks import DatasetNotFound
-    from aepg.models import PeftError, WeightsError
-    from aepg.tracking import TrackingUnavailable
-
     try:
         return args.func(args)
     except ConfigError as error:
-        print("aepg: invalid configuration:", file=sys.stderr)
+        print("aepg: invalid input:", file=sys.stderr)
         for key, message in error.problems:
             print(f"  {key}: {message}", file=sys.stderr)
         return EXIT_CONFIG
-    except (DatasetNotFound, WeightsError, PeftError, TrackingUnavailable) as error:
-        print(f"aepg: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("aepg: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if isinstance(error, _runtime_errors()):
+            print(f"aepg: {error}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

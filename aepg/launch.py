@@ -16,14 +16,15 @@ from typing import Callable
 
 import torch
 
-from aepg.benchmarks import DATASETS, Benchmark, build_benchmark
+from aepg.benchmarks import DATASETS
+from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore
 from aepg.config import ConfigError, RunConfig, flatten
 from aepg.distributed import Context, pick_device, seed_all
-from aepg.models import ContinualClassifier, build_model
+from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
 from aepg.trainer import ContinualTrainer, TrainState
-from aepg import tracking
+from aepg import preflight, tracking
 
 log = logging.getLogger("aepg")
 
@@ -233,7 +234,9 @@ def check_resumable(cfg: RunConfig, run_id: str) -> None:
 
 
 def run(cfg: RunConfig, resume: str | None = None) -> RunResult:
-    """Open (or reopen) the MLflow run, train, and set the run's final status."""
+    """Check everything, open (or reopen) the MLflow run, train, and set the run's final status."""
+    preflight.check(cfg, resume)  # data, backbone, PEFT, weights, checkpoint: before any run is opened
+    preflight.prepare(cfg)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
     tracking.check_reachable(tracking_uri)
     if cfg.scaling.num_workers:  # before opening the run: refuse what can never be scheduled

@@ -2,7 +2,8 @@
 
 The driver opens a run (``open_run``) and sets its final status (``close_run``); the chief
 training worker logs into it through ``MlflowReporter``, addressing the run by id, so the
-same code works in-process, in Ray Train workers and in Ray Tune trials.
+same code works in-process, in Ray Train workers and in Ray Tune trials. MLflow is imported
+when first used, so resolving and checking a tracking URI stays fast.
 """
 
 from __future__ import annotations
@@ -13,12 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
-
-from aepg import plots
-from aepg.config import RunConfig, flatten, to_yaml
+from aepg.config import ConfigError, RunConfig, flatten, to_yaml
 from aepg.metrics import accuracy_after_each_task
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -44,8 +40,9 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 
-def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
-    """Fail fast, before any compute, when an HTTP tracking server does not answer."""
+def check_reachable(tracking_uri: str, timeout: tuple[float, float] = (3.0, 5.0)) -> None:
+    """Fail within seconds, before any compute, when an HTTP tracking server does not answer
+    (MLflow's own client retries for minutes)."""
     if not tracking_uri.startswith(("http://", "https://")):
         return
     import requests
@@ -60,11 +57,22 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
         ) from None
 
 
-def client_for(tracking_uri: str) -> MlflowClient:
+def check_store(tracking_uri: str) -> None:
+    """For reading: the store must exist (a local sqlite file) or answer (a server)."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).is_file():
+        raise ConfigError([("--tracking-uri", f"no MLflow store at {tracking_uri[len(prefix):]}; "
+                            "give the store the runs were logged to (--tracking-uri or MLFLOW_TRACKING_URI)")])
+    check_reachable(tracking_uri)
+
+
+def client_for(tracking_uri: str):
+    from mlflow import MlflowClient
+
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
+def experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     return experiment.experiment_id if experiment else client.create_experiment(name)
 
@@ -72,6 +80,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 def create_run(tracking_uri: str, experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
                params: dict[str, object] | None = None, texts: dict[str, str] | None = None) -> str:
     """A new RUNNING run with params and text artifacts; returns its id."""
+    from mlflow.entities import Param
+
     client = client_for(tracking_uri)
     run_id = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags or {}).info.run_id
     items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in (params or {}).items()]
@@ -98,6 +108,8 @@ def close_run(tracking_uri: str, run_id: str, status: str, reason: str | None = 
 
 def reopen_run(tracking_uri: str, run_id: str) -> None:
     """Mark a resumed run RUNNING again."""
+    from mlflow.entities import RunStatus
+
     client_for(tracking_uri).update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
 
@@ -177,6 +189,9 @@ def read_text(tracking_uri: str, run_id: str, path: str) -> str:
 def log_outputs(tracking_uri: str, run_id: str, texts: dict[str, str] | None = None,
                 figures: dict[str, object] | None = None, metrics: dict[str, float] | None = None) -> None:
     """Text artifacts, matplotlib figures (closed after logging) and metrics, into one run."""
+    import matplotlib.pyplot as plt
+    from mlflow.entities import Metric
+
     client = client_for(tracking_uri)
     for path, text in (texts or {}).items():
         client.log_text(run_id, text, path)
@@ -196,20 +211,26 @@ class MlflowReporter:
         self.run_id = run_id
 
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         self._log([Metric(k, float(v), now, step) for k, v in values.items()])
 
-    def _log(self, metrics: list[Metric]) -> None:
+    def _log(self, metrics: list) -> None:
         for i in range(0, len(metrics), BATCH_LIMIT):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + BATCH_LIMIT])
 
     def log_params(self, values: dict[str, object]) -> None:
+        from mlflow.entities import Param
+
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
 
     def log_dict(self, data: dict, path: str) -> None:
         self.client.log_dict(self.run_id, data, path)
 
     def log_steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         self._log([Metric(k, v, now, step) for step, values in rows for k, v in values.items()])
 
@@ -222,6 +243,8 @@ class MlflowReporter:
         self.client.log_dict(self.run_id, {"R": R, "test_sizes": state.test_sizes, "accuracy_after_task": accuracy_after_each_task(R, state.test_sizes)}, "accuracy_matrix.json")
 
     def run_finished(self, state) -> None:
+        from aepg import plots
+
         self.log_metrics(state.summary, step=len(state.accuracy_matrix))
         self._log_figure(plots.accuracy_heatmap(state.accuracy_matrix), "accuracy_matrix.png")
         series = {}
@@ -233,5 +256,7 @@ class MlflowReporter:
             self._log_figure(plots.series_plot(series, "annealing weight and output entropy over steps"), "schedule_entropy.png")
 
     def _log_figure(self, figure, path: str) -> None:
+        import matplotlib.pyplot as plt
+
         self.client.log_figure(self.run_id, figure, path)
         plt.close(figure)

@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from aepg.benchmarks import Benchmark, Task
+from aepg.benchmarks.tasks import Benchmark, Task
 from aepg.distributed import Context, derive_seed, seed_all
 from aepg.metrics import running_metrics, summarize
-from aepg.models import ContinualClassifier
+from aepg.models.classifier import ContinualClassifier
 from aepg.objectives import Objective
 from aepg.schedules import Progress
 

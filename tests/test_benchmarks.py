@@ -9,8 +9,10 @@ import pytest
 import torch
 import torchvision
 
-from aepg.benchmarks import DatasetNotFound, build_benchmark, class_order
-from aepg.benchmarks import fashion_mnist
+from aepg import benchmarks
+from aepg.benchmarks import DatasetNotFound
+from aepg.benchmarks.order import class_order
+from aepg.benchmarks.tasks import build_benchmark
 from aepg.config import BenchmarkConfig
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -81,14 +83,29 @@ def test_fashion_mnist_reads_idx_files(tmp_path, layout):
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(fashion_mnist, "DEBIAN_FOLDER", tmp_path / "not-installed")
-    # torchvision's download is really attempted; point it at a closed local port.
-    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr(benchmarks, "FASHION_DEBIAN_FOLDER", tmp_path / "not-installed")
     with pytest.raises(DatasetNotFound, match="apt-get install dataset-fashion-mnist"):
         build(dataset="fashion-mnist", root=str(tmp_path / "empty"))
+    assert not (tmp_path / "empty").exists(), "looking for the data created folders"
 
 
-@pytest.mark.skipif(not fashion_mnist.DEBIAN_FOLDER.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_download_is_tried_only_when_asked(tmp_path, monkeypatch):
+    """With benchmark.download the driver fetches the data once, before the run (here the
+    mirror is a closed local port, so the download really runs and fails)."""
+    from aepg import preflight
+    from aepg.config import load_config
+
+    monkeypatch.setattr(benchmarks, "FASHION_DEBIAN_FOLDER", tmp_path / "not-installed")
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml", [f"benchmark.root={tmp_path / 'data'}"])
+    assert [key for key, _ in preflight.problems(cfg)] == ["benchmark.dataset"]
+    cfg.benchmark.download = True
+    assert preflight.problems(cfg) == []  # prepare() will fetch it
+    with pytest.raises(DatasetNotFound, match="downloading fashion-mnist .* failed"):
+        preflight.prepare(cfg)
+
+
+@pytest.mark.skipif(not benchmarks.FASHION_DEBIAN_FOLDER.is_dir(), reason="Debian dataset-fashion-mnist not installed")
 def test_real_fashion_mnist(tmp_path):
     bench = build(dataset="fashion-mnist", root=str(tmp_path), num_tasks=5)
     assert sum(len(t.train) for t in bench.tasks) == 60000 and sum(len(t.test) for t in bench.tasks) == 10000

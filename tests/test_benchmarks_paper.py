@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from aepg.benchmarks import DatasetNotFound, build_benchmark
+from aepg.benchmarks import DatasetNotFound
+from aepg.benchmarks.tasks import build_benchmark
 from aepg.config import BenchmarkConfig
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

@@ -1,5 +1,7 @@
 """Configs: YAML + overrides, and bad values rejected before any compute with the key named."""
 
+import os
+
 import pytest
 import yaml
 
@@ -26,7 +28,7 @@ BAD = [
     (["objective.kind=hinge"], "objective.kind", "unknown objective"),
     (["objective.eps=1.5"], "objective.eps", "less than 1"),
     (["train.head_only_epochs=3"], "train.head_only_epochs", "less than train.epochs"),
-    (["model.backbone=vit_base_patch16_225"], "model.backbone", "did you mean 'vit_base_patch16_224'"),
+    (["model.backbone=vit_base_patch16_225", "model.weights=random"], "model.backbone", "did you mean 'vit_base_patch16_224'"),
     (["model.weights=/no/such/file.pth"], "model.weights", "neither"),
     (["model.backbone=vit_tiny_patch16_224"], "model.weights", "lite0-offline weights fit only"),
     (["benchmark.dataset=cifar10"], "benchmark.dataset", "unknown dataset"),
@@ -107,3 +109,69 @@ def test_local_cluster_refuses_bad_sizes_before_starting_anything(args, message,
         main(["cluster", "local", *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_light_registries_match_the_real_ones():
+    from aepg.benchmarks import DATASETS
+    from aepg.benchmarks.tasks import LOADERS
+    from aepg.config import OBJECTIVE_KINDS
+    from aepg.objectives import OBJECTIVES
+
+    assert set(OBJECTIVE_KINDS) == set(OBJECTIVES)
+    assert set(DATASETS) == set(LOADERS)
+
+
+def test_catalog_sizes_of_digits_are_the_real_split():
+    import numpy as np
+
+    from aepg.benchmarks import DATASETS
+    from aepg.benchmarks.digits import load_digits_splits
+
+    splits = load_digits_splits()
+    train, test = DATASETS["digits"].class_sizes(None)
+    assert np.bincount(splits.train.labels).tolist() == train
+    assert np.bincount(splits.test.labels).tolist() == test
+
+
+@pytest.mark.parametrize("overrides", [[], ["benchmark.num_tasks=3", "benchmark.max_train_per_class=17", "train.batch_size=7"],
+                                       ["scaling.num_workers=2", "train.batch_size=10"]])
+def test_dry_run_plan_matches_what_the_trainer_does(overrides):
+    import torch
+
+    from aepg import preflight
+    from aepg.distributed import Context
+    from aepg.launch import build_job
+    from aepg.trainer import ContinualTrainer
+
+    cfg = load_config(DIGITS, overrides)
+    plan = preflight.plan(cfg)
+    model, benchmark, objective = build_job(cfg)
+    workers = max(1, cfg.scaling.num_workers)
+    trainers = [ContinualTrainer(cfg, model, benchmark, objective, Context(rank, workers, torch.device("cpu")))
+                for rank in range(workers)]
+    assert [t.train for t in plan.tasks] == [len(task.train) for task in benchmark.tasks]
+    assert [t.test for t in plan.tasks] == [len(task.test) for task in benchmark.tasks]
+    assert [t.classes for t in plan.tasks] == [len(task.classes) for task in benchmark.tasks]
+    for trainer in trainers:
+        assert [t.steps for t in plan.tasks] == [trainer.steps_per_epoch(task) * cfg.train.epochs for task in benchmark.tasks]
+    assert plan.train_samples == sum(len(task.train) for task in benchmark.tasks) * cfg.train.epochs
+
+
+HEAVY = ("torch", "torchvision", "timm", "ray", "mlflow", "optuna")
+
+
+@pytest.mark.parametrize("args", [["train", DIGITS, "--dry-run"], ["train", DIGITS, "nonsense.key=1"],
+                                  ["sweep", str(CONFIGS.parent / "sweeps" / "quickstart.yaml"), "--dry-run"],
+                                  ["--version"], ["--help"]])
+def test_validation_imports_nothing_heavy(args, tmp_path):
+    """Checking and printing cost no torch, timm, Ray or MLflow import (the backbone facts are cached)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AEPG_CACHE": str(tmp_path / "cache")}
+    code = ("import sys\nfrom aepg.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])")
+    warm = subprocess.run([sys.executable, "-c", code, "train", DIGITS, "--dry-run"], env=env, capture_output=True, text=True)
+    assert warm.returncode == 0, warm.stderr
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]

@@ -125,7 +125,7 @@ def test_coda_freezes_the_components_of_past_tasks():
 
 
 def test_prompt_kinds_need_a_vit():
-    from aepg.models import PeftError
+    from aepg.models.peft import PeftError
 
     with pytest.raises(PeftError, match="VisionTransformer"):
         build_job(load_config(CONFIGS / "digits.yaml", ["model.peft.kind=prefix", "benchmark.num_tasks=2"]))

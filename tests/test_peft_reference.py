@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from aepg.config import PeftConfig, load_config
 from aepg.metrics import accuracy_after_each_task, summarize
-from aepg.models import ContinualClassifier, build_model
-from aepg.models.peft import attach_peft, module_of
+from aepg.models.classifier import ContinualClassifier, build_model
+from aepg.models.peft.attach import attach_peft
+from aepg.models.peft.base import module_of
 from aepg.models.peft.base import compensate, prefixed_attention
 from aepg.models.peft.coda import orthogonality_penalty, orthonormal_rows
 from aepg.models.peft.l2p import batchwise

@@ -71,7 +71,6 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     run_id = mlflow_run.info.run_id
     assert mlflow_run.info.status == "FINISHED" and mlflow_run.info.run_name == "e2e"
     metrics = mlflow_run.data.metrics
-    assert metrics["last_accuracy"] > 0.1  # ten classes: chance is 0.1
     for key in ("avg_incremental_accuracy", "forgetting", "bwt", "accuracy_after_task_5", "a_t", "entropy", "p_y",
                 "batch_accuracy", "loss"):
         assert key in metrics, key

@@ -1,138 +1,203 @@
-"""Class-incremental benchmarks: a dataset, a seeded class order, and tasks with disjoint classes.
+"""The data sets aepg knows, described without loading any: how many classes, where their files
+live under ``benchmark.root``, and how many images each class has (from metadata only).
 
-Classes are relabelled by their position in the class order, so task k owns the head
-columns ``[task.start, task.stop)`` and "all classes seen after task k" is ``[0, task.stop)``.
+The CLI checks configs and sizes runs with this catalog before importing torch. The loaders
+are the modules beside this one; ``aepg.benchmarks.tasks`` turns a data set into tasks.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-import numpy as np
-from torch import Tensor
-from torch.utils.data import Dataset
 
-from aepg.benchmarks.cifar100 import load_cifar100_splits
-from aepg.benchmarks.digits import load_digits_splits
-from aepg.benchmarks.fashion_mnist import load_fashion_mnist_splits
-from aepg.benchmarks.folders import load_cub200_splits, load_food101_splits, load_imagenet_r_splits
-from aepg.benchmarks.images import DatasetNotFound, ImageSet, ImageSplits, build_transforms
+class DatasetNotFound(FileNotFoundError):
+    """A data set is missing; the message says where it was looked for and how to get it."""
 
-__all__ = ["DATASETS", "Benchmark", "DatasetNotFound", "Task", "build_benchmark"]
 
+def default_data_root() -> Path:
+    return Path(os.environ.get("AEPG_DATA", "~/.cache/aepg/data")).expanduser()
+
+
+def data_root(cfg) -> Path:
+    return Path(cfg.root).expanduser() if cfg.root else default_data_root()
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+IMAGENET_R_TRAIN_FRACTION = 0.8
+
+
+def _missing(dataset: str, path: Path, layout: str, source: str) -> DatasetNotFound:
+    return DatasetNotFound(f"{dataset} not found: expected {path} ({layout}). Get it from {source} "
+                           "and set benchmark.root to the folder that holds it.")
+
+
+# -- where each data set lives --------------------------------------------------------------------
+
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _idx_files(folder: Path) -> dict[str, Path] | None:
+    """The four IDX files in ``folder`` (plain preferred over .gz), or None if any is missing."""
+    found = {}
+    for name in FASHION_FILES:
+        candidates = [p for p in (folder / name, folder / f"{name}.gz") if p.is_file()]
+        if not candidates:
+            return None
+        found[name] = candidates[0]
+    return found
+
+
+def fashion_mnist_files(cfg) -> dict[str, Path]:
+    """Fashion-MNIST's IDX files, from torchvision's raw folder, the root itself or the Debian package."""
+    root = data_root(cfg)
+    searched = [root / "FashionMNIST" / "raw", root, FASHION_DEBIAN_FOLDER]
+    for folder in searched:
+        files = _idx_files(folder)
+        if files:
+            return files
+    raise DatasetNotFound(
+        f"Fashion-MNIST not found (looked in {', '.join(map(str, searched))}). Install it with "
+        "`apt-get install dataset-fashion-mnist`, put the four IDX files "
+        f"({', '.join(FASHION_FILES)}, optionally .gz) in {searched[0]}, or set benchmark.download=true.")
+
+
+def cifar100_folder(cfg) -> Path:
+    folder = data_root(cfg) / "cifar-100-python"
+    if not all((folder / name).is_file() for name in ("train", "test", "meta")):
+        raise DatasetNotFound(
+            f"CIFAR-100 not found: expected {folder}/{{train,test,meta}} (torchvision's pickles from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html). Set benchmark.root to the folder that holds "
+            "cifar-100-python, or set benchmark.download=true.")
+    return folder
+
+
+def imagenet_r_folder(cfg) -> Path:
+    folder = data_root(cfg) / "imagenet-r"
+    if not folder.is_dir():
+        raise _missing("ImageNet-R", folder, "imagenet-r/<wnid>/<image>.jpg", "https://github.com/hendrycks/imagenet-r")
+    return folder
+
+
+def cub200_folder(cfg) -> Path:
+    folder = data_root(cfg) / "CUB_200_2011"
+    if not (folder / "train_test_split.txt").is_file():
+        raise _missing("CUB-200-2011", folder / "train_test_split.txt",
+                       "CUB_200_2011/{images.txt, image_class_labels.txt, train_test_split.txt, classes.txt, images/}",
+                       "https://www.vision.caltech.edu/datasets/cub_200_2011/")
+    return folder
+
+
+def food101_folder(cfg) -> Path:
+    folder = data_root(cfg) / "food-101"
+    if not (folder / "meta" / "train.json").is_file():
+        raise _missing("Food-101", folder / "meta" / "train.json",
+                       "food-101/{meta/train.json, meta/test.json, meta/classes.txt, images/<class>/<id>.jpg}",
+                       "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/")
+    return folder
+
+
+# -- how many images each class has ---------------------------------------------------------------
+
+def _fixed(train: int, test: int, classes: int) -> Callable:
+    return lambda cfg: ([train] * classes, [test] * classes)
+
+
+# The bundled digits and aepg's fixed stratified split (25% test, seed 0), per class.
+DIGITS_TRAIN = [133, 136, 133, 137, 136, 136, 136, 134, 131, 135]
+DIGITS_TEST = [45, 46, 44, 46, 45, 46, 45, 45, 43, 45]
+
+
+def imagenet_r_split(cfg) -> dict:
+    """The pinned 80/20 file split of ImageNet-R for ``split_seed``: read from the saved list, or
+    made the same way the loader makes it (per class: sorted, shuffled with the seed, cut at 80%)."""
+    import numpy as np
+
+    folder = imagenet_r_folder(cfg)
+    saved = folder.parent / f"imagenet-r_split_seed{cfg.split_seed}.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    rng = np.random.default_rng(cfg.split_seed)
+    split = {"seed": cfg.split_seed, "train": [], "test": []}
+    for wnid in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+        images = sorted(p.name for p in (folder / wnid).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        order = rng.permutation(len(images))
+        cut = int(round(IMAGENET_R_TRAIN_FRACTION * len(images)))
+        split["train"] += [f"{wnid}/{images[i]}" for i in sorted(order[:cut])]
+        split["test"] += [f"{wnid}/{images[i]}" for i in sorted(order[cut:])]
+    return split
+
+
+def _imagenet_r_sizes(cfg) -> tuple[list[int], list[int]]:
+    split = imagenet_r_split(cfg)
+    classes = sorted({rel.split("/")[0] for part in ("train", "test") for rel in split[part]})
+    count = {part: {c: 0 for c in classes} for part in ("train", "test")}
+    for part in ("train", "test"):
+        for rel in split[part]:
+            count[part][rel.split("/")[0]] += 1
+    return [count["train"][c] for c in classes], [count["test"][c] for c in classes]
+
+
+def cub200_table(folder: Path, name: str) -> dict[str, str]:
+    lines = (folder / name).read_text().split("\n")
+    return dict(line.strip().split(" ", 1) for line in lines if line.strip())
+
+
+def _cub200_sizes(cfg) -> tuple[list[int], list[int]]:
+    folder = cub200_folder(cfg)
+    labels, is_train = cub200_table(folder, "image_class_labels.txt"), cub200_table(folder, "train_test_split.txt")
+    train, test = [0] * 200, [0] * 200
+    for image_id, label in labels.items():
+        (train if is_train[image_id] == "1" else test)[int(label) - 1] += 1
+    return train, test
+
+
+def _food101_sizes(cfg) -> tuple[list[int], list[int]]:
+    folder = food101_folder(cfg)
+    classes = [c.strip() for c in (folder / "meta" / "classes.txt").read_text().splitlines() if c.strip()]
+    parts = [json.loads((folder / "meta" / f"{part}.json").read_text()) for part in ("train", "test")]
+    return [len(parts[0].get(c, [])) for c in classes], [len(parts[1].get(c, [])) for c in classes]
+
+
+# -- the catalog ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class DatasetSpec:
     num_classes: int
-    load: Callable[..., ImageSplits]
-    """``load(benchmark_config)``: the data set's train and test images."""
+    locate: Callable[..., object]
+    """``locate(benchmark_config)``: where the files are; DatasetNotFound naming the layout if absent."""
+    class_sizes: Callable[..., tuple[list[int], list[int]]]
+    """Training and test images per class, from metadata only."""
+    uses_root: bool = True
+    """False for data bundled with a package (``benchmark.root`` is ignored)."""
+    downloadable: bool = False
+    """torchvision can download it (``benchmark.download: true``)."""
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec(10, load_digits_splits),
-    "fashion-mnist": DatasetSpec(10, load_fashion_mnist_splits),
-    "cifar100": DatasetSpec(100, load_cifar100_splits),
-    "imagenet-r": DatasetSpec(200, load_imagenet_r_splits),
-    "cub200": DatasetSpec(200, load_cub200_splits),
-    "food101": DatasetSpec(101, load_food101_splits),
+    "digits": DatasetSpec(10, lambda cfg: None, lambda cfg: (DIGITS_TRAIN, DIGITS_TEST), uses_root=False),
+    "fashion-mnist": DatasetSpec(10, fashion_mnist_files, _fixed(6000, 1000, 10), downloadable=True),
+    "cifar100": DatasetSpec(100, cifar100_folder, _fixed(500, 100, 100), downloadable=True),
+    "imagenet-r": DatasetSpec(200, imagenet_r_folder, _imagenet_r_sizes),
+    "cub200": DatasetSpec(200, cub200_folder, _cub200_sizes),
+    "food101": DatasetSpec(101, food101_folder, _food101_sizes),
 }
 
 
-class TaskImages(Dataset):
-    """The images of some classes, labelled by class-order position, transformed."""
+def download(cfg) -> None:
+    """Fetch a downloadable data set into ``benchmark.root`` with torchvision (needs a network)."""
+    import torchvision
 
-    def __init__(self, images: ImageSet, indices: np.ndarray, position: np.ndarray, transform):
-        self.images, self.indices, self.position, self.transform = images, indices, position, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        index = int(self.indices[i])
-        return self.transform(self.images.image(index)), int(self.position[self.images.labels[index]])
-
-
-@dataclass
-class Task:
-    index: int
-    classes: list[int]
-    """Original class ids, in class-order."""
-    start: int
-    stop: int
-    train: TaskImages
-    test: TaskImages
-
-
-@dataclass
-class Benchmark:
-    dataset: str
-    class_order: list[int]
-    class_names: list[str]
-    tasks: list[Task]
-    split_manifest: dict | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_order)
-
-    def describe(self) -> dict:
-        """What pins the benchmark down: written into each run's artifacts."""
-        return {
-            "dataset": self.dataset,
-            "class_order": self.class_order,
-            "tasks": [
-                {
-                    "classes": task.classes,
-                    "class_names": [self.class_names[c] for c in task.classes],
-                    "train_size": len(task.train),
-                    "test_size": len(task.test),
-                }
-                for task in self.tasks
-            ],
-        }
-
-
-def class_order(num_classes: int, seed: int) -> list[int]:
-    """The seeded permutation of class ids that fixes which classes each task gets."""
-    return [int(c) for c in np.random.default_rng(seed).permutation(num_classes)]
-
-
-def _indices_of(labels: np.ndarray, classes: list[int], per_class: int | None, rng: np.random.Generator) -> np.ndarray:
-    chosen = []
-    for c in classes:
-        idx = np.flatnonzero(labels == c)
-        if per_class is not None and len(idx) > per_class:
-            idx = np.sort(rng.choice(idx, per_class, replace=False))
-        chosen.append(idx)
-    return np.concatenate(chosen)
-
-
-def build_benchmark(cfg, image_size: int, mean, std) -> Benchmark:
-    """Tasks of ``cfg.num_tasks`` near-equal groups of classes, in the order ``cfg.order_seed`` fixes."""
-    spec = DATASETS[cfg.dataset]
-    splits = spec.load(cfg)
-    if len(splits.class_names) != spec.num_classes:
-        raise DatasetNotFound(f"{cfg.dataset}: found {len(splits.class_names)} classes, expected {spec.num_classes}")
-    order = class_order(spec.num_classes, cfg.order_seed)
-    position = np.empty(spec.num_classes, dtype=np.int64)
-    position[order] = np.arange(spec.num_classes)
-    train_tf, test_tf = build_transforms(image_size, mean, std, cfg.augment)
-    rng = np.random.default_rng(cfg.order_seed)
-    tasks, start = [], 0
-    for index, group in enumerate(np.array_split(np.array(order), cfg.num_tasks)):
-        classes = [int(c) for c in group]
-        train_idx = _indices_of(splits.train.labels, classes, cfg.max_train_per_class, rng)
-        test_idx = _indices_of(splits.test.labels, classes, cfg.max_test_per_class, rng)
-        tasks.append(
-            Task(
-                index,
-                classes,
-                start,
-                start + len(classes),
-                TaskImages(splits.train, train_idx, position, train_tf),
-                TaskImages(splits.test, test_idx, position, test_tf),
-            )
-        )
-        start += len(classes)
-    return Benchmark(cfg.dataset, order, splits.class_names, tasks, splits.manifest)
+    root = str(data_root(cfg))
+    try:
+        if cfg.dataset == "fashion-mnist":
+            for train in (True, False):
+                torchvision.datasets.FashionMNIST(root, train=train, download=True)
+        elif cfg.dataset == "cifar100":
+            torchvision.datasets.CIFAR100(root, train=True, download=True)
+    except Exception as error:  # no network, or the mirrors failed
+        raise DatasetNotFound(f"downloading {cfg.dataset} into {root} failed ({error})") from None

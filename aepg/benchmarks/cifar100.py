@@ -1,5 +1,4 @@
-"""CIFAR-100 from torchvision's folder (``cifar-100-python``: the ``train``, ``test`` and ``meta``
-pickles), downloaded by torchvision when a network exists."""
+"""CIFAR-100 from torchvision's folder (``cifar-100-python``: the ``train``, ``test`` and ``meta`` pickles)."""
 
 from __future__ import annotations
 
@@ -8,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aepg.benchmarks.images import ArrayImages, DatasetNotFound, ImageSplits, default_data_root
-
-FOLDER = "cifar-100-python"
+from aepg.benchmarks import cifar100_folder
+from aepg.benchmarks.images import ArrayImages, ImageSplits
 
 
 def _unpickle(path: Path) -> dict:
@@ -19,19 +17,7 @@ def _unpickle(path: Path) -> dict:
 
 
 def load_cifar100_splits(cfg) -> ImageSplits:
-    root_path = Path(cfg.root).expanduser() if cfg.root else default_data_root()
-    folder = root_path / FOLDER
-    if not all((folder / name).is_file() for name in ("train", "test", "meta")):
-        try:
-            import torchvision
-
-            torchvision.datasets.CIFAR100(str(root_path), train=True, download=True)
-        except Exception as error:
-            raise DatasetNotFound(
-                f"CIFAR-100 not found in {folder} and the download failed ({error}). Put torchvision's "
-                f"'{FOLDER}' folder (train, test, meta pickles from https://www.cs.toronto.edu/~kriz/cifar.html) "
-                "under benchmark.root."
-            ) from None
+    folder = cifar100_folder(cfg)
     meta = _unpickle(folder / "meta")
 
     def split(name: str) -> ArrayImages:

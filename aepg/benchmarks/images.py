@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,14 +10,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
-
-
-class DatasetNotFound(FileNotFoundError):
-    """A data set is missing; the message says where it was looked for and how to get it."""
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("AEPG_DATA", "~/.cache/aepg/data")).expanduser()
 
 
 class ImageSet(Dataset):

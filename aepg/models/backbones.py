@@ -13,12 +13,10 @@ import timm
 import torch
 from torch import nn
 
+from aepg.models import WeightsError
+
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 LITE0_ARCH = "tf_efficientnet_lite0"
-
-
-class WeightsError(RuntimeError):
-    """Pretrained weights could not be found, verified or fitted to the backbone."""
 
 
 def sha256_of(path: str | Path) -> str:
@@ -63,29 +61,47 @@ def lite0_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
     return mapped
 
 
-def checkpoint_state_dict(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """A timm-format checkpoint file, checked to hold every backbone tensor of ``model``."""
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A timm-format checkpoint (``.pth``, ``.safetensors``, or a ``state_dict`` inside), read with
+    ``weights_only=True``."""
     from timm.models import load_state_dict
 
-    state = load_state_dict(str(path), weights_only=True)
-    missing = [k for k in model.state_dict() if k not in state and not k.endswith("num_batches_tracked")]
+    try:
+        return load_state_dict(str(path), weights_only=True)
+    except Exception as error:
+        raise WeightsError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+
+
+def check_fits(state: dict[str, torch.Tensor], shapes: dict[str, list[int]], path, family: str) -> None:
+    """Every backbone tensor (name and shape) is in the checkpoint; the classifier may differ."""
+    missing = [k for k in shapes if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise WeightsError(f"{path} does not fit {type(model).__name__}: {len(missing)} missing tensors ({shown})")
+        raise WeightsError(f"{path} does not fit {family}: {len(missing)} missing tensors ({shown})")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v)}" for k, v in shapes.items()
+             if not k.endswith("num_batches_tracked") and list(state[k].shape) != list(v)]
+    if wrong:
+        raise WeightsError(f"{path} does not fit {family}: {len(wrong)} tensors of another shape ({', '.join(wrong[:3])})")
+
+
+def checkpoint_state_dict(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A timm-format checkpoint file, checked to hold every backbone tensor of ``model``."""
+    state = read_checkpoint(path)
+    check_fits(state, {k: list(v.shape) for k, v in model.state_dict().items()}, path, type(model).__name__)
     return state
 
 
-def _size_kwargs(name: str, image_size: int | None) -> dict:
-    """ViTs fix their input size at construction; convolutional nets take any size."""
+def creation_kwargs(name: str, image_size: int | None, extra: dict) -> dict:
+    """``timm.create_model`` arguments of a backbone: a feature extractor (no classifier); ViTs
+    fix their input size at construction, convolutional nets take any size."""
     cfg = timm.models.get_pretrained_cfg(name)
-    if image_size and cfg is not None and cfg.fixed_input_size:
-        return {"img_size": image_size}
-    return {}
+    size = {"img_size": image_size} if image_size and cfg is not None and cfg.fixed_input_size else {}
+    return {"num_classes": 0, **size, **extra}
 
 
 def create_backbone(name: str, weights: str, image_size: int | None = None, **extra) -> nn.Module:
     """A timm feature extractor (``num_classes=0``) with the requested weights, frozen."""
-    kwargs = {"num_classes": 0, **_size_kwargs(name, image_size), **extra}
+    kwargs = creation_kwargs(name, image_size, extra)
     if weights == "random":
         model = timm.create_model(name, pretrained=False, **kwargs)
     elif weights == "hub":

@@ -22,16 +22,15 @@ import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from aepg import tracking
+from aepg import preflight, tracking
 from aepg.config import ConfigError, RunConfig
 from aepg.distributed import Context, pick_device
 from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
 from aepg.sweep.report import SweepReport, build_report, to_csv
-from aepg.sweep.spec import BUDGET_KEY, Sweep, SweepSpec, trial_run_name
+from aepg.sweep.spec import BUDGET_KEY, STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
 
 log = logging.getLogger("aepg")
 
-STATE_FILE = "aepg_sweep.json"
 TRIAL_TAG = "aepg.trial_id"
 SWEEP_TAG = "aepg.sweep"
 PRUNED_TAG = "aepg.pruned"
@@ -87,12 +86,7 @@ class SweepRuntime:
 
     @classmethod
     def load(cls, path: str) -> "SweepRuntime":
-        fs, folder = pafs.FileSystem.from_uri(path)
-        try:
-            with fs.open_input_stream(f"{folder}/{STATE_FILE}") as stream:
-                state = json.loads(stream.read())
-        except (FileNotFoundError, OSError):
-            raise ConfigError([("--resume", f"{path} is not an aepg sweep folder (no {STATE_FILE})")]) from None
+        state = read_state(path)
         sweep = Sweep(SweepSpec.model_validate(state["spec"]), state["base"], state["source"])
         return cls(sweep, path, state["tracking_uri"], state["parent_run_id"])
 
@@ -238,10 +232,6 @@ def _search(runtime: SweepRuntime) -> tuple[dict | None, PrunedAwareOptunaSearch
     return None, searcher, spec.search.num_trials
 
 
-def expected_trials(sweep: Sweep) -> int:
-    return len(sweep.grid()) if sweep.spec.search.algorithm == "grid" else sweep.spec.search.num_trials
-
-
 def build_tuner(runtime: SweepRuntime) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -291,6 +281,8 @@ def start(sweep: Sweep) -> SweepRuntime:
 
 def run_sweep(sweep: Sweep) -> tuple[SweepRuntime, bool]:
     tracking.check_reachable(tracking.resolve_tracking_uri(sweep.base_config.tracking_uri))
+    for _, cfg in variants(sweep):  # a requested download happens once, here, not in every trial
+        preflight.prepare(cfg)
     ensure_ray()
     _check_trial_fits(sweep)
     runtime = start(sweep)

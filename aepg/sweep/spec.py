@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -231,15 +232,25 @@ def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
     problems = []
     known = set(sweep.base_flat)
     seen: list[str] = []
+    if not sweep.space:
+        problems.append(("space", "is empty; a sweep searches at least one run-config key"))
     for key, param in sweep.space.items():
         where = f"space.{key}"
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             problems.append((where, "not a run-config key" + (f"; did you mean '{close[0]}'?" if close else "")))
             continue
-        for dependency in param.when or {}:
+        for dependency, wanted in (param.when or {}).items():
+            allowed = wanted if isinstance(wanted, list) else [wanted]
             if dependency not in known or (dependency in sweep.space and dependency not in seen):
                 problems.append((f"{where}.when", f"{dependency!r} must be a run-config key searched before {key!r} or fixed in the base config"))
+            elif dependency not in sweep.space and sweep.base_flat[dependency] not in allowed:
+                problems.append((f"{where}.when", f"never holds: {dependency} is fixed to {sweep.base_flat[dependency]!r} "
+                                 f"in the base config, not {wanted!r}, so {key} would never be searched"))
+            elif dependency in sweep.space and sweep.space[dependency].choice is not None and \
+                    not set(map(repr, allowed)) & set(map(repr, sweep.space[dependency].choice)):
+                problems.append((f"{where}.when", f"never holds: {dependency} is searched over "
+                                 f"{sweep.space[dependency].choice}, never {wanted!r}"))
         for value in param.extremes():
             try:
                 validate(_apply_dotted(sweep.base, {key: value}))
@@ -264,25 +275,127 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
     return problems
 
 
-def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
-    """Read, override and validate a sweep file (and its base config); ConfigError on any problem."""
+def variants(sweep: Sweep) -> list[tuple[str, RunConfig]]:
+    """The base config, and the base with each value a searched data or model key can take."""
+    found = [("base_config", sweep.base_config)]
+    for key, param in sweep.space.items():
+        if key.startswith(("benchmark.", "model.")):
+            for value in param.extremes():
+                found.append((f"space.{key}={value}", validate(_apply_dotted(sweep.base, {key: value}))))
+    return found
+
+
+def _check_runs(sweep: Sweep) -> list[tuple[str, str]]:
+    """What every trial's run would check before compute (data, backbone, PEFT, weights)."""
+    from aepg import preflight
+
+    problems, seen = [], set()
+    for where, cfg in variants(sweep):
+        for key, message in preflight.problems(cfg):
+            if (key, message) not in seen:  # said once, where it first shows
+                seen.add((key, message))
+                problems.append((f"{where}: {key}", message))
+    return problems
+
+
+RUN_CONFIG_KEYS = ("benchmark", "model", "objective", "schedule", "train")
+
+
+def load_sweep(path: str | Path, overrides: list[str] = (), check_runs: bool = True) -> Sweep:
+    """Read, override and validate a sweep file (and its base config); ConfigError on any problem.
+
+    ``check_runs`` also runs every check a trial's run would make before compute (data,
+    backbone, PEFT, weights), on the base config and each searched data or model value."""
     path = Path(path)
-    data = merge_overrides(read_yaml(path), list(overrides))
+    raw = read_yaml(path)
+    if "space" not in raw and "base_config" not in raw and any(k in raw for k in RUN_CONFIG_KEYS):
+        raise ConfigError([(str(path), "is a run config, not a sweep file: run it with `aepg train`, or write a "
+                            "sweep file naming it as base_config with a space to search (see sweeps/quickstart.yaml)")])
+    data = merge_overrides(raw, list(overrides))
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as error:
         raise ConfigError(pydantic_problems(error, SweepSpec)) from None
     base_path = (path.parent / spec.base_config).resolve()
     try:
-        base = read_run_yaml(base_path)
-        base = merge_nested(base, spec.base_overrides)
-        sweep = Sweep(spec, base, path.read_text())
+        base_file = read_run_yaml(base_path)
+        validate(base_file)
     except ConfigError as error:
         raise ConfigError([(f"base_config ({base_path.name}): {k}", m) for k, m in error.problems]) from None
+    try:
+        sweep = Sweep(spec, merge_nested(base_file, spec.base_overrides), path.read_text())
+    except ConfigError as error:
+        raise ConfigError([(f"base_overrides.{k}", m) for k, m in error.problems]) from None
     problems = _check_space(sweep) + _check_settings(sweep)
     if problems:
         raise ConfigError(problems)
+    problems = _check_runs(sweep) if check_runs else []
+    if problems:
+        raise ConfigError(problems)
     return sweep
+
+
+def expected_trials(sweep: Sweep) -> int:
+    return len(sweep.grid()) if sweep.spec.search.algorithm == "grid" else sweep.spec.search.num_trials
+
+
+def sweep_plan(sweep: Sweep) -> list[str]:
+    """What ``aepg sweep --dry-run`` prints: trials, the space, and the training samples they cost."""
+    from aepg import preflight
+
+    spec = sweep.spec
+    trials = expected_trials(sweep)
+    lines = [f"sweep {spec.name}: {trials} trials of {spec.search.algorithm} search over {', '.join(sweep.space)}; "
+             f"metric final/{spec.metric} ({spec.mode}); scheduler {spec.scheduler.kind}"]
+    if spec.search.algorithm == "grid":
+        configs = [sweep.trial_config(point, "plan", "plan") for point in sweep.grid()]
+        samples = [preflight.plan(cfg).train_samples for cfg in configs]
+        total, per_trial = sum(samples), f"{min(samples):,} to {max(samples):,}"
+    else:
+        samples = [preflight.plan(cfg).train_samples for _, cfg in variants(sweep)]
+        samples += [preflight.plan(validate(_apply_dotted(sweep.base, {k: v}))).train_samples
+                    for k, p in sweep.space.items() if k.startswith("train.") for v in p.extremes()]
+        total, per_trial = trials * max(samples), f"up to {max(samples):,}"
+    base = preflight.plan(sweep.base_config)
+    lines.append(f"each trial: {len(base.tasks)} tasks; {per_trial} training samples")
+    lines.append(f"the whole sweep: at most {total:,} training samples"
+                 + (" (early stopping trains fewer)" if spec.scheduler.kind != "none" else ""))
+    return lines
+
+
+STATE_FILE = "aepg_sweep.json"
+
+
+def sweep_folder(path: str) -> str:
+    """A sweep's output folder as given to ``--resume``: local paths made absolute and checked."""
+    if "://" in path:
+        return path.rstrip("/")
+    folder = Path(path).expanduser().resolve()
+    if folder.is_file():
+        raise ConfigError([("--resume", f"{folder} is a file; give the sweep's output folder (e.g. aepg_sweeps/NAME-DATE)")])
+    if not folder.is_dir():
+        raise ConfigError([("--resume", f"no such folder: {folder}")])
+    return str(folder)
+
+
+def read_state(path: str) -> dict:
+    """The state ``aepg sweep`` saved in its folder; ConfigError naming the file when absent or damaged."""
+    import pyarrow.fs as pafs
+
+    fs, folder = pafs.FileSystem.from_uri(path if "://" in path else Path(path).as_uri())
+    where = f"{path}/{STATE_FILE}"
+    try:
+        with fs.open_input_stream(f"{folder}/{STATE_FILE}") as stream:
+            state = json.loads(stream.read())
+    except (FileNotFoundError, OSError):
+        raise ConfigError([("--resume", f"{path} is not an aepg sweep folder (no {STATE_FILE})")]) from None
+    except ValueError as error:
+        raise ConfigError([(where, f"is not valid JSON ({error}); the sweep's state is damaged")]) from None
+    missing = [k for k in ("spec", "base", "source", "tracking_uri", "parent_run_id") if k not in state] \
+        if isinstance(state, dict) else ["everything"]
+    if missing:
+        raise ConfigError([(where, f"is not an aepg sweep state (missing {missing})")])
+    return state
 
 
 def trial_run_name(sweep_name: str, trial_id: str) -> str:

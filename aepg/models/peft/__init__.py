@@ -1,58 +1,102 @@
-"""Attach a parameter-efficient module to a frozen timm backbone in one call: ``attach_peft``.
+"""Parameter-efficient modules for frozen timm backbones, one file per method, attached in one
+call by ``aepg.models.peft.attach.attach_peft``.
 
-One file per method. LoRA on a ViT is LAE's key/value LoRA (``lora.py``); HF peft serves LoRA
-on named targets and DoRA (``peft_lora.py``); the adapters, prefix tuning, L2P, DualPrompt and
-CODA-Prompt follow their reference code; LAE's online/offline pair wraps any of them
-(``lae.py``, used by ``aepg.models.ContinualClassifier``). docs/methods.md lists every
-remaining difference from the reference code.
+This file holds what can be decided without building anything: the kinds, which blocks and
+modules each adapts, and the checks a backbone must pass. They work from a backbone's facts
+(``aepg.models.facts``), so the CLI runs them before importing torch, and ``attach_peft`` runs
+the same checks on the live backbone.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import re
 
-from torch import nn
-
-from aepg.models.peft.adapter import build_adapter
-from aepg.models.peft.adaptformer import build_adaptformer
-from aepg.models.peft.base import PeftError, PeftModule, attach, is_vit, module_of
-from aepg.models.peft.coda import build_coda
-from aepg.models.peft.dualprompt import build_dualprompt
-from aepg.models.peft.l2p import build_l2p
-from aepg.models.peft.lora import build_kv_lora
-from aepg.models.peft.peft_lora import attach_peft_lora
-from aepg.models.peft.prefix import build_prefix
-
-__all__ = ["KINDS", "PeftError", "PeftModule", "attach_peft", "lora_implementation", "module_of"]
-
-# kind -> builder(backbone, cfg, num_tasks) returning a PeftModule
-MODULES: dict[str, Callable] = {
-    "adapter": build_adapter,
-    "adaptformer": build_adaptformer,
-    "prefix": build_prefix,
-    "l2p": build_l2p,
-    "dualprompt": build_dualprompt,
-    "coda": build_coda,
+KINDS = ("none", "lora", "dora", "adapter", "adaptformer", "prefix", "l2p", "dualprompt", "coda")
+VIT_ONLY = ("adapter", "adaptformer", "prefix", "l2p", "dualprompt", "coda")
+DEFAULT_BLOCKS = [0, 1, 2, 3, 4]
+"""The paper's blocks 0-4, as far as the ViT goes."""
+DUALPROMPT_GENERAL_BLOCKS = (0, 1)
+HF_DEFAULT_TARGETS = {
+    "VisionTransformer": ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"],
+    "EfficientNet": ["conv_pw", "conv_pwl"],
 }
-KINDS = ("none", "lora", "dora", *MODULES)
+HF_DEFAULT_BLOCKS = {"VisionTransformer": DEFAULT_BLOCKS}
 
 
-def lora_implementation(cfg, has_fused_qkv: bool) -> str:
+class PeftError(ValueError):
+    """The PEFT settings do not fit the backbone."""
+
+
+def lora_implementation(cfg, fused_qkv: bool) -> str:
     """``kv-lora`` (LAE's, the ViT default) or ``hf-peft`` (named targets, DoRA, other families)."""
-    if cfg.kind == "lora" and not cfg.target_modules and has_fused_qkv:
+    if cfg.kind == "lora" and not cfg.target_modules and fused_qkv:
         return "kv-lora"
     return "hf-peft"
 
 
-def attach_peft(backbone: nn.Module, cfg, num_tasks: int) -> nn.Module:
-    """The frozen backbone with the configured PEFT module; only its parameters require grad."""
-    backbone.requires_grad_(False)
-    if cfg.kind == "none":
-        return backbone
+def implementation(cfg, facts: dict) -> str:
+    """What runs for ``cfg`` on this backbone: the kind, or for LoRA which implementation."""
     if cfg.kind in ("lora", "dora"):
-        if lora_implementation(cfg, is_vit(backbone)) == "kv-lora":
-            return attach(backbone, build_kv_lora(backbone, cfg, num_tasks))
-        return attach_peft_lora(backbone, cfg, dora=cfg.kind == "dora")
-    if cfg.kind in MODULES:
-        return attach(backbone, MODULES[cfg.kind](backbone, cfg, num_tasks))
-    raise PeftError(f"unknown PEFT kind {cfg.kind!r}; choose one of {KINDS}")
+        return lora_implementation(cfg, facts["fused_qkv"])
+    return cfg.kind
+
+
+def adapted_blocks(blocks: list[int] | None, depth: int) -> list[int]:
+    if blocks is None:
+        return [b for b in DEFAULT_BLOCKS if b < depth]
+    chosen = sorted(set(blocks))
+    if any(b >= depth for b in chosen):
+        raise PeftError(f"model.peft.blocks {chosen} exceed the backbone's {depth} blocks")
+    return chosen
+
+
+def dualprompt_blocks(blocks: list[int]) -> tuple[list[int], list[int]]:
+    """(general, expert) blocks: the general prompts take blocks 0-1, the experts the rest."""
+    general = [b for b in blocks if b in DUALPROMPT_GENERAL_BLOCKS] or blocks[:1]
+    return general, [b for b in blocks if b not in general]
+
+
+def target_pattern(targets: list[str], blocks: list[int] | None) -> str:
+    """A full-match regex over module names: ``blocks.<b>.[...].<target>`` or any ``<target>``."""
+    names = "|".join(re.escape(t) for t in targets)
+    if blocks is None:
+        return rf"^(?:.*\.)?(?:{names})$"
+    block_ids = "|".join(str(b) for b in sorted(set(blocks)))
+    return rf"^blocks\.(?:{block_ids})\.(?:.*\.)?(?:{names})$"
+
+
+def hf_target_pattern(cfg, facts: dict) -> str:
+    """The HF peft target regex for ``cfg`` on this backbone; PeftError when it matches nothing."""
+    family = facts["family"]
+    targets = cfg.target_modules or HF_DEFAULT_TARGETS.get(family)
+    if not targets:
+        raise PeftError(f"no default LoRA targets for {family}; set model.peft.target_modules "
+                        "(module-name suffixes such as attn.qkv)")
+    blocks = cfg.blocks if cfg.blocks is not None else HF_DEFAULT_BLOCKS.get(family)
+    pattern = target_pattern(targets, blocks)
+    if not any(re.fullmatch(pattern, name) for name in facts["modules"]):
+        raise PeftError(f"model.peft.target_modules {targets} with blocks {blocks} match no module of {family}")
+    return pattern
+
+
+def check(cfg, facts: dict, num_tasks: int) -> None:
+    """Raise PeftError when the PEFT settings ``cfg`` do not fit the backbone ``facts`` describes."""
+    kind = implementation(cfg, facts)
+    if kind == "none":
+        return
+    if kind == "hf-peft":
+        hf_target_pattern(cfg, facts)
+        return
+    if not facts["is_vit"]:
+        raise PeftError(f"model.peft.kind={cfg.kind} needs a timm VisionTransformer, not {facts['family']}")
+    blocks = adapted_blocks(cfg.blocks, facts["depth"])
+    if kind == "dualprompt" and not dualprompt_blocks(blocks)[1]:
+        raise PeftError("DualPrompt needs blocks for expert prompts beyond the general ones (default 0-4)")
+    if kind == "coda":
+        if cfg.pool_size < num_tasks:
+            raise PeftError(f"model.peft.pool_size ({cfg.pool_size}) must be at least the number of tasks ({num_tasks})")
+        if cfg.length % 2:
+            raise PeftError("model.peft.length must be even for CODA-Prompt (half keys, half values)")
+        if cfg.pool_size > facts["embed_dim"]:
+            raise PeftError(f"model.peft.pool_size ({cfg.pool_size}) exceeds the embedding width ({facts['embed_dim']}): "
+                            "that many keys cannot be orthogonal")

@@ -13,7 +13,7 @@ from types import MethodType
 
 from torch import nn
 
-from aepg.models.peft.base import PeftModule, Scale, vit_blocks
+from aepg.models.peft.base import PeftModule, Scale, blocks_of
 
 
 class Bottleneck(nn.Sequential):
@@ -49,4 +49,4 @@ class AttentionAdapter(PeftModule):
 
 
 def build_adapter(backbone: nn.Module, cfg, num_tasks: int) -> AttentionAdapter:
-    return AttentionAdapter(backbone, vit_blocks(backbone, cfg.blocks, list(range(5))), cfg.bottleneck)
+    return AttentionAdapter(backbone, blocks_of(backbone, cfg), cfg.bottleneck)

@@ -12,7 +12,7 @@ from types import MethodType
 from torch import Tensor, nn
 
 from aepg.models.peft.adapter import Bottleneck
-from aepg.models.peft.base import PeftModule, vit_blocks
+from aepg.models.peft.base import PeftModule, blocks_of
 
 
 class AdaptFormer(PeftModule):
@@ -45,5 +45,5 @@ class AdaptFormer(PeftModule):
 
 
 def build_adaptformer(backbone: nn.Module, cfg, num_tasks: int) -> AdaptFormer:
-    blocks = vit_blocks(backbone, cfg.blocks, list(range(5)))
+    blocks = blocks_of(backbone, cfg)
     return AdaptFormer(backbone, blocks, cfg.bottleneck, cfg.adapter_scale, cfg.adapter_dropout)

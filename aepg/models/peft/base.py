@@ -13,9 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class PeftError(ValueError):
-    """The PEFT settings do not fit the backbone."""
+from aepg.models.peft import adapted_blocks
 
 
 ATTRIBUTE = "aepg_peft"
@@ -69,21 +67,9 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def vit_blocks(backbone: nn.Module, blocks: list[int] | None, default: list[int]) -> list[int]:
-    """The block indices to adapt, checked against the ViT's depth."""
-    if not is_vit(backbone):
-        raise PeftError(f"this PEFT kind needs a timm VisionTransformer, not {type(backbone).__name__}")
-    depth = len(backbone.blocks)
-    if blocks is None:  # the paper's blocks 0-4, as far as the ViT goes
-        return [b for b in default if b < depth]
-    chosen = sorted(set(blocks))
-    if any(b >= depth for b in chosen):
-        raise PeftError(f"model.peft.blocks {chosen} exceed the backbone's {depth} blocks")
-    return chosen
-
-
-def is_vit(backbone: nn.Module) -> bool:
-    return hasattr(backbone, "blocks") and hasattr(backbone, "cls_token")
+def blocks_of(backbone: nn.Module, cfg) -> list[int]:
+    """The ViT blocks ``cfg`` adapts (``attach_peft`` has checked them against the backbone)."""
+    return adapted_blocks(cfg.blocks, len(backbone.blocks))
 
 
 def compensate(attn: Tensor, start: int, stop: int) -> Tensor:
@@ -139,7 +125,7 @@ def install_prefixes(backbone: nn.Module, module: PrefixSource, blocks: list[int
 
         def forward(self, x, attn_mask=None, is_causal=False, _index=index):
             if attn_mask is not None or is_causal:
-                raise PeftError("prefix-based PEFT does not support attention masks")
+                raise ValueError("prefix-based PEFT does not support attention masks")
             prefix = module.prefix(_index, x.shape[0]) if module.enabled else None
             return prefixed_attention(self, x, prefix, module.position, module.compensatory)
 

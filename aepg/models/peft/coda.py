@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aepg.models.peft.base import PeftError, PrefixSource, install_prefixes, vit_blocks
+from aepg.models.peft.base import PrefixSource, blocks_of, install_prefixes
 
 
 def orthonormal_rows(previous: Tensor, count: int, generator: torch.Generator | None = None) -> Tensor:
@@ -42,14 +42,7 @@ class CodaPrompt(PrefixSource):
     def __init__(self, backbone: nn.Module, blocks: list[int], pool_size: int, length: int, num_tasks: int,
                  ortho_weight: float):
         super().__init__()
-        if pool_size < num_tasks:
-            raise PeftError(f"model.peft.pool_size ({pool_size}) must be at least the number of tasks ({num_tasks})")
-        if length % 2:
-            raise PeftError("model.peft.length must be even for CODA-Prompt (half keys, half values)")
         dim = backbone.embed_dim
-        if pool_size > dim:
-            raise PeftError(f"model.peft.pool_size ({pool_size}) exceeds the embedding width ({dim}): "
-                            "that many keys cannot be orthogonal")
         self.slots = {b: i for i, b in enumerate(blocks)}
         self.per_task = pool_size // num_tasks
         self.components = nn.Parameter(torch.zeros(len(blocks), pool_size, length, dim))
@@ -113,5 +106,4 @@ class CodaPrompt(PrefixSource):
 
 
 def build_coda(backbone: nn.Module, cfg, num_tasks: int) -> CodaPrompt:
-    blocks = vit_blocks(backbone, cfg.blocks, list(range(5)))
-    return CodaPrompt(backbone, blocks, cfg.pool_size, cfg.length, num_tasks, cfg.ortho_weight)
+    return CodaPrompt(backbone, blocks_of(backbone, cfg), cfg.pool_size, cfg.length, num_tasks, cfg.ortho_weight)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from aepg.models.peft.base import PeftError, PrefixSource, cosine_to_keys, install_prefixes, uniform_parameter, vit_blocks
+from aepg.models.peft import dualprompt_blocks
+from aepg.models.peft.base import PrefixSource, blocks_of, cosine_to_keys, install_prefixes, uniform_parameter
 
 
 class DualPrompt(PrefixSource):
@@ -66,9 +67,5 @@ class DualPrompt(PrefixSource):
 
 
 def build_dualprompt(backbone: nn.Module, cfg, num_tasks: int) -> DualPrompt:
-    blocks = vit_blocks(backbone, cfg.blocks, list(range(5)))
-    g_blocks = [b for b in blocks if b < 2] or blocks[:1]
-    e_blocks = [b for b in blocks if b not in g_blocks]
-    if not e_blocks:
-        raise PeftError("DualPrompt needs blocks for expert prompts beyond the general ones (default 0-4)")
+    g_blocks, e_blocks = dualprompt_blocks(blocks_of(backbone, cfg))
     return DualPrompt(backbone, g_blocks, e_blocks, cfg.g_length, cfg.length, num_tasks, cfg.pull_weight)

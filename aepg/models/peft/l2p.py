@@ -19,7 +19,7 @@ from types import MethodType
 import torch
 from torch import Tensor, nn
 
-from aepg.models.peft.base import PeftError, PeftModule, cosine_to_keys, uniform_parameter, vit_blocks
+from aepg.models.peft.base import PeftModule, cosine_to_keys, uniform_parameter
 
 
 def batchwise(chosen: Tensor, top_k: int) -> Tensor:
@@ -39,8 +39,6 @@ class L2P(PeftModule):
     def __init__(self, backbone: nn.Module, pool_size: int, length: int, top_k: int, pull_weight: float,
                  batchwise_prompt: bool):
         super().__init__()
-        if top_k > pool_size:
-            raise PeftError(f"model.peft.top_k ({top_k}) exceeds model.peft.pool_size ({pool_size})")
         dim = backbone.embed_dim
         self.prompts = uniform_parameter(pool_size, length, dim)
         self.keys = uniform_parameter(pool_size, dim)
@@ -70,5 +68,4 @@ class L2P(PeftModule):
 
 
 def build_l2p(backbone: nn.Module, cfg, num_tasks: int) -> L2P:
-    vit_blocks(backbone, None, [0])
     return L2P(backbone, cfg.pool_size, cfg.length, cfg.top_k, cfg.pull_weight, cfg.batchwise_prompt)

@@ -15,7 +15,7 @@ from types import MethodType
 import torch
 from torch import Tensor, nn
 
-from aepg.models.peft.base import PeftModule, Scale, vit_blocks
+from aepg.models.peft.base import PeftModule, Scale, blocks_of
 
 
 class LowRank(nn.Module):
@@ -57,4 +57,4 @@ class KVLoRA(PeftModule):
 
 
 def build_kv_lora(backbone: nn.Module, cfg, num_tasks: int) -> KVLoRA:
-    return KVLoRA(backbone, vit_blocks(backbone, cfg.blocks, list(range(5))), cfg.rank)
+    return KVLoRA(backbone, blocks_of(backbone, cfg), cfg.rank)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from aepg.models.peft.base import PrefixSource, Scale, install_prefixes, uniform_parameter, vit_blocks
+from aepg.models.peft.base import PrefixSource, Scale, install_prefixes, uniform_parameter, blocks_of
 
 
 class PrefixTuning(PrefixSource):
@@ -35,4 +35,4 @@ class PrefixTuning(PrefixSource):
 
 
 def build_prefix(backbone: nn.Module, cfg, num_tasks: int) -> PrefixTuning:
-    return PrefixTuning(backbone, vit_blocks(backbone, cfg.blocks, list(range(5))), cfg.length)
+    return PrefixTuning(backbone, blocks_of(backbone, cfg), cfg.length)

