@@ -60,7 +60,9 @@ def cmd_train(args) -> int:
     print(_matrix(result.state.accuracy_matrix))
     for key, value in summary.items():
         print(f"{key:>26}: {value:.4f}")
-    print(f"\nsee it with: mlflow ui --backend-store-uri {result.tracking_uri}")
+    from aepg import tracking
+
+    print("\n" + tracking.ui_hint(result.tracking_uri, tracking.get_run(result.tracking_uri, result.run_id)[0].experiment_id))
     return 0
 
 
@@ -85,6 +87,7 @@ def cmd_sweep(args) -> int:
 
         print("\n".join(sweep_plan(sweep)))
         return 0
+    from aepg import tracking
     from aepg.sweep.driver import finalize, resume_sweep, run_sweep
 
     runtime, complete = resume_sweep(path) if args.resume else run_sweep(sweep)
@@ -96,7 +99,7 @@ def cmd_sweep(args) -> int:
     if report.best_yaml:
         print(f"best config: {runtime.path}/best.yaml  (reproduce it with: aepg train {runtime.path}/best.yaml)")
     print(f"sweep outputs: {runtime.path}")
-    print(f"see it with: mlflow ui --backend-store-uri {runtime.tracking_uri}")
+    print(tracking.ui_hint(runtime.tracking_uri, report.experiment_id))
     return 0
 
 
@@ -107,26 +110,32 @@ def cmd_report(args) -> int:
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_store(uri)  # before MLflow touches the store: it would create an empty one
-    from aepg.sweep.report import build_report, to_csv
+    from aepg.sweep.report import build_report, paper_table, publish, report_texts
 
-    parent = tracking.find_sweep(uri, args.sweep)
-    if parent is None:
-        try:
-            tracking.get_run(uri, args.sweep)
-            parent = args.sweep
-        except Exception:
-            raise ConfigError([("SWEEP", f"no sweep named {args.sweep!r} and no such run in {uri}")]) from None
-    report = build_report(uri, parent)
-    out = Path(args.out or f"sweep-report-{report.name}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "leaderboard.csv").write_text(to_csv(report.rows))
-    if report.best_yaml:
-        (out / "best.yaml").write_text(report.best_yaml)
-    for name, figure in report.figures.items():
-        figure.savefig(out / name, dpi=120, bbox_inches="tight")
-    print(f"sweep {report.name} ({report.metric}):\n{report.text}\n")
-    print(f"wrote {out}/: leaderboard.csv{', best.yaml' if report.best_yaml else ''}"
-          f"{''.join(', ' + n for n in report.figures)}")
+    parents = []
+    for name in args.sweep:
+        parent = tracking.find_sweep(uri, name)
+        if parent is None:
+            try:
+                tracking.get_run(uri, name)
+                parent = name
+            except Exception:
+                raise ConfigError([("SWEEP", f"no sweep named {name!r} and no such run in {uri}")]) from None
+        parents.append(parent)
+    table = paper_table(uri, parents, args.rows, args.columns)
+    out = Path(args.out or f"sweep-report-{'+'.join(args.sweep)}")
+    for parent in parents:
+        report = build_report(uri, parent)
+        publish(uri, parent, report, table)
+        folder = out / report.name if len(parents) > 1 else out
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in report_texts(report, table).items():
+            (folder / name).write_text(text)
+        for name, figure in report.figures.items():
+            figure.savefig(folder / name, dpi=120, bbox_inches="tight")
+        print(f"sweep {report.name}: trials ranked on final/{report.metric}\n{report.text}\n")
+    print(f"table ({args.rows} x {args.columns}):\n{table.markdown()}\n")
+    print(f"wrote {out}/ (leaderboard, paper_table.md/.csv/.tex, plots) and logged them to the sweep's parent run")
     return 0
 
 
@@ -170,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="check the sweep file, its base config and its space; print its size")
     sweep.set_defaults(func=cmd_sweep)
 
-    report = commands.add_parser("report", help="leaderboard and plots of a past sweep, from MLflow")
-    report.add_argument("sweep", help="sweep name, sweep folder name, or parent run id")
+    report = commands.add_parser("report", help="leaderboard, plots and the paper's table of past sweeps, from MLflow")
+    report.add_argument("sweep", nargs="+", help="sweep name, sweep folder name, or parent run id (several: one table)")
+    report.add_argument("--rows", default="method", help="rows of the table: method (PEFT module, LAE) or any config key")
+    report.add_argument("--columns", default="objective.kind", help="columns of the table (default objective.kind)")
     report.add_argument("--out", help="folder for the plots and tables (default ./sweep-report-NAME)")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     report.set_defaults(func=cmd_report)
@@ -196,6 +207,18 @@ def _runtime_errors() -> tuple[type[Exception], ...]:
     return DatasetNotFound, WeightsError, PeftError, TrackingUnavailable
 
 
+def _leave_ray_after_interrupt() -> None:
+    """Exit now when this process drives Ray: its runs are already closed, and an interrupted
+    Ray Train fit leaves native threads that can crash the interpreter's shutdown (SIGSEGV).
+    Ray is shut down first, so a local instance this process started stops with it."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`train C --dry-run a=1`); argparse leaves those over.
@@ -216,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print("aepg: interrupted", file=sys.stderr)
+        _leave_ray_after_interrupt()
         return 130
     except Exception as error:
         if isinstance(error, _runtime_errors()):

@@ -117,6 +117,12 @@ class ModelConfig(Section):
 
 OBJECTIVE_KINDS = ("ce", "epg", "aepg", "label_smoothing", "focal", "confidence_penalty", "entropy_penalty")
 """The objectives registered in ``aepg.objectives.OBJECTIVES`` (a test keeps the two equal)."""
+OBJECTIVE_KEYS = {"label_smoothing": ("eps",), "focal": ("gamma",), "confidence_penalty": ("beta",),
+                  "entropy_penalty": ("beta",)}
+"""The ``objective`` keys each objective reads besides ``kind`` and ``logits``."""
+ANNEALED_OBJECTIVES = ("aepg",)
+"""Objectives that follow the ``schedule`` (its keys are inactive for the others)."""
+SCHEDULE_KEYS = {"sigmoid": ("tau",), "constant": ("a",)}
 
 
 class ObjectiveConfig(Section):
@@ -177,8 +183,11 @@ class FailureConfig(Section):
 class RunConfig(Section):
     experiment: str = "aepg"
     run_name: str | None = None
+    """Default: what the run is, e.g. ``digits-aepg-lora-s0``."""
     tracking_uri: str | None = None
     """MLflow tracking URI when MLFLOW_TRACKING_URI is unset; default sqlite:///mlflow.db."""
+    system_metrics: bool = True
+    """Log CPU, memory and (with nvidia-ml-py installed) GPU use to the MLflow run."""
     seed: int = 0
     storage_path: str = "aepg_runs"
     """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://)."""

@@ -67,21 +67,27 @@ def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Contex
         if context.is_chief:
             log.info("resuming at task %d, epoch %d from %s", state.task + 1, state.epoch, store.uri)
             tracking.set_tags(tracking_uri, run_id, {"aepg.resumed_from": f"task {state.task + 1}, epoch {state.epoch}"})
-    reporters = []
+    reporters, monitor = [], None
     if context.is_chief:
-        reporters.append(tracking.MlflowReporter(tracking_uri, run_id))
+        reporters.append(tracking.MlflowReporter(tracking_uri, run_id, cfg))
         reporters[0].log_params(model.parameter_counts())
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         if benchmark.split_manifest:
             reporters[0].log_dict(benchmark.split_manifest, "split.json")
         log.info("trainable parameters: %s", model.parameter_counts())
+        if cfg.system_metrics:
+            monitor = tracking.start_system_metrics(tracking_uri, run_id)
     config = cfg.model_dump(mode="json")
     trainer = ContinualTrainer(cfg, model, benchmark, objective, context,
                                reporters, save=lambda snapshot: store.save(snapshot, config), task_hooks=task_hooks)
     if state.task >= len(benchmark.tasks):  # restarted after the end: report the end again
         for hook in task_hooks:
             hook(state)
-    return trainer.fit(state, optimizer_state)
+    try:
+        return trainer.fit(state, optimizer_state)
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 # -- Ray ------------------------------------------------------------------------------------
@@ -145,7 +151,7 @@ def _ray_train_loop(config: dict) -> None:
         if context.is_chief:
             tracking.set_tags(config["tracking_uri"], config["run_id"], {"aepg.ray_node_ids": ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
-    hooks = [lambda state: ray.train.report(state.running)] if config["report"] else []
+    hooks = [lambda state: ray.train.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))] if config["report"] else []
     train_worker(cfg, config["run_id"], config["tracking_uri"], context, task_hooks=hooks)
 
 

@@ -41,6 +41,30 @@ def summarize(R: list[list[float]], sizes: list[int]) -> dict[str, float]:
     return summary
 
 
-def running_metrics(R: list[list[float]], sizes: list[int]) -> dict[str, float]:
-    """What is reported after each task: the budget used (``tasks_done``) and the summary so far."""
-    return {"tasks_done": len(R), "accuracy_after_task": accuracy_after_each_task(R, sizes)[-1], **summarize(R, sizes)}
+# The summary metrics a sweep can rank on, and their names while a run is under way (after each
+# task) and once it has used its whole budget (``final/``, which only complete runs have).
+SUMMARY_METRICS = ("avg_incremental_accuracy", "last_accuracy", "task_mean_accuracy", "forgetting", "bwt")
+BUDGET_KEY = "eval/tasks_done"
+
+
+def partial_name(metric: str) -> str:
+    """The running value of a summary metric after each task (``last_accuracy`` so far is ``eval/accuracy``)."""
+    return "eval/accuracy" if metric == "last_accuracy" else f"eval/{metric}"
+
+
+def final_name(metric: str) -> str:
+    return f"final/{metric}"
+
+
+def task_metrics(R: list[list[float]], sizes: list[int], num_tasks: int, placeholders: bool = False) -> dict[str, float]:
+    """What is logged and reported after each task: the tasks done, the running summary, and the
+    ``final/`` summary once every task is done. ``placeholders`` gives every name a value, NaN
+    until it exists (Ray Tune wants each result to carry the metrics it ranks on)."""
+    summary = summarize(R, sizes)
+    metrics = {BUDGET_KEY: len(R), **{partial_name(k): v for k, v in summary.items()}}
+    if len(R) == num_tasks:
+        metrics.update({final_name(k): v for k, v in summary.items()})
+    if placeholders:
+        names = [name(k) for k in SUMMARY_METRICS for name in (partial_name, final_name)]
+        metrics = {**dict.fromkeys(names, float("nan")), **metrics}
+    return metrics

@@ -29,6 +29,8 @@ class ObjectiveOutput:
     """Mean entropy of the softmax over the logits the loss sees (detached)."""
     p_y: Tensor
     """Mean probability of the true class (detached)."""
+    ce: Tensor
+    """Mean plain cross-entropy of the batch (detached): every objective on one scale."""
 
 
 def entropy(log_p: Tensor) -> Tensor:
@@ -106,7 +108,7 @@ class Objective:
         a_t = self.weight(progress)
         terms = self.spec.per_sample(LossInputs(log_p, log_p_y, 1.0 if a_t is None else a_t), self.cfg)
         with torch.no_grad():
-            diagnostics = (entropy(log_p).mean(), log_p_y.exp().mean())
+            diagnostics = (entropy(log_p).mean(), log_p_y.exp().mean(), -log_p_y.mean())
         return ObjectiveOutput(terms.mean(), a_t, *diagnostics)
 
 

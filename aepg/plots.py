@@ -1,6 +1,8 @@
-"""Figures for a run's artifacts (matplotlib, no display needed)."""
+"""Figures for runs and sweeps (matplotlib, no display needed), each titled with what it shows."""
 
 from __future__ import annotations
+
+import math
 
 import matplotlib
 
@@ -8,14 +10,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+STATUS_STYLE = {
+    "finished": dict(marker="o", color="tab:blue", label="finished (final value)"),
+    "stopped early": dict(marker="o", facecolors="none", edgecolors="tab:orange", label="stopped early (value when stopped)"),
+    "failed": dict(marker="x", color="tab:red", label="failed"),
+}
 
-def accuracy_heatmap(R: list[list[float]]):
+
+def accuracy_heatmap(R: list[list[float]], title: str):
     """R[i][j] as a lower-triangular heatmap with the values written in."""
     n = len(R)
     grid = np.full((n, n), np.nan)
     for i, row in enumerate(R):
         grid[i, : len(row)] = row
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.6 * n))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.7 * n, 1.2 + 0.6 * n))
     image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
     for i in range(n):
         for j in range(i + 1):
@@ -24,45 +32,126 @@ def accuracy_heatmap(R: list[list[float]]):
     ax.set_yticks(range(n), [str(i + 1) for i in range(n)])
     ax.set_xlabel("evaluated task j")
     ax.set_ylabel("after training task i")
-    ax.set_title("accuracy R[i][j]")
+    ax.set_title(f"{title}\naccuracy R[i][j]", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
 
 
-def series_plot(series: dict[str, tuple[list[int], list[float]]], title: str, xlabel: str = "step"):
-    """One panel per named series (x, y), sharing the x axis."""
-    fig, axes = plt.subplots(len(series), 1, figsize=(7, 2.2 * len(series)), sharex=True, squeeze=False)
+def series_plot(series: dict[str, tuple[list[int], list[float]]], title: str, boundaries: list[int] = (),
+                xlabel: str = "optimiser step"):
+    """One panel per named series (x, y) on a shared x axis, with the task boundaries dashed."""
+    fig, axes = plt.subplots(len(series), 1, figsize=(7.5, 2.1 * len(series) + 0.6), sharex=True, squeeze=False)
     for ax, (name, (x, y)) in zip(axes[:, 0], series.items()):
-        ax.plot(x, y, lw=1.2)
+        ax.plot(x, y, lw=1.1)
+        for step in boundaries:
+            ax.axvline(step, color="0.6", ls="--", lw=0.8)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel(xlabel)
-    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel(xlabel + ("  (dashed: task boundaries)" if boundaries else ""))
+    axes[0, 0].set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def trials_plot(trials: list[tuple[str, float | None]], metric: str, mode: str):
-    """Each trial's metric in start order, marked by status, with the best finished value so far."""
+def trials_plot(trials: list[dict], metric: str, mode: str, title: str):
+    """Each trial's metric in start order by status: finished trials at their final value, stopped
+    ones at the value they had when stopped (with the tasks they covered), failed ones at the
+    bottom; the line is the best finished value so far."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    styles = {"finished": dict(marker="o", color="tab:blue"), "pruned": dict(marker="o", facecolors="none", edgecolors="tab:orange"),
-              "failed": dict(marker="x", color="tab:red")}
-    finite = [v for _, v in trials if v is not None and np.isfinite(v)]
+    finite = [t["value"] for t in trials if t["value"] is not None and math.isfinite(t["value"])]
     floor = min(finite) if finite else 0.0
-    for status, style in styles.items():
-        points = [(i, v if v is not None and np.isfinite(v) else floor) for i, (s, v) in enumerate(trials, 1) if s == status]
+    for status, style in STATUS_STYLE.items():
+        points = [(t["index"], t["value"] if t["value"] is not None and math.isfinite(t["value"]) else floor)
+                  for t in trials if t["status"] == status]
         if points:
-            ax.scatter(*zip(*points), label=status, **style)
-    best, line = None, []
-    for status, value in trials:
-        if status == "finished" and value is not None:
-            best = value if best is None else (max if mode == "max" else min)(best, value)
-        line.append(best if best is not None else np.nan)
-    ax.step(range(1, len(trials) + 1), line, where="post", color="tab:gray", label="best finished")
+            ax.scatter(*zip(*points), zorder=3, **style)
+    for t in trials:
+        if t["status"] == "stopped early" and t["value"] is not None:
+            ax.annotate(f"{t['tasks']} tasks", (t["index"], t["value"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    best, xs, ys = None, [], []
+    for t in sorted(trials, key=lambda t: t["index"]):
+        if t["status"] == "finished" and t["value"] is not None:
+            best = t["value"] if best is None else (max if mode == "max" else min)(best, t["value"])
+        xs.append(t["index"])
+        ys.append(best if best is not None else np.nan)
+    ax.step(xs, ys, where="post", color="0.4", label="best finished so far")
     ax.set_xlabel("trial (start order)")
     ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def convergence_plot(points: list[tuple[float, float | None]], budget: float | None, metric: str, title: str):
+    """Best finished value so far against compute spent (tasks trained, in the order trials ended);
+    ``budget`` marks what every trial trained to the end would cost."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [x for x, _ in points]
+    ys = [y if y is not None else np.nan for _, y in points]
+    ax.step(xs, ys, where="post", color="tab:blue", marker="o", ms=3)
+    if budget:
+        ax.axvline(budget, color="0.5", ls="--", lw=0.8, label="every trial to the end")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("compute spent (tasks trained)")
+    ax.set_ylabel(f"best {metric} so far")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def parallel_coordinates(rows: list[dict[str, object]], keys: list[str], metric: str, mode: str, title: str):
+    """One line per finished trial across an axis per searched key (scaled to [0, 1]; categories
+    spaced evenly, log scale for ranges over a decade), coloured by the metric on a dark-to-bright
+    map with the best trial drawn last and thickest."""
+    fig, ax = plt.subplots(figsize=(1.9 * len(keys) + 2.5, 4.6))
+    values = np.array([float(r[metric]) for r in rows])
+    lo, hi = float(values.min()), float(values.max())
+    norm = plt.Normalize(lo, hi if hi > lo else lo + 1e-9)
+    cmap = matplotlib.colormaps["viridis"]
+    axes_ticks = []
+    positions = np.zeros((len(rows), len(keys)))
+    for j, key in enumerate(keys):
+        column = [r.get(key) for r in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in column if v is not None)
+        present = [v for v in column if v is not None]
+        if numeric and len(set(present)) > 1:
+            arr = np.array([np.nan if v is None else float(v) for v in column])
+            log = min(present) > 0 and max(present) / min(present) > 10
+            scaled = np.log10(arr) if log else arr
+            a, b = np.nanmin(scaled), np.nanmax(scaled)
+            positions[:, j] = np.where(np.isnan(scaled), -0.08, (scaled - a) / (b - a))
+            ticks = np.linspace(a, b, 3)
+            labels = [f"{(10 ** t if log else t):.3g}" for t in ticks]
+            axes_ticks.append(([0.0, 0.5, 1.0], labels))
+        else:
+            text = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+            cats = sorted({text(v) for v in present})
+            place = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+            positions[:, j] = [place[text(v)] if v is not None else -0.08 for v in column]
+            axes_ticks.append(([place[c] for c in cats], cats))
+        if any(v is None for v in column):
+            axes_ticks[-1] = (axes_ticks[-1][0] + [-0.08], axes_ticks[-1][1] + ["(inactive)"])
+    order = np.argsort(values if mode == "max" else -values)
+    for rank, i in enumerate(order):
+        best = rank == len(order) - 1
+        ax.plot(range(len(keys)), positions[i], color=cmap(0.1 + 0.8 * norm(values[i])), lw=3.0 if best else 1.4,
+                alpha=0.95, zorder=2 + rank)
+    for j, (ticks, labels) in enumerate(axes_ticks):
+        ax.axvline(j, color="0.3", lw=0.8, zorder=1)
+        for t, label in zip(ticks, labels):
+            ax.text(j + 0.03, t, label, fontsize=7, va="center", ha="left",
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5), zorder=100)
+    ax.set_xticks(range(len(keys)), [k.replace(".", ".\n", 1) for k in keys], fontsize=8)
+    ax.set_yticks([])
+    ax.set_ylim(-0.15, 1.08)
+    ax.set_xlim(-0.2, len(keys) - 0.5)
+    ax.set_facecolor("white")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=matplotlib.colors.ListedColormap(cmap(np.linspace(0.1, 0.9, 256)))),
+                 ax=ax, label=metric, fraction=0.04)
+    ax.set_title(title + ("  (below an axis: the key was inactive)" if np.any(positions < 0) else ""), fontsize=10)
     fig.tight_layout()
     return fig

@@ -4,23 +4,32 @@ The driver opens a run (``open_run``) and sets its final status (``close_run``);
 training worker logs into it through ``MlflowReporter``, addressing the run by id, so the
 same code works in-process, in Ray Train workers and in Ray Tune trials. MLflow is imported
 when first used, so resolving and checking a tracking URI stays fast.
+
+What a run shows (README, "What a run logs"): params for the keys its configuration uses, one
+step axis (the optimiser step) for every metric, ``train/`` metrics per step, ``eval/`` metrics
+after each task with ``eval/tasks_done`` as a possible x axis, ``final/`` metrics only when every
+task is done, and plots refreshed after each task.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aepg.config import ConfigError, RunConfig, flatten, to_yaml
-from aepg.metrics import accuracy_after_each_task
+from aepg.config import ANNEALED_OBJECTIVES, OBJECTIVE_KEYS, SCHEDULE_KEYS, ConfigError, RunConfig, flatten, to_yaml
+from aepg.metrics import BUDGET_KEY, accuracy_after_each_task, final_name
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+"""The experiment kind MLflow 3 opens on its runs table (GenAI experiments open on traces)."""
 BATCH_LIMIT = 1000
-SCHEDULE_PLOT_KEYS = ("a_t", "entropy", "p_y")
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -73,8 +82,17 @@ def client_for(tracking_uri: str):
 
 
 def experiment_id(client, name: str) -> str:
+    """The experiment's id, creating it as a training experiment (so the UI opens on its runs)."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return experiment.experiment_id
+
+
+def _param_value(value) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def create_run(tracking_uri: str, experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
@@ -84,7 +102,7 @@ def create_run(tracking_uri: str, experiment: str, run_name: str | None = None, 
 
     client = client_for(tracking_uri)
     run_id = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags or {}).info.run_id
-    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in (params or {}).items()]
+    items = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
     for path, text in (texts or {}).items():
@@ -92,10 +110,95 @@ def create_run(tracking_uri: str, experiment: str, run_name: str | None = None, 
     return run_id
 
 
+# -- what a run is ----------------------------------------------------------------------------------
+
+def run_params(cfg: RunConfig) -> dict[str, object]:
+    """The config keys this run's configuration uses (inactive and unset keys left out; the whole
+    resolved config is the run's ``config.yaml``), with the PEFT implementation that runs."""
+    from aepg import preflight
+    from aepg.models.peft import KEYS, adapted_blocks, implementation
+
+    b, m, peft, o, s, t = cfg.benchmark, cfg.model, cfg.model.peft, cfg.objective, cfg.schedule, cfg.train
+    params: dict[str, object] = {"seed": cfg.seed, "benchmark.dataset": b.dataset, "benchmark.num_tasks": b.num_tasks,
+                                 "benchmark.order_seed": b.order_seed, "benchmark.augment": b.augment}
+    if b.dataset == "imagenet-r":
+        params["benchmark.split_seed"] = b.split_seed
+    for key in ("root", "max_train_per_class", "max_test_per_class"):
+        if getattr(b, key) is not None:
+            params[f"benchmark.{key}"] = getattr(b, key)
+    params.update({"model.backbone": m.backbone, "model.weights": m.weights, "model.head_init_std": m.head_init_std})
+    if m.image_size is not None:
+        params["model.image_size"] = m.image_size
+    params.update(flatten(dict(m.backbone_kwargs), "model.backbone_kwargs."))
+    facts = preflight.backbone_facts(cfg)
+    kind = implementation(peft, facts)
+    params["model.peft.kind"] = peft.kind
+    if peft.kind in ("lora", "dora"):
+        params["model.peft.implementation"] = kind
+    for key in KEYS[kind]:
+        value = getattr(peft, key)
+        if key == "blocks" and facts.get("is_vit"):
+            value = adapted_blocks(value, facts["depth"])
+        if value is not None:
+            params[f"model.peft.{key}"] = value
+    if peft.lae:
+        params.update({"model.peft.lae": True, "model.peft.lae_decay": peft.lae_decay})
+    params.update({"objective.kind": o.kind, "objective.logits": o.logits})
+    params.update({f"objective.{key}": getattr(o, key) for key in OBJECTIVE_KEYS.get(o.kind, ())})
+    if o.kind in ANNEALED_OBJECTIVES:
+        params.update({"schedule.kind": s.kind, "schedule.scope": s.scope})
+        params.update({f"schedule.{key}": getattr(s, key) for key in SCHEDULE_KEYS.get(s.kind, ())})
+    params.update({f"train.{key}": getattr(t, key) for key in ("epochs", "head_only_epochs", "lr", "weight_decay", "batch_size")})
+    params["scaling.num_workers"] = cfg.scaling.num_workers
+    if cfg.scaling.use_gpu:
+        params.update({"scaling.use_gpu": True, "scaling.gpus_per_worker": cfg.scaling.gpus_per_worker})
+    return params
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    """What the run is: ``<data set>-<objective>-<PEFT>[-lae]-s<seed>``."""
+    peft = cfg.model.peft
+    return f"{cfg.benchmark.dataset}-{cfg.objective.kind}-{peft.kind}{'-lae' if peft.lae else ''}-s{cfg.seed}"
+
+
+def objective_label(cfg: RunConfig) -> str:
+    """The objective as a plot title says it, e.g. ``aepg (sigmoid schedule, tau 6)``."""
+    o, s = cfg.objective, cfg.schedule
+    if o.kind in ANNEALED_OBJECTIVES:
+        detail = {"sigmoid": f", tau {s.tau:g}", "constant": f", a {s.a:g}"}.get(s.kind, "")
+        return f"{o.kind} ({s.kind} schedule{detail})"
+    extra = ", ".join(f"{key} {getattr(o, key):g}" for key in OBJECTIVE_KEYS.get(o.kind, ()))
+    return f"{o.kind} ({extra})" if extra else o.kind
+
+
+def dataset_input(cfg: RunConfig):
+    """The run's data set as an MLflow dataset input: name, the class order's digest, its tasks' sizes."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from aepg import preflight
+    from aepg.benchmarks import DATASETS
+    from aepg.benchmarks.order import class_order
+
+    b = cfg.benchmark
+    plan = preflight.plan(cfg)
+    order = class_order(DATASETS[b.dataset].num_classes, b.order_seed)
+    profile = {"num_tasks": b.num_tasks, "classes_per_task": [t.classes for t in plan.tasks],
+               "train_images": [t.train for t in plan.tasks], "test_images": [t.test for t in plan.tasks]}
+    key = json.dumps({"dataset": b.dataset, "order": order, **profile}, sort_keys=True)
+    source = {"uri": preflight.data_location(cfg)}
+    dataset = Dataset(name=f"{b.dataset} ({b.num_tasks} tasks, order seed {b.order_seed})",
+                      digest=hashlib.sha256(key.encode()).hexdigest()[:12], source_type="local",
+                      source=json.dumps(source), profile=json.dumps(profile))
+    return DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value="train")])
+
+
 def open_run(cfg: RunConfig, tracking_uri: str, tags: dict[str, str] | None = None) -> str:
-    """A run for ``cfg``: the flattened config as params, the resolved config as ``config.yaml``."""
-    return create_run(tracking_uri, cfg.experiment, cfg.run_name, tags,
-                      flatten(cfg.model_dump(mode="json")), {"config.yaml": to_yaml(cfg)})
+    """A run for ``cfg``: its active keys as params, the resolved config as ``config.yaml``, its
+    data set as a dataset input."""
+    name = cfg.run_name or default_run_name(cfg)
+    run_id = create_run(tracking_uri, cfg.experiment, name, tags, run_params(cfg), {"config.yaml": to_yaml(cfg)})
+    client_for(tracking_uri).log_inputs(run_id, datasets=[dataset_input(cfg)])
+    return run_id
 
 
 def close_run(tracking_uri: str, run_id: str, status: str, reason: str | None = None) -> None:
@@ -122,6 +225,15 @@ def delete_run(tracking_uri: str, run_id: str) -> None:
     client_for(tracking_uri).delete_run(run_id)
 
 
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """How to see an experiment: the UI command and the link to its runs table (MLflow 3's UI
+    opens on GenAI pages unless asked for the model-training view)."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"see it at {tracking_uri.rstrip('/')}/{page}"
+    return f"see it with: mlflow ui --backend-store-uri {tracking_uri}  then open http://127.0.0.1:5000/{page}"
+
+
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
     client = client_for(tracking_uri)
     for key, value in tags.items():
@@ -141,6 +253,7 @@ class RunRecord:
     start_time: int | None = None
     end_time: int | None = None
     """Milliseconds since the epoch; None while running."""
+    experiment_id: str = ""
 
 
 def find_runs(tracking_uri: str, experiment: str, tags: dict[str, str]) -> list[RunRecord]:
@@ -157,7 +270,7 @@ def find_runs(tracking_uri: str, experiment: str, tags: dict[str, str]) -> list[
 
 def _record(r) -> RunRecord:
     return RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics, r.data.tags,
-                     r.info.start_time, r.info.end_time)
+                     r.info.start_time, r.info.end_time, r.info.experiment_id)
 
 
 def find_sweep(tracking_uri: str, name: str) -> str | None:
@@ -186,11 +299,18 @@ def read_text(tracking_uri: str, run_id: str, path: str) -> str:
     return mlflow.artifacts.load_text(f"{client_for(tracking_uri).get_run(run_id).info.artifact_uri}/{path}")
 
 
-def log_outputs(tracking_uri: str, run_id: str, texts: dict[str, str] | None = None,
-                figures: dict[str, object] | None = None, metrics: dict[str, float] | None = None) -> None:
-    """Text artifacts, matplotlib figures (closed after logging) and metrics, into one run."""
-    import matplotlib.pyplot as plt
+def _metrics(values: dict[str, float], step: int) -> list:
     from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+def log_outputs(tracking_uri: str, run_id: str, texts: dict[str, str] | None = None,
+                figures: dict[str, object] | None = None, metrics: dict[str, float] | None = None,
+                tags: dict[str, str] | None = None) -> None:
+    """Text artifacts, matplotlib figures (closed after logging), metrics and tags, into one run."""
+    import matplotlib.pyplot as plt
 
     client = client_for(tracking_uri)
     for path, text in (texts or {}).items():
@@ -198,23 +318,36 @@ def log_outputs(tracking_uri: str, run_id: str, texts: dict[str, str] | None = N
     for path, figure in (figures or {}).items():
         client.log_figure(run_id, figure, path)
         plt.close(figure)
-    now = int(time.time() * 1000)
     if metrics:
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        client.log_batch(run_id, metrics=_metrics(metrics, 0))
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+
+
+def start_system_metrics(tracking_uri: str, run_id: str):
+    """MLflow's CPU, memory, disk and network monitor (and GPU with nvidia-ml-py) on this run, or
+    None where it cannot run (psutil missing)."""
+    try:
+        import psutil  # noqa: F401
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=5, tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
 
 
 class MlflowReporter:
-    """Logs step and task metrics, the accuracy matrix and the plots into one run."""
+    """A run's metrics, accuracy matrix and plots, logged as the trainer reports them."""
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    TRAIN_PLOT_KEYS = ("a_t", "entropy", "p_y", "ce")
+
+    def __init__(self, tracking_uri: str, run_id: str, cfg: RunConfig):
         self.client = client_for(tracking_uri)
         self.run_id = run_id
-
-    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self._log([Metric(k, float(v), now, step) for k, v in values.items()])
+        self.num_tasks = cfg.benchmark.num_tasks
+        self.annealed = cfg.objective.kind in ANNEALED_OBJECTIVES
+        self.title = f"{self.client.get_run(run_id).info.run_name}: {objective_label(cfg)}"
 
     def _log(self, metrics: list) -> None:
         for i in range(0, len(metrics), BATCH_LIMIT):
@@ -223,40 +356,48 @@ class MlflowReporter:
     def log_params(self, values: dict[str, object]) -> None:
         from mlflow.entities import Param
 
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
+        self.client.log_batch(self.run_id, params=[Param(k, _param_value(v)) for k, v in values.items()])
 
     def log_dict(self, data: dict, path: str) -> None:
         self.client.log_dict(self.run_id, data, path)
 
     def log_steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
-        from mlflow.entities import Metric
+        self._log([m for step, values in rows for m in _metrics({f"train/{k}": v for k, v in values.items()}, step)])
 
-        now = int(time.time() * 1000)
-        self._log([Metric(k, v, now, step) for step, values in rows for k, v in values.items()])
+    def task_finished(self, state, samples_per_second: float) -> None:
+        """Evaluation metrics at the task's last step, the matrix, and every plot (refreshed, so a
+        run stopped early has them too); ``final/`` metrics once every task is done."""
+        R, sizes = state.accuracy_matrix, state.test_sizes
+        self._log(_metrics({**state.metrics(self.num_tasks), "train/samples_per_second": samples_per_second},
+                           state.global_step))
+        self.log_dict({"R": R, "test_sizes": sizes, "accuracy_after_task": accuracy_after_each_task(R, sizes)},
+                      "accuracy_matrix.json")
+        self._figures(state)
 
-    def task_finished(self, state) -> None:
-        R = state.accuracy_matrix
-        i = len(R)
-        metrics = {f"accuracy_after_task_{i}": state.running["accuracy_after_task"], **state.running}
-        metrics.update({f"accuracy_task_{j + 1}": acc for j, acc in enumerate(R[-1])})
-        self.log_metrics(metrics, step=i)
-        self.client.log_dict(self.run_id, {"R": R, "test_sizes": state.test_sizes, "accuracy_after_task": accuracy_after_each_task(R, state.test_sizes)}, "accuracy_matrix.json")
-
-    def run_finished(self, state) -> None:
+    def _figures(self, state) -> None:
         from aepg import plots
 
-        self.log_metrics(state.summary, step=len(state.accuracy_matrix))
-        self._log_figure(plots.accuracy_heatmap(state.accuracy_matrix), "accuracy_matrix.png")
+        done = len(state.accuracy_matrix)
+        self._log_figure(plots.accuracy_heatmap(state.accuracy_matrix, f"{self.title} ({done}/{self.num_tasks} tasks)"),
+                         "accuracy_matrix.png")
+        boundaries = sorted(m.step for m in self.client.get_metric_history(self.run_id, BUDGET_KEY))[:-1]
+        keys = self.TRAIN_PLOT_KEYS if self.annealed else self.TRAIN_PLOT_KEYS[1:]
         series = {}
-        for key in SCHEDULE_PLOT_KEYS:
-            history = sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+        for key in keys:
+            history = sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, f"train/{key}"))
             if history:
                 series[key] = ([s for s, _ in history], [v for _, v in history])
         if series:
-            self._log_figure(plots.series_plot(series, "annealing weight and output entropy over steps"), "schedule_entropy.png")
+            what = "annealing weight a_t, output entropy, p_y and CE" if self.annealed else "output entropy, p_y and CE"
+            self._log_figure(plots.series_plot(series, f"{self.title}\n{what} over optimiser steps", boundaries),
+                             "training_curves.png")
 
     def _log_figure(self, figure, path: str) -> None:
         import matplotlib.pyplot as plt
 
         self.client.log_figure(self.run_id, figure, path)
         plt.close(figure)
+
+
+def final_metric(run: RunRecord, metric: str) -> float | None:
+    return run.metrics.get(final_name(metric))

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from aepg.benchmarks.tasks import Benchmark, Task
 from aepg.distributed import Context, derive_seed, seed_all
-from aepg.metrics import running_metrics, summarize
+from aepg.metrics import summarize, task_metrics
 from aepg.models.classifier import ContinualClassifier
 from aepg.objectives import Objective
 from aepg.schedules import Progress
@@ -47,10 +47,9 @@ class TrainState:
     def summary(self) -> dict[str, float]:
         return summarize(self.accuracy_matrix, self.test_sizes)
 
-    @property
-    def running(self) -> dict[str, float]:
+    def metrics(self, num_tasks: int, placeholders: bool = False) -> dict[str, float]:
         """The metrics reported after each task (sweeps compare trials on them)."""
-        return running_metrics(self.accuracy_matrix, self.test_sizes)
+        return task_metrics(self.accuracy_matrix, self.test_sizes, num_tasks, placeholders)
 
 
 @dataclass
@@ -63,11 +62,11 @@ class Snapshot:
 
 
 class Reporter(Protocol):
+    """Where step and task results go (MLflow, tests). Steps are optimiser steps."""
+
     def log_steps(self, rows: list[tuple[int, dict[str, float]]]) -> None: ...
 
-    def task_finished(self, state: TrainState) -> None: ...
-
-    def run_finished(self, state: TrainState) -> None: ...
+    def task_finished(self, state: TrainState, samples_per_second: float) -> None: ...
 
 
 class StepBuffer:
@@ -158,10 +157,7 @@ class ContinualTrainer:
             state.task, state.epoch = task.index + 1, 0
             self._log_task(state)
             for reporter in self.reporters:
-                reporter.log_steps([(state.global_step, {"samples_per_second": rate})])
-                reporter.task_finished(state)
-                if state.task == len(self.benchmark.tasks):
-                    reporter.run_finished(state)
+                reporter.task_finished(state, rate)
             if self.save:
                 self.save(Snapshot(state, self.model.trainable_state_dict()))
             # Last: a sweep may stop the trial as soon as it hears of the task's end.
@@ -234,6 +230,7 @@ class ContinualTrainer:
     def _step_metrics(out, logits: torch.Tensor, y: torch.Tensor) -> dict:
         metrics = {
             "loss": out.loss.detach(),
+            "ce": out.ce,
             "entropy": out.entropy,
             "p_y": out.p_y,
             "batch_accuracy": (logits.detach().argmax(1) == y).float().mean(),

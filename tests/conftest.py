@@ -1,7 +1,9 @@
 import os
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,36 @@ def wait_until(condition, what: str, process: subprocess.Popen | None = None, ti
             raise AssertionError(f"process exited ({process.returncode}) while waiting for {what}:\n{output[-3000:]}")
         time.sleep(0.3)
     return value
+
+
+@contextmanager
+def mlflow_server(store: Path, log: Path, *extra: str):
+    """A real `mlflow server` on 127.0.0.1 over the sqlite ``store``; yields its URL, then stops it
+    and the workers it forked by its process group id."""
+    import requests
+
+    from aepg.cluster import free_port
+
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                                   "--backend-store-uri", f"sqlite:///{store}", *extra],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{url}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(healthy, f"the MLflow server (log: {log})", server, timeout=120)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
 
 
 @pytest.fixture(autouse=True)

@@ -3,14 +3,11 @@
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import requests
 import yaml
 from mlflow import MlflowClient
 
@@ -18,6 +15,7 @@ from aepg.cluster import LocalCluster, free_port
 from aepg.sweep.spec import load_sweep
 
 from conftest import CONFIGS, REPO, run_aepg, start_aepg, wait_until
+from conftest import mlflow_server as mlflow_server_on
 from test_sweep import TINY_BASE, write_sweep
 
 RAY_CONFIGS = REPO / "ray_configs"
@@ -103,25 +101,8 @@ def cluster():
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log = open(folder / "server.log", "w")
-    server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-                               "--artifacts-destination", str(folder / "artifacts")],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return requests.get(f"{uri}/health", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    wait_until(healthy, f"the MLflow server (log: {folder / 'server.log'})", server, timeout=120)
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it forked, by process group id
-    server.wait(30)
+    with mlflow_server_on(folder / "mlflow.db", folder / "server.log", "--artifacts-destination", str(folder / "artifacts")) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +128,7 @@ def test_two_worker_run_spans_both_nodes(cluster, mlflow_server, node_ids, workd
     client = MlflowClient(mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id],
                                 filter_string="attributes.run_name = 'span'")
-    assert run.info.status == "FINISHED" and "last_accuracy" in run.data.metrics
+    assert run.info.status == "FINISHED" and "final/last_accuracy" in run.data.metrics
     assert set(run.data.tags["aepg.ray_node_ids"].split(",")) == set(node_ids.values())
     assert {"accuracy_matrix.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
@@ -194,7 +175,7 @@ def test_losing_a_worker_node_mid_sweep(cluster, mlflow_server, node_ids, workdi
     runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "runs left RUNNING"
     moved = client.get_run(on_b[0].info.run_id)
-    assert moved.info.status == "FINISHED" and moved.data.metrics["tasks_done"] == 3
+    assert moved.info.status == "FINISHED" and moved.data.metrics["eval/tasks_done"] == 3
     assert "aepg.resumed_from" in moved.data.tags, "the retried trial did not resume from its checkpoint"
     assert moved.data.tags["aepg.ray_node_id"] == node_ids["head"]
 

@@ -1,6 +1,10 @@
 """Sweeps on a real local Ray instance writing to a real MLflow store."""
 
+import csv
+import io
 import json
+import os
+import shutil
 import signal
 import time
 
@@ -10,11 +14,12 @@ from mlflow import MlflowClient
 from ray.tune.search.optuna import OptunaSearch
 
 from aepg.cli import main
+from aepg.metrics import BUDGET_KEY
 from aepg.config import ConfigError
 from aepg.sweep.driver import PrunedAwareOptunaSearch
 from aepg.sweep.spec import load_sweep
 
-from conftest import CONFIGS, REPO, run_aepg, start_aepg, wait_until
+from conftest import CONFIGS, REPO, mlflow_server, run_aepg, start_aepg, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -60,7 +65,11 @@ def sweep_runs(db):
     return client, parents, children
 
 
-def test_sweep_end_to_end(ray_address, workdir):
+@pytest.fixture(scope="module")
+def tiny_sweep(ray_address, tmp_path_factory):
+    """A real 8-trial sweep (TPE + ASHA, some trials failing) in its own folder; the store stays as
+    the sweep left it (later runs go to other stores)."""
+    folder = tmp_path_factory.mktemp("tiny-sweep")
     space = {
         "objective.kind": {"choice": ["ce", "aepg"]},
         "schedule.tau": {"uniform": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
@@ -68,57 +77,90 @@ def test_sweep_end_to_end(ray_address, workdir):
         # A head initialised this large gives infinite logits: those trials fail with NaN losses.
         "model.head_init_std": {"choice": [0.001, 0.002, 1.0e37]},
     }
-    path = write_sweep(workdir, space=space, search={"algorithm": "tpe", "seed": 3, "num_trials": 8, "max_concurrent": 2})
-    assert main(["sweep", path]) == 0
-    client, parents, children = sweep_runs(workdir / "mlflow.db")
+    path = write_sweep(folder, space=space, search={"algorithm": "tpe", "seed": 3, "num_trials": 8, "max_concurrent": 2})
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert main(["sweep", path]) == 0
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+def test_sweep_end_to_end(tiny_sweep, workdir):
+    client, parents, children = sweep_runs(tiny_sweep / "mlflow.db")
     (parent,) = parents
     assert parent.info.status == "FINISHED"
     assert len(children) == 8
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert len({c.data.tags["aepg.trial_id"] for c in children}) == 8
 
-    by_status = {}
-    for child in children:
-        by_status.setdefault(child.info.status, []).append(child)
+    status = {c.info.run_id: c.data.tags["aepg.status"] for c in children}  # every child says how it ended
+    assert sorted(int(c.data.tags["aepg.trial_index"]) for c in children) == list(range(1, 9))
     nan_trials = [c for c in children if float(c.data.params["model.head_init_std"]) > 1]
-    assert nan_trials and all(c.info.status == "FAILED" for c in nan_trials)
+    assert nan_trials and all(c.info.status == "FAILED" and status[c.info.run_id] == "failed" for c in nan_trials)
     assert all("NonFiniteLoss" in c.data.tags["failure_reason"] for c in nan_trials)
-    assert len(by_status.get("FAILED", [])) == len(nan_trials), "only the NaN trials fail"
-    finished = by_status["FINISHED"]
-    assert finished and all(c.data.metrics["tasks_done"] == 3 for c in finished)
-    assert all(c.data.tags["aepg.optuna_state"] == "COMPLETE" for c in finished)
-    pruned = [c for c in by_status.get("KILLED", []) if c.data.tags.get("aepg.pruned") == "true"]
-    assert pruned, "ASHA stopped no trial"
-    for child in pruned:
-        assert child.data.metrics["tasks_done"] < 3
+    assert sum(1 for c in children if c.info.status == "FAILED") == len(nan_trials), "only the NaN trials fail"
+    finished = [c for c in children if status[c.info.run_id] == "finished"]
+    stopped = [c for c in children if status[c.info.run_id] == "stopped early"]
+    assert finished and stopped, "ASHA stopped no trial"
+    assert len(finished) + len(stopped) + len(nan_trials) == 8
+    for child in finished:
+        assert child.info.status == "FINISHED" and child.data.metrics["eval/tasks_done"] == 3
+        assert child.data.tags["aepg.optuna_state"] == "COMPLETE"
+        assert child.data.metrics["final/avg_incremental_accuracy"] == child.data.metrics["eval/avg_incremental_accuracy"]
+    for child in stopped:  # FINISHED, not KILLED; no final metric to rank on, the partial one is still there
+        assert child.info.status == "FINISHED" and child.data.metrics["eval/tasks_done"] < 3
+        assert not any(key.startswith("final/") for key in child.data.metrics)
+        assert "eval/avg_incremental_accuracy" in child.data.metrics
         assert child.data.tags["aepg.optuna_state"] == "PRUNED"  # not COMPLETE with a partial value
+        assert {"accuracy_matrix.png", "training_curves.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
     for child in nan_trials:
         assert child.data.tags["aepg.optuna_state"] == "FAIL"
-    # Conditional parameter: tau is sampled only for aepg (the config still holds the default).
+    # Params say what ran: tau and the schedule only for aEPG trials; names say what differs.
+    for child in children:
+        params = child.data.params
+        annealed = params["objective.kind"] == "aepg"
+        assert ("schedule.tau" in params) == annealed and ("schedule.kind" in params) == annealed
+        assert "None" not in params.values() and "experiment" not in params
+        assert child.info.run_name.startswith(f"t{int(child.data.tags['aepg.trial_index']):02d}-{params['objective.kind']}")
+    # One step axis; final metrics logged once.
+    for child in finished:
+        history = client.get_metric_history(child.info.run_id, "final/last_accuracy")
+        assert len(history) == 1
+        assert history[0].step == max(m.step for m in client.get_metric_history(child.info.run_id, "train/loss"))
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"sweep.yaml", "space.json", "leaderboard.csv", "best.yaml", "objective_over_trials.png"} <= artifacts
-    assert json.loads(client.download_artifacts(parent.info.run_id, "space.json", str(workdir)) and
-                      open(workdir / "space.json").read())["schedule.tau"]["when"] == {"objective.kind": "aepg"}
-    for child in finished[:1]:
-        assert {"config.yaml", "accuracy_matrix.json", "accuracy_matrix.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"sweep.yaml", "space.json", "leaderboard.csv", "leaderboard.md", "best.yaml", "objective_over_trials.png",
+            "convergence.png", "paper_table.md", "paper_table.csv", "paper_table.tex"} <= artifacts
+    assert json.loads(open(client.download_artifacts(parent.info.run_id, "space.json", str(workdir))).read()
+                      )["schedule.tau"]["when"] == {"objective.kind": "aepg"}
+    # The parent names the best finished child and describes the sweep.
+    best_child = max(finished, key=lambda c: c.data.metrics["final/avg_incremental_accuracy"])
+    assert parent.data.tags["best_run_id"] == best_child.info.run_id
+    assert best_child.info.run_id in parent.data.tags["mlflow.note.content"]
+    assert parent.data.metrics["sweep/trials_stopped_early"] == len(stopped)
 
     # The best config is written under the working directory and reproduces with `aepg train`.
-    (best,) = list((workdir / "aepg_sweeps").glob("tiny-*/best.yaml"))
+    (best,) = list((tiny_sweep / "aepg_sweeps").glob("tiny-*/best.yaml"))
     best_cfg = yaml.safe_load(best.read_text())
     assert best_cfg["model"]["head_init_std"] < 1
-    best_value = parent.data.metrics["best_avg_incremental_accuracy"]
+    best_value = parent.data.metrics["sweep/best_avg_incremental_accuracy"]
+    assert best_value == best_child.data.metrics["final/avg_incremental_accuracy"]
     trained = run_aepg(["train", str(best)], cwd=workdir)
     assert trained.returncode == 0, trained.stderr[-2000:]
-    runs = client.search_runs([parent.info.experiment_id], filter_string="attributes.run_name LIKE '%-best'")
-    assert runs and runs[0].data.metrics["avg_incremental_accuracy"] == pytest.approx(best_value, abs=1e-9)
+    best_client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (rerun,) = best_client.search_runs([best_client.get_experiment_by_name("aepg-digits").experiment_id])
+    assert rerun.data.metrics["final/avg_incremental_accuracy"] == pytest.approx(best_value, abs=1e-9)
 
-    # `aepg report` rebuilds the leaderboard and plots from MLflow alone.
-    report = run_aepg(["report", "tiny", "--out", str(workdir / "report")], cwd=workdir)
+    # `aepg report` rebuilds the leaderboard and plots from MLflow alone: finished trials first.
+    report = run_aepg(["report", "tiny", "--out", str(workdir / "report"),
+                       "--tracking-uri", f"sqlite:///{tiny_sweep / 'mlflow.db'}"], cwd=workdir)
     assert report.returncode == 0, report.stderr[-2000:]
-    assert "pruned" in report.stdout and "failed" in report.stdout
+    assert "stopped early" in report.stdout and "failed" in report.stdout
     assert (workdir / "report" / "objective_over_trials.png").read_bytes()[:4] == b"\x89PNG"
-    rows = (workdir / "report" / "leaderboard.csv").read_text().splitlines()
-    assert len(rows) == 9 and rows[1].split(",")[2] == "finished"
+    rows = list(csv.DictReader(io.StringIO((workdir / "report" / "leaderboard.csv").read_text())))
+    assert len(rows) == 8 and [r["status"] for r in rows[:len(finished)]] == ["finished"] * len(finished)
+    assert rows[0]["trial"] == best_child.info.run_name
 
 
 def test_asha_stopped_trials_reach_optuna_as_pruned():
@@ -133,14 +175,14 @@ def test_asha_stopped_trials_reach_optuna_as_pruned():
         searcher = cls(space=space, metric="acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0), **kwargs)
         assert searcher.suggest("t1") is not None
         for step in (1, 2):
-            searcher.on_trial_result("t1", {"acc": 0.5 + step / 10, "tasks_done": step, "training_iteration": step})
-        searcher.on_trial_complete("t1", {"acc": 0.7, "tasks_done": 2, "training_iteration": 2})
+            searcher.on_trial_result("t1", {"acc": 0.5 + step / 10, BUDGET_KEY: step, "training_iteration": step})
+        searcher.on_trial_complete("t1", {"acc": 0.7, BUDGET_KEY: 2, "training_iteration": 2})
         (trial,) = searcher._ot_study.trials
         assert trial.state.name == expected
         assert trial.intermediate_values == {1: 0.6, 2: 0.7}
         # A trial that used its whole budget is COMPLETE either way.
         searcher.suggest("t2")
-        searcher.on_trial_complete("t2", {"acc": 0.8, "tasks_done": 5, "training_iteration": 5})
+        searcher.on_trial_complete("t2", {"acc": 0.8, BUDGET_KEY: 5, "training_iteration": 5})
         assert searcher._ot_study.trials[1].state.name == "COMPLETE"
 
 
@@ -178,7 +220,7 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
     trial_ids = [c.data.tags["aepg.trial_id"] for c in children]
     assert len(trial_ids) == 5 and len(set(trial_ids)) == 5, "a trial is missing or duplicated"
     assert all(c.info.status == "FINISHED" for c in children)
-    assert all(c.data.metrics["tasks_done"] == 3 for c in children)
+    assert all(c.data.metrics["eval/tasks_done"] == 3 and c.data.tags["aepg.status"] == "finished" for c in children)
 
 
 BAD_SWEEPS = [
@@ -245,10 +287,93 @@ def test_trials_can_be_torch_trainer_runs(ray_address, workdir):
     assert main(["sweep", path]) == 0
     _, parents, children = sweep_runs(workdir / "mlflow.db")
     (child,) = children
-    assert child.info.status == "FINISHED" and child.data.metrics["tasks_done"] == 2
+    assert child.info.status == "FINISHED" and child.data.metrics["eval/tasks_done"] == 2
     assert child.data.params["scaling.num_workers"] == "2"
     # Reported through ray.train.report on both ranks and TuneReportCallback, logged once by rank 0.
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
     assert len(steps) == len(set(steps)) > 0
-    assert parents[0].data.metrics["trials_finished"] == 1
+    assert parents[0].data.metrics["sweep/trials_finished"] == 1
+
+
+# -- the MLflow UI, in a real browser ----------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def mlflow_ui(tiny_sweep):
+    """The MLflow UI (`mlflow server`) on 127.0.0.1 over the sweep's store."""
+    with mlflow_server(tiny_sweep / "mlflow.db", tiny_sweep / "ui.log") as url:
+        yield url
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1800,1000"):
+        options.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def run_names(driver) -> list[str]:
+    """The run names in the runs table, top to bottom."""
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "[role=row][row-index]")
+    rows.sort(key=lambda row: int(row.get_attribute("row-index")))
+    links = [row.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") for row in rows]
+    return [found[0].text for found in links if found]
+
+
+def rows_once_all_shown(driver, count: int) -> list[str] | None:
+    names = run_names(driver)
+    return names if len(names) == count else None
+
+
+def settled(driver, count: int) -> list[str] | None:
+    """The run names once all are shown and two reads a second apart agree (the table re-sorts
+    after it first renders)."""
+    first = rows_once_all_shown(driver, count)
+    time.sleep(1.0)
+    return first if first and rows_once_all_shown(driver, count) == first else None
+
+
+@pytest.mark.browser
+def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_ui, browser):
+    from selenium.webdriver.common.by import By
+
+    client, (parent,), children = sweep_runs(tiny_sweep / "mlflow.db")
+    experiment = parent.info.experiment_id
+    finished = {c.info.run_name for c in children if c.data.tags["aepg.status"] == "finished"}
+    best = max((c for c in children if c.info.run_name in finished),
+               key=lambda c: c.data.metrics["final/avg_incremental_accuracy"]).info.run_name
+
+    # The link aepg prints opens the experiment on its runs table: the sweep, its trials folded under it.
+    browser.get(f"{mlflow_ui}/#/experiments/{experiment}/runs?workflowType=machine_learning")
+    assert wait_until(lambda: run_names(browser) == [parent.info.run_name], "the parent run alone in the runs table",
+                      timeout=60)
+    browser.find_element(By.CSS_SELECTOR, "[role=row] button[data-component-id*=runnamecellrenderer]").click()
+    names = wait_until(lambda: rows_once_all_shown(browser, 9), "the trials under the sweep", timeout=30)
+    assert names[0] == parent.info.run_name and set(names[1:]) == {c.info.run_name for c in children}
+
+    # Sorted by the final metric, finished trials come first, the best on top; stopped ones follow.
+    browser.get(f"{mlflow_ui}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+                "&orderByKey=metrics.%60final%2Favg_incremental_accuracy%60&orderByAsc=false")
+    wait_until(lambda: browser.find_elements(By.XPATH, "//*[contains(text(), 'Sort: final/avg_incremental_accuracy')]"),
+               "the sort by the final metric", timeout=60)
+    names = wait_until(lambda: settled(browser, 9), "the sorted runs", timeout=60)
+    assert names[0] == best
+    assert set(names[:len(finished)]) == finished

@@ -71,23 +71,39 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     run_id = mlflow_run.info.run_id
     assert mlflow_run.info.status == "FINISHED" and mlflow_run.info.run_name == "e2e"
     metrics = mlflow_run.data.metrics
-    for key in ("avg_incremental_accuracy", "forgetting", "bwt", "accuracy_after_task_5", "a_t", "entropy", "p_y",
-                "batch_accuracy", "loss"):
-        assert key in metrics, key
+    finals = {f"final/{k}" for k in ("last_accuracy", "avg_incremental_accuracy", "task_mean_accuracy", "forgetting", "bwt")}
+    evals = {f"eval/{k}" for k in ("accuracy", "avg_incremental_accuracy", "task_mean_accuracy", "forgetting", "bwt", "tasks_done")}
+    trains = {f"train/{k}" for k in ("loss", "ce", "a_t", "entropy", "p_y", "batch_accuracy", "samples_per_second")}
+    assert finals | evals | trains <= set(metrics)
+    assert all(k.split("/")[0] in ("train", "eval", "final", "system") for k in metrics), "every metric is namespaced"
+    # One step axis (optimiser steps); evaluation once per task at its last step; final values once.
+    loss_steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    task_ends = client.get_metric_history(run_id, "eval/tasks_done")
+    assert [m.value for m in task_ends] == [1, 2, 3, 4, 5] and task_ends[-1].step == max(loss_steps)
+    assert all(len(client.get_metric_history(run_id, k)) == 1 for k in finals)
+    # The plain cross-entropy is logged beside aEPG's loss: equal at the start (a_t ~ 1), apart at the end.
+    ce, loss = (client.get_metric_history(run_id, k) for k in ("train/ce", "train/loss"))
+    assert ce[0].value == pytest.approx(loss[0].value, rel=0.02) and ce[-1].value > loss[-1].value
     params = mlflow_run.data.params
     assert params["schedule.tau"] == "6.0" and int(params["params_trainable"]) > 0
-    a_t = [m.value for m in client.get_metric_history(run_id, "a_t")]
+    assert params["model.peft.implementation"] == "hf-peft" and "model.peft.length" not in params
+    assert "None" not in params.values() and "tracking_uri" not in params
+    a_t = [m.value for m in client.get_metric_history(run_id, "train/a_t")]
     assert a_t[0] > 0.95 and min(a_t) < 0.05
+    assert mlflow_run.inputs.dataset_inputs[0].dataset.name.startswith("digits (5 tasks")
+    experiment_tags = client.get_experiment(experiment.experiment_id).tags
+    assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "accuracy_matrix.json", "accuracy_matrix.png", "schedule_entropy.png", "benchmark.json"} <= artifacts
+    assert {"config.yaml", "accuracy_matrix.json", "accuracy_matrix.png", "training_curves.png", "benchmark.json"} <= artifacts
     local = client.download_artifacts(run_id, "", str(workdir / "artifacts"))
     matrix = json.load(open(f"{local}/accuracy_matrix.json"))
     R, sizes = matrix["R"], matrix["test_sizes"]
     assert [len(row) for row in R] == [1, 2, 3, 4, 5] and sum(sizes) == 450
     # Pooled over all test samples, not the mean over tasks.
-    assert abs(sum(a * n for a, n in zip(R[-1], sizes)) / sum(sizes) - metrics["last_accuracy"]) < 1e-9
-    for png in ("accuracy_matrix.png", "schedule_entropy.png"):
+    assert abs(sum(a * n for a, n in zip(R[-1], sizes)) / sum(sizes) - metrics["final/last_accuracy"]) < 1e-9
+    for png in ("accuracy_matrix.png", "training_curves.png"):
         assert open(f"{local}/{png}", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in result.stdout
     benchmark = json.load(open(f"{local}/benchmark.json"))
     assert sorted(benchmark["class_order"]) == list(range(10))
     # The logged config is runnable as it is.

@@ -1,10 +1,13 @@
 """Run a sweep with Ray Tune: Optuna TPE (or random, or a grid), ASHA over tasks, MLflow runs.
 
 The driver owns MLflow: it opens the sweep's parent run, opens each trial's child run when
-the trial starts (tagged ``mlflow.parentRunId``), and sets every status: FINISHED, FAILED
-(with the reason), or KILLED for trials ASHA pruned. A trial only logs into its run. Each
-trial is one run of the trainer, in its Tune process (``scaling.num_workers: 0``) or as a
-Ray Train TorchTrainer with N workers.
+the trial starts (tagged ``mlflow.parentRunId``, named by what differs), and sets every status:
+FINISHED (``aepg.status`` finished, or stopped early for trials ASHA stopped) or FAILED (with
+the reason). A trial only logs into its run. Each trial is one run of the trainer, in its Tune
+process (``scaling.num_workers: 0``) or as a Ray Train TorchTrainer with N workers.
+
+Trials are ranked on ``final/<metric>``, which only trials that trained every task report;
+ASHA and Optuna compare trials after each task on the running ``eval/<metric>``.
 """
 
 from __future__ import annotations
@@ -20,20 +23,23 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from aepg import preflight, tracking
 from aepg.config import ConfigError, RunConfig
 from aepg.distributed import Context, pick_device
 from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
-from aepg.sweep.report import SweepReport, build_report, to_csv
-from aepg.sweep.spec import BUDGET_KEY, STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
+from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
+from aepg.metrics import BUDGET_KEY, final_name, partial_name
+from aepg.sweep.spec import STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
 
 log = logging.getLogger("aepg")
 
 TRIAL_TAG = "aepg.trial_id"
 SWEEP_TAG = "aepg.sweep"
-PRUNED_TAG = "aepg.pruned"
+STATUS_TAG = "aepg.status"
+INDEX_TAG = "aepg.trial_index"
 OPTUNA_STATE_TAG = "aepg.optuna_state"
 NODE_TAG = "aepg.ray_node_id"
 RUN_LOOKUP_SECONDS = 120
@@ -53,14 +59,21 @@ class SweepRuntime:
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
-    def trial_config(self, params: dict, trial_id: str) -> RunConfig:
-        cfg = self.sweep.trial_config(params, f"{self.path}/runs", trial_run_name(self.sweep.spec.name, trial_id))
+    def trial_config(self, params: dict, run_name: str) -> RunConfig:
+        cfg = self.sweep.trial_config(params, f"{self.path}/runs", run_name)
         if cfg.scaling.num_workers == 0 and cfg.scaling.torch_threads is None:
             cfg.scaling.torch_threads = max(1, int(self.sweep.spec.trial.cpus))
         return cfg
 
-    def child_tags(self, trial_id: str) -> dict[str, str]:
-        return {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.name}
+    def searched(self, params: dict) -> dict:
+        """The trial's sampled values of the space's keys (the keys whose ``when`` held), with its seed
+        when the sweep runs several."""
+        keys = [*self.sweep.space, *(["seed"] if len(self.sweep.seeds) > 1 else [])]
+        return {key: params[key] for key in keys if key in params}
+
+    def child_tags(self, trial_id: str, index: int) -> dict[str, str]:
+        return {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.name,
+                INDEX_TAG: str(index), STATUS_TAG: "running"}
 
     def find_child(self, trial_id: str) -> tracking.RunRecord | None:
         found = tracking.find_runs(self.tracking_uri, self.sweep.experiment,
@@ -97,15 +110,15 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
     """One trial: find the run the driver opened for it, then train, reporting after each task."""
     trial_id = tune.get_context().get_trial_id()
     params = config.get("params", config)
-    cfg = runtime.trial_config(params, trial_id)
     deadline = time.time() + RUN_LOOKUP_SECONDS
     while (run := runtime.find_child(trial_id)) is None:
         if time.time() > deadline:
             raise RuntimeError(f"no MLflow run was opened for trial {trial_id}")
         time.sleep(0.5)
+    cfg = runtime.trial_config(params, run.name)
     tracking.set_tags(runtime.tracking_uri, run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
     if cfg.scaling.num_workers == 0:
-        report = lambda state: tune.report(state.running)  # noqa: E731
+        report = lambda state: tune.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))  # noqa: E731
         train_worker(cfg, run.run_id, runtime.tracking_uri, Context(device=pick_device(cfg.train.device)), [report])
     else:
         torch_trainer(cfg, run.run_id, runtime.tracking_uri, report_to_tune=True).fit()
@@ -158,39 +171,37 @@ class MlflowTrialRuns(tune.Callback):
         existing = self.runtime.find_child(trial.trial_id)
         if existing:
             tracking.reopen_run(self.runtime.tracking_uri, existing.run_id)
+            tracking.set_tags(self.runtime.tracking_uri, existing.run_id, {STATUS_TAG: "running"})
             return
-        tags = self.runtime.child_tags(trial.trial_id)
+        index = len(self.runtime.children()) + 1  # start order, also across a resumed sweep
+        tags = self.runtime.child_tags(trial.trial_id, index)
         params = trial.config.get("params", trial.config)
+        name = trial_run_name(index, self.runtime.searched(params))
         try:
-            cfg = self.runtime.trial_config(params, trial.trial_id)
+            cfg = self.runtime.trial_config(params, name)
         except ConfigError as error:  # an invalid combination: the trial fails on it too
-            tracking.create_run(self.runtime.tracking_uri, self.runtime.sweep.experiment,
-                                trial_run_name(self.runtime.sweep.spec.name, trial.trial_id), tags, params)
+            tracking.create_run(self.runtime.tracking_uri, self.runtime.sweep.experiment, name, tags, params)
             log.warning("trial %s has an invalid config: %s", trial.trial_id, error)
             return
         tracking.open_run(cfg, self.runtime.tracking_uri, tags=tags)
 
-    def _close(self, trial, status: str, reason: str | None = None, tags: dict | None = None) -> None:
+    def _close(self, trial, status: str, tags: dict, reason: str | None = None) -> None:
         run = self.runtime.find_child(trial.trial_id)
         if run is None:
             return
-        tags = dict(tags or {})
         state = self.searcher.optuna_state(trial.trial_id) if self.searcher else None
         if state:
             tags[OPTUNA_STATE_TAG] = state
-        if tags:
-            tracking.set_tags(self.runtime.tracking_uri, run.run_id, tags)
+        tracking.set_tags(self.runtime.tracking_uri, run.run_id, tags)
         tracking.close_run(self.runtime.tracking_uri, run.run_id, status, reason)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        done = (trial.last_result or {}).get(BUDGET_KEY, 0)
-        if done >= self.runtime.sweep.num_tasks:
-            self._close(trial, "FINISHED")
-        else:
-            self._close(trial, "KILLED", tags={PRUNED_TAG: "true"})
+        done = int((trial.last_result or {}).get(BUDGET_KEY, 0))
+        status = "finished" if done >= self.runtime.sweep.num_tasks else "stopped early"
+        self._close(trial, "FINISHED", {STATUS_TAG: status})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._close(trial, "FAILED", _error_reason(trial))
+        self._close(trial, "FAILED", {STATUS_TAG: "failed"}, _error_reason(trial))
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -227,24 +238,33 @@ def _search(runtime: SweepRuntime) -> tuple[dict | None, PrunedAwareOptunaSearch
         return {"params": tune.grid_search(sweep.grid())}, None, 1
     sampler = (optuna.samplers.TPESampler(seed=spec.search.seed) if spec.search.algorithm == "tpe"
                else optuna.samplers.RandomSampler(seed=spec.search.seed))
-    searcher = PrunedAwareOptunaSearch(space=sweep.define_by_run(), metric=spec.metric, mode=spec.mode,
+    searcher = PrunedAwareOptunaSearch(space=sweep.define_by_run(), metric=partial_name(spec.metric), mode=spec.mode,
                                        sampler=sampler, full_budget=sweep.num_tasks)
     return None, searcher, spec.search.num_trials
 
 
+class TaskASHA(ASHAScheduler):
+    """ASHA over tasks that compares trials at each rung on the running ``eval/<metric>``, while
+    the Tuner (its progress line, its best trial) ranks on ``final/<metric>``."""
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        return True  # keep this scheduler's own metric and mode
+
+
 def build_tuner(runtime: SweepRuntime) -> tune.Tuner:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     spec = runtime.sweep.spec
     param_space, searcher, num_samples = _search(runtime)
-    scheduler = (ASHAScheduler(time_attr=BUDGET_KEY, max_t=runtime.sweep.num_tasks,
-                               grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
+    scheduler = (TaskASHA(time_attr=BUDGET_KEY, metric=partial_name(spec.metric), mode=spec.mode,
+                          max_t=runtime.sweep.num_tasks, grace_period=spec.scheduler.grace_period,
+                          reduction_factor=spec.scheduler.reduction_factor)
                  if spec.scheduler.kind == "asha" else FIFOScheduler())
     storage, name = runtime.path.rstrip("/").rsplit("/", 1)
     return tune.Tuner(
         _trainable(runtime),
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=final_name(spec.metric), mode=spec.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=num_samples, max_concurrent_trials=spec.search.max_concurrent,
                                     reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=name, storage_path=storage,
@@ -268,7 +288,8 @@ def start(sweep: Sweep) -> SweepRuntime:
     params = {"sweep.name": spec.name, "sweep.path": path, "search.algorithm": spec.search.algorithm,
               "search.num_trials": expected_trials(sweep), "search.seed": spec.search.seed,
               "search.max_concurrent": spec.search.max_concurrent, "scheduler.kind": spec.scheduler.kind,
-              "metric": spec.metric, "mode": spec.mode, "seeds": sweep.seeds,
+              "scheduler.grace_period": spec.scheduler.grace_period, "metric": spec.metric, "mode": spec.mode,
+              "seeds": sweep.seeds, "base.dataset": sweep.base_config.benchmark.dataset, "base.num_tasks": sweep.num_tasks,
               "base.storage_path": sweep.base_config.storage_path}
     space = {key: param.model_dump(exclude_none=True, by_alias=True) for key, param in spec.space.items()}
     parent = tracking.create_run(uri, sweep.experiment, path.rsplit("/", 1)[-1], {SWEEP_TAG: path.rsplit("/", 1)[-1],
@@ -333,18 +354,14 @@ def trial_dirname(trial) -> str:
 
 
 def finalize(runtime: SweepRuntime) -> SweepReport:
-    """Leaderboard, best config and plots: into the sweep folder and the parent run, which ends FINISHED."""
+    """Leaderboard, best config, paper table and plots: into the sweep folder and the parent run,
+    which ends FINISHED."""
     report = build_report(runtime.tracking_uri, runtime.parent_run_id)
-    texts = {"leaderboard.csv": to_csv(report.rows), "leaderboard.txt": report.text + "\n"}
-    if report.best_yaml:
-        texts["best.yaml"] = report.best_yaml
+    table = paper_table(runtime.tracking_uri, [runtime.parent_run_id])
     fs, folder = pafs.FileSystem.from_uri(runtime.path)
-    for name, text in texts.items():
+    for name, text in report_texts(report, table).items():
         with fs.open_output_stream(f"{folder}/{name}") as out:
             out.write(text.encode())
-    counts = {f"trials_{status}": sum(1 for r in report.rows if r["status"] == status)
-              for status in ("finished", "pruned", "failed")}
-    metrics = {**counts, **({f"best_{report.metric}": report.best.value} if report.best else {})}
-    tracking.log_outputs(runtime.tracking_uri, runtime.parent_run_id, texts, report.figures, metrics)
+    publish(runtime.tracking_uri, runtime.parent_run_id, report, table)
     tracking.close_run(runtime.tracking_uri, runtime.parent_run_id, "FINISHED")
     return report

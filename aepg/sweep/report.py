@@ -2,6 +2,9 @@
 
 Used at the end of ``aepg sweep`` and by ``aepg report``; everything is read back from the
 sweep's parent and child runs, so a report can be made from any machine that sees the store.
+Trials rank on ``final/<metric>``, which only trials that trained every task have; trials
+stopped early show the running value they had, with the tasks it covers, below every finished
+trial.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import yaml
 
 from aepg import plots, tracking
 from aepg.config import to_yaml, validate
+from aepg.metrics import BUDGET_KEY, final_name, partial_name
 from aepg.sweep.spec import Param
+from aepg.sweep.table import PaperTable, build_table
 
-STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running", "SCHEDULED": "running"}
+STATUS_ORDER = {"finished": 0, "stopped early": 1, "running": 2, "interrupted": 3, "failed": 4}
 
 
 @dataclass
@@ -30,25 +35,32 @@ class Entry:
     status: str
     params: dict[str, object]
     value: float | None
-    metrics: dict[str, float]
+    """final/<metric> of a finished trial; the running eval/<metric> of a stopped one."""
+    tasks: int
     run_ids: list[str]
+    index: int = 0
     seeds: list[int] = field(default_factory=list)
     spread: float | None = None
     optuna_state: str = ""
+    end_time: int | None = None
 
 
-def _typed(value: str):
+def _typed(value: str | None):
     return yaml.safe_load(value) if value not in (None, "None") else None
 
 
-def _status(run: tracking.RunRecord) -> str:
-    if run.status == "KILLED" and run.tags.get("aepg.pruned") == "true":
-        return "pruned"
-    return STATUS.get(run.status, run.status.lower())
+def status_of(run: tracking.RunRecord) -> str:
+    """finished / stopped early / failed (the driver's tag), running, or interrupted (Ctrl-C)."""
+    if run.status in ("RUNNING", "SCHEDULED"):
+        return "running"
+    if run.status == "KILLED":
+        return "interrupted"
+    tag = run.tags.get("aepg.status")
+    return tag if tag in ("finished", "stopped early", "failed") else run.status.lower()
 
 
 def sampled_params(run: tracking.RunRecord, space: dict[str, Param]) -> dict[str, object]:
-    """The searched keys that were active in this trial (its config holds every key)."""
+    """The searched keys that were active in this trial (its params hold only active keys)."""
     values = {k: _typed(v) for k, v in run.params.items()}
     return {key: values[key] for key, param in space.items() if key in values and param.active(values)}
 
@@ -56,10 +68,11 @@ def sampled_params(run: tracking.RunRecord, space: dict[str, Param]) -> dict[str
 def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: str) -> list[Entry]:
     entries = []
     for run in runs:
-        params = sampled_params(run, space)
-        seed = _typed(run.params.get("seed", "0"))
-        entries.append(Entry(run.name, _status(run), params, run.metrics.get(metric), dict(run.metrics), [run.run_id],
-                             [seed], optuna_state=run.tags.get("aepg.optuna_state", "")))
+        status = status_of(run)
+        value = run.metrics.get(final_name(metric) if status == "finished" else partial_name(metric))
+        entries.append(Entry(run.name, status, sampled_params(run, space), value, int(run.metrics.get(BUDGET_KEY, 0)),
+                             [run.run_id], int(run.tags.get("aepg.trial_index", 0)), [_typed(run.params.get("seed", "0"))],
+                             optuna_state=run.tags.get("aepg.optuna_state", ""), end_time=run.end_time))
     return entries
 
 
@@ -78,8 +91,9 @@ def average_over_seeds(entries: list[Entry]) -> list[Entry]:
             status=status,
             params=members[0].params,
             value=statistics.mean(values) if values else None,
-            metrics={},
+            tasks=min(m.tasks for m in members),
             run_ids=[r for m in members for r in m.run_ids],
+            index=min(m.index for m in members),
             seeds=sorted(s for m in members for s in m.seeds),
             spread=statistics.stdev(values) if len(values) > 1 else None,
         ))
@@ -87,21 +101,23 @@ def average_over_seeds(entries: list[Entry]) -> list[Entry]:
 
 
 def rank(entries: list[Entry], mode: str) -> list[Entry]:
-    """Finished entries by value (best first), then pruned, running, killed and failed ones."""
-    order = {"finished": 0, "pruned": 1, "running": 2, "killed": 3, "failed": 4}
+    """Finished entries by value (best first), then stopped, running, interrupted and failed ones."""
     sign = -1 if mode == "max" else 1
 
     def key(entry: Entry):
-        return order.get(entry.status, 5), (sign * entry.value if entry.value is not None else float("inf"))
+        return STATUS_ORDER.get(entry.status, 5), (sign * entry.value if entry.value is not None else float("inf"))
 
     return sorted(entries, key=key)
 
 
-def table(entries: list[Entry], metric: str, space_keys: list[str]) -> list[dict[str, object]]:
+def table(entries: list[Entry], metric: str, num_tasks: int, space_keys: list[str]) -> list[dict[str, object]]:
     rows = []
     for i, entry in enumerate(entries, 1):
+        finished = entry.status == "finished"
         row = {"rank": i, "trial": entry.name, "status": entry.status,
-               metric: None if entry.value is None else round(entry.value, 4)}
+               final_name(metric): round(entry.value, 4) if finished and entry.value is not None else None,
+               "tasks": f"{entry.tasks}/{num_tasks}",
+               f"{metric} when stopped": round(entry.value, 4) if not finished and entry.value is not None else None}
         if entry.spread is not None or len(entry.seeds) > 1:
             row["std"] = None if entry.spread is None else round(entry.spread, 4)
             row["seeds"] = " ".join(map(str, entry.seeds))
@@ -112,10 +128,21 @@ def table(entries: list[Entry], metric: str, space_keys: list[str]) -> list[dict
     return rows
 
 
+def _columns(rows: list[dict[str, object]]) -> list[str]:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return [c for c in columns if any(row.get(c) not in (None, "") for row in rows)]
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
 def format_table(rows: list[dict[str, object]]) -> str:
     if not rows:
         return "(no trials)"
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    columns = _columns(rows)
     text = [[_cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
@@ -124,10 +151,13 @@ def format_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
+def markdown_table(rows: list[dict[str, object]]) -> str:
+    if not rows:
+        return "(no trials)"
+    columns = _columns(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def to_csv(rows: list[dict[str, object]]) -> str:
@@ -146,34 +176,54 @@ def best_config(tracking_uri: str, best: Entry, run_name: str, storage_path: str
     return to_yaml(validate(data))
 
 
-def figures(entries: list[Entry], space: dict[str, Param], mode: str, metric: str) -> dict[str, object]:
-    """The objective over trials (in start order, every status), and Optuna's parameter
-    importances and parallel coordinates over the finished trials."""
+def convergence(entries: list[Entry], mode: str) -> list[tuple[float, float | None]]:
+    """(tasks trained so far, best finished value so far), in the order trials ended."""
+    spent, best, points = 0.0, None, []
+    for entry in sorted((e for e in entries if e.end_time), key=lambda e: e.end_time):
+        spent += entry.tasks
+        if entry.status == "finished" and entry.value is not None:
+            best = entry.value if best is None else (max if mode == "max" else min)(best, entry.value)
+        points.append((spent, best))
+    return points
+
+
+def figures(name: str, entries: list[Entry], space: dict[str, Param], mode: str, metric: str,
+            budget: float | None) -> dict[str, object]:
+    """The metric over trials (every status), compute against the best value so far, parallel
+    coordinates and Optuna's parameter importances over the finished trials."""
     import optuna
     from optuna.visualization import matplotlib as ovm
 
+    drawn = {"objective_over_trials.png": plots.trials_plot(
+        [{"index": e.index, "status": e.status, "value": e.value, "tasks": e.tasks} for e in entries], metric, mode,
+        f"sweep {name}: {metric} of each trial")}
+    points = convergence(entries, mode)
+    if points:
+        drawn["convergence.png"] = plots.convergence_plot(points, budget, f"final/{metric}",
+                                                          f"sweep {name}: best finished value against compute")
+    finished = [e for e in entries if e.status == "finished" and e.value is not None]
+    varying = [k for k in space if len({json.dumps(e.params.get(k)) for e in finished}) > 1]
+    if len(finished) >= 2 and varying:
+        rows = [{**e.params, metric: e.value} for e in finished]
+        drawn["parallel_coordinates.png"] = plots.parallel_coordinates(
+            rows, varying, metric, mode, f"sweep {name}: finished trials by final/{metric}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    for entry in entries:
-        if entry.status != "finished" or entry.value is None:
-            continue
+    for entry in finished:
         params = {k: v for k, v in entry.params.items() if k in space and space[k].contains(v)}
-        distributions = {k: space[k].distribution() for k in params}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=entry.value))
-    drawn = {"objective_over_trials.png": plots.trials_plot(
-        [(e.status, e.value) for e in entries], metric, mode)}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: space[k].distribution() for k in params},
+                                                  value=entry.value))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, plot in (("param_importances.png", ovm.plot_param_importances),
-                           ("parallel_coordinate.png", ovm.plot_parallel_coordinate)):
-            try:
-                axes = plot(study, target_name=metric)
-            except Exception:  # too few finished trials, or no parameter that varies
-                continue
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-            figure.set_size_inches(9, 5)
+        try:
+            axes = ovm.plot_param_importances(study, target_name=f"final/{metric}")
+            figure = axes.figure
+            figure.set_size_inches(8, 4)
+            axes.set_title(f"sweep {name}: importance of each searched key for final/{metric}", fontsize=10)
             figure.tight_layout()
-            drawn[name] = figure
+            drawn["param_importances.png"] = figure
+        except Exception:  # too few finished trials, or no key that varies
+            pass
     return drawn
 
 
@@ -185,10 +235,23 @@ class SweepReport:
     best: Entry | None
     best_yaml: str | None
     figures: dict[str, object]
+    entries: list[Entry]
+    experiment_id: str = ""
 
     @property
     def text(self) -> str:
         return format_table(self.rows)
+
+    def note(self) -> str:
+        """The parent run's description: where the best trial is, and the leaderboard."""
+        lines = [f"**Sweep {self.name}**: trials ranked on `final/{self.metric}` (only trials that trained every "
+                 "task have it; trials stopped early are listed below them with the value they had).", ""]
+        if self.best:
+            link = f"#/experiments/{self.experiment_id}/runs/{self.best.run_ids[0]}?workflowType=machine_learning"
+            lines.append(f"Best: [{self.best.name}]({link}), final/{self.metric} = {self.best.value:.4f}.")
+        else:
+            lines.append("No trial finished.")
+        return "\n".join(lines + ["", markdown_table(self.rows)])
 
 
 def build_report(tracking_uri: str, parent_run_id: str) -> SweepReport:
@@ -196,14 +259,55 @@ def build_report(tracking_uri: str, parent_run_id: str) -> SweepReport:
     parent, experiment = tracking.get_run(tracking_uri, parent_run_id)
     space = {k: Param.model_validate(v) for k, v in json.loads(tracking.read_text(tracking_uri, parent_run_id, "space.json")).items()}
     metric, mode = parent.params["metric"], parent.params["mode"]
+    num_tasks = int(parent.params.get("base.num_tasks", 0))
     children = tracking.find_runs(tracking_uri, experiment, {tracking.PARENT_TAG: parent_run_id})
     entries = entries_of(children, space, metric)
+    budget = int(parent.params["search.num_trials"]) * num_tasks if num_tasks else None
+    figs = figures(parent.name, entries, space, mode, metric, budget)
     if len(json.loads(parent.params["seeds"])) > 1:
         entries = average_over_seeds(entries)
-    figs = figures(entries, space, mode, metric)
     ranked = rank(entries, mode)
     best = next((e for e in ranked if e.status == "finished" and e.value is not None), None)
     best_yaml = (best_config(tracking_uri, best, f"{parent.name}-best", parent.params["base.storage_path"])
                  if best else None)
-    return SweepReport(parent.name, metric, table(ranked, metric, list(space)), best, best_yaml,
-                       figs)
+    return SweepReport(parent.name, metric, table(ranked, metric, num_tasks, list(space)), best, best_yaml, figs,
+                       ranked, parent.experiment_id)
+
+
+def sweep_label(parent: tracking.RunRecord) -> str:
+    """A sweep's benchmark, as the paper's table groups columns: ``imagenet-r, 10 tasks``."""
+    return f"{parent.params.get('base.dataset', '?')}, {parent.params.get('base.num_tasks', '?')} tasks"
+
+
+def paper_table(tracking_uri: str, parent_ids: list[str], rows_key: str = "method",
+                columns_key: str = "objective.kind") -> PaperTable:
+    """The seed-statistics table over the finished trials of one or more sweeps."""
+    groups, parent = [], None
+    for parent_id in parent_ids:
+        parent, experiment = tracking.get_run(tracking_uri, parent_id)
+        children = tracking.find_runs(tracking_uri, experiment, {tracking.PARENT_TAG: parent_id})
+        finished = [c for c in children if status_of(c) == "finished"]
+        label = sweep_label(parent)
+        groups.append((label if label not in [g for g, _ in groups] else f"{label} ({parent.name})", finished))
+    return build_table(groups, rows_key, columns_key, rank_metric=parent.params["metric"], mode=parent.params["mode"])
+
+
+def report_texts(report: SweepReport, table: PaperTable) -> dict[str, str]:
+    """The files a sweep's report writes (into its folder, the parent run, or ``--out``)."""
+    texts = {"leaderboard.csv": to_csv(report.rows), "leaderboard.txt": report.text + "\n",
+             "leaderboard.md": markdown_table(report.rows) + "\n", "paper_table.md": table.markdown() + "\n",
+             "paper_table.csv": table.csv(), "paper_table.tex": table.latex() + "\n"}
+    if report.best_yaml:
+        texts["best.yaml"] = report.best_yaml
+    return texts
+
+
+def publish(tracking_uri: str, parent_id: str, report: SweepReport, table: PaperTable) -> None:
+    """Log the report to the sweep's parent run: files, plots, counts, the best run and a description."""
+    counts = {f"sweep/trials_{status.replace(' ', '_')}": sum(1 for e in report.entries if status in e.status.split("/"))
+              for status in ("finished", "stopped early", "failed")}
+    metrics = {**counts, **({f"sweep/best_{report.metric}": report.best.value} if report.best else {})}
+    tags = {tracking.NOTE_TAG: report.note() + "\n\n" + table.markdown()}
+    if report.best:
+        tags["best_run_id"] = report.best.run_ids[0]
+    tracking.log_outputs(tracking_uri, parent_id, report_texts(report, table), report.figures, metrics, tags)

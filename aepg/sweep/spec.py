@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from aepg.metrics import SUMMARY_METRICS
 from aepg.config import (
     ConfigError,
     RunConfig,
@@ -32,9 +33,6 @@ from aepg.config import (
 
 Scalar = str | int | float | bool | None
 
-# Metrics reported after every task (running values), any of which a sweep can optimise.
-REPORTED_METRICS = ("avg_incremental_accuracy", "accuracy_after_task", "last_accuracy", "forgetting", "bwt")
-BUDGET_KEY = "tasks_done"
 
 
 class Param(Section):
@@ -142,7 +140,9 @@ class SweepSpec(Section):
     space: dict[str, Param]
     search: SearchSettings = SearchSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
-    metric: Literal[REPORTED_METRICS] = "avg_incremental_accuracy"
+    metric: Literal[SUMMARY_METRICS] = "avg_incremental_accuracy"
+    """Trials are ranked on ``final/<metric>``, which only trials that trained every task have;
+    early stopping compares them after each task on its running value ``eval/...``."""
     mode: Literal["max", "min"] = "max"
     seeds: list[int] | None = Field(None, min_length=1)
     """Run every grid point once per seed; the leaderboard averages over seeds."""
@@ -272,6 +272,8 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
         problems.append(("scheduler.grace_period", f"{spec.scheduler.grace_period} tasks but the benchmark has {sweep.num_tasks}"))
     if spec.scheduler.kind == "asha" and sweep.num_tasks < 2:
         problems.append(("scheduler.kind", "ASHA needs at least 2 tasks to stop trials early"))
+    if spec.scheduler.kind == "asha" and spec.metric in ("forgetting", "bwt") and spec.scheduler.grace_period < 2:
+        problems.append(("scheduler.grace_period", f"{spec.metric} exists from the second task on: use a grace period of 2 or more"))
     return problems
 
 
@@ -398,5 +400,28 @@ def read_state(path: str) -> dict:
     return state
 
 
-def trial_run_name(sweep_name: str, trial_id: str) -> str:
-    return f"{sweep_name}-{re.sub(r'[^A-Za-z0-9]+', '-', trial_id)}"
+SHORT_NAMES = {"train.lr": "lr", "model.peft.rank": "r", "schedule.tau": "tau", "seed": "s", "train.epochs": "ep",
+               "train.batch_size": "b", "train.weight_decay": "wd", "model.peft.length": "len", "model.peft.lae": "lae"}
+
+
+def _number(value: float) -> str:
+    if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4):
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:.3g}"
+
+
+def _short(key: str, value) -> str:
+    """A searched value as a run name shows it: words as they are, numbers after a short key name."""
+    name = SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
+    if isinstance(value, bool):
+        return name if value else f"no{name}"
+    if isinstance(value, str):
+        return value
+    return name + (_number(value) if isinstance(value, float) else str(value))
+
+
+def trial_run_name(index: int, params: dict[str, Any]) -> str:
+    """A readable run name that says what differs: ``t03-aepg-cosine-r6-lr3e-4``."""
+    parts = [f"t{index:02d}"] + [_short(key, value) for key, value in params.items()]
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "", "-".join(parts))[:120]

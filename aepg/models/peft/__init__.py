@@ -23,6 +23,20 @@ HF_DEFAULT_TARGETS = {
 HF_DEFAULT_BLOCKS = {"VisionTransformer": DEFAULT_BLOCKS}
 
 
+# The PEFT keys each implementation reads (the others are inactive and not logged as params).
+KEYS = {
+    "none": (),
+    "kv-lora": ("rank", "blocks"),
+    "hf-peft": ("rank", "alpha", "dropout", "target_modules", "blocks"),
+    "adapter": ("bottleneck", "blocks"),
+    "adaptformer": ("bottleneck", "adapter_scale", "adapter_dropout", "blocks"),
+    "prefix": ("length", "blocks"),
+    "l2p": ("length", "pool_size", "top_k", "pull_weight", "batchwise_prompt"),
+    "dualprompt": ("length", "g_length", "pull_weight", "blocks"),
+    "coda": ("length", "pool_size", "ortho_weight", "blocks"),
+}
+
+
 class PeftError(ValueError):
     """The PEFT settings do not fit the backbone."""
 

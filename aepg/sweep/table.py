@@ -1,0 +1,204 @@
+"""The paper's table, from one or more sweeps: rows by a key (the PEFT method by default),
+columns by another (the objective), each cell the last and average incremental accuracy as
+mean +- std over seeds, and each column's paired difference to the baseline column (cross-
+entropy) with a 95% confidence interval over seeds (Student's t on the per-seed differences).
+
+Trials that differ only by seed are grouped; only trials that trained every task count. When
+a cell holds several configurations (a search over more keys than the table's two), it shows
+the one with the best mean of the sweep's metric, marked with a dagger. With several sweeps
+(e.g. one per benchmark) the columns are grouped by benchmark.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from aepg.metrics import final_name
+
+METRICS = ("last_accuracy", "avg_incremental_accuracy")
+SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}
+METHOD_NAMES = {"none": "linear probe", "lora": "LoRA", "dora": "DoRA", "adapter": "Adapter", "adaptformer": "AdaptFormer",
+                "prefix": "Prefix", "l2p": "L2P", "dualprompt": "DualPrompt", "coda": "CODA-Prompt"}
+OBJECTIVE_NAMES = {"ce": "CE", "epg": "EPG", "aepg": "aEPG", "label_smoothing": "label smoothing", "focal": "focal",
+                   "confidence_penalty": "confidence penalty", "entropy_penalty": "entropy penalty"}
+
+
+def method(params: dict[str, str]) -> str:
+    """The paper's row label: the PEFT module, and LAE around it (LAE over LoRA is the paper's "LAE")."""
+    name = METHOD_NAMES.get(params.get("model.peft.kind", ""), params.get("model.peft.kind", "?"))
+    if params.get("model.peft.lae") == "True":
+        return "LAE" if name == "LoRA" else f"LAE ({name})"
+    return name
+
+
+def label(key: str, params: dict[str, str]) -> str:
+    if key == "method":
+        return method(params)
+    value = params.get(key, "-")
+    return OBJECTIVE_NAMES.get(value, value) if key == "objective.kind" else value
+
+
+@dataclass
+class Cell:
+    """Per-seed values of each metric, for one (group, row, column)."""
+
+    by_seed: dict[str, dict[int, float]] = field(default_factory=lambda: {m: {} for m in METRICS})
+
+    def stats(self, metric: str) -> tuple[float, float | None, int]:
+        values = list(self.by_seed[metric].values())
+        return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
+
+
+def t_quantile(df: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def paired(a: Cell, b: Cell, metric: str) -> tuple[float, float | None, int] | None:
+    """Mean of b - a over the seeds both have, and the half width of its 95% confidence interval."""
+    seeds = sorted(set(a.by_seed[metric]) & set(b.by_seed[metric]))
+    if not seeds:
+        return None
+    diffs = [b.by_seed[metric][s] - a.by_seed[metric][s] for s in seeds]
+    half = t_quantile(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+    return statistics.mean(diffs), half, len(diffs)
+
+
+@dataclass
+class PaperTable:
+    groups: list[str]
+    rows: list[str]
+    columns: list[str]
+    baseline: str | None
+    cells: dict[tuple[str, str, str], Cell]
+    rows_key: str
+    columns_key: str
+    choices: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    """How many configurations each cell chose its one from."""
+    rank_metric: str = "last_accuracy"
+
+    def differences(self) -> list[str]:
+        return [c for c in self.columns if self.baseline and c != self.baseline]
+
+    def _header(self, group: str) -> str:
+        return f"{group} " if len(self.groups) > 1 else ""
+
+    def records(self) -> list[dict[str, object]]:
+        """One record per (group, row, column or difference, metric): the long form the CSV holds."""
+        out = []
+        for group in self.groups:
+            for row in self.rows:
+                for column in self.columns:
+                    cell = self.cells.get((group, row, column))
+                    for metric in METRICS if cell else ():
+                        if not cell.by_seed[metric]:
+                            continue
+                        mean, std, n = cell.stats(metric)
+                        out.append({"group": group, "row": row, "column": column, "metric": metric, "mean": mean,
+                                    "std": std, "ci95_half_width": None, "seeds": n})
+                for column in self.differences():
+                    a, b = self.cells.get((group, row, self.baseline)), self.cells.get((group, row, column))
+                    for metric in METRICS if a and b else ():
+                        result = paired(a, b, metric)
+                        if result:
+                            out.append({"group": group, "row": row, "column": f"{column} - {self.baseline}",
+                                        "metric": metric, "mean": result[0], "std": None, "ci95_half_width": result[1],
+                                        "seeds": result[2]})
+        return out
+
+    def _value(self, group, row, column, metric, latex=False) -> str:
+        cell = self.cells.get((group, row, column))
+        if not cell or not cell.by_seed[metric]:
+            return "-"
+        mean, std, _ = cell.stats(metric)
+        pm = r" $\pm$ " if latex else " ± "
+        dagger = (r"$^\dagger$" if latex else "†") if self.choices.get((group, row, column), 1) > 1 else ""
+        return f"{100 * mean:.1f}" + (f"{pm}{100 * std:.1f}" if std is not None else "") + dagger
+
+    def _difference(self, group, row, column, metric, latex=False) -> str:
+        a, b = self.cells.get((group, row, self.baseline)), self.cells.get((group, row, column))
+        result = paired(a, b, metric) if a and b else None
+        if not result:
+            return "-"
+        mean, half, _ = result
+        text = f"{100 * mean:+.1f}"
+        if half is not None:
+            text += f" [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]"
+        return text.replace("-", "$-$") if latex else text
+
+    def _grid(self, latex=False) -> tuple[list[str], list[list[str]]]:
+        header = [self.rows_key]
+        for group in self.groups:
+            header += [f"{self._header(group)}{c} {SHORT[m]}" for c in self.columns for m in METRICS]
+            header += [f"{self._header(group)}{c} - {self.baseline} {SHORT[m]}" for c in self.differences() for m in METRICS]
+        body = []
+        for row in self.rows:
+            line = [row]
+            for group in self.groups:
+                line += [self._value(group, row, c, m, latex) for c in self.columns for m in METRICS]
+                line += [self._difference(group, row, c, m, latex) for c in self.differences() for m in METRICS]
+            body.append(line)
+        return header, body
+
+    def markdown(self) -> str:
+        header, body = self._grid()
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(line) + " |" for line in body]
+        note = ("\n\nAccuracy in %, mean ± std over seeds (final values of trials that trained every task). "
+                "Differences: per-seed paired, mean [95% confidence interval].")
+        if any(n > 1 for n in self.choices.values()):
+            note += f" †: the best of several configurations by mean final/{self.rank_metric}."
+        return "\n".join(lines) + note
+
+    def latex(self) -> str:
+        header, body = self._grid(latex=True)
+        spec = "l" + "c" * (len(header) - 1)
+        lines = [r"\begin{tabular}{" + spec + "}", r"\toprule", " & ".join(h.replace("_", r"\_") for h in header) + r" \\",
+                 r"\midrule"]
+        lines += [" & ".join(line) + r" \\" for line in body]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines)
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["group", "row", "column", "metric", "mean", "std", "ci95_half_width", "seeds"])
+        writer.writeheader()
+        writer.writerows(self.records())
+        return buffer.getvalue()
+
+
+def configuration(params: dict[str, str]) -> tuple:
+    """What a trial ran, seed aside (its active params without the seed and parameter counts)."""
+    return tuple(sorted((k, v) for k, v in params.items() if k != "seed" and not k.startswith("params_")))
+
+
+def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", columns_key: str = "objective.kind",
+                baseline: str = "CE", rank_metric: str = "last_accuracy", mode: str = "max") -> PaperTable:
+    """The table over ``sweeps``: (group label, finished child runs) pairs."""
+    candidates: dict[tuple[str, str, str], dict[tuple, Cell]] = {}
+    rows, columns = [], []
+    for group, runs in sweeps:
+        for run in runs:
+            row, column = label(rows_key, run.params), label(columns_key, run.params)
+            seed = int(run.params.get("seed", 0))
+            cell = candidates.setdefault((group, row, column), {}).setdefault(configuration(run.params), Cell())
+            for metric in METRICS:
+                if final_name(metric) in run.metrics:
+                    cell.by_seed[metric][seed] = run.metrics[final_name(metric)]
+            rows += [row] if row not in rows else []
+            columns += [column] if column not in columns else []
+    metric = rank_metric if rank_metric in METRICS else METRICS[0]
+    sign = 1 if mode == "max" else -1
+    cells = {key: max(options.values(), key=lambda c: sign * c.stats(metric)[0] if c.by_seed[metric] else -math.inf)
+             for key, options in candidates.items()}
+    choices = {key: len(options) for key, options in candidates.items()}
+    order = ["linear probe", "LoRA", "LAE", *list(METHOD_NAMES.values())[2:], *OBJECTIVE_NAMES.values()]
+    position = lambda v: (order.index(v) if v in order else len(order), v)  # noqa: E731
+    rows, columns = sorted(rows, key=position), sorted(columns, key=position)
+    chosen = baseline if baseline in columns else (columns[0] if len(columns) > 1 else None)
+    return PaperTable([g for g, _ in sweeps], rows, columns, chosen, cells, rows_key, columns_key, choices, metric)

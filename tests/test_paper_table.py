@@ -1,0 +1,73 @@
+"""The paper's table from sweep runs: seed grouping, mean +- std, paired differences with a 95%
+confidence interval, several configurations per cell, and several sweeps joined."""
+
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from aepg.sweep.table import build_table, method
+from aepg.tracking import RunRecord
+
+SEEDS = (0, 1, 2)
+
+
+def run(kind: str, objective: str, seed: int, last: float, avg: float, lae: bool = False, **params) -> RunRecord:
+    p = {"model.peft.kind": kind, "objective.kind": objective, "seed": str(seed), "params_peft": "10",
+         **({"model.peft.lae": "True"} if lae else {}), **params}
+    return RunRecord(f"{kind}-{objective}-{seed}", "x", "FINISHED", p,
+                     {"final/last_accuracy": last, "final/avg_incremental_accuracy": avg}, {})
+
+
+def test_method_labels_follow_the_paper():
+    assert method({"model.peft.kind": "lora"}) == "LoRA"
+    assert method({"model.peft.kind": "lora", "model.peft.lae": "True"}) == "LAE"
+    assert method({"model.peft.kind": "prefix", "model.peft.lae": "True"}) == "LAE (Prefix)"
+    assert method({"model.peft.kind": "coda"}) == "CODA-Prompt"
+
+
+def test_cells_are_seed_statistics_and_differences_are_paired():
+    ce_last, aepg_last = [0.70, 0.74, 0.72], [0.73, 0.75, 0.76]
+    runs = [run("lora", "ce", s, ce_last[s], 0.8) for s in SEEDS] + \
+           [run("lora", "aepg", s, aepg_last[s], 0.82) for s in SEEDS] + \
+           [run("lora", "aepg", s, 0.70, 0.80, lae=True) for s in SEEDS] + [run("lora", "ce", 0, 0.69, 0.79, lae=True)]
+    table = build_table([("imagenet-r, 10 tasks", runs)])
+    assert table.rows == ["LoRA", "LAE"] and table.columns == ["CE", "aEPG"] and table.baseline == "CE"
+    records = {(r["row"], r["column"], r["metric"]): r for r in table.records()}
+    cell = records[("LoRA", "CE", "last_accuracy")]
+    assert cell["mean"] == pytest.approx(statistics.mean(ce_last)) and cell["std"] == pytest.approx(statistics.stdev(ce_last))
+    assert cell["seeds"] == 3
+    diffs = [a - c for a, c in zip(aepg_last, ce_last)]
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+    difference = records[("LoRA", "aEPG - CE", "last_accuracy")]
+    assert difference["mean"] == pytest.approx(statistics.mean(diffs)) and difference["ci95_half_width"] == pytest.approx(half)
+    # LAE has one CE seed: its difference pairs that seed only, and has no interval.
+    assert records[("LAE", "aEPG - CE", "last_accuracy")]["seeds"] == 1
+    assert records[("LAE", "aEPG - CE", "last_accuracy")]["ci95_half_width"] is None
+    markdown = table.markdown()
+    assert markdown.splitlines()[0] == ("| method | CE last | CE avg inc | aEPG last | aEPG avg inc | aEPG - CE last "
+                                        "| aEPG - CE avg inc |")
+    assert f"| LoRA | 72.0 ± 2.0 | 80.0 ± 0.0 | 74.7 ± 1.5 | 82.0 ± 0.0 | +2.7 [{100 * (statistics.mean(diffs) - half):+.1f}" in markdown
+    latex = table.latex()
+    assert latex.startswith(r"\begin{tabular}{lcccccc}") and r"72.0 $\pm$ 2.0" in latex
+    assert table.csv().splitlines()[0] == "group,row,column,metric,mean,std,ci95_half_width,seeds"
+
+
+def test_a_cell_with_several_configurations_shows_the_best_and_says_so():
+    runs = [run("lora", "ce", s, 0.6, 0.7, **{"train.lr": "0.001"}) for s in SEEDS] + \
+           [run("lora", "ce", s, 0.8, 0.9, **{"train.lr": "0.0003"}) for s in SEEDS] + \
+           [run("lora", "aepg", s, 0.85, 0.9) for s in SEEDS]
+    table = build_table([("digits, 5 tasks", runs)], rank_metric="last_accuracy")
+    records = {(r["row"], r["column"], r["metric"]): r for r in table.records()}
+    assert records[("LoRA", "CE", "last_accuracy")]["mean"] == pytest.approx(0.8)
+    assert "80.0 ± 0.0†" in table.markdown() and "†: the best of several configurations" in table.markdown()
+
+
+def test_several_sweeps_join_as_column_groups():
+    first = [run("lora", o, s, 0.7, 0.8) for o in ("ce", "aepg") for s in SEEDS]
+    second = [run("lora", o, s, 0.6, 0.7) for o in ("ce", "aepg") for s in SEEDS]
+    table = build_table([("imagenet-r, 10 tasks", first), ("cub200, 10 tasks", second)])
+    header = table.markdown().splitlines()[0]
+    assert header.count("imagenet-r, 10 tasks CE last") == 1 and header.count("cub200, 10 tasks aEPG - CE avg inc") == 1
+    assert len({r["group"] for r in table.records()}) == 2
