@@ -46,7 +46,14 @@ class BenchmarkConfig(Section):
     max_train_per_class: int | None = Field(None, ge=1)
     max_test_per_class: int | None = Field(None, ge=1)
     augment: bool = False
-    """RandomResizedCrop(scale 0.05-1) + horizontal flip on training images."""
+    """RandomResizedCrop(scale 0.05-1) + horizontal flip on training images; test: resize and centre crop."""
+    cache: Literal["decoded", "none"] = "decoded"
+    """Folder data sets (ImageNet-R, CUB-200, Food-101): decode every image once into a memory-mapped
+    cache beside the data (``decoded``), or decode the files at every read (``none``)."""
+    short_side: int | None = Field(None, ge=8)
+    """The short side folder images are decoded at; default the model's test resize (256 for 224)."""
+    cache_dir: str | None = None
+    """Where the decoded cache goes; default ROOT/.aepg-cache (shared by every run on the node)."""
 
 
 class PeftConfig(Section):
@@ -157,8 +164,18 @@ class TrainConfig(Section):
     """The global batch: with N workers each takes batch_size / N per step."""
     eval_batch_size: int = Field(256, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    data_workers: int = Field(0, ge=0)
+    data_workers: int | Literal["auto"] = "auto"
+    """Data-loading processes per training worker; ``auto``: none for in-memory data, else one per
+    CPU the worker has (all but one, up to 8)."""
     log_every_steps: int = Field(1, ge=1)
+    compile: bool = False
+    """torch.compile the backbone (with its PEFT module)."""
+    tf32: bool = False
+    """TF32 matmuls and convolutions on CUDA (faster on Ampere and later; changes numerics)."""
+    fused_adam: bool = False
+    """Adam's fused CUDA kernel (changes the order of floating-point operations)."""
+    channels_last: bool = False
+    """Channels-last memory format for convolutional backbones on CUDA."""
 
 
 class CheckpointConfig(Section):
@@ -278,6 +295,8 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
         problems.append(("model.peft.lae", "LAE wraps a PEFT module: set model.peft.kind"))
     if peft.kind == "l2p" and peft.top_k > peft.pool_size:
         problems.append(("model.peft.top_k", f"{peft.top_k} exceeds the prompt pool ({peft.pool_size})"))
+    if isinstance(cfg.train.data_workers, int) and cfg.train.data_workers < 0:
+        problems.append(("train.data_workers", "must be >= 0 or auto"))
     workers = cfg.scaling.num_workers
     if workers > 1 and cfg.train.batch_size % workers:
         problems.append(("train.batch_size", f"the global batch {cfg.train.batch_size} must be divisible by scaling.num_workers ({workers})"))

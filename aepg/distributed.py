@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from aepg.benchmarks.cache import available_cpus
+
 
 def pick_device(preference: str = "auto") -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
@@ -40,6 +42,8 @@ class Context:
     world_size: int = 1
     device: torch.device = field(default_factory=pick_device)
     wrap: Callable[[nn.Module], nn.Module] | None = None
+    cpus: float = field(default_factory=available_cpus)
+    """The CPUs this worker may use (Ray's assignment, else the process's affinity): data loading sizes by it."""
 
     @property
     def is_chief(self) -> bool:

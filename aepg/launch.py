@@ -47,7 +47,7 @@ def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective
     """Model (initialised from ``cfg.seed``), benchmark and objective of a run."""
     seed_all(cfg.seed)
     model, inputs = build_model(cfg.model, DATASETS[cfg.benchmark.dataset].num_classes, cfg.benchmark.num_tasks)
-    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std)
+    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std, cfg.train.channels_last)
     return model, benchmark, build_objective(cfg.objective, cfg.schedule)
 
 
@@ -142,7 +142,8 @@ def _ray_train_loop(config: dict) -> None:
     cfg = RunConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     context = Context(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-                      device=ray.train.torch.get_device(), wrap=_prepare_ddp)
+                      device=ray.train.torch.get_device(), wrap=_prepare_ddp,
+                      cpus=ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
     if context.world_size > 1:  # record where the workers ran (a collective: every rank joins)
         import torch.distributed as dist
 

@@ -118,13 +118,17 @@ def check(cfg: RunConfig, resume: str | None = None) -> None:
 def warnings(cfg: RunConfig) -> list[str]:
     """Settings that are allowed but cannot be what the user meant."""
     notes = []
-    if cfg.benchmark.root and not DATASETS[cfg.benchmark.dataset].uses_root:
+    spec = DATASETS[cfg.benchmark.dataset]
+    if cfg.benchmark.root and not spec.uses_root:
         notes.append(f"benchmark.root is ignored: {cfg.benchmark.dataset} is bundled with its package")
+    if not spec.image_files and (cfg.benchmark.short_side or cfg.benchmark.cache_dir):
+        notes.append(f"benchmark.short_side and benchmark.cache_dir are ignored: {cfg.benchmark.dataset} is held in memory")
     return notes
 
 
 def prepare(cfg: RunConfig) -> None:
-    """The driver's one-off work before a run opens: download a missing data set when asked."""
+    """The driver's one-off work before a run opens: download a missing data set when asked, and
+    build the decoded cache of a folder data set, so that workers and trials find both ready."""
     from aepg.benchmarks import download
 
     spec = DATASETS[cfg.benchmark.dataset]
@@ -135,6 +139,11 @@ def prepare(cfg: RunConfig) -> None:
             raise
         download(cfg.benchmark)
         spec.locate(cfg.benchmark)
+    if spec.image_files and cfg.benchmark.cache == "decoded":
+        from aepg.benchmarks.tasks import LOADERS, decode_folder_images, short_side
+
+        side = short_side(cfg.benchmark, cfg.model.image_size or backbone_facts(cfg)["input_size"])
+        decode_folder_images(cfg.benchmark, LOADERS[cfg.benchmark.dataset](cfg.benchmark), side)
 
 
 # -- what a run will do ---------------------------------------------------------------------------

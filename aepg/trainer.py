@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from aepg.benchmarks.images import collate
 from aepg.benchmarks.tasks import Benchmark, Task
 from aepg.distributed import Context, derive_seed, seed_all
 from aepg.metrics import summarize, task_metrics
@@ -26,6 +27,10 @@ from aepg.objectives import Objective
 from aepg.schedules import Progress
 
 log = logging.getLogger("aepg")
+
+
+MAX_DATA_WORKERS = 8
+PREFETCH_BATCHES = 4
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -110,12 +115,33 @@ class ContinualTrainer:
         self.save = save if context.is_chief else None
         self.task_hooks = list(task_hooks)
         self.device = context.device
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
-        )
+        cuda = self.device.type == "cuda"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+        self.fused_adam = cuda and cfg.train.fused_adam
         self.model.to(self.device)
+        if cuda and cfg.train.channels_last and not hasattr(model.backbone, "blocks"):  # convolutional backbones
+            self.model.to(memory_format=torch.channels_last)
+        if cfg.train.compile:
+            self.model.backbone.compile()
 
     # -- data -------------------------------------------------------------------------------
+    def data_workers(self, in_memory: bool) -> int:
+        """``train.data_workers``, or with ``auto``: none for data in memory, else all the worker's
+        CPUs but the one training, at least one and at most ``MAX_DATA_WORKERS``."""
+        chosen = self.cfg.train.data_workers
+        if chosen != "auto":
+            return chosen
+        return 0 if in_memory else max(1, min(MAX_DATA_WORKERS, int(self.context.cpus) - 1))
+
+    def _loader(self, dataset, batch_size: int, sampler=None, in_memory: bool | None = None) -> DataLoader:
+        """Padded uint8 batches, loaded by worker processes that stay for the task's epochs."""
+        workers = self.data_workers(dataset.in_memory if in_memory is None else in_memory)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                          pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                          prefetch_factor=PREFETCH_BATCHES if workers else None)
+
     def _train_loader(self, task: Task) -> DataLoader:
         sampler = DistributedSampler(
             task.train,
@@ -124,13 +150,7 @@ class ContinualTrainer:
             shuffle=True,
             seed=derive_seed(self.cfg.seed, task.index),
         )
-        return DataLoader(
-            task.train,
-            batch_size=self.cfg.train.batch_size // self.context.world_size,
-            sampler=sampler,
-            num_workers=self.cfg.train.data_workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        return self._loader(task.train, self.cfg.train.batch_size // self.context.world_size, sampler)
 
     def steps_per_epoch(self, task: Task) -> int:
         per_worker = math.ceil(len(task.train) / self.context.world_size)
@@ -169,7 +189,8 @@ class ContinualTrainer:
         """A fresh Adam per phase, so moments from old tasks never move their head rows."""
         self.model.set_peft_trainable(not head_only)
         params = list(self.model.head.parameters()) + ([] if head_only else self.model.peft_parameters())
-        optimizer = torch.optim.Adam(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay,
+                                     fused=self.fused_adam or None)
         return self.context.prepare(self.model), optimizer
 
     def _head_only(self, task: Task, epoch: int) -> bool:
@@ -202,10 +223,13 @@ class ContinualTrainer:
                     optimizer_state = None
             model.train()
             seed_all(derive_seed(self.cfg.seed, task.index, epoch, self.context.rank))
+            # Crops and flips come from their own stream: the same whatever the loader's workers do.
+            crops = torch.Generator().manual_seed(derive_seed(self.cfg.seed, task.index, epoch, self.context.rank, 1))
             loader.sampler.set_epoch(epoch)
-            for i, (x, y) in enumerate(loader):
+            for i, (images, sizes, y) in enumerate(loader):
                 step = epoch * steps_per_epoch + i
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True) - columns.start
+                x = self.benchmark.train_view(images.to(self.device, non_blocking=True), sizes, crops)
+                y = y.to(self.device, non_blocking=True) - columns.start
                 with self.autocast:
                     logits = model(x, columns).float()
                 out = self.objective(logits, y, self._progress(task, step, state.global_step, task_steps))
@@ -248,16 +272,18 @@ class ContinualTrainer:
         Each worker scores its shard; counts are summed so every test sample counts once.
         """
         self.model.eval()
-        seen = self.benchmark.tasks[last_task].stop
-        counts = torch.zeros(last_task + 1, 2, device=self.device, dtype=torch.float64)
-        for task in self.benchmark.tasks[: last_task + 1]:
-            shard = Subset(task.test, self.context.shard(len(task.test)))
-            for x, y in DataLoader(shard, batch_size=self.cfg.train.eval_batch_size, num_workers=self.cfg.train.data_workers):
-                x, y = x.to(self.device), y.to(self.device)
-                with self.autocast:
-                    predictions = self.model(x, slice(0, seen)).argmax(1)
-                counts[task.index, 0] += (predictions == y).sum()
-                counts[task.index, 1] += len(y)
+        tasks = self.benchmark.tasks[: last_task + 1]
+        seen = tasks[-1].stop
+        stops = torch.tensor([task.stop for task in tasks], device=self.device)
+        shards = ConcatDataset([Subset(task.test, self.context.shard(len(task.test))) for task in tasks])
+        counts = torch.zeros(len(tasks), 2, device=self.device, dtype=torch.float64)
+        for images, sizes, y in self._loader(shards, self.cfg.train.eval_batch_size, in_memory=tasks[0].test.in_memory):
+            x, y = self.benchmark.test_view(images.to(self.device, non_blocking=True), sizes), y.to(self.device)
+            with self.autocast:
+                correct = (self.model(x, slice(0, seen)).argmax(1) == y).double()
+            task_of = torch.searchsorted(stops, y, right=True)  # labels are class-order positions
+            counts[:, 0].index_add_(0, task_of, correct)
+            counts[:, 1].index_add_(0, task_of, torch.ones_like(correct))
         counts = self.context.all_reduce_sum(counts).cpu()
         return [float(correct / total) for correct, total in counts.tolist()], [int(total) for _, total in counts.tolist()]
 

@@ -2,7 +2,7 @@
 
 Measures (1) the fixed start-up cost of a TorchTrainer run (a no-op training function on N
 workers), (2) the training throughput of the same job on 1 worker and on N workers, read
-from the run's ``samples_per_second`` metric (evaluation and start-up excluded), and prints
+from the run's ``train/samples_per_second`` metric (evaluation and start-up excluded), and prints
 the ratio. On CPU each worker gets ``cores / workers`` threads, so both sides use all cores.
 
     python bench/scaling.py                       # 1 worker x 2 threads vs 2 workers x 1 thread
@@ -56,7 +56,7 @@ def job(workers: int, threads: int | None, gpu: bool, overrides: list[str], tmp:
     start = time.perf_counter()
     result = run(cfg)
     wall = time.perf_counter() - start
-    history = MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "samples_per_second")
+    history = MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "train/samples_per_second")
     return statistics.mean(m.value for m in history), wall
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from aepg import tracking
+from aepg.benchmarks.images import collate
 from aepg.config import load_config
 from aepg.distributed import Context, derive_seed
 from aepg.launch import build_job
@@ -38,7 +39,7 @@ def fresh_model(cfg):
 def run_aepg(cfg, benchmark, run_id: str, uri: str) -> tuple[int, float]:
     model = fresh_model(cfg)
     trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.schedule),
-                               Context(device=torch.device("cpu")), [tracking.MlflowReporter(uri, run_id)])
+                               Context(device=torch.device("cpu")), [tracking.MlflowReporter(uri, run_id, cfg)])
     state, samples = TrainState(), 0
     start = time.perf_counter()
     for task in benchmark.tasks:
@@ -56,12 +57,13 @@ def run_bare(cfg, benchmark) -> tuple[int, float]:
     for task in benchmark.tasks:
         sampler = DistributedSampler(task.train, num_replicas=1, rank=0, shuffle=True,
                                      seed=derive_seed(cfg.seed, task.index))
-        loader = DataLoader(task.train, batch_size=cfg.train.batch_size, sampler=sampler)
+        loader = DataLoader(task.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate)
         optimizer = torch.optim.Adam(list(model.head.parameters()) + model.peft_parameters(), lr=cfg.train.lr)
         T, t = cfg.train.epochs * len(loader), 0
         for epoch in range(cfg.train.epochs):
             sampler.set_epoch(epoch)
-            for x, y in loader:
+            for images, sizes, y in loader:
+                x = benchmark.train_view(images, sizes)
                 a = 1 / (1 + math.exp(-cfg.schedule.tau * (T - 2 * t) / T))
                 log_p_y = F.log_softmax(model(x, slice(task.start, task.stop)), -1).gather(1, (y - task.start)[:, None])
                 loss = -(a * log_p_y + (1 - a) * log_p_y.exp()).mean()

@@ -32,8 +32,10 @@ def test_digits_tasks_are_disjoint_and_cover_all_classes():
         assert (task.start, task.stop) == (2 * task.index, 2 * task.index + 2)
         labels = {task.train[i][1] for i in range(len(task.train))}
         assert labels == set(range(task.start, task.stop))
-    x, _ = bench.tasks[0].train[0]
-    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and -1.0 <= x.min() and x.max() <= 1.0
+    image, _ = bench.tasks[0].train[0]
+    assert image.shape == (8, 8, 3) and image.dtype == np.uint8  # raw: views resize and normalise batches
+    x, _ = bench.inputs(bench.tasks[0].train, [0, 1])
+    assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32 and -1.0 <= x.min() and x.max() <= 1.0
 
 
 def test_class_order_reproducible_from_seed():
@@ -77,7 +79,7 @@ def test_fashion_mnist_reads_idx_files(tmp_path, layout):
     bench = build(dataset="fashion-mnist", root=str(tmp_path), num_tasks=2)
     assert sum(len(t.train) for t in bench.tasks) == 60 and sum(len(t.test) for t in bench.tasks) == 20
     source = bench.tasks[0].train.images
-    np.testing.assert_array_equal(source.images.numpy(), arrays["train"])
+    np.testing.assert_array_equal(source.images, arrays["train"])
     assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
     assert bench.class_names[0] == "T-shirt/top"
 

@@ -176,15 +176,17 @@ class DatasetSpec:
     """False for data bundled with a package (``benchmark.root`` is ignored)."""
     downloadable: bool = False
     """torchvision can download it (``benchmark.download: true``)."""
+    image_files: bool = False
+    """Images in files: decoded into the cache (``benchmark.cache``) at ``benchmark.short_side``."""
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(10, lambda cfg: None, lambda cfg: (DIGITS_TRAIN, DIGITS_TEST), uses_root=False),
     "fashion-mnist": DatasetSpec(10, fashion_mnist_files, _fixed(6000, 1000, 10), downloadable=True),
     "cifar100": DatasetSpec(100, cifar100_folder, _fixed(500, 100, 100), downloadable=True),
-    "imagenet-r": DatasetSpec(200, imagenet_r_folder, _imagenet_r_sizes),
-    "cub200": DatasetSpec(200, cub200_folder, _cub200_sizes),
-    "food101": DatasetSpec(101, food101_folder, _food101_sizes),
+    "imagenet-r": DatasetSpec(200, imagenet_r_folder, _imagenet_r_sizes, image_files=True),
+    "cub200": DatasetSpec(200, cub200_folder, _cub200_sizes, image_files=True),
+    "food101": DatasetSpec(101, food101_folder, _food101_sizes, image_files=True),
 }
 
 

@@ -1,4 +1,6 @@
-"""Image collections and the transforms that turn them into backbone inputs."""
+"""Image collections as raw uint8 images (H x W x 3 arrays): in memory, read from files (JPEG, PNG,
+...), or from the decoded cache. Batching pads them (``collate``); resizing, cropping, flipping
+and normalising happen after that, batched on the training device (``aepg.benchmarks.augment``)."""
 
 from __future__ import annotations
 
@@ -9,50 +11,67 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
+
+from aepg.benchmarks.cache import DecodedImages, decode
 
 
 class ImageSet(Dataset):
-    """Labelled images; ``image(i)`` is a 3-channel uint8 CHW tensor."""
+    """Labelled images; ``image(i)`` is an H x W x 3 uint8 array (possibly a read-only view)."""
 
     labels: np.ndarray
+    in_memory: bool
+    """Held in memory: loading costs nothing, so no loader worker processes are needed."""
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def image(self, index: int) -> Tensor:
+    def image(self, index: int) -> np.ndarray:
         raise NotImplementedError
 
 
 class ArrayImages(ImageSet):
     """Images held in memory as an N x H x W (grey) or N x H x W x C (colour) uint8 array."""
 
+    in_memory = True
+
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = torch.as_tensor(np.ascontiguousarray(images, dtype=np.uint8))
+        self.images = np.ascontiguousarray(images, dtype=np.uint8)
         self.labels = np.asarray(labels, dtype=np.int64)
 
-    def image(self, index: int) -> Tensor:
+    def image(self, index: int) -> np.ndarray:
         img = self.images[index]
-        if img.ndim == 2:
-            return img.unsqueeze(0).expand(3, -1, -1)
-        return img.permute(2, 0, 1)
+        return np.broadcast_to(img[..., None], (*img.shape, 3)) if img.ndim == 2 else img
 
 
 class FileImages(ImageSet):
-    """Images read from files (JPEG, PNG, ...) on demand."""
+    """Images decoded from their files on every read; ``short_side`` shrinks each one as it is
+    decoded (as the cache stores them), None keeps the full resolution."""
 
-    def __init__(self, paths: list[str | Path], labels: np.ndarray):
+    in_memory = False
+
+    def __init__(self, paths: list[str | Path], labels: np.ndarray, short_side: int | None = None):
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = [str(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.short_side = short_side
 
-    def image(self, index: int) -> Tensor:
-        from torchvision.io import ImageReadMode, decode_image
+    def image(self, index: int) -> np.ndarray:
+        return decode(self.paths[index], self.short_side)
 
-        return decode_image(self.paths[index], mode=ImageReadMode.RGB)
+
+class CachedImages(ImageSet):
+    """Images read from the decoded cache: a view into one memory-mapped file, no copy, no decode."""
+
+    in_memory = False
+
+    def __init__(self, cache: DecodedImages, positions: np.ndarray, labels: np.ndarray):
+        self.cache, self.positions, self.labels = cache, positions, np.asarray(labels, dtype=np.int64)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.cache.array(int(self.positions[index]))
 
 
 @dataclass
@@ -64,17 +83,11 @@ class ImageSplits:
     """The file lists of a split made here (not shipped with the data), for the run's artifacts."""
 
 
-def build_transforms(image_size: int, mean, std, augment: bool) -> tuple[v2.Transform, v2.Transform]:
-    """Training and test transforms: uint8 CHW in, normalised float CHW at ``image_size`` out.
-
-    With ``augment`` (the paper's protocol): RandomResizedCrop(scale 0.05-1) and a horizontal
-    flip for training, resize and centre crop (ratio 0.875) for testing. Without it both
-    simply resize, which suits small images such as digits.
-    """
-    finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    if augment:
-        train = [v2.RandomResizedCrop(image_size, scale=(0.05, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-        test = [v2.Resize(int(image_size / 0.875), antialias=True), v2.CenterCrop(image_size)]
-    else:
-        train = test = [v2.Resize((image_size, image_size), antialias=True)]
-    return v2.Compose(train + finish), v2.Compose(test + finish)
+def collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """A batch of images of any sizes: uint8 (B, 3, H, W) padded at the bottom and right to the
+    largest, their (height, width), and their labels."""
+    sizes = np.array([image.shape[:2] for image, _ in items], dtype=np.int64)
+    batch = np.zeros((len(items), 3, *sizes.max(axis=0)), dtype=np.uint8)
+    for i, (image, _) in enumerate(items):
+        batch[i, :, : image.shape[0], : image.shape[1]] = image.transpose(2, 0, 1)
+    return torch.from_numpy(batch), torch.from_numpy(sizes), torch.tensor([label for _, label in items])

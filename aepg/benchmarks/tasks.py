@@ -7,18 +7,21 @@ columns ``[task.start, task.stop)`` and "all classes seen after task k" is ``[0,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from aepg.benchmarks import DATASETS, DatasetNotFound
+from aepg.benchmarks import DATASETS, DatasetNotFound, data_root
+from aepg.benchmarks.augment import BatchView, test_resize
+from aepg.benchmarks.cache import ensure as ensure_cache
 from aepg.benchmarks.cifar100 import load_cifar100_splits
 from aepg.benchmarks.digits import load_digits_splits
 from aepg.benchmarks.fashion_mnist import load_fashion_mnist_splits
 from aepg.benchmarks.folders import load_cub200_splits, load_food101_splits, load_imagenet_r_splits
-from aepg.benchmarks.images import ImageSet, ImageSplits, build_transforms
+from aepg.benchmarks.images import CachedImages, FileImages, ImageSet, ImageSplits, collate
 from aepg.benchmarks.order import class_order, task_groups
 
 # ``load(benchmark_config)``: a data set's train and test images.
@@ -33,17 +36,21 @@ LOADERS: dict[str, Callable[..., ImageSplits]] = {
 
 
 class TaskImages(Dataset):
-    """The images of some classes, labelled by class-order position, transformed."""
+    """The images of some classes, as raw uint8 arrays, labelled by class-order position."""
 
-    def __init__(self, images: ImageSet, indices: np.ndarray, position: np.ndarray, transform):
-        self.images, self.indices, self.position, self.transform = images, indices, position, transform
+    def __init__(self, images: ImageSet, indices: np.ndarray, position: np.ndarray):
+        self.images, self.indices, self.position = images, indices, position
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images.in_memory
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         index = int(self.indices[i])
-        return self.transform(self.images.image(index)), int(self.position[self.images.labels[index]])
+        return self.images.image(index), int(self.position[self.images.labels[index]])
 
 
 @dataclass
@@ -63,11 +70,19 @@ class Benchmark:
     class_order: list[int]
     class_names: list[str]
     tasks: list[Task]
+    train_view: BatchView
+    """Padded uint8 training batches to model inputs (augmented when the config says so)."""
+    test_view: BatchView
     split_manifest: dict | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_order)
+
+    def inputs(self, images: TaskImages, indices) -> tuple[Tensor, Tensor]:
+        """Some images as the model sees them at test time (inputs, labels), on the CPU."""
+        batch, sizes, labels = collate([images[i] for i in indices])
+        return self.test_view(batch, sizes), labels
 
     def describe(self) -> dict:
         """What pins the benchmark down: written into each run's artifacts."""
@@ -96,16 +111,41 @@ def _indices_of(labels: np.ndarray, classes: list[int], per_class: int | None, r
     return np.concatenate(chosen)
 
 
-def build_benchmark(cfg, image_size: int, mean, std) -> Benchmark:
+def short_side(cfg, image_size: int) -> int:
+    """The short side folder images are decoded at: ``benchmark.short_side``, or the test resize of
+    the model's input (256 for 224)."""
+    return cfg.short_side or test_resize(image_size)
+
+
+def image_folder(cfg) -> Path:
+    """Where the decoded cache of this data set goes: ``benchmark.cache_dir`` or ROOT/.aepg-cache."""
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_root(cfg) / ".aepg-cache"
+
+
+def decode_folder_images(cfg, splits: ImageSplits, side: int) -> ImageSplits:
+    """Folder data sets at ``side`` pixels: from the decoded cache, built first if missing
+    (``benchmark.cache: decoded``), or decoded from the files on every read (``none``)."""
+    if not isinstance(splits.train, FileImages):
+        return splits
+    if cfg.cache == "none":
+        train = FileImages(splits.train.paths, splits.train.labels, side)
+        return ImageSplits(train, FileImages(splits.test.paths, splits.test.labels, side), splits.class_names, splits.manifest)
+    paths = splits.train.paths + splits.test.paths
+    cache = ensure_cache(paths, data_root(cfg), side, image_folder(cfg), cfg.dataset)
+    n = len(splits.train)
+    return ImageSplits(CachedImages(cache, np.arange(n), splits.train.labels),
+                       CachedImages(cache, np.arange(n, len(paths)), splits.test.labels), splits.class_names, splits.manifest)
+
+
+def build_benchmark(cfg, image_size: int, mean, std, channels_last: bool = False) -> Benchmark:
     """Tasks of ``cfg.num_tasks`` near-equal groups of classes, in the order ``cfg.order_seed`` fixes."""
     spec = DATASETS[cfg.dataset]
-    splits = LOADERS[cfg.dataset](cfg)
+    splits = decode_folder_images(cfg, LOADERS[cfg.dataset](cfg), short_side(cfg, image_size))
     if len(splits.class_names) != spec.num_classes:
         raise DatasetNotFound(f"{cfg.dataset}: found {len(splits.class_names)} classes, expected {spec.num_classes}")
     order = class_order(spec.num_classes, cfg.order_seed)
     position = np.empty(spec.num_classes, dtype=np.int64)
     position[order] = np.arange(spec.num_classes)
-    train_tf, test_tf = build_transforms(image_size, mean, std, cfg.augment)
     rng = np.random.default_rng(cfg.order_seed)
     tasks, start = [], 0
     for index, classes in enumerate(task_groups(order, cfg.num_tasks)):
@@ -117,9 +157,10 @@ def build_benchmark(cfg, image_size: int, mean, std) -> Benchmark:
                 classes,
                 start,
                 start + len(classes),
-                TaskImages(splits.train, train_idx, position, train_tf),
-                TaskImages(splits.test, test_idx, position, test_tf),
+                TaskImages(splits.train, train_idx, position),
+                TaskImages(splits.test, test_idx, position),
             )
         )
         start += len(classes)
-    return Benchmark(cfg.dataset, order, splits.class_names, tasks, splits.manifest)
+    views = [BatchView(image_size, mean, std, cfg.augment, train, channels_last) for train in (True, False)]
+    return Benchmark(cfg.dataset, order, splits.class_names, tasks, *views, splits.manifest)

@@ -119,7 +119,8 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
     tracking.set_tags(runtime.tracking_uri, run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
     if cfg.scaling.num_workers == 0:
         report = lambda state: tune.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))  # noqa: E731
-        train_worker(cfg, run.run_id, runtime.tracking_uri, Context(device=pick_device(cfg.train.device)), [report])
+        context = Context(device=pick_device(cfg.train.device), cpus=runtime.sweep.spec.trial.cpus)
+        train_worker(cfg, run.run_id, runtime.tracking_uri, context, [report])
     else:
         torch_trainer(cfg, run.run_id, runtime.tracking_uri, report_to_tune=True).fit()
 
