@@ -52,8 +52,10 @@ def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective
 
 
 def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Context,
-                 task_hooks: list[Callable[[TrainState], None]] = ()) -> TrainState:
-    """Build benchmark, model and objective, restore the latest checkpoint if any, and train."""
+                 task_hooks: list[Callable[[TrainState], None]] = (), full_budget: bool = True) -> TrainState:
+    """Build benchmark, model and objective, restore the latest checkpoint if any, and train.
+
+    ``full_budget`` False (a sweep's low-fidelity level) logs no ``final/`` metrics."""
     if cfg.scaling.torch_threads:
         torch.set_num_threads(cfg.scaling.torch_threads)
     model, benchmark, objective = build_job(cfg)
@@ -69,7 +71,7 @@ def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Contex
             tracking.set_tags(tracking_uri, run_id, {"aepg.resumed_from": f"task {state.task + 1}, epoch {state.epoch}"})
     reporters, monitor = [], None
     if context.is_chief:
-        reporters.append(tracking.MlflowReporter(tracking_uri, run_id, cfg))
+        reporters.append(tracking.MlflowReporter(tracking_uri, run_id, cfg, full_budget))
         reporters[0].log_params(model.parameter_counts())
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         if benchmark.split_manifest:
@@ -153,7 +155,7 @@ def _ray_train_loop(config: dict) -> None:
             tracking.set_tags(config["tracking_uri"], config["run_id"], {"aepg.ray_node_ids": ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
     hooks = [lambda state: ray.train.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))] if config["report"] else []
-    train_worker(cfg, config["run_id"], config["tracking_uri"], context, task_hooks=hooks)
+    train_worker(cfg, config["run_id"], config["tracking_uri"], context, hooks, config["full_budget"])
 
 
 def _prepare_ddp(model: ContinualClassifier):
@@ -164,7 +166,8 @@ def _prepare_ddp(model: ContinualClassifier):
         model, parallel_strategy_kwargs={"find_unused_parameters": model.sparse_updates})
 
 
-def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, report_to_tune: bool = False):
+def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, report_to_tune: bool = False,
+                  full_budget: bool = True):
     """The Ray Train TorchTrainer for this run, named by run id so a second fit() resumes.
 
     With ``report_to_tune`` (a sweep trial), per-task metrics reach Ray Tune through
@@ -182,7 +185,7 @@ def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, report_to_tune
     return TorchTrainer(
         _ray_train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracking_uri,
-                           "report": report_to_tune},
+                           "report": report_to_tune, "full_budget": full_budget},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run_id, storage_path=cfg.storage_path,

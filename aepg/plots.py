@@ -68,7 +68,7 @@ def trials_plot(trials: list[dict], metric: str, mode: str, title: str):
             ax.scatter(*zip(*points), zorder=3, **style)
     for t in trials:
         if t["status"] == "stopped early" and t["value"] is not None:
-            ax.annotate(f"{t['tasks']} tasks", (t["index"], t["value"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(t["progress"], (t["index"], t["value"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     best, xs, ys = None, [], []
     for t in sorted(trials, key=lambda t: t["index"]):
         if t["status"] == "finished" and t["value"] is not None:

@@ -306,6 +306,10 @@ def _metrics(values: dict[str, float], step: int) -> list:
     return [Metric(k, float(v), now, step) for k, v in values.items()]
 
 
+def log_metrics(tracking_uri: str, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    client_for(tracking_uri).log_batch(run_id, metrics=_metrics(values, step))
+
+
 def log_outputs(tracking_uri: str, run_id: str, texts: dict[str, str] | None = None,
                 figures: dict[str, object] | None = None, metrics: dict[str, float] | None = None,
                 tags: dict[str, str] | None = None) -> None:
@@ -342,9 +346,9 @@ class MlflowReporter:
 
     TRAIN_PLOT_KEYS = ("a_t", "entropy", "p_y", "ce")
 
-    def __init__(self, tracking_uri: str, run_id: str, cfg: RunConfig):
+    def __init__(self, tracking_uri: str, run_id: str, cfg: RunConfig, full_budget: bool = True):
         self.client = client_for(tracking_uri)
-        self.run_id = run_id
+        self.run_id, self.full_budget = run_id, full_budget
         self.num_tasks = cfg.benchmark.num_tasks
         self.annealed = cfg.objective.kind in ANNEALED_OBJECTIVES
         self.title = f"{self.client.get_run(run_id).info.run_name}: {objective_label(cfg)}"
@@ -368,8 +372,8 @@ class MlflowReporter:
         """Evaluation metrics at the task's last step, the matrix, and every plot (refreshed, so a
         run stopped early has them too); ``final/`` metrics once every task is done."""
         R, sizes = state.accuracy_matrix, state.test_sizes
-        self._log(_metrics({**state.metrics(self.num_tasks), "train/samples_per_second": samples_per_second},
-                           state.global_step))
+        metrics = {k: v for k, v in state.metrics(self.num_tasks).items() if self.full_budget or not k.startswith("final/")}
+        self._log(_metrics({**metrics, "train/samples_per_second": samples_per_second}, state.global_step))
         self.log_dict({"R": R, "test_sizes": sizes, "accuracy_after_task": accuracy_after_each_task(R, sizes)},
                       "accuracy_matrix.json")
         self._figures(state)

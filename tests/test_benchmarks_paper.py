@@ -5,7 +5,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from aepg.benchmarks import DatasetNotFound

@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from aepg.cli import main
 from aepg.metrics import BUDGET_KEY
 from aepg.config import ConfigError
-from aepg.sweep.driver import PrunedAwareOptunaSearch
+from aepg.sweep.search import PrunedAwareOptunaSearch
 from aepg.sweep.spec import load_sweep
 
 from conftest import CONFIGS, REPO, mlflow_server, run_aepg, start_aepg, wait_until
@@ -377,3 +377,31 @@ def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_
     names = wait_until(lambda: settled(browser, 9), "the sorted runs", timeout=60)
     assert names[0] == best
     assert set(names[:len(finished)]) == finished
+
+
+def test_a_data_ladder_restarts_promoted_trials_at_more_data(ray_address, workdir):
+    path = write_sweep(workdir, space={"train.lr": {"loguniform": [1.0e-4, 1.0e-3]}},
+                       search={"algorithm": "tpe", "seed": 0, "num_trials": 4, "max_concurrent": 2},
+                       scheduler={"kind": "asha", "fidelity": "data", "reduction_factor": 2, "min_fraction": 0.5})
+    assert main(["sweep", path]) == 0
+    client, (parent,), children = sweep_runs(workdir / "mlflow.db")
+    trials = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+    levels = [c for c in children if "aepg.fidelity_level" in c.data.tags]
+    assert len(trials) == 4 and len(levels) == 4, "every trial trains the half-data level first"
+    for level in levels:  # 10 of the 20 training images per class; no final metric to rank on
+        assert level.data.params["benchmark.max_train_per_class"] == "10"
+        assert level.data.tags["aepg.status"] == "low fidelity" and level.info.status == "FINISHED"
+        assert not any(key.startswith("final/") for key in level.data.metrics)
+    finished = [c for c in trials if c.data.tags["aepg.status"] == "finished"]
+    stopped = [c for c in trials if c.data.tags["aepg.status"] == "stopped early"]
+    assert finished and stopped and len(finished) + len(stopped) == 4
+    for child in finished:  # restarted at the full data: 0.5 + 1 tasks' worth per task
+        assert child.data.params["benchmark.max_train_per_class"] == "20"
+        assert child.data.metrics["fidelity/level"] == 2 and child.data.metrics["compute/tasks"] == pytest.approx(4.5)
+        assert "final/avg_incremental_accuracy" in child.data.metrics and child.data.tags["aepg.optuna_state"] == "COMPLETE"
+    for child in stopped:
+        assert child.data.metrics["fidelity/level"] == 1 and child.data.metrics["compute/tasks"] == pytest.approx(1.5)
+        assert "final/avg_incremental_accuracy" not in child.data.metrics and child.data.tags["aepg.optuna_state"] == "PRUNED"
+    leaderboard = open(client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(workdir))).read()
+    rows = list(csv.DictReader(io.StringIO(leaderboard)))
+    assert [r["progress"] for r in rows] == ["level 2/2"] * len(finished) + ["level 1/2"] * len(stopped)

@@ -23,15 +23,16 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from aepg import preflight, tracking
 from aepg.config import ConfigError, RunConfig
 from aepg.distributed import Context, pick_device
+from aepg.checkpoints import CheckpointStore
 from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
+from aepg.sweep import fidelity, search
+from aepg.trainer import TrainState
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
-from aepg.metrics import BUDGET_KEY, final_name, partial_name
+from aepg.metrics import BUDGET_KEY
 from aepg.sweep.spec import STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
 
 log = logging.getLogger("aepg")
@@ -40,6 +41,7 @@ TRIAL_TAG = "aepg.trial_id"
 SWEEP_TAG = "aepg.sweep"
 STATUS_TAG = "aepg.status"
 INDEX_TAG = "aepg.trial_index"
+LEVEL_TAG = "aepg.fidelity_level"
 OPTUNA_STATE_TAG = "aepg.optuna_state"
 NODE_TAG = "aepg.ray_node_id"
 RUN_LOOKUP_SECONDS = 120
@@ -80,6 +82,17 @@ class SweepRuntime:
                                    {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
         return found[0] if found else None
 
+    def level_run(self, trial_run: tracking.RunRecord, level: fidelity.Level, cfg: RunConfig) -> str:
+        """The run of a ladder level below the full budget, nested under the trial's run (opened
+        once; a retried or resumed trial finds it and continues from its checkpoints)."""
+        tags = {tracking.PARENT_TAG: trial_run.run_id, LEVEL_TAG: str(level.index)}
+        found = tracking.find_runs(self.tracking_uri, self.sweep.experiment, tags)
+        if found:
+            tracking.reopen_run(self.tracking_uri, found[0].run_id)
+            return found[0].run_id
+        cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@{self.sweep.spec.scheduler.fidelity}-{level.label}"})
+        return tracking.open_run(cfg, self.tracking_uri, {**tags, STATUS_TAG: "low fidelity", SWEEP_TAG: self.name})
+
     def children(self) -> list[tracking.RunRecord]:
         return tracking.find_runs(self.tracking_uri, self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id})
 
@@ -107,7 +120,8 @@ class SweepRuntime:
 # -- the trial ----------------------------------------------------------------------------------
 
 def run_trial(config: dict, runtime: SweepRuntime) -> None:
-    """One trial: find the run the driver opened for it, then train, reporting after each task."""
+    """One trial: find the run the driver opened for it, then train, reporting after each task (or,
+    with an epochs or data fidelity, after each level of the ladder)."""
     trial_id = tune.get_context().get_trial_id()
     params = config.get("params", config)
     deadline = time.time() + RUN_LOOKUP_SECONDS
@@ -117,42 +131,47 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
         time.sleep(0.5)
     cfg = runtime.trial_config(params, run.name)
     tracking.set_tags(runtime.tracking_uri, run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
+    settings = runtime.sweep.spec.scheduler
+    if settings.kind == "asha" and settings.fidelity != "tasks":
+        climb(cfg, run, runtime)
+        return
+    tasks = cfg.benchmark.num_tasks
+    train(cfg, run.run_id, runtime, lambda state: tune.report(state.metrics(tasks, placeholders=True)))
+
+
+def train(cfg: RunConfig, run_id: str, runtime: SweepRuntime, report=None, full_budget: bool = True) -> TrainState:
+    """Train ``cfg`` into ``run_id`` in this process or as a TorchTrainer; ``report`` after each task."""
     if cfg.scaling.num_workers == 0:
-        report = lambda state: tune.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))  # noqa: E731
         context = Context(device=pick_device(cfg.train.device), cpus=runtime.sweep.spec.trial.cpus)
-        train_worker(cfg, run.run_id, runtime.tracking_uri, context, [report])
-    else:
-        torch_trainer(cfg, run.run_id, runtime.tracking_uri, report_to_tune=True).fit()
+        return train_worker(cfg, run_id, runtime.tracking_uri, context, [report] if report else [], full_budget)
+    torch_trainer(cfg, run_id, runtime.tracking_uri, report_to_tune=report is not None, full_budget=full_budget).fit()
+    return CheckpointStore(cfg.storage_path, run_id).load_latest()[0].state
 
 
-# -- searcher and MLflow callback ---------------------------------------------------------------
+def climb(cfg: RunConfig, run: tracking.RunRecord, runtime: SweepRuntime) -> None:
+    """The epochs or data ladder: the whole task sequence at each level, from the smallest share of
+    the budget up, reporting after each; ASHA stops the trial or lets it restart one level up.
+    Levels below the full budget train into runs nested under the trial's run."""
+    spec = runtime.sweep.spec
+    kind, metric, tasks = spec.scheduler.fidelity, spec.metric, cfg.benchmark.num_tasks
+    per_class = fidelity.full_per_class(cfg) if kind == "data" else 0
+    compute = 0.0
+    for level in fidelity.ladder(spec):
+        low = fidelity.level_config(cfg, kind, level, per_class)
+        compute += fidelity.level_compute(cfg, low, kind, per_class)
+        if level.fraction < 1:
+            level_run = runtime.level_run(run, level, low)
+            state = train(low, level_run, runtime, full_budget=False)
+            tracking.close_run(runtime.tracking_uri, level_run, "FINISHED")
+        else:
+            state = train(cfg, run.run_id, runtime)
+        progress = {fidelity.LEVEL_KEY: level.index + 1, fidelity.level_metric(metric): state.summary[metric],
+                    "fidelity/fraction": level.fraction, fidelity.COMPUTE_KEY: compute}
+        tracking.log_metrics(runtime.tracking_uri, run.run_id, progress, step=level.index + 1)
+        tune.report({**state.metrics(tasks, placeholders=True), **progress})
 
-class PrunedAwareOptunaSearch(OptunaSearch):
-    """Optuna search that tells trials stopped before the full budget as PRUNED.
 
-    Ray's OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial value, which
-    biases TPE toward configurations that merely look good early. Here such trials end as
-    PRUNED, keeping the per-task intermediate values Optuna already received.
-    """
-
-    def __init__(self, *args, full_budget: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.full_budget = full_budget
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped_early = not error and result and result.get(BUDGET_KEY, self.full_budget) < self.full_budget
-        if stopped_early and trial_id not in self._completed_trials:
-            from optuna.trial import TrialState
-
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result, error)
-
-    def optuna_state(self, trial_id: str) -> str | None:
-        trial = self._ot_trials.get(trial_id)
-        return self._ot_study.trials[trial.number].state.name if trial is not None else None
-
+# -- the MLflow callback ------------------------------------------------------------------------
 
 def _error_reason(trial) -> str:
     """The last line of the trial's latest error: the exception, e.g. 'NonFiniteLoss: ...'."""
@@ -165,7 +184,7 @@ def _error_reason(trial) -> str:
 class MlflowTrialRuns(tune.Callback):
     """Opens each trial's child run at its (re)start and sets its final status."""
 
-    def __init__(self, runtime: SweepRuntime, searcher: PrunedAwareOptunaSearch | None):
+    def __init__(self, runtime: SweepRuntime, searcher: search.PrunedAwareOptunaSearch | None):
         self.runtime, self.searcher = runtime, searcher
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -197,8 +216,9 @@ class MlflowTrialRuns(tune.Callback):
         tracking.close_run(self.runtime.tracking_uri, run.run_id, status, reason)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        done = int((trial.last_result or {}).get(BUDGET_KEY, 0))
-        status = "finished" if done >= self.runtime.sweep.num_tasks else "stopped early"
+        key, full = search.budget(self.runtime.sweep) if self.runtime.sweep.spec.scheduler.kind == "asha" \
+            else (BUDGET_KEY, self.runtime.sweep.num_tasks)
+        status = "finished" if int((trial.last_result or {}).get(key, 0)) >= full else "stopped early"
         self._close(trial, "FINISHED", {STATUS_TAG: status})
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -230,47 +250,17 @@ def _check_trial_fits(sweep: Sweep) -> None:
     check_fits(needed, "one trial")
 
 
-def _search(runtime: SweepRuntime) -> tuple[dict | None, PrunedAwareOptunaSearch | None, int]:
-    """(param_space, searcher, num_samples) for the configured algorithm."""
-    import optuna
-
-    sweep, spec = runtime.sweep, runtime.sweep.spec
-    if spec.search.algorithm == "grid":
-        return {"params": tune.grid_search(sweep.grid())}, None, 1
-    sampler = (optuna.samplers.TPESampler(seed=spec.search.seed) if spec.search.algorithm == "tpe"
-               else optuna.samplers.RandomSampler(seed=spec.search.seed))
-    searcher = PrunedAwareOptunaSearch(space=sweep.define_by_run(), metric=partial_name(spec.metric), mode=spec.mode,
-                                       sampler=sampler, full_budget=sweep.num_tasks)
-    return None, searcher, spec.search.num_trials
-
-
-class TaskASHA(ASHAScheduler):
-    """ASHA over tasks that compares trials at each rung on the running ``eval/<metric>``, while
-    the Tuner (its progress line, its best trial) ranks on ``final/<metric>``."""
-
-    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
-        return True  # keep this scheduler's own metric and mode
-
-
 def build_tuner(runtime: SweepRuntime) -> tune.Tuner:
-    from ray.tune.schedulers import FIFOScheduler
-
     spec = runtime.sweep.spec
-    param_space, searcher, num_samples = _search(runtime)
-    scheduler = (TaskASHA(time_attr=BUDGET_KEY, metric=partial_name(spec.metric), mode=spec.mode,
-                          max_t=runtime.sweep.num_tasks, grace_period=spec.scheduler.grace_period,
-                          reduction_factor=spec.scheduler.reduction_factor)
-                 if spec.scheduler.kind == "asha" else FIFOScheduler())
+    param_space, tune_config = search.tuner_settings(runtime.sweep, trial_dirname_creator=trial_dirname)
     storage, name = runtime.path.rstrip("/").rsplit("/", 1)
     return tune.Tuner(
         _trainable(runtime),
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric=final_name(spec.metric), mode=spec.mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=num_samples, max_concurrent_trials=spec.search.max_concurrent,
-                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+        tune_config=tune_config,
         run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
-                                  callbacks=[MlflowTrialRuns(runtime, searcher)]),
+                                  callbacks=[MlflowTrialRuns(runtime, tune_config.search_alg)]),
     )
 
 
@@ -289,7 +279,9 @@ def start(sweep: Sweep) -> SweepRuntime:
     params = {"sweep.name": spec.name, "sweep.path": path, "search.algorithm": spec.search.algorithm,
               "search.num_trials": expected_trials(sweep), "search.seed": spec.search.seed,
               "search.max_concurrent": spec.search.max_concurrent, "scheduler.kind": spec.scheduler.kind,
-              "scheduler.grace_period": spec.scheduler.grace_period, "metric": spec.metric, "mode": spec.mode,
+              "scheduler.fidelity": spec.scheduler.fidelity, "scheduler.grace_period": spec.scheduler.grace_period,
+              "scheduler.reduction_factor": spec.scheduler.reduction_factor, "scheduler.levels": search.budget(sweep)[1],
+              "metric": spec.metric, "mode": spec.mode,
               "seeds": sweep.seeds, "base.dataset": sweep.base_config.benchmark.dataset, "base.num_tasks": sweep.num_tasks,
               "base.storage_path": sweep.base_config.storage_path}
     space = {key: param.model_dump(exclude_none=True, by_alias=True) for key, param in spec.space.items()}

@@ -21,6 +21,7 @@ import yaml
 from aepg import plots, tracking
 from aepg.config import to_yaml, validate
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
+from aepg.sweep.fidelity import COMPUTE_KEY, LEVEL_KEY, level_metric
 from aepg.sweep.spec import Param
 from aepg.sweep.table import PaperTable, build_table
 
@@ -35,8 +36,11 @@ class Entry:
     status: str
     params: dict[str, object]
     value: float | None
-    """final/<metric> of a finished trial; the running eval/<metric> of a stopped one."""
-    tasks: int
+    """final/<metric> of a finished trial; the value a stopped one had when it stopped."""
+    progress: str
+    """How far the trial got: tasks trained, or the ladder's level."""
+    compute: float
+    """Tasks trained, at their share of the budget (a task at 1/3 of its data counts 1/3)."""
     run_ids: list[str]
     index: int = 0
     seeds: list[int] = field(default_factory=list)
@@ -65,13 +69,21 @@ def sampled_params(run: tracking.RunRecord, space: dict[str, Param]) -> dict[str
     return {key: values[key] for key, param in space.items() if key in values and param.active(values)}
 
 
-def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: str) -> list[Entry]:
+def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: str, num_tasks: int,
+               levels: int | None = None) -> list[Entry]:
+    """Leaderboard entries; ``levels`` for sweeps over an epochs or data ladder."""
     entries = []
     for run in runs:
         status = status_of(run)
-        value = run.metrics.get(final_name(metric) if status == "finished" else partial_name(metric))
-        entries.append(Entry(run.name, status, sampled_params(run, space), value, int(run.metrics.get(BUDGET_KEY, 0)),
-                             [run.run_id], int(run.tags.get("aepg.trial_index", 0)), [_typed(run.params.get("seed", "0"))],
+        if levels:  # a ladder: the value at the last level trained, compute from the trial's own count
+            level = int(run.metrics.get(LEVEL_KEY, 0))
+            partial, progress, compute = level_metric(metric), f"level {level}/{levels}", run.metrics.get(COMPUTE_KEY, 0.0)
+        else:
+            done = int(run.metrics.get(BUDGET_KEY, 0))
+            partial, progress, compute = partial_name(metric), f"{done}/{num_tasks} tasks", float(done)
+        value = run.metrics.get(final_name(metric) if status == "finished" else partial)
+        entries.append(Entry(run.name, status, sampled_params(run, space), value, progress, compute, [run.run_id],
+                             int(run.tags.get("aepg.trial_index", 0)), [_typed(run.params.get("seed", "0"))],
                              optuna_state=run.tags.get("aepg.optuna_state", ""), end_time=run.end_time))
     return entries
 
@@ -91,7 +103,8 @@ def average_over_seeds(entries: list[Entry]) -> list[Entry]:
             status=status,
             params=members[0].params,
             value=statistics.mean(values) if values else None,
-            tasks=min(m.tasks for m in members),
+            progress=members[0].progress if len({m.progress for m in members}) == 1 else "mixed",
+            compute=sum(m.compute for m in members),
             run_ids=[r for m in members for r in m.run_ids],
             index=min(m.index for m in members),
             seeds=sorted(s for m in members for s in m.seeds),
@@ -110,13 +123,13 @@ def rank(entries: list[Entry], mode: str) -> list[Entry]:
     return sorted(entries, key=key)
 
 
-def table(entries: list[Entry], metric: str, num_tasks: int, space_keys: list[str]) -> list[dict[str, object]]:
+def table(entries: list[Entry], metric: str, space_keys: list[str]) -> list[dict[str, object]]:
     rows = []
     for i, entry in enumerate(entries, 1):
         finished = entry.status == "finished"
         row = {"rank": i, "trial": entry.name, "status": entry.status,
                final_name(metric): round(entry.value, 4) if finished and entry.value is not None else None,
-               "tasks": f"{entry.tasks}/{num_tasks}",
+               "progress": entry.progress,
                f"{metric} when stopped": round(entry.value, 4) if not finished and entry.value is not None else None}
         if entry.spread is not None or len(entry.seeds) > 1:
             row["std"] = None if entry.spread is None else round(entry.spread, 4)
@@ -180,7 +193,7 @@ def convergence(entries: list[Entry], mode: str) -> list[tuple[float, float | No
     """(tasks trained so far, best finished value so far), in the order trials ended."""
     spent, best, points = 0.0, None, []
     for entry in sorted((e for e in entries if e.end_time), key=lambda e: e.end_time):
-        spent += entry.tasks
+        spent += entry.compute
         if entry.status == "finished" and entry.value is not None:
             best = entry.value if best is None else (max if mode == "max" else min)(best, entry.value)
         points.append((spent, best))
@@ -195,7 +208,7 @@ def figures(name: str, entries: list[Entry], space: dict[str, Param], mode: str,
     from optuna.visualization import matplotlib as ovm
 
     drawn = {"objective_over_trials.png": plots.trials_plot(
-        [{"index": e.index, "status": e.status, "value": e.value, "tasks": e.tasks} for e in entries], metric, mode,
+        [{"index": e.index, "status": e.status, "value": e.value, "progress": e.progress} for e in entries], metric, mode,
         f"sweep {name}: {metric} of each trial")}
     points = convergence(entries, mode)
     if points:
@@ -260,8 +273,10 @@ def build_report(tracking_uri: str, parent_run_id: str) -> SweepReport:
     space = {k: Param.model_validate(v) for k, v in json.loads(tracking.read_text(tracking_uri, parent_run_id, "space.json")).items()}
     metric, mode = parent.params["metric"], parent.params["mode"]
     num_tasks = int(parent.params.get("base.num_tasks", 0))
+    ladder = parent.params.get("scheduler.fidelity", "tasks") in ("epochs", "data") and parent.params.get("scheduler.kind") == "asha"
+    levels = int(parent.params["scheduler.levels"]) if ladder else None
     children = tracking.find_runs(tracking_uri, experiment, {tracking.PARENT_TAG: parent_run_id})
-    entries = entries_of(children, space, metric)
+    entries = entries_of(children, space, metric, num_tasks, levels)
     budget = int(parent.params["search.num_trials"]) * num_tasks if num_tasks else None
     figs = figures(parent.name, entries, space, mode, metric, budget)
     if len(json.loads(parent.params["seeds"])) > 1:
@@ -270,7 +285,7 @@ def build_report(tracking_uri: str, parent_run_id: str) -> SweepReport:
     best = next((e for e in ranked if e.status == "finished" and e.value is not None), None)
     best_yaml = (best_config(tracking_uri, best, f"{parent.name}-best", parent.params["base.storage_path"])
                  if best else None)
-    return SweepReport(parent.name, metric, table(ranked, metric, num_tasks, list(space)), best, best_yaml, figs,
+    return SweepReport(parent.name, metric, table(ranked, metric, list(space)), best, best_yaml, figs,
                        ranked, parent.experiment_id)
 
 

@@ -108,13 +108,27 @@ class SearchSettings(Section):
     num_trials: int = Field(8, ge=1)
     """Trials to sample (tpe, random); a grid runs each of its points once per seed."""
     max_concurrent: int = Field(2, ge=1)
+    startup_trials: int = Field(10, ge=1)
+    """TPE: trials sampled at random before the model of good configurations takes over
+    (Optuna's n_startup_trials); concurrent trials are spread by the constant-liar heuristic."""
 
 
 class SchedulerSettings(Section):
+    """Early stopping; ``aepg.sweep.search`` says how each fidelity works."""
+
     kind: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    """Tasks every trial completes before ASHA may stop it."""
-    reduction_factor: float = Field(2.0, gt=1)
+    fidelity: Literal["tasks", "epochs", "data"] = "tasks"
+    """What a partial budget is: the first tasks of the sequence; or every task at a fraction of its
+    epochs or of its training images, restarted at a larger fraction when promoted."""
+    grace_period: int = Field(2, ge=1)
+    """Fidelity tasks: the tasks every trial trains before ASHA may stop it (2: forgetting shows)."""
+    reduction_factor: float = Field(3.0, gt=1)
+    """ASHA keeps 1 / reduction_factor of the trials at each rung; levels grow by this factor."""
+    rung_metric: Literal[SUMMARY_METRICS] | None = None
+    """Fidelity tasks: the running metric compared at rungs; default last_accuracy (the accuracy
+    after the rung's task, forgetting included)."""
+    min_fraction: float = Field(1 / 9, gt=0, le=1)
+    """Fidelities epochs and data: the lowest level's share of the full budget."""
 
 
 class TrialSettings(Section):
@@ -268,13 +282,40 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
                 problems.append((f"space.{key}", "grid search takes choice parameters only"))
     elif spec.seeds and len(spec.seeds) > 1:
         problems.append(("seeds", "several seeds need search.algorithm: grid (TPE and random sample one config per trial)"))
-    if spec.scheduler.kind == "asha" and spec.scheduler.grace_period > sweep.num_tasks:
-        problems.append(("scheduler.grace_period", f"{spec.scheduler.grace_period} tasks but the benchmark has {sweep.num_tasks}"))
-    if spec.scheduler.kind == "asha" and sweep.num_tasks < 2:
-        problems.append(("scheduler.kind", "ASHA needs at least 2 tasks to stop trials early"))
-    if spec.scheduler.kind == "asha" and spec.metric in ("forgetting", "bwt") and spec.scheduler.grace_period < 2:
-        problems.append(("scheduler.grace_period", f"{spec.metric} exists from the second task on: use a grace period of 2 or more"))
+    settings = spec.scheduler
+    if settings.kind == "asha" and settings.fidelity == "tasks":
+        if settings.grace_period > sweep.num_tasks:
+            problems.append(("scheduler.grace_period", f"{settings.grace_period} tasks but the benchmark has {sweep.num_tasks}"))
+        if sweep.num_tasks < 2:
+            problems.append(("scheduler.kind", "ASHA over tasks needs at least 2 tasks to stop trials early"))
+        compared = settings.rung_metric or "last_accuracy"
+        if compared in ("forgetting", "bwt") and settings.grace_period < 2:
+            problems.append(("scheduler.grace_period", f"{compared} exists from the second task on: use a grace period of 2 or more"))
+    if settings.kind == "asha" and settings.fidelity != "tasks":
+        problems.extend(_check_ladder(sweep))
     return problems
+
+
+def _check_ladder(sweep: Sweep) -> list[tuple[str, str]]:
+    """An epochs or data ladder must have two levels or more, each training something different."""
+    from aepg.sweep.fidelity import full_per_class, ladder, level_config
+
+    levels = ladder(sweep.spec)
+    if len(levels) < 2:
+        return [("scheduler.min_fraction", f"{sweep.spec.scheduler.min_fraction} gives a single level; lower it below "
+                 f"1 / reduction_factor ({1 / sweep.spec.scheduler.reduction_factor:.3g})")]
+    fidelity, cfg = sweep.spec.scheduler.fidelity, sweep.base_config
+    try:
+        per_class = full_per_class(cfg) if fidelity == "data" else 0
+    except FileNotFoundError:  # the data set is missing: its check says so
+        return []
+    budgets = [level_config(cfg, fidelity, level, per_class) for level in levels]
+    sizes = [b.train.epochs if fidelity == "epochs" else b.benchmark.max_train_per_class for b in budgets]
+    if len(set(sizes)) < len(sizes):
+        what = "epochs per task" if fidelity == "epochs" else "training images per class"
+        return [("scheduler.min_fraction", f"levels {[f'{lv.fraction:.3g}' for lv in levels]} train {sizes} {what}: "
+                 "two levels train the same; raise min_fraction" + (" or train.epochs" if fidelity == "epochs" else ""))]
+    return []
 
 
 def variants(sweep: Sweep) -> list[tuple[str, RunConfig]]:
@@ -347,8 +388,10 @@ def sweep_plan(sweep: Sweep) -> list[str]:
 
     spec = sweep.spec
     trials = expected_trials(sweep)
+    ladder = spec.scheduler.kind == "asha" and spec.scheduler.fidelity != "tasks"
+    stopping = f"ASHA over {spec.scheduler.fidelity}" if spec.scheduler.kind == "asha" else "no early stopping"
     lines = [f"sweep {spec.name}: {trials} trials of {spec.search.algorithm} search over {', '.join(sweep.space)}; "
-             f"metric final/{spec.metric} ({spec.mode}); scheduler {spec.scheduler.kind}"]
+             f"ranked on final/{spec.metric} ({spec.mode}); {stopping}"]
     if spec.search.algorithm == "grid":
         configs = [sweep.trial_config(point, "plan", "plan") for point in sweep.grid()]
         samples = [preflight.plan(cfg).train_samples for cfg in configs]
@@ -359,7 +402,17 @@ def sweep_plan(sweep: Sweep) -> list[str]:
                     for k, p in sweep.space.items() if k.startswith("train.") for v in p.extremes()]
         total, per_trial = trials * max(samples), f"up to {max(samples):,}"
     base = preflight.plan(sweep.base_config)
-    lines.append(f"each trial: {len(base.tasks)} tasks; {per_trial} training samples")
+    if ladder:  # a promoted trial also trains every lower level
+        from aepg.sweep.fidelity import full_per_class, ladder as levels, level_config
+
+        per_class = full_per_class(sweep.base_config) if spec.scheduler.fidelity == "data" else 0
+        lows = [preflight.plan(level_config(sweep.base_config, spec.scheduler.fidelity, level, per_class)).train_samples
+                for level in levels(spec)]
+        total = round(total * sum(lows) / lows[-1])
+        per_trial += f" training samples at the full budget, and {sum(lows[:-1]):,} on the levels below it"
+    else:
+        per_trial += " training samples"
+    lines.append(f"each trial: {len(base.tasks)} tasks; {per_trial}")
     lines.append(f"the whole sweep: at most {total:,} training samples"
                  + (" (early stopping trains fewer)" if spec.scheduler.kind != "none" else ""))
     return lines

@@ -1,0 +1,68 @@
+"""The epochs and data fidelity ladders of a sweep (``scheduler.fidelity``; see
+``aepg.sweep.search``): the levels, a trial's config at each, and what each costs. Pure
+arithmetic on configs, so sweep files are checked without importing Ray."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from aepg.config import RunConfig
+
+LEVEL_KEY = "fidelity/level"
+COMPUTE_KEY = "compute/tasks"
+
+
+def level_metric(metric: str) -> str:
+    """The sweep metric at the end of a fidelity level's task sequence."""
+    return f"fidelity/{metric}"
+
+
+@dataclass(frozen=True)
+class Level:
+    """One rung of an epochs or data fidelity ladder."""
+
+    index: int
+    fraction: float
+    """The share of the full budget this level trains (of the epochs, or of each task's data)."""
+
+    @property
+    def label(self) -> str:
+        return "full budget" if self.fraction >= 1 else f"1/{round(1 / self.fraction)} budget"
+
+
+def ladder(spec) -> list[Level]:
+    """The levels of an epochs or data fidelity: min_fraction, then x reduction_factor, up to 1."""
+    settings = spec.scheduler
+    count = 1 + math.floor(math.log(1 / settings.min_fraction) / math.log(settings.reduction_factor) + 1e-9)
+    return [Level(k, settings.reduction_factor ** (k - count + 1)) for k in range(count)]
+
+
+def level_config(cfg: RunConfig, fidelity: str, level: Level, full_per_class: int) -> RunConfig:
+    """``cfg`` at a level of the ladder: fewer epochs (head-only epochs scaled alike), or fewer
+    training images per class (``full_per_class`` is the full budget's)."""
+    if level.fraction >= 1:
+        return cfg
+    low = cfg.model_copy(deep=True)
+    if fidelity == "epochs":
+        epochs = max(1, round(cfg.train.epochs * level.fraction))
+        low.train.head_only_epochs = min(round(cfg.train.head_only_epochs * level.fraction), epochs - 1)
+        low.train.epochs = epochs
+    else:
+        low.benchmark.max_train_per_class = max(1, round(full_per_class * level.fraction))
+    return low
+
+
+def level_compute(cfg: RunConfig, low: RunConfig, fidelity: str, full_per_class: int) -> float:
+    """Tasks trained by a whole sequence at this level, in full-budget tasks."""
+    if fidelity == "epochs":
+        return cfg.benchmark.num_tasks * low.train.epochs / cfg.train.epochs
+    return cfg.benchmark.num_tasks * min(1.0, low.benchmark.max_train_per_class / full_per_class)
+
+
+def full_per_class(cfg: RunConfig) -> int:
+    """Training images per class at the full budget: the config's cap, or the largest class."""
+    from aepg.benchmarks import DATASETS
+
+    largest = max(DATASETS[cfg.benchmark.dataset].class_sizes(cfg.benchmark)[0])
+    return min(cfg.benchmark.max_train_per_class or largest, largest)

@@ -1,0 +1,120 @@
+"""How a sweep searches: the searcher, early stopping, and the fidelity at which trials compete.
+
+The searcher is Optuna's TPE or random sampling through Ray Tune (define-by-run, seeded), or a
+grid. Early stopping is ASHA over one of three fidelities (``scheduler.fidelity``):
+
+- ``tasks``: a trial trains the task sequence in order; ASHA compares trials after
+  ``grace_period`` tasks (2 by default, the first point where forgetting shows), then every
+  ``reduction_factor`` times as many, on the running value of ``rung_metric`` (default the
+  accuracy after the rung's task, which counts forgetting); a stopped trial ends there.
+- ``epochs`` and ``data``: a trial first trains the whole task sequence at a fraction of the
+  epochs of every task (or of every task's training images), ``min_fraction`` at the lowest
+  level and ``reduction_factor`` times more at each level up to the full budget; ASHA compares
+  trials at each level on the sweep metric at the end of that level's sequence, and a promoted
+  trial restarts at the next level (successive halving with restarts, as in Hyperband).
+
+Optuna is told the truth about stopped trials: PRUNED, with their intermediate values, never
+COMPLETE with a value from less than the full budget. Compute is counted in tasks trained
+(``compute/tasks``): a task at a fraction f of its epochs or data counts f.
+"""
+
+from __future__ import annotations
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from aepg.metrics import BUDGET_KEY, final_name, partial_name
+from aepg.sweep.fidelity import LEVEL_KEY, ladder, level_metric
+
+def budget(sweep) -> tuple[str, int]:
+    """(the result key counting a trial's progress, its value at the full budget)."""
+    if sweep.spec.scheduler.fidelity == "tasks":
+        return BUDGET_KEY, sweep.num_tasks
+    return LEVEL_KEY, len(ladder(sweep.spec))
+
+
+def compared_metric(sweep) -> str:
+    """What trials are compared on while under way (ASHA's rungs, Optuna's intermediate values)."""
+    spec = sweep.spec
+    if spec.scheduler.fidelity == "tasks":
+        return partial_name(spec.scheduler.rung_metric or "last_accuracy")
+    return level_metric(spec.metric)
+
+
+def searched_metric(sweep) -> str:
+    """The value Optuna learns from: the sweep metric's running value, final at the full budget."""
+    spec = sweep.spec
+    return partial_name(spec.metric) if spec.scheduler.fidelity == "tasks" else level_metric(spec.metric)
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """Optuna search that tells trials stopped before the full budget as PRUNED.
+
+    Ray's OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial value, which
+    biases TPE toward configurations that merely look good early. Here such trials end as
+    PRUNED, keeping the intermediate values Optuna already received.
+    """
+
+    def __init__(self, *args, budget_key: str = BUDGET_KEY, full_budget: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.budget_key, self.full_budget = budget_key, full_budget
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped_early = not error and result and result.get(self.budget_key, self.full_budget) < self.full_budget
+        if stopped_early and trial_id not in self._completed_trials:
+            from optuna.trial import TrialState
+
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+    def optuna_state(self, trial_id: str) -> str | None:
+        trial = self._ot_trials.get(trial_id)
+        return self._ot_study.trials[trial.number].state.name if trial is not None else None
+
+
+class RungASHA(ASHAScheduler):
+    """ASHA comparing trials at its rungs on its own metric (the running ``eval/...`` or a level's
+    value), while the Tuner (its progress line, its best trial) ranks on ``final/<metric>``."""
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        return True  # keep this scheduler's own metric and mode
+
+
+def searcher(sweep) -> tuple[dict | None, PrunedAwareOptunaSearch | None, int]:
+    """(param_space, searcher, num_samples) for the configured algorithm."""
+    import optuna
+
+    spec = sweep.spec
+    if spec.search.algorithm == "grid":
+        return {"params": tune.grid_search(sweep.grid())}, None, 1
+    sampler = (optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=spec.search.startup_trials,
+                                          constant_liar=spec.search.max_concurrent > 1)
+               if spec.search.algorithm == "tpe"
+               else optuna.samplers.RandomSampler(seed=spec.search.seed))
+    key, full = budget(sweep)
+    found = PrunedAwareOptunaSearch(space=sweep.define_by_run(), metric=searched_metric(sweep), mode=spec.mode,
+                                    sampler=sampler, budget_key=key, full_budget=full)
+    return None, found, spec.search.num_trials
+
+
+def scheduler(sweep):
+    """ASHA over the configured fidelity, or none (every trial to the full budget)."""
+    settings = sweep.spec.scheduler
+    if settings.kind == "none":
+        return FIFOScheduler()
+    key, full = budget(sweep)
+    grace = settings.grace_period if settings.fidelity == "tasks" else 1
+    return RungASHA(time_attr=key, metric=compared_metric(sweep), mode=sweep.spec.mode, max_t=full,
+                    grace_period=grace, reduction_factor=settings.reduction_factor)
+
+
+def tuner_settings(sweep, **extra) -> tuple[dict | None, tune.TuneConfig]:
+    """(param_space, TuneConfig): ranked on ``final/<metric>``, searched and stopped as configured."""
+    spec = sweep.spec
+    param_space, found, num_samples = searcher(sweep)
+    return param_space, tune.TuneConfig(
+        metric=final_name(spec.metric), mode=spec.mode, search_alg=found, scheduler=scheduler(sweep),
+        num_samples=num_samples, max_concurrent_trials=spec.search.max_concurrent, reuse_actors=True, **extra)
