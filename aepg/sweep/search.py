@@ -27,6 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
 from aepg.sweep.fidelity import LEVEL_KEY, ladder, level_metric
 
+
 def budget(sweep) -> tuple[str, int]:
     """(the result key counting a trial's progress, its value at the full budget)."""
     if sweep.spec.scheduler.fidelity == "tasks":
