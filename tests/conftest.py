@@ -24,9 +24,13 @@ def run_aepg(args: list[str], cwd: Path, env: dict | None = None, timeout: int =
 
 
 def start_aepg(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start the ``aepg`` console script in the background (output merged, as text)."""
+    """Start the ``aepg`` console script in the background (output merged, as text).
+
+    Its SIGINT is reset to the default: a test run launched with ``&`` from a script inherits
+    SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
     return subprocess.Popen([str(AEPG), *args], cwd=cwd, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_until(condition, what: str, process: subprocess.Popen | None = None, timeout: float = 300):

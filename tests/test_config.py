@@ -160,18 +160,31 @@ def test_dry_run_plan_matches_what_the_trainer_does(overrides):
 HEAVY = ("torch", "torchvision", "timm", "ray", "mlflow", "optuna")
 
 
+LIGHT_CHECK = ("import sys\nfrom aepg.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+               f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])")
+
+
+@pytest.fixture(scope="module")
+def warm_cache_env(tmp_path_factory):
+    """An environment whose backbone-facts cache one dry run (which may import torch) has filled."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AEPG_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    warm = subprocess.run([sys.executable, "-c", LIGHT_CHECK, "train", DIGITS, "--dry-run"], env=env,
+                          capture_output=True, text=True)
+    assert warm.returncode == 0, warm.stderr
+    return env
+
+
 @pytest.mark.parametrize("args", [["train", DIGITS, "--dry-run"], ["train", DIGITS, "nonsense.key=1"],
                                   ["sweep", str(CONFIGS.parent / "sweeps" / "quickstart.yaml"), "--dry-run"],
                                   ["--version"], ["--help"]])
-def test_validation_imports_nothing_heavy(args, tmp_path):
+def test_validation_imports_nothing_heavy(args, tmp_path, warm_cache_env):
     """Checking and printing cost no torch, timm, Ray or MLflow import (the backbone facts are cached)."""
     import subprocess
     import sys
 
-    env = {**os.environ, "AEPG_CACHE": str(tmp_path / "cache")}
-    code = ("import sys\nfrom aepg.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])")
-    warm = subprocess.run([sys.executable, "-c", code, "train", DIGITS, "--dry-run"], env=env, capture_output=True, text=True)
-    assert warm.returncode == 0, warm.stderr
-    out = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", LIGHT_CHECK, *args], env=warm_cache_env, cwd=tmp_path,
+                         capture_output=True, text=True)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]

@@ -62,7 +62,8 @@ def test_non_finite_loss_fails_the_run(tmp_path):
 
 
 def test_aepg_train_writes_a_complete_mlflow_run(workdir):
-    result = run_aepg(["train", DIGITS, "train.epochs=2", "run_name=e2e"], cwd=workdir)
+    result = run_aepg(["train", DIGITS, "train.epochs=2", "benchmark.max_train_per_class=60", "run_name=e2e"],
+                      cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "last_accuracy" in result.stdout
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
