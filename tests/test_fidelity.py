@@ -70,3 +70,7 @@ def test_search_follows_the_fidelity(tmp_path):
     assert search.compared_metric(data) == search.searched_metric(data) == "fidelity/avg_incremental_accuracy"
     scheduler = search.scheduler(data)
     assert (scheduler._time_attr, scheduler._max_t, scheduler._metric) == ("fidelity/level", 3, "fidelity/avg_incremental_accuracy")
+    # Without early stopping a fidelity setting changes nothing: trials train the sequence once.
+    unstopped = sweep(tmp_path, {"kind": "none", "fidelity": "data"})
+    assert search.budget(unstopped) == search.budget(tasks)
+    assert search.searched_metric(unstopped) == search.searched_metric(tasks)

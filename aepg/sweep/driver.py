@@ -25,14 +25,13 @@ import ray
 from ray import tune
 
 from aepg import preflight, tracking
+from aepg.checkpoints import CheckpointStore
 from aepg.config import ConfigError, RunConfig
 from aepg.distributed import Context, pick_device
-from aepg.checkpoints import CheckpointStore
 from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
 from aepg.sweep import fidelity, search
-from aepg.trainer import TrainState
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
-from aepg.metrics import BUDGET_KEY
+from aepg.trainer import TrainState
 from aepg.sweep.spec import STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
 
 log = logging.getLogger("aepg")
@@ -131,8 +130,7 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
         time.sleep(0.5)
     cfg = runtime.trial_config(params, run.name)
     tracking.set_tags(runtime.tracking_uri, run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
-    settings = runtime.sweep.spec.scheduler
-    if settings.kind == "asha" and settings.fidelity != "tasks":
+    if fidelity.climbs(runtime.sweep.spec):
         climb(cfg, run, runtime)
         return
     tasks = cfg.benchmark.num_tasks
@@ -216,8 +214,7 @@ class MlflowTrialRuns(tune.Callback):
         tracking.close_run(self.runtime.tracking_uri, run.run_id, status, reason)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        key, full = search.budget(self.runtime.sweep) if self.runtime.sweep.spec.scheduler.kind == "asha" \
-            else (BUDGET_KEY, self.runtime.sweep.num_tasks)
+        key, full = search.budget(self.runtime.sweep)
         status = "finished" if int((trial.last_result or {}).get(key, 0)) >= full else "stopped early"
         self._close(trial, "FINISHED", {STATUS_TAG: status})
 

@@ -13,6 +13,12 @@ LEVEL_KEY = "fidelity/level"
 COMPUTE_KEY = "compute/tasks"
 
 
+def climbs(spec) -> bool:
+    """Whether trials climb an epochs or data ladder (ASHA over a fidelity other than tasks); with
+    no early stopping, or over tasks, a trial trains the task sequence once."""
+    return spec.scheduler.kind == "asha" and spec.scheduler.fidelity != "tasks"
+
+
 def level_metric(metric: str) -> str:
     """The sweep metric at the end of a fidelity level's task sequence."""
     return f"fidelity/{metric}"

@@ -25,28 +25,28 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
-from aepg.sweep.fidelity import LEVEL_KEY, ladder, level_metric
+from aepg.sweep.fidelity import LEVEL_KEY, climbs, ladder, level_metric
 
 
 def budget(sweep) -> tuple[str, int]:
     """(the result key counting a trial's progress, its value at the full budget)."""
-    if sweep.spec.scheduler.fidelity == "tasks":
-        return BUDGET_KEY, sweep.num_tasks
-    return LEVEL_KEY, len(ladder(sweep.spec))
+    if climbs(sweep.spec):
+        return LEVEL_KEY, len(ladder(sweep.spec))
+    return BUDGET_KEY, sweep.num_tasks
 
 
 def compared_metric(sweep) -> str:
     """What trials are compared on while under way (ASHA's rungs, Optuna's intermediate values)."""
     spec = sweep.spec
-    if spec.scheduler.fidelity == "tasks":
-        return partial_name(spec.scheduler.rung_metric or "last_accuracy")
-    return level_metric(spec.metric)
+    if climbs(spec):
+        return level_metric(spec.metric)
+    return partial_name(spec.scheduler.rung_metric or "last_accuracy")
 
 
 def searched_metric(sweep) -> str:
     """The value Optuna learns from: the sweep metric's running value, final at the full budget."""
     spec = sweep.spec
-    return partial_name(spec.metric) if spec.scheduler.fidelity == "tasks" else level_metric(spec.metric)
+    return level_metric(spec.metric) if climbs(spec) else partial_name(spec.metric)
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -107,7 +107,7 @@ def scheduler(sweep):
     if settings.kind == "none":
         return FIFOScheduler()
     key, full = budget(sweep)
-    grace = settings.grace_period if settings.fidelity == "tasks" else 1
+    grace = 1 if climbs(sweep.spec) else settings.grace_period
     return RungASHA(time_attr=key, metric=compared_metric(sweep), mode=sweep.spec.mode, max_t=full,
                     grace_period=grace, reduction_factor=settings.reduction_factor)
 

@@ -30,6 +30,7 @@ from aepg.config import (
     read_yaml,
     validate,
 )
+from aepg.sweep.fidelity import climbs
 
 Scalar = str | int | float | bool | None
 
@@ -283,7 +284,7 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
     elif spec.seeds and len(spec.seeds) > 1:
         problems.append(("seeds", "several seeds need search.algorithm: grid (TPE and random sample one config per trial)"))
     settings = spec.scheduler
-    if settings.kind == "asha" and settings.fidelity == "tasks":
+    if settings.kind == "asha" and not climbs(spec):
         if settings.grace_period > sweep.num_tasks:
             problems.append(("scheduler.grace_period", f"{settings.grace_period} tasks but the benchmark has {sweep.num_tasks}"))
         if sweep.num_tasks < 2:
@@ -291,7 +292,7 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
         compared = settings.rung_metric or "last_accuracy"
         if compared in ("forgetting", "bwt") and settings.grace_period < 2:
             problems.append(("scheduler.grace_period", f"{compared} exists from the second task on: use a grace period of 2 or more"))
-    if settings.kind == "asha" and settings.fidelity != "tasks":
+    if climbs(spec):
         problems.extend(_check_ladder(sweep))
     return problems
 
@@ -388,7 +389,7 @@ def sweep_plan(sweep: Sweep) -> list[str]:
 
     spec = sweep.spec
     trials = expected_trials(sweep)
-    ladder = spec.scheduler.kind == "asha" and spec.scheduler.fidelity != "tasks"
+    ladder = climbs(spec)
     stopping = f"ASHA over {spec.scheduler.fidelity}" if spec.scheduler.kind == "asha" else "no early stopping"
     lines = [f"sweep {spec.name}: {trials} trials of {spec.search.algorithm} search over {', '.join(sweep.space)}; "
              f"ranked on final/{spec.metric} ({spec.mode}); {stopping}"]
