@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import statistics
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from aepg.sweep.fidelity import COMPUTE_KEY, LEVEL_KEY, level_metric
 from aepg.sweep.spec import Param
 from aepg.sweep.table import PaperTable, build_table
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 STATUS_ORDER = {"finished": 0, "stopped early": 1, "running": 2, "interrupted": 3, "failed": 4}
 
 
@@ -50,7 +52,11 @@ class Entry:
 
 
 def _typed(value: str | None):
-    return yaml.safe_load(value) if value not in (None, "None") else None
+    """A param back from MLflow's text. YAML 1.1 reads an exponent without a dot as text, and
+    that is how Python writes small floats (str(1e-05) == '1e-05'), so those are read as floats."""
+    if value in (None, "None"):
+        return None
+    return float(value) if _EXPONENT.fullmatch(value) else yaml.safe_load(value)
 
 
 def status_of(run: tracking.RunRecord) -> str:

@@ -1,0 +1,18 @@
+"""Leaderboard entries as read back from MLflow's run records."""
+
+from aepg.sweep.report import sampled_params
+from aepg.sweep.spec import Param
+from aepg.tracking import RunRecord
+
+
+def test_params_read_back_from_mlflow_keep_their_types():
+    """MLflow stores params as text, and str(1e-05) is '1e-05', which YAML 1.1 reads as a string:
+    the leaderboard must see the float the space sampled, or grouping and importances drop it."""
+    space = {"train.lr": Param(loguniform=[1.0e-6, 1.0e-2]), "objective.kind": Param(choice=["ce", "aepg"]),
+             "model.peft.rank": Param(integer=[2, 8]), "train.epochs": Param(choice=[1, 2, 3])}
+    sampled = {"train.lr": 1e-05, "objective.kind": "aepg", "model.peft.rank": 4, "train.epochs": 2}
+    run = RunRecord("id", "t00", "FINISHED", {k: str(v) for k, v in sampled.items()}, {}, {})
+    params = sampled_params(run, space)
+    assert params == sampled
+    assert [type(params[k]) for k in sampled] == [float, str, int, int]
+    assert all(space[k].contains(v) for k, v in params.items())
