@@ -64,7 +64,9 @@ def test_search_follows_the_fidelity(tmp_path):
 
     tasks = sweep(tmp_path, {"fidelity": "tasks"})
     assert search.budget(tasks) == ("eval/tasks_done", 5)
-    assert search.compared_metric(tasks) == "eval/accuracy" and search.searched_metric(tasks) == "eval/avg_incremental_accuracy"
+    assert search.compared_metric(tasks) == search.searched_metric(tasks) == "eval/avg_incremental_accuracy"
+    chosen = sweep(tmp_path, {"fidelity": "tasks", "rung_metric": "last_accuracy"})
+    assert search.compared_metric(chosen) == "eval/accuracy"
     data = sweep(tmp_path, {"fidelity": "data", "reduction_factor": 3, "min_fraction": 0.111})
     assert search.budget(data) == ("fidelity/level", 3)
     assert search.compared_metric(data) == search.searched_metric(data) == "fidelity/avg_incremental_accuracy"

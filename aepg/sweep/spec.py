@@ -126,8 +126,7 @@ class SchedulerSettings(Section):
     reduction_factor: float = Field(3.0, gt=1)
     """ASHA keeps 1 / reduction_factor of the trials at each rung; levels grow by this factor."""
     rung_metric: Literal[SUMMARY_METRICS] | None = None
-    """Fidelity tasks: the running metric compared at rungs; default last_accuracy (the accuracy
-    after the rung's task, forgetting included)."""
+    """Fidelity tasks: the running metric compared at rungs; default the sweep's metric."""
     min_fraction: float = Field(1 / 9, gt=0, le=1)
     """Fidelities epochs and data: the lowest level's share of the full budget."""
 
@@ -289,7 +288,7 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
             problems.append(("scheduler.grace_period", f"{settings.grace_period} tasks but the benchmark has {sweep.num_tasks}"))
         if sweep.num_tasks < 2:
             problems.append(("scheduler.kind", "ASHA over tasks needs at least 2 tasks to stop trials early"))
-        compared = settings.rung_metric or "last_accuracy"
+        compared = settings.rung_metric or spec.metric
         if compared in ("forgetting", "bwt") and settings.grace_period < 2:
             problems.append(("scheduler.grace_period", f"{compared} exists from the second task on: use a grace period of 2 or more"))
     if climbs(spec):
