@@ -66,7 +66,10 @@ def test_search_follows_the_fidelity(tmp_path):
     assert search.budget(tasks) == ("eval/tasks_done", 5)
     assert search.compared_metric(tasks) == search.searched_metric(tasks) == "eval/avg_incremental_accuracy"
     chosen = sweep(tmp_path, {"fidelity": "tasks", "rung_metric": "last_accuracy"})
-    assert search.compared_metric(chosen) == "eval/accuracy"
+    assert search.compared_metric(chosen) == "eval/accuracy" and search.scheduler(chosen)._mode == "max"
+    # A rung metric other than the sweep's is compared in its own direction: less forgetting is better.
+    forgetting = sweep(tmp_path, {"fidelity": "tasks", "rung_metric": "forgetting"})
+    assert (search.scheduler(forgetting)._metric, search.scheduler(forgetting)._mode) == ("eval/forgetting", "min")
     data = sweep(tmp_path, {"fidelity": "data", "reduction_factor": 3, "min_fraction": 0.111})
     assert search.budget(data) == ("fidelity/level", 3)
     assert search.compared_metric(data) == search.searched_metric(data) == "fidelity/avg_incremental_accuracy"

@@ -45,6 +45,16 @@ def compared_metric(sweep) -> str:
     return partial_name(spec.scheduler.rung_metric or spec.metric)
 
 
+def compared_mode(sweep) -> str:
+    """The direction of the compared metric: the sweep's mode for its own metric; for another rung
+    metric its natural one (less forgetting is better, more of the rest)."""
+    spec = sweep.spec
+    rung = spec.scheduler.rung_metric
+    if climbs(spec) or rung in (None, spec.metric):
+        return spec.mode
+    return "min" if rung == "forgetting" else "max"
+
+
 def searched_metric(sweep) -> str:
     """The value Optuna learns from: the sweep metric's running value, final at the full budget."""
     spec = sweep.spec
@@ -110,7 +120,7 @@ def scheduler(sweep):
         return FIFOScheduler()
     key, full = budget(sweep)
     grace = 1 if climbs(sweep.spec) else settings.grace_period
-    return RungASHA(time_attr=key, metric=compared_metric(sweep), mode=sweep.spec.mode, max_t=full,
+    return RungASHA(time_attr=key, metric=compared_metric(sweep), mode=compared_mode(sweep), max_t=full,
                     grace_period=grace, reduction_factor=settings.reduction_factor)
 
 
