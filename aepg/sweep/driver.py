@@ -31,8 +31,8 @@ from aepg.distributed import Context, pick_device
 from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
 from aepg.sweep import fidelity, search
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
-from aepg.trainer import TrainState
 from aepg.sweep.spec import STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
+from aepg.trainer import TrainState
 
 log = logging.getLogger("aepg")
 

@@ -19,6 +19,11 @@ def climbs(spec) -> bool:
     return spec.scheduler.kind == "asha" and spec.scheduler.fidelity != "tasks"
 
 
+def rung_metric(spec) -> str:
+    """Fidelity tasks: the summary metric ASHA compares at its rungs (the sweep's unless set)."""
+    return spec.scheduler.rung_metric or spec.metric
+
+
 def level_metric(metric: str) -> str:
     """The sweep metric at the end of a fidelity level's task sequence."""
     return f"fidelity/{metric}"

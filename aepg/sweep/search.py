@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
-from aepg.sweep.fidelity import LEVEL_KEY, climbs, ladder, level_metric
+from aepg.sweep.fidelity import LEVEL_KEY, climbs, ladder, level_metric, rung_metric
 
 
 def budget(sweep) -> tuple[str, int]:
@@ -42,17 +42,16 @@ def compared_metric(sweep) -> str:
     spec = sweep.spec
     if climbs(spec):
         return level_metric(spec.metric)
-    return partial_name(spec.scheduler.rung_metric or spec.metric)
+    return partial_name(rung_metric(spec))
 
 
 def compared_mode(sweep) -> str:
     """The direction of the compared metric: the sweep's mode for its own metric; for another rung
     metric its natural one (less forgetting is better, more of the rest)."""
     spec = sweep.spec
-    rung = spec.scheduler.rung_metric
-    if climbs(spec) or rung in (None, spec.metric):
+    if climbs(spec) or rung_metric(spec) == spec.metric:
         return spec.mode
-    return "min" if rung == "forgetting" else "max"
+    return "min" if rung_metric(spec) == "forgetting" else "max"
 
 
 def searched_metric(sweep) -> str:

@@ -30,7 +30,7 @@ from aepg.config import (
     read_yaml,
     validate,
 )
-from aepg.sweep.fidelity import climbs
+from aepg.sweep.fidelity import climbs, rung_metric
 
 Scalar = str | int | float | bool | None
 
@@ -288,7 +288,7 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
             problems.append(("scheduler.grace_period", f"{settings.grace_period} tasks but the benchmark has {sweep.num_tasks}"))
         if sweep.num_tasks < 2:
             problems.append(("scheduler.kind", "ASHA over tasks needs at least 2 tasks to stop trials early"))
-        compared = settings.rung_metric or spec.metric
+        compared = rung_metric(spec)
         if compared in ("forgetting", "bwt") and settings.grace_period < 2:
             problems.append(("scheduler.grace_period", f"{compared} exists from the second task on: use a grace period of 2 or more"))
     if climbs(spec):
