@@ -104,6 +104,11 @@ def best_of(entries) -> float | None:
     return max(values) if values else None
 
 
+def median_to_target(runs) -> float:
+    """The median over seeds of the compute to the target; a seed that never reached it counts as infinite."""
+    return statistics.median(needed if needed is not None else float("inf") for needed, _, _ in runs)
+
+
 def search_efficiency(folder: Path, methods: list[str], seeds: list[int]) -> None:
     start = time.perf_counter()
     grid = run(sweep_file(folder, "grid", GRID, {"algorithm": "grid"}, {"kind": "none"}, REDUCED))
@@ -131,9 +136,7 @@ def search_efficiency(folder: Path, methods: list[str], seeds: list[int]) -> Non
     print(f"{'grid':<20} {1:>5} {'1/1':>8} {'-':>33} {grid_best:>12.4f} {grid_compute:>15.1f} {grid_minutes:>8.1f}")
     for method, runs in results.items():
         reached = [r[0] for r in runs if r[0] is not None]
-        # Seeds that never reach the target count as infinite compute in the median.
-        needed = sorted(r[0] if r[0] is not None else float("inf") for r in runs)
-        median = statistics.median(needed)
+        median = median_to_target(runs)
         fraction = f"{median / grid_compute:.2f}" if median != float("inf") else "never"
         bests = [r[1] for r in runs if r[1] is not None]
         print(f"{method:<20} {len(runs):>5} {f'{len(reached)}/{len(runs)}':>8} {fraction:>33} "
@@ -141,7 +144,7 @@ def search_efficiency(folder: Path, methods: list[str], seeds: list[int]) -> Non
               f"{minutes[method]:>8.1f}")
     print(f"\ntook {(time.perf_counter() - start) / 60:.1f} min")
     if "tpe-asha-tasks" in results:
-        needed = statistics.median(r[0] if r[0] is not None else float("inf") for r in results["tpe-asha-tasks"])
+        needed = median_to_target(results["tpe-asha-tasks"])
         verdict = (f"met: {needed / grid_compute:.2f} of the grid's compute" if needed <= grid_compute / 3
                    else "missed: never within 0.5 points" if needed == float("inf")
                    else f"missed: {needed / grid_compute:.2f} of the grid's compute")
