@@ -189,16 +189,23 @@ def check_ranking(folder: Path) -> None:
           f"{rho.statistic:.2f} (p = {rho.pvalue:.2f})")
 
 
+def seed_list(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="tpe-asha-tasks", help=f"comma-separated, of {', '.join(METHODS)}")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", type=seed_list, help="comma-separated searcher seeds")
     parser.add_argument("--check-ranking", action="store_true", help="rank the grid on the reduced and the full benchmark")
     args = parser.parse_args()
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        sys.exit(f"unknown methods {unknown}; choose among {sorted(METHODS)}")
+        parser.error(f"unknown methods {unknown}; choose among {sorted(METHODS)}")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from aepg.config import ConfigError
 
@@ -208,7 +215,7 @@ def main() -> None:
             if args.check_ranking:
                 check_ranking(Path(tmp))
             else:
-                search_efficiency(Path(tmp), methods, [int(s) for s in args.seeds.split(",")])
+                search_efficiency(Path(tmp), methods, args.seeds)
         except ConfigError as error:
             problems = "; ".join(f"{key}: {message}" for key, message in error.problems)
             sys.exit(f"search_efficiency: cannot run the benchmark: {problems}")
