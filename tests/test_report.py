@@ -16,3 +16,14 @@ def test_params_read_back_from_mlflow_keep_their_types():
     assert params == sampled
     assert [type(params[k]) for k in sampled] == [float, str, int, int]
     assert all(space[k].contains(v) for k, v in params.items())
+
+
+def test_a_choice_comes_back_as_the_choice_not_as_what_its_text_parses_to():
+    """A categorical choice of strings shaped like numbers ('1e3', '10') must stay a string, or
+    grouping by params and the space check would see a value the space never had."""
+    space = {"model.tag": Param(choice=["1e3", "10", "on"]), "train.lr": Param(choice=[1.0e-5, 1.0e-3])}
+    for tag, lr in [("1e3", 1.0e-5), ("10", 1.0e-3), ("on", 1.0e-3)]:
+        run = RunRecord("id", "t00", "FINISHED", {"model.tag": tag, "train.lr": str(lr)}, {}, {})
+        params = sampled_params(run, space)
+        assert params == {"model.tag": tag, "train.lr": lr}
+        assert type(params["model.tag"]) is str and type(params["train.lr"]) is float

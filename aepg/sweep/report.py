@@ -51,11 +51,16 @@ class Entry:
     end_time: int | None = None
 
 
-def _typed(value: str | None):
-    """A param back from MLflow's text. YAML 1.1 reads an exponent without a dot as text, and
-    that is how Python writes small floats (str(1e-05) == '1e-05'), so those are read as floats."""
+def _typed(value: str | None, param: Param | None = None):
+    """A param back from MLflow's text. A choice comes back as the choice MLflow wrote as that text
+    (so the string '1e3' stays a string). Otherwise YAML, except that YAML 1.1 reads an exponent
+    without a dot as text, and that is how Python writes small floats (str(1e-05) == '1e-05')."""
     if value in (None, "None"):
         return None
+    if param is not None and param.choice is not None:
+        match = next((choice for choice in param.choice if str(choice) == value), None)
+        if match is not None:
+            return match
     return float(value) if _EXPONENT.fullmatch(value) else yaml.safe_load(value)
 
 
@@ -71,7 +76,7 @@ def status_of(run: tracking.RunRecord) -> str:
 
 def sampled_params(run: tracking.RunRecord, space: dict[str, Param]) -> dict[str, object]:
     """The searched keys that were active in this trial (its params hold only active keys)."""
-    values = {k: _typed(v) for k, v in run.params.items()}
+    values = {k: _typed(v, space.get(k)) for k, v in run.params.items()}
     return {key: values[key] for key, param in space.items() if key in values and param.active(values)}
 
 
