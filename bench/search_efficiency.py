@@ -4,8 +4,8 @@ configuration a grid finds, measured over three searcher seeds.
 Benchmark: split Fashion-MNIST in 5 tasks of 2 classes (the Debian IDX files), EfficientNet-Lite0
 + LoRA, reduced from configs/fashion_mnist.yaml (1,000 training images per class, all 1,000 test,
 3 epochs) to 300 training and 200 test images per class and 2 epochs per task. The grid then
-takes 4.5 minutes on 2 cores and tpe-asha-tasks 12.4 for its three seeds, so the default run
-(grid + tpe-asha-tasks) takes 17 minutes; ``--methods tpe-asha-tasks,random`` adds random search
+takes 3.5-4.5 minutes on 2 cores and tpe-asha-tasks 12-13 for its three seeds, so the default run
+(grid + tpe-asha-tasks) takes about 17 minutes; ``--methods tpe-asha-tasks,random`` adds random search
 and the odds line below (27 minutes).
 Space: objective (ce, aepg) x learning rate (log-uniform 1e-5 to 1e-2) x tau for aEPG (2 to 10);
 the grid: objective x learning rate {1e-5, 1e-4, 1e-3, 1e-2}. The learning rate spans the range
