@@ -16,7 +16,10 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from aepg.catalog import OBJECTIVES, Catalog
 
 
 class ConfigError(ValueError):
@@ -29,6 +32,40 @@ class ConfigError(ValueError):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+UNKNOWN_KIND = "unknown_kind"
+
+
+def by_kind(catalog: Catalog, value: Any, default: str) -> Any:
+    """A section's data validated by the config of the catalogue entry its ``kind`` names.
+
+    Keys of another entry (a ``kind=`` override may leave the previous kind's keys behind) are
+    checked by that entry's config, then dropped as inactive; any other unknown key is an error."""
+    if not isinstance(value, dict):
+        return value
+    kind = value.get("kind", default)
+    entry = catalog.find(kind) if isinstance(kind, str) else None
+    if entry is None:
+        error = PydanticCustomError(UNKNOWN_KIND, "{message}", {"message": catalog.unknown(kind)})
+        raise ValidationError.from_exception_data(catalog.what, [{"type": error, "loc": ("kind",), "input": kind}])
+    own = entry.config.model_fields
+    if set(value) - set(own):
+        owners = {}
+        for other in reversed(catalog.entries()):
+            owners.update(dict.fromkeys(other.config.model_fields, other))
+        inactive = {key: item for key, item in value.items() if key not in own and key in owners}
+        for owner in {owners[key].name: owners[key] for key in inactive}.values():
+            owner.config.model_validate({key: item for key, item in inactive.items() if owners[key] is owner})
+        value = {key: item for key, item in value.items() if key not in inactive}
+    return entry.config.model_validate(value)
+
+
+def kind_of(section: str, data: dict[str, Any]) -> type[BaseModel] | None:
+    """The config class a catalogue section (``objective``) takes for ``data``, if its kind is known."""
+    catalog, default = DISPATCHED[section]
+    entry = catalog.find(data.get("kind", default)) if isinstance(data, dict) else None
+    return entry.config if entry else None
 
 
 class BenchmarkConfig(Section):
@@ -122,27 +159,21 @@ class ModelConfig(Section):
     peft: PeftConfig = PeftConfig()
 
 
-OBJECTIVE_KINDS = ("ce", "epg", "aepg", "label_smoothing", "focal", "confidence_penalty", "entropy_penalty")
-"""The objectives registered in ``aepg.objectives.OBJECTIVES`` (a test keeps the two equal)."""
-OBJECTIVE_KEYS = {"label_smoothing": ("eps",), "focal": ("gamma",), "confidence_penalty": ("beta",),
-                  "entropy_penalty": ("beta",)}
-"""The ``objective`` keys each objective reads besides ``kind`` and ``logits``."""
-ANNEALED_OBJECTIVES = ("aepg",)
-"""Objectives that follow the ``schedule`` (its keys are inactive for the others)."""
 SCHEDULE_KEYS = {"sigmoid": ("tau",), "constant": ("a",)}
 
 
 class ObjectiveConfig(Section):
+    """What every objective's config holds; ``kind`` picks the entry of ``aepg.catalog.OBJECTIVES``
+    (``aepg.objectives``: ce, epg, aepg, label_smoothing, focal, confidence_penalty, entropy_penalty),
+    whose config adds its own keys."""
+
     kind: str = "aepg"
-    """One of ``OBJECTIVE_KINDS``."""
     logits: Literal["local", "seen"] = "local"
     """The classes the loss covers: the current task's (local) or every class seen so far."""
-    eps: float = Field(0.1, ge=0, lt=1)
-    """Label smoothing."""
-    gamma: float = Field(1.0, ge=0)
-    """Focal loss exponent."""
-    beta: float = Field(0.1, ge=0)
-    """Weight of H(p) in the confidence and entropy penalties."""
+
+    def per_sample(self, x):
+        """The per-sample loss from ``x`` (``aepg.objectives.LossInputs``)."""
+        raise NotImplementedError
 
 
 class ScheduleConfig(Section):
@@ -210,12 +241,28 @@ class RunConfig(Section):
     """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://)."""
     benchmark: BenchmarkConfig = BenchmarkConfig()
     model: ModelConfig = ModelConfig()
-    objective: ObjectiveConfig = ObjectiveConfig()
+    objective: SerializeAsAny[ObjectiveConfig] = Field(default_factory=lambda: OBJECTIVES.get("aepg").config())
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     scaling: ScalingConfig = ScalingConfig()
     failure: FailureConfig = FailureConfig()
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, value):
+        return by_kind(OBJECTIVES, value, "aepg")
+
+
+DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, "aepg")}
+"""Sections whose keys depend on their ``kind``: the catalogue and the default kind."""
+
+
+def entry_keys() -> set[str]:
+    """The dotted keys of every entry of every catalogue section (a sweep may search any of them
+    under a ``when`` on the kind)."""
+    return {f"{section}.{key}" for section, (catalog, _) in DISPATCHED.items()
+            for entry in catalog.entries() for key in entry.config.model_fields}
 
 
 WEIGHT_KEYWORDS = ("hub", "random", "lite0-offline")
@@ -228,7 +275,9 @@ def _is_uri(path: str) -> bool:
 SCALAR_TYPES = ("int", "float", "str", "bool")
 
 
-def pydantic_problems(error: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+def pydantic_problems(error: ValidationError, model: type[BaseModel], data: Any = None) -> list[tuple[str, str]]:
+    """(dotted key, message) per problem; ``data`` (what was validated) lets "did you mean" look
+    inside sections whose keys depend on their kind."""
     problems: dict[str, str] = {}
     union: dict[str, list[str]] = {}
     for item in error.errors():
@@ -239,8 +288,8 @@ def pydantic_problems(error: ValidationError, model: type[BaseModel]) -> list[tu
         key = ".".join(loc)
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key" + _suggestion(item["loc"], model)
-        elif "input" in item and not isinstance(item["input"], (dict, list)):
+            message = "unknown key" + _suggestion(item["loc"], model, data)
+        elif "input" in item and not isinstance(item["input"], (dict, list)) and item["type"] != UNKNOWN_KIND:
             message += f" (got {item['input']!r})"
         problems.setdefault(key, message)
     for key, types in union.items():
@@ -248,9 +297,18 @@ def pydantic_problems(error: ValidationError, model: type[BaseModel]) -> list[tu
     return list(problems.items())
 
 
-def _suggestion(loc: tuple, model: type[BaseModel]) -> str:
-    """'; did you mean ...' for a misspelt key, found by walking the schema along loc."""
+def _suggestion(loc: tuple, model: type[BaseModel], data: Any = None) -> str:
+    """'; did you mean ...' for a misspelt key, found by walking the schema (and the data, in
+    sections whose kind picks their config) along loc."""
+    path = []
     for part in loc[:-1]:
+        path.append(str(part))
+        data = data.get(str(part)) if isinstance(data, dict) else None
+        if ".".join(path) in DISPATCHED:
+            model = kind_of(".".join(path), data or {})
+            if model is None:
+                return ""
+            continue
         field = model.model_fields.get(str(part))
         if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
             return ""
@@ -279,8 +337,6 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
         if cfg.benchmark.download and not spec.downloadable:
             problems.append(("benchmark.download", f"{cfg.benchmark.dataset} cannot be downloaded by aepg; "
                              "only " + ", ".join(n for n, s in DATASETS.items() if s.downloadable) + " can"))
-    if cfg.objective.kind not in OBJECTIVE_KINDS:
-        problems.append(("objective.kind", _choice(cfg.objective.kind, OBJECTIVE_KINDS, "objective")))
     if cfg.train.head_only_epochs >= cfg.train.epochs:
         problems.append(("train.head_only_epochs", f"must be less than train.epochs ({cfg.train.epochs})"))
     weights = cfg.model.weights
@@ -319,7 +375,7 @@ def validate(data: dict[str, Any]) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(pydantic_problems(error, RunConfig)) from None
+        raise ConfigError(pydantic_problems(error, RunConfig, data)) from None
     if not _is_uri(cfg.storage_path):
         cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
     if cfg.model.weights not in WEIGHT_KEYWORDS:

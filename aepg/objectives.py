@@ -1,22 +1,36 @@
 """Training objectives: cross-entropy, EPG, aEPG and the entropy regularisers they are compared with.
 
-An objective is one object the trainer receives: ``objective(logits, targets, progress)``
-returns the mean loss and diagnostics. It knows nothing of tasks, models or tracking.
-Every loss is computed from ``log_softmax`` so logits of magnitude 1e4 stay finite.
-
-Adding an objective: write a per-sample loss below and register it in ``OBJECTIVES``.
+Each objective is one catalogue entry (``aepg.catalog.OBJECTIVES``): a config class holding its
+keys and its per-sample loss. The trainer receives one ``Objective``:
+``objective(logits, targets, progress)`` returns the mean loss and diagnostics; it knows nothing
+of tasks, models or tracking. Every loss is computed from ``log_softmax`` so logits of magnitude
+1e4 stay finite. This module uses tensor methods only, so it imports without torch and the CLI
+validates objective keys fast. docs/extending.md shows how to add one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from pydantic import Field
 
+from aepg.catalog import OBJECTIVES
+from aepg.config import ObjectiveConfig
 from aepg.schedules import Progress, Schedule, build_schedule
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+@dataclass
+class LossInputs:
+    log_p: Tensor
+    """Log-softmax over the logits the loss sees, (B, C)."""
+    log_p_y: Tensor
+    """Log-probability of the true class, (B,)."""
+    a: float
+    """The schedule's cross-entropy weight a_t (1.0 for objectives that are not annealed)."""
 
 
 @dataclass
@@ -38,79 +52,114 @@ def entropy(log_p: Tensor) -> Tensor:
     return -(log_p.exp() * log_p).sum(dim=-1)
 
 
-def cross_entropy_terms(log_p_y: Tensor) -> Tensor:
-    return -log_p_y
+@OBJECTIVES.register("ce", display="CE")
+class CrossEntropy(ObjectiveConfig):
+    """Cross-entropy, -log p_y."""
+
+    kind: Literal["ce"] = "ce"
+
+    def per_sample(self, x: LossInputs) -> Tensor:
+        return -x.log_p_y
 
 
-def epg_terms(log_p_y: Tensor) -> Tensor:
+@OBJECTIVES.register("epg", display="EPG")
+class ExpectedPolicyGradient(ObjectiveConfig):
     """L_EPG = -p_y: the exact expected reward of the softmax policy, reward 1[a = y]."""
-    return -log_p_y.exp()
+
+    kind: Literal["epg"] = "epg"
+
+    def per_sample(self, x: LossInputs) -> Tensor:
+        return -x.log_p_y.exp()
 
 
-def aepg_terms(log_p_y: Tensor, a: float) -> Tensor:
-    """a CE + (1 - a) EPG, i.e. CE weighted per sample by a + (1 - a) p_y."""
-    return -(a * log_p_y + (1.0 - a) * log_p_y.exp())
+@OBJECTIVES.register("aepg", display="aEPG", traits=("annealed",))
+class AnnealedEPG(ObjectiveConfig):
+    """a_t CE + (1 - a_t) EPG, i.e. CE weighted per sample by a_t + (1 - a_t) p_y; a_t from ``schedule``."""
+
+    kind: Literal["aepg"] = "aepg"
+
+    def per_sample(self, x: LossInputs) -> Tensor:
+        return -(x.a * x.log_p_y + (1.0 - x.a) * x.log_p_y.exp())
 
 
-def label_smoothing_terms(log_p: Tensor, log_p_y: Tensor, eps: float) -> Tensor:
-    return -(1.0 - eps) * log_p_y - eps * log_p.mean(dim=-1)
+@OBJECTIVES.register("label_smoothing", display="label smoothing")
+class LabelSmoothing(ObjectiveConfig):
+    """Cross-entropy against (1 - eps) onehot + eps / K."""
+
+    kind: Literal["label_smoothing"] = "label_smoothing"
+    eps: float = Field(0.1, ge=0, lt=1)
+    """Label smoothing."""
+
+    def per_sample(self, x: LossInputs) -> Tensor:
+        return -(1.0 - self.eps) * x.log_p_y - self.eps * x.log_p.mean(dim=-1)
 
 
-def focal_terms(log_p_y: Tensor, gamma: float) -> Tensor:
-    # 1 - p_y via expm1 keeps precision near p_y = 1; the clamp keeps (1 - p)^gamma
-    # differentiable at p = 1 for gamma < 1.
-    one_minus_p = (-torch.expm1(log_p_y)).clamp_min(1e-12)
-    return -(one_minus_p**gamma) * log_p_y
+@OBJECTIVES.register("focal", display="focal")
+class Focal(ObjectiveConfig):
+    """Focal loss, -(1 - p_y)^gamma log p_y."""
+
+    kind: Literal["focal"] = "focal"
+    gamma: float = Field(1.0, ge=0)
+    """Focal loss exponent."""
+
+    def per_sample(self, x: LossInputs) -> Tensor:
+        # 1 - p_y via expm1 keeps precision near p_y = 1; the clamp keeps (1 - p)^gamma
+        # differentiable at p = 1 for gamma < 1.
+        one_minus_p = (-x.log_p_y.expm1()).clamp_min(1e-12)
+        return -(one_minus_p**self.gamma) * x.log_p_y
 
 
-@dataclass
-class LossInputs:
-    log_p: Tensor
-    log_p_y: Tensor
-    a: float
+@OBJECTIVES.register("confidence_penalty", display="confidence penalty")
+class ConfidencePenalty(ObjectiveConfig):
+    """CE - beta H(p): rewards confident outputs."""
+
+    kind: Literal["confidence_penalty"] = "confidence_penalty"
+    beta: float = Field(0.1, ge=0)
+    """Weight of H(p)."""
+
+    def per_sample(self, x: LossInputs) -> Tensor:
+        return -x.log_p_y - self.beta * entropy(x.log_p)
 
 
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """A registered objective: per-sample loss and whether it follows the a_t schedule."""
+@OBJECTIVES.register("entropy_penalty", display="entropy penalty")
+class EntropyPenalty(ObjectiveConfig):
+    """CE + beta H(p): penalises confident outputs."""
 
-    per_sample: Callable[[LossInputs, object], Tensor]
-    annealed: bool = False
+    kind: Literal["entropy_penalty"] = "entropy_penalty"
+    beta: float = Field(0.1, ge=0)
+    """Weight of H(p)."""
+
+    def per_sample(self, x: LossInputs) -> Tensor:
+        return -x.log_p_y + self.beta * entropy(x.log_p)
 
 
-OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "ce": ObjectiveSpec(lambda x, c: cross_entropy_terms(x.log_p_y)),
-    "epg": ObjectiveSpec(lambda x, c: epg_terms(x.log_p_y)),
-    "aepg": ObjectiveSpec(lambda x, c: aepg_terms(x.log_p_y, x.a), annealed=True),
-    "label_smoothing": ObjectiveSpec(lambda x, c: label_smoothing_terms(x.log_p, x.log_p_y, c.eps)),
-    "focal": ObjectiveSpec(lambda x, c: focal_terms(x.log_p_y, c.gamma)),
-    "confidence_penalty": ObjectiveSpec(lambda x, c: -x.log_p_y - c.beta * entropy(x.log_p)),
-    "entropy_penalty": ObjectiveSpec(lambda x, c: -x.log_p_y + c.beta * entropy(x.log_p)),
-}
+def is_annealed(cfg: ObjectiveConfig) -> bool:
+    """Whether the objective follows the ``schedule`` (its keys are inactive for the others)."""
+    return OBJECTIVES.get(cfg.kind).has("annealed")
 
 
 class Objective:
-    """Mean of a registered per-sample loss; annealed objectives read a_t from the schedule."""
+    """The mean of an objective's per-sample loss; annealed objectives read a_t from the schedule."""
 
-    def __init__(self, cfg, schedule: Schedule | None = None):
-        if cfg.kind not in OBJECTIVES:
-            raise ValueError(f"unknown objective {cfg.kind!r}; known: {sorted(OBJECTIVES)}")
+    def __init__(self, cfg: ObjectiveConfig, schedule: Schedule | None = None):
         self.cfg = cfg
-        self.spec = OBJECTIVES[cfg.kind]
-        self.schedule = schedule
+        self.schedule = schedule if is_annealed(cfg) else None
+
+    def columns(self, start: int, stop: int) -> slice:
+        """The logit columns the loss covers while training the classes [start, stop)."""
+        return slice(start if self.cfg.logits == "local" else 0, stop)
 
     def weight(self, progress: Progress) -> float | None:
-        return self.schedule(progress) if self.spec.annealed and self.schedule else None
+        return self.schedule(progress) if self.schedule else None
 
     def __call__(self, logits: Tensor, targets: Tensor, progress: Progress) -> ObjectiveOutput:
-        log_p = F.log_softmax(logits, dim=-1)
+        log_p = logits.log_softmax(dim=-1)
         log_p_y = log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
         a_t = self.weight(progress)
-        terms = self.spec.per_sample(LossInputs(log_p, log_p_y, 1.0 if a_t is None else a_t), self.cfg)
-        with torch.no_grad():
-            diagnostics = (entropy(log_p).mean(), log_p_y.exp().mean(), -log_p_y.mean())
-        return ObjectiveOutput(terms.mean(), a_t, *diagnostics)
+        terms = self.cfg.per_sample(LossInputs(log_p, log_p_y, 1.0 if a_t is None else a_t))
+        seen, seen_y = log_p.detach(), log_p_y.detach()
+        return ObjectiveOutput(terms.mean(), a_t, entropy(seen).mean(), seen_y.exp().mean(), -seen_y.mean())
 
 
-def build_objective(objective_cfg, schedule_cfg) -> Objective:
+def build_objective(objective_cfg: ObjectiveConfig, schedule_cfg) -> Objective:
     return Objective(objective_cfg, build_schedule(schedule_cfg))

@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aepg.config import ANNEALED_OBJECTIVES, OBJECTIVE_KEYS, SCHEDULE_KEYS, ConfigError, RunConfig, flatten, to_yaml
+from aepg.catalog import OBJECTIVES
+from aepg.config import SCHEDULE_KEYS, ConfigError, RunConfig, flatten, to_yaml
 from aepg.metrics import BUDGET_KEY, accuracy_after_each_task, final_name
+from aepg.objectives import is_annealed
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
@@ -143,9 +145,8 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
             params[f"model.peft.{key}"] = value
     if peft.lae:
         params.update({"model.peft.lae": True, "model.peft.lae_decay": peft.lae_decay})
-    params.update({"objective.kind": o.kind, "objective.logits": o.logits})
-    params.update({f"objective.{key}": getattr(o, key) for key in OBJECTIVE_KEYS.get(o.kind, ())})
-    if o.kind in ANNEALED_OBJECTIVES:
+    params.update(flatten(o.model_dump(mode="json"), "objective."))
+    if is_annealed(o):
         params.update({"schedule.kind": s.kind, "schedule.scope": s.scope})
         params.update({f"schedule.{key}": getattr(s, key) for key in SCHEDULE_KEYS.get(s.kind, ())})
     params.update({f"train.{key}": getattr(t, key) for key in ("epochs", "head_only_epochs", "lr", "weight_decay", "batch_size")})
@@ -164,10 +165,10 @@ def default_run_name(cfg: RunConfig) -> str:
 def objective_label(cfg: RunConfig) -> str:
     """The objective as a plot title says it, e.g. ``aepg (sigmoid schedule, tau 6)``."""
     o, s = cfg.objective, cfg.schedule
-    if o.kind in ANNEALED_OBJECTIVES:
+    if is_annealed(o):
         detail = {"sigmoid": f", tau {s.tau:g}", "constant": f", a {s.a:g}"}.get(s.kind, "")
         return f"{o.kind} ({s.kind} schedule{detail})"
-    extra = ", ".join(f"{key} {getattr(o, key):g}" for key in OBJECTIVE_KEYS.get(o.kind, ()))
+    extra = ", ".join(f"{key} {getattr(o, key):g}" for key in OBJECTIVES.get(o.kind).keys() if key != "logits")
     return f"{o.kind} ({extra})" if extra else o.kind
 
 
@@ -350,7 +351,7 @@ class MlflowReporter:
         self.client = client_for(tracking_uri)
         self.run_id, self.full_budget = run_id, full_budget
         self.num_tasks = cfg.benchmark.num_tasks
-        self.annealed = cfg.objective.kind in ANNEALED_OBJECTIVES
+        self.annealed = is_annealed(cfg.objective)
         self.title = f"{self.client.get_run(run_id).info.run_name}: {objective_label(cfg)}"
 
     def _log(self, metrics: list) -> None:

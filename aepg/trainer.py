@@ -201,8 +201,7 @@ class ContinualTrainer:
         loader = self._train_loader(task)
         steps_per_epoch = len(loader)
         task_steps = cfg.epochs * steps_per_epoch
-        local = self.cfg.objective.logits == "local"
-        columns = slice(task.start if local else 0, task.stop)
+        columns = self.objective.columns(task.start, task.stop)
         buffer = StepBuffer(self.reporters, chunk=max(50, cfg.log_every_steps))
         bar = tqdm(
             total=task_steps,

@@ -17,19 +17,20 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from aepg.metrics import SUMMARY_METRICS
 from aepg.config import (
     ConfigError,
     RunConfig,
     Section,
-    pydantic_problems,
+    entry_keys,
     flatten,
     merge_nested,
     merge_overrides,
     read_run_yaml,
     read_yaml,
+    pydantic_problems,
     validate,
 )
+from aepg.metrics import SUMMARY_METRICS
 from aepg.sweep.fidelity import climbs, rung_metric
 
 Scalar = str | int | float | bool | None
@@ -244,7 +245,7 @@ def _apply_dotted(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any
 
 def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
     problems = []
-    known = set(sweep.base_flat)
+    known = set(sweep.base_flat) | entry_keys()
     seen: list[str] = []
     if not sweep.space:
         problems.append(("space", "is empty; a sweep searches at least one run-config key"))
@@ -258,8 +259,8 @@ def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
             allowed = wanted if isinstance(wanted, list) else [wanted]
             if dependency not in known or (dependency in sweep.space and dependency not in seen):
                 problems.append((f"{where}.when", f"{dependency!r} must be a run-config key searched before {key!r} or fixed in the base config"))
-            elif dependency not in sweep.space and sweep.base_flat[dependency] not in allowed:
-                problems.append((f"{where}.when", f"never holds: {dependency} is fixed to {sweep.base_flat[dependency]!r} "
+            elif dependency not in sweep.space and sweep.base_flat.get(dependency) not in allowed:
+                problems.append((f"{where}.when", f"never holds: {dependency} is fixed to {sweep.base_flat.get(dependency)!r} "
                                  f"in the base config, not {wanted!r}, so {key} would never be searched"))
             elif dependency in sweep.space and sweep.space[dependency].choice is not None and \
                     not set(map(repr, allowed)) & set(map(repr, sweep.space[dependency].choice)):

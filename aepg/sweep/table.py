@@ -17,14 +17,13 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from aepg.catalog import OBJECTIVES
 from aepg.metrics import final_name
 
 METRICS = ("last_accuracy", "avg_incremental_accuracy")
 SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}
 METHOD_NAMES = {"none": "linear probe", "lora": "LoRA", "dora": "DoRA", "adapter": "Adapter", "adaptformer": "AdaptFormer",
                 "prefix": "Prefix", "l2p": "L2P", "dualprompt": "DualPrompt", "coda": "CODA-Prompt"}
-OBJECTIVE_NAMES = {"ce": "CE", "epg": "EPG", "aepg": "aEPG", "label_smoothing": "label smoothing", "focal": "focal",
-                   "confidence_penalty": "confidence penalty", "entropy_penalty": "entropy penalty"}
 
 
 def method(params: dict[str, str]) -> str:
@@ -39,7 +38,7 @@ def label(key: str, params: dict[str, str]) -> str:
     if key == "method":
         return method(params)
     value = params.get(key, "-")
-    return OBJECTIVE_NAMES.get(value, value) if key == "objective.kind" else value
+    return OBJECTIVES.display(value) if key == "objective.kind" else value
 
 
 @dataclass
@@ -197,7 +196,7 @@ def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", column
     cells = {key: max(options.values(), key=lambda c: sign * c.stats(metric)[0] if c.by_seed[metric] else -math.inf)
              for key, options in candidates.items()}
     choices = {key: len(options) for key, options in candidates.items()}
-    order = ["linear probe", "LoRA", "LAE", *list(METHOD_NAMES.values())[2:], *OBJECTIVE_NAMES.values()]
+    order = ["linear probe", "LoRA", "LAE", *list(METHOD_NAMES.values())[2:], *(e.display for e in OBJECTIVES.entries())]
     position = lambda v: (order.index(v) if v in order else len(order), v)  # noqa: E731
     rows, columns = sorted(rows, key=position), sorted(columns, key=position)
     chosen = baseline if baseline in columns else (columns[0] if len(columns) > 1 else None)

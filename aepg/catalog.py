@@ -1,0 +1,134 @@
+"""The catalogues of aepg's extension points: objectives, training methods and data sets.
+
+An entry is a name, its own typed config (a pydantic model whose ``kind`` field holds the name:
+its keys, defaults, ranges and docstrings live with the entry), a lazy reference to what builds
+it (``"module:attribute"``, imported only when a run builds it), a display name for tables and
+its traits (``annealed``, ``vit_only``, ...). Built-in entries register with the catalogue's
+decorator in torch-free modules; an installed package adds entries through an entry-point group
+(``aepg.objectives``, ``aepg.methods``, ``aepg.datasets``), whose modules are imported the first
+time a name is not among the built-ins. Nothing here imports torch, so the CLI validates fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+log = logging.getLogger("aepg")
+
+
+class PluginError(ImportError):
+    """An installed package's entry point could not be loaded."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    config: type
+    """The entry's pydantic config class; its ``kind`` field is ``name``."""
+    builder: str | None
+    """``"module:attribute"`` of what builds the entry at run time, or None when the config does."""
+    display: str
+    traits: frozenset[str]
+
+    @property
+    def doc(self) -> str:
+        return (self.config.__doc__ or "").strip().split("\n")[0]
+
+    def has(self, trait: str) -> bool:
+        return trait in self.traits
+
+    def keys(self) -> list[str]:
+        """The entry's own config keys (``kind`` excluded)."""
+        return [key for key in self.config.model_fields if key != "kind"]
+
+    def load(self) -> Any:
+        """What ``builder`` names, imported now."""
+        if self.builder is None:
+            raise TypeError(f"{self.name} has no builder")
+        module, _, attribute = self.builder.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+class Catalog:
+    """Named entries of one extension point, filled by ``register`` and by installed plugins."""
+
+    def __init__(self, what: str, group: str, builtins: tuple[str, ...]):
+        self.what, self.group, self.builtins = what, group, builtins
+        self._entries: dict[str, Entry] = {}
+        self._filled = self._plugins_loaded = False
+
+    def register(self, name: str, *, builder: str | None = None, display: str | None = None,
+                 traits: tuple[str, ...] = ()) -> Callable[[type], type]:
+        """A class decorator: the decorated config class becomes the entry ``name``."""
+
+        def decorate(config: type) -> type:
+            kind = config.model_fields.get("kind")
+            if kind is None or kind.default != name:
+                raise TypeError(f"{config.__name__}.kind must default to {name!r}")
+            if name in self._entries and self._entries[name].config is not config:
+                raise ValueError(f"{self.what} {name!r} is registered twice "
+                                 f"({self._entries[name].config.__module__} and {config.__module__})")
+            self._entries[name] = Entry(name, config, builder, display or name, frozenset(traits))
+            return config
+
+        return decorate
+
+    def _fill(self) -> None:
+        if not self._filled:
+            self._filled = True
+            for module in self.builtins:
+                importlib.import_module(module)
+
+    def load_plugins(self) -> None:
+        """Import the modules installed packages declare under ``group`` (once)."""
+        self._fill()
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for point in entry_points(group=self.group):
+            try:
+                point.load()
+            except Exception as error:
+                raise PluginError(f"the {self.what} plugin {point.name!r} ({point.value}, declared under "
+                                  f"{self.group}) failed to load: {type(error).__name__}: {error}") from error
+
+    def find(self, name: str) -> Entry | None:
+        self._fill()
+        if name not in self._entries:
+            self.load_plugins()
+        return self._entries.get(name)
+
+    def get(self, name: str) -> Entry:
+        entry = self.find(name)
+        if entry is None:
+            raise KeyError(self.unknown(name))
+        return entry
+
+    def unknown(self, name: str) -> str:
+        """'unknown <what> 'x'; did you mean ...' over every entry, plugins included."""
+        known = self.names()
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {known}"
+        return f"unknown {self.what} {name!r}; {hint}"
+
+    def names(self) -> list[str]:
+        self.load_plugins()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        """Every entry, in registration order (built-ins first)."""
+        self.load_plugins()
+        return list(self._entries.values())
+
+    def display(self, name: str) -> str:
+        entry = self.find(name)
+        return entry.display if entry else name
+
+
+OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",))
+METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",))
