@@ -5,14 +5,16 @@ placement across nodes is real); stopping a node terminates that process, which 
 raylet and workers with it. Only what was started here is stopped, by process id.
 
 Ray advertises the host's address for its nodes even when asked for 127.0.0.1; the dashboard
-is bound to 127.0.0.1. Clients need ``RAY_ADDRESS`` and ``RAY_AUTH_MODE=token`` (Ray 2.60 turns
-token authentication on; the token is in ~/.ray/auth_token).
+is bound to 127.0.0.1. Clients need ``RAY_ADDRESS``, ``RAY_AUTH_MODE=token`` and the token (Ray 2.60 turns token
+authentication on): the user's own (~/.ray/auth_token) where there is one, else one made for the
+cluster, named by ``RAY_AUTH_TOKEN_PATH`` in ``client_env``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 READY = "This command will now block forever"
+USER_TOKEN = Path("~/.ray/auth_token").expanduser()
 
 
 def free_port() -> int:
@@ -59,9 +62,21 @@ class LocalCluster:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def token_env(self) -> dict[str, str]:
+        """The token every node and client uses: the user's (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``
+        or ~/.ray/auth_token) if there is one, else one made for this cluster in its log folder."""
+        if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or USER_TOKEN.is_file():
+            return {}
+        path = self.log_dir / "auth_token"
+        if not path.is_file():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(32))
+        return {"RAY_AUTH_TOKEN_PATH": str(path)}
+
+    @property
     def client_env(self) -> dict[str, str]:
         """What a driver (``aepg train``, ``aepg sweep``, ``ray job submit``) needs to join."""
-        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token"}
+        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token", **self.token_env}
 
     def _ray(self) -> str:
         return shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
@@ -70,7 +85,7 @@ class LocalCluster:
         log = self.log_dir / f"{name}.log"
         command = [self._ray(), "start", "--block", "--disable-usage-stats", f"--num-cpus={cpus:g}",
                    f"--resources={json.dumps(resources)}", f"--dashboard-agent-listen-port={free_port()}", *args]
-        env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        env = {**os.environ, "RAY_AUTH_MODE": "token", **self.token_env}
         env.pop("RAY_ADDRESS", None)
         with open(log, "w") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
