@@ -80,9 +80,9 @@ class Catalog:
 
     def _fill(self) -> None:
         if not self._filled:
-            self._filled = True
             for module in self.builtins:
                 importlib.import_module(module)
+            self._filled = True
 
     def load_plugins(self) -> None:
         """Import the modules installed packages declare under ``group`` (once)."""

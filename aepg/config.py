@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from aepg.catalog import OBJECTIVES, Catalog
+from aepg.catalog import METHODS, OBJECTIVES, Catalog
 
 
 class ConfigError(ValueError):
@@ -93,56 +93,32 @@ class BenchmarkConfig(Section):
     """Where the decoded cache goes; default ROOT/.aepg-cache (shared by every run on the node)."""
 
 
-class PeftConfig(Section):
-    kind: Literal["none", "lora", "dora", "adapter", "adaptformer", "prefix", "l2p", "dualprompt", "coda"] = "lora"
-    """docs/methods.md describes each kind and how it follows its reference code."""
-    blocks: list[int] | None = None
-    """Indices of ``blocks.N`` to adapt; default: blocks 0-4 of a ViT (the paper), every block otherwise."""
-    # LoRA: LAE's key/value LoRA on a ViT; HF peft on named targets, for DoRA and on other families
-    rank: int = Field(4, ge=1)
-    alpha: float = Field(8.0, gt=0)
-    """HF peft LoRA/DoRA scaling (alpha / rank); LAE's LoRA learns its scales instead."""
-    dropout: float = Field(0.0, ge=0, lt=1)
-    """HF peft LoRA/DoRA dropout."""
-    target_modules: list[str] | None = None
-    """Module-name suffixes for HF peft LoRA (setting them selects HF peft on a ViT too); default by family."""
-    # adapters
-    bottleneck: int = Field(5, ge=1)
-    adapter_scale: float = Field(0.1, gt=0)
-    """AdaptFormer's fixed output scale (LAE's adapter learns its scale)."""
-    adapter_dropout: float = Field(0.1, ge=0, lt=1)
-    """AdaptFormer's bottleneck dropout."""
-    # prompts and prefixes
-    length: int | None = Field(None, ge=1)
-    """Prefix length (default 10), L2P prompt length (5), DualPrompt expert length (5 on CIFAR-100,
-    20 elsewhere, as the reference configs), CODA-Prompt length (8)."""
-    g_length: int = Field(5, ge=1)
-    """DualPrompt general-prompt length."""
-    pool_size: int | None = Field(None, ge=1)
-    """L2P prompt pool (default 10), CODA-Prompt components (100)."""
-    top_k: int = Field(5, ge=1)
-    """L2P prompts chosen per input."""
-    batchwise_prompt: bool = False
-    """L2P: give the whole batch its most chosen prompts (the reference's option; see docs/methods.md)."""
-    pull_weight: float | None = Field(None, ge=0)
-    """Weight of the pull constraint on chosen keys: L2P 0.1, DualPrompt 1.0 (the reference configs)."""
-    ortho_weight: float = Field(0.0, ge=0)
-    """CODA-Prompt orthogonality penalty weight (0.0 in the reference's experiment scripts)."""
-    # LAE
+class MethodConfig(Section):
+    """What every training method's config holds; ``kind`` picks the entry of ``aepg.catalog.METHODS``
+    (``aepg.models.peft``: none, lora, dora, adapter, adaptformer, prefix, l2p, dualprompt, coda),
+    whose config adds its own keys. docs/methods.md describes each and its reference code."""
+
+    kind: str = "lora"
     lae: bool = False
     """Wrap the PEFT module in LAE's online/offline pair (EMA from task 1, ensembled at test)."""
     lae_decay: float = Field(0.9999, gt=0, lt=1)
     """EMA decay per optimiser step. LAE's 0.9999 is for batch 24; at batch B use 0.9999 ** (B / 24)."""
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(key under ``model.peft``, message) for settings that cannot work, whatever the backbone."""
+        return [("lae", "LAE wraps a PEFT module: set model.peft.kind")] if self.lae and self.kind == "none" else []
 
-# Per-kind defaults of the keys left unset (None): what a run uses is written into its config.
-PEFT_DEFAULTS = {
-    "prefix": {"length": 10},
-    "l2p": {"length": 5, "pool_size": 10, "pull_weight": 0.1},
-    "dualprompt": {"length": 20, "pull_weight": 1.0},
-    "coda": {"length": 8, "pool_size": 100},
-}
-DUALPROMPT_CIFAR_LENGTH = 5  # the reference's CIFAR-100 config; ImageNet-R uses 20
+    def check(self, facts: dict, num_tasks: int) -> None:
+        """Raise ``aepg.models.peft.PeftError`` when the settings do not fit the backbone ``facts`` describe."""
+
+    def implementation(self, facts: dict) -> str:
+        """What runs on this backbone (a method may have several implementations)."""
+        return self.kind
+
+    def params(self, facts: dict) -> dict[str, Any]:
+        """The keys the run uses, as logged to MLflow (unset and inactive keys left out)."""
+        values = self.model_dump(mode="json", exclude_none=True)
+        return {key: value for key, value in values.items() if key not in ("lae", "lae_decay") or self.lae}
 
 
 class ModelConfig(Section):
@@ -156,7 +132,12 @@ class ModelConfig(Section):
     image_size: int | None = Field(None, ge=8)
     """Input size; default the backbone's."""
     head_init_std: float = Field(0.001, gt=0)
-    peft: PeftConfig = PeftConfig()
+    peft: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: METHODS.get("lora").config())
+
+    @field_validator("peft", mode="before")
+    @classmethod
+    def _method(cls, value):
+        return by_kind(METHODS, value, "lora")
 
 
 SCHEDULE_KEYS = {"sigmoid": ("tau",), "constant": ("a",)}
@@ -240,7 +221,7 @@ class RunConfig(Section):
     storage_path: str = "aepg_runs"
     """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://)."""
     benchmark: BenchmarkConfig = BenchmarkConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
     objective: SerializeAsAny[ObjectiveConfig] = Field(default_factory=lambda: OBJECTIVES.get("aepg").config())
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
@@ -254,8 +235,13 @@ class RunConfig(Section):
         return by_kind(OBJECTIVES, value, "aepg")
 
 
-DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, "aepg")}
+DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, "aepg"), "model.peft": (METHODS, "lora")}
 """Sections whose keys depend on their ``kind``: the catalogue and the default kind."""
+
+
+def method_config(**keys: Any) -> MethodConfig:
+    """A training method's config from its keys (``kind`` picks the entry), as a run config has it."""
+    return by_kind(METHODS, keys, "lora")
 
 
 def entry_keys() -> set[str]:
@@ -344,30 +330,13 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
         problems.append(("model.weights", "lite0-offline weights fit only model.backbone=tf_efficientnet_lite0"))
     elif weights not in WEIGHT_KEYWORDS and not Path(weights).expanduser().is_file():
         problems.append(("model.weights", f"{weights!r} is neither one of {WEIGHT_KEYWORDS} nor an existing file"))
-    peft = cfg.model.peft
-    if peft.blocks is not None and any(b < 0 for b in peft.blocks):
-        problems.append(("model.peft.blocks", "block indices must be >= 0"))
-    if peft.lae and peft.kind == "none":
-        problems.append(("model.peft.lae", "LAE wraps a PEFT module: set model.peft.kind"))
-    if peft.kind == "l2p" and peft.top_k > peft.pool_size:
-        problems.append(("model.peft.top_k", f"{peft.top_k} exceeds the prompt pool ({peft.pool_size})"))
+    problems += [(f"model.peft.{key}", message) for key, message in cfg.model.peft.problems()]
     if isinstance(cfg.train.data_workers, int) and cfg.train.data_workers < 0:
         problems.append(("train.data_workers", "must be >= 0 or auto"))
     workers = cfg.scaling.num_workers
     if workers > 1 and cfg.train.batch_size % workers:
         problems.append(("train.batch_size", f"the global batch {cfg.train.batch_size} must be divisible by scaling.num_workers ({workers})"))
     return problems
-
-
-def resolve_peft_defaults(cfg: RunConfig) -> None:
-    """Fill the PEFT keys left unset with the chosen kind's defaults."""
-    peft = cfg.model.peft
-    defaults = dict(PEFT_DEFAULTS.get(peft.kind, {}))
-    if peft.kind == "dualprompt" and cfg.benchmark.dataset == "cifar100":
-        defaults["length"] = DUALPROMPT_CIFAR_LENGTH
-    for key, value in defaults.items():
-        if getattr(peft, key) is None:
-            setattr(peft, key, value)
 
 
 def validate(data: dict[str, Any]) -> RunConfig:
@@ -380,7 +349,6 @@ def validate(data: dict[str, Any]) -> RunConfig:
         cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
     if cfg.model.weights not in WEIGHT_KEYWORDS:
         cfg.model.weights = str(Path(cfg.model.weights).expanduser().resolve())
-    resolve_peft_defaults(cfg)
     problems = check_consistency(cfg)
     if problems:
         raise ConfigError(problems)

@@ -118,9 +118,8 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
     """The config keys this run's configuration uses (inactive and unset keys left out; the whole
     resolved config is the run's ``config.yaml``), with the PEFT implementation that runs."""
     from aepg import preflight
-    from aepg.models.peft import KEYS, adapted_blocks, implementation
 
-    b, m, peft, o, s, t = cfg.benchmark, cfg.model, cfg.model.peft, cfg.objective, cfg.schedule, cfg.train
+    b, m, o, s, t = cfg.benchmark, cfg.model, cfg.objective, cfg.schedule, cfg.train
     params: dict[str, object] = {"seed": cfg.seed, "benchmark.dataset": b.dataset, "benchmark.num_tasks": b.num_tasks,
                                  "benchmark.order_seed": b.order_seed, "benchmark.augment": b.augment}
     if b.dataset == "imagenet-r":
@@ -132,19 +131,7 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
     if m.image_size is not None:
         params["model.image_size"] = m.image_size
     params.update(flatten(dict(m.backbone_kwargs), "model.backbone_kwargs."))
-    facts = preflight.backbone_facts(cfg)
-    kind = implementation(peft, facts)
-    params["model.peft.kind"] = peft.kind
-    if peft.kind in ("lora", "dora"):
-        params["model.peft.implementation"] = kind
-    for key in KEYS[kind]:
-        value = getattr(peft, key)
-        if key == "blocks" and facts.get("is_vit"):
-            value = adapted_blocks(value, facts["depth"])
-        if value is not None:
-            params[f"model.peft.{key}"] = value
-    if peft.lae:
-        params.update({"model.peft.lae": True, "model.peft.lae_decay": peft.lae_decay})
+    params.update(flatten(m.peft.params(preflight.backbone_facts(cfg)), "model.peft."))
     params.update(flatten(o.model_dump(mode="json"), "objective."))
     if is_annealed(o):
         params.update({"schedule.kind": s.kind, "schedule.scope": s.scope})

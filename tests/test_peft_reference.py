@@ -8,7 +8,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from aepg.config import PeftConfig, load_config
+from aepg.config import MethodConfig, load_config, method_config
 from aepg.metrics import accuracy_after_each_task, summarize
 from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.models.peft.attach import attach_peft
@@ -26,7 +26,7 @@ def tiny_vit(**peft) -> torch.nn.Module:
     torch.manual_seed(0)
     backbone = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=8,
                                  embed_dim=DIM, num_heads=HEADS, depth=DEPTH)
-    return attach_peft(backbone, PeftConfig(**peft), num_tasks=3).eval()
+    return attach_peft(backbone, method_config(**peft), num_tasks=3).eval()
 
 
 def randomise(module: torch.nn.Module) -> None:
@@ -158,7 +158,7 @@ def test_adaptformer_reads_the_unnormalised_stream_beside_the_mlp():
 # -- LAE's offline copy -----------------------------------------------------------------------
 
 def lae_model(decay=0.9):
-    cfg = PeftConfig(kind="lora", rank=2, lae=True, lae_decay=decay)
+    cfg = method_config(kind="lora", rank=2, lae=True, lae_decay=decay)
     backbone = attach_peft(tiny_vit(), cfg, num_tasks=3)
     return ContinualClassifier(backbone, 6, 0.01, set(), decay)
 
@@ -293,7 +293,7 @@ def test_pooled_accuracy_differs_from_the_task_mean_as_by_hand():
 D, BLOCKS = 768, 5
 
 
-def expected_peft_params(peft: PeftConfig, num_tasks: int) -> int:
+def expected_peft_params(peft: MethodConfig, num_tasks: int) -> int:
     """By hand, from the ViT-B/16 width and the preset's settings."""
     if peft.kind == "lora":  # key and value pairs (r x d, d x r) and a scale each, per block
         return BLOCKS * 2 * (2 * peft.rank * D + 1)

@@ -17,18 +17,16 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from aepg.catalog import OBJECTIVES
+from aepg.catalog import METHODS, OBJECTIVES
 from aepg.metrics import final_name
 
 METRICS = ("last_accuracy", "avg_incremental_accuracy")
 SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}
-METHOD_NAMES = {"none": "linear probe", "lora": "LoRA", "dora": "DoRA", "adapter": "Adapter", "adaptformer": "AdaptFormer",
-                "prefix": "Prefix", "l2p": "L2P", "dualprompt": "DualPrompt", "coda": "CODA-Prompt"}
 
 
 def method(params: dict[str, str]) -> str:
     """The paper's row label: the PEFT module, and LAE around it (LAE over LoRA is the paper's "LAE")."""
-    name = METHOD_NAMES.get(params.get("model.peft.kind", ""), params.get("model.peft.kind", "?"))
+    name = METHODS.display(params.get("model.peft.kind", "?"))
     if params.get("model.peft.lae") == "True":
         return "LAE" if name == "LoRA" else f"LAE ({name})"
     return name
@@ -196,7 +194,8 @@ def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", column
     cells = {key: max(options.values(), key=lambda c: sign * c.stats(metric)[0] if c.by_seed[metric] else -math.inf)
              for key, options in candidates.items()}
     choices = {key: len(options) for key, options in candidates.items()}
-    order = ["linear probe", "LoRA", "LAE", *list(METHOD_NAMES.values())[2:], *(e.display for e in OBJECTIVES.entries())]
+    methods = [e.display for e in METHODS.entries()]
+    order = [*methods[:2], "LAE", *methods[2:], *(e.display for e in OBJECTIVES.entries())]
     position = lambda v: (order.index(v) if v in order else len(order), v)  # noqa: E731
     rows, columns = sorted(rows, key=position), sorted(columns, key=position)
     chosen = baseline if baseline in columns else (columns[0] if len(columns) > 1 else None)

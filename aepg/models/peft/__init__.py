@@ -1,18 +1,22 @@
-"""Parameter-efficient modules for frozen timm backbones, one file per method, attached in one
-call by ``aepg.models.peft.attach.attach_peft``.
+"""Parameter-efficient modules for frozen timm backbones: one catalogue entry per method here, one
+file per implementation beside it, attached in one call by ``aepg.models.peft.attach.attach_peft``.
 
-This file holds what can be decided without building anything: the kinds, which blocks and
-modules each adapts, and the checks a backbone must pass. They work from a backbone's facts
-(``aepg.models.facts``), so the CLI runs them before importing torch, and ``attach_peft`` runs
-the same checks on the live backbone.
+An entry (``aepg.catalog.METHODS``) is the method's config: its keys with their defaults and
+ranges, the checks a backbone must pass (from the backbone's facts, ``aepg.models.facts``, so
+the CLI runs them before importing torch) and a lazy reference to its builder,
+``build(backbone, cfg, num_tasks) -> PeftModule``. docs/extending.md shows how to add one.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any, Literal
 
-KINDS = ("none", "lora", "dora", "adapter", "adaptformer", "prefix", "l2p", "dualprompt", "coda")
-VIT_ONLY = ("adapter", "adaptformer", "prefix", "l2p", "dualprompt", "coda")
+from pydantic import Field
+
+from aepg.catalog import METHODS
+from aepg.config import MethodConfig
+
 DEFAULT_BLOCKS = [0, 1, 2, 3, 4]
 """The paper's blocks 0-4, as far as the ViT goes."""
 DUALPROMPT_GENERAL_BLOCKS = (0, 1)
@@ -21,38 +25,11 @@ HF_DEFAULT_TARGETS = {
     "EfficientNet": ["conv_pw", "conv_pwl"],
 }
 HF_DEFAULT_BLOCKS = {"VisionTransformer": DEFAULT_BLOCKS}
-
-
-# The PEFT keys each implementation reads (the others are inactive and not logged as params).
-KEYS = {
-    "none": (),
-    "kv-lora": ("rank", "blocks"),
-    "hf-peft": ("rank", "alpha", "dropout", "target_modules", "blocks"),
-    "adapter": ("bottleneck", "blocks"),
-    "adaptformer": ("bottleneck", "adapter_scale", "adapter_dropout", "blocks"),
-    "prefix": ("length", "blocks"),
-    "l2p": ("length", "pool_size", "top_k", "pull_weight", "batchwise_prompt"),
-    "dualprompt": ("length", "g_length", "pull_weight", "blocks"),
-    "coda": ("length", "pool_size", "ortho_weight", "blocks"),
-}
+PACKAGE = "aepg.models.peft"
 
 
 class PeftError(ValueError):
     """The PEFT settings do not fit the backbone."""
-
-
-def lora_implementation(cfg, fused_qkv: bool) -> str:
-    """``kv-lora`` (LAE's, the ViT default) or ``hf-peft`` (named targets, DoRA, other families)."""
-    if cfg.kind == "lora" and not cfg.target_modules and fused_qkv:
-        return "kv-lora"
-    return "hf-peft"
-
-
-def implementation(cfg, facts: dict) -> str:
-    """What runs for ``cfg`` on this backbone: the kind, or for LoRA which implementation."""
-    if cfg.kind in ("lora", "dora"):
-        return lora_implementation(cfg, facts["fused_qkv"])
-    return cfg.kind
 
 
 def adapted_blocks(blocks: list[int] | None, depth: int) -> list[int]:
@@ -79,38 +56,196 @@ def target_pattern(targets: list[str], blocks: list[int] | None) -> str:
     return rf"^blocks\.(?:{block_ids})\.(?:.*\.)?(?:{names})$"
 
 
-def hf_target_pattern(cfg, facts: dict) -> str:
-    """The HF peft target regex for ``cfg`` on this backbone; PeftError when it matches nothing."""
-    family = facts["family"]
-    targets = cfg.target_modules or HF_DEFAULT_TARGETS.get(family)
-    if not targets:
-        raise PeftError(f"no default LoRA targets for {family}; set model.peft.target_modules "
-                        "(module-name suffixes such as attn.qkv)")
-    blocks = cfg.blocks if cfg.blocks is not None else HF_DEFAULT_BLOCKS.get(family)
-    pattern = target_pattern(targets, blocks)
-    if not any(re.fullmatch(pattern, name) for name in facts["modules"]):
-        raise PeftError(f"model.peft.target_modules {targets} with blocks {blocks} match no module of {family}")
-    return pattern
-
-
-def check(cfg, facts: dict, num_tasks: int) -> None:
+def check(cfg: MethodConfig, facts: dict, num_tasks: int) -> None:
     """Raise PeftError when the PEFT settings ``cfg`` do not fit the backbone ``facts`` describes."""
-    kind = implementation(cfg, facts)
-    if kind == "none":
-        return
-    if kind == "hf-peft":
-        hf_target_pattern(cfg, facts)
-        return
-    if not facts["is_vit"]:
+    if METHODS.get(cfg.kind).has("vit_only") and not facts["is_vit"]:
         raise PeftError(f"model.peft.kind={cfg.kind} needs a timm VisionTransformer, not {facts['family']}")
-    blocks = adapted_blocks(cfg.blocks, facts["depth"])
-    if kind == "dualprompt" and not dualprompt_blocks(blocks)[1]:
-        raise PeftError("DualPrompt needs blocks for expert prompts beyond the general ones (default 0-4)")
-    if kind == "coda":
-        if cfg.pool_size < num_tasks:
-            raise PeftError(f"model.peft.pool_size ({cfg.pool_size}) must be at least the number of tasks ({num_tasks})")
-        if cfg.length % 2:
+    cfg.check(facts, num_tasks)
+
+
+# -- the entries -----------------------------------------------------------------------------------
+
+@METHODS.register("none", display="linear probe")
+class LinearProbe(MethodConfig):
+    """The head only: no PEFT module."""
+
+    kind: Literal["none"] = "none"
+
+
+class BlocksConfig(MethodConfig):
+    """A method that adapts chosen ViT blocks."""
+
+    blocks: list[int] | None = None
+    """Indices of ``blocks.N`` to adapt; default: blocks 0-4 of a ViT (the paper), every block otherwise."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
+        if self.blocks is not None and any(b < 0 for b in self.blocks):
+            found.append(("blocks", "block indices must be >= 0"))
+        return found
+
+    def check(self, facts: dict, num_tasks: int) -> None:
+        if facts["is_vit"]:
+            adapted_blocks(self.blocks, facts["depth"])
+
+    def params(self, facts: dict) -> dict[str, Any]:
+        values = super().params(facts)
+        if facts.get("is_vit"):
+            values["blocks"] = adapted_blocks(self.blocks, facts["depth"])
+        return values
+
+
+class HfLoraKeys(BlocksConfig):
+    rank: int = Field(4, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    """HF peft LoRA/DoRA scaling (alpha / rank); LAE's LoRA learns its scales instead."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """HF peft LoRA/DoRA dropout."""
+    target_modules: list[str] | None = None
+    """Module-name suffixes for HF peft (setting them selects HF peft on a ViT too); default by family."""
+
+    def implementation(self, facts: dict) -> str:
+        return "hf-peft"
+
+    def check(self, facts: dict, num_tasks: int) -> None:
+        if self.implementation(facts) == "hf-peft":
+            self.hf_target_pattern(facts)
+        else:
+            super().check(facts, num_tasks)
+
+    def hf_target_pattern(self, facts: dict) -> str:
+        """The HF peft target regex on this backbone; PeftError when it matches nothing."""
+        family = facts["family"]
+        targets = self.target_modules or HF_DEFAULT_TARGETS.get(family)
+        if not targets:
+            raise PeftError(f"no default LoRA targets for {family}; set model.peft.target_modules "
+                            "(module-name suffixes such as attn.qkv)")
+        blocks = self.blocks if self.blocks is not None else HF_DEFAULT_BLOCKS.get(family)
+        pattern = target_pattern(targets, blocks)
+        if not any(re.fullmatch(pattern, name) for name in facts["modules"]):
+            raise PeftError(f"model.peft.target_modules {targets} with blocks {blocks} match no module of {family}")
+        return pattern
+
+    def params(self, facts: dict) -> dict[str, Any]:
+        values = super().params(facts)
+        implementation = self.implementation(facts)
+        if implementation == "kv-lora":  # LAE's LoRA reads its rank and blocks only
+            values = {key: value for key, value in values.items() if key not in ("alpha", "dropout", "target_modules")}
+        return {**values, "implementation": implementation}
+
+
+@METHODS.register("lora", builder=f"{PACKAGE}.lora:build_lora", display="LoRA")
+class Lora(HfLoraKeys):
+    """LoRA: on a ViT, LAE's LoRA on the key and value rows of ``attn.qkv`` with learnable scales;
+    with ``target_modules``, or on other families (EfficientNet's 1x1 convolutions), HF peft LoRA."""
+
+    kind: Literal["lora"] = "lora"
+
+    def implementation(self, facts: dict) -> str:
+        return "kv-lora" if not self.target_modules and facts["fused_qkv"] else "hf-peft"
+
+
+@METHODS.register("dora", builder=f"{PACKAGE}.peft_lora:attach_peft_lora", display="DoRA")
+class Dora(HfLoraKeys):
+    """HF peft DoRA on named targets."""
+
+    kind: Literal["dora"] = "dora"
+
+
+@METHODS.register("adapter", builder=f"{PACKAGE}.adapter:build_adapter", display="Adapter", traits=("vit_only",))
+class Adapter(BlocksConfig):
+    """LAE's adapter: a bottleneck in parallel with each chosen block's attention."""
+
+    kind: Literal["adapter"] = "adapter"
+    bottleneck: int = Field(5, ge=1)
+
+
+@METHODS.register("adaptformer", builder=f"{PACKAGE}.adaptformer:build_adaptformer", display="AdaptFormer",
+                  traits=("vit_only",))
+class AdaptFormer(BlocksConfig):
+    """AdaptFormer: a scaled bottleneck beside each chosen block's MLP."""
+
+    kind: Literal["adaptformer"] = "adaptformer"
+    bottleneck: int = Field(5, ge=1)
+    adapter_scale: float = Field(0.1, gt=0)
+    """AdaptFormer's fixed output scale (LAE's adapter learns its scale)."""
+    adapter_dropout: float = Field(0.1, ge=0, lt=1)
+    """AdaptFormer's bottleneck dropout."""
+
+
+@METHODS.register("prefix", builder=f"{PACKAGE}.prefix:build_prefix", display="Prefix", traits=("vit_only",))
+class Prefix(BlocksConfig):
+    """LAE's key/value prefixes with compensatory attention."""
+
+    kind: Literal["prefix"] = "prefix"
+    length: int = Field(10, ge=1)
+    """Prefix length."""
+
+
+@METHODS.register("l2p", builder=f"{PACKAGE}.l2p:build_l2p", display="L2P", traits=("vit_only",))
+class L2P(MethodConfig):
+    """L2P: a prompt pool, top-k by key-query match, prepended after [CLS]; the classifier reads
+    the prompt tokens' mean."""
+
+    kind: Literal["l2p"] = "l2p"
+    length: int = Field(5, ge=1)
+    """Prompt length."""
+    pool_size: int = Field(10, ge=1)
+    """Prompts in the pool."""
+    top_k: int = Field(5, ge=1)
+    """Prompts chosen per input."""
+    batchwise_prompt: bool = False
+    """Give the whole batch its most chosen prompts (the reference's option; see docs/methods.md)."""
+    pull_weight: float = Field(0.1, ge=0)
+    """Weight of the pull constraint on chosen keys (0.1 in the reference configs)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
+        if self.top_k > self.pool_size:
+            found.append(("top_k", f"{self.top_k} exceeds the prompt pool ({self.pool_size})"))
+        return found
+
+
+@METHODS.register("dualprompt", builder=f"{PACKAGE}.dualprompt:build_dualprompt", display="DualPrompt",
+                  traits=("vit_only",))
+class DualPrompt(BlocksConfig):
+    """DualPrompt: general prefixes (blocks 0-1) and one expert prefix per task (the other blocks),
+    the expert chosen by key-query match at test."""
+
+    kind: Literal["dualprompt"] = "dualprompt"
+    length: int = Field(20, ge=1)
+    """Expert prompt length: 20 in the reference's ImageNet-R config, 5 in its CIFAR-100 one (the
+    CIFAR-100 preset sets 5)."""
+    g_length: int = Field(5, ge=1)
+    """General prompt length."""
+    pull_weight: float = Field(1.0, ge=0)
+    """Weight of the pull constraint on chosen keys (1.0 in the reference configs)."""
+
+    def check(self, facts: dict, num_tasks: int) -> None:
+        super().check(facts, num_tasks)
+        if not dualprompt_blocks(adapted_blocks(self.blocks, facts["depth"]))[1]:
+            raise PeftError("DualPrompt needs blocks for expert prompts beyond the general ones (default 0-4)")
+
+
+@METHODS.register("coda", builder=f"{PACKAGE}.coda:build_coda", display="CODA-Prompt", traits=("vit_only",))
+class Coda(BlocksConfig):
+    """CODA-Prompt: per-block prefixes as query-weighted sums of components; each task owns a slice
+    of the components, earlier slices frozen."""
+
+    kind: Literal["coda"] = "coda"
+    length: int = Field(8, ge=1)
+    """Prompt length (half keys, half values)."""
+    pool_size: int = Field(100, ge=1)
+    """Components, shared out among the tasks."""
+    ortho_weight: float = Field(0.0, ge=0)
+    """Orthogonality penalty weight (0.0 in the reference's experiment scripts)."""
+
+    def check(self, facts: dict, num_tasks: int) -> None:
+        super().check(facts, num_tasks)
+        if self.pool_size < num_tasks:
+            raise PeftError(f"model.peft.pool_size ({self.pool_size}) must be at least the number of tasks ({num_tasks})")
+        if self.length % 2:
             raise PeftError("model.peft.length must be even for CODA-Prompt (half keys, half values)")
-        if cfg.pool_size > facts["embed_dim"]:
-            raise PeftError(f"model.peft.pool_size ({cfg.pool_size}) exceeds the embedding width ({facts['embed_dim']}): "
+        if self.pool_size > facts["embed_dim"]:
+            raise PeftError(f"model.peft.pool_size ({self.pool_size}) exceeds the embedding width ({facts['embed_dim']}): "
                             "that many keys cannot be orthogonal")

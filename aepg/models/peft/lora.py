@@ -15,7 +15,9 @@ from types import MethodType
 import torch
 from torch import Tensor, nn
 
+from aepg.models import facts
 from aepg.models.peft.base import PeftModule, Scale, blocks_of
+from aepg.models.peft.peft_lora import attach_peft_lora
 
 
 class LowRank(nn.Module):
@@ -56,5 +58,8 @@ class KVLoRA(PeftModule):
         return forward
 
 
-def build_kv_lora(backbone: nn.Module, cfg, num_tasks: int) -> KVLoRA:
+def build_lora(backbone: nn.Module, cfg, num_tasks: int) -> KVLoRA | None:
+    """LAE's key/value LoRA on a fused-qkv ViT, else HF peft's LoRA injected in place."""
+    if cfg.implementation(facts.of_model(backbone)) == "hf-peft":
+        return attach_peft_lora(backbone, cfg, num_tasks)
     return KVLoRA(backbone, blocks_of(backbone, cfg), cfg.rank)
