@@ -62,6 +62,13 @@ class Catalog:
         self._entries: dict[str, Entry] = {}
         self._filled = self._plugins_loaded = False
 
+    def add(self, name: str, entry: Any) -> Any:
+        """Register ``entry`` (an object with its own fields, e.g. a data set's facts) as ``name``."""
+        if name in self._entries and self._entries[name] is not entry:
+            raise ValueError(f"{self.what} {name!r} is registered twice")
+        self._entries[name] = entry
+        return entry
+
     def register(self, name: str, *, builder: str | None = None, display: str | None = None,
                  traits: tuple[str, ...] = ()) -> Callable[[type], type]:
         """A class decorator: the decorated config class becomes the entry ``name``."""
@@ -97,13 +104,13 @@ class Catalog:
                 raise PluginError(f"the {self.what} plugin {point.name!r} ({point.value}, declared under "
                                   f"{self.group}) failed to load: {type(error).__name__}: {error}") from error
 
-    def find(self, name: str) -> Entry | None:
+    def find(self, name: str) -> Any:
         self._fill()
         if name not in self._entries:
             self.load_plugins()
         return self._entries.get(name)
 
-    def get(self, name: str) -> Entry:
+    def get(self, name: str) -> Any:
         entry = self.find(name)
         if entry is None:
             raise KeyError(self.unknown(name))
@@ -116,19 +123,25 @@ class Catalog:
         hint = f"did you mean '{close[0]}'?" if close else f"choose one of {known}"
         return f"unknown {self.what} {name!r}; {hint}"
 
+    def __getitem__(self, name: str) -> Any:
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.find(name) is not None
+
     def names(self) -> list[str]:
         self.load_plugins()
         return sorted(self._entries)
 
-    def entries(self) -> list[Entry]:
+    def entries(self) -> list[Any]:
         """Every entry, in registration order (built-ins first)."""
         self.load_plugins()
         return list(self._entries.values())
 
     def display(self, name: str) -> str:
-        entry = self.find(name)
-        return entry.display if entry else name
+        return getattr(self.find(name), "display", name)
 
 
 OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",))
 METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",))
+DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",))

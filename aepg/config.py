@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from aepg.catalog import METHODS, OBJECTIVES, Catalog
+from aepg.catalog import DATASETS, METHODS, OBJECTIVES, Catalog
 
 
 class ConfigError(ValueError):
@@ -70,7 +70,8 @@ def kind_of(section: str, data: dict[str, Any]) -> type[BaseModel] | None:
 
 class BenchmarkConfig(Section):
     dataset: str = "digits"
-    """A registered dataset (``aepg.benchmarks.DATASETS``)."""
+    """An entry of ``aepg.catalog.DATASETS`` (``aepg.benchmarks``: digits, fashion-mnist, cifar100,
+    imagenet-r, cub200, food101, and any an installed plugin adds)."""
     root: str | None = None
     """Data folder; default ``$AEPG_DATA`` or ``~/.cache/aepg/data``."""
     download: bool = False
@@ -303,26 +304,18 @@ def _suggestion(loc: tuple, model: type[BaseModel], data: Any = None) -> str:
     return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(model.model_fields)}"
 
 
-def _choice(value: str, known, what: str) -> str:
-    close = difflib.get_close_matches(value, list(known), n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"choose one of {sorted(known)}"
-    return f"unknown {what} {value!r}; {hint}"
-
-
 def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
     """Rules that involve several keys or a registry (without importing torch or timm)."""
-    from aepg.benchmarks import DATASETS
-
     problems = []
-    spec = DATASETS.get(cfg.benchmark.dataset)
+    spec = DATASETS.find(cfg.benchmark.dataset)
     if spec is None:
-        problems.append(("benchmark.dataset", _choice(cfg.benchmark.dataset, DATASETS, "dataset")))
+        problems.append(("benchmark.dataset", DATASETS.unknown(cfg.benchmark.dataset)))
     else:
         if cfg.benchmark.num_tasks > spec.num_classes:
             problems.append(("benchmark.num_tasks", f"{cfg.benchmark.num_tasks} tasks but {cfg.benchmark.dataset} has only {spec.num_classes} classes"))
         if cfg.benchmark.download and not spec.downloadable:
             problems.append(("benchmark.download", f"{cfg.benchmark.dataset} cannot be downloaded by aepg; "
-                             "only " + ", ".join(n for n, s in DATASETS.items() if s.downloadable) + " can"))
+                             "only " + ", ".join(n for n in DATASETS.names() if DATASETS[n].downloadable) + " can"))
     if cfg.train.head_only_epochs >= cfg.train.epochs:
         problems.append(("train.head_only_epochs", f"must be less than train.epochs ({cfg.train.epochs})"))
     weights = cfg.model.weights

@@ -140,10 +140,10 @@ def prepare(cfg: RunConfig) -> None:
         download(cfg.benchmark)
         spec.locate(cfg.benchmark)
     if spec.image_files and cfg.benchmark.cache == "decoded":
-        from aepg.benchmarks.tasks import LOADERS, decode_folder_images, short_side
+        from aepg.benchmarks.tasks import decode_folder_images, short_side
 
         side = short_side(cfg.benchmark, cfg.model.image_size or backbone_facts(cfg)["input_size"])
-        decode_folder_images(cfg.benchmark, LOADERS[cfg.benchmark.dataset](cfg.benchmark), side)
+        decode_folder_images(cfg.benchmark, spec.load(cfg.benchmark), side)
 
 
 # -- what a run will do ---------------------------------------------------------------------------

@@ -112,12 +112,6 @@ def test_local_cluster_refuses_bad_sizes_before_starting_anything(args, message,
     assert message in capsys.readouterr().err
 
 
-def test_light_registries_match_the_real_ones():
-    from aepg.benchmarks import DATASETS
-    from aepg.benchmarks.tasks import LOADERS
-    assert set(DATASETS) == set(LOADERS)
-
-
 def test_catalog_sizes_of_digits_are_the_real_split():
     import numpy as np
 

@@ -1,17 +1,22 @@
 """The data sets aepg knows, described without loading any: how many classes, where their files
 live under ``benchmark.root``, and how many images each class has (from metadata only).
 
-The CLI checks configs and sizes runs with this catalog before importing torch. The loaders
-are the modules beside this one; ``aepg.benchmarks.tasks`` turns a data set into tasks.
+Each data set is one entry of ``aepg.catalog.DATASETS``: its facts here, and a lazy reference to
+its loader (the modules beside this one), which returns its train and test images. The CLI
+checks configs and sizes runs with these facts before importing torch; ``aepg.benchmarks.tasks``
+turns a data set into tasks. docs/extending.md shows how to add one.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+from aepg.catalog import DATASETS
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -168,10 +173,13 @@ def _food101_sizes(cfg) -> tuple[list[int], list[int]]:
 @dataclass(frozen=True)
 class DatasetSpec:
     num_classes: int
+    loader: str
+    """``"module:function"``; ``function(benchmark_config)`` returns the ``ImageSplits`` (imported when a run loads it)."""
     locate: Callable[..., object]
     """``locate(benchmark_config)``: where the files are; DatasetNotFound naming the layout if absent."""
     class_sizes: Callable[..., tuple[list[int], list[int]]]
     """Training and test images per class, from metadata only."""
+    display: str = ""
     uses_root: bool = True
     """False for data bundled with a package (``benchmark.root`` is ignored)."""
     downloadable: bool = False
@@ -179,15 +187,25 @@ class DatasetSpec:
     image_files: bool = False
     """Images in files: decoded into the cache (``benchmark.cache``) at ``benchmark.short_side``."""
 
+    def load(self, cfg) -> Any:
+        """The data set's train and test images (``aepg.benchmarks.images.ImageSplits``)."""
+        module, _, function = self.loader.partition(":")
+        return getattr(importlib.import_module(module), function)(cfg)
 
-DATASETS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec(10, lambda cfg: None, lambda cfg: (DIGITS_TRAIN, DIGITS_TEST), uses_root=False),
-    "fashion-mnist": DatasetSpec(10, fashion_mnist_files, _fixed(6000, 1000, 10), downloadable=True),
-    "cifar100": DatasetSpec(100, cifar100_folder, _fixed(500, 100, 100), downloadable=True),
-    "imagenet-r": DatasetSpec(200, imagenet_r_folder, _imagenet_r_sizes, image_files=True),
-    "cub200": DatasetSpec(200, cub200_folder, _cub200_sizes, image_files=True),
-    "food101": DatasetSpec(101, food101_folder, _food101_sizes, image_files=True),
-}
+
+PACKAGE = "aepg.benchmarks"
+DATASETS.add("digits", DatasetSpec(10, f"{PACKAGE}.digits:load_digits_splits", lambda cfg: None,
+                                   lambda cfg: (DIGITS_TRAIN, DIGITS_TEST), "digits", uses_root=False))
+DATASETS.add("fashion-mnist", DatasetSpec(10, f"{PACKAGE}.fashion_mnist:load_fashion_mnist_splits", fashion_mnist_files,
+                                          _fixed(6000, 1000, 10), "Fashion-MNIST", downloadable=True))
+DATASETS.add("cifar100", DatasetSpec(100, f"{PACKAGE}.cifar100:load_cifar100_splits", cifar100_folder,
+                                     _fixed(500, 100, 100), "CIFAR-100", downloadable=True))
+DATASETS.add("imagenet-r", DatasetSpec(200, f"{PACKAGE}.folders:load_imagenet_r_splits", imagenet_r_folder,
+                                       _imagenet_r_sizes, "ImageNet-R", image_files=True))
+DATASETS.add("cub200", DatasetSpec(200, f"{PACKAGE}.folders:load_cub200_splits", cub200_folder, _cub200_sizes,
+                                   "CUB-200", image_files=True))
+DATASETS.add("food101", DatasetSpec(101, f"{PACKAGE}.folders:load_food101_splits", food101_folder, _food101_sizes,
+                                    "Food-101", image_files=True))
 
 
 def download(cfg) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from torch import Tensor
@@ -17,23 +16,8 @@ from torch.utils.data import Dataset
 from aepg.benchmarks import DATASETS, DatasetNotFound, data_root
 from aepg.benchmarks.augment import BatchView, test_resize
 from aepg.benchmarks.cache import ensure as ensure_cache
-from aepg.benchmarks.cifar100 import load_cifar100_splits
-from aepg.benchmarks.digits import load_digits_splits
-from aepg.benchmarks.fashion_mnist import load_fashion_mnist_splits
-from aepg.benchmarks.folders import load_cub200_splits, load_food101_splits, load_imagenet_r_splits
 from aepg.benchmarks.images import CachedImages, FileImages, ImageSet, ImageSplits, collate
 from aepg.benchmarks.order import class_order, task_groups
-
-# ``load(benchmark_config)``: a data set's train and test images.
-LOADERS: dict[str, Callable[..., ImageSplits]] = {
-    "digits": load_digits_splits,
-    "fashion-mnist": load_fashion_mnist_splits,
-    "cifar100": load_cifar100_splits,
-    "imagenet-r": load_imagenet_r_splits,
-    "cub200": load_cub200_splits,
-    "food101": load_food101_splits,
-}
-
 
 class TaskImages(Dataset):
     """The images of some classes, as raw uint8 arrays, labelled by class-order position."""
@@ -140,7 +124,7 @@ def decode_folder_images(cfg, splits: ImageSplits, side: int) -> ImageSplits:
 def build_benchmark(cfg, image_size: int, mean, std, channels_last: bool = False) -> Benchmark:
     """Tasks of ``cfg.num_tasks`` near-equal groups of classes, in the order ``cfg.order_seed`` fixes."""
     spec = DATASETS[cfg.dataset]
-    splits = decode_folder_images(cfg, LOADERS[cfg.dataset](cfg), short_side(cfg, image_size))
+    splits = decode_folder_images(cfg, spec.load(cfg), short_side(cfg, image_size))
     if len(splits.class_names) != spec.num_classes:
         raise DatasetNotFound(f"{cfg.dataset}: found {len(splits.class_names)} classes, expected {spec.num_classes}")
     order = class_order(spec.num_classes, cfg.order_seed)
