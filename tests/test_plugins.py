@@ -1,0 +1,76 @@
+"""A third-party package (tests/plugin) adds an objective and a training method through entry
+points, without a fork: pip installs it for real, and aepg validates, sweeps and logs its entries."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import CONFIGS, REPO, run_aepg
+
+PLUGIN = REPO / "tests" / "plugin"
+DIGITS = str(CONFIGS / "digits.yaml")
+PLUGIN_KINDS = ["objective.kind=gce", "model.peft.kind=feature_affine"]
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    """The environment of a Python that has the example plugin installed (pip, into its own folder)."""
+    site = tmp_path_factory.mktemp("plugin-site")
+    build = tmp_path_factory.mktemp("plugin-build")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(PLUGIN)],
+                   check=True, capture_output=True, cwd=build)
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+
+
+def test_plugin_entries_are_unknown_without_the_package(workdir):
+    out = run_aepg(["train", DIGITS, "objective.kind=gce", "--dry-run"], workdir)
+    assert out.returncode == 2
+    assert "objective.kind: unknown objective 'gce'" in out.stderr
+
+
+def test_plugin_entries_validate_like_built_ins(workdir, plugin_env):
+    out = run_aepg(["train", DIGITS, *PLUGIN_KINDS, "objective.q=0.5", "--dry-run"], workdir, plugin_env)
+    assert out.returncode == 0, out.stderr
+    resolved = yaml.safe_load(out.stdout)
+    assert resolved["objective"] == {"kind": "gce", "logits": "local", "q": 0.5}
+    assert resolved["model"]["peft"]["init_scale"] == 1.0 and "rank" not in resolved["model"]["peft"]
+
+    bad = run_aepg(["train", DIGITS, *PLUGIN_KINDS, "objective.q=2", "model.peft.init_scal=2", "--dry-run"],
+                   workdir, plugin_env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "objective.q: Input should be less than or equal to 1" in bad.stderr
+    assert "model.peft.init_scal: unknown key; did you mean 'init_scale'?" in bad.stderr
+
+
+@pytest.mark.ray
+def test_plugin_objective_and_method_run_in_a_real_sweep(workdir, plugin_env):
+    sweep = {
+        "name": "plugin",
+        "base_config": DIGITS,
+        "base_overrides": {"objective": {"kind": "gce"}, "model": {"peft": {"kind": "feature_affine"}},
+                           "train": {"epochs": 1, "batch_size": 16},
+                           "benchmark": {"num_tasks": 2, "max_train_per_class": 20, "max_test_per_class": 10}},
+        "space": {"objective.q": {"choice": [0.5, 1.0]}},
+        "search": {"algorithm": "grid", "max_concurrent": 2},
+        "scheduler": {"kind": "none"},
+        "trial": {"cpus": 1},
+    }
+    (workdir / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    out = run_aepg(["sweep", "sweep.yaml"], workdir, {**plugin_env, "AEPG_CACHE": str(workdir / "cache")})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("aepg-digits")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`aepg.status` = 'finished'")
+    assert sorted(r.data.params["objective.q"] for r in runs) == ["0.5", "1.0"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["objective.kind"] == "gce"
+        assert run.data.params["model.peft.kind"] == "feature_affine"
+        assert run.data.params["model.peft.init_scale"] == "1.0"
+        assert run.data.params["params_peft"] == str(2 * 1280)  # a scale and a shift per feature of Lite0
+        assert "final/avg_incremental_accuracy" in run.data.metrics
