@@ -2,6 +2,7 @@
 points, without a fork: pip installs it for real, and aepg validates, sweeps and logs its entries."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,10 +20,10 @@ PLUGIN_KINDS = ["objective.kind=gce", "model.peft.kind=feature_affine"]
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
     """The environment of a Python that has the example plugin installed (pip, into its own folder)."""
-    site = tmp_path_factory.mktemp("plugin-site")
-    build = tmp_path_factory.mktemp("plugin-build")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(PLUGIN)],
-                   check=True, capture_output=True, cwd=build)
+    site, source = tmp_path_factory.mktemp("plugin-site"), tmp_path_factory.mktemp("plugin") / "source"
+    shutil.copytree(PLUGIN, source)  # pip builds in the source folder: keep the checkout clean
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(source)],
+                   check=True, capture_output=True)
     return {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
 
 
