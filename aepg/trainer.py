@@ -96,6 +96,29 @@ class StepBuffer:
                 reporter.log_steps(rows)
 
 
+@dataclass
+class TaskInputs:
+    """A task's training images as a method's ``end_task`` reads them: unaugmented model inputs on
+    the device, each worker its shard (``aepg.models.peft.base.TaskData``)."""
+
+    trainer: "ContinualTrainer"
+    task: Task
+
+    @property
+    def start(self) -> int:
+        return self.task.start
+
+    @property
+    def stop(self) -> int:
+        return self.task.stop
+
+    def batches(self):
+        trainer, train = self.trainer, self.task.train
+        shard = Subset(train, trainer.context.shard(len(train)))
+        for images, sizes, y in trainer._loader(shard, trainer.cfg.train.eval_batch_size, in_memory=train.in_memory):
+            yield trainer.benchmark.test_view(images.to(trainer.device, non_blocking=True), sizes), y.to(trainer.device)
+
+
 class ContinualTrainer:
     def __init__(
         self,
@@ -197,22 +220,19 @@ class ContinualTrainer:
         return task.index > 0 and epoch < self.cfg.train.head_only_epochs
 
     def train_task(self, task: Task, state: TrainState, optimizer_state: dict | None) -> None:
-        cfg = self.cfg.train
+        """The task's epochs from ``state.epoch`` on, in phases (head-only epochs, then full ones,
+        each with a fresh optimiser), then the method's end of the task."""
         loader = self._train_loader(task)
-        steps_per_epoch = len(loader)
-        task_steps = cfg.epochs * steps_per_epoch
-        columns = self.objective.columns(task.start, task.stop)
-        buffer = StepBuffer(self.reporters, chunk=max(50, cfg.log_every_steps))
         bar = tqdm(
-            total=task_steps,
-            initial=state.epoch * steps_per_epoch,
+            total=self.cfg.train.epochs * len(loader),
+            initial=state.epoch * len(loader),
             desc=f"task {task.index + 1}/{len(self.benchmark.tasks)}",
             disable=None if self.context.is_chief else True,
             leave=False,
         )
         self.model.begin_task(task.index)
         phase = None
-        for epoch in range(state.epoch, cfg.epochs):
+        for epoch in range(state.epoch, self.cfg.train.epochs):
             head_only = self._head_only(task, epoch)
             if head_only != phase:
                 phase = head_only
@@ -220,37 +240,53 @@ class ContinualTrainer:
                 if optimizer_state is not None:
                     optimizer.load_state_dict(optimizer_state)
                     optimizer_state = None
-            model.train()
-            seed_all(derive_seed(self.cfg.seed, task.index, epoch, self.context.rank))
-            # Crops and flips come from their own stream: the same whatever the loader's workers do.
-            crops = torch.Generator().manual_seed(derive_seed(self.cfg.seed, task.index, epoch, self.context.rank, 1))
-            loader.sampler.set_epoch(epoch)
-            for i, (images, sizes, y) in enumerate(loader):
-                step = epoch * steps_per_epoch + i
-                x = self.benchmark.train_view(images.to(self.device, non_blocking=True), sizes, crops)
-                y = y.to(self.device, non_blocking=True) - columns.start
-                with self.autocast:
-                    logits = model(x, columns).float()
-                out = self.objective(logits, y, self._progress(task, step, state.global_step, task_steps))
-                optimizer.zero_grad(set_to_none=True)
-                (out.loss + self.model.auxiliary_loss()).backward()
-                optimizer.step()
-                self.model.after_step()
-                state.global_step += 1
-                if state.global_step % cfg.log_every_steps == 0:
-                    buffer.add(state.global_step, self._step_metrics(out, logits, y))
-                bar.update()
-            buffer.flush()
+            self.train_epoch(task, epoch, loader, model, optimizer, state, bar)
             state.epoch = epoch + 1
-            every = self.cfg.checkpoint.every_epochs
-            if self.save and every and state.epoch % every == 0 and state.epoch < cfg.epochs:
-                # The optimiser carries over only if the next epoch stays in the same phase.
-                same_phase = self._head_only(task, state.epoch) == head_only
-                self.save(Snapshot(state, self.model.trainable_state_dict(), optimizer.state_dict() if same_phase else None))
+            self._checkpoint_inside_task(task, state, optimizer, head_only)
         bar.close()
+        self.model.end_task(task.index, TaskInputs(self, task))
+
+    def train_epoch(self, task: Task, epoch: int, loader: DataLoader, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, state: TrainState, bar: tqdm) -> None:
+        """One pass over the task's training data: a step per batch, its metrics logged in chunks."""
+        columns = self.objective.columns(task.start, task.stop)
+        task_steps = self.cfg.train.epochs * len(loader)
+        every = self.cfg.train.log_every_steps
+        buffer = StepBuffer(self.reporters, chunk=max(50, every))
+        model.train()
+        seed_all(derive_seed(self.cfg.seed, task.index, epoch, self.context.rank))
+        # Crops and flips come from their own stream: the same whatever the loader's workers do.
+        crops = torch.Generator().manual_seed(derive_seed(self.cfg.seed, task.index, epoch, self.context.rank, 1))
+        loader.sampler.set_epoch(epoch)
+        for i, (images, sizes, y) in enumerate(loader):
+            x = self.benchmark.train_view(images.to(self.device, non_blocking=True), sizes, crops)
+            y = y.to(self.device, non_blocking=True) - columns.start
+            with self.autocast:
+                logits = model(x, columns).float()
+            out = self.objective(logits, y, self._progress(task, epoch * len(loader) + i, state.global_step, task_steps))
+            auxiliary = self.model.auxiliary_loss()
+            optimizer.zero_grad(set_to_none=True)
+            (out.loss + auxiliary).backward()
+            self.model.before_step()
+            optimizer.step()
+            self.model.after_step()
+            state.global_step += 1
+            if state.global_step % every == 0:
+                buffer.add(state.global_step, self._step_metrics(out, logits, y, auxiliary))
+            bar.update()
+        buffer.flush()
+
+    def _checkpoint_inside_task(self, task: Task, state: TrainState, optimizer: torch.optim.Optimizer,
+                                head_only: bool) -> None:
+        """Every ``checkpoint.every_epochs`` epochs inside a task (after the task, ``fit`` saves)."""
+        every = self.cfg.checkpoint.every_epochs
+        if self.save and every and state.epoch % every == 0 and state.epoch < self.cfg.train.epochs:
+            # The optimiser carries over only if the next epoch stays in the same phase.
+            same_phase = self._head_only(task, state.epoch) == head_only
+            self.save(Snapshot(state, self.model.trainable_state_dict(), optimizer.state_dict() if same_phase else None))
 
     @staticmethod
-    def _step_metrics(out, logits: torch.Tensor, y: torch.Tensor) -> dict:
+    def _step_metrics(out, logits: torch.Tensor, y: torch.Tensor, auxiliary: torch.Tensor | float) -> dict:
         metrics = {
             "loss": out.loss.detach(),
             "ce": out.ce,
@@ -260,6 +296,8 @@ class ContinualTrainer:
         }
         if out.a_t is not None:
             metrics["a_t"] = out.a_t
+        if isinstance(auxiliary, torch.Tensor):  # the method's own loss term, apart from the objective
+            metrics["auxiliary_loss"] = auxiliary.detach()
         return metrics
 
     # -- evaluation -------------------------------------------------------------------------

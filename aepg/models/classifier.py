@@ -41,11 +41,13 @@ class ContinualClassifier(nn.Module):
         nn.init.normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
         self.peft = module_of(backbone)
+        # The method says what trains: what it added, or backbone weights it unfroze.
         self.peft_names = [f"backbone.{n}" for n, p in backbone.named_parameters() if p.requires_grad]
-        # Everything PEFT added (parameters and buffers such as task counters); HF peft moves the
-        # frozen weights it wraps to "base_layer", which stay frozen.
+        # Everything PEFT added (parameters and buffers such as task counters) and everything that
+        # trains; HF peft moves the frozen weights it wraps to "base_layer", which stay frozen.
+        trained = {n.removeprefix("backbone.") for n in self.peft_names}
         self.peft_state_names = [f"backbone.{k}" for k in backbone.state_dict()
-                                 if k not in frozen_keys and ".base_layer." not in k]
+                                 if (k not in frozen_keys and ".base_layer." not in k) or k in trained]
         self.lae = OnlineOfflinePair(self.peft_parameters(), lae_decay) if lae_decay else None
         self.peft_frozen = False
         self.sparse_updates = bool(self.peft is not None and self.peft.sparse)
@@ -63,7 +65,10 @@ class ContinualClassifier(nn.Module):
                 features = self._features(x)
         else:
             features = self._features(x)
-        return self.head(features)[:, columns]
+        logits = self.head(features)
+        if self.peft is not None and not self.training:
+            logits = self.peft.predict(logits, features)
+        return logits[:, columns]
 
     def forward(self, x: Tensor, columns: slice = slice(None)) -> Tensor:
         logits = self._logits(x, columns)
@@ -90,9 +95,19 @@ class ContinualClassifier(nn.Module):
     def auxiliary_loss(self) -> Tensor | float:
         return self.peft.auxiliary_loss() if self.peft is not None else 0.0
 
+    def before_step(self) -> None:
+        if self.peft is not None:
+            self.peft.transform_gradients()
+
     def after_step(self) -> None:
+        if self.peft is not None:
+            self.peft.after_step()
         if self.lae is not None:
             self.lae.update()
+
+    def end_task(self, task: int, data) -> None:
+        if self.peft is not None:
+            self.peft.end_task(task, data)
 
     # -- parameters and state -------------------------------------------------------------------
     def peft_parameters(self) -> list[nn.Parameter]:

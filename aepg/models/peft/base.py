@@ -1,5 +1,7 @@
-"""What every PEFT module written here shares: where it hooks into a timm ViT, and the hooks the
-classifier and trainer call (task start, query, auxiliary loss, optimiser step).
+"""What every PEFT module written here shares: where it hooks into a timm ViT, and the life cycle
+the classifier and trainer call, none of them knowing a method by name: the start of a task, the
+query, an auxiliary loss, a gradient transform before each optimiser step, the step's end, the end
+of a task with the task's training data, and the prediction rule at test time.
 
 Modules live on the backbone as ``backbone.aepg_peft`` so they move, save and wrap (DDP) with it.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from types import MethodType
+from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +20,17 @@ from aepg.models.peft import adapted_blocks
 
 
 ATTRIBUTE = "aepg_peft"
+
+
+class TaskData(Protocol):
+    """A task's training images, as ``end_task`` reads them: unaugmented model inputs on the device."""
+
+    start: int
+    """The task's first class (its labels are ``start`` to ``stop - 1``)."""
+    stop: int
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(inputs, labels) batches over the task's training images; every worker sees its shard."""
 
 
 class PeftModule(nn.Module):
@@ -46,6 +60,20 @@ class PeftModule(nn.Module):
         """A loss term the method adds to the objective (key matching, orthogonality), from the last forward."""
         aux, self._aux = self._aux, None
         return aux if aux is not None else 0.0
+
+    def transform_gradients(self) -> None:
+        """Called after backward, before each optimiser step (e.g. to project gradients)."""
+
+    def after_step(self) -> None:
+        """Called after each optimiser step."""
+
+    def end_task(self, task: int, data: "TaskData") -> None:
+        """Called once a task's training is done, before its evaluation, with its training data
+        (e.g. to update a subspace or class prototypes)."""
+
+    def predict(self, logits: Tensor, features: Tensor) -> Tensor:
+        """The logits a prediction at test time uses (the head's, unless the method has its own rule)."""
+        return logits
 
     @contextmanager
     def disabled(self):
