@@ -1,0 +1,77 @@
+"""A method's life cycle as the trainer calls it, pinned with a method registered here through the
+public catalogue API (as a plugin would): which hooks run, in what order, with what data."""
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from aepg.catalog import METHODS
+from aepg.config import MethodConfig, load_config
+from aepg.distributed import Context
+from aepg.launch import build_job
+from aepg.models.peft.base import PeftModule
+from aepg.trainer import ContinualTrainer
+
+from conftest import CONFIGS
+
+
+@METHODS.register("hook_probe", builder="test_lifecycle:build_probe")
+class HookProbe(MethodConfig):
+    """A shift of the pooled features whose gradient the method itself zeroes, recording its hooks."""
+
+    kind: Literal["hook_probe"] = "hook_probe"
+
+
+class Probe(PeftModule):
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(backbone.num_features))
+        self.calls: list[tuple] = []
+        backbone.register_forward_hook(lambda module, inputs, features: features + self.shift)
+
+    def begin_task(self, task):
+        self.calls.append(("begin", task))
+
+    def transform_gradients(self):
+        self.calls.append(("transform", self.shift.grad is not None))
+        self.shift.grad.zero_()  # a projection onto nothing: the shift never moves
+
+    def after_step(self):
+        self.calls.append(("after_step",))
+
+    def end_task(self, task, data):
+        labels = torch.cat([y for _, y in data.batches()])
+        self.calls.append(("end", task, len(labels), int(labels.min()), int(labels.max()), data.start, data.stop))
+
+    def predict(self, logits, features):
+        self.calls.append(("predict", self.training))
+        return logits
+
+
+def build_probe(backbone, cfg, num_tasks):
+    return Probe(backbone)
+
+
+def test_trainer_calls_every_hook_in_order_with_the_task_data():
+    cfg = load_config(CONFIGS / "digits.yaml", ["model.peft.kind=hook_probe", "benchmark.num_tasks=2",
+                                                "benchmark.max_train_per_class=12", "benchmark.max_test_per_class=4",
+                                                "train.epochs=1", "train.batch_size=20", "train.lr=0.01"])
+    model, benchmark, objective = build_job(cfg)
+    head_before = model.head.weight.detach().clone()
+    ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu"))).fit()
+
+    calls, tasks = model.peft.calls, benchmark.tasks
+    steps = [-(-len(task.train) // cfg.train.batch_size) for task in tasks]  # ceil: batches per task
+    for task, n in enumerate(steps):
+        begin = calls.index(("begin", task))
+        end = next(i for i, call in enumerate(calls) if call[:2] == ("end", task))
+        between = calls[begin + 1:end]
+        assert between == [("transform", True), ("after_step",)] * n
+        assert calls[end] == ("end", task, len(tasks[task].train), tasks[task].start, tasks[task].stop - 1,
+                              tasks[task].start, tasks[task].stop)
+        # The task's evaluation predicts after its end, in eval mode only.
+        after = calls[end + 1:calls.index(("begin", task + 1)) if task + 1 < len(tasks) else None]
+        assert after and set(after) == {("predict", False)}
+    assert torch.equal(model.peft.shift, torch.zeros_like(model.peft.shift)), "the transformed gradient was not used"
+    assert not torch.equal(model.head.weight, head_before)
