@@ -6,10 +6,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from aepg.catalog import OBJECTIVES
 from aepg.config import load_config
 from aepg.distributed import Context
 from aepg.launch import build_job, run
-from aepg.trainer import ContinualTrainer, NonFiniteLoss
+from aepg.trainer import ContinualTrainer, NonFiniteLoss, TrainState
 from aepg import tracking
 
 from conftest import CONFIGS, run_aepg
@@ -49,6 +50,24 @@ def test_backbone_frozen_and_head_only_epochs_leave_peft_alone(tmp_path):
     assert not torch.equal(end_task1["head.weight"], head1["head.weight"])
     # The optimiser is kept inside a phase and dropped where the phase changes (head only -> all).
     assert snapshots[3][3] is not None and snapshots[4][3] is None
+
+
+def first_task_accuracy(*overrides) -> float:
+    """Accuracy on the first task (2 classes) after training it, with the bundled Lite0 weights."""
+    cfg = load_config(DIGITS, ["train.epochs=2", "benchmark.max_train_per_class=64", *overrides])
+    trainer = build_trainer(cfg, save=None)
+    trainer.train_task(trainer.benchmark.tasks[0], TrainState(), None)
+    return trainer.evaluate(0)[0][0]
+
+
+@pytest.mark.parametrize("kind", OBJECTIVES.names())
+def test_every_objective_learns_the_first_task(kind):
+    assert first_task_accuracy(f"objective.kind={kind}") >= 0.8  # chance is 0.5
+
+
+def test_a_trained_run_beats_the_same_run_without_learning():
+    trained, frozen = first_task_accuracy(), first_task_accuracy("train.lr=1e-12")
+    assert trained >= 0.8 and trained - frozen >= 0.3, (trained, frozen)
 
 
 def test_non_finite_loss_fails_the_run(tmp_path):
@@ -117,6 +136,9 @@ class RecordingObjective:
 
     def __init__(self, inner):
         self.inner, self.calls = inner, []
+
+    def columns(self, start, stop):
+        return self.inner.columns(start, stop)
 
     def __call__(self, logits, targets, progress):
         self.calls.append((logits.shape[1], int(targets.min()), int(targets.max()), progress))
