@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aepg.catalog import OBJECTIVES
 from aepg.config import SCHEDULE_KEYS, ConfigError, RunConfig, flatten, to_yaml
-from aepg.metrics import BUDGET_KEY, accuracy_after_each_task, final_name
+from aepg.metrics import BUDGET_KEY, accuracy_after_each_task
 from aepg.objectives import is_annealed
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -203,9 +203,6 @@ def reopen_run(tracking_uri: str, run_id: str) -> None:
 
     client_for(tracking_uri).update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
-
-def run_status(tracking_uri: str, run_id: str) -> str:
-    return client_for(tracking_uri).get_run(run_id).info.status
 
 
 def delete_run(tracking_uri: str, run_id: str) -> None:
@@ -390,6 +387,3 @@ class MlflowReporter:
         self.client.log_figure(self.run_id, figure, path)
         plt.close(figure)
 
-
-def final_metric(run: RunRecord, metric: str) -> float | None:
-    return run.metrics.get(final_name(metric))

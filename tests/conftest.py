@@ -76,6 +76,14 @@ def mlflow_server(store: Path, log: Path, *extra: str):
         server.wait(30)
 
 
+def model_inputs(benchmark, images, indices):
+    """Some of a task's images as the model sees them at test time (inputs, labels), on the CPU."""
+    from aepg.benchmarks.images import collate
+
+    batch, sizes, labels = collate([images[i] for i in indices])
+    return benchmark.test_view(batch, sizes), labels
+
+
 @pytest.fixture(autouse=True)
 def seeded():
     """Every test starts from the same random state, whatever ran before it."""

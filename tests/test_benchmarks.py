@@ -15,6 +15,8 @@ from aepg.benchmarks.order import class_order
 from aepg.benchmarks.tasks import build_benchmark
 from aepg.config import BenchmarkConfig
 
+from conftest import model_inputs
+
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
@@ -24,7 +26,7 @@ def build(**kwargs):
 
 def test_digits_tasks_are_disjoint_and_cover_all_classes():
     bench = build(dataset="digits", num_tasks=5, order_seed=3)
-    assert bench.num_classes == 10
+    assert len(bench.class_order) == 10
     classes = [c for task in bench.tasks for c in task.classes]
     assert sorted(classes) == list(range(10)) and classes == bench.class_order
     assert sum(len(t.train) for t in bench.tasks) == 1347 and sum(len(t.test) for t in bench.tasks) == 450
@@ -34,7 +36,7 @@ def test_digits_tasks_are_disjoint_and_cover_all_classes():
         assert labels == set(range(task.start, task.stop))
     image, _ = bench.tasks[0].train[0]
     assert image.shape == (8, 8, 3) and image.dtype == np.uint8  # raw: views resize and normalise batches
-    x, _ = bench.inputs(bench.tasks[0].train, [0, 1])
+    x, _ = model_inputs(bench, bench.tasks[0].train, [0, 1])
     assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float32 and -1.0 <= x.min() and x.max() <= 1.0
 
 

@@ -11,6 +11,8 @@ from aepg.benchmarks import DatasetNotFound
 from aepg.benchmarks.tasks import build_benchmark
 from aepg.config import BenchmarkConfig
 
+from conftest import model_inputs
+
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
@@ -25,12 +27,12 @@ def jpeg(path, seed):
 
 
 def check_tasks(bench, num_classes, num_tasks, train_total, test_total):
-    assert bench.num_classes == num_classes and len(bench.tasks) == num_tasks
+    assert len(bench.class_order) == num_classes and len(bench.tasks) == num_tasks
     classes = [c for t in bench.tasks for c in t.classes]
     assert sorted(classes) == list(range(num_classes))
     assert sum(len(t.train) for t in bench.tasks) == train_total
     assert sum(len(t.test) for t in bench.tasks) == test_total
-    x, y = bench.inputs(bench.tasks[-1].test, [0])
+    x, y = model_inputs(bench, bench.tasks[-1].test, [0])
     assert x.shape == (1, 3, 16, 16) and bench.tasks[-1].start <= int(y[0]) < bench.tasks[-1].stop
 
 

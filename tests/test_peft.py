@@ -9,7 +9,7 @@ from aepg.distributed import Context
 from aepg.launch import build_job
 from aepg.trainer import ContinualTrainer
 
-from conftest import CONFIGS
+from conftest import CONFIGS, model_inputs
 
 TINY_VIT = [
     "model.backbone=vit_tiny_patch16_224", "model.weights=random", "model.image_size=32",
@@ -41,7 +41,7 @@ def test_only_peft_and_head_get_gradients(variant):
     model, benchmark, objective = build_job(config(variant))
     model.train()
     model.begin_task(0)
-    x, _ = benchmark.inputs(benchmark.tasks[0].train, range(8))
+    x, _ = model_inputs(benchmark, benchmark.tasks[0].train, range(8))
     logits = model(x, slice(0, 5))
     assert logits.shape == (8, 5)
     loss = logits.logsumexp(1).mean() + model.auxiliary_loss()
@@ -62,7 +62,7 @@ def test_two_task_run_trains_keeps_backbone_and_round_trips(variant):
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k in frozen_names}
     peft_before = {n: p.detach().clone() for n, p in zip(model.peft_names, model.peft_parameters())}
     first = benchmark.tasks[0]
-    x0, y0 = benchmark.inputs(first.train, range(64))
+    x0, y0 = model_inputs(benchmark, first.train, range(64))
 
     def task0_loss(state=None) -> float:
         model.eval()
@@ -85,7 +85,7 @@ def test_two_task_run_trains_keeps_backbone_and_round_trips(variant):
     saved = model.trainable_state_dict()
     other, _, _ = build_job(cfg)
     with torch.no_grad():
-        x, _ = benchmark.inputs(benchmark.tasks[1].test, range(6))
+        x, _ = model_inputs(benchmark, benchmark.tasks[1].test, range(6))
         assert not torch.allclose(other.eval()(x, slice(0, 10)), model.eval()(x, slice(0, 10)))
     other.load_trainable_state_dict(saved)
     other.begin_task(1)  # as a resumed run does: a no-op for per-task state already restored
@@ -110,7 +110,7 @@ def test_coda_freezes_the_components_of_past_tasks():
     model, benchmark, _ = build_job(config("coda"))
     model.train()
     model.begin_task(1)  # pool 8 over 2 tasks: components 0-3 belong to task 0
-    x, _ = benchmark.inputs(benchmark.tasks[1].train, range(4))
+    x, _ = model_inputs(benchmark, benchmark.tasks[1].train, range(4))
     (model(x, slice(0, 10)).sum() + model.auxiliary_loss()).backward()
     grad = model.peft.components.grad
     assert grad[:, :4].abs().sum() == 0 and grad[:, 4:].abs().sum() > 0

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from aepg.benchmarks import DATASETS, DatasetNotFound, data_root
 from aepg.benchmarks.augment import BatchView, test_resize
 from aepg.benchmarks.cache import ensure as ensure_cache
-from aepg.benchmarks.images import CachedImages, FileImages, ImageSet, ImageSplits, collate
+from aepg.benchmarks.images import CachedImages, FileImages, ImageSet, ImageSplits
 from aepg.benchmarks.order import class_order, task_groups
 
 class TaskImages(Dataset):
@@ -58,15 +57,6 @@ class Benchmark:
     """Padded uint8 training batches to model inputs (augmented when the config says so)."""
     test_view: BatchView
     split_manifest: dict | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_order)
-
-    def inputs(self, images: TaskImages, indices) -> tuple[Tensor, Tensor]:
-        """Some images as the model sees them at test time (inputs, labels), on the CPU."""
-        batch, sizes, labels = collate([images[i] for i in indices])
-        return self.test_view(batch, sizes), labels
 
     def describe(self) -> dict:
         """What pins the benchmark down: written into each run's artifacts."""
