@@ -255,7 +255,8 @@ def entry_keys() -> set[str]:
 WEIGHT_KEYWORDS = ("hub", "random", "lite0-offline")
 
 
-def _is_uri(path: str) -> bool:
+def is_uri(path: str) -> bool:
+    """A URI (s3://, gs://, file://) rather than a local path."""
     return "://" in path
 
 
@@ -338,7 +339,7 @@ def validate(data: dict[str, Any]) -> RunConfig:
         cfg = RunConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(pydantic_problems(error, RunConfig, data)) from None
-    if not _is_uri(cfg.storage_path):
+    if not is_uri(cfg.storage_path):
         cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
     if cfg.model.weights not in WEIGHT_KEYWORDS:
         cfg.model.weights = str(Path(cfg.model.weights).expanduser().resolve())

@@ -56,6 +56,16 @@ def final_name(metric: str) -> str:
     return f"final/{metric}"
 
 
+def running_best(values: list[float | None], mode: str) -> list[float | None]:
+    """The best value so far at each position (None values skipped; None before the first)."""
+    better, best, out = (max if mode == "max" else min), None, []
+    for value in values:
+        if value is not None:
+            best = value if best is None else better(best, value)
+        out.append(best)
+    return out
+
+
 def task_metrics(R: list[list[float]], sizes: list[int], num_tasks: int, placeholders: bool = False) -> dict[str, float]:
     """What is logged and reported after each task: the tasks done, the running summary, and the
     ``final/`` summary once every task is done. ``placeholders`` gives every name a value, NaN

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from aepg.metrics import running_best  # noqa: E402
+
 STATUS_STYLE = {
     "finished": dict(marker="o", color="tab:blue", label="finished (final value)"),
     "stopped early": dict(marker="o", facecolors="none", edgecolors="tab:orange", label="stopped early (value when stopped)"),
@@ -69,13 +71,10 @@ def trials_plot(trials: list[dict], metric: str, mode: str, title: str):
     for t in trials:
         if t["status"] == "stopped early" and t["value"] is not None:
             ax.annotate(t["progress"], (t["index"], t["value"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    best, xs, ys = None, [], []
-    for t in sorted(trials, key=lambda t: t["index"]):
-        if t["status"] == "finished" and t["value"] is not None:
-            best = t["value"] if best is None else (max if mode == "max" else min)(best, t["value"])
-        xs.append(t["index"])
-        ys.append(best if best is not None else np.nan)
-    ax.step(xs, ys, where="post", color="0.4", label="best finished so far")
+    ordered = sorted(trials, key=lambda t: t["index"])
+    best = running_best([t["value"] if t["status"] == "finished" else None for t in ordered], mode)
+    ax.step([t["index"] for t in ordered], [np.nan if b is None else b for b in best], where="post", color="0.4",
+            label="best finished so far")
     ax.set_xlabel("trial (start order)")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=10)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aepg.benchmarks import DATASETS, DatasetNotFound, data_root
-from aepg.config import ConfigError, RunConfig
+from aepg.config import ConfigError, RunConfig, is_uri
 
 CHECKPOINT_GLOB = "ckpt-*.pt"
 
@@ -86,7 +86,7 @@ def _data_problems(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def has_checkpoint(storage_path: str, run_id: str) -> bool:
     folder = f"{storage_path.rstrip('/')}/{run_id}/checkpoints"
-    if "://" not in storage_path:
+    if not is_uri(storage_path):
         return any(Path(folder).glob(CHECKPOINT_GLOB))
     import pyarrow.fs as pafs
 

@@ -117,13 +117,18 @@ DIGITS_TRAIN = [133, 136, 133, 137, 136, 136, 136, 134, 131, 135]
 DIGITS_TEST = [45, 46, 44, 46, 45, 46, 45, 45, 43, 45]
 
 
+def imagenet_r_split_file(cfg) -> Path:
+    """Where the pinned split for ``split_seed`` is saved: beside the data folder."""
+    return imagenet_r_folder(cfg).parent / f"imagenet-r_split_seed{cfg.split_seed}.json"
+
+
 def imagenet_r_split(cfg) -> dict:
     """The pinned 80/20 file split of ImageNet-R for ``split_seed``: read from the saved list, or
     made the same way the loader makes it (per class: sorted, shuffled with the seed, cut at 80%)."""
     import numpy as np
 
     folder = imagenet_r_folder(cfg)
-    saved = folder.parent / f"imagenet-r_split_seed{cfg.split_seed}.json"
+    saved = imagenet_r_split_file(cfg)
     if saved.is_file():
         return json.loads(saved.read_text())
     rng = np.random.default_rng(cfg.split_seed)
@@ -161,9 +166,14 @@ def _cub200_sizes(cfg) -> tuple[list[int], list[int]]:
     return train, test
 
 
+def food101_classes(folder: Path) -> list[str]:
+    """Food-101's class names in their official order (``meta/classes.txt``)."""
+    return [c.strip() for c in (folder / "meta" / "classes.txt").read_text().splitlines() if c.strip()]
+
+
 def _food101_sizes(cfg) -> tuple[list[int], list[int]]:
     folder = food101_folder(cfg)
-    classes = [c.strip() for c in (folder / "meta" / "classes.txt").read_text().splitlines() if c.strip()]
+    classes = food101_classes(folder)
     parts = [json.loads((folder / "meta" / f"{part}.json").read_text()) for part in ("train", "test")]
     return [len(parts[0].get(c, [])) for c in classes], [len(parts[1].get(c, [])) for c in classes]
 

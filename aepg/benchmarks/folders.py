@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aepg.benchmarks import cub200_folder, cub200_table, food101_folder, imagenet_r_folder, imagenet_r_split
+from aepg.benchmarks import (cub200_folder, cub200_table, food101_classes, food101_folder, imagenet_r_folder,
+                             imagenet_r_split, imagenet_r_split_file)
 from aepg.benchmarks.images import FileImages, ImageSplits
 
 
@@ -22,7 +23,7 @@ def load_imagenet_r_splits(cfg) -> ImageSplits:
     each class's images (sorted, then shuffled with ``split_seed``) train, 20% test. The split is
     saved as a file list beside the data the first time and read back after, so it stays pinned."""
     folder = imagenet_r_folder(cfg)
-    split_file = folder.parent / f"imagenet-r_split_seed{cfg.split_seed}.json"
+    split_file = imagenet_r_split_file(cfg)
     split = imagenet_r_split(cfg)
     if not split_file.is_file():
         try:  # atomically: concurrent trials may write it at once
@@ -57,7 +58,7 @@ def load_cub200_splits(cfg) -> ImageSplits:
 def load_food101_splits(cfg) -> ImageSplits:
     """Food-101 with its official split (``meta/train.json``, ``meta/test.json``)."""
     folder = food101_folder(cfg)
-    classes = [c.strip() for c in (folder / "meta" / "classes.txt").read_text().splitlines() if c.strip()]
+    classes = food101_classes(folder)
     index = {c: i for i, c in enumerate(classes)}
 
     def part(name: str) -> FileImages:

@@ -26,7 +26,7 @@ from ray import tune
 
 from aepg import preflight, tracking
 from aepg.checkpoints import CheckpointStore
-from aepg.config import ConfigError, RunConfig
+from aepg.config import ConfigError, RunConfig, is_uri
 from aepg.distributed import Context, pick_device
 from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
 from aepg.sweep import fidelity, search
@@ -263,7 +263,7 @@ def build_tuner(runtime: SweepRuntime) -> tune.Tuner:
 
 def _output_path(sweep: Sweep) -> str:
     storage = sweep.spec.storage_path
-    if "://" not in storage:
+    if not is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
     return f"{storage.rstrip('/')}/{sweep.spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
 

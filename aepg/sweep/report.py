@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 import statistics
@@ -21,10 +22,10 @@ import yaml
 
 from aepg import plots, tracking
 from aepg.config import to_yaml, validate
-from aepg.metrics import BUDGET_KEY, final_name, partial_name
+from aepg.metrics import BUDGET_KEY, final_name, partial_name, running_best
 from aepg.sweep.fidelity import COMPUTE_KEY, LEVEL_KEY, level_metric
 from aepg.sweep.spec import Param
-from aepg.sweep.table import PaperTable, build_table
+from aepg.sweep.table import PaperTable, build_table, markdown_grid
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 STATUS_ORDER = {"finished": 0, "stopped early": 1, "running": 2, "interrupted": 3, "failed": 4}
@@ -179,9 +180,7 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
     if not rows:
         return "(no trials)"
     columns = _columns(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_grid(columns, [[_cell(row.get(c, "")) for c in columns] for row in rows])
 
 
 def to_csv(rows: list[dict[str, object]]) -> str:
@@ -202,13 +201,9 @@ def best_config(tracking_uri: str, best: Entry, run_name: str, storage_path: str
 
 def convergence(entries: list[Entry], mode: str) -> list[tuple[float, float | None]]:
     """(tasks trained so far, best finished value so far), in the order trials ended."""
-    spent, best, points = 0.0, None, []
-    for entry in sorted((e for e in entries if e.end_time), key=lambda e: e.end_time):
-        spent += entry.compute
-        if entry.status == "finished" and entry.value is not None:
-            best = entry.value if best is None else (max if mode == "max" else min)(best, entry.value)
-        points.append((spent, best))
-    return points
+    ended = sorted((e for e in entries if e.end_time), key=lambda e: e.end_time)
+    spent = itertools.accumulate(e.compute for e in ended)
+    return list(zip(spent, running_best([e.value if e.status == "finished" else None for e in ended], mode)))
 
 
 def figures(name: str, entries: list[Entry], space: dict[str, Param], mode: str, metric: str,

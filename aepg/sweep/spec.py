@@ -23,6 +23,7 @@ from aepg.config import (
     Section,
     entry_keys,
     flatten,
+    is_uri,
     merge_nested,
     merge_overrides,
     read_run_yaml,
@@ -424,7 +425,7 @@ STATE_FILE = "aepg_sweep.json"
 
 def sweep_folder(path: str) -> str:
     """A sweep's output folder as given to ``--resume``: local paths made absolute and checked."""
-    if "://" in path:
+    if is_uri(path):
         return path.rstrip("/")
     folder = Path(path).expanduser().resolve()
     if folder.is_file():
@@ -438,7 +439,7 @@ def read_state(path: str) -> dict:
     """The state ``aepg sweep`` saved in its folder; ConfigError naming the file when absent or damaged."""
     import pyarrow.fs as pafs
 
-    fs, folder = pafs.FileSystem.from_uri(path if "://" in path else Path(path).as_uri())
+    fs, folder = pafs.FileSystem.from_uri(path if is_uri(path) else Path(path).as_uri())
     where = f"{path}/{STATE_FILE}"
     try:
         with fs.open_input_stream(f"{folder}/{STATE_FILE}") as stream:

@@ -39,6 +39,12 @@ def label(key: str, params: dict[str, str]) -> str:
     return OBJECTIVES.display(value) if key == "objective.kind" else value
 
 
+def markdown_grid(header: list[str], body: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in body])
+
+
 @dataclass
 class Cell:
     """Per-seed values of each metric, for one (group, row, column)."""
@@ -144,13 +150,11 @@ class PaperTable:
 
     def markdown(self) -> str:
         header, body = self._grid()
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(line) + " |" for line in body]
         note = ("\n\nAccuracy in %, mean ± std over seeds (final values of trials that trained every task). "
                 "Differences: per-seed paired, mean [95% confidence interval].")
         if any(n > 1 for n in self.choices.values()):
             note += f" †: the best of several configurations by mean final/{self.rank_metric}."
-        return "\n".join(lines) + note
+        return markdown_grid(header, body) + note
 
     def latex(self) -> str:
         header, body = self._grid(latex=True)
