@@ -2,40 +2,22 @@
 configuration a grid finds, measured over three searcher seeds.
 
 Benchmark: split Fashion-MNIST in 5 tasks of 2 classes (the Debian IDX files), EfficientNet-Lite0
-+ LoRA, reduced from configs/fashion_mnist.yaml (1,000 training images per class, all 1,000 test,
-3 epochs) to 300 training and 200 test images per class and 2 epochs per task. The grid then
-takes 3.5-4.5 minutes on 2 cores and tpe-asha-tasks 12-13 for its three seeds, so the default run
-(grid + tpe-asha-tasks) takes about 17 minutes; ``--methods tpe-asha-tasks,random`` adds random search
-and the odds line below (27 minutes).
-Space: objective (ce, aepg) x learning rate (log-uniform 1e-5 to 1e-2) x tau for aEPG (2 to 10);
-the grid: objective x learning rate {1e-5, 1e-4, 1e-3, 1e-2}. The learning rate spans the range
-people search for PEFT. Between 1e-4 and 3e-3 alone, configurations differ by about as much as
-one configuration does between training seeds, and no reduction tried kept that narrower grid's
-ranking (Spearman's rho 0.02 at 100 images per class and 2 epochs, 0.64 at 300 and 2, -0.02 at
-300 and 3).
-``--check-ranking`` trains the grid on both benchmarks (about 24 minutes). Measured on
-2026-11-22: Spearman's rho 0.78 (p = 0.02) over the 8 points; both put ce and aepg at lr 1e-3
-first and second and lr 1e-2 last.
++ LoRA, configs/fashion_mnist.yaml reduced to 300 training and 200 test images per class and 2
+epochs per task. Space: objective (ce, aepg) x learning rate (log-uniform 1e-5 to 1e-2) x tau for
+aEPG (2 to 10); the grid: objective x learning rate {1e-5, 1e-4, 1e-3, 1e-2}.
 
 Every method runs as a real sweep (Ray Tune, Optuna, ASHA, MLflow) with searcher seeds 0, 1, 2.
 Compute is tasks trained (a task at a fraction of its data counts that fraction), summed over
 trials in the order they ended; a method reaches the target when a trial that trained every
-task comes within 0.5 points of the grid's best final/avg_incremental_accuracy.
+task comes within 0.5 points of the grid's best final/avg_incremental_accuracy. The output gives
+each method's minutes; with random among the methods, the last line says what the target asks
+of any searcher (how many configurations fit in a third of the grid's compute, and how likely
+configurations drawn at random put one of them within 0.5 points). ``--check-ranking`` trains the
+grid on the reduced and the full benchmark and prints Spearman's rho between the two rankings.
 
     python bench/search_efficiency.py [--methods tpe-asha-tasks,random,tpe-asha-data,tpe10-asha-tasks,tpe] [--seeds 0,1,2]
     python bench/search_efficiency.py --check-ranking
 Target: TPE with the chosen early stopping reaches the target with <= 1/3 of the grid's compute.
-With random among the methods, the last line says what that target asks of any searcher: how
-many configurations fit in a third of the grid's compute, and how likely configurations drawn at
-random (the share of random search's trials within 0.5 points) put one of them there.
-Measured on 2026-11-22 (3 seeds each), median compute to the target over the grid's:
-tpe-asha-tasks 0.90 (15, 41, 36 tasks; best found 0.488, 0.454, 0.458 against the grid's 0.455);
-random never (one seed, in 15 tasks; median best 0.441); tpe-asha-data never (one seed, in 31.6;
-median best 0.446). 1 of random search's 24 trials came within 0.5 points, so 5 configurations
-drawn at random hold one such with chance 19%, and the median of 3 seeds reaches it with 10%.
-The 0.5-point band is narrow against the benchmark's own noise: the grid's best point (ce at lr
-1e-3, training seed 0: 0.4546) scores 0.428, 0.396 and 0.381 with training seeds 1, 2 and 3 (std
-0.033 over the four); aepg at lr 1e-3 scores 0.448, 0.438, 0.428 and 0.427 (std 0.010).
 """
 
 from __future__ import annotations

@@ -6,9 +6,7 @@ grid. Early stopping is ASHA over one of three fidelities (``scheduler.fidelity`
 - ``tasks``: a trial trains the task sequence in order; ASHA compares trials after
   ``grace_period`` tasks (2 by default, the first point where forgetting shows), then every
   ``reduction_factor`` times as many, on the running value of ``rung_metric`` (default the
-  sweep metric's: on split Fashion-MNIST the running average incremental accuracy after task 2
-  ranks trials as their final value does with Spearman's rho 0.91, the accuracy after task 2
-  with 0.64); a stopped trial ends there.
+  sweep's metric); a stopped trial ends there.
 - ``epochs`` and ``data``: a trial first trains the whole task sequence at a fraction of the
   epochs of every task (or of every task's training images), ``min_fraction`` at the lowest
   level and ``reduction_factor`` times more at each level up to the full budget; ASHA compares
