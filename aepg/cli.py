@@ -60,9 +60,7 @@ def cmd_train(args) -> int:
     print(_matrix(result.state.accuracy_matrix))
     for key, value in summary.items():
         print(f"{key:>26}: {value:.4f}")
-    from aepg import tracking
-
-    print("\n" + tracking.ui_hint(result.tracking_uri, tracking.get_run(result.tracking_uri, result.run_id)[0].experiment_id))
+    print("\n" + result.tracker.ui_hint(result.tracker.get_run(result.run_id)[0].experiment_id))
     return 0
 
 
@@ -87,7 +85,6 @@ def cmd_sweep(args) -> int:
 
         print("\n".join(sweep_plan(sweep)))
         return 0
-    from aepg import tracking
     from aepg.sweep.driver import finalize, resume_sweep, run_sweep
 
     runtime, complete = resume_sweep(path) if args.resume else run_sweep(sweep)
@@ -99,34 +96,34 @@ def cmd_sweep(args) -> int:
     if report.best_yaml:
         print(f"best config: {runtime.path}/best.yaml  (reproduce it with: aepg train {runtime.path}/best.yaml)")
     print(f"sweep outputs: {runtime.path}")
-    print(tracking.ui_hint(runtime.tracking_uri, report.experiment_id))
+    print(runtime.tracker.ui_hint(report.experiment_id))
     return 0
 
 
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from aepg import tracking
+    from aepg.tracking import Tracker
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    tracking.check_store(uri)  # before MLflow touches the store: it would create an empty one
+    tracker = Tracker.for_reading(args.tracking_uri)  # before MLflow touches the store: it would create an empty one
     from aepg.sweep.report import build_report, paper_table, publish, report_texts
+    from aepg.sweep.schema import find_sweep
 
     parents = []
     for name in args.sweep:
-        parent = tracking.find_sweep(uri, name)
+        parent = find_sweep(tracker, name)
         if parent is None:
             try:
-                tracking.get_run(uri, name)
+                tracker.get_run(name)
                 parent = name
             except Exception:
-                raise ConfigError([("SWEEP", f"no sweep named {name!r} and no such run in {uri}")]) from None
+                raise ConfigError([("SWEEP", f"no sweep named {name!r} and no such run in {tracker.uri}")]) from None
         parents.append(parent)
-    table = paper_table(uri, parents, args.rows, args.columns)
+    table = paper_table(tracker, parents, args.rows, args.columns)
     out = Path(args.out or f"sweep-report-{'+'.join(args.sweep)}")
     for parent in parents:
-        report = build_report(uri, parent)
-        publish(uri, parent, report, table)
+        report = build_report(tracker, parent)
+        publish(tracker, parent, report, table)
         folder = out / report.name if len(parents) > 1 else out
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in report_texts(report, table).items():

@@ -25,6 +25,7 @@ from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
 from aepg.trainer import ContinualTrainer, TrainState
 from aepg import preflight, tracking
+from aepg.tracking import Tracker
 
 log = logging.getLogger("aepg")
 
@@ -39,7 +40,7 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENAB
 @dataclass
 class RunResult:
     run_id: str
-    tracking_uri: str
+    tracker: Tracker
     state: TrainState
 
 
@@ -51,7 +52,7 @@ def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective
     return model, benchmark, build_objective(cfg.objective, cfg.schedule)
 
 
-def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Context,
+def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context,
                  task_hooks: list[Callable[[TrainState], None]] = (), full_budget: bool = True) -> TrainState:
     """Build benchmark, model and objective, restore the latest checkpoint if any, and train.
 
@@ -68,17 +69,17 @@ def train_worker(cfg: RunConfig, run_id: str, tracking_uri: str, context: Contex
         state, optimizer_state = snapshot.state, snapshot.optimizer
         if context.is_chief:
             log.info("resuming at task %d, epoch %d from %s", state.task + 1, state.epoch, store.uri)
-            tracking.set_tags(tracking_uri, run_id, {"aepg.resumed_from": f"task {state.task + 1}, epoch {state.epoch}"})
+            tracker.set_tags(run_id, {tracking.RESUMED_TAG: f"task {state.task + 1}, epoch {state.epoch}"})
     reporters, monitor = [], None
     if context.is_chief:
-        reporters.append(tracking.MlflowReporter(tracking_uri, run_id, cfg, full_budget))
+        reporters.append(tracker.reporter(run_id, cfg, full_budget))
         reporters[0].log_params(model.parameter_counts())
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         if benchmark.split_manifest:
             reporters[0].log_dict(benchmark.split_manifest, "split.json")
         log.info("trainable parameters: %s", model.parameter_counts())
         if cfg.system_metrics:
-            monitor = tracking.start_system_metrics(tracking_uri, run_id)
+            monitor = tracker.start_system_metrics(run_id)
     config = cfg.model_dump(mode="json")
     trainer = ContinualTrainer(cfg, model, benchmark, objective, context,
                                reporters, save=lambda snapshot: store.save(snapshot, config), task_hooks=task_hooks)
@@ -152,10 +153,10 @@ def _ray_train_loop(config: dict) -> None:
         nodes = [None] * context.world_size
         dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
         if context.is_chief:
-            tracking.set_tags(config["tracking_uri"], config["run_id"], {"aepg.ray_node_ids": ",".join(sorted(set(nodes)))})
+            config["tracker"].set_tags(config["run_id"], {tracking.NODES_TAG: ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
     hooks = [lambda state: ray.train.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))] if config["report"] else []
-    train_worker(cfg, config["run_id"], config["tracking_uri"], context, hooks, config["full_budget"])
+    train_worker(cfg, config["run_id"], config["tracker"], context, hooks, config["full_budget"])
 
 
 def _prepare_ddp(model: ContinualClassifier):
@@ -166,7 +167,7 @@ def _prepare_ddp(model: ContinualClassifier):
         model, parallel_strategy_kwargs={"find_unused_parameters": model.sparse_updates})
 
 
-def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, report_to_tune: bool = False,
+def torch_trainer(cfg: RunConfig, run_id: str, tracker: Tracker, report_to_tune: bool = False,
                   full_budget: bool = True):
     """The Ray Train TorchTrainer for this run, named by run id so a second fit() resumes.
 
@@ -184,7 +185,7 @@ def torch_trainer(cfg: RunConfig, run_id: str, tracking_uri: str, report_to_tune
     resources = worker_resources(cfg)
     return TorchTrainer(
         _ray_train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "tracking_uri": tracking_uri,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "tracker": tracker,
                            "report": report_to_tune, "full_budget": full_budget},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
@@ -218,12 +219,12 @@ def fit_off_main_thread(trainer):
     return outcome["result"]
 
 
-def run_workers(cfg: RunConfig, run_id: str, tracking_uri: str) -> TrainState:
+def run_workers(cfg: RunConfig, run_id: str, tracker: Tracker) -> TrainState:
     """Train to the end in-process or on Ray; returns the final state."""
     if cfg.scaling.num_workers == 0:
-        return train_worker(cfg, run_id, tracking_uri, Context(device=pick_device(cfg.train.device)))
+        return train_worker(cfg, run_id, tracker, Context(device=pick_device(cfg.train.device)))
     ensure_ray()
-    fit_off_main_thread(torch_trainer(cfg, run_id, tracking_uri))
+    fit_off_main_thread(torch_trainer(cfg, run_id, tracker))
     restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
     if restored is None:
         raise RuntimeError(f"the Ray Train run {run_id} finished without a checkpoint")
@@ -247,25 +248,24 @@ def run(cfg: RunConfig, resume: str | None = None) -> RunResult:
     """Check everything, open (or reopen) the MLflow run, train, and set the run's final status."""
     preflight.check(cfg, resume)  # data, backbone, PEFT, weights, checkpoint: before any run is opened
     preflight.prepare(cfg)
-    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri)
-    tracking.check_reachable(tracking_uri)
+    tracker = Tracker.connect(cfg.tracking_uri)
     if cfg.scaling.num_workers:  # before opening the run: refuse what can never be scheduled
         ensure_ray()
         check_fits({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run")
     if resume:
         check_resumable(cfg, resume)
         run_id = resume
-        tracking.reopen_run(tracking_uri, run_id)
+        tracker.reopen_run(run_id)
     else:
-        run_id = tracking.open_run(cfg, tracking_uri)
-    log.info("MLflow run %s at %s; checkpoints under %s/%s", run_id, tracking_uri, cfg.storage_path, run_id)
+        run_id = tracker.open_run(cfg)
+    log.info("MLflow run %s at %s; checkpoints under %s/%s", run_id, tracker.uri, cfg.storage_path, run_id)
     try:
-        state = run_workers(cfg, run_id, tracking_uri)
+        state = run_workers(cfg, run_id, tracker)
     except KeyboardInterrupt:
-        tracking.close_run(tracking_uri, run_id, "KILLED", "interrupted")
+        tracker.close_run(run_id, "KILLED", "interrupted")
         raise
     except BaseException as error:
-        tracking.close_run(tracking_uri, run_id, "FAILED", f"{type(error).__name__}: {error}")
+        tracker.close_run(run_id, "FAILED", f"{type(error).__name__}: {error}")
         raise
-    tracking.close_run(tracking_uri, run_id, "FINISHED")
-    return RunResult(run_id, tracking_uri, state)
+    tracker.close_run(run_id, "FINISHED")
+    return RunResult(run_id, tracker, state)

@@ -1,9 +1,11 @@
-"""The one place that talks to MLflow.
+"""The one place that talks to MLflow: a ``Tracker``, built once per process from the resolved
+tracking URI, holding one client.
 
-The driver opens a run (``open_run``) and sets its final status (``close_run``); the chief
-training worker logs into it through ``MlflowReporter``, addressing the run by id, so the
-same code works in-process, in Ray Train workers and in Ray Tune trials. MLflow is imported
-when first used, so resolving and checking a tracking URI stays fast.
+The driver opens a run (``Tracker.open_run``) and sets its final status (``close_run``); the
+chief training worker logs into it through ``MlflowReporter``, addressing the run by id, so the
+same code works in-process, in Ray Train workers and in Ray Tune trials (a tracker pickles as
+its URI, and each process builds its own client). MLflow is imported when first used, so
+resolving and checking a tracking URI stays fast.
 
 What a run shows (README, "What a run logs"): params for the keys its configuration uses, one
 step axis (the optimiser step) for every metric, ``train/`` metrics per step, ``eval/`` metrics
@@ -32,6 +34,9 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 """The experiment kind MLflow 3 opens on its runs table (GenAI experiments open on traces)."""
 BATCH_LIMIT = 1000
+RESUMED_TAG = "aepg.resumed_from"
+NODES_TAG = "aepg.ray_node_ids"
+FAILURE_TAG = "failure_reason"
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
@@ -51,65 +56,218 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 
-def check_reachable(tracking_uri: str, timeout: tuple[float, float] = (3.0, 5.0)) -> None:
-    """Fail within seconds, before any compute, when an HTTP tracking server does not answer
-    (MLflow's own client retries for minutes)."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
-    except requests.RequestException as error:
-        raise TrackingUnavailable(
-            f"the MLflow tracking server at {tracking_uri} is unreachable ({type(error).__name__}). Start it "
-            "(e.g. mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db) "
-            "or point MLFLOW_TRACKING_URI (or tracking_uri) at a running one."
-        ) from None
-
-
-def check_store(tracking_uri: str) -> None:
-    """For reading: the store must exist (a local sqlite file) or answer (a server)."""
-    prefix = "sqlite:///"
-    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).is_file():
-        raise ConfigError([("--tracking-uri", f"no MLflow store at {tracking_uri[len(prefix):]}; "
-                            "give the store the runs were logged to (--tracking-uri or MLFLOW_TRACKING_URI)")])
-    check_reachable(tracking_uri)
-
-
-def client_for(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def experiment_id(client, name: str) -> str:
-    """The experiment's id, creating it as a training experiment (so the UI opens on its runs)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
-    if EXPERIMENT_KIND_TAG not in experiment.tags:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
-    return experiment.experiment_id
-
-
 def _param_value(value) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def create_run(tracking_uri: str, experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
-               params: dict[str, object] | None = None, texts: dict[str, str] | None = None) -> str:
-    """A new RUNNING run with params and text artifacts; returns its id."""
-    from mlflow.entities import Param
+def _metrics(values: dict[str, float], step: int) -> list:
+    from mlflow.entities import Metric
 
-    client = client_for(tracking_uri)
-    run_id = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags or {}).info.run_id
-    items = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i : i + 100])
-    for path, text in (texts or {}).items():
-        client.log_text(run_id, text, path)
-    return run_id
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+@dataclass
+class RunRecord:
+    """A run as plain data, for leaderboards and reports."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    start_time: int | None = None
+    end_time: int | None = None
+    """Milliseconds since the epoch; None while running."""
+    experiment_id: str = ""
+
+
+def _record(r) -> RunRecord:
+    return RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics, r.data.tags,
+                     r.info.start_time, r.info.end_time, r.info.experiment_id)
+
+
+class Tracker:
+    """MLflow at one tracking URI, with one client made on first use."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._client = None
+
+    @classmethod
+    def connect(cls, configured: str | None = None) -> "Tracker":
+        """The tracker for ``MLFLOW_TRACKING_URI``, else ``configured``, else ./mlflow.db, checked to
+        answer within seconds (MLflow's own client retries for minutes)."""
+        tracker = cls(resolve_tracking_uri(configured))
+        tracker.check_reachable()
+        return tracker
+
+    @classmethod
+    def for_reading(cls, configured: str | None = None) -> "Tracker":
+        """Like ``connect``, for reading: a local store must exist (MLflow would create an empty one)."""
+        uri = resolve_tracking_uri(configured)
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_file():
+            raise ConfigError([("--tracking-uri", f"no MLflow store at {uri[len(prefix):]}; "
+                                "give the store the runs were logged to (--tracking-uri or MLFLOW_TRACKING_URI)")])
+        tracker = cls(uri)
+        tracker.check_reachable()
+        return tracker
+
+    def __getstate__(self) -> dict:
+        return {"uri": self.uri}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["uri"])
+
+    def __repr__(self) -> str:
+        return f"Tracker({self.uri!r})"
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def check_reachable(self, timeout: tuple[float, float] = (3.0, 5.0)) -> None:
+        """Fail within seconds, before any compute, when an HTTP tracking server does not answer."""
+        if not self.uri.startswith(("http://", "https://")):
+            return
+        import requests
+
+        try:
+            requests.get(f"{self.uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+        except requests.RequestException as error:
+            raise TrackingUnavailable(
+                f"the MLflow tracking server at {self.uri} is unreachable ({type(error).__name__}). Start it "
+                "(e.g. mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db) "
+                "or point MLFLOW_TRACKING_URI (or tracking_uri) at a running one."
+            ) from None
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it as a training experiment (so the UI opens on its runs)."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            return self.client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+        return experiment.experiment_id
+
+    def create_run(self, experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
+                   params: dict[str, object] | None = None, texts: dict[str, str] | None = None) -> str:
+        """A new RUNNING run with params and text artifacts; returns its id."""
+        from mlflow.entities import Param
+
+        run_id = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags or {}).info.run_id
+        items = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+        for path, text in (texts or {}).items():
+            self.client.log_text(run_id, text, path)
+        return run_id
+
+    def open_run(self, cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
+        """A run for ``cfg``: its active keys as params, the resolved config as ``config.yaml``, its
+        data set as a dataset input."""
+        name = cfg.run_name or default_run_name(cfg)
+        run_id = self.create_run(cfg.experiment, name, tags, run_params(cfg), {"config.yaml": to_yaml(cfg)})
+        self.client.log_inputs(run_id, datasets=[dataset_input(cfg)])
+        return run_id
+
+    def close_run(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Set FINISHED, FAILED or KILLED; a failure reason becomes the ``failure_reason`` tag."""
+        if reason:
+            self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+        self.client.set_terminated(run_id, status=status)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a resumed run RUNNING again."""
+        from mlflow.entities import RunStatus
+
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+    def delete_run(self, run_id: str) -> None:
+        """Soft delete: hidden from searches and the UI, restorable with ``MlflowClient.restore_run``."""
+        self.client.delete_run(run_id)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
+        self.client.log_batch(run_id, metrics=_metrics(values, step))
+
+    def log_outputs(self, run_id: str, texts: dict[str, str] | None = None, figures: dict[str, object] | None = None,
+                    metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
+        """Text artifacts, matplotlib figures (closed after logging), metrics and tags, into one run."""
+        import matplotlib.pyplot as plt
+
+        for path, text in (texts or {}).items():
+            self.client.log_text(run_id, text, path)
+        for path, figure in (figures or {}).items():
+            self.client.log_figure(run_id, figure, path)
+            plt.close(figure)
+        if metrics:
+            self.client.log_batch(run_id, metrics=_metrics(metrics, 0))
+        self.set_tags(run_id, tags or {})
+
+    def start_system_metrics(self, run_id: str):
+        """MLflow's CPU, memory, disk and network monitor (and GPU with nvidia-ml-py) on this run, or
+        None where it cannot run (psutil missing)."""
+        try:
+            import psutil  # noqa: F401
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:
+            return None
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, tracking_uri=self.uri)
+        monitor.start()
+        return monitor
+
+    def reporter(self, run_id: str, cfg: RunConfig, full_budget: bool = True) -> "MlflowReporter":
+        return MlflowReporter(self, run_id, cfg, full_budget)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def find_runs(self, experiment: str, tags: dict[str, str]) -> list[RunRecord]:
+        """Runs of ``experiment`` carrying all ``tags``, oldest first."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([found.experiment_id], filter_string=query,
+                                       order_by=["attributes.start_time ASC"], max_results=50000)
+        return [_record(r) for r in runs]
+
+    def search(self, filter_string: str, newest_first: bool = True, max_results: int = 1) -> list[RunRecord]:
+        """Runs of every experiment matching ``filter_string``."""
+        ids = [e.experiment_id for e in self.client.search_experiments()]
+        order = "DESC" if newest_first else "ASC"
+        runs = self.client.search_runs(ids, filter_string=filter_string, order_by=[f"attributes.start_time {order}"],
+                                       max_results=max_results)
+        return [_record(r) for r in runs]
+
+    def get_run(self, run_id: str) -> tuple[RunRecord, str]:
+        """The run and the name of its experiment."""
+        r = self.client.get_run(run_id)
+        return _record(r), self.client.get_experiment(r.info.experiment_id).name
+
+    def read_text(self, run_id: str, path: str) -> str:
+        import mlflow.artifacts
+
+        return mlflow.artifacts.load_text(f"{self.client.get_run(run_id).info.artifact_uri}/{path}")
+
+    def ui_hint(self, experiment_id: str) -> str:
+        """How to see an experiment: the UI command and the link to its runs table (MLflow 3's UI
+        opens on GenAI pages unless asked for the model-training view)."""
+        page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        if self.uri.startswith(("http://", "https://")):
+            return f"see it at {self.uri.rstrip('/')}/{page}"
+        return f"see it with: mlflow ui --backend-store-uri {self.uri}  then open http://127.0.0.1:5000/{page}"
 
 
 # -- what a run is ----------------------------------------------------------------------------------
@@ -180,159 +338,13 @@ def dataset_input(cfg: RunConfig):
     return DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value="train")])
 
 
-def open_run(cfg: RunConfig, tracking_uri: str, tags: dict[str, str] | None = None) -> str:
-    """A run for ``cfg``: its active keys as params, the resolved config as ``config.yaml``, its
-    data set as a dataset input."""
-    name = cfg.run_name or default_run_name(cfg)
-    run_id = create_run(tracking_uri, cfg.experiment, name, tags, run_params(cfg), {"config.yaml": to_yaml(cfg)})
-    client_for(tracking_uri).log_inputs(run_id, datasets=[dataset_input(cfg)])
-    return run_id
-
-
-def close_run(tracking_uri: str, run_id: str, status: str, reason: str | None = None) -> None:
-    """Set FINISHED, FAILED or KILLED; a failure reason becomes the ``failure_reason`` tag."""
-    client = client_for(tracking_uri)
-    if reason:
-        client.set_tag(run_id, "failure_reason", reason[:5000])
-    client.set_terminated(run_id, status=status)
-
-
-def reopen_run(tracking_uri: str, run_id: str) -> None:
-    """Mark a resumed run RUNNING again."""
-    from mlflow.entities import RunStatus
-
-    client_for(tracking_uri).update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-
-
-
-def delete_run(tracking_uri: str, run_id: str) -> None:
-    """Soft delete: hidden from searches and the UI, restorable with ``MlflowClient.restore_run``."""
-    client_for(tracking_uri).delete_run(run_id)
-
-
-def ui_hint(tracking_uri: str, experiment_id: str) -> str:
-    """How to see an experiment: the UI command and the link to its runs table (MLflow 3's UI
-    opens on GenAI pages unless asked for the model-training view)."""
-    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"see it at {tracking_uri.rstrip('/')}/{page}"
-    return f"see it with: mlflow ui --backend-store-uri {tracking_uri}  then open http://127.0.0.1:5000/{page}"
-
-
-def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
-    client = client_for(tracking_uri)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-
-
-@dataclass
-class RunRecord:
-    """A run as plain data, for leaderboards and reports."""
-
-    run_id: str
-    name: str
-    status: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    start_time: int | None = None
-    end_time: int | None = None
-    """Milliseconds since the epoch; None while running."""
-    experiment_id: str = ""
-
-
-def find_runs(tracking_uri: str, experiment: str, tags: dict[str, str]) -> list[RunRecord]:
-    """Runs of ``experiment`` carrying all ``tags``, oldest first."""
-    client = client_for(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = client.search_runs([found.experiment_id], filter_string=query, order_by=["attributes.start_time ASC"],
-                              max_results=50000)
-    return [_record(r) for r in runs]
-
-
-def _record(r) -> RunRecord:
-    return RunRecord(r.info.run_id, r.info.run_name, r.info.status, r.data.params, r.data.metrics, r.data.tags,
-                     r.info.start_time, r.info.end_time, r.info.experiment_id)
-
-
-def find_sweep(tracking_uri: str, name: str) -> str | None:
-    """The parent run of the newest sweep whose folder name or sweep name is ``name``."""
-    client = client_for(tracking_uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    for query in (f"tags.`aepg.sweep` = '{name}'", f"params.`sweep.name` = '{name}'"):
-        runs = client.search_runs(ids, filter_string=f"tags.`aepg.kind` = 'sweep' and {query}",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        if runs:
-            return runs[0].info.run_id
-    return None
-
-
-def get_run(tracking_uri: str, run_id: str) -> tuple[RunRecord, str]:
-    """The run and the name of its experiment."""
-    client = client_for(tracking_uri)
-    r = client.get_run(run_id)
-    experiment = client.get_experiment(r.info.experiment_id).name
-    return _record(r), experiment
-
-
-def read_text(tracking_uri: str, run_id: str, path: str) -> str:
-    import mlflow.artifacts
-
-    return mlflow.artifacts.load_text(f"{client_for(tracking_uri).get_run(run_id).info.artifact_uri}/{path}")
-
-
-def _metrics(values: dict[str, float], step: int) -> list:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in values.items()]
-
-
-def log_metrics(tracking_uri: str, run_id: str, values: dict[str, float], step: int = 0) -> None:
-    client_for(tracking_uri).log_batch(run_id, metrics=_metrics(values, step))
-
-
-def log_outputs(tracking_uri: str, run_id: str, texts: dict[str, str] | None = None,
-                figures: dict[str, object] | None = None, metrics: dict[str, float] | None = None,
-                tags: dict[str, str] | None = None) -> None:
-    """Text artifacts, matplotlib figures (closed after logging), metrics and tags, into one run."""
-    import matplotlib.pyplot as plt
-
-    client = client_for(tracking_uri)
-    for path, text in (texts or {}).items():
-        client.log_text(run_id, text, path)
-    for path, figure in (figures or {}).items():
-        client.log_figure(run_id, figure, path)
-        plt.close(figure)
-    if metrics:
-        client.log_batch(run_id, metrics=_metrics(metrics, 0))
-    for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, value)
-
-
-def start_system_metrics(tracking_uri: str, run_id: str):
-    """MLflow's CPU, memory, disk and network monitor (and GPU with nvidia-ml-py) on this run, or
-    None where it cannot run (psutil missing)."""
-    try:
-        import psutil  # noqa: F401
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-    except ImportError:
-        return None
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=5, tracking_uri=tracking_uri)
-    monitor.start()
-    return monitor
-
-
 class MlflowReporter:
     """A run's metrics, accuracy matrix and plots, logged as the trainer reports them."""
 
     TRAIN_PLOT_KEYS = ("a_t", "entropy", "p_y", "ce")
 
-    def __init__(self, tracking_uri: str, run_id: str, cfg: RunConfig, full_budget: bool = True):
-        self.client = client_for(tracking_uri)
+    def __init__(self, tracker: Tracker, run_id: str, cfg: RunConfig, full_budget: bool = True):
+        self.client = tracker.client
         self.run_id, self.full_budget = run_id, full_budget
         self.num_tasks = cfg.benchmark.num_tasks
         self.annealed = is_annealed(cfg.objective)

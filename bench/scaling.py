@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow import MlflowClient
 
 from aepg.config import load_config
 from aepg.launch import ensure_ray, fit_off_main_thread, run
@@ -56,7 +55,7 @@ def job(workers: int, threads: int | None, gpu: bool, overrides: list[str], tmp:
     start = time.perf_counter()
     result = run(cfg)
     wall = time.perf_counter() - start
-    history = MlflowClient(result.tracking_uri).get_metric_history(result.run_id, "train/samples_per_second")
+    history = result.tracker.client.get_metric_history(result.run_id, "train/samples_per_second")
     return statistics.mean(m.value for m in history), wall
 
 

@@ -24,7 +24,7 @@ import optuna
 import ray
 import torch
 
-from aepg import tracking
+from aepg.tracking import Tracker
 from aepg.distributed import Context
 from aepg.launch import train_worker
 from aepg.sweep.driver import finalize, run_sweep
@@ -34,16 +34,16 @@ SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml"
 
 
 def plain_optuna(sweep, trials: int, concurrency: int, tmp: str) -> float:
-    uri = f"sqlite:///{tmp}/plain.db"
+    tracker = Tracker(f"sqlite:///{tmp}/plain.db")
     space = sweep.define_by_run()
     torch.set_num_threads(1)
 
     def objective(trial: optuna.Trial) -> float:
         space(trial)
         cfg = sweep.trial_config(trial.params, f"{tmp}/plain-runs", f"plain-{trial.number}")
-        run_id = tracking.open_run(cfg, uri)
-        state = train_worker(cfg, run_id, uri, Context(device=torch.device("cpu")))
-        tracking.close_run(uri, run_id, "FINISHED")
+        run_id = tracker.open_run(cfg)
+        state = train_worker(cfg, run_id, tracker, Context(device=torch.device("cpu")))
+        tracker.close_run(run_id, "FINISHED")
         return state.summary[sweep.spec.metric]
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=sweep.spec.search.seed))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from aepg import tracking
+from aepg.tracking import Tracker
 from aepg.benchmarks.images import collate
 from aepg.config import load_config
 from aepg.distributed import Context, derive_seed
@@ -36,10 +36,10 @@ def fresh_model(cfg):
     return build_job(cfg)[0]
 
 
-def run_aepg(cfg, benchmark, run_id: str, uri: str) -> tuple[int, float]:
+def run_aepg(cfg, benchmark, run_id: str, tracker: Tracker) -> tuple[int, float]:
     model = fresh_model(cfg)
     trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.schedule),
-                               Context(device=torch.device("cpu")), [tracking.MlflowReporter(uri, run_id, cfg)])
+                               Context(device=torch.device("cpu")), [tracker.reporter(run_id, cfg)])
     state, samples = TrainState(), 0
     start = time.perf_counter()
     for task in benchmark.tasks:
@@ -84,12 +84,12 @@ def main() -> None:
     torch.set_num_threads(cfg.scaling.torch_threads or torch.get_num_threads())
     benchmark = build_job(cfg)[1]
     with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        run_id = tracking.open_run(cfg, uri)
+        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
+        run_id = tracker.open_run(cfg)
         run_bare(cfg, benchmark)  # warm-up
         aepg_rates, bare_rates = [], []
         for r in range(args.rounds):
-            n, s = run_aepg(cfg, benchmark, run_id, uri)
+            n, s = run_aepg(cfg, benchmark, run_id, tracker)
             aepg_rates.append(n / s)
             n, s = run_bare(cfg, benchmark)
             bare_rates.append(n / s)

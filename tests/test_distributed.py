@@ -7,7 +7,6 @@ import time
 
 import pytest
 import torch
-from mlflow import MlflowClient
 
 from aepg.checkpoints import CheckpointStore
 from aepg.config import load_config
@@ -57,7 +56,7 @@ def test_one_and_two_workers_agree(ray_address, tmp_path):
     trainer = ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu")))
     assert trainer.evaluate(1) == (two.state.accuracy_matrix[-1], two.state.test_sizes)
 
-    client = MlflowClient(two.tracking_uri)
+    client = two.tracker.client
     mlflow_run = client.get_run(two.run_id)
     assert mlflow_run.info.status == "FINISHED"
     # Only rank 0 logs: one value per step, not one per worker.
@@ -93,7 +92,7 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
     assert "pid" in killed
     started = [a for a in ray_workers(ray_address) if a.actor_id not in before]
     assert len(started) == 4, "the worker group was not restarted"
-    client = MlflowClient(result.tracking_uri)
+    client = result.tracker.client
     mlflow_run = client.get_run(result.run_id)
     assert mlflow_run.info.status == "FINISHED"
     assert len(result.state.accuracy_matrix) == 3

@@ -11,7 +11,7 @@ from aepg.config import load_config
 from aepg.distributed import Context
 from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer, NonFiniteLoss, TrainState
-from aepg import tracking
+from aepg.tracking import Tracker
 
 from conftest import CONFIGS, run_aepg
 
@@ -74,7 +74,7 @@ def test_non_finite_loss_fails_the_run(tmp_path):
     cfg = small_config(tmp_path, "model.head_init_std=1e37")
     with pytest.raises(NonFiniteLoss):
         run(cfg)
-    client = MlflowClient(tracking.resolve_tracking_uri(cfg.tracking_uri))
+    client = Tracker.connect(cfg.tracking_uri).client
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
     assert mlflow_run.info.status == "FAILED"
     assert "NonFiniteLoss" in mlflow_run.data.tags["failure_reason"]

@@ -25,24 +25,20 @@ import ray
 from ray import tune
 
 from aepg import preflight, tracking
+from aepg.tracking import RunRecord, Tracker
 from aepg.checkpoints import CheckpointStore
 from aepg.config import ConfigError, RunConfig, is_uri
 from aepg.distributed import Context, pick_device
 from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
 from aepg.sweep import fidelity, search
+from aepg.sweep.schema import (INDEX_TAG, KIND_TAG, LEVEL_TAG, NODE_TAG, OPTUNA_STATE_TAG, STATUS_TAG, SWEEP_TAG,
+                               TRIAL_TAG, parent_params)
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
 from aepg.sweep.spec import STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
 from aepg.trainer import TrainState
 
 log = logging.getLogger("aepg")
 
-TRIAL_TAG = "aepg.trial_id"
-SWEEP_TAG = "aepg.sweep"
-STATUS_TAG = "aepg.status"
-INDEX_TAG = "aepg.trial_index"
-LEVEL_TAG = "aepg.fidelity_level"
-OPTUNA_STATE_TAG = "aepg.optuna_state"
-NODE_TAG = "aepg.ray_node_id"
 RUN_LOOKUP_SECONDS = 120
 
 
@@ -53,7 +49,7 @@ class SweepRuntime:
     sweep: Sweep
     path: str
     """The sweep's output folder or URI: Ray Tune's experiment, trial checkpoints, best config."""
-    tracking_uri: str
+    tracker: Tracker
     parent_run_id: str
 
     @property
@@ -76,24 +72,23 @@ class SweepRuntime:
         return {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.name,
                 INDEX_TAG: str(index), STATUS_TAG: "running"}
 
-    def find_child(self, trial_id: str) -> tracking.RunRecord | None:
-        found = tracking.find_runs(self.tracking_uri, self.sweep.experiment,
-                                   {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
+    def find_child(self, trial_id: str) -> RunRecord | None:
+        found = self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
         return found[0] if found else None
 
-    def level_run(self, trial_run: tracking.RunRecord, level: fidelity.Level, cfg: RunConfig) -> str:
+    def level_run(self, trial_run: RunRecord, level: fidelity.Level, cfg: RunConfig) -> str:
         """The run of a ladder level below the full budget, nested under the trial's run (opened
         once; a retried or resumed trial finds it and continues from its checkpoints)."""
         tags = {tracking.PARENT_TAG: trial_run.run_id, LEVEL_TAG: str(level.index)}
-        found = tracking.find_runs(self.tracking_uri, self.sweep.experiment, tags)
+        found = self.tracker.find_runs(self.sweep.experiment, tags)
         if found:
-            tracking.reopen_run(self.tracking_uri, found[0].run_id)
+            self.tracker.reopen_run(found[0].run_id)
             return found[0].run_id
         cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@{self.sweep.spec.scheduler.fidelity}-{level.label}"})
-        return tracking.open_run(cfg, self.tracking_uri, {**tags, STATUS_TAG: "low fidelity", SWEEP_TAG: self.name})
+        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "low fidelity", SWEEP_TAG: self.name})
 
-    def children(self) -> list[tracking.RunRecord]:
-        return tracking.find_runs(self.tracking_uri, self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id})
+    def children(self) -> list[RunRecord]:
+        return self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id})
 
     def save(self) -> None:
         """Everything ``aepg sweep --resume PATH`` needs, next to Ray Tune's own state."""
@@ -101,7 +96,7 @@ class SweepRuntime:
             "spec": self.sweep.spec.model_dump(mode="json", by_alias=True),
             "base": self.sweep.base,
             "source": self.sweep.source_text,
-            "tracking_uri": self.tracking_uri,
+            "tracking_uri": self.tracker.uri,
             "parent_run_id": self.parent_run_id,
         }
         fs, folder = pafs.FileSystem.from_uri(self.path)
@@ -113,7 +108,7 @@ class SweepRuntime:
     def load(cls, path: str) -> "SweepRuntime":
         state = read_state(path)
         sweep = Sweep(SweepSpec.model_validate(state["spec"]), state["base"], state["source"])
-        return cls(sweep, path, state["tracking_uri"], state["parent_run_id"])
+        return cls(sweep, path, Tracker(state["tracking_uri"]), state["parent_run_id"])
 
 
 # -- the trial ----------------------------------------------------------------------------------
@@ -129,7 +124,7 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
             raise RuntimeError(f"no MLflow run was opened for trial {trial_id}")
         time.sleep(0.5)
     cfg = runtime.trial_config(params, run.name)
-    tracking.set_tags(runtime.tracking_uri, run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
+    runtime.tracker.set_tags(run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
     if fidelity.climbs(runtime.sweep.spec):
         climb(cfg, run, runtime)
         return
@@ -141,12 +136,12 @@ def train(cfg: RunConfig, run_id: str, runtime: SweepRuntime, report=None, full_
     """Train ``cfg`` into ``run_id`` in this process or as a TorchTrainer; ``report`` after each task."""
     if cfg.scaling.num_workers == 0:
         context = Context(device=pick_device(cfg.train.device), cpus=runtime.sweep.spec.trial.cpus)
-        return train_worker(cfg, run_id, runtime.tracking_uri, context, [report] if report else [], full_budget)
-    torch_trainer(cfg, run_id, runtime.tracking_uri, report_to_tune=report is not None, full_budget=full_budget).fit()
+        return train_worker(cfg, run_id, runtime.tracker, context, [report] if report else [], full_budget)
+    torch_trainer(cfg, run_id, runtime.tracker, report_to_tune=report is not None, full_budget=full_budget).fit()
     return CheckpointStore(cfg.storage_path, run_id).load_latest()[0].state
 
 
-def climb(cfg: RunConfig, run: tracking.RunRecord, runtime: SweepRuntime) -> None:
+def climb(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
     """The epochs or data ladder: the whole task sequence at each level, from the smallest share of
     the budget up, reporting after each; ASHA stops the trial or lets it restart one level up.
     Levels below the full budget train into runs nested under the trial's run."""
@@ -160,12 +155,12 @@ def climb(cfg: RunConfig, run: tracking.RunRecord, runtime: SweepRuntime) -> Non
         if level.fraction < 1:
             level_run = runtime.level_run(run, level, low)
             state = train(low, level_run, runtime, full_budget=False)
-            tracking.close_run(runtime.tracking_uri, level_run, "FINISHED")
+            runtime.tracker.close_run(level_run, "FINISHED")
         else:
             state = train(cfg, run.run_id, runtime)
         progress = {fidelity.LEVEL_KEY: level.index + 1, fidelity.level_metric(metric): state.summary[metric],
                     "fidelity/fraction": level.fraction, fidelity.COMPUTE_KEY: compute}
-        tracking.log_metrics(runtime.tracking_uri, run.run_id, progress, step=level.index + 1)
+        runtime.tracker.log_metrics(run.run_id, progress, step=level.index + 1)
         tune.report({**state.metrics(tasks, placeholders=True), **progress})
 
 
@@ -188,8 +183,8 @@ class MlflowTrialRuns(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         existing = self.runtime.find_child(trial.trial_id)
         if existing:
-            tracking.reopen_run(self.runtime.tracking_uri, existing.run_id)
-            tracking.set_tags(self.runtime.tracking_uri, existing.run_id, {STATUS_TAG: "running"})
+            self.runtime.tracker.reopen_run(existing.run_id)
+            self.runtime.tracker.set_tags(existing.run_id, {STATUS_TAG: "running"})
             return
         index = len(self.runtime.children()) + 1  # start order, also across a resumed sweep
         tags = self.runtime.child_tags(trial.trial_id, index)
@@ -198,10 +193,10 @@ class MlflowTrialRuns(tune.Callback):
         try:
             cfg = self.runtime.trial_config(params, name)
         except ConfigError as error:  # an invalid combination: the trial fails on it too
-            tracking.create_run(self.runtime.tracking_uri, self.runtime.sweep.experiment, name, tags, params)
+            self.runtime.tracker.create_run(self.runtime.sweep.experiment, name, tags, params)
             log.warning("trial %s has an invalid config: %s", trial.trial_id, error)
             return
-        tracking.open_run(cfg, self.runtime.tracking_uri, tags=tags)
+        self.runtime.tracker.open_run(cfg, tags=tags)
 
     def _close(self, trial, status: str, tags: dict, reason: str | None = None) -> None:
         run = self.runtime.find_child(trial.trial_id)
@@ -210,8 +205,8 @@ class MlflowTrialRuns(tune.Callback):
         state = self.searcher.optuna_state(trial.trial_id) if self.searcher else None
         if state:
             tags[OPTUNA_STATE_TAG] = state
-        tracking.set_tags(self.runtime.tracking_uri, run.run_id, tags)
-        tracking.close_run(self.runtime.tracking_uri, run.run_id, status, reason)
+        self.runtime.tracker.set_tags(run.run_id, tags)
+        self.runtime.tracker.close_run(run.run_id, status, reason)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key, full = search.budget(self.runtime.sweep)
@@ -268,46 +263,37 @@ def _output_path(sweep: Sweep) -> str:
     return f"{storage.rstrip('/')}/{sweep.spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def start(sweep: Sweep) -> SweepRuntime:
+def start(sweep: Sweep, tracker: Tracker) -> SweepRuntime:
     """Open the parent run and record the sweep's state; nothing runs yet."""
-    uri = tracking.resolve_tracking_uri(sweep.base_config.tracking_uri)
     path = _output_path(sweep)
-    spec = sweep.spec
-    params = {"sweep.name": spec.name, "sweep.path": path, "search.algorithm": spec.search.algorithm,
-              "search.num_trials": expected_trials(sweep), "search.seed": spec.search.seed,
-              "search.max_concurrent": spec.search.max_concurrent, "scheduler.kind": spec.scheduler.kind,
-              "scheduler.fidelity": spec.scheduler.fidelity, "scheduler.grace_period": spec.scheduler.grace_period,
-              "scheduler.reduction_factor": spec.scheduler.reduction_factor, "scheduler.levels": search.budget(sweep)[1],
-              "metric": spec.metric, "mode": spec.mode,
-              "seeds": sweep.seeds, "base.dataset": sweep.base_config.benchmark.dataset, "base.num_tasks": sweep.num_tasks,
-              "base.storage_path": sweep.base_config.storage_path}
-    space = {key: param.model_dump(exclude_none=True, by_alias=True) for key, param in spec.space.items()}
-    parent = tracking.create_run(uri, sweep.experiment, path.rsplit("/", 1)[-1], {SWEEP_TAG: path.rsplit("/", 1)[-1],
-                                 "aepg.kind": "sweep"}, params,
-                                 {"sweep.yaml": sweep.source_text, "space.json": json.dumps(space, indent=1)})
-    runtime = SweepRuntime(sweep, path, uri, parent)
+    name = path.rsplit("/", 1)[-1]
+    params = parent_params(sweep, path, expected_trials(sweep), search.budget(sweep)[1])
+    space = {key: param.model_dump(exclude_none=True, by_alias=True) for key, param in sweep.spec.space.items()}
+    parent = tracker.create_run(sweep.experiment, name, {SWEEP_TAG: name, KIND_TAG: "sweep"}, params,
+                                {"sweep.yaml": sweep.source_text, "space.json": json.dumps(space, indent=1)})
+    runtime = SweepRuntime(sweep, path, tracker, parent)
     runtime.save()
     return runtime
 
 
 def run_sweep(sweep: Sweep) -> tuple[SweepRuntime, bool]:
-    tracking.check_reachable(tracking.resolve_tracking_uri(sweep.base_config.tracking_uri))
+    tracker = Tracker.connect(sweep.base_config.tracking_uri)
     for _, cfg in variants(sweep):  # a requested download happens once, here, not in every trial
         preflight.prepare(cfg)
     ensure_ray()
     _check_trial_fits(sweep)
-    runtime = start(sweep)
+    runtime = start(sweep, tracker)
     log.info("sweep outputs: %s (resume with: aepg sweep --resume %s)", runtime.path, runtime.path)
     return runtime, _fit_and_close(runtime, build_tuner(runtime))
 
 
 def resume_sweep(path: str) -> tuple[SweepRuntime, bool]:
     runtime = SweepRuntime.load(path)
-    tracking.check_reachable(runtime.tracking_uri)
+    runtime.tracker.check_reachable()
     ensure_ray()
     if not tune.Tuner.can_restore(path):
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
-    tracking.reopen_run(runtime.tracking_uri, runtime.parent_run_id)
+    runtime.tracker.reopen_run(runtime.parent_run_id)
     tuner = tune.Tuner.restore(path, trainable=_trainable(runtime), resume_unfinished=True, resume_errored=False)
     return runtime, _fit_and_close(runtime, tuner)
 
@@ -316,15 +302,15 @@ def _fit_and_close(runtime: SweepRuntime, tuner: tune.Tuner) -> bool:
     try:
         results = tuner.fit()
     except BaseException as error:
-        tracking.close_run(runtime.tracking_uri, runtime.parent_run_id, "FAILED", f"{type(error).__name__}: {error}")
+        runtime.tracker.close_run(runtime.parent_run_id, "FAILED", f"{type(error).__name__}: {error}")
         raise
     _drop_orphans(runtime, {Path(r.path).name.removeprefix("trial_") for r in results})
     complete = results.num_terminated + results.num_errors >= expected_trials(runtime.sweep)
     if not complete:  # Ctrl-C: Tune saved its state and stopped the trials
         for child in runtime.children():
             if child.status == "RUNNING":
-                tracking.close_run(runtime.tracking_uri, child.run_id, "KILLED", "sweep interrupted")
-        tracking.close_run(runtime.tracking_uri, runtime.parent_run_id, "KILLED", "interrupted")
+                runtime.tracker.close_run(child.run_id, "KILLED", "sweep interrupted")
+        runtime.tracker.close_run(runtime.parent_run_id, "KILLED", "interrupted")
     return complete
 
 
@@ -335,7 +321,7 @@ def _drop_orphans(runtime: SweepRuntime, trial_ids: set[str]) -> None:
         if child.tags.get(TRIAL_TAG) not in trial_ids:
             log.warning("deleting MLflow run %s of trial %s, which the restored sweep never recorded",
                         child.run_id, child.tags.get(TRIAL_TAG))
-            tracking.delete_run(runtime.tracking_uri, child.run_id)
+            runtime.tracker.delete_run(child.run_id)
 
 
 def trial_dirname(trial) -> str:
@@ -346,12 +332,12 @@ def trial_dirname(trial) -> str:
 def finalize(runtime: SweepRuntime) -> SweepReport:
     """Leaderboard, best config, paper table and plots: into the sweep folder and the parent run,
     which ends FINISHED."""
-    report = build_report(runtime.tracking_uri, runtime.parent_run_id)
-    table = paper_table(runtime.tracking_uri, [runtime.parent_run_id])
+    report = build_report(runtime.tracker, runtime.parent_run_id)
+    table = paper_table(runtime.tracker, [runtime.parent_run_id])
     fs, folder = pafs.FileSystem.from_uri(runtime.path)
     for name, text in report_texts(report, table).items():
         with fs.open_output_stream(f"{folder}/{name}") as out:
             out.write(text.encode())
-    publish(runtime.tracking_uri, runtime.parent_run_id, report, table)
-    tracking.close_run(runtime.tracking_uri, runtime.parent_run_id, "FINISHED")
+    publish(runtime.tracker, runtime.parent_run_id, report, table)
+    runtime.tracker.close_run(runtime.parent_run_id, "FINISHED")
     return report

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 import yaml
 
 from aepg import plots, tracking
+from aepg.tracking import Tracker
 from aepg.config import to_yaml, validate
 from aepg.metrics import BUDGET_KEY, final_name, partial_name, running_best
 from aepg.sweep.fidelity import COMPUTE_KEY, LEVEL_KEY, level_metric
+from aepg.sweep.schema import INDEX_TAG, OPTUNA_STATE_TAG, STATUS_TAG, SweepParams
 from aepg.sweep.spec import Param
 from aepg.sweep.table import PaperTable, build_table, markdown_grid
 
@@ -71,7 +73,7 @@ def status_of(run: tracking.RunRecord) -> str:
         return "running"
     if run.status == "KILLED":
         return "interrupted"
-    tag = run.tags.get("aepg.status")
+    tag = run.tags.get(STATUS_TAG)
     return tag if tag in ("finished", "stopped early", "failed") else run.status.lower()
 
 
@@ -95,8 +97,8 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
             partial, progress, compute = partial_name(metric), f"{done}/{num_tasks} tasks", float(done)
         value = run.metrics.get(final_name(metric) if status == "finished" else partial)
         entries.append(Entry(run.name, status, sampled_params(run, space), value, progress, compute, [run.run_id],
-                             int(run.tags.get("aepg.trial_index", 0)), [_typed(run.params.get("seed", "0"))],
-                             optuna_state=run.tags.get("aepg.optuna_state", ""), end_time=run.end_time))
+                             int(run.tags.get(INDEX_TAG, 0)), [_typed(run.params.get("seed", "0"))],
+                             optuna_state=run.tags.get(OPTUNA_STATE_TAG, ""), end_time=run.end_time))
     return entries
 
 
@@ -192,9 +194,9 @@ def to_csv(rows: list[dict[str, object]]) -> str:
     return buffer.getvalue()
 
 
-def best_config(tracking_uri: str, best: Entry, run_name: str, storage_path: str) -> str:
+def best_config(tracker: Tracker, best: Entry, run_name: str, storage_path: str) -> str:
     """The best trial's resolved config, renamed and storing like a normal run: runnable as is."""
-    data = yaml.safe_load(tracking.read_text(tracking_uri, best.run_ids[0], "config.yaml"))
+    data = yaml.safe_load(tracker.read_text(best.run_ids[0], "config.yaml"))
     data.update(run_name=run_name, storage_path=storage_path)
     return to_yaml(validate(data))
 
@@ -273,25 +275,21 @@ class SweepReport:
         return "\n".join(lines + ["", markdown_table(self.rows)])
 
 
-def build_report(tracking_uri: str, parent_run_id: str) -> SweepReport:
+def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     """Everything about a sweep, read from its MLflow parent run and the child runs under it."""
-    parent, experiment = tracking.get_run(tracking_uri, parent_run_id)
-    space = {k: Param.model_validate(v) for k, v in json.loads(tracking.read_text(tracking_uri, parent_run_id, "space.json")).items()}
-    metric, mode = parent.params["metric"], parent.params["mode"]
-    num_tasks = int(parent.params.get("base.num_tasks", 0))
-    ladder = parent.params.get("scheduler.fidelity", "tasks") in ("epochs", "data") and parent.params.get("scheduler.kind") == "asha"
-    levels = int(parent.params["scheduler.levels"]) if ladder else None
-    children = tracking.find_runs(tracking_uri, experiment, {tracking.PARENT_TAG: parent_run_id})
-    entries = entries_of(children, space, metric, num_tasks, levels)
-    budget = int(parent.params["search.num_trials"]) * num_tasks if num_tasks else None
-    figs = figures(parent.name, entries, space, mode, metric, budget)
-    if len(json.loads(parent.params["seeds"])) > 1:
+    parent, experiment = tracker.get_run(parent_run_id)
+    space = {k: Param.model_validate(v) for k, v in json.loads(tracker.read_text(parent_run_id, "space.json")).items()}
+    sweep = SweepParams.of(parent)
+    children = tracker.find_runs(experiment, {tracking.PARENT_TAG: parent_run_id})
+    entries = entries_of(children, space, sweep.metric, sweep.num_tasks, sweep.levels)
+    budget = sweep.num_trials * sweep.num_tasks if sweep.num_tasks else None
+    figs = figures(parent.name, entries, space, sweep.mode, sweep.metric, budget)
+    if len(sweep.seeds) > 1:
         entries = average_over_seeds(entries)
-    ranked = rank(entries, mode)
+    ranked = rank(entries, sweep.mode)
     best = next((e for e in ranked if e.status == "finished" and e.value is not None), None)
-    best_yaml = (best_config(tracking_uri, best, f"{parent.name}-best", parent.params["base.storage_path"])
-                 if best else None)
-    return SweepReport(parent.name, metric, table(ranked, metric, list(space)), best, best_yaml, figs,
+    best_yaml = best_config(tracker, best, f"{parent.name}-best", sweep.storage_path) if best else None
+    return SweepReport(parent.name, sweep.metric, table(ranked, sweep.metric, list(space)), best, best_yaml, figs,
                        ranked, parent.experiment_id)
 
 
@@ -300,17 +298,18 @@ def sweep_label(parent: tracking.RunRecord) -> str:
     return f"{parent.params.get('base.dataset', '?')}, {parent.params.get('base.num_tasks', '?')} tasks"
 
 
-def paper_table(tracking_uri: str, parent_ids: list[str], rows_key: str = "method",
+def paper_table(tracker: Tracker, parent_ids: list[str], rows_key: str = "method",
                 columns_key: str = "objective.kind") -> PaperTable:
     """The seed-statistics table over the finished trials of one or more sweeps."""
     groups, parent = [], None
     for parent_id in parent_ids:
-        parent, experiment = tracking.get_run(tracking_uri, parent_id)
-        children = tracking.find_runs(tracking_uri, experiment, {tracking.PARENT_TAG: parent_id})
+        parent, experiment = tracker.get_run(parent_id)
+        children = tracker.find_runs(experiment, {tracking.PARENT_TAG: parent_id})
         finished = [c for c in children if status_of(c) == "finished"]
         label = sweep_label(parent)
         groups.append((label if label not in [g for g, _ in groups] else f"{label} ({parent.name})", finished))
-    return build_table(groups, rows_key, columns_key, rank_metric=parent.params["metric"], mode=parent.params["mode"])
+    sweep = SweepParams.of(parent)
+    return build_table(groups, rows_key, columns_key, rank_metric=sweep.metric, mode=sweep.mode)
 
 
 def report_texts(report: SweepReport, table: PaperTable) -> dict[str, str]:
@@ -323,7 +322,7 @@ def report_texts(report: SweepReport, table: PaperTable) -> dict[str, str]:
     return texts
 
 
-def publish(tracking_uri: str, parent_id: str, report: SweepReport, table: PaperTable) -> None:
+def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperTable) -> None:
     """Log the report to the sweep's parent run: files, plots, counts, the best run and a description."""
     counts = {f"sweep/trials_{status.replace(' ', '_')}": sum(1 for e in report.entries if status in e.status.split("/"))
               for status in ("finished", "stopped early", "failed")}
@@ -331,4 +330,4 @@ def publish(tracking_uri: str, parent_id: str, report: SweepReport, table: Paper
     tags = {tracking.NOTE_TAG: report.note() + "\n\n" + table.markdown()}
     if report.best:
         tags["best_run_id"] = report.best.run_ids[0]
-    tracking.log_outputs(tracking_uri, parent_id, report_texts(report, table), report.figures, metrics, tags)
+    tracker.log_outputs(parent_id, report_texts(report, table), report.figures, metrics, tags)

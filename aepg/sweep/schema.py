@@ -1,0 +1,67 @@
+"""A sweep's MLflow schema, in one place: the tags on its parent and child runs, and the parent
+run's params, written when the sweep starts (``parent_params``) and read back by the report
+(``SweepParams``). Changing a name here changes it for the driver, the report and the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from aepg.tracking import RunRecord, Tracker
+
+KIND_TAG = "aepg.kind"
+"""``sweep`` on a parent run."""
+SWEEP_TAG = "aepg.sweep"
+"""The sweep's folder name, on the parent and every run under it."""
+TRIAL_TAG = "aepg.trial_id"
+STATUS_TAG = "aepg.status"
+"""finished, stopped early, failed, running, or low fidelity (a ladder level's nested run)."""
+INDEX_TAG = "aepg.trial_index"
+"""The trial's start order, from 1."""
+LEVEL_TAG = "aepg.fidelity_level"
+OPTUNA_STATE_TAG = "aepg.optuna_state"
+NODE_TAG = "aepg.ray_node_id"
+
+
+def parent_params(sweep, path: str, num_trials: int, levels: int) -> dict[str, object]:
+    """The parent run's params: the sweep's settings and what the report needs to read it back."""
+    spec, base = sweep.spec, sweep.base_config
+    return {"sweep.name": spec.name, "sweep.path": path, "search.algorithm": spec.search.algorithm,
+            "search.num_trials": num_trials, "search.seed": spec.search.seed,
+            "search.max_concurrent": spec.search.max_concurrent, "scheduler.kind": spec.scheduler.kind,
+            "scheduler.fidelity": spec.scheduler.fidelity, "scheduler.grace_period": spec.scheduler.grace_period,
+            "scheduler.reduction_factor": spec.scheduler.reduction_factor, "scheduler.levels": levels,
+            "metric": spec.metric, "mode": spec.mode, "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,
+            "base.num_tasks": sweep.num_tasks, "base.storage_path": base.storage_path}
+
+
+@dataclass(frozen=True)
+class SweepParams:
+    """The parent run's params, typed."""
+
+    metric: str
+    mode: str
+    num_tasks: int
+    num_trials: int
+    levels: int | None
+    """Levels of an epochs or data ladder; None for sweeps over tasks."""
+    seeds: list[int]
+    storage_path: str
+    dataset: str
+
+    @classmethod
+    def of(cls, parent: RunRecord) -> "SweepParams":
+        p = parent.params
+        ladder = p.get("scheduler.fidelity", "tasks") in ("epochs", "data") and p.get("scheduler.kind") == "asha"
+        return cls(p["metric"], p["mode"], int(p.get("base.num_tasks", 0)), int(p["search.num_trials"]),
+                   int(p["scheduler.levels"]) if ladder else None, json.loads(p["seeds"]), p["base.storage_path"],
+                   p.get("base.dataset", "?"))
+
+
+def find_sweep(tracker: Tracker, name: str) -> str | None:
+    """The parent run of the newest sweep whose folder name or sweep name is ``name``."""
+    for query in (f"tags.`{SWEEP_TAG}` = '{name}'", f"params.`sweep.name` = '{name}'"):
+        found = tracker.search(f"tags.`{KIND_TAG}` = 'sweep' and {query}")
+        if found:
+            return found[0].run_id
+    return None
