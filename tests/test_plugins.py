@@ -48,6 +48,7 @@ def test_plugin_entries_validate_like_built_ins(workdir, plugin_env):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_plugin_objective_and_method_run_in_a_real_sweep(workdir, plugin_env):
     sweep = {
         "name": "plugin",

@@ -60,11 +60,13 @@ def first_task_accuracy(*overrides) -> float:
     return trainer.evaluate(0)[0][0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", OBJECTIVES.names())
 def test_every_objective_learns_the_first_task(kind):
     assert first_task_accuracy(f"objective.kind={kind}") >= 0.8  # chance is 0.5
 
 
+@pytest.mark.slow
 def test_a_trained_run_beats_the_same_run_without_learning():
     trained, frozen = first_task_accuracy(), first_task_accuracy("train.lr=1e-12")
     assert trained >= 0.8 and trained - frozen >= 0.3, (trained, frozen)
@@ -80,6 +82,7 @@ def test_non_finite_loss_fails_the_run(tmp_path):
     assert "NonFiniteLoss" in mlflow_run.data.tags["failure_reason"]
 
 
+@pytest.mark.slow
 def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     result = run_aepg(["train", DIGITS, "train.epochs=2", "benchmark.max_train_per_class=60", "run_name=e2e"],
                       cwd=workdir)
