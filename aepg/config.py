@@ -35,6 +35,7 @@ class Section(BaseModel):
 
 
 UNKNOWN_KIND = "unknown_kind"
+DEFAULT_METHOD, DEFAULT_OBJECTIVE = "lora", "aepg"
 
 
 def by_kind(catalog: Catalog, value: Any, default: str) -> Any:
@@ -99,7 +100,7 @@ class MethodConfig(Section):
     (``aepg.models.peft``: none, lora, dora, adapter, adaptformer, prefix, l2p, dualprompt, coda),
     whose config adds its own keys. docs/methods.md describes each and its reference code."""
 
-    kind: str = "lora"
+    kind: str = DEFAULT_METHOD
     lae: bool = False
     """Wrap the PEFT module in LAE's online/offline pair (EMA from task 1, ensembled at test)."""
     lae_decay: float = Field(0.9999, gt=0, lt=1)
@@ -133,12 +134,12 @@ class ModelConfig(Section):
     image_size: int | None = Field(None, ge=8)
     """Input size; default the backbone's."""
     head_init_std: float = Field(0.001, gt=0)
-    peft: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: METHODS.get("lora").config())
+    peft: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: METHODS.get(DEFAULT_METHOD).config())
 
     @field_validator("peft", mode="before")
     @classmethod
     def _method(cls, value):
-        return by_kind(METHODS, value, "lora")
+        return by_kind(METHODS, value, DEFAULT_METHOD)
 
 
 SCHEDULE_KEYS = {"sigmoid": ("tau",), "constant": ("a",)}
@@ -149,7 +150,7 @@ class ObjectiveConfig(Section):
     (``aepg.objectives``: ce, epg, aepg, label_smoothing, focal, confidence_penalty, entropy_penalty),
     whose config adds its own keys."""
 
-    kind: str = "aepg"
+    kind: str = DEFAULT_OBJECTIVE
     logits: Literal["local", "seen"] = "local"
     """The classes the loss covers: the current task's (local) or every class seen so far."""
 
@@ -223,7 +224,7 @@ class RunConfig(Section):
     """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://)."""
     benchmark: BenchmarkConfig = BenchmarkConfig()
     model: ModelConfig = Field(default_factory=ModelConfig)
-    objective: SerializeAsAny[ObjectiveConfig] = Field(default_factory=lambda: OBJECTIVES.get("aepg").config())
+    objective: SerializeAsAny[ObjectiveConfig] = Field(default_factory=lambda: OBJECTIVES.get(DEFAULT_OBJECTIVE).config())
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -233,16 +234,17 @@ class RunConfig(Section):
     @field_validator("objective", mode="before")
     @classmethod
     def _objective(cls, value):
-        return by_kind(OBJECTIVES, value, "aepg")
+        return by_kind(OBJECTIVES, value, DEFAULT_OBJECTIVE)
 
 
-DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, "aepg"), "model.peft": (METHODS, "lora")}
+DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, DEFAULT_OBJECTIVE),
+                                              "model.peft": (METHODS, DEFAULT_METHOD)}
 """Sections whose keys depend on their ``kind``: the catalogue and the default kind."""
 
 
 def method_config(**keys: Any) -> MethodConfig:
     """A training method's config from its keys (``kind`` picks the entry), as a run config has it."""
-    return by_kind(METHODS, keys, "lora")
+    return by_kind(METHODS, keys, DEFAULT_METHOD)
 
 
 def entry_keys() -> set[str]:
