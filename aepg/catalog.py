@@ -1,11 +1,12 @@
-"""The catalogues of aepg's extension points: objectives, training methods and data sets.
+"""The catalogues of aepg's extension points: objectives, training methods, data sets and search
+algorithms.
 
 An entry is a name, its own typed config (a pydantic model whose ``kind`` field holds the name:
 its keys, defaults, ranges and docstrings live with the entry), a lazy reference to what builds
 it (``"module:attribute"``, imported only when a run builds it), a display name for tables and
 its traits (``annealed``, ``vit_only``, ...). Built-in entries register with the catalogue's
 decorator in torch-free modules; an installed package adds entries through an entry-point group
-(``aepg.objectives``, ``aepg.methods``, ``aepg.datasets``), whose modules are imported the first
+(``aepg.objectives``, ``aepg.methods``, ``aepg.datasets``, ``aepg.searchers``), whose modules are imported the first
 time a name is not among the built-ins. Nothing here imports torch, so the CLI validates fast.
 """
 
@@ -29,7 +30,7 @@ class PluginError(ImportError):
 class Entry:
     name: str
     config: type
-    """The entry's pydantic config class; its ``kind`` field is ``name``."""
+    """The entry's pydantic config class; its ``kind`` (or ``algorithm``) field is ``name``."""
     builder: str | None
     """``"module:attribute"`` of what builds the entry at run time, or None when the config does."""
     display: str
@@ -44,7 +45,7 @@ class Entry:
 
     def keys(self) -> list[str]:
         """The entry's own config keys (``kind`` excluded)."""
-        return [key for key in self.config.model_fields if key != "kind"]
+        return [key for key in self.config.model_fields if key not in ("kind", "algorithm")]
 
     def load(self) -> Any:
         """What ``builder`` names, imported now."""
@@ -57,8 +58,9 @@ class Entry:
 class Catalog:
     """Named entries of one extension point, filled by ``register`` and by installed plugins."""
 
-    def __init__(self, what: str, group: str, builtins: tuple[str, ...]):
-        self.what, self.group, self.builtins = what, group, builtins
+    def __init__(self, what: str, group: str, builtins: tuple[str, ...], key: str = "kind"):
+        self.what, self.group, self.builtins, self.key = what, group, builtins, key
+        """``key``: the config field holding an entry's name (``kind``; ``algorithm`` for searchers)."""
         self._entries: dict[str, Entry] = {}
         self._filled = self._plugins_loaded = False
 
@@ -74,9 +76,9 @@ class Catalog:
         """A class decorator: the decorated config class becomes the entry ``name``."""
 
         def decorate(config: type) -> type:
-            kind = config.model_fields.get("kind")
-            if kind is None or kind.default != name:
-                raise TypeError(f"{config.__name__}.kind must default to {name!r}")
+            field = config.model_fields.get(self.key)
+            if field is None or field.default != name:
+                raise TypeError(f"{config.__name__}.{self.key} must default to {name!r}")
             if name in self._entries and self._entries[name].config is not config:
                 raise ValueError(f"{self.what} {name!r} is registered twice "
                                  f"({self._entries[name].config.__module__} and {config.__module__})")
@@ -145,3 +147,4 @@ class Catalog:
 OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",))
 METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",))
 DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",))
+SEARCHERS = Catalog("search algorithm", "aepg.searchers", ("aepg.sweep.searchers",), key="algorithm")

@@ -39,17 +39,18 @@ DEFAULT_METHOD, DEFAULT_OBJECTIVE = "lora", "aepg"
 
 
 def by_kind(catalog: Catalog, value: Any, default: str) -> Any:
-    """A section's data validated by the config of the catalogue entry its ``kind`` names.
+    """A section's data validated by the config of the catalogue entry its ``kind`` (the catalogue's
+    ``key``) names.
 
     Keys of another entry (a ``kind=`` override may leave the previous kind's keys behind) are
     checked by that entry's config, then dropped as inactive; any other unknown key is an error."""
     if not isinstance(value, dict):
         return value
-    kind = value.get("kind", default)
+    kind = value.get(catalog.key, default)
     entry = catalog.find(kind) if isinstance(kind, str) else None
     if entry is None:
         error = PydanticCustomError(UNKNOWN_KIND, "{message}", {"message": catalog.unknown(kind)})
-        raise ValidationError.from_exception_data(catalog.what, [{"type": error, "loc": ("kind",), "input": kind}])
+        raise ValidationError.from_exception_data(catalog.what, [{"type": error, "loc": (catalog.key,), "input": kind}])
     own = entry.config.model_fields
     if set(value) - set(own):
         owners = {}
@@ -62,10 +63,9 @@ def by_kind(catalog: Catalog, value: Any, default: str) -> Any:
     return entry.config.model_validate(value)
 
 
-def kind_of(section: str, data: dict[str, Any]) -> type[BaseModel] | None:
+def kind_of(catalog: Catalog, default: str, data: Any) -> type[BaseModel] | None:
     """The config class a catalogue section (``objective``) takes for ``data``, if its kind is known."""
-    catalog, default = DISPATCHED[section]
-    entry = catalog.find(data.get("kind", default)) if isinstance(data, dict) else None
+    entry = catalog.find(data.get(catalog.key, default)) if isinstance(data, dict) else None
     return entry.config if entry else None
 
 
@@ -265,9 +265,10 @@ def is_uri(path: str) -> bool:
 SCALAR_TYPES = ("int", "float", "str", "bool")
 
 
-def pydantic_problems(error: ValidationError, model: type[BaseModel], data: Any = None) -> list[tuple[str, str]]:
-    """(dotted key, message) per problem; ``data`` (what was validated) lets "did you mean" look
-    inside sections whose keys depend on their kind."""
+def pydantic_problems(error: ValidationError, model: type[BaseModel], data: Any = None,
+                      dispatched: dict[str, tuple[Catalog, str]] | None = None) -> list[tuple[str, str]]:
+    """(dotted key, message) per problem; ``data`` (what was validated) and ``dispatched`` (its
+    sections whose keys depend on their kind) let "did you mean" look inside those sections."""
     problems: dict[str, str] = {}
     union: dict[str, list[str]] = {}
     for item in error.errors():
@@ -278,7 +279,7 @@ def pydantic_problems(error: ValidationError, model: type[BaseModel], data: Any 
         key = ".".join(loc)
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key" + _suggestion(item["loc"], model, data)
+            message = "unknown key" + _suggestion(item["loc"], model, data, dispatched or {})
         elif "input" in item and not isinstance(item["input"], (dict, list)) and item["type"] != UNKNOWN_KIND:
             message += f" (got {item['input']!r})"
         problems.setdefault(key, message)
@@ -287,15 +288,15 @@ def pydantic_problems(error: ValidationError, model: type[BaseModel], data: Any 
     return list(problems.items())
 
 
-def _suggestion(loc: tuple, model: type[BaseModel], data: Any = None) -> str:
+def _suggestion(loc: tuple, model: type[BaseModel], data: Any, dispatched: dict[str, tuple[Catalog, str]]) -> str:
     """'; did you mean ...' for a misspelt key, found by walking the schema (and the data, in
     sections whose kind picks their config) along loc."""
     path = []
     for part in loc[:-1]:
         path.append(str(part))
         data = data.get(str(part)) if isinstance(data, dict) else None
-        if ".".join(path) in DISPATCHED:
-            model = kind_of(".".join(path), data or {})
+        if ".".join(path) in dispatched:
+            model = kind_of(*dispatched[".".join(path)], data)
             if model is None:
                 return ""
             continue
@@ -340,7 +341,7 @@ def validate(data: dict[str, Any]) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(pydantic_problems(error, RunConfig, data)) from None
+        raise ConfigError(pydantic_problems(error, RunConfig, data, DISPATCHED)) from None
     if not is_uri(cfg.storage_path):
         cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
     if cfg.model.weights not in WEIGHT_KEYWORDS:

@@ -177,7 +177,7 @@ def _error_reason(trial) -> str:
 class MlflowTrialRuns(tune.Callback):
     """Opens each trial's child run at its (re)start and sets its final status."""
 
-    def __init__(self, runtime: SweepRuntime, searcher: search.PrunedAwareOptunaSearch | None):
+    def __init__(self, runtime: SweepRuntime, searcher):
         self.runtime, self.searcher = runtime, searcher
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -202,7 +202,8 @@ class MlflowTrialRuns(tune.Callback):
         run = self.runtime.find_child(trial.trial_id)
         if run is None:
             return
-        state = self.searcher.optuna_state(trial.trial_id) if self.searcher else None
+        trial_state = getattr(self.searcher, "optuna_state", None)  # Optuna's searchers say how a trial ended
+        state = trial_state(trial.trial_id) if trial_state else None
         if state:
             tags[OPTUNA_STATE_TAG] = state
         self.runtime.tracker.set_tags(run.run_id, tags)

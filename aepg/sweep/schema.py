@@ -26,9 +26,9 @@ NODE_TAG = "aepg.ray_node_id"
 def parent_params(sweep, path: str, num_trials: int, levels: int) -> dict[str, object]:
     """The parent run's params: the sweep's settings and what the report needs to read it back."""
     spec, base = sweep.spec, sweep.base_config
-    return {"sweep.name": spec.name, "sweep.path": path, "search.algorithm": spec.search.algorithm,
-            "search.num_trials": num_trials, "search.seed": spec.search.seed,
-            "search.max_concurrent": spec.search.max_concurrent, "scheduler.kind": spec.scheduler.kind,
+    search = {f"search.{key}": value for key, value in spec.search.model_dump(mode="json").items()}
+    return {"sweep.name": spec.name, "sweep.path": path, **search, "search.num_trials": num_trials,
+            "scheduler.kind": spec.scheduler.kind,
             "scheduler.fidelity": spec.scheduler.fidelity, "scheduler.grace_period": spec.scheduler.grace_period,
             "scheduler.reduction_factor": spec.scheduler.reduction_factor, "scheduler.levels": levels,
             "metric": spec.metric, "mode": spec.mode, "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,

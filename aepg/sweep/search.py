@@ -24,6 +24,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from aepg.catalog import SEARCHERS
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
 from aepg.sweep.fidelity import LEVEL_KEY, climbs, ladder, level_metric, rung_metric
 
@@ -93,21 +94,22 @@ class RungASHA(ASHAScheduler):
         return True  # keep this scheduler's own metric and mode
 
 
-def searcher(sweep) -> tuple[dict | None, PrunedAwareOptunaSearch | None, int]:
-    """(param_space, searcher, num_samples) for the configured algorithm."""
-    import optuna
-
-    spec = sweep.spec
-    if spec.search.algorithm == "grid":
-        return {"params": tune.grid_search(sweep.grid())}, None, 1
-    sampler = (optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=spec.search.startup_trials,
-                                          constant_liar=spec.search.max_concurrent > 1)
-               if spec.search.algorithm == "tpe"
-               else optuna.samplers.RandomSampler(seed=spec.search.seed))
+def optuna_search(sweep) -> tuple[None, PrunedAwareOptunaSearch, int]:
+    """An Optuna sampler (the entry's ``sampler()``) over the define-by-run space."""
     key, full = budget(sweep)
-    found = PrunedAwareOptunaSearch(space=sweep.define_by_run(), metric=searched_metric(sweep), mode=spec.mode,
-                                    sampler=sampler, budget_key=key, full_budget=full)
-    return None, found, spec.search.num_trials
+    found = PrunedAwareOptunaSearch(space=sweep.define_by_run(), metric=searched_metric(sweep), mode=sweep.spec.mode,
+                                    sampler=sweep.spec.search.sampler(), budget_key=key, full_budget=full)
+    return None, found, sweep.spec.search.num_trials
+
+
+def grid_search(sweep) -> tuple[dict, None, int]:
+    """Every grid point as one trial, through Ray Tune's grid."""
+    return {"params": tune.grid_search(sweep.grid())}, None, 1
+
+
+def searcher(sweep) -> tuple[dict | None, object | None, int]:
+    """(param_space, searcher, num_samples) from the configured algorithm's catalogue entry."""
+    return SEARCHERS.get(sweep.spec.search.algorithm).load()(sweep)
 
 
 def scheduler(sweep):

@@ -15,12 +15,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from aepg.catalog import SEARCHERS
 
 from aepg.config import (
     ConfigError,
     RunConfig,
     Section,
+    by_kind,
     entry_keys,
     flatten,
     is_uri,
@@ -33,6 +36,7 @@ from aepg.config import (
 )
 from aepg.metrics import SUMMARY_METRICS
 from aepg.sweep.fidelity import climbs, rung_metric
+from aepg.sweep.searchers import DEFAULT_SEARCHER, SearchSettings
 
 Scalar = str | int | float | bool | None
 
@@ -105,17 +109,6 @@ class Param(Section):
         return IntDistribution(*self.integer)
 
 
-class SearchSettings(Section):
-    algorithm: Literal["tpe", "random", "grid"] = "tpe"
-    seed: int = 0
-    num_trials: int = Field(8, ge=1)
-    """Trials to sample (tpe, random); a grid runs each of its points once per seed."""
-    max_concurrent: int = Field(2, ge=1)
-    startup_trials: int = Field(10, ge=1)
-    """TPE: trials sampled at random before the model of good configurations takes over
-    (Optuna's n_startup_trials); concurrent trials are spread by the constant-liar heuristic."""
-
-
 class SchedulerSettings(Section):
     """Early stopping; ``aepg.sweep.search`` says how each fidelity works."""
 
@@ -154,7 +147,9 @@ class SweepSpec(Section):
     experiment: str | None = None
     """MLflow experiment of the sweep and its trials; default the base config's."""
     space: dict[str, Param]
-    search: SearchSettings = SearchSettings()
+    search: SerializeAsAny[SearchSettings] = Field(default_factory=lambda: SEARCHERS.get(DEFAULT_SEARCHER).config())
+    """``algorithm`` picks an entry of ``aepg.catalog.SEARCHERS`` (``aepg.sweep.searchers``: tpe,
+    random, grid), whose config holds the other keys."""
     scheduler: SchedulerSettings = SchedulerSettings()
     metric: Literal[SUMMARY_METRICS] = "avg_incremental_accuracy"
     """Trials are ranked on ``final/<metric>``, which only trials that trained every task have;
@@ -165,6 +160,14 @@ class SweepSpec(Section):
     trial: TrialSettings = TrialSettings()
     storage_path: str = "aepg_sweeps"
     """Where Ray Tune's state, trial checkpoints and the best config go: a folder or URI."""
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _searcher(cls, value):
+        return by_kind(SEARCHERS, value, DEFAULT_SEARCHER)
+
+
+DISPATCHED = {"search": (SEARCHERS, DEFAULT_SEARCHER)}
 
 
 class Sweep:
@@ -277,13 +280,8 @@ def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
 
 
 def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
-    spec, problems = sweep.spec, []
-    if spec.search.algorithm == "grid":
-        for key, param in spec.space.items():
-            if param.kind != "choice":
-                problems.append((f"space.{key}", "grid search takes choice parameters only"))
-    elif spec.seeds and len(spec.seeds) > 1:
-        problems.append(("seeds", "several seeds need search.algorithm: grid (TPE and random sample one config per trial)"))
+    spec = sweep.spec
+    problems = spec.search.problems(sweep)
     settings = spec.scheduler
     if settings.kind == "asha" and not climbs(spec):
         if settings.grace_period > sweep.num_tasks:
@@ -360,7 +358,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), check_runs: bool = T
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(pydantic_problems(error, SweepSpec)) from None
+        raise ConfigError(pydantic_problems(error, SweepSpec, data, DISPATCHED)) from None
     base_path = (path.parent / spec.base_config).resolve()
     try:
         base_file = read_run_yaml(base_path)
@@ -381,7 +379,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), check_runs: bool = T
 
 
 def expected_trials(sweep: Sweep) -> int:
-    return len(sweep.grid()) if sweep.spec.search.algorithm == "grid" else sweep.spec.search.num_trials
+    return sweep.spec.search.trials(sweep)
 
 
 def sweep_plan(sweep: Sweep) -> list[str]:
@@ -394,7 +392,7 @@ def sweep_plan(sweep: Sweep) -> list[str]:
     stopping = f"ASHA over {spec.scheduler.fidelity}" if spec.scheduler.kind == "asha" else "no early stopping"
     lines = [f"sweep {spec.name}: {trials} trials of {spec.search.algorithm} search over {', '.join(sweep.space)}; "
              f"ranked on final/{spec.metric} ({spec.mode}); {stopping}"]
-    if spec.search.algorithm == "grid":
+    if SEARCHERS.get(spec.search.algorithm).has("grid"):
         configs = [sweep.trial_config(point, "plan", "plan") for point in sweep.grid()]
         samples = [preflight.plan(cfg).train_samples for cfg in configs]
         total, per_trial = sum(samples), f"{min(samples):,} to {max(samples):,}"

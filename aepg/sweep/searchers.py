@@ -1,0 +1,92 @@
+"""The search algorithms a sweep can use, one catalogue entry each (``aepg.catalog.SEARCHERS``):
+``search.algorithm`` picks the entry and the entry's config holds its keys. Imports neither Ray
+nor Optuna, so ``aepg sweep --dry-run`` stays fast; each builder (``aepg.sweep.search``) returns
+Ray Tune's ``(param_space, search_alg, num_samples)`` for a sweep."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from aepg.catalog import SEARCHERS
+from aepg.config import Section
+
+DEFAULT_SEARCHER = "tpe"
+
+
+class SearchSettings(Section):
+    """What every search algorithm's settings hold; ``algorithm`` picks the entry."""
+
+    algorithm: str = DEFAULT_SEARCHER
+    max_concurrent: int = Field(2, ge=1)
+    """Trials running at once."""
+
+    def trials(self, sweep) -> int:
+        """How many trials the sweep runs."""
+        raise NotImplementedError
+
+    def problems(self, sweep) -> list[tuple[str, str]]:
+        """(sweep-file key, message) for what this algorithm cannot search."""
+        return []
+
+
+class SampledSearch(SearchSettings):
+    """Optuna samplers through Ray Tune: one configuration per trial, define-by-run, seeded."""
+
+    seed: int = 0
+    num_trials: int = Field(8, ge=1)
+    """Trials to sample."""
+
+    def trials(self, sweep) -> int:
+        return self.num_trials
+
+    def problems(self, sweep) -> list[tuple[str, str]]:
+        if sweep.spec.seeds and len(sweep.spec.seeds) > 1:
+            return [("seeds", f"several seeds need search.algorithm: grid ({self.algorithm} samples one config per trial)")]
+        return []
+
+    def sampler(self):
+        raise NotImplementedError
+
+
+@SEARCHERS.register("tpe", builder="aepg.sweep.search:optuna_search", display="TPE")
+class TPESearch(SampledSearch):
+    """Optuna's TPE; concurrent trials are spread by the constant-liar heuristic."""
+
+    algorithm: Literal["tpe"] = "tpe"
+    startup_trials: int = Field(10, ge=1)
+    """Trials sampled at random before the model of good configurations takes over (Optuna's
+    n_startup_trials)."""
+
+    def sampler(self):
+        import optuna
+
+        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.startup_trials,
+                                          constant_liar=self.max_concurrent > 1)
+
+
+@SEARCHERS.register("random", builder="aepg.sweep.search:optuna_search", display="random")
+class RandomSearch(SampledSearch):
+    """Optuna's random sampler."""
+
+    algorithm: Literal["random"] = "random"
+
+    def sampler(self):
+        import optuna
+
+        return optuna.samplers.RandomSampler(seed=self.seed)
+
+
+@SEARCHERS.register("grid", builder="aepg.sweep.search:grid_search", display="grid", traits=("grid",))
+class GridSearch(SearchSettings):
+    """Every combination of the choices (inactive keys dropped), once per seed."""
+
+    algorithm: Literal["grid"] = "grid"
+
+    def trials(self, sweep) -> int:
+        return len(sweep.grid())
+
+    def problems(self, sweep) -> list[tuple[str, str]]:
+        return [(f"space.{key}", "grid search takes choice parameters only")
+                for key, param in sweep.space.items() if param.kind != "choice"]
