@@ -202,6 +202,8 @@ def fit_off_main_thread(trainer):
     SystemExit. Interrupted here, the driver marks the run KILLED and exits; the job's workers
     die with it, and the last (atomically written) checkpoint is what ``--resume`` continues.
     """
+    if threading.current_thread() is not threading.main_thread():  # e.g. a Tune trial: no signal to keep
+        return trainer.fit()
     outcome = {}
 
     def fit():
@@ -219,12 +221,16 @@ def fit_off_main_thread(trainer):
     return outcome["result"]
 
 
-def run_workers(cfg: RunConfig, run_id: str, tracker: Tracker) -> TrainState:
-    """Train to the end in-process or on Ray; returns the final state."""
+def run_workers(cfg: RunConfig, run_id: str, tracker: Tracker, report: Callable[[TrainState], None] | None = None,
+                full_budget: bool = True, cpus: float | None = None) -> TrainState:
+    """Train ``run_id`` to the end, in this process or on Ray Train workers, and return the final
+    state: the one path of ``aepg train`` and of every sweep trial. ``report`` (a trial's) hears
+    of the end of each task; ``cpus`` are an in-process run's (default: the process's)."""
     if cfg.scaling.num_workers == 0:
-        return train_worker(cfg, run_id, tracker, Context(device=pick_device(cfg.train.device)))
+        context = Context(device=pick_device(cfg.train.device), **({"cpus": cpus} if cpus else {}))
+        return train_worker(cfg, run_id, tracker, context, [report] if report else [], full_budget)
     ensure_ray()
-    fit_off_main_thread(torch_trainer(cfg, run_id, tracker))
+    fit_off_main_thread(torch_trainer(cfg, run_id, tracker, report_to_tune=report is not None, full_budget=full_budget))
     restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
     if restored is None:
         raise RuntimeError(f"the Ray Train run {run_id} finished without a checkpoint")

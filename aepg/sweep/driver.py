@@ -26,10 +26,8 @@ from ray import tune
 
 from aepg import preflight, tracking
 from aepg.tracking import RunRecord, Tracker
-from aepg.checkpoints import CheckpointStore
 from aepg.config import ConfigError, RunConfig, is_uri
-from aepg.distributed import Context, pick_device
-from aepg.launch import check_fits, ensure_ray, torch_trainer, train_worker, worker_resources
+from aepg.launch import check_fits, ensure_ray, run_workers, worker_resources
 from aepg.sweep import fidelity, search
 from aepg.sweep.schema import (INDEX_TAG, KIND_TAG, LEVEL_TAG, NODE_TAG, OPTUNA_STATE_TAG, STATUS_TAG, SWEEP_TAG,
                                TRIAL_TAG, parent_params)
@@ -133,12 +131,8 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
 
 
 def train(cfg: RunConfig, run_id: str, runtime: SweepRuntime, report=None, full_budget: bool = True) -> TrainState:
-    """Train ``cfg`` into ``run_id`` in this process or as a TorchTrainer; ``report`` after each task."""
-    if cfg.scaling.num_workers == 0:
-        context = Context(device=pick_device(cfg.train.device), cpus=runtime.sweep.spec.trial.cpus)
-        return train_worker(cfg, run_id, runtime.tracker, context, [report] if report else [], full_budget)
-    torch_trainer(cfg, run_id, runtime.tracker, report_to_tune=report is not None, full_budget=full_budget).fit()
-    return CheckpointStore(cfg.storage_path, run_id).load_latest()[0].state
+    """Train ``cfg`` into ``run_id`` as ``aepg train`` does, on the trial's CPUs; ``report`` after each task."""
+    return run_workers(cfg, run_id, runtime.tracker, report, full_budget, runtime.sweep.spec.trial.cpus)
 
 
 def climb(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
