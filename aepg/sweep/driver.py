@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +36,6 @@ from aepg.trainer import TrainState
 
 log = logging.getLogger("aepg")
 
-RUN_LOOKUP_SECONDS = 120
 
 
 @dataclass
@@ -112,15 +110,14 @@ class SweepRuntime:
 # -- the trial ----------------------------------------------------------------------------------
 
 def run_trial(config: dict, runtime: SweepRuntime) -> None:
-    """One trial: find the run the driver opened for it, then train, reporting after each task (or,
+    """One trial: the run the driver opened for it as the trial started, then train, reporting after each task (or,
     with an epochs or data fidelity, after each level of the ladder)."""
     trial_id = tune.get_context().get_trial_id()
     params = config.get("params", config)
-    deadline = time.time() + RUN_LOOKUP_SECONDS
-    while (run := runtime.find_child(trial_id)) is None:
-        if time.time() > deadline:
-            raise RuntimeError(f"no MLflow run was opened for trial {trial_id}")
-        time.sleep(0.5)
+    # Tune calls on_trial_start, which opens the run, before the trial's first step runs this.
+    run = runtime.find_child(trial_id)
+    if run is None:
+        raise RuntimeError(f"no MLflow run was opened for trial {trial_id} under sweep run {runtime.parent_run_id}")
     cfg = runtime.trial_config(params, run.name)
     runtime.tracker.set_tags(run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
     if fidelity.climbs(runtime.sweep.spec):
