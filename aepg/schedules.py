@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from aepg.config import ScheduleConfig
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def constant(a: float) -> Schedule:
     return lambda p: a
 
 
-def build_schedule(cfg) -> Schedule:
+def build_schedule(cfg: ScheduleConfig) -> Schedule:
     """The schedule a ``ScheduleConfig`` describes."""
     if cfg.kind == "sigmoid":
         return sigmoid(cfg.tau)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from aepg.benchmarks.images import collate
 from aepg.benchmarks.tasks import Benchmark, Task
+from aepg.config import RunConfig
 from aepg.distributed import Context, derive_seed, seed_all
 from aepg.metrics import summarize, task_metrics
 from aepg.models.classifier import ContinualClassifier
@@ -122,7 +123,7 @@ class TaskInputs:
 class ContinualTrainer:
     def __init__(
         self,
-        cfg,
+        cfg: RunConfig,
         model: ContinualClassifier,
         benchmark: Benchmark,
         objective: Objective,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aepg.catalog import DATASETS
+from aepg.config import BenchmarkConfig
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -27,7 +28,7 @@ def default_data_root() -> Path:
     return Path(os.environ.get("AEPG_DATA", "~/.cache/aepg/data")).expanduser()
 
 
-def data_root(cfg) -> Path:
+def data_root(cfg: BenchmarkConfig) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else default_data_root()
 
 
@@ -57,7 +58,7 @@ def _idx_files(folder: Path) -> dict[str, Path] | None:
     return found
 
 
-def fashion_mnist_files(cfg) -> dict[str, Path]:
+def fashion_mnist_files(cfg: BenchmarkConfig) -> dict[str, Path]:
     """Fashion-MNIST's IDX files, from torchvision's raw folder, the root itself or the Debian package."""
     root = data_root(cfg)
     searched = [root / "FashionMNIST" / "raw", root, FASHION_DEBIAN_FOLDER]
@@ -71,7 +72,7 @@ def fashion_mnist_files(cfg) -> dict[str, Path]:
         f"({', '.join(FASHION_FILES)}, optionally .gz) in {searched[0]}, or set benchmark.download=true.")
 
 
-def cifar100_folder(cfg) -> Path:
+def cifar100_folder(cfg: BenchmarkConfig) -> Path:
     folder = data_root(cfg) / "cifar-100-python"
     if not all((folder / name).is_file() for name in ("train", "test", "meta")):
         raise DatasetNotFound(
@@ -81,14 +82,14 @@ def cifar100_folder(cfg) -> Path:
     return folder
 
 
-def imagenet_r_folder(cfg) -> Path:
+def imagenet_r_folder(cfg: BenchmarkConfig) -> Path:
     folder = data_root(cfg) / "imagenet-r"
     if not folder.is_dir():
         raise _missing("ImageNet-R", folder, "imagenet-r/<wnid>/<image>.jpg", "https://github.com/hendrycks/imagenet-r")
     return folder
 
 
-def cub200_folder(cfg) -> Path:
+def cub200_folder(cfg: BenchmarkConfig) -> Path:
     folder = data_root(cfg) / "CUB_200_2011"
     if not (folder / "train_test_split.txt").is_file():
         raise _missing("CUB-200-2011", folder / "train_test_split.txt",
@@ -97,7 +98,7 @@ def cub200_folder(cfg) -> Path:
     return folder
 
 
-def food101_folder(cfg) -> Path:
+def food101_folder(cfg: BenchmarkConfig) -> Path:
     folder = data_root(cfg) / "food-101"
     if not (folder / "meta" / "train.json").is_file():
         raise _missing("Food-101", folder / "meta" / "train.json",
@@ -117,12 +118,12 @@ DIGITS_TRAIN = [133, 136, 133, 137, 136, 136, 136, 134, 131, 135]
 DIGITS_TEST = [45, 46, 44, 46, 45, 46, 45, 45, 43, 45]
 
 
-def imagenet_r_split_file(cfg) -> Path:
+def imagenet_r_split_file(cfg: BenchmarkConfig) -> Path:
     """Where the pinned split for ``split_seed`` is saved: beside the data folder."""
     return imagenet_r_folder(cfg).parent / f"imagenet-r_split_seed{cfg.split_seed}.json"
 
 
-def imagenet_r_split(cfg) -> dict:
+def imagenet_r_split(cfg: BenchmarkConfig) -> dict:
     """The pinned 80/20 file split of ImageNet-R for ``split_seed``: read from the saved list, or
     made the same way the loader makes it (per class: sorted, shuffled with the seed, cut at 80%)."""
     import numpy as np
@@ -142,7 +143,7 @@ def imagenet_r_split(cfg) -> dict:
     return split
 
 
-def _imagenet_r_sizes(cfg) -> tuple[list[int], list[int]]:
+def _imagenet_r_sizes(cfg: BenchmarkConfig) -> tuple[list[int], list[int]]:
     split = imagenet_r_split(cfg)
     classes = sorted({rel.split("/")[0] for part in ("train", "test") for rel in split[part]})
     count = {part: {c: 0 for c in classes} for part in ("train", "test")}
@@ -157,7 +158,7 @@ def cub200_table(folder: Path, name: str) -> dict[str, str]:
     return dict(line.strip().split(" ", 1) for line in lines if line.strip())
 
 
-def _cub200_sizes(cfg) -> tuple[list[int], list[int]]:
+def _cub200_sizes(cfg: BenchmarkConfig) -> tuple[list[int], list[int]]:
     folder = cub200_folder(cfg)
     labels, is_train = cub200_table(folder, "image_class_labels.txt"), cub200_table(folder, "train_test_split.txt")
     train, test = [0] * 200, [0] * 200
@@ -171,7 +172,7 @@ def food101_classes(folder: Path) -> list[str]:
     return [c.strip() for c in (folder / "meta" / "classes.txt").read_text().splitlines() if c.strip()]
 
 
-def _food101_sizes(cfg) -> tuple[list[int], list[int]]:
+def _food101_sizes(cfg: BenchmarkConfig) -> tuple[list[int], list[int]]:
     folder = food101_folder(cfg)
     classes = food101_classes(folder)
     parts = [json.loads((folder / "meta" / f"{part}.json").read_text()) for part in ("train", "test")]
@@ -197,7 +198,7 @@ class DatasetSpec:
     image_files: bool = False
     """Images in files: decoded into the cache (``benchmark.cache``) at ``benchmark.short_side``."""
 
-    def load(self, cfg) -> Any:
+    def load(self, cfg: BenchmarkConfig) -> Any:
         """The data set's train and test images (``aepg.benchmarks.images.ImageSplits``)."""
         module, _, function = self.loader.partition(":")
         return getattr(importlib.import_module(module), function)(cfg)
@@ -218,7 +219,7 @@ DATASETS.add("food101", DatasetSpec(101, f"{PACKAGE}.folders:load_food101_splits
                                     "Food-101", image_files=True))
 
 
-def download(cfg) -> None:
+def download(cfg: BenchmarkConfig) -> None:
     """Fetch a downloadable data set into ``benchmark.root`` with torchvision (needs a network)."""
     import torchvision
 

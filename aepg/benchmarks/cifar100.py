@@ -9,6 +9,7 @@ import numpy as np
 
 from aepg.benchmarks import cifar100_folder
 from aepg.benchmarks.images import ArrayImages, ImageSplits
+from aepg.config import BenchmarkConfig
 
 
 def _unpickle(path: Path) -> dict:
@@ -16,7 +17,7 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(f, encoding="latin1")
 
 
-def load_cifar100_splits(cfg) -> ImageSplits:
+def load_cifar100_splits(cfg: BenchmarkConfig) -> ImageSplits:
     folder = cifar100_folder(cfg)
     meta = _unpickle(folder / "meta")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aepg.benchmarks import data_root, fashion_mnist_files
 from aepg.benchmarks.images import ArrayImages, ImageSplits
+from aepg.config import BenchmarkConfig
 
 
 def _unpack(files: dict[str, Path], raw: Path) -> None:
@@ -30,7 +31,7 @@ def _unpack(files: dict[str, Path], raw: Path) -> None:
         partial.replace(target)
 
 
-def load_fashion_mnist_splits(cfg) -> ImageSplits:
+def load_fashion_mnist_splits(cfg: BenchmarkConfig) -> ImageSplits:
     import torchvision
 
     root = data_root(cfg)

@@ -9,16 +9,24 @@ from pathlib import Path
 
 import numpy as np
 
-from aepg.benchmarks import (cub200_folder, cub200_table, food101_classes, food101_folder, imagenet_r_folder,
-                             imagenet_r_split, imagenet_r_split_file)
+from aepg.benchmarks import (
+    cub200_folder,
+    cub200_table,
+    food101_classes,
+    food101_folder,
+    imagenet_r_folder,
+    imagenet_r_split,
+    imagenet_r_split_file,
+)
 from aepg.benchmarks.images import FileImages, ImageSplits
+from aepg.config import BenchmarkConfig
 
 
 def _files(paths: list[Path], labels: list[int]) -> FileImages:
     return FileImages(paths, np.asarray(labels, dtype=np.int64))
 
 
-def load_imagenet_r_splits(cfg) -> ImageSplits:
+def load_imagenet_r_splits(cfg: BenchmarkConfig) -> ImageSplits:
     """ImageNet-R's public archive (``imagenet-r/<wnid>/*.jpg``, 200 classes) has no split: 80% of
     each class's images (sorted, then shuffled with ``split_seed``) train, 20% test. The split is
     saved as a file list beside the data the first time and read back after, so it stays pinned."""
@@ -41,7 +49,7 @@ def load_imagenet_r_splits(cfg) -> ImageSplits:
     return ImageSplits(part("train"), part("test"), classes, manifest=split)
 
 
-def load_cub200_splits(cfg) -> ImageSplits:
+def load_cub200_splits(cfg: BenchmarkConfig) -> ImageSplits:
     """CUB-200-2011 with its official split (``train_test_split.txt``)."""
     folder = cub200_folder(cfg)
     images = cub200_table(folder, "images.txt")
@@ -55,7 +63,7 @@ def load_cub200_splits(cfg) -> ImageSplits:
     return ImageSplits(_files(*parts["1"]), _files(*parts["0"]), names)
 
 
-def load_food101_splits(cfg) -> ImageSplits:
+def load_food101_splits(cfg: BenchmarkConfig) -> ImageSplits:
     """Food-101 with its official split (``meta/train.json``, ``meta/test.json``)."""
     folder = food101_folder(cfg)
     classes = food101_classes(folder)

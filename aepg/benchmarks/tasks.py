@@ -17,6 +17,8 @@ from aepg.benchmarks.augment import BatchView, test_resize
 from aepg.benchmarks.cache import ensure as ensure_cache
 from aepg.benchmarks.images import CachedImages, FileImages, ImageSet, ImageSplits
 from aepg.benchmarks.order import class_order, task_groups
+from aepg.config import BenchmarkConfig
+
 
 class TaskImages(Dataset):
     """The images of some classes, as raw uint8 arrays, labelled by class-order position."""
@@ -85,18 +87,18 @@ def _indices_of(labels: np.ndarray, classes: list[int], per_class: int | None, r
     return np.concatenate(chosen)
 
 
-def short_side(cfg, image_size: int) -> int:
+def short_side(cfg: BenchmarkConfig, image_size: int) -> int:
     """The short side folder images are decoded at: ``benchmark.short_side``, or the test resize of
     the model's input (256 for 224)."""
     return cfg.short_side or test_resize(image_size)
 
 
-def image_folder(cfg) -> Path:
+def image_folder(cfg: BenchmarkConfig) -> Path:
     """Where the decoded cache of this data set goes: ``benchmark.cache_dir`` or ROOT/.aepg-cache."""
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_root(cfg) / ".aepg-cache"
 
 
-def decode_folder_images(cfg, splits: ImageSplits, side: int) -> ImageSplits:
+def decode_folder_images(cfg: BenchmarkConfig, splits: ImageSplits, side: int) -> ImageSplits:
     """Folder data sets at ``side`` pixels: from the decoded cache, built first if missing
     (``benchmark.cache: decoded``), or decoded from the files on every read (``none``)."""
     if not isinstance(splits.train, FileImages):
@@ -111,7 +113,7 @@ def decode_folder_images(cfg, splits: ImageSplits, side: int) -> ImageSplits:
                        CachedImages(cache, np.arange(n, len(paths)), splits.test.labels), splits.class_names, splits.manifest)
 
 
-def build_benchmark(cfg, image_size: int, mean, std, channels_last: bool = False) -> Benchmark:
+def build_benchmark(cfg: BenchmarkConfig, image_size: int, mean, std, channels_last: bool = False) -> Benchmark:
     """Tasks of ``cfg.num_tasks`` near-equal groups of classes, in the order ``cfg.order_seed`` fixes."""
     spec = DATASETS[cfg.dataset]
     splits = decode_folder_images(cfg, spec.load(cfg), short_side(cfg, image_size))

@@ -9,6 +9,7 @@ from timm.data import resolve_data_config
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from aepg.config import ModelConfig
 from aepg.models.backbones import create_backbone
 from aepg.models.peft.attach import attach_peft
 from aepg.models.peft.base import module_of
@@ -142,7 +143,7 @@ class ContinualClassifier(nn.Module):
         return {"params_peft": peft, "params_head": head, "params_trainable": peft + head, "params_total": total}
 
 
-def build_model(cfg, num_classes: int, num_tasks: int) -> tuple[ContinualClassifier, InputSpec]:
+def build_model(cfg: ModelConfig, num_classes: int, num_tasks: int) -> tuple[ContinualClassifier, InputSpec]:
     """The model a ``ModelConfig`` describes, and the input its backbone expects."""
     backbone = create_backbone(cfg.backbone, cfg.weights, cfg.image_size, **cfg.backbone_kwargs)
     data = resolve_data_config({}, model=backbone)

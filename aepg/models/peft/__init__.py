@@ -72,7 +72,7 @@ class LinearProbe(MethodConfig):
     kind: Literal["none"] = "none"
 
 
-class BlocksConfig(MethodConfig):
+class BlocksMethod(MethodConfig):
     """A method that adapts chosen ViT blocks."""
 
     blocks: list[int] | None = None
@@ -95,7 +95,7 @@ class BlocksConfig(MethodConfig):
         return values
 
 
-class HfLoraKeys(BlocksConfig):
+class HfLoraMethod(BlocksMethod):
     rank: int = Field(4, ge=1)
     alpha: float = Field(8.0, gt=0)
     """HF peft LoRA/DoRA scaling (alpha / rank); LAE's LoRA learns its scales instead."""
@@ -135,7 +135,7 @@ class HfLoraKeys(BlocksConfig):
 
 
 @METHODS.register("lora", builder=f"{PACKAGE}.lora:build_lora", display="LoRA")
-class Lora(HfLoraKeys):
+class LoraMethod(HfLoraMethod):
     """LoRA: on a ViT, LAE's LoRA on the key and value rows of ``attn.qkv`` with learnable scales;
     with ``target_modules``, or on other families (EfficientNet's 1x1 convolutions), HF peft LoRA."""
 
@@ -146,14 +146,14 @@ class Lora(HfLoraKeys):
 
 
 @METHODS.register("dora", builder=f"{PACKAGE}.peft_lora:attach_peft_lora", display="DoRA")
-class Dora(HfLoraKeys):
+class DoraMethod(HfLoraMethod):
     """HF peft DoRA on named targets."""
 
     kind: Literal["dora"] = "dora"
 
 
 @METHODS.register("adapter", builder=f"{PACKAGE}.adapter:build_adapter", display="Adapter", traits=("vit_only",))
-class Adapter(BlocksConfig):
+class AdapterMethod(BlocksMethod):
     """LAE's adapter: a bottleneck in parallel with each chosen block's attention."""
 
     kind: Literal["adapter"] = "adapter"
@@ -162,8 +162,8 @@ class Adapter(BlocksConfig):
 
 @METHODS.register("adaptformer", builder=f"{PACKAGE}.adaptformer:build_adaptformer", display="AdaptFormer",
                   traits=("vit_only",))
-class AdaptFormer(BlocksConfig):
-    """AdaptFormer: a scaled bottleneck beside each chosen block's MLP."""
+class AdaptFormerMethod(BlocksMethod):
+    """AdaptFormerMethod: a scaled bottleneck beside each chosen block's MLP."""
 
     kind: Literal["adaptformer"] = "adaptformer"
     bottleneck: int = Field(5, ge=1)
@@ -174,7 +174,7 @@ class AdaptFormer(BlocksConfig):
 
 
 @METHODS.register("prefix", builder=f"{PACKAGE}.prefix:build_prefix", display="Prefix", traits=("vit_only",))
-class Prefix(BlocksConfig):
+class PrefixMethod(BlocksMethod):
     """LAE's key/value prefixes with compensatory attention."""
 
     kind: Literal["prefix"] = "prefix"
@@ -183,8 +183,8 @@ class Prefix(BlocksConfig):
 
 
 @METHODS.register("l2p", builder=f"{PACKAGE}.l2p:build_l2p", display="L2P", traits=("vit_only",))
-class L2P(MethodConfig):
-    """L2P: a prompt pool, top-k by key-query match, prepended after [CLS]; the classifier reads
+class L2PMethod(MethodConfig):
+    """L2PMethod: a prompt pool, top-k by key-query match, prepended after [CLS]; the classifier reads
     the prompt tokens' mean."""
 
     kind: Literal["l2p"] = "l2p"
@@ -208,8 +208,8 @@ class L2P(MethodConfig):
 
 @METHODS.register("dualprompt", builder=f"{PACKAGE}.dualprompt:build_dualprompt", display="DualPrompt",
                   traits=("vit_only",))
-class DualPrompt(BlocksConfig):
-    """DualPrompt: general prefixes (blocks 0-1) and one expert prefix per task (the other blocks),
+class DualPromptMethod(BlocksMethod):
+    """DualPromptMethod: general prefixes (blocks 0-1) and one expert prefix per task (the other blocks),
     the expert chosen by key-query match at test."""
 
     kind: Literal["dualprompt"] = "dualprompt"
@@ -228,7 +228,7 @@ class DualPrompt(BlocksConfig):
 
 
 @METHODS.register("coda", builder=f"{PACKAGE}.coda:build_coda", display="CODA-Prompt", traits=("vit_only",))
-class Coda(BlocksConfig):
+class CodaMethod(BlocksMethod):
     """CODA-Prompt: per-block prefixes as query-weighted sums of components; each task owns a slice
     of the components, earlier slices frozen."""
 

@@ -13,6 +13,7 @@ from types import MethodType
 
 from torch import nn
 
+from aepg.models.peft import AdapterMethod
 from aepg.models.peft.base import PeftModule, Scale, blocks_of
 
 
@@ -48,5 +49,5 @@ class AttentionAdapter(PeftModule):
         return forward
 
 
-def build_adapter(backbone: nn.Module, cfg, num_tasks: int) -> AttentionAdapter:
+def build_adapter(backbone: nn.Module, cfg: AdapterMethod, num_tasks: int) -> AttentionAdapter:
     return AttentionAdapter(backbone, blocks_of(backbone, cfg), cfg.bottleneck)

@@ -11,6 +11,7 @@ from types import MethodType
 
 from torch import Tensor, nn
 
+from aepg.models.peft import AdaptFormerMethod
 from aepg.models.peft.adapter import Bottleneck
 from aepg.models.peft.base import PeftModule, blocks_of
 
@@ -44,6 +45,6 @@ class AdaptFormer(PeftModule):
         return forward
 
 
-def build_adaptformer(backbone: nn.Module, cfg, num_tasks: int) -> AdaptFormer:
+def build_adaptformer(backbone: nn.Module, cfg: AdaptFormerMethod, num_tasks: int) -> AdaptFormer:
     blocks = blocks_of(backbone, cfg)
     return AdaptFormer(backbone, blocks, cfg.bottleneck, cfg.adapter_scale, cfg.adapter_dropout)

@@ -13,12 +13,13 @@ from __future__ import annotations
 from torch import nn
 
 from aepg.catalog import METHODS
+from aepg.config import MethodConfig
 from aepg.models import facts as backbone_facts
 from aepg.models.peft import check
 from aepg.models.peft.base import attach
 
 
-def attach_peft(backbone: nn.Module, cfg, num_tasks: int) -> nn.Module:
+def attach_peft(backbone: nn.Module, cfg: MethodConfig, num_tasks: int) -> nn.Module:
     """The frozen backbone with the configured PEFT module; only its parameters require grad.
 
     Raises PeftError (from the same checks the CLI runs) when the settings do not fit."""

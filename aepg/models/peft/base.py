@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aepg.models.peft import adapted_blocks
-
+from aepg.models.peft import BlocksMethod, adapted_blocks
 
 ATTRIBUTE = "aepg_peft"
 
@@ -95,7 +94,7 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def blocks_of(backbone: nn.Module, cfg) -> list[int]:
+def blocks_of(backbone: nn.Module, cfg: BlocksMethod) -> list[int]:
     """The ViT blocks ``cfg`` adapts (``attach_peft`` has checked them against the backbone)."""
     return adapted_blocks(cfg.blocks, len(backbone.blocks))
 

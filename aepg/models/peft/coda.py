@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aepg.models.peft import CodaMethod
 from aepg.models.peft.base import PrefixSource, blocks_of, install_prefixes
 
 
@@ -105,5 +106,5 @@ class CodaPrompt(PrefixSource):
         return prompt[:, :half], prompt[:, half:]
 
 
-def build_coda(backbone: nn.Module, cfg, num_tasks: int) -> CodaPrompt:
+def build_coda(backbone: nn.Module, cfg: CodaMethod, num_tasks: int) -> CodaPrompt:
     return CodaPrompt(backbone, blocks_of(backbone, cfg), cfg.pool_size, cfg.length, num_tasks, cfg.ortho_weight)

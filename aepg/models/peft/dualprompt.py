@@ -15,8 +15,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from aepg.models.peft import dualprompt_blocks
-from aepg.models.peft.base import PrefixSource, blocks_of, cosine_to_keys, install_prefixes, uniform_parameter
+from aepg.models.peft import DualPromptMethod, dualprompt_blocks
+from aepg.models.peft.base import (
+    PrefixSource,
+    blocks_of,
+    cosine_to_keys,
+    install_prefixes,
+    uniform_parameter,
+)
 
 
 class DualPrompt(PrefixSource):
@@ -66,6 +72,6 @@ class DualPrompt(PrefixSource):
         return chosen[:, 0], chosen[:, 1]
 
 
-def build_dualprompt(backbone: nn.Module, cfg, num_tasks: int) -> DualPrompt:
+def build_dualprompt(backbone: nn.Module, cfg: DualPromptMethod, num_tasks: int) -> DualPrompt:
     g_blocks, e_blocks = dualprompt_blocks(blocks_of(backbone, cfg))
     return DualPrompt(backbone, g_blocks, e_blocks, cfg.g_length, cfg.length, num_tasks, cfg.pull_weight)

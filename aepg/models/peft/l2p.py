@@ -19,6 +19,7 @@ from types import MethodType
 import torch
 from torch import Tensor, nn
 
+from aepg.models.peft import L2PMethod
 from aepg.models.peft.base import PeftModule, cosine_to_keys, uniform_parameter
 
 
@@ -67,5 +68,5 @@ class L2P(PeftModule):
         return torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1)
 
 
-def build_l2p(backbone: nn.Module, cfg, num_tasks: int) -> L2P:
+def build_l2p(backbone: nn.Module, cfg: L2PMethod, num_tasks: int) -> L2P:
     return L2P(backbone, cfg.pool_size, cfg.length, cfg.top_k, cfg.pull_weight, cfg.batchwise_prompt)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from aepg.models import facts
+from aepg.models.peft import LoraMethod
 from aepg.models.peft.base import PeftModule, Scale, blocks_of
 from aepg.models.peft.peft_lora import attach_peft_lora
 
@@ -58,7 +59,7 @@ class KVLoRA(PeftModule):
         return forward
 
 
-def build_lora(backbone: nn.Module, cfg, num_tasks: int) -> KVLoRA | None:
+def build_lora(backbone: nn.Module, cfg: LoraMethod, num_tasks: int) -> KVLoRA | None:
     """LAE's key/value LoRA on a fused-qkv ViT, else HF peft's LoRA injected in place."""
     if cfg.implementation(facts.of_model(backbone)) == "hf-peft":
         return attach_peft_lora(backbone, cfg, num_tasks)

@@ -3,7 +3,7 @@
 Used for ``dora``, for ``lora`` when ``model.peft.target_modules`` is set, and for ``lora`` on
 backbones without a fused ``attn.qkv`` (EfficientNet: its 1x1 convolutions in every block).
 Targets are module-name suffixes (``attn.qkv``, ``conv_pw``) restricted to chosen ``blocks.N``
-(see ``HfLoraKeys.hf_target_pattern`` in ``aepg.models.peft``).
+(see ``HfLoraMethod.hf_target_pattern`` in ``aepg.models.peft``).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 from torch import nn
 
 from aepg.models import facts
+from aepg.models.peft import HfLoraMethod
 
 
-def attach_peft_lora(backbone: nn.Module, cfg, num_tasks: int) -> None:
+def attach_peft_lora(backbone: nn.Module, cfg: HfLoraMethod, num_tasks: int) -> None:
     """Inject the LoRA (or DoRA) layers into ``backbone`` in place."""
     from peft import LoraConfig, inject_adapter_in_model
 

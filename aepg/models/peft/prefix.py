@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from aepg.models.peft.base import PrefixSource, Scale, install_prefixes, uniform_parameter, blocks_of
+from aepg.models.peft import PrefixMethod
+from aepg.models.peft.base import (
+    PrefixSource,
+    Scale,
+    blocks_of,
+    install_prefixes,
+    uniform_parameter,
+)
 
 
 class PrefixTuning(PrefixSource):
@@ -34,5 +41,5 @@ class PrefixTuning(PrefixSource):
         return key.expand(batch, -1, -1), value.expand(batch, -1, -1)
 
 
-def build_prefix(backbone: nn.Module, cfg, num_tasks: int) -> PrefixTuning:
+def build_prefix(backbone: nn.Module, cfg: PrefixMethod, num_tasks: int) -> PrefixTuning:
     return PrefixTuning(backbone, blocks_of(backbone, cfg), cfg.length)
