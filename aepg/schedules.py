@@ -30,6 +30,12 @@ class Progress:
 Schedule = Callable[[Progress], float]
 
 
+def progress(scope: str, step: int, task_steps: int, run_step: int, run_steps: int) -> Progress:
+    """Where the schedule is at an optimiser step: inside the task (``scope: task``, the paper) or
+    over the whole run (``scope: run``)."""
+    return Progress(run_step, run_steps) if scope == "run" else Progress(step, task_steps)
+
+
 def sigmoid(tau: float = 6.0) -> Schedule:
     """a_t = 1 / (1 + exp(-tau (T - 2t) / T)): the paper's default (a_0 ~ 0.998 for tau 6)."""
 

@@ -25,7 +25,7 @@ from aepg.distributed import Context, derive_seed, seed_all
 from aepg.metrics import summarize, task_metrics
 from aepg.models.classifier import ContinualClassifier
 from aepg.objectives import Objective
-from aepg.schedules import Progress
+from aepg.schedules import progress
 
 log = logging.getLogger("aepg")
 
@@ -180,12 +180,6 @@ class ContinualTrainer:
         per_worker = math.ceil(len(task.train) / self.context.world_size)
         return math.ceil(per_worker / (self.cfg.train.batch_size // self.context.world_size))
 
-    def _progress(self, task: Task, step: int, global_step: int, task_steps: int) -> Progress:
-        if self.cfg.schedule.scope == "run":
-            total = sum(self.cfg.train.epochs * self.steps_per_epoch(t) for t in self.benchmark.tasks)
-            return Progress(global_step, total)
-        return Progress(step, task_steps)
-
     # -- training ---------------------------------------------------------------------------
     def fit(self, state: TrainState | None = None, optimizer_state: dict | None = None) -> TrainState:
         """Train from ``state`` (a fresh run, or one restored from a checkpoint) to the end."""
@@ -252,6 +246,7 @@ class ContinualTrainer:
         """One pass over the task's training data: a step per batch, its metrics logged in chunks."""
         columns = self.objective.columns(task.start, task.stop)
         task_steps = self.cfg.train.epochs * len(loader)
+        run_steps = sum(self.cfg.train.epochs * self.steps_per_epoch(t) for t in self.benchmark.tasks)
         every = self.cfg.train.log_every_steps
         buffer = StepBuffer(self.reporters, chunk=max(50, every))
         model.train()
@@ -264,7 +259,8 @@ class ContinualTrainer:
             y = y.to(self.device, non_blocking=True) - columns.start
             with self.autocast:
                 logits = model(x, columns).float()
-            out = self.objective(logits, y, self._progress(task, epoch * len(loader) + i, state.global_step, task_steps))
+            where = progress(self.cfg.schedule.scope, epoch * len(loader) + i, task_steps, state.global_step, run_steps)
+            out = self.objective(logits, y, where)
             auxiliary = self.model.auxiliary_loss()
             optimizer.zero_grad(set_to_none=True)
             (out.loss + auxiliary).backward()
