@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from aepg import preflight, tracking
 from aepg.benchmarks import DATASETS
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore
@@ -23,9 +24,8 @@ from aepg.config import ConfigError, RunConfig, flatten
 from aepg.distributed import Context, pick_device, seed_all
 from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
-from aepg.trainer import ContinualTrainer, TrainState
-from aepg import preflight, tracking
 from aepg.tracking import Tracker
+from aepg.trainer import ContinualTrainer, TrainState
 
 log = logging.getLogger("aepg")
 

@@ -4,6 +4,7 @@ public catalogue API (as a plugin would): which hooks run, in what order, with w
 from typing import Literal
 
 import torch
+from conftest import CONFIGS
 from torch import nn
 
 from aepg.catalog import METHODS
@@ -12,8 +13,6 @@ from aepg.distributed import Context
 from aepg.launch import build_job
 from aepg.models.peft.base import PeftModule
 from aepg.trainer import ContinualTrainer
-
-from conftest import CONFIGS
 
 
 @METHODS.register("hook_probe", builder="test_lifecycle:build_probe")

@@ -8,9 +8,8 @@ import sys
 
 import pytest
 import yaml
-from mlflow import MlflowClient
-
 from conftest import CONFIGS, REPO, run_aepg
+from mlflow import MlflowClient
 
 PLUGIN = REPO / "tests" / "plugin"
 DIGITS = str(CONFIGS / "digits.yaml")

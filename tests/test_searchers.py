@@ -4,13 +4,12 @@ Optuna sampler in a few lines, and a sweep file selects it, validates it and bui
 from typing import Literal
 
 import pytest
+from conftest import REPO
 
 from aepg.catalog import SEARCHERS
 from aepg.config import ConfigError
 from aepg.sweep.searchers import SampledSearch
 from aepg.sweep.spec import expected_trials, load_sweep
-
-from conftest import REPO
 
 QUICKSTART = REPO / "sweeps" / "quickstart.yaml"
 
@@ -30,8 +29,8 @@ class QMCSearch(SampledSearch):
 def test_a_registered_searcher_is_selected_validated_and_built():
     import optuna
 
-    from aepg.sweep.search import searcher
     from aepg.sweep.schema import parent_params
+    from aepg.sweep.search import searcher
 
     sweep = load_sweep(QUICKSTART, ["search.algorithm=qmc", "search.num_trials=5"], check_runs=False)
     assert isinstance(sweep.spec.search, QMCSearch) and expected_trials(sweep) == 5

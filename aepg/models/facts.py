@@ -68,11 +68,10 @@ def describe(name: str, image_size: int | None, kwargs: dict) -> dict:
     timm cannot build it with these arguments."""
 
     def compute():
+        import timm
         import torch
 
         from aepg.models.backbones import creation_kwargs
-
-        import timm
 
         try:
             with torch.device("meta"):

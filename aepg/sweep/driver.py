@@ -24,14 +24,23 @@ import ray
 from ray import tune
 
 from aepg import preflight, tracking
-from aepg.tracking import RunRecord, Tracker
 from aepg.config import ConfigError, RunConfig, is_uri
 from aepg.launch import check_fits, ensure_ray, run_workers, worker_resources
 from aepg.sweep import fidelity, search
-from aepg.sweep.schema import (INDEX_TAG, KIND_TAG, LEVEL_TAG, NODE_TAG, OPTUNA_STATE_TAG, STATUS_TAG, SWEEP_TAG,
-                               TRIAL_TAG, parent_params)
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
+from aepg.sweep.schema import (
+    INDEX_TAG,
+    KIND_TAG,
+    LEVEL_TAG,
+    NODE_TAG,
+    OPTUNA_STATE_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    parent_params,
+)
 from aepg.sweep.spec import STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
+from aepg.tracking import RunRecord, Tracker
 from aepg.trainer import TrainState
 
 log = logging.getLogger("aepg")

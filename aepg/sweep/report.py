@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import yaml
 
 from aepg import plots, tracking
-from aepg.tracking import Tracker
 from aepg.config import to_yaml, validate
 from aepg.metrics import BUDGET_KEY, final_name, partial_name, running_best
 from aepg.sweep.fidelity import COMPUTE_KEY, LEVEL_KEY, level_metric
 from aepg.sweep.schema import INDEX_TAG, OPTUNA_STATE_TAG, STATUS_TAG, SweepParams
 from aepg.sweep.spec import Param
 from aepg.sweep.table import PaperTable, build_table, markdown_grid
+from aepg.tracking import Tracker
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 STATUS_ORDER = {"finished": 0, "stopped early": 1, "running": 2, "interrupted": 3, "failed": 4}

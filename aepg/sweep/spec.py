@@ -18,7 +18,6 @@ from typing import Any, Literal
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from aepg.catalog import SEARCHERS
-
 from aepg.config import (
     ConfigError,
     RunConfig,
@@ -29,9 +28,9 @@ from aepg.config import (
     is_uri,
     merge_nested,
     merge_overrides,
+    pydantic_problems,
     read_run_yaml,
     read_yaml,
-    pydantic_problems,
     validate,
 )
 from aepg.metrics import SUMMARY_METRICS
@@ -403,7 +402,8 @@ def sweep_plan(sweep: Sweep) -> list[str]:
         total, per_trial = trials * max(samples), f"up to {max(samples):,}"
     base = preflight.plan(sweep.base_config)
     if ladder:  # a promoted trial also trains every lower level
-        from aepg.sweep.fidelity import full_per_class, ladder as levels, level_config
+        from aepg.sweep.fidelity import full_per_class, level_config
+        from aepg.sweep.fidelity import ladder as levels
 
         per_class = full_per_class(sweep.base_config) if spec.scheduler.fidelity == "data" else 0
         lows = [preflight.plan(level_config(sweep.base_config, spec.scheduler.fidelity, level, per_class)).train_samples
