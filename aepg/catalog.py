@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable
-
-log = logging.getLogger("aepg")
 
 
 class PluginError(ImportError):
@@ -56,11 +53,13 @@ class Entry:
 
 
 class Catalog:
-    """Named entries of one extension point, filled by ``register`` and by installed plugins."""
+    """Named entries of one extension point, filled by ``register`` and by installed plugins.
+
+    ``builtins`` are the modules that register the built-in entries; ``key`` is the config field
+    that holds an entry's name (``kind``; ``algorithm`` for search algorithms)."""
 
     def __init__(self, what: str, group: str, builtins: tuple[str, ...], key: str = "kind"):
         self.what, self.group, self.builtins, self.key = what, group, builtins, key
-        """``key``: the config field holding an entry's name (``kind``; ``algorithm`` for searchers)."""
         self._entries: dict[str, Entry] = {}
         self._filled = self._plugins_loaded = False
 
@@ -104,7 +103,8 @@ class Catalog:
                 point.load()
             except Exception as error:
                 raise PluginError(f"the {self.what} plugin {point.name!r} ({point.value}, declared under "
-                                  f"{self.group}) failed to load: {type(error).__name__}: {error}") from error
+                                  f"{self.group} by {point.dist.name if point.dist else 'a package'}) failed to load: "
+                                  f"{type(error).__name__}: {error}; fix or uninstall that package") from error
 
     def find(self, name: str) -> Any:
         self._fill()

@@ -197,11 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _runtime_errors() -> tuple[type[Exception], ...]:
     """Failures with a message for the user rather than a traceback (imported only when one happened)."""
     from aepg.benchmarks import DatasetNotFound
+    from aepg.catalog import PluginError
     from aepg.models import WeightsError
     from aepg.models.peft import PeftError
     from aepg.tracking import TrackingUnavailable
 
-    return DatasetNotFound, WeightsError, PeftError, TrackingUnavailable
+    return DatasetNotFound, WeightsError, PeftError, TrackingUnavailable, PluginError
 
 
 def _leave_ray_after_interrupt() -> None:

@@ -32,6 +32,20 @@ def test_plugin_entries_are_unknown_without_the_package(workdir):
     assert "objective.kind: unknown objective 'gce'" in out.stderr
 
 
+def test_a_broken_plugin_is_one_line_naming_its_package(workdir):
+    """A package whose entry point names a module that is not there (its metadata written as pip does)."""
+    site = workdir / "site"
+    info = site / "broken_plugin-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[aepg.objectives]\nbroken = broken_plugin_module_that_is_missing\n")
+    out = run_aepg(["train", DIGITS, "objective.kind=gce", "--dry-run"], workdir, {"PYTHONPATH": str(site)})
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "objective plugin 'broken'" in out.stderr and "broken-plugin" in out.stderr
+    # A built-in kind never loads plugins: the same environment validates a built-in config.
+    assert run_aepg(["train", DIGITS, "--dry-run"], workdir, {"PYTHONPATH": str(site)}).returncode == 0
+
+
 def test_plugin_entries_validate_like_built_ins(workdir, plugin_env):
     out = run_aepg(["train", DIGITS, *PLUGIN_KINDS, "objective.q=0.5", "--dry-run"], workdir, plugin_env)
     assert out.returncode == 0, out.stderr
