@@ -10,6 +10,7 @@ Checks against the backbone, the data and checkpoints are in ``aepg.preflight``.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +94,9 @@ class BenchmarkConfig(Section):
     """The short side folder images are decoded at; default the model's test resize (256 for 224)."""
     cache_dir: str | None = None
     """Where the decoded cache goes; default ROOT/.aepg-cache (shared by every run on the node)."""
+    on_bad_image: Literal["error", "skip"] = "error"
+    """Folder data sets: an image file that cannot be read stops the run before compute (``error``,
+    naming the files), or is left out (``skip``: counted, and listed in the run's benchmark.json)."""
 
 
 class MethodConfig(Section):
@@ -260,6 +264,12 @@ WEIGHT_KEYWORDS = ("hub", "random", "lite0-offline")
 def is_uri(path: str) -> bool:
     """A URI (s3://, gs://, file://) rather than a local path."""
     return "://" in path
+
+
+def env_path(name: str, default: str) -> Path:
+    """The folder an environment variable names; unset or empty means ``default`` (never the
+    working directory, which ``Path("")`` would be)."""
+    return Path(os.environ.get(name) or default).expanduser()
 
 
 SCALAR_TYPES = ("int", "float", "str", "bool")

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from aepg.benchmarks import DATASETS, DatasetNotFound, data_root
+from aepg.benchmarks import DATASETS, DataError, DatasetNotFound, Listing, data_root
 from aepg.config import ConfigError, RunConfig, is_uri
 
 CHECKPOINT_GLOB = "ckpt-*.pt"
@@ -77,11 +77,43 @@ def _data_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     spec = DATASETS[cfg.benchmark.dataset]
     try:
         spec.locate(cfg.benchmark)
+        if spec.listing is None:
+            return []
+        listing = spec.listing(cfg.benchmark)
     except DatasetNotFound as error:
         if cfg.benchmark.download:
             return []  # prepare() downloads it before the run
         return [("benchmark.dataset", str(error))]
+    except DataError as error:
+        return _data_error_lines(error)
+    bad = unreadable_images(listing)
+    if bad and cfg.benchmark.on_bad_image == "error":
+        return _data_error_lines(DataError(f"{len(bad)} image files cannot be read; fix or remove them, or set "
+                                           "benchmark.on_bad_image=skip to train without them", bad))
     return []
+
+
+def _data_error_lines(error: DataError) -> list[tuple[str, str]]:
+    """A DataError as problem lines: the summary, then one line per file (the first few, then a count)."""
+    lines = [("benchmark", error.summary)] + error.problems[: DataError.SHOWN]
+    if len(error.problems) > DataError.SHOWN:
+        lines.append(("benchmark", f"and {len(error.problems) - DataError.SHOWN} more files"))
+    return lines
+
+
+def unreadable_images(listing: Listing) -> list[tuple[str, str]]:
+    """(file under the data folder, problem) for each image whose header does not read; logs the pass's time."""
+    import logging
+    import time
+
+    from aepg.benchmarks.scan import scan
+
+    started = time.perf_counter()
+    paths = listing.paths()
+    bad = scan(paths)
+    logging.getLogger("aepg").info("read %d image headers under %s in %.1f s: %d unreadable", len(paths),
+                                   listing.folder, time.perf_counter() - started, len(bad))
+    return sorted((str(path.relative_to(listing.folder)), problem) for path, problem in bad)
 
 
 def has_checkpoint(storage_path: str, run_id: str) -> bool:

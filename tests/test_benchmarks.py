@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import model_inputs
 
 from aepg import benchmarks
 from aepg.benchmarks import DatasetNotFound
 from aepg.benchmarks.order import class_order
 from aepg.benchmarks.tasks import build_benchmark
 from aepg.config import BenchmarkConfig
-
-from conftest import model_inputs
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -78,11 +77,12 @@ def fake_fashion(folder: Path, gz: bool, per_class=(6, 2)) -> dict[str, np.ndarr
 def test_fashion_mnist_reads_idx_files(tmp_path, layout):
     folder = tmp_path if layout == "gz-in-root" else tmp_path / "FashionMNIST" / "raw"
     arrays = fake_fashion(folder, gz=layout.startswith("gz"))
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     bench = build(dataset="fashion-mnist", root=str(tmp_path), num_tasks=2)
     assert sum(len(t.train) for t in bench.tasks) == 60 and sum(len(t.test) for t in bench.tasks) == 20
     source = bench.tasks[0].train.images
     np.testing.assert_array_equal(source.images, arrays["train"])
-    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before, "the data folder was written to"
     assert bench.class_names[0] == "T-shirt/top"
 
 

@@ -5,13 +5,12 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import model_inputs
 from PIL import Image
 
-from aepg.benchmarks import DatasetNotFound
+from aepg.benchmarks import DataError, DatasetNotFound
 from aepg.benchmarks.tasks import build_benchmark
 from aepg.config import BenchmarkConfig
-
-from conftest import model_inputs
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
@@ -120,5 +119,5 @@ def test_missing_data_names_the_layout(tmp_path, dataset, layout):
 def test_too_few_classes_is_refused(tmp_path):
     for c in range(3):
         jpeg(tmp_path / "imagenet-r" / f"n{c}" / "a.jpg", c)
-    with pytest.raises(DatasetNotFound, match="found 3 classes, expected 200"):
+    with pytest.raises(DataError, match="has 3 classes, expected 200"):
         build(tmp_path, dataset="imagenet-r", num_tasks=2)

@@ -11,21 +11,36 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aepg.catalog import DATASETS
-from aepg.config import BenchmarkConfig
+from aepg.config import BenchmarkConfig, env_path
 
 
 class DatasetNotFound(FileNotFoundError):
     """A data set is missing; the message says where it was looked for and how to get it."""
 
 
+class DataError(ValueError):
+    """A data set's files are there but wrong: metadata that does not parse or names missing files,
+    a class without images, an unreadable image or array file. ``problems`` holds one
+    (file, what is wrong) pair per file; the message shows the first few and counts the rest."""
+
+    SHOWN = 5
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] = ()):
+        self.summary, self.problems = message, list(problems)
+        shown = [f"{where}: {what}" for where, what in self.problems[: self.SHOWN]]
+        if len(self.problems) > self.SHOWN:
+            shown.append(f"and {len(self.problems) - self.SHOWN} more files")
+        super().__init__(message + (" (" + "; ".join(shown) + ")" if shown else ""))
+
+
 def default_data_root() -> Path:
-    return Path(os.environ.get("AEPG_DATA", "~/.cache/aepg/data")).expanduser()
+    return env_path("AEPG_DATA", "~/.cache/aepg/data")
 
 
 def data_root(cfg: BenchmarkConfig) -> Path:
@@ -48,14 +63,18 @@ FASHION_DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _idx_files(folder: Path) -> dict[str, Path] | None:
-    """The four IDX files in ``folder`` (plain preferred over .gz), or None if any is missing."""
+    """The four IDX files in ``folder`` (plain preferred over .gz), or None if it holds none; a
+    folder with some of them is an error naming the others (never completed from elsewhere)."""
     found = {}
     for name in FASHION_FILES:
         candidates = [p for p in (folder / name, folder / f"{name}.gz") if p.is_file()]
-        if not candidates:
-            return None
-        found[name] = candidates[0]
-    return found
+        if candidates:
+            found[name] = candidates[0]
+    if found and len(found) < len(FASHION_FILES):
+        missing = [name for name in FASHION_FILES if name not in found]
+        raise DataError(f"Fashion-MNIST: {folder} holds {len(found)} of its 4 IDX files; add "
+                        f"{', '.join(missing)} (optionally .gz) or remove the others")
+    return found or None
 
 
 def fashion_mnist_files(cfg: BenchmarkConfig) -> dict[str, Path]:
@@ -123,6 +142,13 @@ def imagenet_r_split_file(cfg: BenchmarkConfig) -> Path:
     return imagenet_r_folder(cfg).parent / f"imagenet-r_split_seed{cfg.split_seed}.json"
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} cannot be read as JSON ({error}); restore it from the data set's archive") from None
+
+
 def imagenet_r_split(cfg: BenchmarkConfig) -> dict:
     """The pinned 80/20 file split of ImageNet-R for ``split_seed``: read from the saved list, or
     made the same way the loader makes it (per class: sorted, shuffled with the seed, cut at 80%)."""
@@ -131,7 +157,10 @@ def imagenet_r_split(cfg: BenchmarkConfig) -> dict:
     folder = imagenet_r_folder(cfg)
     saved = imagenet_r_split_file(cfg)
     if saved.is_file():
-        return json.loads(saved.read_text())
+        split = _read_json(saved)
+        if not isinstance(split, dict) or not all(isinstance(split.get(part), list) for part in ("train", "test")):
+            raise DataError(f"{saved} is not a split file (lists 'train' and 'test'); delete it to make it anew")
+        return split
     rng = np.random.default_rng(cfg.split_seed)
     split = {"seed": cfg.split_seed, "train": [], "test": []}
     for wnid in sorted(p.name for p in folder.iterdir() if p.is_dir()):
@@ -143,28 +172,100 @@ def imagenet_r_split(cfg: BenchmarkConfig) -> dict:
     return split
 
 
-def _imagenet_r_sizes(cfg: BenchmarkConfig) -> tuple[list[int], list[int]]:
+@dataclass
+class Listing:
+    """A folder data set's image files and labels by split, read from its metadata alone (no image
+    is opened), and checked: every file exists, every class has training and test images."""
+
+    folder: Path
+    class_names: list[str]
+    train: list[tuple[Path, int]]
+    test: list[tuple[Path, int]]
+
+    def sizes(self) -> tuple[list[int], list[int]]:
+        counts = []
+        for part in (self.train, self.test):
+            count = [0] * len(self.class_names)
+            for _, label in part:
+                count[label] += 1
+            counts.append(count)
+        return counts[0], counts[1]
+
+    def paths(self) -> list[Path]:
+        return [path for part in (self.train, self.test) for path, _ in part]
+
+    def check(self, display: str, num_classes: int) -> Listing:
+        if len(self.class_names) != num_classes:
+            raise DataError(f"{display}: {self.folder} has {len(self.class_names)} classes, expected {num_classes}; "
+                            "benchmark.root must hold the complete data set")
+        empty = [(self.class_names[c], f"no {part} images") for part, n in zip(("training", "test"), self.sizes())
+                 for c in range(num_classes) if n[c] == 0]
+        if empty:
+            raise DataError(f"{display}: {len(empty)} classes have no images in a split", empty)
+        missing = [(str(path.relative_to(self.folder)), _not_a_file(path)) for path in self.paths() if not path.is_file()]
+        if missing:
+            raise DataError(f"{display}: {len(missing)} files the metadata names cannot be opened under {self.folder}",
+                            missing)
+        return self
+
+
+def _not_a_file(path: Path) -> str:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return "named by the metadata but missing"
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    return "is a folder, not a file"
+
+
+def imagenet_r_listing(cfg: BenchmarkConfig) -> Listing:
+    folder = imagenet_r_folder(cfg)
     split = imagenet_r_split(cfg)
-    classes = sorted({rel.split("/")[0] for part in ("train", "test") for rel in split[part]})
-    count = {part: {c: 0 for c in classes} for part in ("train", "test")}
-    for part in ("train", "test"):
-        for rel in split[part]:
-            count[part][rel.split("/")[0]] += 1
-    return [count["train"][c] for c in classes], [count["test"][c] for c in classes]
+    named = {rel.split("/")[0] for part in ("train", "test") for rel in split[part]}
+    classes = sorted(named | {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")})
+    index = {wnid: i for i, wnid in enumerate(classes)}
+    parts = [[(folder / rel, index[rel.split("/")[0]]) for rel in split[part]] for part in ("train", "test")]
+    return Listing(folder, classes, *parts).check("ImageNet-R", 200)
 
 
-def cub200_table(folder: Path, name: str) -> dict[str, str]:
-    lines = (folder / name).read_text().split("\n")
-    return dict(line.strip().split(" ", 1) for line in lines if line.strip())
+def cub200_table(folder: Path, name: str, columns: int = 2) -> dict[str, str]:
+    """A CUB-200 metadata file (``<image id> <value>`` per line), naming the first bad line."""
+    path, table = folder / name, {}
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"CUB-200: {path} cannot be read ({error})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.strip().split(" ", 1)
+        if len(fields) != columns:
+            raise DataError(f"CUB-200: {path} line {number} is {line!r}, expected '<id> <value>'")
+        table[fields[0]] = fields[1]
+    return table
 
 
-def _cub200_sizes(cfg: BenchmarkConfig) -> tuple[list[int], list[int]]:
+def cub200_listing(cfg: BenchmarkConfig) -> Listing:
     folder = cub200_folder(cfg)
-    labels, is_train = cub200_table(folder, "image_class_labels.txt"), cub200_table(folder, "train_test_split.txt")
-    train, test = [0] * 200, [0] * 200
-    for image_id, label in labels.items():
-        (train if is_train[image_id] == "1" else test)[int(label) - 1] += 1
-    return train, test
+    tables = {name: cub200_table(folder, f"{name}.txt")
+              for name in ("images", "image_class_labels", "train_test_split", "classes")}
+    images, labels, is_train = tables["images"], tables["image_class_labels"], tables["train_test_split"]
+    for name in ("image_class_labels", "train_test_split"):
+        if set(tables[name]) != set(images):
+            unmatched = sorted(set(images) ^ set(tables[name]), key=lambda i: int(i) if i.isdigit() else 0)
+            raise DataError(f"CUB-200: {name}.txt and images.txt list different image ids",
+                            [(f"{name}.txt", f"image id {i} is in one file only") for i in unmatched])
+    ids = sorted(tables["classes"], key=lambda i: int(i) if i.isdigit() else 0)
+    names = [tables["classes"][i].split(".", 1)[-1] for i in ids]
+    bad = [(f"image id {i}", f"label {labels[i]!r} or split {is_train[i]!r} is not a class id 1-{len(ids)} and 0/1")
+           for i in images if labels[i] not in tables["classes"] or is_train[i] not in ("0", "1")]
+    if bad:
+        raise DataError("CUB-200: image_class_labels.txt or train_test_split.txt holds values out of range", bad)
+    parts = {"1": [], "0": []}
+    for image_id in sorted(images, key=lambda i: int(i) if i.isdigit() else 0):
+        parts[is_train[image_id]].append((folder / "images" / images[image_id], ids.index(labels[image_id])))
+    return Listing(folder, names, parts["1"], parts["0"]).check("CUB-200", 200)
 
 
 def food101_classes(folder: Path) -> list[str]:
@@ -172,11 +273,23 @@ def food101_classes(folder: Path) -> list[str]:
     return [c.strip() for c in (folder / "meta" / "classes.txt").read_text().splitlines() if c.strip()]
 
 
-def _food101_sizes(cfg: BenchmarkConfig) -> tuple[list[int], list[int]]:
+def food101_listing(cfg: BenchmarkConfig) -> Listing:
     folder = food101_folder(cfg)
-    classes = food101_classes(folder)
-    parts = [json.loads((folder / "meta" / f"{part}.json").read_text()) for part in ("train", "test")]
-    return [len(parts[0].get(c, [])) for c in classes], [len(parts[1].get(c, [])) for c in classes]
+    try:
+        classes = food101_classes(folder)
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"Food-101: {folder / 'meta' / 'classes.txt'} cannot be read ({error})") from None
+    index = {c: i for i, c in enumerate(classes)}
+    parts = []
+    for part in ("train", "test"):
+        listing = _read_json(folder / "meta" / f"{part}.json")
+        if not isinstance(listing, dict):
+            raise DataError(f"Food-101: {folder / 'meta' / f'{part}.json'} is not a mapping of class to images")
+        unknown = [(f"meta/{part}.json", f"class {name!r} is not in meta/classes.txt") for name in listing if name not in index]
+        if unknown:
+            raise DataError("Food-101: the split names classes that classes.txt does not", unknown)
+        parts.append([(folder / "images" / f"{rel}.jpg", index[cls]) for cls in classes for rel in listing.get(cls, [])])
+    return Listing(folder, classes, *parts).check("Food-101", 101)
 
 
 # -- the catalog ----------------------------------------------------------------------------------
@@ -197,6 +310,9 @@ class DatasetSpec:
     """torchvision can download it (``benchmark.download: true``)."""
     image_files: bool = False
     """Images in files: decoded into the cache (``benchmark.cache``) at ``benchmark.short_side``."""
+    listing: Callable[..., Listing] | None = None
+    """``listing(benchmark_config)``: an image-file data set's files by split, checked against its
+    metadata (``DataError`` naming what is wrong); the dry run reads each file's header from it."""
 
     def load(self, cfg: BenchmarkConfig) -> Any:
         """The data set's train and test images (``aepg.benchmarks.images.ImageSplits``)."""
@@ -212,11 +328,14 @@ DATASETS.add("fashion-mnist", DatasetSpec(10, f"{PACKAGE}.fashion_mnist:load_fas
 DATASETS.add("cifar100", DatasetSpec(100, f"{PACKAGE}.cifar100:load_cifar100_splits", cifar100_folder,
                                      _fixed(500, 100, 100), "CIFAR-100", downloadable=True))
 DATASETS.add("imagenet-r", DatasetSpec(200, f"{PACKAGE}.folders:load_imagenet_r_splits", imagenet_r_folder,
-                                       _imagenet_r_sizes, "ImageNet-R", image_files=True))
-DATASETS.add("cub200", DatasetSpec(200, f"{PACKAGE}.folders:load_cub200_splits", cub200_folder, _cub200_sizes,
-                                   "CUB-200", image_files=True))
-DATASETS.add("food101", DatasetSpec(101, f"{PACKAGE}.folders:load_food101_splits", food101_folder, _food101_sizes,
-                                    "Food-101", image_files=True))
+                                       lambda cfg: imagenet_r_listing(cfg).sizes(), "ImageNet-R", image_files=True,
+                                       listing=imagenet_r_listing))
+DATASETS.add("cub200", DatasetSpec(200, f"{PACKAGE}.folders:load_cub200_splits", cub200_folder,
+                                   lambda cfg: cub200_listing(cfg).sizes(), "CUB-200", image_files=True,
+                                   listing=cub200_listing))
+DATASETS.add("food101", DatasetSpec(101, f"{PACKAGE}.folders:load_food101_splits", food101_folder,
+                                    lambda cfg: food101_listing(cfg).sizes(), "Food-101", image_files=True,
+                                    listing=food101_listing))
 
 
 def download(cfg: BenchmarkConfig) -> None:

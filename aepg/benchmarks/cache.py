@@ -2,8 +2,8 @@
 
 On first use every image is decoded once (Pillow, with JPEG draft decoding at a reduced scale),
 resized so its short side is S, and stored as uint8 in one memory-mapped file with an index of
-offsets and sizes. A manifest ties the cache to its source files (paths, sizes, modification
-times), and the cache's folder is named by the manifest's digest: a changed data set is cached
+offsets and sizes; an image that does not decode is recorded (with why) instead. A manifest ties
+the cache to its source files (paths, sizes, modification times), and the cache's folder is named by the manifest's digest: a changed data set is cached
 anew, never served from the old cache. The build runs in parallel over the cores with a progress
 bar, under a file lock, into a temporary folder renamed into place at the end: an interrupted
 build is never read, and the runs, workers and trials of a node build it once and share it (the
@@ -51,8 +51,18 @@ def decode(path: str, short_side: int | None = None) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_chunk(paths: list[str], short_side: int) -> list[np.ndarray]:
-    return [decode(path, short_side) for path in paths]
+def _decode_or_reason(path: str, short_side: int) -> np.ndarray | str:
+    """The decoded image, or why it cannot be decoded (a truncated or corrupt file)."""
+    from PIL import Image
+
+    try:
+        return decode(path, short_side)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return f"cannot be decoded ({type(error).__name__}: {error})"
+
+
+def _decode_chunk(paths: list[str], short_side: int) -> list[np.ndarray | str]:
+    return [_decode_or_reason(path, short_side) for path in paths]
 
 
 def manifest(paths: list[str], root: Path, short_side: int) -> dict:
@@ -77,6 +87,10 @@ class DecodedImages:
         self.index = np.load(self.folder / "index.npy")
         self._data: np.memmap | None = None
 
+    def unreadable(self) -> dict[str, str]:
+        """The source files that did not decode (relative to the data root), and why."""
+        return json.loads((self.folder / "manifest.json").read_text()).get("unreadable", {})
+
     def __getstate__(self) -> dict:
         return {"folder": self.folder}
 
@@ -93,18 +107,22 @@ class DecodedImages:
         return self._data[offset : offset + height * width * 3].reshape(height, width, 3)
 
 
-def _build(paths: list[str], short_side: int, target: Path, workers: int, description: str) -> None:
-    """Decode every image into ``target`` (a folder that does not exist yet)."""
+def _build(paths: list[str], short_side: int, target: Path, workers: int, description: str) -> dict[str, str]:
+    """Decode every image into ``target`` (a folder that does not exist yet); an image that does not
+    decode is stored as 0 x 0 pixels, and returned as {path: why}."""
     from tqdm.auto import tqdm
 
     target.mkdir(parents=True)
     index = np.zeros((len(paths), 3), dtype=np.int64)
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
-    offset, position = 0, 0
+    offset, position, unreadable = 0, 0, {}
     with open(target / "images.u8", "wb") as out, tqdm(total=len(paths), desc=description, unit="img") as bar, \
             ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         for arrays in pool.map(_decode_chunk, chunks, [short_side] * len(chunks)):
             for array in arrays:
+                if isinstance(array, str):
+                    unreadable[paths[position]] = array
+                    array = np.zeros((0, 0, 3), dtype=np.uint8)
                 index[position] = (offset, array.shape[0], array.shape[1])
                 out.write(array.tobytes())
                 offset += array.nbytes
@@ -113,6 +131,7 @@ def _build(paths: list[str], short_side: int, target: Path, workers: int, descri
         out.flush()
         os.fsync(out.fileno())
     np.save(target / "index.npy", index)
+    return unreadable
 
 
 def available_cpus() -> int:
@@ -134,8 +153,9 @@ def ensure(paths: list[str], root: Path, short_side: int, folder: Path, name: st
                 shutil.rmtree(stale, ignore_errors=True)
             partial = folder / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
             start = time.perf_counter()
-            _build(paths, short_side, partial, workers or available_cpus(), f"decoding {name} into its cache")
+            unreadable = _build(paths, short_side, partial, workers or available_cpus(), f"decoding {name} into its cache")
             described["build_seconds"] = round(time.perf_counter() - start, 1)
+            described["unreadable"] = {os.path.relpath(path, root): why for path, why in unreadable.items()}
             (partial / "manifest.json").write_text(json.dumps(described, indent=1))
             partial.rename(final)
     return DecodedImages(final)

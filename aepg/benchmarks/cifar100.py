@@ -1,4 +1,7 @@
-"""CIFAR-100 from torchvision's folder (``cifar-100-python``: the ``train``, ``test`` and ``meta`` pickles)."""
+"""CIFAR-100 from torchvision's folder (``cifar-100-python``: the ``train``, ``test`` and ``meta`` pickles).
+
+The pickles are read by an unpickler that builds only what the format holds (dicts, lists, text,
+numbers and numpy arrays), so a crafted data file cannot run code."""
 
 from __future__ import annotations
 
@@ -7,23 +10,55 @@ from pathlib import Path
 
 import numpy as np
 
-from aepg.benchmarks import cifar100_folder
+from aepg.benchmarks import DataError, cifar100_folder
 from aepg.benchmarks.images import ArrayImages, ImageSplits
 from aepg.config import BenchmarkConfig
 
+# The globals a CIFAR pickle names: numpy's array reconstruction (numpy 1 and 2 module paths),
+# and the codec protocol 2 uses for byte strings.
+ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+PIXELS = 3 * 32 * 32
+NUM_CLASSES = 100
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-100 file never holds")
+        return super().find_class(module, name)
+
 
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            data = _ArraysOnly(f, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError) as error:
+        raise DataError(f"{path} is not a readable CIFAR-100 pickle ({error or type(error).__name__}); "
+                        "download it again or set benchmark.download=true after deleting it") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} holds a {type(data).__name__}, not CIFAR-100's dict")
+    return data
+
+
+def _split(path: Path) -> ArrayImages:
+    data = _unpickle(path)
+    pixels, labels = np.asarray(data.get("data", ())), np.asarray(data.get("fine_labels", ()))
+    if pixels.ndim != 2 or pixels.shape[1] != PIXELS or len(labels) != len(pixels) or not len(pixels):
+        raise DataError(f"{path}: 'data' is {pixels.shape} and 'fine_labels' has {len(labels)} entries; CIFAR-100 "
+                        f"holds N x {PIXELS} pixels and N labels")
+    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise DataError(f"{path}: 'fine_labels' holds values outside 0-{NUM_CLASSES - 1}")
+    images = pixels.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return ArrayImages(images, labels)
 
 
 def load_cifar100_splits(cfg: BenchmarkConfig) -> ImageSplits:
     folder = cifar100_folder(cfg)
-    meta = _unpickle(folder / "meta")
-
-    def split(name: str) -> ArrayImages:
-        data = _unpickle(folder / name)
-        images = np.asarray(data["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return ArrayImages(images, np.asarray(data["fine_labels"]))
-
-    return ImageSplits(split("train"), split("test"), list(meta["fine_label_names"]))
+    names = _unpickle(folder / "meta").get("fine_label_names")
+    if not isinstance(names, list) or len(names) != NUM_CLASSES:
+        raise DataError(f"{folder / 'meta'}: 'fine_label_names' is not a list of {NUM_CLASSES} names")
+    return ImageSplits(_split(folder / "train"), _split(folder / "test"), [str(name) for name in names])

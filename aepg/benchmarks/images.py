@@ -4,7 +4,7 @@ and normalising happen after that, batched on the training device (``aepg.benchm
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from aepg.benchmarks import DataError
 from aepg.benchmarks.cache import DecodedImages, decode
 
 
@@ -59,7 +60,11 @@ class FileImages(ImageSet):
         self.short_side = short_side
 
     def image(self, index: int) -> np.ndarray:
-        return decode(self.paths[index], self.short_side)
+        try:
+            return decode(self.paths[index], self.short_side)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise DataError(f"{self.paths[index]} cannot be decoded ({type(error).__name__}: {error}); fix or remove "
+                            "it, or set benchmark.on_bad_image=skip") from None
 
 
 class CachedImages(ImageSet):
@@ -81,6 +86,8 @@ class ImageSplits:
     class_names: list[str]
     manifest: dict | None = None
     """The file lists of a split made here (not shipped with the data), for the run's artifacts."""
+    skipped: list[str] = field(default_factory=list)
+    """Files left out because they do not read (``benchmark.on_bad_image: skip``)."""
 
 
 def collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor, Tensor]:

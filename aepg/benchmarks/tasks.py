@@ -6,17 +6,19 @@ columns ``[task.start, task.stop)`` and "all classes seen after task k" is ``[0,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from aepg.benchmarks import DATASETS, DatasetNotFound, data_root
+from aepg.benchmarks import DATASETS, DataError, data_root
 from aepg.benchmarks.augment import BatchView, test_resize
 from aepg.benchmarks.cache import ensure as ensure_cache
 from aepg.benchmarks.images import CachedImages, FileImages, ImageSet, ImageSplits
 from aepg.benchmarks.order import class_order, task_groups
+from aepg.benchmarks.scan import scan
 from aepg.config import BenchmarkConfig
 
 
@@ -59,12 +61,15 @@ class Benchmark:
     """Padded uint8 training batches to model inputs (augmented when the config says so)."""
     test_view: BatchView
     split_manifest: dict | None = None
+    skipped: list[str] = field(default_factory=list)
+    """Image files left out because they do not read (``benchmark.on_bad_image: skip``)."""
 
     def describe(self) -> dict:
         """What pins the benchmark down: written into each run's artifacts."""
         return {
             "dataset": self.dataset,
             "class_order": self.class_order,
+            **({"skipped_images": self.skipped} if self.skipped else {}),
             "tasks": [
                 {
                     "classes": task.classes,
@@ -100,17 +105,32 @@ def image_folder(cfg: BenchmarkConfig) -> Path:
 
 def decode_folder_images(cfg: BenchmarkConfig, splits: ImageSplits, side: int) -> ImageSplits:
     """Folder data sets at ``side`` pixels: from the decoded cache, built first if missing
-    (``benchmark.cache: decoded``), or decoded from the files on every read (``none``)."""
+    (``benchmark.cache: decoded``), or decoded from the files on every read (``none``). Files that
+    do not read stop the run (``benchmark.on_bad_image: error``) or are left out (``skip``)."""
     if not isinstance(splits.train, FileImages):
         return splits
-    if cfg.cache == "none":
-        train = FileImages(splits.train.paths, splits.train.labels, side)
-        return ImageSplits(train, FileImages(splits.test.paths, splits.test.labels, side), splits.class_names, splits.manifest)
+    root = data_root(cfg)
     paths = splits.train.paths + splits.test.paths
-    cache = ensure_cache(paths, data_root(cfg), side, image_folder(cfg), cfg.dataset)
+    if cfg.cache == "none":
+        found = scan([Path(p) for p in paths]) if cfg.on_bad_image == "skip" else []
+        unreadable = {str(path): why for path, why in found}
+    else:
+        cache = ensure_cache(paths, root, side, image_folder(cfg), cfg.dataset)
+        unreadable = {str(root / rel): why for rel, why in cache.unreadable().items()}
+    if unreadable and cfg.on_bad_image == "error":
+        raise DataError(f"{cfg.dataset}: {len(unreadable)} images do not decode; fix or remove them, or set "
+                        "benchmark.on_bad_image=skip", [(os.path.relpath(p, root), why) for p, why in unreadable.items()])
+    keep = np.array([path not in unreadable for path in paths], dtype=bool)
     n = len(splits.train)
-    return ImageSplits(CachedImages(cache, np.arange(n), splits.train.labels),
-                       CachedImages(cache, np.arange(n, len(paths)), splits.test.labels), splits.class_names, splits.manifest)
+    parts = []
+    for part, positions in ((splits.train, np.arange(n)), (splits.test, np.arange(n, len(paths)))):
+        kept = positions[keep[positions]]
+        if cfg.cache == "none":
+            parts.append(FileImages([paths[i] for i in kept], part.labels[kept - positions[0]], side))
+        else:
+            parts.append(CachedImages(cache, kept, part.labels[kept - positions[0]]))
+    skipped = sorted(os.path.relpath(path, root) for path in unreadable)
+    return ImageSplits(*parts, splits.class_names, splits.manifest, skipped)
 
 
 def build_benchmark(cfg: BenchmarkConfig, image_size: int, mean, std, channels_last: bool = False) -> Benchmark:
@@ -118,7 +138,7 @@ def build_benchmark(cfg: BenchmarkConfig, image_size: int, mean, std, channels_l
     spec = DATASETS[cfg.dataset]
     splits = decode_folder_images(cfg, spec.load(cfg), short_side(cfg, image_size))
     if len(splits.class_names) != spec.num_classes:
-        raise DatasetNotFound(f"{cfg.dataset}: found {len(splits.class_names)} classes, expected {spec.num_classes}")
+        raise DataError(f"{cfg.dataset}: found {len(splits.class_names)} classes, expected {spec.num_classes}")
     order = class_order(spec.num_classes, cfg.order_seed)
     position = np.empty(spec.num_classes, dtype=np.int64)
     position[order] = np.arange(spec.num_classes)
@@ -139,4 +159,4 @@ def build_benchmark(cfg: BenchmarkConfig, image_size: int, mean, std, channels_l
         )
         start += len(classes)
     views = [BatchView(image_size, mean, std, cfg.augment, train, channels_last) for train in (True, False)]
-    return Benchmark(cfg.dataset, order, splits.class_names, tasks, *views, splits.manifest)
+    return Benchmark(cfg.dataset, order, splits.class_names, tasks, *views, splits.manifest, splits.skipped)

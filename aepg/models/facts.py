@@ -13,15 +13,17 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
+
+from aepg.config import env_path
 
 FORMAT = 1
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("AEPG_CACHE", "~/.cache/aepg")).expanduser()
+    return env_path("AEPG_CACHE", "~/.cache/aepg")
 
 
 def _versions() -> dict:

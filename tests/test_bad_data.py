@@ -1,0 +1,239 @@
+"""Data folders that are slightly wrong, the way downloads, copies and full disks leave them: each
+fault is written for real, and each is one line naming the file, before compute where possible."""
+
+import json
+import os
+import pickle
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from conftest import CONFIGS, run_aepg
+from PIL import Image
+from test_benchmarks import fake_fashion
+
+from aepg import preflight
+from aepg.benchmarks import DataError
+from aepg.benchmarks.tasks import build_benchmark
+from aepg.config import BenchmarkConfig, load_config
+
+IMAGES_PER_CLASS = 5  # 4 train / 1 test under the 80/20 split
+
+
+def jpeg(path, seed, size=(12, 10)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+@pytest.fixture(scope="module")
+def good_imagenet_r(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet-r-good")
+    for c in range(200):
+        for i in range(IMAGES_PER_CLASS):
+            jpeg(root / "imagenet-r" / f"n{c:08d}" / f"img_{i}.jpg", c * 10 + i)
+    return root
+
+
+@pytest.fixture
+def imagenet_r(good_imagenet_r, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(good_imagenet_r, root)
+    return root
+
+
+def png_claiming(path, width, height):
+    """A real 1 x 1 PNG whose header (IHDR, with a valid CRC) says ``width`` x ``height``."""
+    Image.new("RGB", (1, 1)).save(path, format="PNG")
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # chunk type + 13 bytes of data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+
+
+def _loop(path):
+    path.unlink()
+    os.symlink(path.name, path)  # a link to itself
+
+
+FOLDER_FAULTS = {
+    "text named .jpg": (lambda c: c.joinpath("img_0.jpg").write_text("<html>404</html>"), "img_0.jpg: is not an image"),
+    "zero-byte image": (lambda c: c.joinpath("img_1.jpg").write_bytes(b""), "img_1.jpg: is empty (0 bytes)"),
+    "huge image": (lambda c: png_claiming(c / "img_2.jpg", 20000, 20000), "than Pillow decodes"),
+    "symlink loop": (lambda c: _loop(c / "img_3.jpg"), "img_3.jpg: cannot be read (Too many levels of symbolic links)"),
+    "empty class folder": (lambda c: [p.unlink() for p in c.iterdir()], "n00000007: no training images"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FOLDER_FAULTS))
+def test_a_bad_imagenet_r_folder_fails_the_dry_run_naming_the_file(imagenet_r, fault):
+    damage, expected = FOLDER_FAULTS[fault]
+    damage(imagenet_r / "imagenet-r" / "n00000007")
+    result = run_aepg(["train", str(CONFIGS / "digits.yaml"), "benchmark.dataset=imagenet-r",
+                       f"benchmark.root={imagenet_r}", "--dry-run"], cwd=imagenet_r)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def cfg_for(root, *overrides):
+    return load_config(CONFIGS / "digits.yaml", ["benchmark.dataset=imagenet-r", f"benchmark.root={root}", *overrides])
+
+
+def test_many_bad_files_are_counted_and_skip_trains_without_them(imagenet_r):
+    for c in range(8):
+        (imagenet_r / "imagenet-r" / f"n{c:08d}" / "img_0.jpg").write_text("not an image")
+    lines = [f"{key}: {message}" for key, message in preflight.problems(cfg_for(imagenet_r))]
+    assert lines[0].startswith("benchmark: 8 image files cannot be read") and "on_bad_image=skip" in lines[0]
+    assert lines[1] == "n00000000/img_0.jpg: is not an image Pillow can read"
+    assert lines[-1] == "benchmark: and 3 more files" and len(lines) == 1 + DataError.SHOWN + 1
+    assert preflight.problems(cfg_for(imagenet_r, "benchmark.on_bad_image=skip")) == []
+
+
+@pytest.mark.parametrize("cache", ["decoded", "none"])
+def test_a_truncated_jpeg_is_named_or_skipped(imagenet_r, cache):
+    """Its header reads, so only decoding finds it: the cache build (or the read) names it."""
+    victim = imagenet_r / "imagenet-r" / "n00000003" / "img_1.jpg"
+    jpeg(victim, 1, size=(64, 64))
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) * 2 // 3])
+    assert preflight.problems(cfg_for(imagenet_r)) == []
+    settings = dict(root=str(imagenet_r), dataset="imagenet-r", num_tasks=10, cache=cache)
+    if cache == "decoded":
+        with pytest.raises(DataError, match="n00000003/img_1.jpg: cannot be decoded"):
+            build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
+    bench = build_benchmark(BenchmarkConfig(**settings, on_bad_image="skip"), 16, (0.5,) * 3, (0.5,) * 3)
+    if cache == "decoded":
+        assert bench.describe()["skipped_images"] == ["imagenet-r/n00000003/img_1.jpg"]
+        assert sum(len(t.train) + len(t.test) for t in bench.tasks) == 200 * IMAGES_PER_CLASS - 1
+    else:  # the header pass cannot see it: reading it is the error, naming the file
+        task = next(t for t in bench.tasks if 3 in t.classes)
+        with pytest.raises(DataError, match="img_1.jpg cannot be decoded"):
+            [task.train[i] for i in range(len(task.train))] + [task.test[i] for i in range(len(task.test))]
+
+
+def test_a_saved_split_that_names_missing_files_or_is_not_json(imagenet_r):
+    preflight.check(cfg_for(imagenet_r))
+    build_benchmark(BenchmarkConfig(root=str(imagenet_r), dataset="imagenet-r", num_tasks=10, cache="none"),
+                    16, (0.5,) * 3, (0.5,) * 3)  # saves the split file
+    (imagenet_r / "imagenet-r" / "n00000005" / "img_4.jpg").unlink()
+    lines = [f"{key}: {message}" for key, message in preflight.problems(cfg_for(imagenet_r))]
+    assert any("named by the metadata but missing" in line and "n00000005/img_4.jpg" in line for line in lines), lines
+    (imagenet_r / "imagenet-r_split_seed0.json").write_text('{"train": [')
+    assert "cannot be read as JSON" in preflight.problems(cfg_for(imagenet_r))[0][1]
+
+
+def cub(root, broken_line=None):
+    folder = root / "CUB_200_2011"
+    tables = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": [], "classes.txt": []}
+    image_id = 0
+    for c in range(200):
+        tables["classes.txt"].append(f"{c + 1} {c + 1:03d}.Bird_{c}")
+        for i, train in enumerate((1, 0)):
+            image_id += 1
+            rel = f"{c + 1:03d}.Bird_{c}/{i}.jpg"
+            jpeg(folder / "images" / rel, image_id)
+            tables["images.txt"].append(f"{image_id} {rel}")
+            tables["image_class_labels.txt"].append(f"{image_id} {c + 1}")
+            tables["train_test_split.txt"].append(f"{image_id} {train}")
+    for name, lines in tables.items():
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_cub200_metadata_faults(tmp_path):
+    folder = cub(tmp_path)
+    cfg = load_config(CONFIGS / "digits.yaml", ["benchmark.dataset=cub200", f"benchmark.root={tmp_path}"])
+    assert preflight.problems(cfg) == []
+    labels = folder / "image_class_labels.txt"
+    good = labels.read_text()
+    labels.write_text(good.replace("\n7 4\n", "\n7 400\n"))
+    assert "out of range" in preflight.problems(cfg)[0][1]
+    labels.write_text("\n".join(good.splitlines()[:-3]) + "\n")  # lacks lines
+    assert preflight.problems(cfg)[0][1] == "CUB-200: image_class_labels.txt and images.txt list different image ids"
+    labels.write_text(good.replace("\n9 5\n", "\n9\n"))
+    assert "image_class_labels.txt line 9 is '9', expected '<id> <value>'" in preflight.problems(cfg)[0][1]
+
+
+def test_food101_metadata_faults(tmp_path):
+    folder = tmp_path / "food-101"
+    classes = [f"dish_{c}" for c in range(101)]
+    (folder / "meta").mkdir(parents=True)
+    (folder / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
+    for part, i in (("train", 0), ("test", 1)):
+        (folder / "meta" / f"{part}.json").write_text(json.dumps({c: [f"{c}/{i}"] for c in classes}))
+    for c in classes:
+        for i in range(2):
+            jpeg(folder / "images" / c / f"{i}.jpg", i)
+    cfg = load_config(CONFIGS / "digits.yaml", ["benchmark.dataset=food101", f"benchmark.root={tmp_path}"])
+    assert preflight.problems(cfg) == []
+    (folder / "meta" / "test.json").write_text('{"dish_0": ["dish_0/1"]')
+    assert "meta/test.json cannot be read as JSON" in preflight.problems(cfg)[0][1]
+    (folder / "meta" / "test.json").write_text(json.dumps({"dish_x": ["dish_x/1"]}))
+    assert "class 'dish_x' is not in meta/classes.txt" in str(preflight.problems(cfg))
+
+
+def cifar(root):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    labels = np.repeat(np.arange(100), 2)
+    for name in ("train", "test"):
+        data = {"data": np.zeros((len(labels), 3072), dtype=np.uint8), "fine_labels": labels.tolist()}
+        pickle.dump(data, open(folder / name, "wb"))
+    pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, open(folder / "meta", "wb"))
+    return folder
+
+
+class RunsCode:
+    """A pickle that calls a function when loaded, as a crafted data file would."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_cifar100_pickles_are_read_without_running_code(tmp_path):
+    folder = cifar(tmp_path)
+    settings = dict(root=str(tmp_path), dataset="cifar100", num_tasks=10)
+    build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
+    marker = tmp_path / "ran"
+    pickle.dump({"data": RunsCode(marker), "fine_labels": []}, open(folder / "test", "wb"))
+    with pytest.raises(DataError, match="names io.open, which a CIFAR-100 file never holds"):
+        build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
+    assert not marker.exists()
+    data = (folder / "train").read_bytes()
+    (folder / "train").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="train is not a readable CIFAR-100 pickle"):
+        build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
+    pickle.dump({"data": np.zeros((3, 100), dtype=np.uint8), "fine_labels": [0, 1, 2]}, open(folder / "train", "wb"))
+    with pytest.raises(DataError, match=r"'data' is \(3, 100\)"):
+        build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
+
+
+def test_fashion_mnist_faults_name_the_file_and_touch_nothing(tmp_path, monkeypatch):
+    from aepg import benchmarks
+
+    debian = tmp_path / "debian"
+    fake_fashion(debian, gz=True)
+    monkeypatch.setattr(benchmarks, "FASHION_DEBIAN_FOLDER", debian)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    fake_fashion(raw, gz=False)
+    settings = dict(root=str(tmp_path), dataset="fashion-mnist", num_tasks=2)
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    before = sorted(p.name for p in raw.iterdir())
+    with pytest.raises(DataError, match="holds 3 of its 4 IDX files; add t10k-labels-idx1-ubyte"):
+        build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
+    assert sorted(p.name for p in raw.iterdir()) == before, "the user's folder was completed or replaced"
+    shutil.copy(debian / "t10k-labels-idx1-ubyte.gz", raw)
+    images = raw / "train-images-idx3-ubyte"
+    data = images.read_bytes()
+    images.write_bytes(data[:-100])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte holds .* bytes after its header.*cut short"):
+        build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
+    images.write_bytes(b"\x00\x00\x0d\x03" + data[4:])
+    with pytest.raises(DataError, match="is not an IDX file of 3-d unsigned bytes"):
+        build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
