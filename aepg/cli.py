@@ -2,8 +2,9 @@
 
 Bad input (configs, sweep files, overrides, paths, missing data) exits with code 2 and one line
 per problem, naming the key or file, before any compute; a failure during a run exits with
-code 1. Validation imports neither torch, timm, Ray nor MLflow, so a typo costs well under a
-second; those are imported only to do the work.
+code 1 (so does a sweep in which no trial finished); Ctrl-C, SIGTERM and SIGHUP stop a run or
+sweep resumably and exit with 128 + the signal's number. Validation imports neither torch,
+timm, Ray nor MLflow, so a typo costs well under a second; those are imported only to do the work.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 
-from aepg import __version__
+from aepg import __version__, interrupts
 from aepg.config import ConfigError
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
 
 
 def _setup_logging() -> None:
@@ -53,7 +56,12 @@ def cmd_train(args) -> int:
         return 0
     from aepg.launch import run
 
-    result = run(cfg, resume=args.resume)
+    try:
+        result = run(cfg, resume=args.resume)
+    except interrupts.RunInterrupted as stopped:
+        print(f"aepg: run {stopped.run_id} marked KILLED, its checkpoints kept; continue it with: "
+              f"aepg train {shlex.join([args.config, *args.overrides])} --resume {stopped.run_id}", file=sys.stderr)
+        raise
     summary = result.state.summary
     print(f"\nrun {result.run_id} finished ({len(result.state.accuracy_matrix)} tasks)")
     print("accuracy matrix R[i][j] (row: after task i, column: task j):")
@@ -85,13 +93,17 @@ def cmd_sweep(args) -> int:
 
         print("\n".join(sweep_plan(sweep)))
         return 0
-    from aepg.sweep.driver import finalize, resume_sweep, run_sweep
+    from aepg.sweep.driver import finalize, nothing_finished, resume_sweep, run_sweep
 
     runtime, complete = resume_sweep(path) if args.resume else run_sweep(sweep)
     if not complete:
-        print(f"\nsweep interrupted; continue it with: aepg sweep --resume {runtime.path}", file=sys.stderr)
-        return 130
+        print(f"\nsweep {interrupts.reason()}; continue it with: aepg sweep --resume {runtime.path}", file=sys.stderr)
+        return interrupts.exit_code()
     report = finalize(runtime)
+    if report.best is None:
+        print(f"\naepg: sweep {runtime.name}: {nothing_finished(runtime)}\n{report.text}", file=sys.stderr)
+        print(f"sweep outputs: {runtime.path}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"\nleaderboard ({report.metric}):\n{report.text}\n")
     if report.best_yaml:
         print(f"best config: {runtime.path}/best.yaml  (reproduce it with: aepg train {runtime.path}/best.yaml)")
@@ -196,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _runtime_errors() -> tuple[type[Exception], ...]:
     """Failures with a message for the user rather than a traceback (imported only when one happened)."""
-    from aepg.benchmarks import DatasetNotFound
+    from aepg.benchmarks import DataError, DatasetNotFound
     from aepg.catalog import PluginError
     from aepg.models import WeightsError
     from aepg.models.peft import PeftError
     from aepg.tracking import TrackingUnavailable
 
-    return DatasetNotFound, WeightsError, PeftError, TrackingUnavailable, PluginError
+    return DatasetNotFound, DataError, WeightsError, PeftError, TrackingUnavailable, PluginError
 
 
 def _leave_ray_after_interrupt() -> None:
@@ -214,7 +226,7 @@ def _leave_ray_after_interrupt() -> None:
         ray.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(interrupts.exit_code())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     _setup_logging()
+    interrupts.install()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
@@ -236,13 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key}: {message}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        print("aepg: interrupted", file=sys.stderr)
+        print(f"aepg: {interrupts.reason()}", file=sys.stderr)
         _leave_ray_after_interrupt()
-        return 130
+        return interrupts.exit_code()
     except Exception as error:
         if isinstance(error, _runtime_errors()):
             print(f"aepg: {error}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         raise
 
 

@@ -99,7 +99,7 @@ class LocalCluster:
             time.sleep(0.2)
         return node
 
-    def start(self, timeout: float = 60) -> "LocalCluster":
+    def start(self, timeout: float = 60) -> LocalCluster:
         self.port, self.dashboard_port = free_port(), free_port()
         self._start("head", self.head_cpus, self.head_resources,
                     ["--head", f"--port={self.port}", "--dashboard-host=127.0.0.1",
@@ -143,7 +143,7 @@ class LocalCluster:
         if self.port and record.is_file() and record.read_text().strip().endswith(f":{self.port}"):
             record.unlink()
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -153,13 +153,7 @@ class LocalCluster:
 def run_local_cluster(workers: int, head_cpus: int, worker_cpus: int) -> int:
     """``aepg cluster local``: start a head and workers, print how to use them, stop on Ctrl-C."""
     cluster = LocalCluster(head_cpus=head_cpus, head_resources={"head_node": 1})
-    stop = {"now": False}
-
-    def on_signal(signum, frame):
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
+    try:  # Ctrl-C, SIGTERM and SIGHUP (a closed terminal) end the wait as KeyboardInterrupt (aepg.interrupts)
         cluster.start()
         for i in range(workers):
             cluster.add_worker(worker_cpus, {f"worker_node_{i + 1}": 1})
@@ -168,7 +162,7 @@ def run_local_cluster(workers: int, head_cpus: int, worker_cpus: int) -> int:
         print(f"  dashboard: http://127.0.0.1:{cluster.dashboard_port}   logs: {cluster.log_dir}")
         print("  node processes: " + ", ".join(f"{n.name}={n.pid}" for n in cluster.nodes))
         print("Ctrl-C stops exactly these nodes.", flush=True)
-        while not stop["now"] and all(n.process.poll() is None for n in cluster.nodes):
+        while all(n.process.poll() is None for n in cluster.nodes):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from aepg import preflight, tracking
+from aepg import interrupts, preflight, tracking
 from aepg.benchmarks import DATASETS
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore
@@ -267,9 +267,9 @@ def run(cfg: RunConfig, resume: str | None = None) -> RunResult:
     log.info("MLflow run %s at %s; checkpoints under %s/%s", run_id, tracker.uri, cfg.storage_path, run_id)
     try:
         state = run_workers(cfg, run_id, tracker)
-    except KeyboardInterrupt:
-        tracker.close_run(run_id, "KILLED", "interrupted")
-        raise
+    except KeyboardInterrupt as error:
+        tracker.close_run(run_id, "KILLED", interrupts.reason())
+        raise interrupts.RunInterrupted(run_id) from error
     except BaseException as error:
         tracker.close_run(run_id, "FAILED", f"{type(error).__name__}: {error}")
         raise

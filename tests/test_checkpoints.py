@@ -5,14 +5,13 @@ import signal
 
 import pytest
 import torch
+from conftest import CONFIGS, run_aepg, start_aepg, wait_until
 from mlflow import MlflowClient
 
 from aepg.checkpoints import CheckpointStore
 from aepg.config import load_config
 from aepg.launch import run
 from aepg.trainer import Snapshot, TrainState
-
-from conftest import CONFIGS, run_aepg, start_aepg, wait_until
 
 DIGITS = str(CONFIGS / "digits.yaml")
 
@@ -56,19 +55,23 @@ def test_no_checkpoint(tmp_path):
 SHORT = ["benchmark.num_tasks=3", "train.epochs=2", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=40"]
 
 
-def interrupt_after_task(workdir, task: int, overrides: list[str], num_tasks: int, env: dict | None = None) -> str:
-    """Start `aepg train`, send SIGINT once task `task` has checkpointed, return the run id."""
+def interrupt_after_task(workdir, task: int, overrides: list[str], num_tasks: int, env: dict | None = None,
+                         stop: signal.Signals = signal.SIGINT) -> str:
+    """Start `aepg train`, send ``stop`` once task `task` has checkpointed, check that it exits with
+    128 + the signal and prints the command that resumes it; return the run id."""
     process = start_aepg(["train", DIGITS, *overrides], workdir, env)
     try:
         pattern = f"aepg_runs/*/checkpoints/ckpt-{task:04d}-0000.pt"
         checkpoint = wait_until(lambda: sorted(workdir.glob(pattern)), pattern, process)[0]
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         output, _ = process.communicate(timeout=300)
     finally:
         process.kill()
-    assert process.returncode == 130, output[-3000:]
+    run_id = checkpoint.parent.parent.name
+    assert process.returncode == 128 + stop, output[-3000:]
+    assert f"continue it with: aepg train {DIGITS} {' '.join(overrides)} --resume {run_id}" in output, output[-3000:]
     assert f"ckpt-{num_tasks:04d}-0000.pt" not in {p.name for p in checkpoint.parent.iterdir()}, "not interrupted"
-    return checkpoint.parent.parent.name
+    return run_id
 
 
 def final_matrix(workdir, run_id):
@@ -77,10 +80,12 @@ def final_matrix(workdir, run_id):
     return client.get_run(run_id), json.load(open(path))["R"]
 
 
-def test_interrupted_run_resumes_exactly(workdir):
-    run_id = interrupt_after_task(workdir, 2, SHORT, num_tasks=3)
+def test_terminated_run_resumes_exactly(workdir):
+    """SIGTERM (timeout, Slurm, Kubernetes) stops a run as Ctrl-C does (test_distributed sends SIGINT)."""
+    run_id = interrupt_after_task(workdir, 2, SHORT, num_tasks=3, stop=signal.SIGTERM)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    assert client.get_run(run_id).info.status == "KILLED"
+    stopped = client.get_run(run_id)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["failure_reason"] == "stopped by SIGTERM"
     resumed = run_aepg(["train", DIGITS, *SHORT, "--resume", run_id], cwd=workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at task 3" in resumed.stderr

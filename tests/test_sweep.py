@@ -10,16 +10,15 @@ import time
 
 import pytest
 import yaml
+from conftest import CONFIGS, REPO, mlflow_server, run_aepg, start_aepg, wait_until
 from mlflow import MlflowClient
 from ray.tune.search.optuna import OptunaSearch
 
 from aepg.cli import main
-from aepg.metrics import BUDGET_KEY
 from aepg.config import ConfigError
+from aepg.metrics import BUDGET_KEY
 from aepg.sweep.search import PrunedAwareOptunaSearch
 from aepg.sweep.spec import load_sweep
-
-from conftest import CONFIGS, REPO, mlflow_server, run_aepg, start_aepg, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -186,6 +185,25 @@ def test_asha_stopped_trials_reach_optuna_as_pruned():
         assert searcher._ot_study.trials[1].state.name == "COMPLETE"
 
 
+def test_a_sweep_in_which_no_trial_finishes_fails_and_says_why(ray_address, workdir):
+    path = write_sweep(workdir, space={"model.head_init_std": {"choice": [1.0e37, 2.0e37]}},  # infinite logits
+                       search={"algorithm": "grid"}, scheduler={"kind": "none"}, trial={"cpus": 1, "max_failures": 0})
+    result = run_aepg(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "no trial finished (2 failed); first failure: " in result.stderr and "NonFiniteLoss" in result.stderr
+    _, (parent,), children = sweep_runs(workdir / "mlflow.db")
+    assert parent.info.status == "FAILED" and parent.data.tags["failure_reason"].startswith("no trial finished")
+    assert [c.info.status for c in children] == ["FAILED", "FAILED"]
+
+
+def test_sweeps_started_in_the_same_second_get_their_own_folders(workdir):
+    from aepg.sweep.driver import output_path
+
+    sweep = load_sweep(write_sweep(workdir))
+    paths = [output_path(sweep) for _ in range(3)]  # milliseconds apart: the same second, bar a tick
+    assert len(set(paths)) == 3 and all(os.path.isdir(path) for path in paths)
+
+
 def live_children(db) -> list:
     """The sweep's child runs, once its driver has set up the store: two processes creating
     MLflow's sqlite schema at once collide, and the driver is the one that should."""
@@ -194,7 +212,7 @@ def live_children(db) -> list:
     return sweep_runs(db)[2]
 
 
-@pytest.mark.parametrize("kill", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
     path = write_sweep(workdir, scheduler={"kind": "none"}, search={"algorithm": "random", "seed": 1, "num_trials": 5, "max_concurrent": 2})
     driver = start_aepg(["sweep", path], workdir, {"RAY_ADDRESS": ray_address})
@@ -205,9 +223,9 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
         output, _ = driver.communicate(timeout=120)
     finally:
         driver.kill()
-    if kill == signal.SIGINT:
-        assert driver.returncode == 130, output[-3000:]
-        assert "aepg sweep --resume" in output
+    if kill == signal.SIGTERM:  # handled as Ctrl-C: Tune saves its state and stops the trials
+        assert driver.returncode == 143, output[-3000:]
+        assert "sweep stopped by SIGTERM; continue it with: aepg sweep --resume" in output
     (folder,) = list((workdir / "aepg_sweeps").glob("tiny-*"))
     before = len(live_children(workdir / "mlflow.db"))
     assert 1 <= before < 5

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ import pyarrow.fs as pafs
 import ray
 from ray import tune
 
-from aepg import preflight, tracking
+from aepg import interrupts, preflight, tracking
 from aepg.config import ConfigError, RunConfig, is_uri
 from aepg.launch import check_fits, ensure_ray, run_workers, worker_resources
 from aepg.sweep import fidelity, search
@@ -110,7 +111,7 @@ class SweepRuntime:
             out.write(json.dumps(state, indent=1).encode())
 
     @classmethod
-    def load(cls, path: str) -> "SweepRuntime":
+    def load(cls, path: str) -> SweepRuntime:
         state = read_state(path)
         sweep = Sweep(SweepSpec.model_validate(state["spec"]), state["base"], state["source"])
         return cls(sweep, path, Tracker(state["tracking_uri"]), state["parent_run_id"])
@@ -257,16 +258,32 @@ def build_tuner(runtime: SweepRuntime) -> tune.Tuner:
     )
 
 
-def _output_path(sweep: Sweep) -> str:
+def output_path(sweep: Sweep) -> str:
+    """A new folder for the sweep's outputs, named by the sweep and the second it started; a second
+    sweep of that name started in the same second gets ``-2`` (a local folder is created here, so
+    two drivers cannot both take one name)."""
     storage = sweep.spec.storage_path
     if not is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
-    return f"{storage.rstrip('/')}/{sweep.spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    stem = f"{storage.rstrip('/')}/{sweep.spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    for attempt in range(1, 1000):
+        path = stem if attempt == 1 else f"{stem}-{attempt}"
+        if is_uri(path):
+            fs, folder = pafs.FileSystem.from_uri(path)
+            if fs.get_file_info(folder).type == pafs.FileType.NotFound:
+                return path
+            continue
+        try:
+            Path(path).mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError([("storage_path", f"{storage} already holds 999 sweeps named {sweep.spec.name} from this second")])
 
 
 def start(sweep: Sweep, tracker: Tracker) -> SweepRuntime:
     """Open the parent run and record the sweep's state; nothing runs yet."""
-    path = _output_path(sweep)
+    path = output_path(sweep)
     name = path.rsplit("/", 1)[-1]
     params = parent_params(sweep, path, expected_trials(sweep), search.budget(sweep)[1])
     space = {key: param.model_dump(exclude_none=True, by_alias=True) for key, param in sweep.spec.space.items()}
@@ -311,7 +328,7 @@ def _fit_and_close(runtime: SweepRuntime, tuner: tune.Tuner) -> bool:
         for child in runtime.children():
             if child.status == "RUNNING":
                 runtime.tracker.close_run(child.run_id, "KILLED", "sweep interrupted")
-        runtime.tracker.close_run(runtime.parent_run_id, "KILLED", "interrupted")
+        runtime.tracker.close_run(runtime.parent_run_id, "KILLED", interrupts.reason())
     return complete
 
 
@@ -340,5 +357,17 @@ def finalize(runtime: SweepRuntime) -> SweepReport:
         with fs.open_output_stream(f"{folder}/{name}") as out:
             out.write(text.encode())
     publish(runtime.tracker, runtime.parent_run_id, report, table)
-    runtime.tracker.close_run(runtime.parent_run_id, "FINISHED")
+    if report.best is None:
+        runtime.tracker.close_run(runtime.parent_run_id, "FAILED", nothing_finished(runtime))
+    else:
+        runtime.tracker.close_run(runtime.parent_run_id, "FINISHED")
     return report
+
+
+def nothing_finished(runtime: SweepRuntime) -> str:
+    """Why a sweep has no result, in one line: how its trials ended, and the first failure's reason."""
+    children = runtime.children()
+    ended = Counter(child.tags.get(STATUS_TAG, "unknown") for child in children)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(ended.items())) or "no trial ran"
+    reasons = [child.tags[tracking.FAILURE_TAG] for child in children if child.tags.get(tracking.FAILURE_TAG)]
+    return f"no trial finished ({counts})" + (f"; first failure: {reasons[0]}" if reasons else "")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from aepg.catalog import SEARCHERS
 from aepg.config import (
@@ -54,7 +55,7 @@ class Param(Section):
     model_config = {**Section.model_config, "populate_by_name": True}
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Param":
+    def _one_kind(self) -> Param:
         kinds = [k for k in ("choice", "uniform", "loguniform", "integer") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError("give exactly one of choice, uniform, loguniform, int")
@@ -165,6 +166,15 @@ class SweepSpec(Section):
     def _searcher(cls, value):
         return by_kind(SEARCHERS, value, DEFAULT_SEARCHER)
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds):
+        repeated = sorted({seed for seed in seeds or () if seeds.count(seed) > 1})
+        if repeated:
+            raise PydanticCustomError("repeated_seed", "seed {seeds} listed twice: a repeat would train the same trial "
+                                      "again", {"seeds": ", ".join(map(str, repeated))})
+        return seeds
+
 
 DISPATCHED = {"search": (SEARCHERS, DEFAULT_SEARCHER)}
 
@@ -198,7 +208,7 @@ class Sweep:
         overrides = {"experiment": self.experiment, "run_name": run_name, "storage_path": storage_path, **params}
         return validate(_apply_dotted(self.base, overrides))
 
-    def define_by_run(self) -> "DefineByRun":
+    def define_by_run(self) -> DefineByRun:
         return DefineByRun(self.space, self.base_flat)
 
     def grid(self) -> list[dict[str, Any]]:
@@ -278,9 +288,73 @@ def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
     return problems
 
 
+# Sections whose keys a configuration can leave unused: the schedule of an objective that is not
+# annealed, the keys of another PEFT method or objective (``tracking.run_params`` knows which).
+SWITCHED_SECTIONS = ("schedule.", "model.peft.", "objective.")
+MAX_CONTEXTS = 64
+
+
+def _contexts(sweep: Sweep, key: str) -> list[dict[str, Any]] | None:
+    """Every combination of the other searched choices (with ``key``'s ``when`` values), or None when
+    there are too many to try."""
+    when = sweep.space[key].when or {}
+    contexts: list[dict[str, Any]] = [{dep: (v if not isinstance(v, list) else v[0]) for dep, v in when.items()}]
+    for other, param in sweep.space.items():
+        if other == key or other in when or param.choice is None:
+            continue
+        contexts = [{**c, other: value} for c in contexts for value in param.choice]
+        if len(contexts) > MAX_CONTEXTS:
+            return None
+    return contexts
+
+
+def _check_unused_keys(sweep: Sweep) -> list[tuple[str, str]]:
+    """A searched key that no trial's configuration uses would plan trials that differ in name only."""
+    from aepg.tracking import run_params
+
+    problems = []
+    for key, param in sweep.space.items():
+        contexts = _contexts(sweep, key) if key.startswith(SWITCHED_SECTIONS) else None
+        if contexts is None:
+            continue
+        used = False
+        for context in contexts:
+            try:
+                cfg = validate(_apply_dotted(sweep.base, {**context, key: param.extremes()[0]}))
+            except ConfigError:
+                continue
+            used = used or key in run_params(cfg)
+        if not used:
+            kinds = ", ".join(f"{k}={sweep.base_flat[k]}" for k in ("objective.kind", "model.peft.kind"))
+            problems.append((f"space.{key}", f"no trial would use it: the base config ({kinds}) leaves it inactive; "
+                             "search the kind that uses it too, or drop the key"))
+    return problems
+
+
+BUDGET_KEYS = {"train.epochs": "epochs", "benchmark.max_train_per_class": "data"}
+
+
+def _check_budget_keys(sweep: Sweep) -> list[tuple[str, str]]:
+    """Keys that set what a trial's budget is cannot be searched where budgets are compared."""
+    problems = []
+    if "benchmark.num_tasks" in sweep.space:
+        problems.append(("space.benchmark.num_tasks", "sets the sweep's budget (a trial is finished when it trains every "
+                         "task): trials would train different task counts and rank on different sequences; run one "
+                         "sweep per task count"))
+    fidelity = sweep.spec.scheduler.fidelity if climbs(sweep.spec) else None
+    for key, kind in BUDGET_KEYS.items():
+        if key in sweep.space and fidelity == kind:
+            problems.append((f"space.{key}", f"the {kind} fidelity sets it at each level of its ladder; search it "
+                             "with scheduler.fidelity: tasks, or without early stopping"))
+    return problems
+
+
 def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
     spec = sweep.spec
-    problems = spec.search.problems(sweep)
+    problems = spec.search.problems(sweep) + _check_budget_keys(sweep)
+    if not is_uri(spec.storage_path) and Path(spec.storage_path).expanduser().exists() \
+            and not Path(spec.storage_path).expanduser().is_dir():
+        problems.append(("storage_path", f"{spec.storage_path} is a file; sweep outputs need a folder"))
     settings = spec.scheduler
     if settings.kind == "asha" and not climbs(spec):
         if settings.grace_period > sweep.num_tasks:
@@ -369,6 +443,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), check_runs: bool = T
     except ConfigError as error:
         raise ConfigError([(f"base_overrides.{k}", m) for k, m in error.problems]) from None
     problems = _check_space(sweep) + _check_settings(sweep)
+    problems = problems or _check_unused_keys(sweep)
     if problems:
         raise ConfigError(problems)
     problems = _check_runs(sweep) if check_runs else []

@@ -1,0 +1,47 @@
+"""Stop signals take Ctrl-C's path.
+
+SIGTERM (what ``timeout``, Slurm, Kubernetes and ``ray job stop`` send) and SIGHUP (a closed
+terminal) are handed to whatever handles SIGINT at that moment: Python's KeyboardInterrupt in
+``aepg train`` (the run is marked KILLED, its checkpoint kept) or Ray Tune's graceful stop in a
+sweep (its state saved, every trial stopped). The exit status says which signal it was.
+"""
+
+from __future__ import annotations
+
+import signal
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_received: list[int] = []
+
+
+def _forward(signum: int, frame) -> None:
+    _received.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored (a job started with `&`) or at its default: still stop, as Ctrl-C would
+        raise KeyboardInterrupt
+
+
+def install() -> None:
+    """Route SIGTERM and SIGHUP to the SIGINT handler (main thread only, as Python requires)."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, _forward)
+
+
+def reason() -> str:
+    """Why the process is stopping, for a run's status message."""
+    return f"stopped by {signal.Signals(_received[-1]).name}" if _received else "interrupted (Ctrl-C)"
+
+
+def exit_code() -> int:
+    """128 + the signal's number, the shell's convention: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + (_received[-1] if _received else signal.SIGINT)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or a stop signal, already marked KILLED; ``--resume run_id`` continues it."""
+
+    def __init__(self, run_id: str):
+        super().__init__(run_id)
+        self.run_id = run_id
