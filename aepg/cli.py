@@ -256,7 +256,18 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, _runtime_errors()):
             print(f"aepg: {error}", file=sys.stderr)
             return EXIT_FAILED
+        run_id = _failed_run(error)
+        if run_id:  # the run is FAILED with this reason and holds the traceback
+            first = f"{type(error).__name__}: {error}".splitlines()[0]
+            print(f"aepg: run {run_id} failed: {first}\n  its traceback is the run's error.log artifact in MLflow",
+                  file=sys.stderr)
+            return EXIT_FAILED
         raise
+
+
+def _failed_run(error: BaseException) -> str | None:
+    launch = sys.modules.get("aepg.launch")  # only a run that started can have failed
+    return launch.failed_run(error) if launch else None
 
 
 if __name__ == "__main__":

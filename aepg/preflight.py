@@ -50,7 +50,53 @@ def _backbone_problems(cfg: RunConfig) -> list[tuple[str, str]]:
         problems.append(("model.peft", str(error)))
     if cfg.model.weights not in ("hub", "random", "lite0-offline"):
         problems += _weights_file_problems(cfg.model.weights, described)
+    if cfg.model.weights == "hub":
+        problems += _hub_weights_problems(name, described.get("hub") or {})
     return problems
+
+
+HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def _hub_weights_problems(name: str, hub: dict) -> list[tuple[str, str]]:
+    """``hub`` weights need the local cache or a reachable hub: refuse when they have neither."""
+    import os
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo = hub.get("hf_hub_id")
+    if repo:
+        files = [hub.get("hf_hub_filename"), *HUB_FILES]
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files if f):
+            return []
+        where = f"{repo} in {constants.HF_HUB_CACHE}"
+    elif hub.get("url"):
+        torch_cache = Path(os.environ.get("TORCH_HOME") or "~/.cache/torch").expanduser() / "hub" / "checkpoints"
+        if (torch_cache / hub["url"].rsplit("/", 1)[-1]).is_file():
+            return []
+        where = f"{hub['url'].rsplit('/', 1)[-1]} in {torch_cache}"
+    else:
+        return [("model.weights", f"timm has no pretrained weights for {name}; use random or a checkpoint file")]
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    elif not _reachable(constants.ENDPOINT if repo else hub["url"]):
+        why = "the hub cannot be reached"
+    else:
+        return []
+    return [("model.weights", f"hub weights of {name} are not in the local cache ({where}) and {why}: download them "
+             "where there is a network (HF_HOME sets the cache), or set model.weights to a local checkpoint file")]
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _weights_file_problems(path: str, described: dict) -> list[tuple[str, str]]:

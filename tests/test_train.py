@@ -82,6 +82,18 @@ def test_non_finite_loss_fails_the_run(tmp_path):
     assert "NonFiniteLoss" in mlflow_run.data.tags["failure_reason"]
 
 
+def test_a_failed_run_is_one_line_and_keeps_its_traceback(workdir):
+    result = run_aepg(["train", DIGITS, *SMALL, "model.head_init_std=1e37"], cwd=workdir)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    run_id = mlflow_run.info.run_id
+    assert f"aepg: run {run_id} failed: NonFiniteLoss: " in result.stderr
+    assert mlflow_run.info.status == "FAILED" and mlflow_run.data.tags["failure_reason"].startswith("NonFiniteLoss: ")
+    log = open(client.download_artifacts(run_id, "error.log", str(workdir))).read()
+    assert log.startswith("Traceback") and "NonFiniteLoss" in log.splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     result = run_aepg(["train", DIGITS, "train.epochs=2", "benchmark.max_train_per_class=60", "run_name=e2e"],

@@ -1,16 +1,22 @@
 """Pretrained weights through the real loading code: the offline Lite0 file and a timm checkpoint."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from sklearn.datasets import load_sample_image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 from aepg.models import backbones
 from aepg.models.backbones import WeightsError, create_backbone, lite0_state_dict
+
+from conftest import CONFIGS, run_aepg
 
 
 def lite0_classifier():
@@ -71,3 +77,27 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), path)
     with pytest.raises(WeightsError, match="missing tensors"):
         create_backbone("vit_tiny_patch16_224", str(path), image_size=32)
+
+
+def test_hub_weights_are_checked_in_the_local_cache_before_a_run(tmp_path):
+    """Offline, ``hub`` weights must be in the Hugging Face cache: the dry run says so, and once the
+    cache holds them (written in its real layout) the run's loading code reads them from it."""
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "AEPG_CACHE": str(tmp_path / "aepg")}
+    args = ["train", str(CONFIGS / "digits.yaml"), "model.weights=hub", "--dry-run"]
+    refused = run_aepg(args, cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and "HF_HUB_OFFLINE is set" in refused.stderr, refused.stderr[-2000:]
+    assert "timm/tf_efficientnet_lite0.in1k" in refused.stderr
+
+    snapshot = tmp_path / "hf" / "hub" / "models--timm--tf_efficientnet_lite0.in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    save_file({k: v.contiguous() for k, v in lite0_state_dict().items()}, snapshot / "model.safetensors")
+    accepted = run_aepg(args, cwd=tmp_path, env=env)
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    load = ("import torch; from aepg.models.backbones import create_backbone, lite0_state_dict; "
+            "b = create_backbone('tf_efficientnet_lite0', 'hub'); s = lite0_state_dict(); "
+            "print(all(torch.equal(v, s[k]) for k, v in b.state_dict().items() if k in s))")
+    loaded = subprocess.run([sys.executable, "-c", load], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.strip() == "True", loaded.stderr[-2000:]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aepg.config import env_path
 
-FORMAT = 1
+FORMAT = 2
 
 
 def cache_dir() -> Path:
@@ -104,4 +104,5 @@ def of_model(model) -> dict:
         "input_size": int(data["input_size"][-1]),
         "mean": [float(m) for m in data["mean"]],
         "std": [float(s) for s in data["std"]],
+        "hub": {key: model.pretrained_cfg.get(key) for key in ("hf_hub_id", "hf_hub_filename", "url")},
     }
