@@ -117,22 +117,27 @@ def cmd_report(args) -> int:
 
     from aepg.tracking import Tracker
 
+    out = Path(args.out or f"sweep-report-{'+'.join(args.sweep)}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError([("--out", f"{out} is a file; give a folder for the report")])
     tracker = Tracker.for_reading(args.tracking_uri)  # before MLflow touches the store: it would create an empty one
     from aepg.sweep.report import build_report, paper_table, publish, report_texts
-    from aepg.sweep.schema import find_sweep
+    from aepg.sweep.schema import KIND_TAG, find_sweep
 
     parents = []
     for name in args.sweep:
         parent = find_sweep(tracker, name)
         if parent is None:
             try:
-                tracker.get_run(name)
-                parent = name
+                run, _ = tracker.get_run(name)
             except Exception:
                 raise ConfigError([("SWEEP", f"no sweep named {name!r} and no such run in {tracker.uri}")]) from None
+            if run.tags.get(KIND_TAG) != "sweep":
+                raise ConfigError([("SWEEP", f"run {name} is not a sweep's parent run (no {KIND_TAG}=sweep tag); "
+                                    "give a sweep name, its folder name, or its parent run id")])
+            parent = name
         parents.append(parent)
     table = paper_table(tracker, parents, args.rows, args.columns)
-    out = Path(args.out or f"sweep-report-{'+'.join(args.sweep)}")
     for parent in parents:
         report = build_report(tracker, parent)
         publish(tracker, parent, report, table)
@@ -209,12 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _runtime_errors() -> tuple[type[Exception], ...]:
     """Failures with a message for the user rather than a traceback (imported only when one happened)."""
     from aepg.benchmarks import DataError, DatasetNotFound
+    from aepg.benchmarks.cache import CacheBusy
     from aepg.catalog import PluginError
     from aepg.models import WeightsError
     from aepg.models.peft import PeftError
     from aepg.tracking import TrackingUnavailable
 
-    return DatasetNotFound, DataError, WeightsError, PeftError, TrackingUnavailable, PluginError
+    return DatasetNotFound, DataError, CacheBusy, WeightsError, PeftError, TrackingUnavailable, PluginError
 
 
 def _leave_ray_after_interrupt() -> None:

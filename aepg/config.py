@@ -94,6 +94,10 @@ class BenchmarkConfig(Section):
     """The short side folder images are decoded at; default the model's test resize (256 for 224)."""
     cache_dir: str | None = None
     """Where the decoded cache goes; default ROOT/.aepg-cache (shared by every run on the node)."""
+    cache_key: Literal["stat", "content"] = "stat"
+    """What ties the decoded cache to its source files: their sizes and modification times (free),
+    or their contents (SHA-256; sees a file replaced under the same size and time, but reads every
+    source file each time a run opens the cache)."""
     on_bad_image: Literal["error", "skip"] = "error"
     """Folder data sets: an image file that cannot be read stops the run before compute (``error``,
     naming the files), or is left out (``skip``: counted, and listed in the run's benchmark.json)."""

@@ -278,23 +278,19 @@ def run(cfg: RunConfig, resume: str | None = None) -> RunResult:
     return RunResult(run_id, tracker, state)
 
 
-FAILED_RUN_NOTE = "aepg: the traceback is the error.log artifact of MLflow run "
-
-
 def record_failure(tracker: Tracker, run_id: str, error: BaseException) -> None:
     """Mark the run FAILED with the error's first line as reason, keep the traceback as the run's
-    ``error.log`` and note on the error where it is (``failed_run`` reads it back)."""
+    ``error.log`` and record the run on the error (``failed_run`` reads it back)."""
     reason = f"{type(error).__name__}: {error}".splitlines()[0]
     try:
-        tracker.log_outputs(run_id, texts={"error.log": "".join(traceback.format_exception(error))})
+        tracker.log_outputs(run_id, texts={"error.log": "".join(traceback.format_exception(type(error), error, error.__traceback__))})
         tracker.close_run(run_id, "FAILED", reason)
     except Exception as unreachable:  # the tracking server itself may be what failed
         log.warning("could not mark MLflow run %s FAILED (%s: %s)", run_id, type(unreachable).__name__, unreachable)
         return
-    error.add_note(FAILED_RUN_NOTE + run_id)
+    error.aepg_failed_run = run_id
 
 
 def failed_run(error: BaseException) -> str | None:
     """The run whose ``error.log`` holds this error's traceback, if ``record_failure`` kept it."""
-    notes = [note for note in getattr(error, "__notes__", ()) if note.startswith(FAILED_RUN_NOTE)]
-    return notes[0].removeprefix(FAILED_RUN_NOTE) if notes else None
+    return getattr(error, "aepg_failed_run", None)

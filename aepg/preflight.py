@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from aepg.benchmarks import DATASETS, DataError, DatasetNotFound, Listing, data_root
+from aepg.benchmarks import DATASETS, DataError, DatasetNotFound, Listing, cache_location_problem, data_root
 from aepg.config import ConfigError, RunConfig, is_uri
 
 CHECKPOINT_GLOB = "ckpt-*.pt"
@@ -132,6 +132,11 @@ def _data_problems(cfg: RunConfig) -> list[tuple[str, str]]:
         return [("benchmark.dataset", str(error))]
     except DataError as error:
         return _data_error_lines(error)
+    if spec.image_files and cfg.benchmark.cache == "decoded":
+        problem = cache_location_problem(cfg.benchmark)
+        if problem:
+            return [("benchmark.cache_dir", f"{problem}; set benchmark.cache_dir to a folder this user can write, "
+                     "or benchmark.cache=none")]
     bad = unreadable_images(listing)
     if bad and cfg.benchmark.on_bad_image == "error":
         return _data_error_lines(DataError(f"{len(bad)} image files cannot be read; fix or remove them, or set "
@@ -181,6 +186,8 @@ def problems(cfg: RunConfig, resume: str | None = None) -> list[tuple[str, str]]
 
         if not torch.cuda.is_available():
             found.append(("train.device", "cuda requested but no CUDA device is available"))
+    if not is_uri(cfg.storage_path) and Path(cfg.storage_path).exists() and not Path(cfg.storage_path).is_dir():
+        found.append(("storage_path", f"{cfg.storage_path} is a file; checkpoints need a folder"))
     if resume and not has_checkpoint(cfg.storage_path, resume):
         found.append(("--resume", f"no checkpoint of run {resume} under {cfg.storage_path}"))
     return found

@@ -101,6 +101,7 @@ class Tracker:
         answer within seconds (MLflow's own client retries for minutes)."""
         tracker = cls(resolve_tracking_uri(configured))
         tracker.check_reachable()
+        tracker.check_writable()
         return tracker
 
     @classmethod
@@ -147,6 +148,26 @@ class Tracker:
                 "or point MLFLOW_TRACKING_URI (or tracking_uri) at a running one."
             ) from None
 
+    def check_writable(self) -> None:
+        """Refuse a local store aepg cannot write (MLflow would retry for a minute, then fail deep in
+        SQLAlchemy): a read-only file or folder, or a path through a file."""
+        prefix = "sqlite:///"
+        if not self.uri.startswith(prefix):
+            return
+        path = Path(self.uri[len(prefix):])
+        existing = next(p for p in [path, *path.parents] if p.exists())
+        if existing == path and not path.is_file():
+            problem = "is not a file"
+        elif existing == path:
+            problem = None if os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK) else "is read-only"
+        elif not existing.is_dir():
+            problem = f"cannot be created: {existing} is a file"
+        else:
+            problem = None if os.access(existing, os.W_OK) else f"cannot be created: {existing} is read-only"
+        if problem:
+            raise ConfigError([("tracking_uri", f"the MLflow store {path} {problem}; point tracking_uri (or "
+                                "MLFLOW_TRACKING_URI) at a store this user can write")])
+
     # -- runs ------------------------------------------------------------------------------------
 
     def experiment_id(self, name: str) -> str:
@@ -186,9 +207,18 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
     def reopen_run(self, run_id: str) -> None:
-        """Mark a resumed run RUNNING again."""
+        """Mark a resumed run RUNNING again; ConfigError when the store has no such run or it was deleted."""
         from mlflow.entities import RunStatus
+        from mlflow.exceptions import MlflowException
 
+        try:
+            stage = self.client.get_run(run_id).info.lifecycle_stage
+        except MlflowException:
+            raise ConfigError([("--resume", f"no MLflow run {run_id} in {self.uri}; resume in the store the run "
+                                "was logged to (tracking_uri or MLFLOW_TRACKING_URI)")]) from None
+        if stage == "deleted":
+            raise ConfigError([("--resume", f"MLflow run {run_id} was deleted from {self.uri}; restore it with "
+                                f"`mlflow runs restore --run-id {run_id}` (MLFLOW_TRACKING_URI={self.uri}), then resume")])
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
     def delete_run(self, run_id: str) -> None:

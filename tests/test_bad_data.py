@@ -7,6 +7,7 @@ import pickle
 import shutil
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,107 @@ def test_fashion_mnist_faults_name_the_file_and_touch_nothing(tmp_path, monkeypa
     images.write_bytes(b"\x00\x00\x0d\x03" + data[4:])
     with pytest.raises(DataError, match="is not an IDX file of 3-d unsigned bytes"):
         build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
+
+
+# -- the decoded cache -----------------------------------------------------------------------------
+
+BUILD = """
+import sys
+from pathlib import Path
+from aepg.benchmarks import cache
+root = Path(sys.argv[1])
+paths = sorted(str(p) for p in root.rglob("*.jpg"))
+print(cache.ensure(paths, root, 48, root / "cache", "toy", workers=2).folder, flush=True)
+"""
+
+
+def many_jpegs(root, n):
+    for i in range(n):
+        jpeg(root / f"img_{i:04d}.jpg", i, size=(96, 128))
+    return sorted(str(p) for p in root.glob("img_*.jpg"))
+
+
+def start_build(root):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", BUILD, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_partial(root, process):
+    from conftest import wait_until
+
+    return wait_until(lambda: list((root / "cache").glob(".toy-*.partial/images.u8")), "a build under way", process, 120)
+
+
+def test_a_killed_build_takes_its_decoders_with_it_and_is_never_read(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    from aepg.benchmarks import cache
+
+    paths = many_jpegs(tmp_path, 3000)
+    builder = start_build(tmp_path)
+    wait_for_partial(tmp_path, builder)
+    decoders = psutil.Process(builder.pid).children(recursive=True)
+    assert decoders, "no decoding processes"
+    builder.send_signal(signal.SIGKILL)
+    builder.wait(30)
+    _, alive = psutil.wait_procs(decoders, timeout=15)
+    assert not alive, f"decoders outlived their build: {[p.pid for p in alive]}"
+    start = time.perf_counter()
+    built = cache.ensure(paths, tmp_path, 48, tmp_path / "cache", "toy", workers=2)
+    assert not list((tmp_path / "cache").glob(".toy-*.partial")), "the killed build's folder was left"
+    assert np.array_equal(built.array(7), cache.decode(paths[7], 48)) and time.perf_counter() - start < 300
+
+
+def test_a_stopped_builder_is_named_not_waited_on(tmp_path):
+    import signal
+
+    from aepg.benchmarks import cache
+
+    paths = many_jpegs(tmp_path, 3000)
+    builder = start_build(tmp_path)
+    try:
+        wait_for_partial(tmp_path, builder)
+        builder.send_signal(signal.SIGSTOP)
+        with pytest.raises(cache.CacheBusy, match=f"built by process {builder.pid}, which is stopped: continue it"):
+            cache.ensure(paths, tmp_path, 48, tmp_path / "cache", "toy", stopped_grace=1)
+        builder.send_signal(signal.SIGCONT)
+        output, errors = builder.communicate(timeout=300)
+        assert builder.returncode == 0, errors[-2000:]
+        assert cache.ensure(paths, tmp_path, 48, tmp_path / "cache", "toy").folder == Path(output.strip())
+    finally:
+        builder.kill()
+
+
+def test_a_damaged_cache_is_rebuilt_and_content_keys_see_a_swapped_file(tmp_path):
+    from aepg.benchmarks import cache
+
+    paths = many_jpegs(tmp_path / "data", 6)
+    built = cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", workers=1)
+    data = built.folder / "images.u8"
+    data.write_bytes(data.read_bytes()[:-10])
+    assert cache.fails_check(built.folder).startswith("images.u8 holds")
+    rebuilt = cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", workers=1)
+    assert rebuilt.folder == built.folder and cache.fails_check(rebuilt.folder) is None
+    # A file replaced under the same size and time: the stat key cannot see it, the content key does.
+    by_content = cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", workers=1, content=True)
+    victim = Path(paths[2])
+    info = victim.stat()
+    swapped = bytearray(victim.read_bytes())
+    swapped[-3] ^= 0xFF
+    victim.write_bytes(bytes(swapped))
+    os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy").folder == built.folder
+    assert cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", content=True).folder != by_content.folder
+
+
+def test_a_cache_dir_that_cannot_hold_the_cache_is_refused_before_compute(imagenet_r):
+    (imagenet_r / "a-file").write_text("")
+    problems = preflight.problems(cfg_for(imagenet_r, f"benchmark.cache_dir={imagenet_r / 'a-file' / 'cache'}"))
+    assert problems and problems[0][0] == "benchmark.cache_dir" and "a-file is a file" in problems[0][1]
+    assert preflight.problems(cfg_for(imagenet_r, f"benchmark.cache_dir={imagenet_r / 'a-file' / 'cache'}",
+                                      "benchmark.cache=none")) == []

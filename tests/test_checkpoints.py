@@ -109,3 +109,7 @@ def test_resume_refuses_a_changed_config(workdir):
     assert result.returncode == 2 and "train.lr: differs from the resumed run" in result.stderr
     missing = run_aepg(["train", DIGITS, *tiny, "--resume", "no-such-run"], cwd=workdir)
     assert missing.returncode == 2 and "no checkpoint of run no-such-run" in missing.stderr
+    MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").delete_run(run_id)
+    deleted = run_aepg(["train", DIGITS, *tiny, "--resume", run_id], cwd=workdir)
+    assert deleted.returncode == 2 and f"--resume: MLflow run {run_id} was deleted" in deleted.stderr, deleted.stderr
+    assert f"mlflow runs restore --run-id {run_id}" in deleted.stderr and "Traceback" not in deleted.stderr

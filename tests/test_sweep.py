@@ -160,6 +160,13 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     rows = list(csv.DictReader(io.StringIO((workdir / "report" / "leaderboard.csv").read_text())))
     assert len(rows) == 8 and [r["status"] for r in rows[:len(finished)]] == ["finished"] * len(finished)
     assert rows[0]["trial"] == best_child.info.run_name
+    # A trial's run is not a sweep, and a file is not a folder: one line each, exit 2.
+    store = ["--tracking-uri", f"sqlite:///{tiny_sweep / 'mlflow.db'}"]
+    not_a_sweep = run_aepg(["report", best_child.info.run_id, *store], cwd=workdir)
+    assert not_a_sweep.returncode == 2 and "is not a sweep's parent run" in not_a_sweep.stderr, not_a_sweep.stderr
+    (workdir / "a-file").write_text("")
+    out_is_a_file = run_aepg(["report", "tiny", "--out", str(workdir / "a-file"), *store], cwd=workdir)
+    assert out_is_a_file.returncode == 2 and "a-file is a file" in out_is_a_file.stderr, out_is_a_file.stderr
 
 
 def test_asha_stopped_trials_reach_optuna_as_pruned():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,23 @@ def default_data_root() -> Path:
 
 def data_root(cfg: BenchmarkConfig) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else default_data_root()
+
+
+def cache_folder(cfg: BenchmarkConfig) -> Path:
+    """Where the decoded cache of this data set goes: ``benchmark.cache_dir`` or ROOT/.aepg-cache."""
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_root(cfg) / ".aepg-cache"
+
+
+def cache_location_problem(cfg: BenchmarkConfig) -> str | None:
+    """Why the decoded cache cannot go where the config puts it: a file on the way, or a read-only
+    folder that holds no cache of this data set yet (one built there may still be read)."""
+    folder = cache_folder(cfg)
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    if not existing.is_dir():
+        return f"the decoded cache cannot go in {folder}: {existing} is a file"
+    if os.access(existing, os.W_OK) or any(folder.glob(f"{cfg.dataset}-*px-*/manifest.json")):
+        return None
+    return f"the decoded cache cannot be built in {folder}: {existing} is read-only"
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

@@ -7,7 +7,9 @@ the cache to its source files (paths, sizes, modification times), and the cache'
 anew, never served from the old cache. The build runs in parallel over the cores with a progress
 bar, under a file lock, into a temporary folder renamed into place at the end: an interrupted
 build is never read, and the runs, workers and trials of a node build it once and share it (the
-operating system's page cache serves every process that maps it).
+operating system's page cache serves every process that maps it). A cache whose data file is not
+the size its index says is built again; a builder that is stopped (Ctrl-Z) is named with its PID
+rather than waited on forever; decoding processes end with their build, even on SIGKILL.
 
 Numpy and Pillow only: decoding processes start without torch.
 """
@@ -17,8 +19,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+import signal
+import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +34,7 @@ import numpy as np
 
 FORMAT = 1
 CHUNK = 32
+log = logging.getLogger("aepg")
 
 
 def decode(path: str, short_side: int | None = None) -> np.ndarray:
@@ -65,15 +71,28 @@ def _decode_chunk(paths: list[str], short_side: int) -> list[np.ndarray | str]:
     return [_decode_or_reason(path, short_side) for path in paths]
 
 
-def manifest(paths: list[str], root: Path, short_side: int) -> dict:
+def _content_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(paths: list[str], root: Path, short_side: int, content: bool = False) -> dict:
     """What ties a cache to its sources: every file's path (relative to the data root), size and
-    modification time, in order, and the short side."""
+    modification time, in order, and the short side. With ``content`` each file's SHA-256 stands
+    in for its size and time: a file replaced under the same size and time is seen, at the cost of
+    reading every source file whenever a run opens the cache."""
     lines = []
     for path in paths:
-        info = os.stat(path)
-        lines.append(f"{os.path.relpath(path, root)}|{info.st_size}|{info.st_mtime_ns}")
-    text = f"format {FORMAT}\nshort side {short_side}\n" + "\n".join(lines)
-    return {"format": FORMAT, "short_side": short_side, "images": len(paths),
+        if content:
+            lines.append(f"{os.path.relpath(path, root)}|{_content_digest(path)}")
+        else:
+            info = os.stat(path)
+            lines.append(f"{os.path.relpath(path, root)}|{info.st_size}|{info.st_mtime_ns}")
+    text = f"format {FORMAT}\nshort side {short_side}\n" + ("content\n" if content else "") + "\n".join(lines)
+    return {"format": FORMAT, "short_side": short_side, "images": len(paths), "keyed_on": "content" if content else "stat",
             "digest": hashlib.sha256(text.encode()).hexdigest()}
 
 
@@ -117,7 +136,8 @@ def _build(paths: list[str], short_side: int, target: Path, workers: int, descri
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     offset, position, unreadable = 0, 0, {}
     with open(target / "images.u8", "wb") as out, tqdm(total=len(paths), desc=description, unit="img") as bar, \
-            ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         for arrays in pool.map(_decode_chunk, chunks, [short_side] * len(chunks)):
             for array in arrays:
                 if isinstance(array, str):
@@ -138,17 +158,92 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _die_with_parent(parent: int) -> None:
+    """A decoding process ends when the build that started it does, even on SIGKILL (Linux); a
+    build that died while this process started up has ended it already."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+class CacheBusy(RuntimeError):
+    """The cache is being built by a process that is stopped, so waiting for it would never end."""
+
+
+def _holder(lock_path: Path) -> int | None:
+    try:
+        return int(lock_path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_for_lock(lock, lock_path: Path, final: Path, stopped_grace: float) -> None:
+    """Take the build lock. A dead holder's lock is free already (the kernel drops it); a stopped
+    holder (Ctrl-Z) is named with its PID after ``stopped_grace`` seconds instead of waited on forever."""
+    import psutil
+
+    stopped_since, said = None, 0.0
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            pid = _holder(lock_path)
+            try:
+                stopped = pid is not None and psutil.Process(pid).status() == psutil.STATUS_STOPPED
+            except psutil.NoSuchProcess:
+                stopped = False
+            stopped_since = (stopped_since or time.monotonic()) if stopped else None
+            if stopped_since and time.monotonic() - stopped_since > stopped_grace:
+                raise CacheBusy(f"the decoded cache {final} is being built by process {pid}, which is stopped: "
+                                f"continue it (`kill -CONT {pid}`, or `fg` in its terminal) or end it (`kill {pid}`)") from None
+            if time.monotonic() - said > 30:
+                log.info("waiting for process %s to finish building the decoded cache %s", pid, final)
+                said = time.monotonic()
+            time.sleep(0.5)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+
+
+def fails_check(folder: Path) -> str | None:
+    """Why a built cache cannot be served (its data file is not the size its index says), or None."""
+    try:
+        index = np.load(folder / "index.npy")
+        expected = int((index[:, 1] * index[:, 2] * 3).sum())
+        actual = (folder / "images.u8").stat().st_size
+    except (OSError, ValueError) as error:
+        return f"it cannot be read ({error})"
+    return None if actual == expected else f"images.u8 holds {actual:,} bytes, its index needs {expected:,}"
+
+
+def cache_path(paths: list[str], root: Path, short_side: int, folder: Path, name: str, content: bool = False) -> tuple[Path, dict]:
+    """Where the cache of these files lives, and the manifest that names it."""
+    described = manifest(paths, root, short_side, content)
+    return folder / f"{name}-{short_side}px-{described['digest'][:16]}", described
+
+
 def ensure(paths: list[str], root: Path, short_side: int, folder: Path, name: str,
-           workers: int | None = None) -> DecodedImages:
-    """The cache of ``paths`` at ``short_side`` under ``folder``, built first if it is missing."""
-    described = manifest(paths, root, short_side)
-    final = folder / f"{name}-{short_side}px-{described['digest'][:16]}"
-    if (final / "manifest.json").is_file():
+           workers: int | None = None, content: bool = False, stopped_grace: float = 10.0) -> DecodedImages:
+    """The cache of ``paths`` at ``short_side`` under ``folder``, built first if it is missing or
+    fails its check; ``content`` keys it on the files' bytes (see ``manifest``)."""
+    final, described = cache_path(paths, root, short_side, folder, name, content)
+    if (final / "manifest.json").is_file() and not fails_check(final):
         return DecodedImages(final)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per cache; the others wait, then read
-        if not (final / "manifest.json").is_file():
+    lock_path = folder / f".{final.name}.lock"
+    with open(lock_path, "a+") as lock:
+        _wait_for_lock(lock, lock_path, final, stopped_grace)  # one builder per cache; the others wait, then read
+        broken = fails_check(final) if (final / "manifest.json").is_file() else "missing"
+        if broken != "missing" and broken:
+            log.warning("the decoded cache %s fails its check (%s): building it again", final, broken)
+            shutil.rmtree(final)
+        if broken:
             for stale in folder.glob(f".{final.name}.*.partial"):  # left by a build that was killed
                 shutil.rmtree(stale, ignore_errors=True)
             partial = folder / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"

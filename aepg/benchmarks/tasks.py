@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from aepg.benchmarks import DATASETS, DataError, data_root
+from aepg.benchmarks import DATASETS, DataError, cache_folder, data_root
 from aepg.benchmarks.augment import BatchView, test_resize
 from aepg.benchmarks.cache import ensure as ensure_cache
 from aepg.benchmarks.images import CachedImages, FileImages, ImageSet, ImageSplits
@@ -98,11 +98,6 @@ def short_side(cfg: BenchmarkConfig, image_size: int) -> int:
     return cfg.short_side or test_resize(image_size)
 
 
-def image_folder(cfg: BenchmarkConfig) -> Path:
-    """Where the decoded cache of this data set goes: ``benchmark.cache_dir`` or ROOT/.aepg-cache."""
-    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_root(cfg) / ".aepg-cache"
-
-
 def decode_folder_images(cfg: BenchmarkConfig, splits: ImageSplits, side: int) -> ImageSplits:
     """Folder data sets at ``side`` pixels: from the decoded cache, built first if missing
     (``benchmark.cache: decoded``), or decoded from the files on every read (``none``). Files that
@@ -115,7 +110,7 @@ def decode_folder_images(cfg: BenchmarkConfig, splits: ImageSplits, side: int) -
         found = scan([Path(p) for p in paths]) if cfg.on_bad_image == "skip" else []
         unreadable = {str(path): why for path, why in found}
     else:
-        cache = ensure_cache(paths, root, side, image_folder(cfg), cfg.dataset)
+        cache = ensure_cache(paths, root, side, cache_folder(cfg), cfg.dataset, content=cfg.cache_key == "content")
         unreadable = {str(root / rel): why for rel, why in cache.unreadable().items()}
     if unreadable and cfg.on_bad_image == "error":
         raise DataError(f"{cfg.dataset}: {len(unreadable)} images do not decode; fix or remove them, or set "
