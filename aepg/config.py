@@ -225,8 +225,9 @@ class RunConfig(Section):
     """Default: what the run is, e.g. ``digits-aepg-lora-s0``."""
     tracking_uri: str | None = None
     """MLflow tracking URI when MLFLOW_TRACKING_URI is unset; default sqlite:///mlflow.db."""
-    system_metrics: bool = True
-    """Log CPU, memory and (with nvidia-ml-py installed) GPU use to the MLflow run."""
+    system_metrics: bool | None = None
+    """Log CPU, memory and (with nvidia-ml-py installed) GPU use to the MLflow run; default on for
+    runs that train on a GPU, off on CPUs (where eight charts per short run are clutter)."""
     seed: int = 0
     storage_path: str = "aepg_runs"
     """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://)."""

@@ -79,7 +79,7 @@ def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context
         if benchmark.split_manifest:
             reporters[0].log_dict(benchmark.split_manifest, "split.json")
         log.info("trainable parameters: %s", model.parameter_counts())
-        if cfg.system_metrics:
+        if cfg.system_metrics if cfg.system_metrics is not None else context.device.type == "cuda":
             monitor = tracker.start_system_metrics(run_id)
     config = cfg.model_dump(mode="json")
     trainer = ContinualTrainer(cfg, model, benchmark, objective, context,
@@ -143,6 +143,7 @@ def _ray_train_loop(config: dict) -> None:
     import ray.train.torch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would reach the driver's terminal
     cfg = RunConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     context = Context(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),

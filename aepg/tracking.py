@@ -148,6 +148,15 @@ class Tracker:
                 "or point MLFLOW_TRACKING_URI (or tracking_uri) at a running one."
             ) from None
 
+    def _artifact_location(self, experiment: str) -> str | None:
+        """A local store keeps artifacts beside its database (``mlruns/<experiment>``), not in
+        whatever folder the first run started from (MLflow's ``./mlruns``); a server decides itself."""
+        prefix = "sqlite:///"
+        if not self.uri.startswith(prefix):
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+        return (Path(self.uri[len(prefix):]).parent / "mlruns" / safe).as_uri()
+
     def check_writable(self) -> None:
         """Refuse a local store aepg cannot write (MLflow would retry for a minute, then fail deep in
         SQLAlchemy): a read-only file or folder, or a path through a file."""
@@ -174,7 +183,8 @@ class Tracker:
         """The experiment's id, creating it as a training experiment (so the UI opens on its runs)."""
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            return self.client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+            return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
+                                                 tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         if EXPERIMENT_KIND_TAG not in experiment.tags:
             self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return experiment.experiment_id

@@ -34,16 +34,25 @@ def ray_address():
     ray.shutdown()
 
 
+# One benchmark for every test here: 3 tasks of 1 epoch, checkpointed every epoch.
+SMALL = ["benchmark.num_tasks=3", "train.epochs=1", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=40",
+         "scaling.torch_threads=1"]
+
+
 def config(tmp_path, *overrides):
-    return load_config(DIGITS, ["benchmark.num_tasks=2", "train.epochs=2", "scaling.torch_threads=1",
-                                "benchmark.max_train_per_class=60",
-                                f"storage_path={tmp_path / 'runs'}", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                                *overrides])
+    return load_config(DIGITS, [*SMALL, f"storage_path={tmp_path / 'runs'}",
+                                f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *overrides])
 
 
-def test_one_and_two_workers_agree(ray_address, tmp_path):
-    one = run(config(tmp_path, "scaling.num_workers=1"))
-    two = run(config(tmp_path, "scaling.num_workers=2"))
+@pytest.fixture(scope="module")
+def two_workers(ray_address, tmp_path_factory):
+    """The uninterrupted 2-worker run that the other tests compare with, and its config."""
+    cfg = config(tmp_path_factory.mktemp("two-workers"), "scaling.num_workers=2")
+    return run(cfg), cfg
+
+
+def test_one_and_two_workers_agree(two_workers, tmp_path):
+    one, (two, two_cfg) = run(config(tmp_path, "scaling.num_workers=1")), two_workers
     for row_one, row_two in zip(one.state.accuracy_matrix, two.state.accuracy_matrix, strict=True):
         assert row_one == pytest.approx(row_two, abs=TOLERANCE)
     assert one.state.global_step == two.state.global_step
@@ -51,10 +60,10 @@ def test_one_and_two_workers_agree(ray_address, tmp_path):
     # Evaluation reduced over 2 workers equals a single process scoring the same weights.
     cfg = config(tmp_path)
     model, benchmark, objective = build_job(cfg)
-    snapshot, _ = CheckpointStore(cfg.storage_path, two.run_id).load_latest()
+    snapshot, _ = CheckpointStore(two_cfg.storage_path, two.run_id).load_latest()
     model.load_trainable_state_dict(snapshot.model)
     trainer = ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu")))
-    assert trainer.evaluate(1) == (two.state.accuracy_matrix[-1], two.state.test_sizes)
+    assert trainer.evaluate(2) == (two.state.accuracy_matrix[-1], two.state.test_sizes)
 
     client = two.tracker.client
     mlflow_run = client.get_run(two.run_id)
@@ -72,8 +81,7 @@ def ray_workers(address: str) -> list:
 
 
 def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
-    cfg = config(tmp_path, "scaling.num_workers=2", "failure.max_failures=1", "benchmark.num_tasks=3",
-                 "checkpoint.every_epochs=1")
+    cfg = config(tmp_path, "scaling.num_workers=2", "failure.max_failures=1", "train.epochs=2")
     before = {a.actor_id for a in ray_workers(ray_address)}
     killed = {}
 
@@ -100,17 +108,13 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
     assert {a.path for a in client.list_artifacts(result.run_id)} >= {"accuracy_matrix.png", "training_curves.png"}
 
 
-def test_two_worker_run_resumes_after_interrupt(ray_address, workdir):
-    overrides = ["benchmark.num_tasks=3", "train.epochs=1", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=40",
-                 "scaling.num_workers=2", "scaling.torch_threads=1"]
+def test_two_worker_run_resumes_after_interrupt(ray_address, two_workers, workdir):
+    overrides = [*SMALL, "scaling.num_workers=2"]
     env = {"RAY_ADDRESS": ray_address}
     run_id = interrupt_after_task(workdir, 1, overrides, env=env, num_tasks=3)
     resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], cwd=workdir, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     mlflow_run, R_resumed = final_matrix(workdir, run_id)
     assert mlflow_run.info.status == "FINISHED"
-    cfg = load_config(DIGITS, [*overrides, f"storage_path={workdir / 'uninterrupted'}",
-                               f"tracking_uri=sqlite:///{workdir / 'uninterrupted.db'}"])
-    R = run(cfg).state.accuracy_matrix
-    for row_resumed, row in zip(R_resumed, R, strict=True):
+    for row_resumed, row in zip(R_resumed, two_workers[0].state.accuracy_matrix, strict=True):
         assert row_resumed == pytest.approx(row, abs=TOLERANCE)

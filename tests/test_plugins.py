@@ -75,7 +75,7 @@ def test_plugin_objective_and_method_run_in_a_real_sweep(workdir, plugin_env):
         "trial": {"cpus": 1},
     }
     (workdir / "sweep.yaml").write_text(yaml.safe_dump(sweep))
-    out = run_aepg(["sweep", "sweep.yaml"], workdir, {**plugin_env, "AEPG_CACHE": str(workdir / "cache")})
+    out = run_aepg(["sweep", "sweep.yaml"], workdir, plugin_env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")

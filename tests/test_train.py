@@ -80,6 +80,8 @@ def test_non_finite_loss_fails_the_run(tmp_path):
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
     assert mlflow_run.info.status == "FAILED"
     assert "NonFiniteLoss" in mlflow_run.data.tags["failure_reason"]
+    # Artifacts live beside the store, whatever folder the run started from.
+    assert mlflow_run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
 
 
 def test_a_failed_run_is_one_line_and_keeps_its_traceback(workdir):

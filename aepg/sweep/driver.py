@@ -302,7 +302,7 @@ def run_sweep(sweep: Sweep) -> tuple[SweepRuntime, bool]:
     _check_trial_fits(sweep)
     runtime = start(sweep, tracker)
     log.info("sweep outputs: %s (resume with: aepg sweep --resume %s)", runtime.path, runtime.path)
-    return runtime, _fit_and_close(runtime, build_tuner(runtime))
+    return runtime, _fit_and_close(runtime, lambda: build_tuner(runtime))
 
 
 def resume_sweep(path: str) -> tuple[SweepRuntime, bool]:
@@ -312,13 +312,17 @@ def resume_sweep(path: str) -> tuple[SweepRuntime, bool]:
     if not tune.Tuner.can_restore(path):
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
     runtime.tracker.reopen_run(runtime.parent_run_id)
-    tuner = tune.Tuner.restore(path, trainable=_trainable(runtime), resume_unfinished=True, resume_errored=False)
-    return runtime, _fit_and_close(runtime, tuner)
+    return runtime, _fit_and_close(runtime, lambda: tune.Tuner.restore(
+        path, trainable=_trainable(runtime), resume_unfinished=True, resume_errored=False))
 
 
-def _fit_and_close(runtime: SweepRuntime, tuner: tune.Tuner) -> bool:
+def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
+    """Build the tuner and fit it; whatever fails on the way leaves the parent run FAILED, never RUNNING."""
     try:
-        results = tuner.fit()
+        results = make_tuner().fit()
+    except KeyboardInterrupt:  # a second Ctrl-C, which Tune passes on
+        runtime.tracker.close_run(runtime.parent_run_id, "KILLED", interrupts.reason())
+        raise
     except BaseException as error:
         runtime.tracker.close_run(runtime.parent_run_id, "FAILED", f"{type(error).__name__}: {error}")
         raise
@@ -349,14 +353,18 @@ def trial_dirname(trial) -> str:
 
 def finalize(runtime: SweepRuntime) -> SweepReport:
     """Leaderboard, best config, paper table and plots: into the sweep folder and the parent run,
-    which ends FINISHED."""
-    report = build_report(runtime.tracker, runtime.parent_run_id)
-    table = paper_table(runtime.tracker, [runtime.parent_run_id])
-    fs, folder = pafs.FileSystem.from_uri(runtime.path)
-    for name, text in report_texts(report, table).items():
-        with fs.open_output_stream(f"{folder}/{name}") as out:
-            out.write(text.encode())
-    publish(runtime.tracker, runtime.parent_run_id, report, table)
+    which ends FINISHED (FAILED when no trial finished, or when the report cannot be written)."""
+    try:
+        report = build_report(runtime.tracker, runtime.parent_run_id)
+        table = paper_table(runtime.tracker, [runtime.parent_run_id])
+        fs, folder = pafs.FileSystem.from_uri(runtime.path)
+        for name, text in report_texts(report, table).items():
+            with fs.open_output_stream(f"{folder}/{name}") as out:
+                out.write(text.encode())
+        publish(runtime.tracker, runtime.parent_run_id, report, table)
+    except BaseException as error:
+        runtime.tracker.close_run(runtime.parent_run_id, "FAILED", f"report: {type(error).__name__}: {error}")
+        raise
     if report.best is None:
         runtime.tracker.close_run(runtime.parent_run_id, "FAILED", nothing_finished(runtime))
     else:
