@@ -25,6 +25,7 @@ def _forward(signum: int, frame) -> None:
 
 def install() -> None:
     """Route SIGTERM and SIGHUP to the SIGINT handler (main thread only, as Python requires)."""
+    _received.clear()
     for stop in STOP_SIGNALS:
         signal.signal(stop, _forward)
 

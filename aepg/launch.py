@@ -74,7 +74,7 @@ def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context
     reporters, monitor = [], None
     if context.is_chief:
         reporters.append(tracker.reporter(run_id, cfg, full_budget))
-        reporters[0].log_params(model.parameter_counts())
+        tracker.set_tags(run_id, {key: str(n) for key, n in model.parameter_counts().items()})  # derived, not config
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         if benchmark.split_manifest:
             reporters[0].log_dict(benchmark.split_manifest, "split.json")
@@ -284,7 +284,8 @@ def record_failure(tracker: Tracker, run_id: str, error: BaseException) -> None:
     ``error.log`` and record the run on the error (``failed_run`` reads it back)."""
     reason = f"{type(error).__name__}: {error}".splitlines()[0]
     try:
-        tracker.log_outputs(run_id, texts={"error.log": "".join(traceback.format_exception(type(error), error, error.__traceback__))})
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        tracker.log_outputs(run_id, texts={"error.log": trace})
         tracker.close_run(run_id, "FAILED", reason)
     except Exception as unreachable:  # the tracking server itself may be what failed
         log.warning("could not mark MLflow run %s FAILED (%s: %s)", run_id, type(unreachable).__name__, unreachable)

@@ -57,29 +57,40 @@ def series_plot(series: dict[str, tuple[list[int], list[float]]], title: str, bo
 
 
 def trials_plot(trials: list[dict], metric: str, mode: str, title: str):
-    """Each trial's metric in start order by status: finished trials at their final value, stopped
-    ones at the value they had when stopped (with the tasks they covered), failed ones at the
-    bottom; the line is the best finished value so far."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    finite = [t["value"] for t in trials if t["value"] is not None and math.isfinite(t["value"])]
+    """Each trial's metric in start order. Finished trials (at their final value) and failed ones (at
+    the bottom) share the top panel with the best finished value so far; trials stopped early get a
+    panel of their own, at the value they had when stopped and the tasks they covered, so a partial
+    value never sits above a finished one."""
+    stopped = [t for t in trials if t["status"] == "stopped early" and t["value"] is not None]
+    fig, axes = plt.subplots(2 if stopped else 1, 1, figsize=(8, 6.5 if stopped else 4.5), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2]} if stopped else None)
+    ax = axes[0, 0]
+    finite = [t["value"] for t in trials if t["status"] == "finished" and t["value"] is not None
+              and math.isfinite(t["value"])]
     floor = min(finite) if finite else 0.0
-    for status, style in STATUS_STYLE.items():
-        points = [(t["index"], t["value"] if t["value"] is not None and math.isfinite(t["value"]) else floor)
-                  for t in trials if t["status"] == status]
+    for status in ("finished", "failed"):
+        points = [(t["index"], t["value"] if status == "finished" and t["value"] is not None
+                   and math.isfinite(t["value"]) else floor) for t in trials if t["status"] == status]
         if points:
-            ax.scatter(*zip(*points), zorder=3, **style)
-    for t in trials:
-        if t["status"] == "stopped early" and t["value"] is not None:
-            ax.annotate(t["progress"], (t["index"], t["value"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.scatter(*zip(*points), zorder=3, **STATUS_STYLE[status])
     ordered = sorted(trials, key=lambda t: t["index"])
     best = running_best([t["value"] if t["status"] == "finished" else None for t in ordered], mode)
     ax.step([t["index"] for t in ordered], [np.nan if b is None else b for b in best], where="post", color="0.4",
             label="best finished so far")
-    ax.set_xlabel("trial (start order)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"final/{metric}")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if stopped:
+        low = axes[1, 0]
+        low.scatter([t["index"] for t in stopped], [t["value"] for t in stopped], zorder=3,
+                    **STATUS_STYLE["stopped early"])
+        for t in stopped:
+            low.annotate(t["progress"], (t["index"], t["value"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        low.set_ylabel(f"{metric}\nwhen stopped")
+        low.set_title("stopped early: partial values over fewer tasks, not comparable with the panel above", fontsize=9)
+        low.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("trial (start order)")
     fig.tight_layout()
     return fig
 

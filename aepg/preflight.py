@@ -152,19 +152,34 @@ def _data_error_lines(error: DataError) -> list[tuple[str, str]]:
     return lines
 
 
+_SCANNED: dict[tuple, list[tuple[str, str]]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (info.st_size, info.st_mtime_ns)
+
+
 def unreadable_images(listing: Listing) -> list[tuple[str, str]]:
-    """(file under the data folder, problem) for each image whose header does not read; logs the pass's time."""
+    """(file under the data folder, problem) for each image whose header does not read; logs the pass's
+    time. A sweep checks several variants of one data set: files unchanged since are not read again."""
     import logging
     import time
 
     from aepg.benchmarks.scan import scan
 
-    started = time.perf_counter()
     paths = listing.paths()
-    bad = scan(paths)
-    logging.getLogger("aepg").info("read %d image headers under %s in %.1f s: %d unreadable", len(paths),
-                                   listing.folder, time.perf_counter() - started, len(bad))
-    return sorted((str(path.relative_to(listing.folder)), problem) for path, problem in bad)
+    key = tuple((str(path), *_stamp(path)) for path in paths)
+    if key not in _SCANNED:
+        started = time.perf_counter()
+        bad = scan(paths)
+        logging.getLogger("aepg").info("read %d image headers under %s in %.1f s: %d unreadable", len(paths),
+                                       listing.folder, time.perf_counter() - started, len(bad))
+        _SCANNED[key] = sorted((str(path.relative_to(listing.folder)), problem) for path, problem in bad)
+    return _SCANNED[key]
 
 
 def has_checkpoint(storage_path: str, run_id: str) -> bool:

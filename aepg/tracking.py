@@ -30,6 +30,7 @@ from aepg.objectives import is_annealed
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"
+COLOR_TAG = "mlflow.runColor"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 """The experiment kind MLflow 3 opens on its runs table (GenAI experiments open on traces)."""
@@ -393,11 +394,6 @@ class MlflowReporter:
     def _log(self, metrics: list) -> None:
         for i in range(0, len(metrics), BATCH_LIMIT):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + BATCH_LIMIT])
-
-    def log_params(self, values: dict[str, object]) -> None:
-        from mlflow.entities import Param
-
-        self.client.log_batch(self.run_id, params=[Param(k, _param_value(v)) for k, v in values.items()])
 
     def log_dict(self, data: dict, path: str) -> None:
         self.client.log_dict(self.run_id, data, path)

@@ -183,3 +183,31 @@ def test_unreachable_tracking_server_fails_before_any_trial(workdir):
     assert report.returncode == 1 and "unreachable" in report.stderr and dead in report.stderr
     assert time.monotonic() - start < 15, "MLflow's own retries would take minutes"
     assert not list(workdir.iterdir()), "nothing should be written"
+
+
+@pytest.mark.ray
+def test_closing_the_terminal_of_a_local_cluster_stops_exactly_its_nodes(workdir):
+    """SIGHUP (a closed terminal) stops `aepg cluster local` as Ctrl-C does: every process of its nodes ends."""
+    import re
+    import signal
+
+    import psutil
+
+    from conftest import AEPG
+
+    log = workdir / "cluster.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(AEPG), "cluster", "local", "--workers", "1"], cwd=workdir, stdout=out,
+                                   stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        wait_until(lambda: "Ctrl-C stops exactly these nodes" in log.read_text(), "the nodes to start", process, 180)
+        line = re.search(r"node processes: (.*)", log.read_text()).group(1)
+        nodes = [psutil.Process(int(pid)) for pid in re.findall(r"=(\d+)", line)]
+        tree = [*nodes, *(child for node in nodes for child in node.children(recursive=True))]
+        assert len(nodes) == 2 and len(tree) > 2
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(120) == 0, log.read_text()[-3000:]
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, f"left running: {[p.pid for p in alive]}"
+    finally:
+        process.kill()

@@ -14,7 +14,7 @@ SEEDS = (0, 1, 2)
 
 
 def run(kind: str, objective: str, seed: int, last: float, avg: float, lae: bool = False, **params) -> RunRecord:
-    p = {"model.peft.kind": kind, "objective.kind": objective, "seed": str(seed), "params_peft": "10",
+    p = {"model.peft.kind": kind, "objective.kind": objective, "seed": str(seed),
          **({"model.peft.lae": "True"} if lae else {}), **params}
     return RunRecord(f"{kind}-{objective}-{seed}", "x", "FINISHED", p,
                      {"final/last_accuracy": last, "final/avg_incremental_accuracy": avg}, {})

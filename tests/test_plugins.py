@@ -87,5 +87,5 @@ def test_plugin_objective_and_method_run_in_a_real_sweep(workdir, plugin_env):
         assert run.data.params["objective.kind"] == "gce"
         assert run.data.params["model.peft.kind"] == "feature_affine"
         assert run.data.params["model.peft.init_scale"] == "1.0"
-        assert run.data.params["params_peft"] == str(2 * 1280)  # a scale and a shift per feature of Lite0
+        assert run.data.tags["params_peft"] == str(2 * 1280)  # a scale and a shift per feature of Lite0
         assert "final/avg_incremental_accuracy" in run.data.metrics

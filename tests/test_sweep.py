@@ -90,6 +90,7 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     client, parents, children = sweep_runs(tiny_sweep / "mlflow.db")
     (parent,) = parents
     assert parent.info.status == "FINISHED"
+    assert parent.data.params["metric"] == "final/avg_incremental_accuracy", "the param names what ranks"
     assert len(children) == 8
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert len({c.data.tags["aepg.trial_id"] for c in children}) == 8
@@ -138,6 +139,18 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     assert parent.data.tags["best_run_id"] == best_child.info.run_id
     assert best_child.info.run_id in parent.data.tags["mlflow.note.content"]
     assert parent.data.metrics["sweep/trials_stopped_early"] == len(stopped)
+    # Every child says how it ended and where it ranks; sorting by sweep/rank is the leaderboard's order.
+    by_rank = sorted(children, key=lambda c: c.data.metrics["sweep/rank"])
+    assert [c.data.metrics["sweep/rank"] for c in by_rank] == list(range(1, 9)) and by_rank[0] == best_child
+    assert [status[c.info.run_id] for c in by_rank[:len(finished)]] == ["finished"] * len(finished)
+    for rank, child in enumerate(by_rank, 1):
+        note = child.data.tags["mlflow.note.content"]
+        assert note.startswith(status[child.info.run_id]) and note.endswith(f"rank {rank} of 8"), note
+    assert all("when it stopped (partial" in c.data.tags["mlflow.note.content"] for c in stopped)
+    colour = {c.info.run_id: c.data.tags["mlflow.runColor"] for c in children}
+    for kind in ("ce", "aepg"):  # one hue family per objective: the two never share a colour
+        others = {colour[c.info.run_id] for c in children if c.data.params["objective.kind"] != kind}
+        assert not others & {colour[c.info.run_id] for c in children if c.data.params["objective.kind"] == kind}
 
     # The best config is written under the working directory and reproduces with `aepg train`.
     (best,) = list((tiny_sweep / "aepg_sweeps").glob("tiny-*/best.yaml"))

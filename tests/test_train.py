@@ -125,7 +125,8 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
         a = logged["a_t"][step]
         assert loss == pytest.approx(a * logged["ce"][step] - (1 - a) * logged["p_y"][step], abs=1e-5), step
     params = mlflow_run.data.params
-    assert params["schedule.tau"] == "6.0" and int(params["params_trainable"]) > 0
+    assert params["schedule.tau"] == "6.0" and int(mlflow_run.data.tags["params_trainable"]) > 0
+    assert not [key for key in params if key.startswith("params_")], "counts are tags: params hold config keys only"
     assert params["model.peft.implementation"] == "hf-peft" and "model.peft.length" not in params
     assert "None" not in params.values() and "tracking_uri" not in params
     a_t = [m.value for m in client.get_metric_history(run_id, "train/a_t")]

@@ -220,7 +220,8 @@ class Listing:
                  for c in range(num_classes) if n[c] == 0]
         if empty:
             raise DataError(f"{display}: {len(empty)} classes have no images in a split", empty)
-        missing = [(str(path.relative_to(self.folder)), _not_a_file(path)) for path in self.paths() if not path.is_file()]
+        missing = [(str(path.relative_to(self.folder)), _not_a_file(path))
+                   for path in self.paths() if not path.is_file()]
         if missing:
             raise DataError(f"{display}: {len(missing)} files the metadata names cannot be opened under {self.folder}",
                             missing)

@@ -3,8 +3,9 @@
 On first use every image is decoded once (Pillow, with JPEG draft decoding at a reduced scale),
 resized so its short side is S, and stored as uint8 in one memory-mapped file with an index of
 offsets and sizes; an image that does not decode is recorded (with why) instead. A manifest ties
-the cache to its source files (paths, sizes, modification times), and the cache's folder is named by the manifest's digest: a changed data set is cached
-anew, never served from the old cache. The build runs in parallel over the cores with a progress
+the cache to its source files (paths, sizes, modification times, or contents), and the cache's
+folder is named by the manifest's digest: a changed data set is cached anew, never served from
+the old cache. The build runs in parallel over the cores with a progress
 bar, under a file lock, into a temporary folder renamed into place at the end: an interrupted
 build is never read, and the runs, workers and trials of a node build it once and share it (the
 operating system's page cache serves every process that maps it). A cache whose data file is not
@@ -92,8 +93,8 @@ def manifest(paths: list[str], root: Path, short_side: int, content: bool = Fals
             info = os.stat(path)
             lines.append(f"{os.path.relpath(path, root)}|{info.st_size}|{info.st_mtime_ns}")
     text = f"format {FORMAT}\nshort side {short_side}\n" + ("content\n" if content else "") + "\n".join(lines)
-    return {"format": FORMAT, "short_side": short_side, "images": len(paths), "keyed_on": "content" if content else "stat",
-            "digest": hashlib.sha256(text.encode()).hexdigest()}
+    return {"format": FORMAT, "short_side": short_side, "images": len(paths),
+            "keyed_on": "content" if content else "stat", "digest": hashlib.sha256(text.encode()).hexdigest()}
 
 
 class DecodedImages:
@@ -199,8 +200,8 @@ def _wait_for_lock(lock, lock_path: Path, final: Path, stopped_grace: float) -> 
                 stopped = False
             stopped_since = (stopped_since or time.monotonic()) if stopped else None
             if stopped_since and time.monotonic() - stopped_since > stopped_grace:
-                raise CacheBusy(f"the decoded cache {final} is being built by process {pid}, which is stopped: "
-                                f"continue it (`kill -CONT {pid}`, or `fg` in its terminal) or end it (`kill {pid}`)") from None
+                raise CacheBusy(f"the decoded cache {final} is being built by process {pid}, which is stopped: continue "
+                                f"it (`kill -CONT {pid}`, or `fg` in its terminal) or end it (`kill {pid}`)") from None
             if time.monotonic() - said > 30:
                 log.info("waiting for process %s to finish building the decoded cache %s", pid, final)
                 said = time.monotonic()
@@ -222,17 +223,12 @@ def fails_check(folder: Path) -> str | None:
     return None if actual == expected else f"images.u8 holds {actual:,} bytes, its index needs {expected:,}"
 
 
-def cache_path(paths: list[str], root: Path, short_side: int, folder: Path, name: str, content: bool = False) -> tuple[Path, dict]:
-    """Where the cache of these files lives, and the manifest that names it."""
-    described = manifest(paths, root, short_side, content)
-    return folder / f"{name}-{short_side}px-{described['digest'][:16]}", described
-
-
 def ensure(paths: list[str], root: Path, short_side: int, folder: Path, name: str,
            workers: int | None = None, content: bool = False, stopped_grace: float = 10.0) -> DecodedImages:
     """The cache of ``paths`` at ``short_side`` under ``folder``, built first if it is missing or
     fails its check; ``content`` keys it on the files' bytes (see ``manifest``)."""
-    final, described = cache_path(paths, root, short_side, folder, name, content)
+    described = manifest(paths, root, short_side, content)
+    final = folder / f"{name}-{short_side}px-{described['digest'][:16]}"
     if (final / "manifest.json").is_file() and not fails_check(final):
         return DecodedImages(final)
     folder.mkdir(parents=True, exist_ok=True)
@@ -248,7 +244,8 @@ def ensure(paths: list[str], root: Path, short_side: int, folder: Path, name: st
                 shutil.rmtree(stale, ignore_errors=True)
             partial = folder / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
             start = time.perf_counter()
-            unreadable = _build(paths, short_side, partial, workers or available_cpus(), f"decoding {name} into its cache")
+            unreadable = _build(paths, short_side, partial, workers or available_cpus(),
+                                f"decoding {name} into its cache")
             described["build_seconds"] = round(time.perf_counter() - start, 1)
             described["unreadable"] = {os.path.relpath(path, root): why for path, why in unreadable.items()}
             (partial / "manifest.json").write_text(json.dumps(described, indent=1))

@@ -52,6 +52,8 @@ class Entry:
     spread: float | None = None
     optuna_state: str = ""
     end_time: int | None = None
+    objective: str = ""
+    """The objective the configuration trained with (its runs' hue family in MLflow's charts)."""
 
 
 def _typed(value: str | None, param: Param | None = None):
@@ -98,7 +100,8 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
         value = run.metrics.get(final_name(metric) if status == "finished" else partial)
         entries.append(Entry(run.name, status, sampled_params(run, space), value, progress, compute, [run.run_id],
                              int(run.tags.get(INDEX_TAG, 0)), [_typed(run.params.get("seed", "0"))],
-                             optuna_state=run.tags.get(OPTUNA_STATE_TAG, ""), end_time=run.end_time))
+                             optuna_state=run.tags.get(OPTUNA_STATE_TAG, ""), end_time=run.end_time,
+                             objective=run.params.get("objective.kind", "")))
     return entries
 
 
@@ -123,6 +126,7 @@ def average_over_seeds(entries: list[Entry]) -> list[Entry]:
             index=min(m.index for m in members),
             seeds=sorted(s for m in members for s in m.seeds),
             spread=statistics.stdev(values) if len(values) > 1 else None,
+            objective=members[0].objective,
         ))
     return merged
 
@@ -322,12 +326,51 @@ def report_texts(report: SweepReport, table: PaperTable) -> dict[str, str]:
     return texts
 
 
+RANK_KEY = "sweep/rank"
+"""A child's place on its sweep's leaderboard (1 is best): sorting by it is the leaderboard's order."""
+FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")
+PARENT_COLOUR = "#000000"  # black: no trial's shade
+
+
 def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperTable) -> None:
     """Log the report to the sweep's parent run: files, plots, counts, the best run and a description."""
     counts = {f"sweep/trials_{status.replace(' ', '_')}": sum(1 for e in report.entries if status in e.status.split("/"))
               for status in ("finished", "stopped early", "failed")}
     metrics = {**counts, **({f"sweep/best_{report.metric}": report.best.value} if report.best else {})}
-    tags = {tracking.NOTE_TAG: report.note() + "\n\n" + table.markdown()}
+    tags = {tracking.NOTE_TAG: report.note() + "\n\n" + table.markdown(), tracking.COLOR_TAG: PARENT_COLOUR}
     if report.best:
         tags["best_run_id"] = report.best.run_ids[0]
     tracker.log_outputs(parent_id, report_texts(report, table), report.figures, metrics, tags)
+    colours = run_colours(report.entries)
+    for i, entry in enumerate(report.entries, 1):
+        for run_id in entry.run_ids:
+            tracker.set_tags(run_id, {tracking.NOTE_TAG: child_note(entry, i, len(report.entries), report.metric),
+                                      tracking.COLOR_TAG: colours[run_id]})
+            tracker.log_metrics(run_id, {RANK_KEY: i})
+
+
+def child_note(entry: Entry, rank: int, of: int, metric: str) -> str:
+    """A trial's one-line description: how it ended, how far it got, its value and its rank."""
+    if entry.value is None:
+        value = ""
+    elif entry.status == "finished":
+        value = f", {final_name(metric)} = {entry.value:.4f}"
+    else:
+        value = f", {metric} {entry.value:.4f} when it stopped (partial: not comparable with finished trials)"
+    return f"{entry.status}, {entry.progress}{value}; rank {rank} of {of}"
+
+
+def run_colours(entries: list[Entry]) -> dict[str, str]:
+    """A hue family per objective, darker for better ranks, so the compared objectives never share a
+    colour in MLflow's charts (``entries`` in leaderboard order)."""
+    from matplotlib import colormaps, colors
+
+    kinds = sorted({entry.objective for entry in entries})
+    colours = {}
+    for i, kind in enumerate(kinds):
+        family = [entry for entry in entries if entry.objective == kind]
+        cmap = colormaps[FAMILIES[i % len(FAMILIES)]]
+        for j, entry in enumerate(family):
+            shade = colors.to_hex(cmap(0.95 - 0.5 * j / max(1, len(family) - 1)))
+            colours.update(dict.fromkeys(entry.run_ids, shade))
+    return colours

@@ -31,7 +31,7 @@ def parent_params(sweep, path: str, num_trials: int, levels: int) -> dict[str, o
             "scheduler.kind": spec.scheduler.kind,
             "scheduler.fidelity": spec.scheduler.fidelity, "scheduler.grace_period": spec.scheduler.grace_period,
             "scheduler.reduction_factor": spec.scheduler.reduction_factor, "scheduler.levels": levels,
-            "metric": spec.metric, "mode": spec.mode, "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,
+            "metric": f"final/{spec.metric}", "mode": spec.mode, "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,
             "base.num_tasks": sweep.num_tasks, "base.storage_path": base.storage_path}
 
 
@@ -53,7 +53,7 @@ class SweepParams:
     def of(cls, parent: RunRecord) -> "SweepParams":
         p = parent.params
         ladder = p.get("scheduler.fidelity", "tasks") in ("epochs", "data") and p.get("scheduler.kind") == "asha"
-        return cls(p["metric"], p["mode"], int(p.get("base.num_tasks", 0)), int(p["search.num_trials"]),
+        return cls(p["metric"].removeprefix("final/"), p["mode"], int(p.get("base.num_tasks", 0)), int(p["search.num_trials"]),
                    int(p["scheduler.levels"]) if ladder else None, json.loads(p["seeds"]), p["base.storage_path"],
                    p.get("base.dataset", "?"))
 

@@ -174,8 +174,8 @@ class PaperTable:
 
 
 def configuration(params: dict[str, str]) -> tuple:
-    """What a trial ran, seed aside (its active params without the seed and parameter counts)."""
-    return tuple(sorted((k, v) for k, v in params.items() if k != "seed" and not k.startswith("params_")))
+    """What a trial ran, seed aside (its active params without the seed)."""
+    return tuple(sorted((k, v) for k, v in params.items() if k != "seed"))
 
 
 def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", columns_key: str = "objective.kind",
