@@ -95,7 +95,7 @@ def cmd_sweep(args) -> int:
         return 0
     from aepg.sweep.driver import finalize, nothing_finished, resume_sweep, run_sweep
 
-    runtime, complete = resume_sweep(path) if args.resume else run_sweep(sweep)
+    runtime, complete = resume_sweep(path, args.verbose) if args.resume else run_sweep(sweep, args.verbose)
     if not complete:
         print(f"\nsweep {interrupts.reason()}; continue it with: aepg sweep --resume {runtime.path}", file=sys.stderr)
         return interrupts.exit_code()
@@ -104,7 +104,7 @@ def cmd_sweep(args) -> int:
         print(f"\naepg: sweep {runtime.name}: {nothing_finished(runtime)}\n{report.text}", file=sys.stderr)
         print(f"sweep outputs: {runtime.path}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"\nleaderboard ({report.metric}):\n{report.text}\n")
+    print(f"\nleaderboard, ranked on final/{report.metric}:\n{report.text}\n")
     if report.best_yaml:
         print(f"best config: {runtime.path}/best.yaml  (reproduce it with: aepg train {runtime.path}/best.yaml)")
     print(f"sweep outputs: {runtime.path}")
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("overrides", nargs="*", help="dotted key=value overrides of the sweep file")
     sweep.add_argument("--resume", metavar="PATH", help="continue an interrupted sweep from its output folder")
     sweep.add_argument("--dry-run", action="store_true", help="check the sweep file, its base config and its space; print its size")
+    sweep.add_argument("--verbose", action="store_true",
+                       help="print Ray Tune's status tables and every trial's output (by default: one line per event)")
     sweep.set_defaults(func=cmd_sweep)
 
     report = commands.add_parser("report", help="leaderboard, plots and the paper's table of past sweeps, from MLflow")
@@ -246,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     interrupts.install()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its own level on import
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return args.func(args)

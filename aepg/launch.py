@@ -34,7 +34,8 @@ log = logging.getLogger("aepg")
 RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "schedule.", "train.epochs", "train.head_only_epochs",
                 "train.lr", "train.weight_decay", "train.batch_size")
 # Environment the Ray workers need from the driver.
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "AEPG_DATA",
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+                 "MLFLOW_LOGGING_LEVEL", "AEPG_DATA",
                  "HF_HUB_OFFLINE", "HF_HOME")
 
 
@@ -96,20 +97,22 @@ def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context
 
 # -- Ray ------------------------------------------------------------------------------------
 
-def ensure_ray() -> None:
+def ensure_ray(trial_output: bool = True) -> None:
     """Connect to RAY_ADDRESS if set, else start a local Ray on 127.0.0.1 (with its dashboard,
-    which cleans up the placement groups of stopped workers)."""
+    which cleans up the placement groups of stopped workers). ``trial_output`` False keeps the
+    workers' output in Ray's log files (``ray logs``) instead of this terminal."""
     import ray
 
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    quiet = {"log_to_driver": trial_output, **({} if trial_output else {"logging_level": logging.WARNING})}
     runtime_env = {"env_vars": env} if env else None
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, **quiet)
     else:  # "local": never join a cluster some `ray start` left on this machine
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                 include_dashboard=True, runtime_env=runtime_env)
+                 include_dashboard=True, runtime_env=runtime_env, **quiet)
 
 
 def worker_resources(cfg: RunConfig) -> dict[str, float]:
@@ -143,7 +146,6 @@ def _ray_train_loop(config: dict) -> None:
     import ray.train.torch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would reach the driver's terminal
     cfg = RunConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
     context = Context(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),

@@ -205,6 +205,24 @@ def test_asha_stopped_trials_reach_optuna_as_pruned():
         assert searcher._ot_study.trials[1].state.name == "COMPLETE"
 
 
+def test_the_terminal_shows_one_line_per_event_and_ends_with_the_results(ray_address, workdir):
+    """Not a terminal (as in CI): plain progress lines, none of Ray Tune's tables or the trials' own
+    output, and the leaderboard, best config, outputs and MLflow link last."""
+    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
+                       search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
+    result = run_aepg(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert sum(line.startswith("  started   t0") for line in lines) == 2
+    assert sum(": task 3/3, eval/avg_incremental_accuracy " in line for line in lines) == 2
+    assert "[2/2 trials, best final/avg_incremental_accuracy " in out and "[1/2 trials, " in out
+    for noise in ("Trial status", "╭", "TensorBoard", "RayTrainWorker", "pid=", "system_metrics", "INFO"):
+        assert noise not in out and noise not in result.stderr, noise
+    assert lines[-3].startswith("best config: ") and lines[-2].startswith("sweep outputs: ")
+    assert lines[-1].startswith("see it with: mlflow ui") and "leaderboard, ranked on final/avg_incremental_accuracy:" in out
+
+
 def test_a_sweep_in_which_no_trial_finishes_fails_and_says_why(ray_address, workdir):
     path = write_sweep(workdir, space={"model.head_init_std": {"choice": [1.0e37, 2.0e37]}},  # infinite logits
                        search={"algorithm": "grid"}, scheduler={"kind": "none"}, trial={"cpus": 1, "max_failures": 0})

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +27,7 @@ from aepg import interrupts, preflight, tracking
 from aepg.config import ConfigError, RunConfig, is_uri
 from aepg.launch import check_fits, ensure_ray, run_workers, worker_resources
 from aepg.sweep import fidelity, search
+from aepg.sweep.progress import SweepProgress, error_reason
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
 from aepg.sweep.schema import (
     INDEX_TAG,
@@ -167,23 +167,18 @@ def climb(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
 
 # -- the MLflow callback ------------------------------------------------------------------------
 
-def _error_reason(trial) -> str:
-    """The last line of the trial's latest error: the exception, e.g. 'NonFiniteLoss: ...'."""
-    local = trial.error_file
-    text = open(local).read() if local and os.path.exists(local) else trial.get_error()
-    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "trial failed"
-
-
 class MlflowTrialRuns(tune.Callback):
     """Opens each trial's child run at its (re)start and sets its final status."""
 
     def __init__(self, runtime: SweepRuntime, searcher):
         self.runtime, self.searcher = runtime, searcher
+        self.names: dict[str, str] = {}
+        """Trial id to run name, for the terminal view."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
         existing = self.runtime.find_child(trial.trial_id)
         if existing:
+            self.names[trial.trial_id] = existing.name
             self.runtime.tracker.reopen_run(existing.run_id)
             self.runtime.tracker.set_tags(existing.run_id, {STATUS_TAG: "running"})
             return
@@ -191,6 +186,7 @@ class MlflowTrialRuns(tune.Callback):
         tags = self.runtime.child_tags(trial.trial_id, index)
         params = trial.config.get("params", trial.config)
         name = trial_run_name(index, self.runtime.searched(params))
+        self.names[trial.trial_id] = name
         try:
             cfg = self.runtime.trial_config(params, name)
         except ConfigError as error:  # an invalid combination: the trial fails on it too
@@ -216,7 +212,7 @@ class MlflowTrialRuns(tune.Callback):
         self._close(trial, "FINISHED", {STATUS_TAG: status})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._close(trial, "FAILED", {STATUS_TAG: "failed"}, _error_reason(trial))
+        self._close(trial, "FAILED", {STATUS_TAG: "failed"}, error_reason(trial))
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -244,18 +240,29 @@ def _check_trial_fits(sweep: Sweep) -> None:
     check_fits(needed, "one trial")
 
 
-def build_tuner(runtime: SweepRuntime) -> tune.Tuner:
-    spec = runtime.sweep.spec
-    param_space, tune_config = search.tuner_settings(runtime.sweep, trial_dirname_creator=trial_dirname)
+def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callback]:
+    """The MLflow runs of the trials, then (unless ``verbose`` leaves Ray Tune's own tables on) the
+    sweep's terminal view."""
+    runs = MlflowTrialRuns(runtime, searcher)
+    if verbose:
+        return [runs]
+    spec, sweep = runtime.sweep.spec, runtime.sweep
+    levels = len(fidelity.ladder(spec)) if fidelity.climbs(spec) else None
+    return [runs, SweepProgress(runs.names, expected_trials(sweep), search.budget(sweep), spec.metric, spec.mode,
+                                sweep.num_tasks, levels)]
+
+
+def run_config(runtime: SweepRuntime, searcher, verbose: bool) -> tune.RunConfig:
     storage, name = runtime.path.rstrip("/").rsplit("/", 1)
-    return tune.Tuner(
-        _trainable(runtime),
-        param_space=param_space,
-        tune_config=tune_config,
-        run_config=tune.RunConfig(name=name, storage_path=storage,
-                                  failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
-                                  callbacks=[MlflowTrialRuns(runtime, tune_config.search_alg)]),
-    )
+    return tune.RunConfig(name=name, storage_path=storage, verbose=2 if verbose else 0,
+                          failure_config=tune.FailureConfig(max_failures=runtime.sweep.spec.trial.max_failures),
+                          callbacks=callbacks(runtime, searcher, verbose))
+
+
+def build_tuner(runtime: SweepRuntime, verbose: bool = False) -> tune.Tuner:
+    param_space, tune_config = search.tuner_settings(runtime.sweep, trial_dirname_creator=trial_dirname)
+    return tune.Tuner(_trainable(runtime), param_space=param_space, tune_config=tune_config,
+                      run_config=run_config(runtime, tune_config.search_alg, verbose))
 
 
 def output_path(sweep: Sweep) -> str:
@@ -294,21 +301,22 @@ def start(sweep: Sweep, tracker: Tracker) -> SweepRuntime:
     return runtime
 
 
-def run_sweep(sweep: Sweep) -> tuple[SweepRuntime, bool]:
+def run_sweep(sweep: Sweep, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     tracker = Tracker.connect(sweep.base_config.tracking_uri)
     for _, cfg in variants(sweep):  # a requested download happens once, here, not in every trial
         preflight.prepare(cfg)
-    ensure_ray()
+    ensure_ray(trial_output=verbose)
     _check_trial_fits(sweep)
     runtime = start(sweep, tracker)
     log.info("sweep outputs: %s (resume with: aepg sweep --resume %s)", runtime.path, runtime.path)
-    return runtime, _fit_and_close(runtime, lambda: build_tuner(runtime))
+    return runtime, _fit_and_close(runtime, lambda: build_tuner(runtime, verbose))
 
 
-def resume_sweep(path: str) -> tuple[SweepRuntime, bool]:
+def resume_sweep(path: str, verbose: bool = False) -> tuple[SweepRuntime, bool]:
+    """Continue a sweep; its terminal view is the one it started with (Tune restores its callbacks)."""
     runtime = SweepRuntime.load(path)
     runtime.tracker.check_reachable()
-    ensure_ray()
+    ensure_ray(trial_output=verbose)
     if not tune.Tuner.can_restore(path):
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
     runtime.tracker.reopen_run(runtime.parent_run_id)
