@@ -138,7 +138,7 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     best_child = max(finished, key=lambda c: c.data.metrics["final/avg_incremental_accuracy"])
     assert parent.data.tags["best_run_id"] == best_child.info.run_id
     assert best_child.info.run_id in parent.data.tags["mlflow.note.content"]
-    assert parent.data.metrics["sweep/trials_stopped_early"] == len(stopped)
+    assert parent.data.tags["sweep.trials_stopped_early"] == str(len(stopped))
     # Every child says how it ended and where it ranks; sorting by sweep/rank is the leaderboard's order.
     by_rank = sorted(children, key=lambda c: c.data.metrics["sweep/rank"])
     assert [c.data.metrics["sweep/rank"] for c in by_rank] == list(range(1, 9)) and by_rank[0] == best_child
@@ -349,7 +349,7 @@ def test_trials_can_be_torch_trainer_runs(ray_address, workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
     assert len(steps) == len(set(steps)) > 0
-    assert parents[0].data.metrics["sweep/trials_finished"] == 1
+    assert parents[0].data.tags["sweep.trials_finished"] == "1"
 
 
 # -- the MLflow UI, in a real browser ----------------------------------------------------------------
