@@ -334,7 +334,7 @@ PARENT_COLOUR = "#000000"  # black: no trial's shade
 
 def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperTable) -> None:
     """Log the report to the sweep's parent run: files, plots, counts, the best run and a description."""
-    counts = {f"sweep.trials_{status.replace(' ', '_')}": str(sum(1 for e in report.entries if status in e.status.split("/")))
+    counts = {f"sweep.trials_{status.replace(' ', '_')}": str(sum(status in e.status.split("/") for e in report.entries))
               for status in ("finished", "stopped early", "failed")}  # tags: counts are no chart
     metrics = {f"sweep/best_{report.metric}": report.best.value} if report.best else {}
     tags = {tracking.NOTE_TAG: report.note() + "\n\n" + table.markdown(), tracking.COLOR_TAG: PARENT_COLOUR, **counts}
