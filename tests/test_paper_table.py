@@ -48,7 +48,9 @@ def test_cells_are_seed_statistics_and_differences_are_paired():
     markdown = table.markdown()
     assert markdown.splitlines()[0] == ("| method | CE last | CE avg inc | aEPG last | aEPG avg inc | aEPG - CE last "
                                         "| aEPG - CE avg inc |")
-    assert f"| LoRA | 72.0 ± 2.0 | 80.0 ± 0.0 | 74.7 ± 1.5 | 82.0 ± 0.0 | +2.7 [{100 * (statistics.mean(diffs) - half):+.1f}" in markdown
+    assert (f"| LoRA | 72.0 ± 2.0, n=3 | 80.0 ± 0.0, n=3 | 74.7 ± 1.5, n=3 | 82.0 ± 0.0, n=3 | "
+            f"+2.7 [{100 * (statistics.mean(diffs) - half):+.1f}") in markdown
+    assert "mean ± std over n seeds" in markdown and "paired over the seeds both have" in markdown
     latex = table.latex()
     assert latex.startswith(r"\begin{tabular}{lcccccc}") and r"72.0 $\pm$ 2.0" in latex
     assert table.csv().splitlines()[0] == "group,row,column,metric,mean,std,ci95_half_width,seeds"
@@ -61,7 +63,22 @@ def test_a_cell_with_several_configurations_shows_the_best_and_says_so():
     table = build_table([("digits, 5 tasks", runs)], rank_metric="last_accuracy")
     records = {(r["row"], r["column"], r["metric"]): r for r in table.records()}
     assert records[("LoRA", "CE", "last_accuracy")]["mean"] == pytest.approx(0.8)
-    assert "80.0 ± 0.0†" in table.markdown() and "†: the best of several configurations" in table.markdown()
+    assert "80.0 ± 0.0, n=3, best of 2" in table.markdown() and "'best of k': the best of k" in table.markdown()
+
+
+def test_one_seed_has_no_spread_and_differences_pair_only_the_compared_key():
+    """The best CE configuration (lr 1e-3) is not what aEPG ran (lr 3e-4): the difference pairs aEPG
+    with the CE run at its own lr, never the best CE with the best aEPG."""
+    runs = [run("lora", "ce", 0, 0.80, 0.9, **{"train.lr": "0.001"}), run("lora", "ce", 0, 0.60, 0.7, **{"train.lr": "0.0003"}),
+            run("lora", "aepg", 0, 0.70, 0.8, **{"train.lr": "0.0003", "schedule.tau": "6.0"})]
+    table = build_table([("digits, 5 tasks", runs)])
+    records = {(r["row"], r["column"], r["metric"]): r for r in table.records()}
+    assert records[("LoRA", "aEPG - CE", "last_accuracy")]["mean"] == pytest.approx(0.70 - 0.60)
+    markdown = table.markdown()
+    assert "| LoRA | 80.0, best of 2 | 90.0, best of 2 | 70.0 | 80.0 | +10.0 | +10.0 |" in markdown
+    assert "±" not in markdown.split("\n\n")[0] and "one seed per cell" in markdown and "confidence" not in markdown
+    alone = build_table([("digits, 5 tasks", runs[:1] + runs[2:])])  # no CE run shares aEPG's lr
+    assert alone.markdown().splitlines()[2].endswith("| - | - |")
 
 
 def test_several_sweeps_join_as_column_groups():

@@ -5,8 +5,10 @@ entropy) with a 95% confidence interval over seeds (Student's t on the per-seed 
 
 Trials that differ only by seed are grouped; only trials that trained every task count. When
 a cell holds several configurations (a search over more keys than the table's two), it shows
-the one with the best mean of the sweep's metric, marked with a dagger. With several sweeps
-(e.g. one per benchmark) the columns are grouped by benchmark.
+the one with the best mean of the sweep's metric, marked "best of k", and a difference pairs it
+with the baseline configuration that differs from it by the column key alone. Cells say their
+number of seeds; with one seed there is no std or interval to give, and the note says so. With
+several sweeps (e.g. one per benchmark) the columns are grouped by benchmark.
 """
 
 from __future__ import annotations
@@ -84,6 +86,28 @@ class PaperTable:
     choices: dict[tuple[str, str, str], int] = field(default_factory=dict)
     """How many configurations each cell chose its one from."""
     rank_metric: str = "last_accuracy"
+    options: dict[tuple[str, str, str], dict[tuple, Cell]] = field(default_factory=dict)
+    """Every configuration of each cell (the cell shows the best), for pairing differences."""
+
+    def pair(self, group: str, row: str, column: str) -> tuple[Cell, Cell] | None:
+        """The column's shown configuration and the baseline configuration that differs from it by
+        the compared key alone (the best such), or None when the baseline has none."""
+        shown = self.cells.get((group, row, column))
+        configs = self.options.get((group, row, column), {})
+        config = next((c for c, cell in configs.items() if cell is shown), None)
+        if config is None:  # a table built from cells alone
+            base = self.cells.get((group, row, self.baseline))
+            return (base, shown) if base and shown else None
+        matching = [cell for c, cell in self.options.get((group, row, self.baseline), {}).items()
+                    if differ_only_by(c, config, self.columns_key)]
+        if not matching:
+            return None
+        metric = self.rank_metric
+        return max(matching, key=lambda cell: cell.stats(metric)[0] if cell.by_seed[metric] else -math.inf), shown
+
+    @property
+    def most_seeds(self) -> int:
+        return max((len(cell.by_seed[m]) for cell in self.cells.values() for m in METRICS), default=0)
 
     def differences(self) -> list[str]:
         return [c for c in self.columns if self.baseline and c != self.baseline]
@@ -105,9 +129,9 @@ class PaperTable:
                         out.append({"group": group, "row": row, "column": column, "metric": metric, "mean": mean,
                                     "std": std, "ci95_half_width": None, "seeds": n})
                 for column in self.differences():
-                    a, b = self.cells.get((group, row, self.baseline)), self.cells.get((group, row, column))
-                    for metric in METRICS if a and b else ():
-                        result = paired(a, b, metric)
+                    pair = self.pair(group, row, column)
+                    for metric in METRICS if pair else ():
+                        result = paired(*pair, metric)
                         if result:
                             out.append({"group": group, "row": row, "column": f"{column} - {self.baseline}",
                                         "metric": metric, "mean": result[0], "std": None, "ci95_half_width": result[1],
@@ -118,14 +142,17 @@ class PaperTable:
         cell = self.cells.get((group, row, column))
         if not cell or not cell.by_seed[metric]:
             return "-"
-        mean, std, _ = cell.stats(metric)
+        mean, std, n = cell.stats(metric)
         pm = r" $\pm$ " if latex else " ± "
-        dagger = (r"$^\dagger$" if latex else "†") if self.choices.get((group, row, column), 1) > 1 else ""
-        return f"{100 * mean:.1f}" + (f"{pm}{100 * std:.1f}" if std is not None else "") + dagger
+        text = f"{100 * mean:.1f}" + (f"{pm}{100 * std:.1f}" if std is not None else "")
+        if self.most_seeds > 1:
+            text += f", n={n}"
+        choices = self.choices.get((group, row, column), 1)
+        return text + (f", best of {choices}" if choices > 1 else "")
 
     def _difference(self, group, row, column, metric, latex=False) -> str:
-        a, b = self.cells.get((group, row, self.baseline)), self.cells.get((group, row, column))
-        result = paired(a, b, metric) if a and b else None
+        pair = self.pair(group, row, column)
+        result = paired(*pair, metric) if pair else None
         if not result:
             return "-"
         mean, half, _ = result
@@ -150,11 +177,23 @@ class PaperTable:
 
     def markdown(self) -> str:
         header, body = self._grid()
-        note = ("\n\nAccuracy in %, mean ± std over seeds (final values of trials that trained every task). "
-                "Differences: per-seed paired, mean [95% confidence interval].")
+        return markdown_grid(header, body) + "\n\n" + self.note()
+
+    def note(self) -> str:
+        """What the cells hold, saying only what this table has (no spread or interval from one seed)."""
+        baseline = f" to {self.baseline}" if self.baseline else ""
+        if self.most_seeds > 1:
+            note = ("Accuracy in %, mean ± std over n seeds (final values of trials that trained every task). "
+                    f"Differences{baseline}: paired over the seeds both have, mean [95% confidence interval].")
+        else:
+            note = ("Accuracy in %, one seed per cell (final values of trials that trained every task): no spread "
+                    f"or interval can be given. Differences{baseline}: one seed, no interval.")
+        if self.baseline:
+            note += (f" Each difference compares a column's configuration with the {self.baseline} configuration "
+                     f"that differs from it by {self.columns_key} alone ('-' where there is none).")
         if any(n > 1 for n in self.choices.values()):
-            note += f" †: the best of several configurations by mean final/{self.rank_metric}."
-        return markdown_grid(header, body) + note
+            note += f" 'best of k': the best of k configurations by mean final/{self.rank_metric}."
+        return note
 
     def latex(self) -> str:
         header, body = self._grid(latex=True)
@@ -176,6 +215,20 @@ class PaperTable:
 def configuration(params: dict[str, str]) -> tuple:
     """What a trial ran, seed aside (its active params without the seed)."""
     return tuple(sorted((k, v) for k, v in params.items() if k != "seed"))
+
+
+def differ_only_by(a: tuple, b: tuple, key: str) -> bool:
+    """Whether two configurations agree on everything but ``key``: keys both have are equal, and a
+    key only one has belongs to what ``key`` switches (its own section; the schedule, for the objective)."""
+    first, second = dict(a), dict(b)
+    switched = (key.rsplit(".", 1)[0] + ".",) + (("schedule.",) if key == "objective.kind" else ())
+    for name in (set(first) | set(second)) - {key}:
+        if name in first and name in second:
+            if first[name] != second[name]:
+                return False
+        elif not name.startswith(switched):
+            return False
+    return True
 
 
 def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", columns_key: str = "objective.kind",
@@ -203,4 +256,5 @@ def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", column
     position = lambda v: (order.index(v) if v in order else len(order), v)  # noqa: E731
     rows, columns = sorted(rows, key=position), sorted(columns, key=position)
     chosen = baseline if baseline in columns else (columns[0] if len(columns) > 1 else None)
-    return PaperTable([g for g, _ in sweeps], rows, columns, chosen, cells, rows_key, columns_key, choices, metric)
+    return PaperTable([g for g, _ in sweeps], rows, columns, chosen, cells, rows_key, columns_key, choices, metric,
+                      candidates)
