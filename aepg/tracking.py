@@ -40,6 +40,11 @@ NODES_TAG = "aepg.ray_node_ids"
 FAILURE_TAG = "failure_reason"
 
 
+def runs_page(experiment_id: str) -> str:
+    """The UI's runs table of an experiment, relative to the UI's root."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def resolve_tracking_uri(configured: str | None = None) -> str:
     """MLFLOW_TRACKING_URI, else the config's ``tracking_uri``, else ./mlflow.db.
 
@@ -181,11 +186,15 @@ class Tracker:
     # -- runs ------------------------------------------------------------------------------------
 
     def experiment_id(self, name: str) -> str:
-        """The experiment's id, creating it as a training experiment (so the UI opens on its runs)."""
+        """The experiment's id, creating it as a training experiment whose description links its runs
+        table (MLflow 3's UI opens an experiment on its GenAI pages)."""
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
-                                                 tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+            experiment_id = self.client.create_experiment(name, artifact_location=self._artifact_location(name),
+                                                          tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+            note = f"aepg runs: [the runs table]({runs_page(experiment_id)}) (each sweep is one row; its + unfolds its trials)"
+            self.client.set_experiment_tag(experiment_id, NOTE_TAG, note)
+            return experiment_id
         if EXPERIMENT_KIND_TAG not in experiment.tags:
             self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return experiment.experiment_id
@@ -305,7 +314,7 @@ class Tracker:
     def ui_hint(self, experiment_id: str) -> str:
         """How to see an experiment: the UI command and the link to its runs table (MLflow 3's UI
         opens on GenAI pages unless asked for the model-training view)."""
-        page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        page = runs_page(experiment_id)
         if self.uri.startswith(("http://", "https://")):
             return f"see it at {self.uri.rstrip('/')}/{page}"
         return f"see it with: mlflow ui --backend-store-uri {self.uri}  then open http://127.0.0.1:5000/{page}"

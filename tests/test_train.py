@@ -145,6 +145,7 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     for png in ("accuracy_matrix.png", "training_curves.png"):
         assert open(f"{local}/{png}", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in result.stdout
+    assert f"(#/experiments/{experiment.experiment_id}/runs?workflowType" in experiment.tags["mlflow.note.content"]
     benchmark = json.load(open(f"{local}/benchmark.json"))
     assert sorted(benchmark["class_order"]) == list(range(10))
     # The logged config is runnable as it is.
