@@ -12,6 +12,7 @@ import signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _received: list[int] = []
+_installed: list[bool] = []
 
 
 def _forward(signum: int, frame) -> None:
@@ -26,8 +27,19 @@ def _forward(signum: int, frame) -> None:
 def install() -> None:
     """Route SIGTERM and SIGHUP to the SIGINT handler (main thread only, as Python requires)."""
     _received.clear()
-    for stop in STOP_SIGNALS:
-        signal.signal(stop, _forward)
+    _installed[:] = [True]
+    restore()
+
+
+def restore() -> None:
+    """Put the routing back after a library replaced it: ``ray.init`` installs a SIGTERM handler in
+    its core worker that prints a stack and aborts. Only where ``install`` ran (the command line),
+    on the main thread."""
+    import threading
+
+    if _installed and threading.current_thread() is threading.main_thread():
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, _forward)
 
 
 def reason() -> str:

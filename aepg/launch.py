@@ -113,6 +113,7 @@ def ensure_ray(trial_output: bool = True) -> None:
     else:  # "local": never join a cluster some `ray start` left on this machine
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
                  include_dashboard=True, runtime_env=runtime_env, **quiet)
+    interrupts.restore()
 
 
 def worker_resources(cfg: RunConfig) -> dict[str, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -301,11 +302,19 @@ def start(sweep: Sweep, tracker: Tracker) -> SweepRuntime:
     return runtime
 
 
+def _quiet_tune(verbose: bool) -> None:
+    """Ray Tune's current output engine prints its experiment box even at ``verbose=0``; its legacy
+    engine is silent there, so the terminal view is the only one."""
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+
+
 def run_sweep(sweep: Sweep, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     tracker = Tracker.connect(sweep.base_config.tracking_uri)
     for _, cfg in variants(sweep):  # a requested download happens once, here, not in every trial
         preflight.prepare(cfg)
     ensure_ray(trial_output=verbose)
+    _quiet_tune(verbose)
     _check_trial_fits(sweep)
     runtime = start(sweep, tracker)
     log.info("sweep outputs: %s (resume with: aepg sweep --resume %s)", runtime.path, runtime.path)
@@ -317,6 +326,7 @@ def resume_sweep(path: str, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     runtime = SweepRuntime.load(path)
     runtime.tracker.check_reachable()
     ensure_ray(trial_output=verbose)
+    _quiet_tune(verbose)
     if not tune.Tuner.can_restore(path):
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
     runtime.tracker.reopen_run(runtime.parent_run_id)

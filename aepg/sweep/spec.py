@@ -318,9 +318,9 @@ def _check_unused_keys(sweep: Sweep) -> list[tuple[str, str]]:
         if contexts is None:
             continue
         used = False
-        for context in contexts:
+        for context, value in itertools.product(contexts, param.extremes()):
             try:
-                cfg = validate(_apply_dotted(sweep.base, {**context, key: param.extremes()[0]}))
+                cfg = validate(_apply_dotted(sweep.base, {**context, key: value}))
             except ConfigError:
                 continue
             used = used or key in run_params(cfg)
