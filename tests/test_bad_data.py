@@ -280,10 +280,12 @@ def test_a_killed_build_takes_its_decoders_with_it_and_is_never_read(tmp_path):
     from aepg.benchmarks import cache
 
     paths = many_jpegs(tmp_path, 3000)
+    from conftest import wait_until
+
     builder = start_build(tmp_path)
     wait_for_partial(tmp_path, builder)
-    decoders = psutil.Process(builder.pid).children(recursive=True)
-    assert decoders, "no decoding processes"
+    decoders = wait_until(lambda: [p for p in psutil.Process(builder.pid).children(recursive=True)
+                                   if "spawn_main" in " ".join(p.cmdline())], "the decoding processes", builder, 60)
     builder.send_signal(signal.SIGKILL)
     builder.wait(30)
     _, alive = psutil.wait_procs(decoders, timeout=15)
