@@ -12,7 +12,7 @@ import signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _received: list[int] = []
-_installed: list[bool] = []
+_installed = False
 
 
 def _forward(signum: int, frame) -> None:
@@ -26,8 +26,9 @@ def _forward(signum: int, frame) -> None:
 
 def install() -> None:
     """Route SIGTERM and SIGHUP to the SIGINT handler (main thread only, as Python requires)."""
+    global _installed
     _received.clear()
-    _installed[:] = [True]
+    _installed = True
     restore()
 
 

@@ -248,7 +248,12 @@ def imagenet_r_listing(cfg: BenchmarkConfig) -> Listing:
     return Listing(folder, classes, *parts).check("ImageNet-R", 200)
 
 
-def cub200_table(folder: Path, name: str, columns: int = 2) -> dict[str, str]:
+def _by_number(image_id: str) -> int:
+    """CUB-200's ids in numeric order (a malformed id sorts first; the checks name it)."""
+    return int(image_id) if image_id.isdigit() else 0
+
+
+def cub200_table(folder: Path, name: str) -> dict[str, str]:
     """A CUB-200 metadata file (``<image id> <value>`` per line), naming the first bad line."""
     path, table = folder / name, {}
     try:
@@ -259,7 +264,7 @@ def cub200_table(folder: Path, name: str, columns: int = 2) -> dict[str, str]:
         if not line.strip():
             continue
         fields = line.strip().split(" ", 1)
-        if len(fields) != columns:
+        if len(fields) != 2:
             raise DataError(f"CUB-200: {path} line {number} is {line!r}, expected '<id> <value>'")
         table[fields[0]] = fields[1]
     return table
@@ -272,18 +277,19 @@ def cub200_listing(cfg: BenchmarkConfig) -> Listing:
     images, labels, is_train = tables["images"], tables["image_class_labels"], tables["train_test_split"]
     for name in ("image_class_labels", "train_test_split"):
         if set(tables[name]) != set(images):
-            unmatched = sorted(set(images) ^ set(tables[name]), key=lambda i: int(i) if i.isdigit() else 0)
+            unmatched = sorted(set(images) ^ set(tables[name]), key=_by_number)
             raise DataError(f"CUB-200: {name}.txt and images.txt list different image ids",
                             [(f"{name}.txt", f"image id {i} is in one file only") for i in unmatched])
-    ids = sorted(tables["classes"], key=lambda i: int(i) if i.isdigit() else 0)
+    ids = sorted(tables["classes"], key=_by_number)
     names = [tables["classes"][i].split(".", 1)[-1] for i in ids]
+    position = {class_id: i for i, class_id in enumerate(ids)}
     bad = [(f"image id {i}", f"label {labels[i]!r} or split {is_train[i]!r} is not a class id 1-{len(ids)} and 0/1")
            for i in images if labels[i] not in tables["classes"] or is_train[i] not in ("0", "1")]
     if bad:
         raise DataError("CUB-200: image_class_labels.txt or train_test_split.txt holds values out of range", bad)
     parts = {"1": [], "0": []}
-    for image_id in sorted(images, key=lambda i: int(i) if i.isdigit() else 0):
-        parts[is_train[image_id]].append((folder / "images" / images[image_id], ids.index(labels[image_id])))
+    for image_id in sorted(images, key=_by_number):
+        parts[is_train[image_id]].append((folder / "images" / images[image_id], position[labels[image_id]]))
     return Listing(folder, names, parts["1"], parts["0"]).check("CUB-200", 200)
 
 
