@@ -58,7 +58,7 @@ def decode(path: str, short_side: int | None = None) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_or_reason(path: str, short_side: int) -> np.ndarray | str:
+def decode_or_reason(path: str, short_side: int) -> np.ndarray | str:
     """The decoded image, or why it cannot be decoded (a truncated or corrupt file)."""
     from PIL import Image
 
@@ -69,7 +69,7 @@ def _decode_or_reason(path: str, short_side: int) -> np.ndarray | str:
 
 
 def _decode_chunk(paths: list[str], short_side: int) -> list[np.ndarray | str]:
-    return [_decode_or_reason(path, short_side) for path in paths]
+    return [decode_or_reason(path, short_side) for path in paths]
 
 
 def _content_digest(path: str) -> str:

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from aepg.benchmarks import DataError
-from aepg.benchmarks.cache import DecodedImages, decode
+from aepg.benchmarks.cache import DecodedImages, decode_or_reason
 
 
 class ImageSet(Dataset):
@@ -60,11 +60,10 @@ class FileImages(ImageSet):
         self.short_side = short_side
 
     def image(self, index: int) -> np.ndarray:
-        try:
-            return decode(self.paths[index], self.short_side)
-        except (OSError, ValueError, SyntaxError) as error:
-            raise DataError(f"{self.paths[index]} cannot be decoded ({type(error).__name__}: {error}); fix or remove "
-                            "it, or set benchmark.on_bad_image=skip") from None
+        image = decode_or_reason(self.paths[index], self.short_side)
+        if isinstance(image, str):
+            raise DataError(f"{self.paths[index]} {image}; fix or remove it, or set benchmark.on_bad_image=skip")
+        return image
 
 
 class CachedImages(ImageSet):

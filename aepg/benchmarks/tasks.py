@@ -118,12 +118,13 @@ def decode_folder_images(cfg: BenchmarkConfig, splits: ImageSplits, side: int) -
     keep = np.array([path not in unreadable for path in paths], dtype=bool)
     n = len(splits.train)
     parts = []
-    for part, positions in ((splits.train, np.arange(n)), (splits.test, np.arange(n, len(paths)))):
+    for part, start in ((splits.train, 0), (splits.test, n)):
+        positions = np.arange(start, start + len(part))
         kept = positions[keep[positions]]
         if cfg.cache == "none":
-            parts.append(FileImages([paths[i] for i in kept], part.labels[kept - positions[0]], side))
+            parts.append(FileImages([paths[i] for i in kept], part.labels[kept - start], side))
         else:
-            parts.append(CachedImages(cache, kept, part.labels[kept - positions[0]]))
+            parts.append(CachedImages(cache, kept, part.labels[kept - start]))
     skipped = sorted(os.path.relpath(path, root) for path in unreadable)
     return ImageSplits(*parts, splits.class_names, splits.manifest, skipped)
 
