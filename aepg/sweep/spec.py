@@ -317,18 +317,21 @@ def _check_unused_keys(sweep: Sweep) -> list[tuple[str, str]]:
         contexts = _contexts(sweep, key) if key.startswith(SWITCHED_SECTIONS) else None
         if contexts is None:
             continue
-        used = False
-        for context, value in itertools.product(contexts, param.extremes()):
-            try:
-                cfg = validate(_apply_dotted(sweep.base, {**context, key: value}))
-            except ConfigError:
-                continue
-            used = used or key in run_params(cfg)
-        if not used:
+        combinations = itertools.product(contexts, param.extremes())
+        trials = (_valid(sweep.base, {**context, key: value}) for context, value in combinations)
+        if not any(cfg is not None and key in run_params(cfg) for cfg in trials):
             kinds = ", ".join(f"{k}={sweep.base_flat[k]}" for k in ("objective.kind", "model.peft.kind"))
             problems.append((f"space.{key}", f"no trial would use it: the base config ({kinds}) leaves it inactive; "
                              "search the kind that uses it too, or drop the key"))
     return problems
+
+
+def _valid(base: dict[str, Any], values: dict[str, Any]) -> RunConfig | None:
+    """The base config with ``values`` set, or None where that combination is not a valid config."""
+    try:
+        return validate(_apply_dotted(base, values))
+    except ConfigError:
+        return None
 
 
 BUDGET_KEYS = {"train.epochs": "epochs", "benchmark.max_train_per_class": "data"}
