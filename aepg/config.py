@@ -86,7 +86,16 @@ class BenchmarkConfig(Section):
     max_train_per_class: int | None = Field(None, ge=1)
     max_test_per_class: int | None = Field(None, ge=1)
     augment: bool = False
-    """RandomResizedCrop(scale 0.05-1) + horizontal flip on training images; test: resize and centre crop."""
+    """Training images: a random crop (``crop``) and a horizontal flip; test images: resized and
+    centre-cropped (``resized``) or whole (``padded``)."""
+    crop: Literal["resized", "padded"] = "resized"
+    """With ``augment``: RandomResizedCrop (scale ``crop_scale_min``-1, ratio 3/4-4/3), or a random
+    crop of the image padded by ``crop_padding`` pixels (the from-scratch CIFAR recipe)."""
+    crop_scale_min: float = Field(0.05, gt=0, le=1)
+    """RandomResizedCrop's smallest area fraction: 0.05 in the aEPG paper, 0.08 (torchvision's
+    default) in LAE and CODA-Prompt."""
+    crop_padding: int = Field(4, ge=0)
+    """Zero padding, in pixels of the model's input, around images before a ``padded`` crop."""
     cache: Literal["decoded", "none"] = "decoded"
     """Folder data sets (ImageNet-R, CUB-200, Food-101): decode every image once into a memory-mapped
     cache beside the data (``decoded``), or decode the files at every read (``none``)."""
@@ -105,7 +114,7 @@ class BenchmarkConfig(Section):
 
 class MethodConfig(Section):
     """What every training method's config holds; ``kind`` picks the entry of ``aepg.catalog.METHODS``
-    (``aepg.models.peft``: none, lora, dora, adapter, adaptformer, prefix, l2p, dualprompt, coda),
+    (``aepg.models.peft``: none, full, lora, dora, adapter, adaptformer, prefix, l2p, dualprompt, coda),
     whose config adds its own keys. docs/methods.md describes each and its reference code."""
 
     kind: str = DEFAULT_METHOD
@@ -142,6 +151,9 @@ class ModelConfig(Section):
     image_size: int | None = Field(None, ge=8)
     """Input size; default the backbone's."""
     head_init_std: float = Field(0.001, gt=0)
+    normalize: Literal["backbone", "none"] = "backbone"
+    """Input pixels: standardised by the backbone's mean and std (timm's; [-1, 1] for AugReg ViTs),
+    or left in [0, 1] as LAE, L2P, DualPrompt and CODA-Prompt feed their ViTs."""
     peft: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: METHODS.get(DEFAULT_METHOD).config())
 
     @field_validator("peft", mode="before")
@@ -174,6 +186,9 @@ class ScheduleConfig(Section):
     """The fixed weight of a ``constant`` schedule."""
     scope: Literal["task", "run"] = "task"
     """Count t and T inside each task (the paper) or over the whole run."""
+    span: Literal["task", "trained"] = "task"
+    """With ``scope: task``: t and T count every step of the task (the paper), or only the steps
+    after ``train.head_only_epochs`` in tasks after the first (the head-only epochs train at a_0)."""
 
 
 class TrainConfig(Section):
@@ -182,14 +197,34 @@ class TrainConfig(Section):
     """The first epochs of every task after the first train the head only (the paper: 30 of 50)."""
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    """A fresh optimiser per phase (a task's head-only epochs, then its other epochs), so moments
+    from old tasks never move their head rows."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD's momentum."""
+    nesterov: bool = False
+    """SGD with Nesterov momentum."""
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    """The learning rate over each phase: constant, cosine to 0, or times ``lr_gamma`` at each of
+    ``lr_milestones``; after ``warmup_epochs`` of linear warm-up."""
+    warmup_epochs: int = Field(0, ge=0)
+    lr_milestones: list[int] = []
+    """``step`` schedule: epochs of the phase after which the rate is multiplied by ``lr_gamma``."""
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip_norm: float | None = Field(None, gt=0)
+    """Clip the gradients' global L2 norm before each step (1.0 in L2P and DualPrompt); default none."""
     batch_size: int = Field(64, ge=1)
     """The global batch: with N workers each takes batch_size / N per step."""
     eval_batch_size: int = Field(256, ge=1)
+    drop_last: bool = False
+    """Leave out each epoch's last, partial batch (L2P, DualPrompt and CODA-Prompt keep it too)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data_workers: int | Literal["auto"] = "auto"
     """Data-loading processes per training worker; ``auto``: none for in-memory data, else one per
     CPU the worker has (all but one, up to 8)."""
     log_every_steps: int = Field(1, ge=1)
+    autocast: bool = True
+    """bf16 autocast on CUDA (on CPUs the run is float32 either way)."""
     compile: bool = False
     """torch.compile the backbone (with its PEFT module)."""
     tf32: bool = False
@@ -337,6 +372,9 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
                              "only " + ", ".join(n for n in DATASETS.names() if DATASETS[n].downloadable) + " can"))
     if cfg.train.head_only_epochs >= cfg.train.epochs:
         problems.append(("train.head_only_epochs", f"must be less than train.epochs ({cfg.train.epochs})"))
+    problems += _optimizer_problems(cfg.train)
+    if cfg.schedule.span == "trained" and cfg.schedule.scope == "run":
+        problems.append(("schedule.span", "'trained' counts steps inside each task: it needs schedule.scope=task"))
     weights = cfg.model.weights
     if weights == "lite0-offline" and cfg.model.backbone != "tf_efficientnet_lite0":
         problems.append(("model.weights", "lite0-offline weights fit only model.backbone=tf_efficientnet_lite0"))
@@ -348,6 +386,21 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
     workers = cfg.scaling.num_workers
     if workers > 1 and cfg.train.batch_size % workers:
         problems.append(("train.batch_size", f"the global batch {cfg.train.batch_size} must be divisible by scaling.num_workers ({workers})"))
+    return problems
+
+
+def _optimizer_problems(t: TrainConfig) -> list[tuple[str, str]]:
+    problems = []
+    if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):
+        problems.append(("train.nesterov", "Nesterov momentum needs train.optimizer=sgd and train.momentum > 0"))
+    if t.warmup_epochs >= t.epochs:
+        problems.append(("train.warmup_epochs", f"must be less than train.epochs ({t.epochs})"))
+    if t.lr_schedule == "step" and not t.lr_milestones:
+        problems.append(("train.lr_milestones", "the step schedule needs milestone epochs, e.g. [60, 120, 160]"))
+    elif t.lr_milestones and t.lr_schedule != "step":
+        problems.append(("train.lr_milestones", f"only the step schedule reads milestones (train.lr_schedule is {t.lr_schedule})"))
+    elif any(not 0 < m < t.epochs for m in t.lr_milestones):
+        problems.append(("train.lr_milestones", f"milestones must lie between 0 and train.epochs ({t.epochs})"))
     return problems
 
 

@@ -32,7 +32,8 @@ log = logging.getLogger("aepg")
 
 # Keys a resumed run must share with the run that wrote the checkpoints.
 RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "schedule.", "train.epochs", "train.head_only_epochs",
-                "train.lr", "train.weight_decay", "train.batch_size")
+                "train.lr", "train.weight_decay", "train.batch_size", "train.optimizer", "train.momentum",
+                "train.nesterov", "train.warmup_epochs", "train.grad_clip_norm", "train.drop_last")
 # Environment the Ray workers need from the driver.
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
                  "MLFLOW_LOGGING_LEVEL", "AEPG_DATA",

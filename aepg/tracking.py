@@ -330,12 +330,16 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
     b, m, o, s, t = cfg.benchmark, cfg.model, cfg.objective, cfg.schedule, cfg.train
     params: dict[str, object] = {"seed": cfg.seed, "benchmark.dataset": b.dataset, "benchmark.num_tasks": b.num_tasks,
                                  "benchmark.order_seed": b.order_seed, "benchmark.augment": b.augment}
+    if b.augment:
+        params["benchmark.crop"] = b.crop
+        params.update({"benchmark.crop_scale_min": b.crop_scale_min} if b.crop == "resized" else {"benchmark.crop_padding": b.crop_padding})
     if b.dataset == "imagenet-r":
         params["benchmark.split_seed"] = b.split_seed
     for key in ("root", "max_train_per_class", "max_test_per_class"):
         if getattr(b, key) is not None:
             params[f"benchmark.{key}"] = getattr(b, key)
-    params.update({"model.backbone": m.backbone, "model.weights": m.weights, "model.head_init_std": m.head_init_std})
+    params.update({"model.backbone": m.backbone, "model.weights": m.weights, "model.head_init_std": m.head_init_std,
+                   "model.normalize": m.normalize})
     if m.image_size is not None:
         params["model.image_size"] = m.image_size
     params.update(flatten(dict(m.backbone_kwargs), "model.backbone_kwargs."))
@@ -343,11 +347,28 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
     params.update(flatten(o.model_dump(mode="json"), "objective."))
     if is_annealed(o):
         params.update({"schedule.kind": s.kind, "schedule.scope": s.scope})
+        if s.scope == "task":
+            params["schedule.span"] = s.span
         params.update({f"schedule.{key}": getattr(s, key) for key in SCHEDULE_KEYS.get(s.kind, ())})
     params.update({f"train.{key}": getattr(t, key) for key in ("epochs", "head_only_epochs", "lr", "weight_decay", "batch_size")})
+    params.update(_optimizer_params(t))
     params["scaling.num_workers"] = cfg.scaling.num_workers
     if cfg.scaling.use_gpu:
         params.update({"scaling.use_gpu": True, "scaling.gpus_per_worker": cfg.scaling.gpus_per_worker})
+    return params
+
+
+def _optimizer_params(t) -> dict[str, object]:
+    """The optimiser and learning-rate keys the run reads (SGD's momentum only with SGD, and so on)."""
+    params: dict[str, object] = {"train.optimizer": t.optimizer, "train.lr_schedule": t.lr_schedule,
+                                 "train.warmup_epochs": t.warmup_epochs, "train.autocast": t.autocast,
+                                 "train.drop_last": t.drop_last}
+    if t.optimizer == "sgd":
+        params.update({"train.momentum": t.momentum, "train.nesterov": t.nesterov})
+    if t.lr_schedule == "step":
+        params.update({"train.lr_milestones": t.lr_milestones, "train.lr_gamma": t.lr_gamma})
+    if t.grad_clip_norm is not None:
+        params["train.grad_clip_norm"] = t.grad_clip_norm
     return params
 
 

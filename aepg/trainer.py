@@ -25,7 +25,8 @@ from aepg.distributed import Context, derive_seed, seed_all
 from aepg.metrics import summarize, task_metrics
 from aepg.models.classifier import ContinualClassifier
 from aepg.objectives import Objective
-from aepg.schedules import progress
+from aepg.optim import Phase, build_optimizer, learning_rate, set_learning_rate
+from aepg.schedules import Progress, progress
 
 log = logging.getLogger("aepg")
 
@@ -140,7 +141,7 @@ class ContinualTrainer:
         self.task_hooks = list(task_hooks)
         self.device = context.device
         cuda = self.device.type == "cuda"
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.train.autocast else nullcontext()
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         self.fused_adam = cuda and cfg.train.fused_adam
@@ -159,12 +160,13 @@ class ContinualTrainer:
             return chosen
         return 0 if in_memory else max(1, min(MAX_DATA_WORKERS, int(self.context.cpus) - 1))
 
-    def _loader(self, dataset, batch_size: int, sampler=None, in_memory: bool | None = None) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, sampler=None, in_memory: bool | None = None,
+                drop_last: bool = False) -> DataLoader:
         """Padded uint8 batches, loaded by worker processes that stay for the task's epochs."""
         workers = self.data_workers(dataset.in_memory if in_memory is None else in_memory)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-                          prefetch_factor=PREFETCH_BATCHES if workers else None)
+                          prefetch_factor=PREFETCH_BATCHES if workers else None, drop_last=drop_last)
 
     def _train_loader(self, task: Task) -> DataLoader:
         sampler = DistributedSampler(
@@ -174,11 +176,16 @@ class ContinualTrainer:
             shuffle=True,
             seed=derive_seed(self.cfg.seed, task.index),
         )
-        return self._loader(task.train, self.cfg.train.batch_size // self.context.world_size, sampler)
+        if self.steps_per_epoch(task) == 0:
+            raise ValueError(f"train.drop_last: task {task.index + 1} has fewer training images per worker than one "
+                             f"batch ({self.cfg.train.batch_size // self.context.world_size}), so no step would run")
+        return self._loader(task.train, self.cfg.train.batch_size // self.context.world_size, sampler,
+                            drop_last=self.cfg.train.drop_last)
 
     def steps_per_epoch(self, task: Task) -> int:
         per_worker = math.ceil(len(task.train) / self.context.world_size)
-        return math.ceil(per_worker / (self.cfg.train.batch_size // self.context.world_size))
+        batch = self.cfg.train.batch_size // self.context.world_size
+        return per_worker // batch if self.cfg.train.drop_last else math.ceil(per_worker / batch)
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, state: TrainState | None = None, optimizer_state: dict | None = None) -> TrainState:
@@ -204,15 +211,29 @@ class ContinualTrainer:
         return state
 
     def _optimizer(self, head_only: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        """A fresh Adam per phase, so moments from old tasks never move their head rows."""
+        """A fresh optimiser per phase, so moments from old tasks never move their head rows."""
         self.model.set_peft_trainable(not head_only)
         params = list(self.model.head.parameters()) + ([] if head_only else self.model.peft_parameters())
-        optimizer = torch.optim.Adam(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay,
-                                     fused=self.fused_adam or None)
-        return self.context.prepare(self.model), optimizer
+        return self.context.prepare(self.model), build_optimizer(params, self.cfg.train, self.fused_adam)
 
     def _head_only(self, task: Task, epoch: int) -> bool:
         return task.index > 0 and epoch < self.cfg.train.head_only_epochs
+
+    def _phase(self, task: Task, epoch: int, steps_per_epoch: int) -> Phase:
+        """The epochs of ``epoch``'s phase: the head-only epochs, or the task's other epochs."""
+        head_only = self.cfg.train.head_only_epochs if task.index > 0 else 0
+        if epoch < head_only:
+            return Phase(0, head_only, steps_per_epoch)
+        return Phase(head_only, self.cfg.train.epochs, steps_per_epoch)
+
+    def _schedule_progress(self, task: Task, phase: Phase, epoch: int, step: int, run_step: int, run_steps: int) -> Progress:
+        """Where a_t is: ``schedule.span: trained`` counts only the phase that trains the PEFT module."""
+        where = progress(self.cfg.schedule.scope, epoch * phase.steps_per_epoch + step,
+                         self.cfg.train.epochs * phase.steps_per_epoch, run_step, run_steps)
+        if self.cfg.schedule.span == "trained" and self.cfg.schedule.scope == "task":
+            trained = self._phase(task, self.cfg.train.epochs - 1, phase.steps_per_epoch)
+            return Progress(max(0, where.t - trained.first * phase.steps_per_epoch), trained.steps)
+        return where
 
     def train_task(self, task: Task, state: TrainState, optimizer_state: dict | None) -> None:
         """The task's epochs from ``state.epoch`` on, in phases (head-only epochs, then full ones,
@@ -245,10 +266,12 @@ class ContinualTrainer:
                     optimizer: torch.optim.Optimizer, state: TrainState, bar: tqdm) -> None:
         """One pass over the task's training data: a step per batch, its metrics logged in chunks."""
         columns = self.objective.columns(task.start, task.stop)
-        task_steps = self.cfg.train.epochs * len(loader)
+        phase = self._phase(task, epoch, len(loader))
         run_steps = sum(self.cfg.train.epochs * self.steps_per_epoch(t) for t in self.benchmark.tasks)
         every = self.cfg.train.log_every_steps
         buffer = StepBuffer(self.reporters, chunk=max(50, every))
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        lr_varies = self.cfg.train.lr_schedule != "constant" or self.cfg.train.warmup_epochs > 0
         model.train()
         seed_all(derive_seed(self.cfg.seed, task.index, epoch, self.context.rank))
         # Crops and flips come from their own stream: the same whatever the loader's workers do.
@@ -259,17 +282,24 @@ class ContinualTrainer:
             y = y.to(self.device, non_blocking=True) - columns.start
             with self.autocast:
                 logits = model(x, columns).float()
-            where = progress(self.cfg.schedule.scope, epoch * len(loader) + i, task_steps, state.global_step, run_steps)
+            where = self._schedule_progress(task, phase, epoch, i, state.global_step, run_steps)
             out = self.objective(logits, y, where)
             auxiliary = self.model.auxiliary_loss()
             optimizer.zero_grad(set_to_none=True)
             (out.loss + auxiliary).backward()
             self.model.before_step()
+            if self.cfg.train.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip_norm)
+            lr = learning_rate(self.cfg.train, phase, epoch, i)
+            set_learning_rate(optimizer, lr)
             optimizer.step()
             self.model.after_step()
             state.global_step += 1
             if state.global_step % every == 0:
-                buffer.add(state.global_step, self._step_metrics(out, logits, y, auxiliary))
+                metrics = self._step_metrics(out, logits, y, auxiliary)
+                if lr_varies:
+                    metrics["lr"] = lr
+                buffer.add(state.global_step, metrics)
             bar.update()
         buffer.flush()
 

@@ -6,10 +6,12 @@ box and resized to S x S, bilinearly, averaging ceil(box / S) samples per output
 antialiases as a downscale should. The boxes are:
 
 - training with ``augment`` (the paper's protocol): torchvision's ``RandomResizedCrop`` (scale
-  0.05-1, ratio 3/4-4/3, ten tries then a centre crop) and a horizontal flip with probability 1/2,
-  drawn from a ``torch.Generator`` on the CPU that the trainer seeds per epoch, so a resumed run
-  draws what the uninterrupted run drew, whatever the data-loading workers do;
-- testing with ``augment``: resize the short side to S / 0.875 and take the centre S x S crop;
+  0.05-1 by default, ratio 3/4-4/3, ten tries then a centre crop), or with ``crop: padded``
+  torchvision's ``RandomCrop(S, padding)`` of the image resized to S, and a horizontal flip with
+  probability 1/2, drawn from a ``torch.Generator`` on the CPU that the trainer seeds per epoch,
+  so a resumed run draws what the uninterrupted run drew, whatever the data-loading workers do;
+- testing with ``augment``: resize the short side to S / 0.875 and take the centre S x S crop
+  (``resized``), or the whole image (``padded``);
 - without ``augment`` (small images such as digits): the whole image, resized to S x S.
 """
 
@@ -54,6 +56,16 @@ def random_resized_crops(sizes: Tensor, generator: torch.Generator, scale=SCALE,
     return torch.stack([x0, y0, x0 + crop_w, y0 + crop_h], dim=1).float()
 
 
+def padded_crops(sizes: Tensor, generator: torch.Generator, image_size: int, padding: int) -> Tensor:
+    """(B, 4) boxes of ``RandomCrop(S, padding)`` applied to each image resized to S x S: the whole
+    image shifted by a whole number of output pixels in [-padding, padding] on each axis (the part
+    outside the image reads as zero padding)."""
+    shift = torch.randint(0, 2 * padding + 1, (len(sizes), 2), generator=generator).double() - padding
+    heights, widths = sizes[:, 0].double(), sizes[:, 1].double()
+    x0, y0 = shift[:, 0] * widths / image_size, shift[:, 1] * heights / image_size
+    return torch.stack([x0, y0, x0 + widths, y0 + heights], dim=1).float()
+
+
 def test_resize(image_size: int) -> int:
     """The short side test images are resized to before their centre crop."""
     return int(image_size / TEST_CROP_FRACTION)
@@ -79,8 +91,10 @@ def whole_images(sizes: Tensor) -> Tensor:
 class BatchView:
     """uint8 batch + sizes -> normalised (B, 3, S, S) inputs on the batch's device."""
 
-    def __init__(self, image_size: int, mean, std, augment: bool, train: bool, channels_last: bool = False):
+    def __init__(self, image_size: int, mean, std, augment: bool, train: bool, channels_last: bool = False,
+                 crop: str = "resized", scale_min: float = SCALE[0], padding: int = 0):
         self.image_size, self.augment, self.train, self.channels_last = image_size, augment, train, channels_last
+        self.crop, self.scale, self.padding = crop, (scale_min, SCALE[1]), padding
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
 
@@ -88,14 +102,24 @@ class BatchView:
         """Crop boxes (B, 4) and, when training with augmentation, which images to flip (B,)."""
         sizes = sizes.cpu()
         if self.augment and self.train:
-            boxes = random_resized_crops(sizes, generator)
+            if self.crop == "padded":
+                boxes = padded_crops(sizes, generator, self.image_size, self.padding)
+            else:
+                boxes = random_resized_crops(sizes, generator, self.scale)
             return boxes, torch.rand(len(sizes), generator=generator) < 0.5
-        return (centre_crops(sizes, self.image_size) if self.augment else whole_images(sizes)), None
+        if self.augment and self.crop == "resized":
+            return centre_crops(sizes, self.image_size), None
+        return whole_images(sizes), None
 
     def __call__(self, images: Tensor, sizes: Tensor, generator: torch.Generator | None = None) -> Tensor:
         from torchvision.ops import roi_align
 
         boxes, flips = self.boxes(sizes, generator)
+        if self.crop == "padded" and self.train and self.augment:
+            # Zero padding as RandomCrop pads: roi_align reads the edge pixel up to one pixel out.
+            margin = int(math.ceil(self.padding * float(sizes.max()) / self.image_size)) + 1
+            images = torch.nn.functional.pad(images, (margin, margin, margin, margin))
+            boxes = boxes + margin
         rois = torch.cat([torch.arange(len(boxes), dtype=torch.float32)[:, None], boxes], dim=1).to(images.device)
         out = roi_align(images.float(), rois, output_size=self.image_size, spatial_scale=1.0, sampling_ratio=-1,
                         aligned=True)

@@ -154,5 +154,6 @@ def build_benchmark(cfg: BenchmarkConfig, image_size: int, mean, std, channels_l
             )
         )
         start += len(classes)
-    views = [BatchView(image_size, mean, std, cfg.augment, train, channels_last) for train in (True, False)]
+    views = [BatchView(image_size, mean, std, cfg.augment, train, channels_last, cfg.crop, cfg.crop_scale_min,
+                       cfg.crop_padding) for train in (True, False)]
     return Benchmark(cfg.dataset, order, splits.class_names, tasks, *views, splits.manifest, splits.skipped)

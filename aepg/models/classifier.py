@@ -29,7 +29,8 @@ class ContinualClassifier(nn.Module):
     """Logits over the requested columns (classes) of one head that covers the whole benchmark.
 
     Only the PEFT parameters and the head train. The backbone's own weights and normalisation
-    statistics never change: ``train()`` keeps batch-norm layers in eval mode. Prompt methods
+    statistics never change (``train()`` keeps batch-norm layers in eval mode) unless the method
+    trains the backbone (full fine-tuning). Prompt methods
     get their query (the frozen backbone's feature) from a first pass with prompts disabled;
     with LAE, evaluation ensembles the online and offline PEFT parameters.
     """
@@ -47,8 +48,9 @@ class ContinualClassifier(nn.Module):
         # Everything PEFT added (parameters and buffers such as task counters) and everything that
         # trains; HF peft moves the frozen weights it wraps to "base_layer", which stay frozen.
         trained = {n.removeprefix("backbone.") for n in self.peft_names}
+        whole = self.peft is not None and self.peft.trains_backbone
         self.peft_state_names = [f"backbone.{k}" for k in backbone.state_dict()
-                                 if (k not in frozen_keys and ".base_layer." not in k) or k in trained]
+                                 if (k not in frozen_keys and ".base_layer." not in k) or k in trained or whole]
         self.lae = OnlineOfflinePair(self.peft_parameters(), lae_decay) if lae_decay else None
         self.peft_frozen = False
         self.sparse_updates = bool(self.peft is not None and self.peft.sparse)
@@ -81,6 +83,8 @@ class ContinualClassifier(nn.Module):
 
     def train(self, mode: bool = True) -> "ContinualClassifier":
         super().train(mode)
+        if self.peft is not None and self.peft.trains_batchnorm and not self.peft_frozen:
+            return self
         for module in self.backbone.modules():
             if isinstance(module, _BatchNorm):
                 module.eval()
@@ -126,7 +130,7 @@ class ContinualClassifier(nn.Module):
         return self.peft_state_names + lae + ["head.weight", "head.bias"]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """PEFT, LAE and head state: all a checkpoint needs, since the backbone never changes."""
+        """PEFT, LAE and head state (the whole backbone's when it trains): all a checkpoint needs."""
         state = self.state_dict()
         return {name: state[name].detach().cpu().clone() for name in self.state_names()}
 
@@ -147,7 +151,8 @@ def build_model(cfg: ModelConfig, num_classes: int, num_tasks: int) -> tuple[Con
     """The model a ``ModelConfig`` describes, and the input its backbone expects."""
     backbone = create_backbone(cfg.backbone, cfg.weights, cfg.image_size, **cfg.backbone_kwargs)
     data = resolve_data_config({}, model=backbone)
-    spec = InputSpec(cfg.image_size or data["input_size"][-1], tuple(data["mean"]), tuple(data["std"]))
+    mean, std = (tuple(data["mean"]), tuple(data["std"])) if cfg.normalize == "backbone" else ((0.0,) * 3, (1.0,) * 3)
+    spec = InputSpec(cfg.image_size or data["input_size"][-1], mean, std)
     frozen_keys = set(backbone.state_dict())
     backbone = attach_peft(backbone, cfg.peft, num_tasks)
     lae_decay = cfg.peft.lae_decay if cfg.peft.lae else None

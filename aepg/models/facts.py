@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aepg.config import env_path
 
-FORMAT = 2
+FORMAT = 3
 
 
 def cache_dir() -> Path:
@@ -55,10 +55,12 @@ def architecture(name: str) -> str:
 
 
 def model_names() -> list[str]:
-    """Every architecture timm can build."""
+    """Every architecture timm can build (aepg's own registered ones too)."""
 
     def compute():
         import timm
+
+        import aepg.models.cifar_resnet  # noqa: F401  (registers the CIFAR ResNets)
 
         return timm.list_models()
 

@@ -50,14 +50,18 @@ def ladder(spec) -> list[Level]:
 
 
 def level_config(cfg: RunConfig, fidelity: str, level: Level, full_per_class: int) -> RunConfig:
-    """``cfg`` at a level of the ladder: fewer epochs (head-only epochs scaled alike), or fewer
-    training images per class (``full_per_class`` is the full budget's)."""
+    """``cfg`` at a level of the ladder: fewer epochs (head-only and warm-up epochs and the
+    learning rate's milestones scaled alike), or fewer training images per class
+    (``full_per_class`` is the full budget's)."""
     if level.fraction >= 1:
         return cfg
     low = cfg.model_copy(deep=True)
     if fidelity == "epochs":
         epochs = max(1, round(cfg.train.epochs * level.fraction))
-        low.train.head_only_epochs = min(round(cfg.train.head_only_epochs * level.fraction), epochs - 1)
+        scaled = lambda value: min(round(value * level.fraction), epochs - 1)  # noqa: E731
+        low.train.head_only_epochs = scaled(cfg.train.head_only_epochs)
+        low.train.warmup_epochs = scaled(cfg.train.warmup_epochs)
+        low.train.lr_milestones = sorted({max(1, scaled(m)) for m in cfg.train.lr_milestones}) if epochs > 1 else []
         low.train.epochs = epochs
     else:
         low.benchmark.max_train_per_class = max(1, round(full_per_class * level.fraction))

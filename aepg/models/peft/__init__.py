@@ -72,6 +72,22 @@ class LinearProbe(MethodConfig):
     kind: Literal["none"] = "none"
 
 
+@METHODS.register("full", builder=f"{PACKAGE}.full:build_full", display="full fine-tuning")
+class FullMethod(MethodConfig):
+    """Full fine-tuning: every backbone weight trains with the head, from pretrained or random weights."""
+
+    kind: Literal["full"] = "full"
+    batchnorm: Literal["train", "frozen"] = "train"
+    """BatchNorm layers use and update batch statistics while training (``train``), or keep the
+    backbone's running statistics as every PEFT method does (``frozen``)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
+        if self.lae:
+            found.append(("lae", "LAE's online/offline pair averages a PEFT module; it does not wrap full fine-tuning"))
+        return found
+
+
 class BlocksMethod(MethodConfig):
     """A method that adapts chosen ViT blocks."""
 

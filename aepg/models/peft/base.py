@@ -38,10 +38,14 @@ class PeftModule(nn.Module):
     ``needs_query``: the module selects or weights prompts by the frozen backbone's feature,
     computed by a first forward pass with the module disabled.
     ``sparse``: not every parameter gets a gradient at every step (DDP must be told).
+    ``trains_backbone``: the backbone's own weights train (and are checkpointed);
+    ``trains_batchnorm``: its BatchNorm layers stay in train mode while it trains.
     """
 
     needs_query = False
     sparse = False
+    trains_backbone = False
+    trains_batchnorm = False
 
     def __init__(self):
         super().__init__()
