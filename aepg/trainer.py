@@ -120,6 +120,21 @@ class TaskInputs:
         for images, sizes, y in trainer._loader(shard, trainer.cfg.train.eval_batch_size, in_memory=train.in_memory):
             yield trainer.benchmark.test_view(images.to(trainer.device, non_blocking=True), sizes), y.to(trainer.device)
 
+    @torch.no_grad()
+    def features(self):
+        model = self.trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            for x, y in self.batches():
+                with self.trainer.autocast:
+                    yield model.features(x).float(), y
+        finally:
+            model.train(was_training)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.trainer.context.all_reduce_sum(tensor)
+
 
 class ContinualTrainer:
     def __init__(
@@ -247,6 +262,8 @@ class ContinualTrainer:
             leave=False,
         )
         self.model.begin_task(task.index)
+        if state.epoch == 0:
+            self.model.prepare_task(task.index, TaskInputs(self, task))
         phase = None
         for epoch in range(state.epoch, self.cfg.train.epochs):
             head_only = self._head_only(task, epoch)

@@ -7,7 +7,7 @@ import torch
 from aepg.config import load_config
 from aepg.distributed import Context
 from aepg.launch import build_job
-from aepg.trainer import ContinualTrainer
+from aepg.trainer import ContinualTrainer, TaskInputs
 
 from conftest import CONFIGS, model_inputs
 
@@ -29,6 +29,8 @@ VARIANTS = {
     "coda": ["model.peft.kind=coda", "model.peft.pool_size=8"],
     "lae-lora": ["model.peft.kind=lora", "model.peft.lae=true"],
     "lae-prefix": ["model.peft.kind=prefix", "model.peft.lae=true"],
+    "inflora": ["model.peft.kind=inflora", "model.peft.rank=4"],
+    "lae-inflora": ["model.peft.kind=inflora", "model.peft.rank=4", "model.peft.lae=true"],
 }
 
 
@@ -38,9 +40,12 @@ def config(variant: str, *extra: str):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_only_peft_and_head_get_gradients(variant):
-    model, benchmark, objective = build_job(config(variant))
-    model.train()
+    cfg = config(variant)
+    model, benchmark, objective = build_job(cfg)
+    trainer = ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu")))
     model.begin_task(0)
+    model.prepare_task(0, TaskInputs(trainer, benchmark.tasks[0]))  # InfLoRA builds its A from the data
+    model.train()
     x, _ = model_inputs(benchmark, benchmark.tasks[0].train, range(8))
     logits = model(x, slice(0, 5))
     assert logits.shape == (8, 5)

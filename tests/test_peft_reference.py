@@ -288,6 +288,107 @@ def test_pooled_accuracy_differs_from_the_task_mean_as_by_hand():
     assert summary["forgetting"] == pytest.approx(0.4) and summary["bwt"] == pytest.approx(-0.4)
 
 
+# -- InfLoRA ----------------------------------------------------------------------------------------
+
+class Inputs:
+    """A task's training data as ``end_task`` and ``prepare_task`` read it (``TaskData``), for a bare backbone."""
+
+    def __init__(self, backbone, images):
+        self.backbone, self.images = backbone, images
+
+    def batches(self):
+        yield self.images, torch.zeros(len(self.images), dtype=torch.long)
+
+    def features(self):
+        with torch.no_grad():
+            for x, y in self.batches():
+                yield self.backbone(x), y
+
+    def sum(self, tensor):
+        return tensor
+
+
+def attention_inputs(vit, images) -> list[torch.Tensor]:
+    """The reference's ``cur_matrix`` of every block, up to its scale: sum of x x^T over the tokens
+    its attention reads."""
+    found = []
+    hooks = [block.attn.register_forward_pre_hook(lambda _, args: found.append(args[0].reshape(-1, DIM)))
+             for block in vit.blocks]
+    with torch.no_grad():
+        vit(images)
+    for hook in hooks:
+        hook.remove()
+    return [x.T @ x for x in found]
+
+
+def subspace(rows: torch.Tensor) -> torch.Tensor:
+    """The projection onto the span of orthogonal rows (sign and order free)."""
+    q = torch.linalg.qr(rows.T.double())[0]
+    return q @ q.T
+
+
+def test_inflora_builds_each_task_a_from_its_inputs_orthogonal_to_earlier_tasks():
+    vit = tiny_vit(kind="inflora", rank=3, threshold=0.9)
+    lora = module_of(vit)
+    assert lora.A.shape == (3, DEPTH, 2, 3, DIM) and len(lora.B) == 3  # every block, as the reference
+    first, second = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    lora.begin_task(0)
+    covariances = attention_inputs(vit, first)
+    lora.prepare_task(0, Inputs(vit, first))
+    for slot, covariance in enumerate(covariances):
+        a = lora.A[0, slot, 0]
+        assert torch.equal(a, lora.A[0, slot, 1])  # the key's and the value's A are the same
+        torch.testing.assert_close(a @ a.T, torch.eye(3) / 3, atol=1e-5, rtol=0)  # U_r^T / sqrt(3)
+        top = torch.linalg.eigh(covariance.double())[1][:, -3:].T
+        torch.testing.assert_close(subspace(a), subspace(top), atol=1e-4, rtol=0)
+    lora.B[0].data.normal_()  # as if trained
+    lora.end_task(0, Inputs(vit, first))
+    assert (lora.basis_width > 0).all()
+    lora.begin_task(1)
+    assert [id(p) for p in lora.frozen_parameters()] == [id(lora.B[0]), id(lora.B[2])]
+    lora.prepare_task(1, Inputs(vit, second))
+    for slot in range(DEPTH):
+        width = int(lora.basis_width[slot])
+        basis = lora.basis[slot, :, :width]
+        torch.testing.assert_close(basis.T @ basis, torch.eye(width), atol=1e-4, rtol=0)
+        a = lora.A[1, slot, 0]
+        if lora.retain[slot]:  # the basis spans the free space: the new rows lie in it
+            torch.testing.assert_close(a @ basis @ basis.T, a, atol=1e-4, rtol=0)
+        else:  # the basis spans the old tasks' inputs: the new rows are orthogonal to it
+            assert (a @ basis).abs().max() < 1e-4
+
+    # The projection adds x (sum_t B_t A_t)^T to the key and value rows, over the tasks so far.
+    lora.B[1].data.normal_()
+    qkv, x = vit.blocks[2].attn.qkv, torch.randn(2, 5, DIM)
+    key = sum(lora.B[t][2, 0] @ lora.A[t, 2, 0] for t in range(2))
+    value = sum(lora.B[t][2, 1] @ lora.A[t, 2, 1] for t in range(2))
+    with torch.no_grad():
+        expected = F.linear(x, qkv.weight + torch.cat([torch.zeros(DIM, DIM), key, value]), qkv.bias)
+        torch.testing.assert_close(qkv(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_dualgpm_keeps_the_directions_the_threshold_asks_for():
+    from aepg.models.peft.inflora import update_basis
+
+    eye = torch.eye(8, dtype=torch.float64)
+    spectrum = torch.diag(torch.tensor([8, 4, 2, 1, 0.5, 0.25, 0.125, 0.0625], dtype=torch.float64))
+    # First task: the squared singular values' cumulative share is 0.75, 0.94, 0.98, ...: two stay under 0.95.
+    basis, retain = update_basis(torch.zeros(8, 0, dtype=torch.float64), False, spectrum, 0.95, first=True)
+    assert not retain and basis.shape == (8, 2)
+    torch.testing.assert_close(subspace(basis.T), subspace(eye[:2]))
+    # A second task whose inputs lie along e3: its one direction joins the basis.
+    basis, retain = update_basis(basis, False, 8 * torch.diag(eye[2]), 0.95, first=False)
+    assert not retain and basis.shape == (8, 3)
+    torch.testing.assert_close(subspace(basis.T), subspace(eye[:3]))
+    # A flat spectrum at a high threshold needs more than half the dimensions: the complement is kept.
+    basis, retain = update_basis(torch.zeros(8, 0, dtype=torch.float64), False, eye.clone(), 0.9, first=True)
+    assert retain and basis.shape == (8, 1)  # 7 directions protected, 1 free
+    # Inputs along the free direction use it up when they hold more than 1 - threshold of the energy.
+    free = basis[:, 0]
+    basis, retain = update_basis(basis, True, torch.outer(free, free) + 1e-3 * eye, 0.9, first=False)
+    assert retain and basis.shape == (8, 0)
+
+
 # -- trainable parameters of the paper's presets on ViT-B/16 --------------------------------------
 
 D, BLOCKS = 768, 5
@@ -307,6 +408,8 @@ def expected_peft_params(peft: MethodConfig, num_tasks: int) -> int:
         return 2 * 2 * peft.g_length * D + num_tasks * 3 * 2 * peft.length * D + num_tasks * D
     if peft.kind == "coda":  # components, keys and attention vectors per block
         return BLOCKS * (peft.pool_size * peft.length * D + 2 * peft.pool_size * D)
+    if peft.kind == "inflora":  # per task, per block: key and value B (d x r); A is built, not trained
+        return num_tasks * BLOCKS * 2 * D * peft.rank
     raise AssertionError(peft.kind)
 
 
@@ -315,7 +418,7 @@ PRESETS = sorted(p.name for p in (CONFIGS / "paper").glob("*.yaml") if p.stem.rs
 
 
 def test_there_is_a_preset_per_benchmark_and_method():
-    assert len(PRESETS) == 4 * 7
+    assert len(PRESETS) == 4 * len(METHODS) and len(METHODS) >= 8
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -55,7 +55,8 @@ class ContinualClassifier(nn.Module):
         self.peft_frozen = False
         self.sparse_updates = bool(self.peft is not None and self.peft.sparse)
 
-    def _features(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """The backbone's features of ``x`` (with the query pass that prompt methods need)."""
         if self.peft is not None and self.peft.needs_query:
             with torch.no_grad(), self.peft.disabled():
                 query = self.backbone(x)
@@ -65,9 +66,9 @@ class ContinualClassifier(nn.Module):
     def _logits(self, x: Tensor, columns: slice) -> Tensor:
         if self.peft_frozen:  # head-only phases: no autograd graph through the backbone
             with torch.no_grad():
-                features = self._features(x)
+                features = self.features(x)
         else:
-            features = self._features(x)
+            features = self.features(x)
         logits = self.head(features)
         if self.peft is not None and not self.training:
             logits = self.peft.predict(logits, features)
@@ -110,6 +111,10 @@ class ContinualClassifier(nn.Module):
         if self.lae is not None:
             self.lae.update()
 
+    def prepare_task(self, task: int, data) -> None:
+        if self.peft is not None:
+            self.peft.prepare_task(task, data)
+
     def end_task(self, task: int, data) -> None:
         if self.peft is not None:
             self.peft.end_task(task, data)
@@ -120,10 +125,12 @@ class ContinualClassifier(nn.Module):
         return [params[n] for n in self.peft_names]
 
     def set_peft_trainable(self, trainable: bool) -> None:
-        """Head-only phases switch the PEFT parameters off so backward stops at the head."""
+        """Head-only phases switch the PEFT parameters off so backward stops at the head; the
+        parameters the method keeps frozen in this task stay off (no gradient, no weight decay)."""
         self.peft_frozen = not trainable
+        frozen = {id(p) for p in self.peft.frozen_parameters()} if self.peft is not None else set()
         for p in self.peft_parameters():
-            p.requires_grad_(trainable)
+            p.requires_grad_(trainable and id(p) not in frozen)
 
     def state_names(self) -> list[str]:
         lae = [f"lae.{k}" for k in self.lae.state_dict()] if self.lae is not None else []

@@ -10,7 +10,7 @@ the CLI runs them before importing torch) and a lazy reference to its builder,
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -32,9 +32,10 @@ class PeftError(ValueError):
     """The PEFT settings do not fit the backbone."""
 
 
-def adapted_blocks(blocks: list[int] | None, depth: int) -> list[int]:
+def adapted_blocks(blocks: list[int] | None, depth: int, default: list[int] | None = DEFAULT_BLOCKS) -> list[int]:
+    """The chosen blocks, checked against the depth; unset: ``default`` (None: every block)."""
     if blocks is None:
-        return [b for b in DEFAULT_BLOCKS if b < depth]
+        return list(range(depth)) if default is None else [b for b in default if b < depth]
     chosen = sorted(set(blocks))
     if any(b >= depth for b in chosen):
         raise PeftError(f"model.peft.blocks {chosen} exceed the backbone's {depth} blocks")
@@ -91,8 +92,12 @@ class FullMethod(MethodConfig):
 class BlocksMethod(MethodConfig):
     """A method that adapts chosen ViT blocks."""
 
+    default_blocks: ClassVar[list[int] | None] = DEFAULT_BLOCKS
     blocks: list[int] | None = None
     """Indices of ``blocks.N`` to adapt; default: blocks 0-4 of a ViT (the paper), every block otherwise."""
+
+    def chosen_blocks(self, depth: int) -> list[int]:
+        return adapted_blocks(self.blocks, depth, self.default_blocks)
 
     def problems(self) -> list[tuple[str, str]]:
         found = super().problems()
@@ -102,12 +107,12 @@ class BlocksMethod(MethodConfig):
 
     def check(self, facts: dict, num_tasks: int) -> None:
         if facts["is_vit"]:
-            adapted_blocks(self.blocks, facts["depth"])
+            self.chosen_blocks(facts["depth"])
 
     def params(self, facts: dict) -> dict[str, Any]:
         values = super().params(facts)
         if facts.get("is_vit"):
-            values["blocks"] = adapted_blocks(self.blocks, facts["depth"])
+            values["blocks"] = self.chosen_blocks(facts["depth"])
         return values
 
 
@@ -239,7 +244,7 @@ class DualPromptMethod(BlocksMethod):
 
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)
-        if not dualprompt_blocks(adapted_blocks(self.blocks, facts["depth"]))[1]:
+        if not dualprompt_blocks(self.chosen_blocks(facts["depth"]))[1]:
             raise PeftError("DualPrompt needs blocks for expert prompts beyond the general ones (default 0-4)")
 
 
@@ -265,3 +270,24 @@ class CodaMethod(BlocksMethod):
         if self.pool_size > facts["embed_dim"]:
             raise PeftError(f"model.peft.pool_size ({self.pool_size}) exceeds the embedding width ({facts['embed_dim']}): "
                             "that many keys cannot be orthogonal")
+
+
+@METHODS.register("inflora", builder=f"{PACKAGE}.inflora:build_inflora", display="InfLoRA", traits=("vit_only",))
+class InfLoraMethod(BlocksMethod):
+    """InfLoRA: per task a new key/value LoRA branch whose A spans the task's input subspace
+    orthogonal to earlier tasks' (DualGPM) and stays frozen; only the task's B trains."""
+
+    kind: Literal["inflora"] = "inflora"
+    default_blocks: ClassVar[list[int] | None] = None  # every block, as the reference
+    rank: int = Field(10, ge=1)
+    """Rank of each task's branch (10 in the reference's configs; 5 in the aEPG paper)."""
+    threshold: float = Field(0.95, gt=0, le=1)
+    """DualGPM's energy threshold lambda at the first task (the reference's ``lamb``: 0.95 on
+    CIFAR-100, 0.98 on ImageNet-R; 0.99 in the aEPG paper)."""
+    threshold_end: float = Field(1.0, gt=0, le=1)
+    """The threshold moves linearly from ``threshold`` towards this over the tasks (``lame``)."""
+
+    def check(self, facts: dict, num_tasks: int) -> None:
+        super().check(facts, num_tasks)
+        if self.rank > facts["embed_dim"]:
+            raise PeftError(f"model.peft.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")

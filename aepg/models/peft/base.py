@@ -1,7 +1,8 @@
 """What every PEFT module written here shares: where it hooks into a timm ViT, and the life cycle
-the classifier and trainer call, none of them knowing a method by name: the start of a task, the
-query, an auxiliary loss, a gradient transform before each optimiser step, the step's end, the end
-of a task with the task's training data, and the prediction rule at test time.
+the classifier and trainer call, none of them knowing a method by name: the start of a task (and,
+at a task's very start, its training data), the parameters it keeps frozen, the query, an
+auxiliary loss, a gradient transform before each optimiser step, the step's end, the end of a task
+with the task's training data, and the prediction rule at test time.
 
 Modules live on the backbone as ``backbone.aepg_peft`` so they move, save and wrap (DDP) with it.
 """
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aepg.models.peft import BlocksMethod, adapted_blocks
+from aepg.models.peft import BlocksMethod
 
 ATTRIBUTE = "aepg_peft"
 
@@ -30,6 +31,13 @@ class TaskData(Protocol):
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """(inputs, labels) batches over the task's training images; every worker sees its shard."""
+
+    def features(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(backbone features, labels) of the same batches, computed in eval mode without
+        gradients by the backbone with its module as it is now (its hooks see every input)."""
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over the workers (each saw its shard); itself with one worker."""
 
 
 class PeftModule(nn.Module):
@@ -55,6 +63,14 @@ class PeftModule(nn.Module):
 
     def begin_task(self, task: int) -> None:
         """Called before training task ``task`` (and again when a run resumes inside it)."""
+
+    def prepare_task(self, task: int, data: "TaskData") -> None:
+        """Called once before task ``task``'s first epoch, after ``begin_task``, with its training
+        data (e.g. to build the task's parameters from it); not when a run resumes inside it."""
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The module's parameters that must not train in the current task (earlier tasks' parts)."""
+        return []
 
     def set_query(self, query: Tensor | None) -> None:
         self.query = query
@@ -100,7 +116,7 @@ class Scale(nn.Module):
 
 def blocks_of(backbone: nn.Module, cfg: BlocksMethod) -> list[int]:
     """The ViT blocks ``cfg`` adapts (``attach_peft`` has checked them against the backbone)."""
-    return adapted_blocks(cfg.blocks, len(backbone.blocks))
+    return cfg.chosen_blocks(len(backbone.blocks))
 
 
 def compensate(attn: Tensor, start: int, stop: int) -> Tensor:
