@@ -210,8 +210,10 @@ class ContinualTrainer:
             start, first_epoch = time.perf_counter(), state.epoch
             self.train_task(task, state, optimizer_state)
             optimizer_state = None
-            # Training throughput of the whole job (all workers), evaluation excluded.
-            rate = (self.cfg.train.epochs - first_epoch) * len(task.train) / (time.perf_counter() - start)
+            # Training throughput of the whole job (all workers), evaluation excluded; 0 for a task
+            # the method does not train.
+            trained = (self.cfg.train.epochs - first_epoch) * len(task.train) if self.model.trains(task.index) else 0
+            rate = trained / (time.perf_counter() - start)
             accuracies, state.test_sizes = self.evaluate(task.index)
             state.accuracy_matrix.append(accuracies)
             state.task, state.epoch = task.index + 1, 0
@@ -265,7 +267,8 @@ class ContinualTrainer:
         if state.epoch == 0:
             self.model.prepare_task(task.index, TaskInputs(self, task))
         phase = None
-        for epoch in range(state.epoch, self.cfg.train.epochs):
+        epochs = range(state.epoch, self.cfg.train.epochs) if self.model.trains(task.index) else ()
+        for epoch in epochs:
             head_only = self._head_only(task, epoch)
             if head_only != phase:
                 phase = head_only

@@ -31,6 +31,8 @@ VARIANTS = {
     "lae-prefix": ["model.peft.kind=prefix", "model.peft.lae=true"],
     "inflora": ["model.peft.kind=inflora", "model.peft.rank=4"],
     "lae-inflora": ["model.peft.kind=inflora", "model.peft.rank=4", "model.peft.lae=true"],
+    "ranpac": ["model.peft.kind=ranpac", "model.peft.bottleneck=4", "model.peft.projection_dim=32"],
+    "sd_lora": ["model.peft.kind=sd_lora", "model.peft.rank=4"],
 }
 
 

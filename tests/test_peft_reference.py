@@ -389,6 +389,87 @@ def test_dualgpm_keeps_the_directions_the_threshold_asks_for():
     assert retain and basis.shape == (8, 0)
 
 
+# -- RanPAC -----------------------------------------------------------------------------------------
+
+class Features:
+    """A task's data as ``end_task`` reads it, given as hand-made features."""
+
+    def __init__(self, features, labels):
+        self.items = [(features, labels)]
+
+    def features(self):
+        return iter(self.items)
+
+    def sum(self, tensor):
+        return tensor
+
+
+def test_ranpac_head_is_the_ridge_solution_over_every_task_so_far():
+    from aepg.models.peft.ranpac import RIDGES
+
+    vit = tiny_vit(kind="ranpac", bottleneck=4, projection_dim=16)
+    ranpac = module_of(vit)
+    ranpac.set_num_classes(4)
+    assert len(ranpac.adapter.layers) == DEPTH  # the adapter is on every block, as the reference's
+    assert ranpac.trains(0) and not ranpac.trains(1)
+    first, second = torch.randn(20, DIM), torch.randn(30, DIM)
+    labels = torch.tensor([0, 1] * 10), torch.tensor([2, 3] * 15)
+    ranpac.begin_task(0)
+    assert ranpac.frozen_parameters() == []
+    ranpac.end_task(0, Features(first, labels[0]))
+    ranpac.begin_task(1)
+    assert {id(p) for p in ranpac.frozen_parameters()} == {id(p) for p in ranpac.adapter.parameters()}
+    ranpac.end_task(1, Features(second, labels[1]))
+
+    H = torch.relu(torch.cat([first, second]).double() @ ranpac.projection.double())
+    Y = F.one_hot(torch.cat(labels), 4).double()
+    ridge = float(ranpac.ridge)
+    assert ridge in RIDGES
+    expected = torch.linalg.solve(H.T @ H + ridge * torch.eye(16, dtype=torch.float64), H.T @ Y).T
+    torch.testing.assert_close(ranpac.head.double(), expected, atol=1e-3, rtol=1e-3)
+    # A prediction is h W_out^T over all classes, whatever the trained linear head says.
+    x = torch.randn(3, DIM)
+    torch.testing.assert_close(ranpac.predict(torch.zeros(3, 4), x),
+                               (torch.relu(x @ ranpac.projection) @ ranpac.head.T))
+
+
+# -- SD-LoRA ----------------------------------------------------------------------------------------
+
+def test_sd_lora_keeps_earlier_directions_and_trains_their_magnitudes():
+    vit = tiny_vit(kind="sd_lora", rank=2, init_magnitude=0.8)
+    lora = module_of(vit)
+    assert len(lora.A) == 3 and lora.A[0].shape == (DEPTH, 2, 2, DIM)  # every block, query and value
+    assert all(torch.count_nonzero(b) == 0 for b in lora.B)
+    bound = 1 / math.sqrt(DIM)  # Kaiming-uniform with a = sqrt(5)
+    assert lora.A[1].abs().max() <= bound
+    randomise(lora)
+    lora.begin_task(1)
+    lora.prepare_task(1, None)
+    assert torch.equal(lora.magnitude.detach(), torch.full((3,), 0.8))  # every magnitude restarts
+    with torch.no_grad():
+        lora.magnitude.copy_(torch.tensor([1.5, 0.7, 9.0]))
+    frozen = {id(p) for p in lora.frozen_parameters()}
+    assert frozen == {id(lora.A[0]), id(lora.B[0]), id(lora.A[2]), id(lora.B[2])}
+
+    qkv, x = vit.blocks[4].attn.qkv, torch.randn(2, 5, DIM)
+    A, B, m = lora.A, lora.B, lora.magnitude
+
+    def update(part):  # m_1 B_1 A_1 + m_0 B_0 A_0 / (|B_0| |A_0|)
+        earlier = B[0][4, part] @ A[0][4, part] / (B[0][4, part].norm() * A[0][4, part].norm())
+        return m[1] * B[1][4, part] @ A[1][4, part] + m[0] * earlier
+
+    for p in lora.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    adapted = qkv(x)
+    with torch.no_grad():
+        expected = F.linear(x, qkv.weight + torch.cat([update(0), torch.zeros(DIM, DIM), update(1)]), qkv.bias)
+    torch.testing.assert_close(adapted.detach(), expected, atol=1e-4, rtol=1e-4)  # keys untouched
+    adapted.square().sum().backward()
+    assert lora.magnitude.grad[0] != 0 and lora.magnitude.grad[1] != 0 and lora.magnitude.grad[2] == 0
+    assert lora.A[1].grad.abs().sum() > 0 and lora.B[1].grad.abs().sum() > 0
+    assert lora.A[0].grad is None and lora.B[0].grad is None
+
+
 # -- trainable parameters of the paper's presets on ViT-B/16 --------------------------------------
 
 D, BLOCKS = 768, 5
@@ -410,6 +491,10 @@ def expected_peft_params(peft: MethodConfig, num_tasks: int) -> int:
         return BLOCKS * (peft.pool_size * peft.length * D + 2 * peft.pool_size * D)
     if peft.kind == "inflora":  # per task, per block: key and value B (d x r); A is built, not trained
         return num_tasks * BLOCKS * 2 * D * peft.rank
+    if peft.kind == "sd_lora":  # per task, per block: query and value A (r x d) and B (d x r); a magnitude per task
+        return num_tasks * (len(peft.chosen_blocks(12)) * 2 * 2 * D * peft.rank + 1)
+    if peft.kind == "ranpac":  # the first task's adapter per block: down (d x b + b), up (b x d + d)
+        return len(peft.chosen_blocks(12)) * (D * peft.bottleneck + peft.bottleneck + peft.bottleneck * D + D)
     raise AssertionError(peft.kind)
 
 
@@ -432,5 +517,5 @@ def test_paper_preset_trainable_parameters_on_vit_b16(preset):
     counts = model.parameter_counts()
     assert counts["params_peft"] == expected_peft_params(cfg.model.peft, cfg.benchmark.num_tasks)
     assert counts["params_head"] == D * classes + classes
-    if preset.endswith("_lora.yaml"):
+    if cfg.model.peft.kind == "lora" and not cfg.model.peft.lae:
         assert counts["params_peft"] == 61_440 + 10

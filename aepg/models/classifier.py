@@ -43,6 +43,8 @@ class ContinualClassifier(nn.Module):
         nn.init.normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
         self.peft = module_of(backbone)
+        if self.peft is not None:
+            self.peft.set_num_classes(num_classes)
         # The method says what trains: what it added, or backbone weights it unfroze.
         self.peft_names = [f"backbone.{n}" for n, p in backbone.named_parameters() if p.requires_grad]
         # Everything PEFT added (parameters and buffers such as task counters) and everything that
@@ -110,6 +112,9 @@ class ContinualClassifier(nn.Module):
             self.peft.after_step()
         if self.lae is not None:
             self.lae.update()
+
+    def trains(self, task: int) -> bool:
+        return self.peft is None or self.peft.trains(task)
 
     def prepare_task(self, task: int, data) -> None:
         if self.peft is not None:

@@ -291,3 +291,61 @@ class InfLoraMethod(BlocksMethod):
         super().check(facts, num_tasks)
         if self.rank > facts["embed_dim"]:
             raise PeftError(f"model.peft.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
+
+
+@METHODS.register("ranpac", builder=f"{PACKAGE}.ranpac:build_ranpac", display="RanPAC")
+class RanpacMethod(BlocksMethod):
+    """RanPAC: an AdaptFormer adapter trained on the first task only, then frozen; predictions come
+    from a random ReLU projection of the features and a ridge-regression head on class statistics
+    accumulated task by task."""
+
+    kind: Literal["ranpac"] = "ranpac"
+    default_blocks: ClassVar[list[int] | None] = None  # every block, as the reference's adapter
+    adapt_first_task: bool = True
+    """Train the adapter on the first task (the reference's ``adapter`` rows); false: the frozen
+    backbone's features only (its ``ncm`` rows), and nothing trains."""
+    bottleneck: int = Field(64, ge=1)
+    """The adapter's width (``ffn_num`` 64 in the reference)."""
+    adapter_scale: float = Field(0.1, gt=0)
+    adapter_dropout: float = Field(0.1, ge=0, lt=1)
+    projection_dim: int = Field(10000, ge=0)
+    """M, the random projection's width (10000 in the reference); 0: no projection, the ridge head
+    reads the features themselves."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
+        if self.lae:
+            found.append(("lae", "RanPAC predicts with its ridge head, which LAE's online/offline ensemble cannot average"))
+        return found
+
+    def check(self, facts: dict, num_tasks: int) -> None:
+        if self.adapt_first_task and not facts["is_vit"]:
+            raise PeftError(f"RanPAC's first-task adapter needs a timm VisionTransformer, not {facts['family']}; "
+                            "set model.peft.adapt_first_task=false to use the backbone's features only")
+        super().check(facts, num_tasks)
+
+    def params(self, facts: dict) -> dict[str, Any]:
+        values = super().params(facts)
+        if not self.adapt_first_task:
+            values = {key: value for key, value in values.items()
+                      if key not in ("blocks", "bottleneck", "adapter_scale", "adapter_dropout")}
+        return values
+
+
+@METHODS.register("sd_lora", builder=f"{PACKAGE}.sd_lora:build_sd_lora", display="SD-LoRA", traits=("vit_only",))
+class SdLoraMethod(BlocksMethod):
+    """SD-LoRA: per task a new query/value LoRA; earlier tasks' updates keep their directions
+    (B A / (|B| |A|), frozen) and go on learning only their magnitudes, shared by all blocks."""
+
+    kind: Literal["sd_lora"] = "sd_lora"
+    default_blocks: ClassVar[list[int] | None] = None  # every block, as the reference
+    rank: int = Field(10, ge=1)
+    """Rank of each task's branch (10 in the reference's configs)."""
+    init_magnitude: float = 1.0
+    """Every magnitude's value at the start of each task (1.0 in LibContinual's configs, 0.8 in
+    the authors' code)."""
+
+    def check(self, facts: dict, num_tasks: int) -> None:
+        super().check(facts, num_tasks)
+        if self.rank > facts["embed_dim"]:
+            raise PeftError(f"model.peft.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")

@@ -1,6 +1,6 @@
 """What every PEFT module written here shares: where it hooks into a timm ViT, and the life cycle
 the classifier and trainer call, none of them knowing a method by name: the start of a task (and,
-at a task's very start, its training data), the parameters it keeps frozen, the query, an
+at a task's very start, its training data), whether it trains, the parameters it keeps frozen, the query, an
 auxiliary loss, a gradient transform before each optimiser step, the step's end, the end of a task
 with the task's training data, and the prediction rule at test time.
 
@@ -61,8 +61,17 @@ class PeftModule(nn.Module):
         self.query: Tensor | None = None
         self._aux: Tensor | None = None
 
+    def set_num_classes(self, num_classes: int) -> None:
+        """Called once, when the classifier is built, with its head's size (for methods with their
+        own prediction rule, such as a closed-form head)."""
+
     def begin_task(self, task: int) -> None:
         """Called before training task ``task`` (and again when a run resumes inside it)."""
+
+    def trains(self, task: int) -> bool:
+        """Whether task ``task`` is trained at all (RanPAC trains the first task only); if not, the
+        trainer goes from ``prepare_task`` straight to ``end_task``."""
+        return True
 
     def prepare_task(self, task: int, data: "TaskData") -> None:
         """Called once before task ``task``'s first epoch, after ``begin_task``, with its training
