@@ -10,9 +10,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from aepg.benchmarks.augment import BatchView
 from aepg.checkpoints import CheckpointStore
+from aepg.cli import main
 from aepg.config import ConfigError, load_config
 from aepg.distributed import Context
-from aepg.launch import build_job, run
+from aepg.launch import build_job
 from aepg.optim import Phase, learning_rate
 from aepg.trainer import ContinualTrainer
 
@@ -27,9 +28,8 @@ SCRATCH = ["model.backbone=resnet18_cifar", "model.weights=random", "model.image
            "objective.kind=aepg", "schedule.kind=constant", "schedule.a=0.2"]
 
 
-def train_config(tmp_path, *overrides):
-    return load_config(DIGITS, [f"storage_path={tmp_path / 'runs'}", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                                "train.log_every_steps=1", *overrides])
+def run_places(tmp_path) -> list[str]:
+    return [f"storage_path={tmp_path / 'runs'}", f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "train.log_every_steps=1"]
 
 
 def test_learning_rate_warms_up_then_follows_its_schedule():
@@ -67,11 +67,15 @@ def test_padded_crop_is_a_random_crop_of_the_zero_padded_image():
 
 
 def test_full_fine_tuning_trains_the_backbone_and_its_batchnorm(tmp_path):
-    cfg = train_config(tmp_path, *SCRATCH)
+    overrides = [*run_places(tmp_path), *SCRATCH]
+    cfg = load_config(DIGITS, overrides)
     initial, _, _ = build_job(cfg)
     before = {k: v.clone() for k, v in initial.backbone.state_dict().items()}
-    result = run(cfg)
-    snapshot, _ = CheckpointStore(cfg.storage_path, result.run_id).load_latest()
+    assert main(["train", str(DIGITS), *overrides]) == 0
+    client = MlflowClient(cfg.tracking_uri)
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
+    run_id = mlflow_run.info.run_id
+    snapshot, _ = CheckpointStore(cfg.storage_path, run_id).load_latest()
     trained = {k.removeprefix("backbone."): v for k, v in snapshot.model.items() if k.startswith("backbone.")}
     assert set(trained) == set(before), "the checkpoint holds the whole backbone"
     convolutions = [k for k in before if k.endswith("conv1.weight") or k.endswith("conv2.weight")]
@@ -84,14 +88,12 @@ def test_full_fine_tuning_trains_the_backbone_and_its_batchnorm(tmp_path):
     model.load_trainable_state_dict(snapshot.model)
     assert all(torch.equal(model.backbone.state_dict()[k], trained[k]) for k in trained)
 
-    client = MlflowClient(cfg.tracking_uri)
-    mlflow_run = client.get_run(result.run_id)
     params = mlflow_run.data.params
     assert (params["model.peft.kind"], params["model.peft.batchnorm"], params["train.optimizer"]) == ("full", "train", "sgd")
     assert (params["train.nesterov"], params["train.lr_schedule"], params["benchmark.crop"]) == ("True", "cosine", "padded")
     assert int(mlflow_run.data.tags["params_peft"]) == sum(v.numel() for k, v in before.items() if "running" not in k
                                                            and "num_batches" not in k)
-    rates = [m.value for m in sorted(client.get_metric_history(result.run_id, "train/lr"), key=lambda m: m.step)]
+    rates = [m.value for m in sorted(client.get_metric_history(run_id, "train/lr"), key=lambda m: m.step)]
     steps = len(rates) // 2  # two epochs: warm-up, then cosine down from the peak
     assert rates[:steps] == pytest.approx([0.05 * (i + 1) / steps for i in range(steps)])
     assert rates[steps] == pytest.approx(0.05) and rates[-1] < rates[steps]

@@ -234,6 +234,31 @@ def test_a_sweep_in_which_no_trial_finishes_fails_and_says_why(ray_address, work
     assert [c.info.status for c in children] == ["FAILED", "FAILED"]
 
 
+TINY_VIT = {"backbone": "vit_tiny_patch16_224", "weights": "random", "image_size": 32,
+            "backbone_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2, "patch_size": 8}}
+
+
+def test_the_newer_methods_run_in_a_sweep_with_their_params_in_mlflow(ray_address, workdir):
+    """InfLoRA, SD-LoRA, RanPAC and full fine-tuning, each a trial of one grid on a tiny ViT."""
+    base = {**TINY_BASE, "benchmark": {**TINY_BASE["benchmark"], "num_tasks": 2}, "model": TINY_VIT}
+    path = write_sweep(workdir, base_overrides=base, space={
+        "model.peft.kind": {"choice": ["inflora", "sd_lora", "ranpac", "full"]},
+        "model.peft.rank": {"choice": [2], "when": {"model.peft.kind": ["inflora", "sd_lora"]}},
+        "model.peft.projection_dim": {"choice": [64], "when": {"model.peft.kind": "ranpac"}},
+    }, search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
+    assert main(["sweep", path]) == 0
+    _, (parent,), children = sweep_runs(workdir / "mlflow.db")
+    assert parent.info.status == "FINISHED"
+    by_kind = {c.data.params["model.peft.kind"]: c for c in children}
+    assert set(by_kind) == {"inflora", "sd_lora", "ranpac", "full"}
+    assert all(c.info.status == "FINISHED" and "final/last_accuracy" in c.data.metrics for c in children)
+    assert by_kind["inflora"].data.params["model.peft.rank"] == "2" and "model.peft.threshold" in by_kind["inflora"].data.params
+    assert by_kind["ranpac"].data.params["model.peft.projection_dim"] == "64"
+    assert by_kind["full"].data.params["model.peft.batchnorm"] == "train"
+    # Full fine-tuning trains every backbone weight; InfLoRA trains each task's B.
+    assert int(by_kind["full"].data.tags["params_peft"]) > int(by_kind["inflora"].data.tags["params_peft"]) > 0
+
+
 def test_sweeps_started_in_the_same_second_get_their_own_folders(workdir):
     from aepg.sweep.driver import output_path
 

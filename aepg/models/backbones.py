@@ -13,8 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from aepg.models import WeightsError
-from aepg.models import cifar_resnet  # noqa: F401  (registers resnet18_cifar and resnet50_cifar with timm)
+from aepg.models import WeightsError, cifar_resnet  # noqa: F401  (cifar_resnet registers its timm models)
 
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 LITE0_ARCH = "tf_efficientnet_lite0"
