@@ -83,12 +83,23 @@ def test_console_script_exit_code(workdir):
 
 def test_shipped_configs_validate():
     paths = sorted(CONFIGS.rglob("*.yaml"))
-    leaves = [p for p in paths if "peft" not in p.parts]
+    leaves = [p for p in paths if "peft" not in p.parts and "backbones" not in p.parts]
     assert len(leaves) >= 2 + 1 + 4 + 4 * 7
     for path in leaves:
         load_config(path)
     lae = load_config(CONFIGS / "paper" / "cub200_lae.yaml")
     assert (lae.benchmark.dataset, lae.model.peft.kind, lae.model.peft.lae, lae.train.head_only_epochs) == ("cub200", "lora", True, 30)
+
+
+def test_a_backbone_checkpoint_layer_changes_only_the_backbone(tmp_path):
+    paper = CONFIGS / "paper"
+    (tmp_path / "l2p_in21k.yaml").write_text(
+        f"extends: [{paper / 'imagenet_r_l2p.yaml'}, {paper / 'backbones' / 'augreg_in21k.yaml'}]\n")
+    layered, plain = load_config(tmp_path / "l2p_in21k.yaml"), load_config(paper / "imagenet_r_l2p.yaml")
+    assert layered.model.backbone == "vit_base_patch16_224.augreg_in21k"
+    assert plain.model.backbone == load_config(paper / "backbones" / "augreg_in21k_ft_in1k.yaml").model.backbone
+    layered.model.backbone = plain.model.backbone
+    assert layered == plain
 
 
 def test_extends_merges_parents_in_order(tmp_path):

@@ -88,3 +88,15 @@ def test_several_sweeps_join_as_column_groups():
     header = table.markdown().splitlines()[0]
     assert header.count("imagenet-r, 10 tasks CE last") == 1 and header.count("cub200, 10 tasks aEPG - CE avg inc") == 1
     assert len({r["group"] for r in table.records()}) == 2
+
+
+def test_the_newer_methods_have_rows_and_the_note_names_checkpoint_order_and_split():
+    where = {"model.backbone": "vit_base_patch16_224.augreg_in21k_ft_in1k", "benchmark.order_seed": "0",
+             "benchmark.split_seed": "0"}
+    kinds = ["ranpac", "lora", "inflora", "full", "sd_lora", "coda"]
+    runs = [run(kind, objective, 0, 0.5, 0.6, **where) for kind in kinds for objective in ("ce", "aepg")]
+    runs.append(run("lora", "ce", 0, 0.5, 0.6, lae=True, **where))
+    table = build_table([("imagenet-r, 10 tasks", runs)])
+    assert table.rows == ["full fine-tuning", "LoRA", "LAE", "CODA-Prompt", "InfLoRA", "RanPAC", "SD-LoRA"]
+    assert ("Runs: backbone vit_base_patch16_224.augreg_in21k_ft_in1k; class order seed 0; split seed 0."
+            in table.markdown())

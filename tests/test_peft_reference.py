@@ -15,7 +15,7 @@ from aepg.models.peft.attach import attach_peft
 from aepg.models.peft.base import module_of
 from aepg.models.peft.base import compensate, prefixed_attention
 from aepg.models.peft.coda import orthogonality_penalty, orthonormal_rows
-from aepg.models.peft.l2p import batchwise
+from aepg.models.peft.base import batchwise
 
 from conftest import CONFIGS
 
@@ -249,6 +249,18 @@ def test_dualprompt_expert_of_a_new_task_starts_as_the_previous_one():
     query = torch.randn(4, DIM)
     dual.set_query(query)
     torch.testing.assert_close(dual.auxiliary_loss(), -F.cosine_similarity(query, dual.keys[1][None]).mean())
+
+
+@pytest.mark.parametrize("batchwise_prompt", [False, True])
+def test_dualprompt_test_time_expert_is_per_sample_or_the_batch_majority(batchwise_prompt):
+    dual = module_of(tiny_vit(kind="dualprompt", batchwise_prompt=batchwise_prompt))
+    dual.begin_task(1)
+    dual.begin_task(2)
+    with torch.no_grad():
+        dual.keys.copy_(torch.eye(3, DIM))
+    dual.eval()
+    dual.set_query(torch.eye(3, DIM)[[2, 0, 2, 1]])  # samples matching experts 2, 0, 2, 1
+    assert dual._expert.tolist() == ([2, 2, 2, 2] if batchwise_prompt else [2, 0, 2, 1])
 
 
 def test_coda_slices_start_orthonormal_and_the_penalty_follows_the_reference():

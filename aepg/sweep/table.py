@@ -88,6 +88,8 @@ class PaperTable:
     rank_metric: str = "last_accuracy"
     options: dict[tuple[str, str, str], dict[tuple, Cell]] = field(default_factory=dict)
     """Every configuration of each cell (the cell shows the best), for pairing differences."""
+    provenance: dict[str, list[str]] = field(default_factory=dict)
+    """What the numbers come from (backbone checkpoint, class order, split): each value the runs used."""
 
     def pair(self, group: str, row: str, column: str) -> tuple[Cell, Cell] | None:
         """The column's shown configuration and the baseline configuration that differs from it by
@@ -193,6 +195,8 @@ class PaperTable:
                      f"that differs from it by {self.columns_key} alone ('-' where there is none).")
         if any(n > 1 for n in self.choices.values()):
             note += f" 'best of k': the best of k configurations by mean final/{self.rank_metric}."
+        if self.provenance:
+            note += " Runs: " + "; ".join(f"{what} {', '.join(values)}" for what, values in self.provenance.items()) + "."
         return note
 
     def latex(self) -> str:
@@ -231,6 +235,28 @@ def differ_only_by(a: tuple, b: tuple, key: str) -> bool:
     return True
 
 
+PROVENANCE = {"model.backbone": "backbone", "model.weights": "weights", "benchmark.order_seed": "class order seed",
+              "benchmark.split_seed": "split seed"}
+"""The params a footnote names, so that a number can be traced to its checkpoint, class order and split."""
+
+
+def provenance(runs: list) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for run in runs:
+        for key, what in PROVENANCE.items():
+            value = run.params.get(key)
+            if value is not None and value not in found.setdefault(what, []):
+                found[what].append(value)
+    return {what: values for what, values in found.items() if values}
+
+
+def row_order() -> list[str]:
+    """Rows in the catalogue's order, LAE right after LoRA, then the objectives."""
+    methods = [e.display for e in METHODS.entries()]
+    after_lora = methods.index("LoRA") + 1
+    return [*methods[:after_lora], "LAE", *methods[after_lora:], *(e.display for e in OBJECTIVES.entries())]
+
+
 def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", columns_key: str = "objective.kind",
                 baseline: str = "CE", rank_metric: str = "last_accuracy", mode: str = "max") -> PaperTable:
     """The table over ``sweeps``: (group label, finished child runs) pairs."""
@@ -251,10 +277,9 @@ def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", column
     cells = {key: max(options.values(), key=lambda c: sign * c.stats(metric)[0] if c.by_seed[metric] else -math.inf)
              for key, options in candidates.items()}
     choices = {key: len(options) for key, options in candidates.items()}
-    methods = [e.display for e in METHODS.entries()]
-    order = [*methods[:2], "LAE", *methods[2:], *(e.display for e in OBJECTIVES.entries())]
+    order = row_order()
     position = lambda v: (order.index(v) if v in order else len(order), v)  # noqa: E731
     rows, columns = sorted(rows, key=position), sorted(columns, key=position)
     chosen = baseline if baseline in columns else (columns[0] if len(columns) > 1 else None)
     return PaperTable([g for g, _ in sweeps], rows, columns, chosen, cells, rows_key, columns_key, choices, metric,
-                      candidates)
+                      candidates, provenance([run for _, runs in sweeps for run in runs]))

@@ -241,6 +241,9 @@ class DualPromptMethod(BlocksMethod):
     """General prompt length."""
     pull_weight: float = Field(1.0, ge=0)
     """Weight of the pull constraint on chosen keys (1.0 in the reference configs)."""
+    batchwise_prompt: bool = False
+    """At test, give the whole batch the expert its samples choose most (the reference's CIFAR-100
+    config; see docs/methods.md)."""
 
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)

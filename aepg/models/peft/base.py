@@ -193,6 +193,16 @@ def uniform_parameter(*shape: int, low: float = -1.0, high: float = 1.0) -> nn.P
     return nn.Parameter(torch.empty(*shape).uniform_(low, high))
 
 
+def batchwise(chosen: Tensor, top_k: int) -> Tensor:
+    """The reference's batch-wise selection: the ``top_k`` prompt ids chosen most often in the batch,
+    ties broken towards lower ids, given to every sample (L2P's and DualPrompt's ``batchwise_prompt``)."""
+    ids, counts = torch.unique(chosen, return_counts=True, sorted=True)
+    order = torch.argsort(counts, descending=True, stable=True)[:top_k]
+    if len(order) < top_k:  # fewer distinct ids than top_k: pad with the smallest id, as the reference does
+        order = torch.cat([order, order.new_zeros(top_k - len(order))])
+    return ids[order].expand(len(chosen), -1)
+
+
 def cosine_to_keys(query: Tensor, keys: Tensor) -> Tensor:
     """(B, M) cosine similarity between queries (B, D) and keys (M, D)."""
     return F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).t()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from aepg.models.peft import DualPromptMethod, dualprompt_blocks
 from aepg.models.peft.base import (
     PrefixSource,
+    batchwise,
     blocks_of,
     cosine_to_keys,
     install_prefixes,
@@ -30,7 +31,7 @@ class DualPrompt(PrefixSource):
     sparse = True
 
     def __init__(self, backbone: nn.Module, g_blocks: list[int], e_blocks: list[int], g_length: int,
-                 e_length: int, num_tasks: int, pull_weight: float):
+                 e_length: int, num_tasks: int, pull_weight: float, batchwise_prompt: bool = False):
         super().__init__()
         dim = backbone.embed_dim
         self.g_slots = {b: i for i, b in enumerate(g_blocks)}
@@ -38,7 +39,7 @@ class DualPrompt(PrefixSource):
         self.general = uniform_parameter(len(g_blocks), 2, g_length, dim)
         self.experts = uniform_parameter(num_tasks, len(e_blocks), 2, e_length, dim)
         self.keys = uniform_parameter(num_tasks, dim)
-        self.pull_weight = pull_weight
+        self.pull_weight, self.batchwise_prompt = pull_weight, batchwise_prompt
         self.register_buffer("task", torch.zeros((), dtype=torch.long))
         self._expert: Tensor | None = None
         install_prefixes(backbone, self, sorted(set(g_blocks) | set(e_blocks)))
@@ -61,6 +62,8 @@ class DualPrompt(PrefixSource):
             self._aux = -self.pull_weight * cosine_to_keys(query, self.keys[task : task + 1]).mean()
         else:  # the experts of the tasks seen so far compete
             self._expert = cosine_to_keys(query, self.keys[: task + 1]).argmax(dim=1)
+            if self.batchwise_prompt:
+                self._expert = batchwise(self._expert[:, None], 1)[:, 0]
 
     def prefix(self, block: int, batch: int):
         if block in self.g_slots:
@@ -74,4 +77,5 @@ class DualPrompt(PrefixSource):
 
 def build_dualprompt(backbone: nn.Module, cfg: DualPromptMethod, num_tasks: int) -> DualPrompt:
     g_blocks, e_blocks = dualprompt_blocks(blocks_of(backbone, cfg))
-    return DualPrompt(backbone, g_blocks, e_blocks, cfg.g_length, cfg.length, num_tasks, cfg.pull_weight)
+    return DualPrompt(backbone, g_blocks, e_blocks, cfg.g_length, cfg.length, num_tasks, cfg.pull_weight,
+                      cfg.batchwise_prompt)

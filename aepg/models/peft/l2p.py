@@ -20,17 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from aepg.models.peft import L2PMethod
-from aepg.models.peft.base import PeftModule, cosine_to_keys, uniform_parameter
-
-
-def batchwise(chosen: Tensor, top_k: int) -> Tensor:
-    """The reference's batch-wise selection: the ``top_k`` prompt ids chosen most often in the batch,
-    ties broken towards lower ids, given to every sample."""
-    ids, counts = torch.unique(chosen, return_counts=True, sorted=True)
-    order = torch.argsort(counts, descending=True, stable=True)[:top_k]
-    if len(order) < top_k:  # fewer distinct ids than top_k: pad with the smallest id, as the reference does
-        order = torch.cat([order, order.new_zeros(top_k - len(order))])
-    return ids[order].expand(len(chosen), -1)
+from aepg.models.peft.base import PeftModule, batchwise, cosine_to_keys, uniform_parameter
 
 
 class L2P(PeftModule):
