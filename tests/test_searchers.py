@@ -1,7 +1,7 @@
 """Search algorithms are catalogue entries: the docs' example (docs/extending.md) registers a new
 Optuna sampler in a few lines, and a sweep file selects it, validates it and builds it."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 from conftest import REPO
@@ -19,11 +19,11 @@ class QMCSearch(SampledSearch):
     """Optuna's quasi-Monte Carlo sampler."""
 
     algorithm: Literal["qmc"] = "qmc"
+    sampler_class: ClassVar[str] = "QMCSampler"
+    scramble: bool = True
 
-    def sampler(self):
-        import optuna
-
-        return optuna.samplers.QMCSampler(seed=self.seed)
+    def sampler_settings(self):  # every argument, explicit: the parent run logs them as search.sampler
+        return {"seed": self.seed, "scramble": self.scramble}
 
 
 def test_a_registered_searcher_is_selected_validated_and_built():
@@ -40,6 +40,24 @@ def test_a_registered_searcher_is_selected_validated_and_built():
     # TPE's startup_trials, left over from the sweep file, is inactive here; every key of the entry is logged.
     params = parent_params(sweep, "path", 5, 5)
     assert params["search.algorithm"] == "qmc" and params["search.seed"] == 0 and "search.startup_trials" not in params
+    assert params["search.sampler"] == "QMCSampler(seed=0, scramble=True)" and found._sampler._scramble
+
+
+def test_the_parent_run_records_every_sampler_and_scheduler_setting():
+    """Optuna 5 changed TPE's defaults: a sweep builds its sampler with explicit arguments and logs them."""
+    from importlib.metadata import version
+
+    from aepg.sweep.schema import parent_params
+    from aepg.sweep.search import searcher
+
+    sweep = load_sweep(QUICKSTART, ["search.multivariate=false"], check_runs=False)
+    sampler = searcher(sweep)[1]._sampler
+    assert (sampler._multivariate, sampler._constant_liar, sampler._n_startup_trials) == (False, True, 4)
+    params = parent_params(sweep, "path", 8, 5)
+    assert params["search.sampler"] == "TPESampler(seed=0, n_startup_trials=4, multivariate=False, constant_liar=True)"
+    assert params["search.scheduler"] == ("ASHA(fidelity=tasks, grace_period=2, reduction_factor=3.0, "
+                                          "rung_metric=avg_incremental_accuracy, min_fraction=0.1111)")
+    assert params["versions.optuna"] == version("optuna") and params["versions.ray"] == version("ray")
 
 
 def test_each_searcher_checks_what_it_can_search():

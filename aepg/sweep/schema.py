@@ -23,12 +23,33 @@ OPTUNA_STATE_TAG = "aepg.optuna_state"
 NODE_TAG = "aepg.ray_node_id"
 
 
+def search_settings(spec) -> dict[str, object]:
+    """What the search ran with, so that it can be read and rerun alike: the sampler with every
+    argument it was built with, the scheduler's settings, and the Optuna and Ray versions."""
+    from importlib.metadata import version
+
+    found: dict[str, object] = {"versions.optuna": version("optuna"), "versions.ray": version("ray")}
+    if hasattr(spec.search, "sampler_settings"):
+        settings = ", ".join(f"{key}={value}" for key, value in spec.search.sampler_settings().items())
+        name = spec.search.sampler_class or type(spec.search.sampler()).__name__
+        found["search.sampler"] = f"{name}({settings})"
+    scheduler = spec.scheduler
+    if scheduler.kind == "asha":
+        found["search.scheduler"] = (f"ASHA(fidelity={scheduler.fidelity}, grace_period={scheduler.grace_period}, "
+                                     f"reduction_factor={scheduler.reduction_factor}, "
+                                     f"rung_metric={scheduler.rung_metric or spec.metric}, "
+                                     f"min_fraction={scheduler.min_fraction:.4g})")
+    else:
+        found["search.scheduler"] = "none (every trial to the full budget)"
+    return found
+
+
 def parent_params(sweep, path: str, num_trials: int, levels: int) -> dict[str, object]:
     """The parent run's params: the sweep's settings and what the report needs to read it back."""
     spec, base = sweep.spec, sweep.base_config
     search = {f"search.{key}": value for key, value in spec.search.model_dump(mode="json").items()}
     return {"sweep.name": spec.name, "sweep.path": path, **search, "search.num_trials": num_trials,
-            "scheduler.kind": spec.scheduler.kind,
+            **search_settings(spec), "scheduler.kind": spec.scheduler.kind,
             "scheduler.fidelity": spec.scheduler.fidelity, "scheduler.grace_period": spec.scheduler.grace_period,
             "scheduler.reduction_factor": spec.scheduler.reduction_factor, "scheduler.levels": levels,
             "metric": f"final/{spec.metric}", "mode": spec.mode, "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,

@@ -5,7 +5,7 @@ Ray Tune's ``(param_space, search_alg, num_samples)`` for a sweep."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -46,8 +46,18 @@ class SampledSearch(SearchSettings):
             return [("seeds", f"several seeds need search.algorithm: grid ({self.algorithm} samples one config per trial)")]
         return []
 
+    sampler_class: ClassVar[str] = ""
+    """The Optuna sampler's class name in ``optuna.samplers``."""
+
+    def sampler_settings(self) -> dict[str, object]:
+        """Every argument the sampler is built with, explicit so that a change of Optuna's defaults
+        cannot change a rerun's search (the parent run logs them)."""
+        return {"seed": self.seed}
+
     def sampler(self):
-        raise NotImplementedError
+        import optuna
+
+        return getattr(optuna.samplers, self.sampler_class)(**self.sampler_settings())
 
 
 @SEARCHERS.register("tpe", builder="aepg.sweep.search:optuna_search", display="TPE")
@@ -55,15 +65,16 @@ class TPESearch(SampledSearch):
     """Optuna's TPE; concurrent trials are spread by the constant-liar heuristic."""
 
     algorithm: Literal["tpe"] = "tpe"
+    sampler_class: ClassVar[str] = "TPESampler"
     startup_trials: int = Field(10, ge=1)
     """Trials sampled at random before the model of good configurations takes over (Optuna's
     n_startup_trials)."""
+    multivariate: bool = True
+    """Model the searched keys jointly (Optuna 5's default; false: one model per key, Optuna 4's)."""
 
-    def sampler(self):
-        import optuna
-
-        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.startup_trials,
-                                          constant_liar=self.max_concurrent > 1)
+    def sampler_settings(self) -> dict[str, object]:
+        return {"seed": self.seed, "n_startup_trials": self.startup_trials, "multivariate": self.multivariate,
+                "constant_liar": self.max_concurrent > 1}
 
 
 @SEARCHERS.register("random", builder="aepg.sweep.search:optuna_search", display="random")
@@ -71,11 +82,7 @@ class RandomSearch(SampledSearch):
     """Optuna's random sampler."""
 
     algorithm: Literal["random"] = "random"
-
-    def sampler(self):
-        import optuna
-
-        return optuna.samplers.RandomSampler(seed=self.seed)
+    sampler_class: ClassVar[str] = "RandomSampler"
 
 
 @SEARCHERS.register("grid", builder="aepg.sweep.search:grid_search", display="grid", traits=("grid",))
