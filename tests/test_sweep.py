@@ -251,6 +251,7 @@ def test_the_newer_methods_run_in_a_sweep_with_their_params_in_mlflow(ray_addres
     assert parent.info.status == "FINISHED"
     by_kind = {c.data.params["model.peft.kind"]: c for c in children}
     assert set(by_kind) == {"inflora", "sd_lora", "ranpac", "full"}
+    assert len({c.data.tags["aepg.config_id"] for c in children}) == 4  # one configuration each
     assert all(c.info.status == "FINISHED" and "final/last_accuracy" in c.data.metrics for c in children)
     assert by_kind["inflora"].data.params["model.peft.rank"] == "2" and "model.peft.threshold" in by_kind["inflora"].data.params
     assert by_kind["ranpac"].data.params["model.peft.projection_dim"] == "64"

@@ -31,6 +31,7 @@ from aepg.sweep import fidelity, search
 from aepg.sweep.progress import SweepProgress, error_reason
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
 from aepg.sweep.schema import (
+    CONFIG_TAG,
     INDEX_TAG,
     KIND_TAG,
     LEVEL_TAG,
@@ -39,6 +40,7 @@ from aepg.sweep.schema import (
     STATUS_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
+    config_id,
     parent_params,
 )
 from aepg.sweep.spec import STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
@@ -75,9 +77,9 @@ class SweepRuntime:
         keys = [*self.sweep.space, *(["seed"] if len(self.sweep.seeds) > 1 else [])]
         return {key: params[key] for key in keys if key in params}
 
-    def child_tags(self, trial_id: str, index: int) -> dict[str, str]:
+    def child_tags(self, trial_id: str, index: int, params: dict) -> dict[str, str]:
         return {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.name,
-                INDEX_TAG: str(index), STATUS_TAG: "running"}
+                INDEX_TAG: str(index), STATUS_TAG: "running", CONFIG_TAG: config_id(self.searched(params))}
 
     def find_child(self, trial_id: str) -> RunRecord | None:
         found = self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
@@ -184,8 +186,8 @@ class MlflowTrialRuns(tune.Callback):
             self.runtime.tracker.set_tags(existing.run_id, {STATUS_TAG: "running"})
             return
         index = len(self.runtime.children()) + 1  # start order, also across a resumed sweep
-        tags = self.runtime.child_tags(trial.trial_id, index)
         params = trial.config.get("params", trial.config)
+        tags = self.runtime.child_tags(trial.trial_id, index, params)
         name = trial_run_name(index, self.runtime.searched(params))
         self.names[trial.trial_id] = name
         try:

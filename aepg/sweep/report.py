@@ -24,6 +24,7 @@ from aepg import plots, tracking
 from aepg.config import to_yaml, validate
 from aepg.metrics import BUDGET_KEY, final_name, partial_name, running_best
 from aepg.sweep.fidelity import COMPUTE_KEY, LEVEL_KEY, level_metric
+from aepg.sweep.noise import Noise, assess
 from aepg.sweep.schema import INDEX_TAG, OPTUNA_STATE_TAG, STATUS_TAG, SweepParams
 from aepg.sweep.spec import Param
 from aepg.sweep.table import PaperTable, build_table, markdown_grid
@@ -54,6 +55,10 @@ class Entry:
     end_time: int | None = None
     objective: str = ""
     """The objective the configuration trained with (its runs' hue family in MLflow's charts)."""
+    by_seed: dict[int, float] = field(default_factory=dict)
+    """final/<metric> of each finished seed."""
+    tied: bool = False
+    """Within seed noise of the best configuration (``aepg.sweep.noise``)."""
 
 
 def _typed(value: str | None, param: Param | None = None):
@@ -98,10 +103,12 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
             done = int(run.metrics.get(BUDGET_KEY, 0))
             partial, progress, compute = partial_name(metric), f"{done}/{num_tasks} tasks", float(done)
         value = run.metrics.get(final_name(metric) if status == "finished" else partial)
+        seed = _typed(run.params.get("seed", "0"))
         entries.append(Entry(run.name, status, sampled_params(run, space), value, progress, compute, [run.run_id],
-                             int(run.tags.get(INDEX_TAG, 0)), [_typed(run.params.get("seed", "0"))],
+                             int(run.tags.get(INDEX_TAG, 0)), [seed],
                              optuna_state=run.tags.get(OPTUNA_STATE_TAG, ""), end_time=run.end_time,
-                             objective=run.params.get("objective.kind", "")))
+                             objective=run.params.get("objective.kind", ""),
+                             by_seed={seed: value} if status == "finished" and value is not None else {}))
     return entries
 
 
@@ -127,6 +134,7 @@ def average_over_seeds(entries: list[Entry]) -> list[Entry]:
             seeds=sorted(s for m in members for s in m.seeds),
             spread=statistics.stdev(values) if len(values) > 1 else None,
             objective=members[0].objective,
+            by_seed={seed: value for m in finished for seed, value in m.by_seed.items()},
         ))
     return merged
 
@@ -152,6 +160,8 @@ def table(entries: list[Entry], metric: str, space_keys: list[str]) -> list[dict
         if entry.spread is not None or len(entry.seeds) > 1:
             row["std"] = None if entry.spread is None else round(entry.spread, 4)
             row["seeds"] = " ".join(map(str, entry.seeds))
+        if entry.tied:
+            row["within noise"] = "best" if i == 1 else "tied"
         row.update({k: entry.params.get(k, "") for k in space_keys})
         if entry.optuna_state:
             row["optuna"] = entry.optuna_state
@@ -262,6 +272,7 @@ class SweepReport:
     figures: dict[str, object]
     entries: list[Entry]
     experiment_id: str = ""
+    noise: Noise | None = None
 
     @property
     def text(self) -> str:
@@ -276,6 +287,8 @@ class SweepReport:
             lines.append(f"Best: [{self.best.name}]({link}), final/{self.metric} = {self.best.value:.4f}.")
         else:
             lines.append("No trial finished.")
+        if self.noise:
+            lines.append(f"Seed noise: {self.noise.verdict}.")
         return "\n".join(lines + ["", markdown_table(self.rows)])
 
 
@@ -291,10 +304,15 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     if len(sweep.seeds) > 1:
         entries = average_over_seeds(entries)
     ranked = rank(entries, sweep.mode)
-    best = next((e for e in ranked if e.status == "finished" and e.value is not None), None)
+    finished = [e for e in ranked if e.status == "finished" and e.value is not None]
+    found = assess([e.by_seed for e in finished])
+    if found.seed_std is not None:
+        for entry, tied in zip(finished, found.tied):
+            entry.tied = tied
+    best = finished[0] if finished else None
     best_yaml = best_config(tracker, best, f"{parent.name}-best", sweep.storage_path) if best else None
     return SweepReport(parent.name, sweep.metric, table(ranked, sweep.metric, list(space)), best, best_yaml, figs,
-                       ranked, parent.experiment_id)
+                       ranked, parent.experiment_id, found)
 
 
 def sweep_label(parent: tracking.RunRecord) -> str:
@@ -337,9 +355,12 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
     counts = {f"sweep.trials_{status.replace(' ', '_')}": str(sum(status in e.status.split("/") for e in report.entries))
               for status in ("finished", "stopped early", "failed")}  # tags: counts are no chart
     metrics = {f"sweep/best_{report.metric}": report.best.value} if report.best else {}
+    metrics.update(report.noise.params() if report.noise else {})
     tags = {tracking.NOTE_TAG: report.note() + "\n\n" + table.markdown(), tracking.COLOR_TAG: PARENT_COLOUR, **counts}
     if report.best:
         tags["best_run_id"] = report.best.run_ids[0]
+    if report.noise:
+        tags["sweep.noise_verdict"] = report.noise.verdict
     tracker.log_outputs(parent_id, report_texts(report, table), report.figures, metrics, tags)
     colours = run_colours(report.entries)
     for i, entry in enumerate(report.entries, 1):

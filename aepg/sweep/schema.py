@@ -21,6 +21,16 @@ INDEX_TAG = "aepg.trial_index"
 LEVEL_TAG = "aepg.fidelity_level"
 OPTUNA_STATE_TAG = "aepg.optuna_state"
 NODE_TAG = "aepg.ray_node_id"
+CONFIG_TAG = "aepg.config_id"
+"""The trial's configuration, seed aside: the runs of one configuration share it (group by it in MLflow)."""
+
+
+def config_id(params: dict[str, object]) -> str:
+    """A short stable id of a trial's searched values without its seed."""
+    import hashlib
+
+    text = json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def search_settings(spec) -> dict[str, object]:
