@@ -478,7 +478,7 @@ def test_a_data_ladder_restarts_promoted_trials_at_more_data(ray_address, workdi
         assert not any(key.startswith("final/") for key in level.data.metrics)
     finished = [c for c in trials if c.data.tags["aepg.status"] == "finished"]
     stopped = [c for c in trials if c.data.tags["aepg.status"] == "stopped early"]
-    assert finished and stopped and len(finished) + len(stopped) == 4
+    assert finished and len(finished) + len(stopped) == 4  # the first to reach a rung always goes on
     for child in finished:  # restarted at the full data: 0.5 + 1 tasks' worth per task
         assert child.data.params["benchmark.max_train_per_class"] == "20"
         assert child.data.metrics["fidelity/level"] == 2 and child.data.metrics["compute/tasks"] == pytest.approx(4.5)
@@ -489,3 +489,55 @@ def test_a_data_ladder_restarts_promoted_trials_at_more_data(ray_address, workdi
     leaderboard = open(client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(workdir))).read()
     rows = list(csv.DictReader(io.StringIO(leaderboard)))
     assert [r["progress"] for r in rows] == ["level 2/2"] * len(finished) + ["level 1/2"] * len(stopped)
+
+
+def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(ray_address, workdir):
+    """TPE over one key, each configuration on seed 0 first; ASHA keeps the better half on seeds 1-2.
+    Optuna learns the seed-mean, which is the mean of the seed runs' final values. Then the best
+    configuration is confirmed on fresh seeds 7 and 8, which decide the leaderboard."""
+    base = {**TINY_BASE, "benchmark": {"num_tasks": 2, "max_train_per_class": 12, "max_test_per_class": 6}}
+    path = write_sweep(workdir, space={"train.lr": {"loguniform": [1.0e-4, 1.0e-3]}}, seeds=[0, 1, 2],
+                       base_overrides=base, search={"algorithm": "tpe", "seed": 0, "num_trials": 4, "max_concurrent": 2},
+                       scheduler={"kind": "asha", "fidelity": "seeds", "grace_period": 1, "reduction_factor": 3},
+                       confirm={"top_k": 1, "seeds": [7, 8]})
+    assert main(["sweep", path]) == 0
+    client, (parent,), runs = sweep_runs(workdir / "mlflow.db")
+    children = [r for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+    trials = [r for r in children if "aepg.stage" not in r.data.tags]
+    nested = [r for r in runs if r.data.tags.get("aepg.status") == "seed run"]
+    assert len(trials) == 4
+    finished = [t for t in trials if t.data.tags["aepg.status"] == "finished"]
+    stopped = [t for t in trials if t.data.tags["aepg.status"] == "stopped early"]
+    assert finished and len(finished) + len(stopped) == 4  # the first to reach a rung always goes on
+    assert parent.data.params["search.scheduler"].startswith("ASHA(fidelity=seeds, grace_period=1")
+    for trial in finished:
+        seeds = [r for r in nested if r.data.tags["mlflow.parentRunId"] == trial.info.run_id]
+        assert sorted(r.data.params["seed"] for r in seeds) == ["1", "2"] and trial.data.params["seed"] == "0"
+        assert {r.data.tags["aepg.config_id"] for r in seeds} == {trial.data.tags["aepg.config_id"]}
+        finals = [r.data.metrics["final/avg_incremental_accuracy"] for r in [trial, *seeds]]
+        mean = trial.data.metrics["seeds/mean_avg_incremental_accuracy"]
+        assert mean == pytest.approx(sum(finals) / 3, abs=1e-12) and trial.data.metrics["seeds/count"] == 3
+        assert trial.data.tags["aepg.optuna_state"] == "COMPLETE"
+    for trial in stopped:  # one seed, and Optuna told the truth: pruned
+        assert trial.data.metrics["seeds/count"] == 1 and trial.data.tags["aepg.optuna_state"] == "PRUNED"
+        assert not [r for r in nested if r.data.tags["mlflow.parentRunId"] == trial.info.run_id]
+    # The searcher's own record: what Optuna was told for each complete trial is its seed-mean.
+    searcher = PrunedAwareOptunaSearch(metric="seeds/mean_avg_incremental_accuracy", mode="max", full_budget=3)
+    searcher.restore_from_dir(parent.data.params["sweep.path"])
+    told = sorted(t.value for t in searcher._ot_study.trials if t.state.name == "COMPLETE")
+    assert told == pytest.approx(sorted(t.data.metrics["seeds/mean_avg_incremental_accuracy"] for t in finished),
+                                 abs=1e-12)
+    # The confirmation: the search's best configuration (by seed-mean) on seeds 7 and 8 only.
+    (confirmed,) = [r for r in children if r.data.tags.get("aepg.stage") == "confirm"]
+    best = max(finished, key=lambda t: t.data.metrics["seeds/mean_avg_incremental_accuracy"])
+    assert confirmed.data.tags["aepg.config_id"] == best.data.tags["aepg.config_id"]
+    assert confirmed.data.params["train.lr"] == best.data.params["train.lr"] and confirmed.data.params["seed"] == "7"
+    (other,) = [r for r in nested if r.data.tags["mlflow.parentRunId"] == confirmed.info.run_id]
+    assert other.data.params["seed"] == "8" and confirmed.data.tags["aepg.status"] == "finished"
+    folder = workdir / parent.data.params["sweep.path"]
+    rows = list(csv.DictReader(io.StringIO((folder / "leaderboard.csv").read_text())))
+    assert rows[0]["stage"] == "confirm" and rows[0]["progress"] == "2/2 seeds" and rows[0]["seeds"] == "7 8"
+    assert {row["progress"] for row in rows[1:]} <= {"3/3 seeds", "1/3 seeds"} and rows[1]["stage"] == "search"
+    assert parent.data.tags["best_run_id"] == confirmed.info.run_id
+    assert yaml.safe_load((folder / "best.yaml").read_text())["train"]["lr"] == float(best.data.params["train.lr"])
+    assert parent.data.tags["sweep.noise_verdict"].startswith(("seed noise", "one finished configuration"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from ray import tune
 from aepg import interrupts, preflight, tracking
 from aepg.config import ConfigError, RunConfig, is_uri
 from aepg.launch import check_fits, ensure_ray, run_workers, worker_resources
+from aepg.metrics import final_name
 from aepg.sweep import fidelity, search
 from aepg.sweep.progress import SweepProgress, error_reason
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
@@ -37,6 +39,9 @@ from aepg.sweep.schema import (
     LEVEL_TAG,
     NODE_TAG,
     OPTUNA_STATE_TAG,
+    SEED_TAG,
+    SEED_VALUES_TAG,
+    STAGE_TAG,
     STATUS_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -60,13 +65,23 @@ class SweepRuntime:
     """The sweep's output folder or URI: Ray Tune's experiment, trial checkpoints, best config."""
     tracker: Tracker
     parent_run_id: str
+    stage: str = "search"
+    """``search``, or ``confirm`` (the best configurations on fresh seeds, ``Sweep.confirmation``)."""
 
     @property
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
+    @property
+    def tune_path(self) -> str:
+        """Ray Tune's experiment of this stage: the sweep folder, or its ``confirm`` folder."""
+        return self.path if self.stage == "search" else f"{self.path.rstrip('/')}/confirm"
+
     def trial_config(self, params: dict, run_name: str) -> RunConfig:
+        """A trial's run config; a configuration trained on several seeds starts with the first."""
         cfg = self.sweep.trial_config(params, f"{self.path}/runs", run_name)
+        if fidelity.seeds_per_trial(self.sweep.spec):
+            cfg.seed = self.sweep.seeds[0]
         if cfg.scaling.num_workers == 0 and cfg.scaling.torch_threads is None:
             cfg.scaling.torch_threads = max(1, int(self.sweep.spec.trial.cpus))
         return cfg
@@ -78,8 +93,9 @@ class SweepRuntime:
         return {key: params[key] for key in keys if key in params}
 
     def child_tags(self, trial_id: str, index: int, params: dict) -> dict[str, str]:
+        stage = {STAGE_TAG: self.stage} if self.stage != "search" else {}
         return {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.name,
-                INDEX_TAG: str(index), STATUS_TAG: "running", CONFIG_TAG: config_id(self.searched(params))}
+                INDEX_TAG: str(index), STATUS_TAG: "running", CONFIG_TAG: config_id(self.searched(params)), **stage}
 
     def find_child(self, trial_id: str) -> RunRecord | None:
         found = self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
@@ -96,8 +112,22 @@ class SweepRuntime:
         cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@{self.sweep.spec.scheduler.fidelity}-{level.label}"})
         return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "low fidelity", SWEEP_TAG: self.name})
 
-    def children(self) -> list[RunRecord]:
-        return self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id})
+    def seed_run(self, trial_run: RunRecord, seed: int, cfg: RunConfig) -> str:
+        """The run of one more seed of a trial's configuration, nested under the trial's run (opened
+        once; a retried trial finds it and continues from its checkpoints)."""
+        tags = {tracking.PARENT_TAG: trial_run.run_id, SEED_TAG: str(seed)}
+        found = self.tracker.find_runs(self.sweep.experiment, tags)
+        if found:
+            self.tracker.reopen_run(found[0].run_id)
+            return found[0].run_id
+        cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@s{seed}"})
+        config = trial_run.tags.get(CONFIG_TAG, "")
+        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "seed run", SWEEP_TAG: self.name, CONFIG_TAG: config})
+
+    def children(self, every_stage: bool = False) -> list[RunRecord]:
+        """The trial runs under the sweep's parent run: this stage's, or (``every_stage``) all."""
+        runs = self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id})
+        return runs if every_stage else [r for r in runs if r.tags.get(STAGE_TAG, "search") == self.stage]
 
     def save(self) -> None:
         """Everything ``aepg sweep --resume PATH`` needs, next to Ray Tune's own state."""
@@ -136,6 +166,9 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
     if fidelity.climbs(runtime.sweep.spec):
         climb(cfg, run, runtime)
         return
+    if fidelity.seeds_per_trial(runtime.sweep.spec):
+        train_seeds(cfg, run, runtime)
+        return
     tasks = cfg.benchmark.num_tasks
     train(cfg, run.run_id, runtime, lambda state: tune.report(state.metrics(tasks, placeholders=True)))
 
@@ -168,6 +201,30 @@ def climb(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
         tune.report({**state.metrics(tasks, placeholders=True), **progress})
 
 
+def train_seeds(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
+    """The seed ladder: the configuration trained at full budget on the sweep's seeds in order (the
+    first into the trial's run, the others into runs nested under it), reporting the seed-mean after
+    each; ASHA stops the trial or lets it go on to more seeds. A retried trial keeps the seeds it
+    has (their values are on its run) and trains the rest."""
+    spec, tracker = runtime.sweep.spec, runtime.tracker
+    metric, tasks = spec.metric, cfg.benchmark.num_tasks
+    values = {int(k): v for k, v in json.loads(tracker.get_run(run.run_id)[0].tags.get(SEED_VALUES_TAG, "{}")).items()}
+    for count, seed in enumerate(runtime.sweep.seeds, 1):
+        if seed not in values:
+            seeded = cfg.model_copy(update={"seed": seed})
+            run_id = run.run_id if count == 1 else runtime.seed_run(run, seed, seeded)
+            values[seed] = train(seeded, run_id, runtime).summary[metric]
+            if run_id != run.run_id:
+                tracker.close_run(run_id, "FINISHED")
+            tracker.set_tags(run.run_id, {SEED_VALUES_TAG: json.dumps(values)})
+        mean = statistics.mean(values.values())
+        progress = {fidelity.SEEDS_KEY: count, fidelity.seed_metric(metric): mean,
+                    f"seeds/std_{metric}": statistics.stdev(values.values()) if count > 1 else 0.0,
+                    fidelity.COMPUTE_KEY: count * tasks}
+        tracker.log_metrics(run.run_id, progress, step=count)
+        tune.report({fidelity.SEEDS_KEY: count, **progress, final_name(metric): mean})
+
+
 # -- the MLflow callback ------------------------------------------------------------------------
 
 class MlflowTrialRuns(tune.Callback):
@@ -185,7 +242,7 @@ class MlflowTrialRuns(tune.Callback):
             self.runtime.tracker.reopen_run(existing.run_id)
             self.runtime.tracker.set_tags(existing.run_id, {STATUS_TAG: "running"})
             return
-        index = len(self.runtime.children()) + 1  # start order, also across a resumed sweep
+        index = len(self.runtime.children(every_stage=True)) + 1  # start order, also across a resumed sweep
         params = trial.config.get("params", trial.config)
         tags = self.runtime.child_tags(trial.trial_id, index, params)
         name = trial_run_name(index, self.runtime.searched(params))
@@ -250,13 +307,12 @@ def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callb
     if verbose:
         return [runs]
     spec, sweep = runtime.sweep.spec, runtime.sweep
-    levels = len(fidelity.ladder(spec)) if fidelity.climbs(spec) else None
     return [runs, SweepProgress(runs.names, expected_trials(sweep), search.budget(sweep), spec.metric, spec.mode,
-                                sweep.num_tasks, levels)]
+                                search.progress_unit(sweep), search.searched_metric(sweep))]
 
 
 def run_config(runtime: SweepRuntime, searcher, verbose: bool) -> tune.RunConfig:
-    storage, name = runtime.path.rstrip("/").rsplit("/", 1)
+    storage, name = runtime.tune_path.rstrip("/").rsplit("/", 1)
     return tune.RunConfig(name=name, storage_path=storage, verbose=2 if verbose else 0,
                           failure_config=tune.FailureConfig(max_failures=runtime.sweep.spec.trial.max_failures),
                           callbacks=callbacks(runtime, searcher, verbose))
@@ -320,7 +376,8 @@ def run_sweep(sweep: Sweep, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     _check_trial_fits(sweep)
     runtime = start(sweep, tracker)
     log.info("sweep outputs: %s (resume with: aepg sweep --resume %s)", runtime.path, runtime.path)
-    return runtime, _fit_and_close(runtime, lambda: build_tuner(runtime, verbose))
+    complete = _fit_and_close(runtime, lambda: build_tuner(runtime, verbose))
+    return runtime, complete and confirm(runtime, verbose)
 
 
 def resume_sweep(path: str, verbose: bool = False) -> tuple[SweepRuntime, bool]:
@@ -332,8 +389,31 @@ def resume_sweep(path: str, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     if not tune.Tuner.can_restore(path):
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
     runtime.tracker.reopen_run(runtime.parent_run_id)
-    return runtime, _fit_and_close(runtime, lambda: tune.Tuner.restore(
-        path, trainable=_trainable(runtime), resume_unfinished=True, resume_errored=False))
+    complete = _fit_and_close(runtime, lambda: restore_tuner(runtime))
+    return runtime, complete and confirm(runtime, verbose)
+
+
+def restore_tuner(runtime: SweepRuntime) -> tune.Tuner:
+    return tune.Tuner.restore(runtime.tune_path, trainable=_trainable(runtime), resume_unfinished=True,
+                              resume_errored=False)
+
+
+def confirm(runtime: SweepRuntime, verbose: bool) -> bool:
+    """The confirmation stage, when the sweep has one: its best finished configurations trained
+    again on fresh seeds (resumed where an interrupted sweep left it). False when interrupted."""
+    settings = runtime.sweep.spec.confirm
+    if settings is None:
+        return True
+    ranked = [e for e in build_report(runtime.tracker, runtime.parent_run_id).entries
+              if e.status == "finished" and e.stage == "search"]
+    if not ranked:
+        return True
+    points = [entry.params for entry in ranked[: settings.top_k]]
+    stage = SweepRuntime(runtime.sweep.confirmation(points), runtime.path, runtime.tracker, runtime.parent_run_id,
+                         "confirm")
+    log.info("confirming the best %d configurations on seeds %s", len(points), settings.seeds)
+    make = (lambda: restore_tuner(stage)) if tune.Tuner.can_restore(stage.tune_path) else (lambda: build_tuner(stage, verbose))
+    return _fit_and_close(stage, make)
 
 
 def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:

@@ -1,5 +1,5 @@
-"""The epochs and data fidelity ladders of a sweep (``scheduler.fidelity``; see
-``aepg.sweep.search``): the levels, a trial's config at each, and what each costs. Pure
+"""The fidelity ladders of a sweep (``scheduler.fidelity``; see ``aepg.sweep.search``): the epochs
+and data levels, a trial's config at each and what each costs, and the seed ladder's rungs. Pure
 arithmetic on configs, so sweep files are checked without importing Ray."""
 
 from __future__ import annotations
@@ -11,12 +11,35 @@ from aepg.config import RunConfig
 
 LEVEL_KEY = "fidelity/level"
 COMPUTE_KEY = "compute/tasks"
+SEEDS_KEY = "seeds/count"
 
 
 def climbs(spec) -> bool:
-    """Whether trials climb an epochs or data ladder (ASHA over a fidelity other than tasks); with
-    no early stopping, or over tasks, a trial trains the task sequence once."""
-    return spec.scheduler.kind == "asha" and spec.scheduler.fidelity != "tasks"
+    """Whether trials climb an epochs or data ladder (ASHA over those fidelities); with no early
+    stopping, or over tasks or seeds, a trial trains the task sequence at its full budget."""
+    return spec.scheduler.kind == "asha" and spec.scheduler.fidelity in ("epochs", "data")
+
+
+def seeds_per_trial(spec) -> bool:
+    """Whether a trial is a configuration trained on the sweep's seeds one after another (the seed
+    ladder: with ASHA, the configurations still in the running get more seeds)."""
+    return spec.scheduler.fidelity == "seeds"
+
+
+def seed_metric(metric: str) -> str:
+    """The mean of the sweep metric over the seeds a configuration has trained so far."""
+    return f"seeds/mean_{metric}"
+
+
+def seed_rungs(spec) -> list[int]:
+    """The seed counts at which ASHA compares configurations: ``grace_period`` seeds, then
+    ``reduction_factor`` times as many, and every seed listed."""
+    settings, total = spec.scheduler, len(spec.seeds or ())
+    rungs, count = [], settings.grace_period
+    while count < total:
+        rungs.append(count)
+        count = max(count + 1, round(count * settings.reduction_factor))
+    return [*rungs, total]
 
 
 def rung_metric(spec) -> str:

@@ -13,8 +13,7 @@ import time
 
 from ray import tune
 
-from aepg.metrics import BUDGET_KEY, final_name, partial_name
-from aepg.sweep import fidelity
+from aepg.metrics import final_name
 
 
 def error_reason(trial) -> str:
@@ -39,9 +38,11 @@ class SweepProgress(tune.Callback):
     opens the trials' runs, which runs first."""
 
     def __init__(self, names: dict[str, str], total: int, budget: tuple[str, int], metric: str, mode: str,
-                 num_tasks: int, levels: int | None = None):
+                 unit: str, value_key: str):
+        """``budget``: the result key counting a trial's progress in ``unit`` (task, level or seed)
+        and its full value; ``value_key``: the running value shown after each step."""
         self.names, self.total, self.budget, self.metric, self.mode = names, total, budget, metric, mode
-        self.num_tasks, self.levels = num_tasks, levels
+        self.unit, self.value_key = unit, value_key
         self.started, self.best = time.time(), None
 
     def setup(self, **info):
@@ -58,19 +59,16 @@ class SweepProgress(tune.Callback):
         self._say(f"  started   {self._name(trial)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.levels:
-            done, value = f"level {int(result.get(fidelity.LEVEL_KEY, 0))}/{self.levels}", result.get(
-                fidelity.level_metric(self.metric))
-        else:
-            done, value = f"task {int(result.get(BUDGET_KEY, 0))}/{self.num_tasks}", result.get(partial_name(self.metric))
-        shown = f", {partial_name(self.metric)} {value:.4f}" if isinstance(value, float) else ""
-        self._say(f"  {self._name(trial)}: {done}{shown}")
+        budget_key, full = self.budget
+        value = result.get(self.value_key)
+        shown = f", {self.value_key} {value:.4f}" if isinstance(value, float) else ""
+        self._say(f"  {self._name(trial)}: {self.unit} {int(result.get(budget_key, 0))}/{full}{shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         budget_key, full = self.budget
         if int(result.get(budget_key, 0)) >= full:
-            value = result.get(partial_name(self.metric))
+            value = result.get(final_name(self.metric))
             if isinstance(value, float) and (self.best is None or (value > self.best[0]) == (self.mode == "max")):
                 self.best = (value, self._name(trial))
             ended = f"finished, {final_name(self.metric)} {value:.4f}" if isinstance(value, float) else "finished"

@@ -10,6 +10,7 @@ trial.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -25,7 +26,15 @@ from aepg.config import to_yaml, validate
 from aepg.metrics import BUDGET_KEY, final_name, partial_name, running_best
 from aepg.sweep.fidelity import COMPUTE_KEY, LEVEL_KEY, level_metric
 from aepg.sweep.noise import Noise, assess
-from aepg.sweep.schema import INDEX_TAG, OPTUNA_STATE_TAG, STATUS_TAG, SweepParams
+from aepg.sweep.schema import (
+    INDEX_TAG,
+    OPTUNA_STATE_TAG,
+    SEED_VALUES_TAG,
+    STAGE_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    SweepParams,
+)
 from aepg.sweep.spec import Param
 from aepg.sweep.table import PaperTable, build_table, markdown_grid
 from aepg.tracking import Tracker
@@ -59,6 +68,8 @@ class Entry:
     """final/<metric> of each finished seed."""
     tied: bool = False
     """Within seed noise of the best configuration (``aepg.sweep.noise``)."""
+    stage: str = "search"
+    """``search``, or ``confirm``: a configuration trained again on fresh seeds after the search."""
 
 
 def _typed(value: str | None, param: Param | None = None):
@@ -91,11 +102,15 @@ def sampled_params(run: tracking.RunRecord, space: dict[str, Param]) -> dict[str
 
 
 def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: str, num_tasks: int,
-               levels: int | None = None) -> list[Entry]:
-    """Leaderboard entries; ``levels`` for sweeps over an epochs or data ladder."""
+               levels: int | None = None, seeds: int | None = None) -> list[Entry]:
+    """Leaderboard entries; ``levels`` for sweeps over an epochs or data ladder, ``seeds`` for a seed
+    ladder (a trial's value is its mean over the seeds it trained)."""
     entries = []
     for run in runs:
         status = status_of(run)
+        if seeds:
+            entries.append(seed_ladder_entry(run, status, space, seeds, num_tasks))
+            continue
         if levels:  # a ladder: the value at the last level trained, compute from the trial's own count
             level = int(run.metrics.get(LEVEL_KEY, 0))
             partial, progress, compute = level_metric(metric), f"level {level}/{levels}", run.metrics.get(COMPUTE_KEY, 0.0)
@@ -110,6 +125,17 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
                              objective=run.params.get("objective.kind", ""),
                              by_seed={seed: value} if status == "finished" and value is not None else {}))
     return entries
+
+
+def seed_ladder_entry(run: tracking.RunRecord, status: str, space: dict[str, Param], seeds: int,
+                      num_tasks: int) -> Entry:
+    """A seed ladder's trial: its mean, spread and values over the seeds it trained."""
+    by_seed = {int(k): v for k, v in json.loads(run.tags.get(SEED_VALUES_TAG, "{}")).items()}
+    values = list(by_seed.values())
+    return Entry(run.name, status, sampled_params(run, space), statistics.mean(values) if values else None,
+                 f"{len(values)}/{seeds} seeds", float(len(values) * num_tasks), [run.run_id],
+                 int(run.tags.get(INDEX_TAG, 0)), sorted(by_seed), statistics.stdev(values) if len(values) > 1 else None,
+                 run.tags.get(OPTUNA_STATE_TAG, ""), run.end_time, run.params.get("objective.kind", ""), by_seed)
 
 
 def average_over_seeds(entries: list[Entry]) -> list[Entry]:
@@ -150,7 +176,7 @@ def rank(entries: list[Entry], mode: str) -> list[Entry]:
 
 
 def table(entries: list[Entry], metric: str, space_keys: list[str]) -> list[dict[str, object]]:
-    rows = []
+    rows, confirmed = [], any(entry.stage == "confirm" for entry in entries)
     for i, entry in enumerate(entries, 1):
         finished = entry.status == "finished"
         row = {"rank": i, "trial": entry.name, "status": entry.status,
@@ -162,6 +188,8 @@ def table(entries: list[Entry], metric: str, space_keys: list[str]) -> list[dict
             row["seeds"] = " ".join(map(str, entry.seeds))
         if entry.tied:
             row["within noise"] = "best" if i == 1 else "tied"
+        if confirmed:
+            row["stage"] = entry.stage
         row.update({k: entry.params.get(k, "") for k in space_keys})
         if entry.optuna_state:
             row["optuna"] = entry.optuna_state
@@ -298,13 +326,22 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     space = {k: Param.model_validate(v) for k, v in json.loads(tracker.read_text(parent_run_id, "space.json")).items()}
     sweep = SweepParams.of(parent)
     children = tracker.find_runs(experiment, {tracking.PARENT_TAG: parent_run_id})
-    entries = entries_of(children, space, sweep.metric, sweep.num_tasks, sweep.levels)
-    budget = sweep.num_trials * sweep.num_tasks if sweep.num_tasks else None
+    searched = [c for c in children if c.tags.get(STAGE_TAG) != "confirm"]
+    ladder_seeds = len(sweep.seeds) if sweep.seeds_per_trial else None
+    entries = entries_of(searched, space, sweep.metric, sweep.num_tasks, sweep.levels, ladder_seeds)
+    budget = sweep.num_trials * sweep.num_tasks * (ladder_seeds or 1) if sweep.num_tasks else None
     figs = figures(parent.name, entries, space, sweep.mode, sweep.metric, budget)
-    if len(sweep.seeds) > 1:
+    if len(sweep.seeds) > 1 and not ladder_seeds:
         entries = average_over_seeds(entries)
     ranked = rank(entries, sweep.mode)
-    finished = [e for e in ranked if e.status == "finished" and e.value is not None]
+    confirmed = rank([dataclasses.replace(seed_ladder_entry(run, status_of(run), space, len(sweep.confirm_seeds),
+                                                            sweep.num_tasks), stage="confirm")
+                      for run in children if run.tags.get(STAGE_TAG) == "confirm"], sweep.mode)
+    if confirmed:  # the confirmation decides: its configurations first, on their fresh seeds
+        finished = [e for e in confirmed if e.status == "finished" and e.value is not None]
+        ranked = confirmed + ranked
+    else:
+        finished = [e for e in ranked if e.status == "finished" and e.value is not None]
     found = assess([e.by_seed for e in finished])
     if found.seed_std is not None:
         for entry, tied in zip(finished, found.tied):
@@ -328,6 +365,11 @@ def paper_table(tracker: Tracker, parent_ids: list[str], rows_key: str = "method
         parent, experiment = tracker.get_run(parent_id)
         children = tracker.find_runs(experiment, {tracking.PARENT_TAG: parent_id})
         finished = [c for c in children if status_of(c) == "finished"]
+        params = SweepParams.of(parent)
+        if params.seeds_per_trial or params.confirm_seeds:  # each finished configuration's other seeds
+            trials = {c.run_id for c in finished}
+            finished += [run for run in tracker.find_runs(experiment, {STATUS_TAG: "seed run", SWEEP_TAG: parent.name})
+                         if run.tags.get(tracking.PARENT_TAG) in trials and run.status == "FINISHED"]
         label = sweep_label(parent)
         groups.append((label if label not in [g for g, _ in groups] else f"{label} ({parent.name})", finished))
     sweep = SweepParams.of(parent)

@@ -21,6 +21,12 @@ INDEX_TAG = "aepg.trial_index"
 LEVEL_TAG = "aepg.fidelity_level"
 OPTUNA_STATE_TAG = "aepg.optuna_state"
 NODE_TAG = "aepg.ray_node_id"
+SEED_VALUES_TAG = "aepg.seed_values"
+"""Seed ladder: a trial's final value of each seed trained so far, as JSON {seed: value}."""
+SEED_TAG = "aepg.seed"
+"""Seed ladder: the seed a nested seed run trained (the trial's own run trains the first)."""
+STAGE_TAG = "aepg.stage"
+"""``confirm`` on the runs of the confirmation stage (the search's runs have none)."""
 CONFIG_TAG = "aepg.config_id"
 """The trial's configuration, seed aside: the runs of one configuration share it (group by it in MLflow)."""
 
@@ -62,6 +68,7 @@ def parent_params(sweep, path: str, num_trials: int, levels: int) -> dict[str, o
             **search_settings(spec), "scheduler.kind": spec.scheduler.kind,
             "scheduler.fidelity": spec.scheduler.fidelity, "scheduler.grace_period": spec.scheduler.grace_period,
             "scheduler.reduction_factor": spec.scheduler.reduction_factor, "scheduler.levels": levels,
+            **({"confirm.top_k": spec.confirm.top_k, "confirm.seeds": spec.confirm.seeds} if spec.confirm else {}),
             "metric": f"final/{spec.metric}", "mode": spec.mode, "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,
             "base.num_tasks": sweep.num_tasks, "base.storage_path": base.storage_path}
 
@@ -77,6 +84,10 @@ class SweepParams:
     levels: int | None
     """Levels of an epochs or data ladder; None for sweeps over tasks."""
     seeds: list[int]
+    seeds_per_trial: bool
+    """A trial trains a configuration on several of ``seeds`` (the seed ladder)."""
+    confirm_seeds: list[int]
+    """The confirmation stage's seeds (none without one)."""
     storage_path: str
     dataset: str
 
@@ -85,8 +96,9 @@ class SweepParams:
         p = parent.params
         ladder = p.get("scheduler.fidelity", "tasks") in ("epochs", "data") and p.get("scheduler.kind") == "asha"
         return cls(p["metric"].removeprefix("final/"), p["mode"], int(p.get("base.num_tasks", 0)), int(p["search.num_trials"]),
-                   int(p["scheduler.levels"]) if ladder else None, json.loads(p["seeds"]), p["base.storage_path"],
-                   p.get("base.dataset", "?"))
+                   int(p["scheduler.levels"]) if ladder else None, json.loads(p["seeds"]),
+                   p.get("scheduler.fidelity") == "seeds", json.loads(p.get("confirm.seeds", "[]")),
+                   p["base.storage_path"], p.get("base.dataset", "?"))
 
 
 def find_sweep(tracker: Tracker, name: str) -> str | None:

@@ -13,6 +13,11 @@ grid. Early stopping is ASHA over one of three fidelities (``scheduler.fidelity`
   trials at each level on the sweep metric at the end of that level's sequence, and a promoted
   trial restarts at the next level (successive halving with restarts, as in Hyperband).
 
+- ``seeds``: a trial is one configuration, trained at full budget on the sweep's seeds one after
+  another; ASHA compares configurations on their mean over the seeds so far, at ``grace_period``
+  seeds and then ``reduction_factor`` times as many (successive halving on the seed-mean), and
+  the ones it keeps train more seeds. Optuna learns the seed-mean.
+
 Optuna is told the truth about stopped trials: PRUNED, with their intermediate values, never
 COMPLETE with a value from less than the full budget. Compute is counted in tasks trained
 (``compute/tasks``): a task at a fraction f of its epochs or data counts f.
@@ -26,14 +31,30 @@ from ray.tune.search.optuna import OptunaSearch
 
 from aepg.catalog import SEARCHERS
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
-from aepg.sweep.fidelity import LEVEL_KEY, climbs, ladder, level_metric, rung_metric
+from aepg.sweep.fidelity import (
+    LEVEL_KEY,
+    SEEDS_KEY,
+    climbs,
+    ladder,
+    level_metric,
+    rung_metric,
+    seed_metric,
+    seeds_per_trial,
+)
 
 
 def budget(sweep) -> tuple[str, int]:
     """(the result key counting a trial's progress, its value at the full budget)."""
     if climbs(sweep.spec):
         return LEVEL_KEY, len(ladder(sweep.spec))
+    if seeds_per_trial(sweep.spec):
+        return SEEDS_KEY, len(sweep.seeds)
     return BUDGET_KEY, sweep.num_tasks
+
+
+def progress_unit(sweep) -> str:
+    """What ``budget`` counts, for the terminal: task, level or seed."""
+    return "level" if climbs(sweep.spec) else "seed" if seeds_per_trial(sweep.spec) else "task"
 
 
 def compared_metric(sweep) -> str:
@@ -41,6 +62,8 @@ def compared_metric(sweep) -> str:
     spec = sweep.spec
     if climbs(spec):
         return level_metric(spec.metric)
+    if seeds_per_trial(spec):
+        return seed_metric(spec.metric)
     return partial_name(rung_metric(spec))
 
 
@@ -48,14 +71,17 @@ def compared_mode(sweep) -> str:
     """The direction of the compared metric: the sweep's mode for its own metric; for another rung
     metric its natural one (less forgetting is better, more of the rest)."""
     spec = sweep.spec
-    if climbs(spec) or rung_metric(spec) == spec.metric:
+    if climbs(spec) or seeds_per_trial(spec) or rung_metric(spec) == spec.metric:
         return spec.mode
     return "min" if rung_metric(spec) == "forgetting" else "max"
 
 
 def searched_metric(sweep) -> str:
-    """The value Optuna learns from: the sweep metric's running value, final at the full budget."""
+    """The value Optuna learns from: the sweep metric's running value, final at the full budget
+    (over seeds: the seed-mean)."""
     spec = sweep.spec
+    if seeds_per_trial(spec):
+        return seed_metric(spec.metric)
     return level_metric(spec.metric) if climbs(spec) else partial_name(spec.metric)
 
 

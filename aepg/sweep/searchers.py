@@ -42,8 +42,9 @@ class SampledSearch(SearchSettings):
         return self.num_trials
 
     def problems(self, sweep) -> list[tuple[str, str]]:
-        if sweep.spec.seeds and len(sweep.spec.seeds) > 1:
-            return [("seeds", f"several seeds need search.algorithm: grid ({self.algorithm} samples one config per trial)")]
+        if sweep.spec.seeds and len(sweep.spec.seeds) > 1 and sweep.spec.scheduler.fidelity != "seeds":
+            return [("seeds", f"several seeds need search.algorithm: grid ({self.algorithm} samples one config per "
+                     "trial), or scheduler.fidelity: seeds to train each sampled config on them")]
         return []
 
     sampler_class: ClassVar[str] = ""

@@ -35,7 +35,7 @@ from aepg.config import (
     validate,
 )
 from aepg.metrics import SUMMARY_METRICS
-from aepg.sweep.fidelity import climbs, rung_metric
+from aepg.sweep.fidelity import climbs, rung_metric, seed_rungs, seeds_per_trial
 from aepg.sweep.searchers import DEFAULT_SEARCHER, SearchSettings
 
 Scalar = str | int | float | bool | None
@@ -113,11 +113,13 @@ class SchedulerSettings(Section):
     """Early stopping; ``aepg.sweep.search`` says how each fidelity works."""
 
     kind: Literal["asha", "none"] = "asha"
-    fidelity: Literal["tasks", "epochs", "data"] = "tasks"
+    fidelity: Literal["tasks", "epochs", "data", "seeds"] = "tasks"
     """What a partial budget is: the first tasks of the sequence; or every task at a fraction of its
-    epochs or of its training images, restarted at a larger fraction when promoted."""
+    epochs or of its training images, restarted at a larger fraction when promoted; or (``seeds``)
+    some of the sweep's ``seeds``, the configurations kept training more of them."""
     grace_period: int = Field(2, ge=1)
-    """Fidelity tasks: the tasks every trial trains before ASHA may stop it (2: forgetting shows)."""
+    """Fidelity tasks: the tasks every trial trains before ASHA may stop it (2: forgetting shows);
+    fidelity seeds: the seeds every configuration trains first (1 or 2)."""
     reduction_factor: float = Field(3.0, gt=1)
     """ASHA keeps 1 / reduction_factor of the trials at each rung; levels grow by this factor."""
     rung_metric: Literal[SUMMARY_METRICS] | None = None
@@ -138,6 +140,16 @@ class TrialSettings(Section):
     """Retries of a failed trial, each resuming from the trial's latest checkpoint."""
 
 
+class ConfirmSettings(Section):
+    """After the search: the best configurations trained again on fresh seeds at full budget, so
+    that the winner is the best on seeds no choice was made on."""
+
+    top_k: int = Field(ge=1)
+    """How many of the search's best finished configurations are trained again."""
+    seeds: list[int] = Field(min_length=1)
+    """The fresh seeds each of them trains on (none of the search's)."""
+
+
 class SweepSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     base_config: str
@@ -156,7 +168,11 @@ class SweepSpec(Section):
     early stopping compares them after each task on its running value ``eval/...``."""
     mode: Literal["max", "min"] = "max"
     seeds: list[int] | None = Field(None, min_length=1)
-    """Run every grid point once per seed; the leaderboard averages over seeds."""
+    """Run every grid point once per seed (the leaderboard averages over seeds); with
+    ``scheduler.fidelity: seeds``, the seeds each configuration trains on, in order."""
+    confirm: ConfirmSettings | None = None
+    """Re-train the top configurations on fresh seeds; the leaderboard and best.yaml then rank on
+    their mean over those seeds."""
     trial: TrialSettings = TrialSettings()
     storage_path: str = "aepg_sweeps"
     """Where Ray Tune's state, trial checkpoints and the best config go: a folder or URI."""
@@ -182,10 +198,22 @@ DISPATCHED = {"search": (SEARCHERS, DEFAULT_SEARCHER)}
 class Sweep:
     """A validated sweep: spec, the base config as data and as ``RunConfig``, and the space."""
 
-    def __init__(self, spec: SweepSpec, base: dict[str, Any], source_text: str):
-        self.spec, self.base, self.source_text = spec, base, source_text
+    def __init__(self, spec: SweepSpec, base: dict[str, Any], source_text: str,
+                 points: list[dict[str, Any]] | None = None):
+        """``points``: the configurations to train instead of the space's (the confirmation stage)."""
+        self.spec, self.base, self.source_text, self.points = spec, base, source_text, points
         self.base_config = validate(base)
         self.base_flat = flatten(self.base_config.model_dump(mode="json"))
+
+    def confirmation(self, points: list[dict[str, Any]]) -> Sweep:
+        """The confirmation stage as a sweep: ``points`` (the search's best configurations) on the
+        confirmation's seeds, every one to the full budget."""
+        confirm = self.spec.confirm
+        spec = self.spec.model_copy(update={
+            "seeds": confirm.seeds, "confirm": None, "search": SEARCHERS.get("grid").config(
+                max_concurrent=self.spec.search.max_concurrent),
+            "scheduler": self.spec.scheduler.model_copy(update={"kind": "none", "fidelity": "seeds"})})
+        return Sweep(spec, self.base, self.source_text, points)
 
     @property
     def space(self) -> dict[str, Param]:
@@ -213,6 +241,8 @@ class Sweep:
 
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of choices, inactive keys dropped and duplicates removed, per seed."""
+        if self.points is not None:
+            return self.points
         points: list[dict[str, Any]] = [{}]
         for key, param in self.space.items():
             grown = []
@@ -223,7 +253,7 @@ class Sweep:
                     grown.append(point)
             points = grown
         unique = list({tuple(sorted(p.items(), key=lambda kv: kv[0])): p for p in points}.values())
-        if self.spec.seeds:
+        if self.spec.seeds and not seeds_per_trial(self.spec):
             return [{**p, "seed": s} for p, s in itertools.product(unique, self.spec.seeds)]
         return unique
 
@@ -359,7 +389,7 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
             and not Path(spec.storage_path).expanduser().is_dir():
         problems.append(("storage_path", f"{spec.storage_path} is a file; sweep outputs need a folder"))
     settings = spec.scheduler
-    if settings.kind == "asha" and not climbs(spec):
+    if settings.kind == "asha" and settings.fidelity == "tasks":
         if settings.grace_period > sweep.num_tasks:
             problems.append(("scheduler.grace_period", f"{settings.grace_period} tasks but the benchmark has {sweep.num_tasks}"))
         if sweep.num_tasks < 2:
@@ -369,7 +399,38 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
             problems.append(("scheduler.grace_period", f"{compared} exists from the second task on: use a grace period of 2 or more"))
     if climbs(spec):
         problems.extend(_check_ladder(sweep))
+    if seeds_per_trial(spec):
+        problems.extend(_check_seed_ladder(sweep))
+    if spec.confirm:
+        problems.extend(_check_confirm(sweep))
     return problems
+
+
+def _check_confirm(sweep: Sweep) -> list[tuple[str, str]]:
+    confirm, trials = sweep.spec.confirm, expected_trials(sweep)
+    problems = []
+    if confirm.top_k > trials:
+        problems.append(("confirm.top_k", f"{confirm.top_k} configurations, but the search runs {trials} trials"))
+    reused = sorted(set(confirm.seeds) & set(sweep.seeds))
+    if reused:
+        problems.append(("confirm.seeds", f"seed {', '.join(map(str, reused))} is the search's: confirmation "
+                         "needs seeds no choice was made on"))
+    repeated = sorted({s for s in confirm.seeds if confirm.seeds.count(s) > 1})
+    if repeated:
+        problems.append(("confirm.seeds", f"seed {', '.join(map(str, repeated))} listed twice"))
+    return problems
+
+
+def _check_seed_ladder(sweep: Sweep) -> list[tuple[str, str]]:
+    """A seed ladder needs seeds to climb, and a first rung within them."""
+    spec, seeds = sweep.spec, sweep.spec.seeds or []
+    if len(seeds) < 2:
+        return [("seeds", f"scheduler.fidelity: seeds needs two or more seeds to train each configuration on "
+                 f"(got {seeds or 'none'}), e.g. seeds: [0, 1, 2, 3, 4]")]
+    if spec.scheduler.kind == "asha" and spec.scheduler.grace_period >= len(seeds):
+        return [("scheduler.grace_period", f"the first rung ({spec.scheduler.grace_period} seeds) leaves no rung "
+                 f"below the {len(seeds)} seeds listed: ASHA would stop nothing; use 1 or 2")]
+    return []
 
 
 def _check_ladder(sweep: Sweep) -> list[tuple[str, str]]:
@@ -490,7 +551,15 @@ def sweep_plan(sweep: Sweep) -> list[str]:
         per_trial += f" training samples at the full budget, and {sum(lows[:-1]):,} on the levels below it"
     else:
         per_trial += " training samples"
+    if seeds_per_trial(spec):
+        rungs = seed_rungs(spec) if spec.scheduler.kind == "asha" else [len(sweep.seeds)]
+        per_trial += f" per seed, on up to {len(sweep.seeds)} seeds (rungs at {', '.join(map(str, rungs))} seeds)"
+        total *= len(sweep.seeds)
     lines.append(f"each trial: {len(base.tasks)} tasks; {per_trial}")
+    if spec.confirm:
+        lines.append(f"then the best {spec.confirm.top_k} configurations again on seeds "
+                     f"{', '.join(map(str, spec.confirm.seeds))}")
+        total += spec.confirm.top_k * len(spec.confirm.seeds) * max(samples)
     lines.append(f"the whole sweep: at most {total:,} training samples"
                  + (" (early stopping trains fewer)" if spec.scheduler.kind != "none" else ""))
     return lines
