@@ -86,6 +86,7 @@ def tiny_sweep(ray_address, tmp_path_factory):
     return folder
 
 
+@pytest.mark.xdist_group("tiny_sweep")
 def test_sweep_end_to_end(tiny_sweep, workdir):
     client, parents, children = sweep_runs(tiny_sweep / "mlflow.db")
     (parent,) = parents
@@ -436,6 +437,7 @@ def settled(driver, count: int) -> list[str] | None:
 
 
 @pytest.mark.browser
+@pytest.mark.xdist_group("tiny_sweep")
 def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_ui, browser):
     from selenium.webdriver.common.by import By
 
