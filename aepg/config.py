@@ -96,6 +96,9 @@ class BenchmarkConfig(Section):
     default) in LAE and CODA-Prompt."""
     crop_padding: int = Field(4, ge=0)
     """Zero padding, in pixels of the model's input, around images before a ``padded`` crop."""
+    test_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    """With ``augment`` and ``resized`` crops: the test images' resize, bilinear with antialiasing
+    (one batched call), or bicubic (L2P's, DualPrompt's and SD-LoRA's, one call per image)."""
     cache: Literal["decoded", "none"] = "decoded"
     """Folder data sets (ImageNet-R, CUB-200, Food-101): decode every image once into a memory-mapped
     cache beside the data (``decoded``), or decode the files at every read (``none``)."""

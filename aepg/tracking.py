@@ -332,7 +332,10 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
                                  "benchmark.order_seed": b.order_seed, "benchmark.augment": b.augment}
     if b.augment:
         params["benchmark.crop"] = b.crop
-        params.update({"benchmark.crop_scale_min": b.crop_scale_min} if b.crop == "resized" else {"benchmark.crop_padding": b.crop_padding})
+        if b.crop == "resized":
+            params.update({"benchmark.crop_scale_min": b.crop_scale_min, "benchmark.test_interpolation": b.test_interpolation})
+        else:
+            params["benchmark.crop_padding"] = b.crop_padding
     if b.dataset == "imagenet-r":
         params["benchmark.split_seed"] = b.split_seed
     for key in ("root", "max_train_per_class", "max_test_per_class"):

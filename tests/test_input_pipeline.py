@@ -96,6 +96,18 @@ def test_test_time_view_equals_the_pil_path(tmp_path, height, width):
     assert float(difference.mean()) < 1.0 and float(difference.max()) <= 4
 
 
+@pytest.mark.parametrize("height, width", [(333, 500), (600, 400)])
+def test_bicubic_test_view_is_torchvisions_bicubic_resize_and_centre_crop(height, width):
+    image = torch.from_numpy(smooth_image(height, width, 5)).permute(2, 0, 1).contiguous()
+    reference = v2.Compose([v2.Resize(256, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                            v2.CenterCrop(224)])(image).float()
+    batch, sizes, _ = collate([(smooth_image(height, width, 5), 0), (smooth_image(100, 90, 1), 1)])
+    ours = BatchView(224, *RAW, augment=True, train=False, interpolation="bicubic")(batch, sizes)[0]
+    assert ours.shape == reference.shape
+    difference = (ours - reference).abs()  # torchvision resizes uint8 in fixed point and rounds
+    assert float(difference.mean()) < 0.5 and float(difference.max()) <= 1.5
+
+
 def test_views_normalise_and_follow_their_seed():
     images = [(smooth_image(40 + i, 50, i), i) for i in range(3)]
     batch, sizes, labels = collate(images)

@@ -11,7 +11,8 @@ antialiases as a downscale should. The boxes are:
   probability 1/2, drawn from a ``torch.Generator`` on the CPU that the trainer seeds per epoch,
   so a resumed run draws what the uninterrupted run drew, whatever the data-loading workers do;
 - testing with ``augment``: resize the short side to S / 0.875 and take the centre S x S crop
-  (``resized``), or the whole image (``padded``);
+  (``resized``), or the whole image (``padded``); with ``test_interpolation: bicubic`` the resize
+  is torchvision's bicubic, antialiased ``Resize`` of each image (one call per image);
 - without ``augment`` (small images such as digits): the whole image, resized to S x S.
 """
 
@@ -92,9 +93,10 @@ class BatchView:
     """uint8 batch + sizes -> normalised (B, 3, S, S) inputs on the batch's device."""
 
     def __init__(self, image_size: int, mean, std, augment: bool, train: bool, channels_last: bool = False,
-                 crop: str = "resized", scale_min: float = SCALE[0], padding: int = 0):
+                 crop: str = "resized", scale_min: float = SCALE[0], padding: int = 0, interpolation: str = "bilinear"):
         self.image_size, self.augment, self.train, self.channels_last = image_size, augment, train, channels_last
         self.crop, self.scale, self.padding = crop, (scale_min, SCALE[1]), padding
+        self.bicubic = interpolation == "bicubic" and augment and not train and crop == "resized"
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
 
@@ -111,9 +113,22 @@ class BatchView:
             return centre_crops(sizes, self.image_size), None
         return whole_images(sizes), None
 
+    def bicubic_centre_crops(self, images: Tensor, sizes: Tensor) -> Tensor:
+        """torchvision's ``Resize(S / 0.875, bicubic, antialias)`` then ``CenterCrop(S)``, per image."""
+        short, size, out = test_resize(self.image_size), self.image_size, []
+        for image, (height, width) in zip(images, sizes.tolist()):
+            new_h, new_w = (short, int(short * width / height)) if height <= width else (int(short * height / width), short)
+            resized = torch.nn.functional.interpolate(image[None, :, :height, :width].float(), size=(new_h, new_w),
+                                                      mode="bicubic", antialias=True, align_corners=False)
+            top, left = round((new_h - size) / 2), round((new_w - size) / 2)
+            out.append(resized[0, :, top:top + size, left:left + size].clamp(0, 255))
+        return torch.stack(out)
+
     def __call__(self, images: Tensor, sizes: Tensor, generator: torch.Generator | None = None) -> Tensor:
         from torchvision.ops import roi_align
 
+        if self.bicubic:
+            return self._normalise(self.bicubic_centre_crops(images, sizes.cpu()))
         boxes, flips = self.boxes(sizes, generator)
         if self.crop == "padded" and self.train and self.augment:
             # Zero padding as RandomCrop pads: roi_align reads the edge pixel up to one pixel out.
@@ -126,5 +141,8 @@ class BatchView:
         if flips is not None:
             flips = flips.to(images.device).view(-1, 1, 1, 1)
             out = torch.where(flips, out.flip(-1), out)
+        return self._normalise(out)
+
+    def _normalise(self, out: Tensor) -> Tensor:
         out = (out - self.mean.to(out.device)) / self.std.to(out.device)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out

@@ -155,5 +155,5 @@ def build_benchmark(cfg: BenchmarkConfig, image_size: int, mean, std, channels_l
         )
         start += len(classes)
     views = [BatchView(image_size, mean, std, cfg.augment, train, channels_last, cfg.crop, cfg.crop_scale_min,
-                       cfg.crop_padding) for train in (True, False)]
+                       cfg.crop_padding, cfg.test_interpolation) for train in (True, False)]
     return Benchmark(cfg.dataset, order, splits.class_names, tasks, *views, splits.manifest, splits.skipped)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from types import MethodType
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +162,20 @@ def prefixed_attention(attn: nn.Module, x: Tensor, prefix: tuple[Tensor, Tensor]
     if gate is not None:
         out = out * gate
     return attn.proj_drop(attn.proj(out))
+
+
+def add_to_qkv(backbone: nn.Module, module: PeftModule, blocks: list[int],
+               update: Callable[[int, Tensor, Tensor], Tensor]) -> None:
+    """Route the fused ``attn.qkv`` of ``blocks`` through ``update(slot, x, qkv(x))`` while
+    ``module`` is enabled (``slot``: the block's place in ``blocks``): the LoRA family's hook."""
+    for slot, index in enumerate(blocks):
+        qkv = backbone.blocks[index].attn.qkv
+
+        def forward(self, x, _slot=slot, _original=qkv.forward):
+            out = _original(x)
+            return update(_slot, x, out) if module.enabled else out
+
+        qkv.forward = MethodType(forward, qkv)
 
 
 class PrefixSource(PeftModule):

@@ -16,13 +16,12 @@ All per-task state (A, B, the basis and its kind) is in the state dict, so check
 from __future__ import annotations
 
 import math
-from types import MethodType
 
 import torch
 from torch import Tensor, nn
 
 from aepg.models.peft import InfLoraMethod
-from aepg.models.peft.base import PeftModule, TaskData, blocks_of
+from aepg.models.peft.base import PeftModule, TaskData, add_to_qkv, blocks_of
 
 
 def energy_rank(singular: Tensor, total: float, start: float, threshold: float) -> int:
@@ -94,25 +93,12 @@ class InfLoRA(PeftModule):
         self.register_buffer("retain", torch.zeros(len(blocks), dtype=torch.bool))
         self.register_buffer("task", torch.zeros((), dtype=torch.long))
         self._covariance: list[Tensor] | None = None
-        for slot, index in enumerate(blocks):
-            qkv = backbone.blocks[index].attn.qkv
-            qkv.forward = MethodType(self._patched_forward(slot, qkv.forward), qkv)
-
-    def _patched_forward(self, slot: int, original):
-        lora = self
-
-        def forward(qkv, x):
-            if lora._covariance is not None:
-                flat = x.detach().float().reshape(-1, x.shape[-1])
-                lora._covariance[slot] += flat.T @ flat
-            out = original(x)
-            if not lora.enabled:
-                return out
-            return lora._add_update(slot, x, out)
-
-        return forward
+        add_to_qkv(backbone, self, blocks, self._add_update)
 
     def _add_update(self, slot: int, x: Tensor, out: Tensor) -> Tensor:
+        if self._covariance is not None:  # a pass over a task's data: its attention inputs
+            flat = x.detach().float().reshape(-1, x.shape[-1])
+            self._covariance[slot] += flat.T @ flat
         tasks = int(self.task) + 1
         A = self.A[:tasks, slot]  # (tasks, 2, rank, dim)
         B = torch.stack([self.B[t][slot] for t in range(tasks)])  # (tasks, 2, dim, rank)

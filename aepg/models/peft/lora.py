@@ -10,14 +10,13 @@ B: d x r, zero), each times its own learnable scalar scale (init 1.0). The proje
 from __future__ import annotations
 
 import math
-from types import MethodType
 
 import torch
 from torch import Tensor, nn
 
 from aepg.models import facts
 from aepg.models.peft import LoraMethod
-from aepg.models.peft.base import PeftModule, Scale, blocks_of
+from aepg.models.peft.base import PeftModule, Scale, add_to_qkv, blocks_of
 from aepg.models.peft.peft_lora import attach_peft_lora
 
 
@@ -41,22 +40,12 @@ class KVLoRA(PeftModule):
         dim = backbone.embed_dim
         self.key = nn.ModuleList(LowRank(dim, rank) for _ in blocks)
         self.value = nn.ModuleList(LowRank(dim, rank) for _ in blocks)
-        for slot, index in enumerate(blocks):
-            qkv = backbone.blocks[index].attn.qkv
-            qkv.forward = MethodType(self._patched_forward(slot, qkv.forward), qkv)
+        add_to_qkv(backbone, self, blocks, self._add_update)
 
-    def _patched_forward(self, slot: int, original):
-        lora = self
-
-        def forward(qkv, x):
-            out = original(x)
-            if not lora.enabled:
-                return out
-            update = torch.cat([lora.key[slot](x), lora.value[slot](x)], dim=-1).to(out.dtype)
-            dim = update.shape[-1] // 2
-            return torch.cat([out[..., :dim], out[..., dim:] + update], dim=-1)
-
-        return forward
+    def _add_update(self, slot: int, x: Tensor, out: Tensor) -> Tensor:
+        update = torch.cat([self.key[slot](x), self.value[slot](x)], dim=-1).to(out.dtype)
+        dim = update.shape[-1] // 2
+        return torch.cat([out[..., :dim], out[..., dim:] + update], dim=-1)
 
 
 def build_lora(backbone: nn.Module, cfg: LoraMethod, num_tasks: int) -> KVLoRA | None:

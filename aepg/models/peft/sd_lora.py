@@ -14,13 +14,12 @@ restarts at ``init_magnitude`` when a task starts, as both references rebuild th
 from __future__ import annotations
 
 import math
-from types import MethodType
 
 import torch
 from torch import Tensor, nn
 
 from aepg.models.peft import SdLoraMethod
-from aepg.models.peft.base import PeftModule, TaskData, blocks_of
+from aepg.models.peft.base import PeftModule, TaskData, add_to_qkv, blocks_of
 
 PARTS = 2  # query, value
 
@@ -37,23 +36,13 @@ class SDLoRA(PeftModule):
         self.magnitude = nn.Parameter(torch.full((num_tasks,), float(init_magnitude)))
         self.init_magnitude = init_magnitude
         self.register_buffer("task", torch.zeros((), dtype=torch.long))
-        for slot, index in enumerate(blocks):
-            qkv = backbone.blocks[index].attn.qkv
-            qkv.forward = MethodType(self._patched_forward(slot, qkv.forward), qkv)
+        add_to_qkv(backbone, self, blocks, self._add_update)
 
-    def _patched_forward(self, slot: int, original):
-        lora = self
-
-        def forward(qkv, x):
-            out = original(x)
-            if not lora.enabled:
-                return out
-            query, value = lora._updates(slot, x)
-            dim = x.shape[-1]
-            return torch.cat([out[..., :dim] + query.to(out.dtype), out[..., dim:2 * dim],
-                              out[..., 2 * dim:] + value.to(out.dtype)], dim=-1)
-
-        return forward
+    def _add_update(self, slot: int, x: Tensor, out: Tensor) -> Tensor:
+        query, value = self._updates(slot, x)
+        dim = x.shape[-1]
+        return torch.cat([out[..., :dim] + query.to(out.dtype), out[..., dim:2 * dim],
+                          out[..., 2 * dim:] + value.to(out.dtype)], dim=-1)
 
     def _updates(self, slot: int, x: Tensor) -> list[Tensor]:
         """The query and the value update of block ``slot``."""
