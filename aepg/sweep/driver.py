@@ -222,7 +222,7 @@ def train_seeds(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
                     f"seeds/std_{metric}": statistics.stdev(values.values()) if count > 1 else 0.0,
                     fidelity.COMPUTE_KEY: count * tasks}
         tracker.log_metrics(run.run_id, progress, step=count)
-        tune.report({fidelity.SEEDS_KEY: count, **progress, final_name(metric): mean})
+        tune.report({**progress, final_name(metric): mean})
 
 
 # -- the MLflow callback ------------------------------------------------------------------------
