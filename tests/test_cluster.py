@@ -120,7 +120,6 @@ def env_for(cluster, server) -> dict:
     return {**cluster.client_env, "MLFLOW_TRACKING_URI": server}
 
 
-@pytest.mark.xdist_group("cluster")
 def test_two_worker_run_spans_both_nodes(cluster, mlflow_server, node_ids, workdir):
     result = run_aepg(["train", DIGITS, "benchmark.num_tasks=2", "benchmark.max_train_per_class=40", "train.epochs=1",
                        "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.torch_threads=1", "run_name=span"],
@@ -134,7 +133,6 @@ def test_two_worker_run_spans_both_nodes(cluster, mlflow_server, node_ids, workd
     assert {"accuracy_matrix.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-@pytest.mark.xdist_group("cluster")
 def test_losing_a_worker_node_mid_sweep(cluster, mlflow_server, node_ids, workdir):
     """Two trials spread over the two nodes; node b dies under one of them, which resumes on the head."""
     path = write_sweep(

@@ -51,7 +51,6 @@ def two_workers(ray_address, tmp_path_factory):
     return run(cfg), cfg
 
 
-@pytest.mark.xdist_group("two_workers")
 def test_one_and_two_workers_agree(two_workers, tmp_path):
     one, (two, two_cfg) = run(config(tmp_path, "scaling.num_workers=1")), two_workers
     for row_one, row_two in zip(one.state.accuracy_matrix, two.state.accuracy_matrix, strict=True):
@@ -109,7 +108,6 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
     assert {a.path for a in client.list_artifacts(result.run_id)} >= {"accuracy_matrix.png", "training_curves.png"}
 
 
-@pytest.mark.xdist_group("two_workers")
 def test_two_worker_run_resumes_after_interrupt(ray_address, two_workers, workdir):
     overrides = [*SMALL, "scaling.num_workers=2"]
     env = {"RAY_ADDRESS": ray_address}

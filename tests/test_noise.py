@@ -7,7 +7,7 @@ import pytest
 
 from aepg.metrics import final_name
 from aepg.sweep.noise import assess, difference_interval, pooled_std, seeds_needed
-from aepg.sweep.report import average_over_seeds, entries_of, rank, table
+from aepg.sweep.report import average_over_seeds, entries_of, mark_within_noise, rank, table
 from aepg.sweep.schema import STATUS_TAG
 from aepg.sweep.spec import Param
 from aepg.tracking import RunRecord
@@ -54,9 +54,7 @@ def test_the_leaderboard_shows_which_configurations_are_within_noise():
                       {final_name("last_accuracy"): values[seed]}, {STATUS_TAG: "finished"})
             for lr, values in ((0.1, WINNER), (0.2, TIED), (0.3, BEATEN)) for seed in values]
     ranked = rank(average_over_seeds(entries_of(runs, space, "last_accuracy", 3)), "max")
-    finished = assess([e.by_seed for e in ranked])
-    for entry, tied in zip(ranked, finished.tied):
-        entry.tied = tied
+    mark_within_noise(ranked, assess([e.by_seed for e in ranked]))
     rows = table(ranked, "last_accuracy", ["train.lr"])
     assert [(row["train.lr"], row.get("within noise")) for row in rows] == [(0.1, "best"), (0.2, "tied"), (0.3, None)]
     assert ranked[0].by_seed == WINNER

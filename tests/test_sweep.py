@@ -86,7 +86,6 @@ def tiny_sweep(ray_address, tmp_path_factory):
     return folder
 
 
-@pytest.mark.xdist_group("tiny_sweep")
 def test_sweep_end_to_end(tiny_sweep, workdir):
     client, parents, children = sweep_runs(tiny_sweep / "mlflow.db")
     (parent,) = parents
@@ -279,7 +278,9 @@ def live_children(db) -> list:
 
 @pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
-    path = write_sweep(workdir, scheduler={"kind": "none"}, search={"algorithm": "random", "seed": 1, "num_trials": 5, "max_concurrent": 2})
+    base = {**TINY_BASE, "benchmark": {**TINY_BASE["benchmark"], "num_tasks": 2}}
+    path = write_sweep(workdir, base_overrides=base, scheduler={"kind": "none"},
+                       search={"algorithm": "random", "seed": 1, "num_trials": 5, "max_concurrent": 2})
     driver = start_aepg(["sweep", path], workdir, {"RAY_ADDRESS": ray_address})
     try:
         wait_until(lambda: any(c.info.status == "FINISHED" for c in live_children(workdir / "mlflow.db")),
@@ -303,7 +304,7 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
     trial_ids = [c.data.tags["aepg.trial_id"] for c in children]
     assert len(trial_ids) == 5 and len(set(trial_ids)) == 5, "a trial is missing or duplicated"
     assert all(c.info.status == "FINISHED" for c in children)
-    assert all(c.data.metrics["eval/tasks_done"] == 3 and c.data.tags["aepg.status"] == "finished" for c in children)
+    assert all(c.data.metrics["eval/tasks_done"] == 2 and c.data.tags["aepg.status"] == "finished" for c in children)
 
 
 BAD_SWEEPS = [
@@ -437,7 +438,6 @@ def settled(driver, count: int) -> list[str] | None:
 
 
 @pytest.mark.browser
-@pytest.mark.xdist_group("tiny_sweep")
 def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_ui, browser):
     from selenium.webdriver.common.by import By
 
@@ -531,8 +531,10 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(ray_address,
                                  abs=1e-12)
     # The confirmation: the search's best configuration (by seed-mean) on seeds 7 and 8 only.
     (confirmed,) = [r for r in children if r.data.tags.get("aepg.stage") == "confirm"]
-    best = max(finished, key=lambda t: t.data.metrics["seeds/mean_avg_incremental_accuracy"])
-    assert confirmed.data.tags["aepg.config_id"] == best.data.tags["aepg.config_id"]
+    top = max(t.data.metrics["seeds/mean_avg_incremental_accuracy"] for t in finished)
+    best = {t.data.tags["aepg.config_id"]: t for t in finished if t.data.metrics["seeds/mean_avg_incremental_accuracy"] == top}
+    assert confirmed.data.tags["aepg.config_id"] in best  # one of the best (tiny data can tie them)
+    best = best[confirmed.data.tags["aepg.config_id"]]
     assert confirmed.data.params["train.lr"] == best.data.params["train.lr"] and confirmed.data.params["seed"] == "7"
     (other,) = [r for r in nested if r.data.tags["mlflow.parentRunId"] == confirmed.info.run_id]
     assert other.data.params["seed"] == "8" and confirmed.data.tags["aepg.status"] == "finished"

@@ -66,8 +66,8 @@ class Entry:
     """The objective the configuration trained with (its runs' hue family in MLflow's charts)."""
     by_seed: dict[int, float] = field(default_factory=dict)
     """final/<metric> of each finished seed."""
-    tied: bool = False
-    """Within seed noise of the best configuration (``aepg.sweep.noise``)."""
+    within_noise: str = ""
+    """``best``, or ``tied`` when within seed noise of it (``aepg.sweep.noise``); empty otherwise."""
     stage: str = "search"
     """``search``, or ``confirm``: a configuration trained again on fresh seeds after the search."""
 
@@ -186,8 +186,8 @@ def table(entries: list[Entry], metric: str, space_keys: list[str]) -> list[dict
         if entry.spread is not None or len(entry.seeds) > 1:
             row["std"] = None if entry.spread is None else round(entry.spread, 4)
             row["seeds"] = " ".join(map(str, entry.seeds))
-        if entry.tied:
-            row["within noise"] = "best" if i == 1 else "tied"
+        if entry.within_noise:
+            row["within noise"] = entry.within_noise
         if confirmed:
             row["stage"] = entry.stage
         row.update({k: entry.params.get(k, "") for k in space_keys})
@@ -320,6 +320,15 @@ class SweepReport:
         return "\n".join(lines + ["", markdown_table(self.rows)])
 
 
+def mark_within_noise(judged: list[Entry], found: Noise) -> None:
+    """Mark the best of ``judged`` (finished entries, best first) and those tied with it, when the
+    noise is known."""
+    if found.seed_std is None:
+        return
+    for i, (entry, tied) in enumerate(zip(judged, found.tied)):
+        entry.within_noise = ("best" if i == 0 else "tied") if tied else ""
+
+
 def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     """Everything about a sweep, read from its MLflow parent run and the child runs under it."""
     parent, experiment = tracker.get_run(parent_run_id)
@@ -337,16 +346,14 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     confirmed = rank([dataclasses.replace(seed_ladder_entry(run, status_of(run), space, len(sweep.confirm_seeds),
                                                             sweep.num_tasks), stage="confirm")
                       for run in children if run.tags.get(STAGE_TAG) == "confirm"], sweep.mode)
-    if confirmed:  # the confirmation decides: its configurations first, on their fresh seeds
-        finished = [e for e in confirmed if e.status == "finished" and e.value is not None]
-        ranked = confirmed + ranked
-    else:
-        finished = [e for e in ranked if e.status == "finished" and e.value is not None]
-    found = assess([e.by_seed for e in finished])
-    if found.seed_std is not None:
-        for entry, tied in zip(finished, found.tied):
-            entry.tied = tied
-    best = finished[0] if finished else None
+    searched_finished = [e for e in ranked if e.status == "finished" and e.value is not None]
+    finished = [e for e in confirmed if e.status == "finished" and e.value is not None]
+    ranked = confirmed + ranked  # the confirmation decides: its configurations first, on their fresh seeds
+    # The noise is judged on the confirmation when it has two configurations to compare, else on the search.
+    judged = finished if len(finished) > 1 else searched_finished
+    found = assess([e.by_seed for e in judged])
+    mark_within_noise(judged, found)
+    best = (finished or searched_finished or [None])[0]
     best_yaml = best_config(tracker, best, f"{parent.name}-best", sweep.storage_path) if best else None
     return SweepReport(parent.name, sweep.metric, table(ranked, sweep.metric, list(space)), best, best_yaml, figs,
                        ranked, parent.experiment_id, found)
