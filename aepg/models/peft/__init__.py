@@ -94,7 +94,8 @@ class BlocksMethod(MethodConfig):
 
     default_blocks: ClassVar[list[int] | None] = DEFAULT_BLOCKS
     blocks: list[int] | None = None
-    """Indices of ``blocks.N`` to adapt; default: blocks 0-4 of a ViT (the paper), every block otherwise."""
+    """Indices of ``blocks.N`` to adapt; default: the method's (blocks 0-4 of a ViT, the paper's, for most;
+    every block for InfLoRA, SD-LoRA and RanPAC, as their references), every block of other families."""
 
     def chosen_blocks(self, depth: int) -> list[int]:
         return adapted_blocks(self.blocks, depth, self.default_blocks)
