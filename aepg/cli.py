@@ -106,7 +106,7 @@ def cmd_sweep(args) -> int:
         return EXIT_FAILED
     print(f"\nleaderboard, ranked on final/{report.metric}:\n{report.text}\n")
     if report.noise:
-        print(f"seed noise: {report.noise.verdict}")
+        print(report.noise.verdict)
     if report.best_yaml:
         print(f"best config: {runtime.path}/best.yaml  (reproduce it with: aepg train {runtime.path}/best.yaml)")
     print(f"sweep outputs: {runtime.path}")
@@ -151,7 +151,7 @@ def cmd_report(args) -> int:
             figure.savefig(folder / name, dpi=120, bbox_inches="tight")
         print(f"sweep {report.name}: trials ranked on final/{report.metric}\n{report.text}\n")
         if report.noise:
-            print(f"seed noise: {report.noise.verdict}\n")
+            print(f"{report.noise.verdict}\n")
     print(f"table ({args.rows} x {args.columns}):\n{table.markdown()}\n")
     print(f"wrote {out}/ (leaderboard, paper_table.md/.csv/.tex, plots) and logged them to the sweep's parent run")
     return 0
@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key}: {message}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
+        progress = sys.modules.get("aepg.sweep.progress")  # a sweep's live table gives the terminal back
+        if progress is not None:
+            progress.stop_live()
         print(f"aepg: {interrupts.reason()}", file=sys.stderr)
         _leave_ray_after_interrupt()
         return interrupts.exit_code()

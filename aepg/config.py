@@ -266,6 +266,9 @@ class RunConfig(Section):
     system_metrics: bool | None = None
     """Log CPU, memory and (with nvidia-ml-py installed) GPU use to the MLflow run; default on for
     runs that train on a GPU, off on CPUs (where eight charts per short run are clutter)."""
+    figures: bool = True
+    """Draw the accuracy heat map and training curves into the run after every task; off for
+    benches and sweeps of many short trials, where drawing them costs about as much as a task."""
     seed: int = 0
     storage_path: str = "aepg_runs"
     """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://)."""

@@ -40,6 +40,10 @@ def accuracy_heatmap(R: list[list[float]], title: str):
     return fig
 
 
+SERIES_LIMITS = {"a_t": (0.0, 1.02), "p_y": (0.0, 1.02)}
+"""Fixed y limits of the bounded series, so that two runs' plots compare by eye; others start at 0."""
+
+
 def series_plot(series: dict[str, tuple[list[int], list[float]]], title: str, boundaries: list[int] = (),
                 xlabel: str = "optimiser step"):
     """One panel per named series (x, y) on a shared x axis, with the task boundaries dashed."""
@@ -49,6 +53,10 @@ def series_plot(series: dict[str, tuple[list[int], list[float]]], title: str, bo
         for step in boundaries:
             ax.axvline(step, color="0.6", ls="--", lw=0.8)
         ax.set_ylabel(name)
+        if name in SERIES_LIMITS:
+            ax.set_ylim(*SERIES_LIMITS[name])
+        elif min(y, default=0.0) >= 0:
+            ax.set_ylim(bottom=0.0)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(xlabel + ("  (dashed: task boundaries)" if boundaries else ""))
     axes[0, 0].set_title(title, fontsize=9)
@@ -153,9 +161,9 @@ def parallel_coordinates(rows: list[dict[str, object]], keys: list[str], metric:
     for j, (ticks, labels) in enumerate(axes_ticks):
         ax.axvline(j, color="0.3", lw=0.8, zorder=1)
         for t, label in zip(ticks, labels):
-            ax.text(j + 0.03, t, label, fontsize=7, va="center", ha="left",
+            ax.text(j + 0.03, t, label, fontsize=9, va="center", ha="left",
                     bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5), zorder=100)
-    ax.set_xticks(range(len(keys)), [k.replace(".", ".\n", 1) for k in keys], fontsize=8)
+    ax.set_xticks(range(len(keys)), [k.replace(".", ".\n", 1) for k in keys], fontsize=9)
     ax.set_yticks([])
     ax.set_ylim(-0.15, 1.08)
     ax.set_xlim(-0.2, len(keys) - 0.5)

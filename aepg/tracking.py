@@ -10,7 +10,7 @@ resolving and checking a tracking URI stays fast.
 What a run shows (README, "What a run logs"): params for the keys its configuration uses, one
 step axis (the optimiser step) for every metric, ``train/`` metrics per step, ``eval/`` metrics
 after each task with ``eval/tasks_done`` as a possible x axis, ``final/`` metrics only when every
-task is done, and plots refreshed after each task.
+task is done (at step 0, so that MLflow draws them as bars), and plots refreshed after each task.
 """
 
 from __future__ import annotations
@@ -421,7 +421,7 @@ class MlflowReporter:
         self.client = tracker.client
         self.run_id, self.full_budget = run_id, full_budget
         self.num_tasks = cfg.benchmark.num_tasks
-        self.annealed = is_annealed(cfg.objective)
+        self.annealed, self.figures = is_annealed(cfg.objective), cfg.figures
         self.title = f"{self.client.get_run(run_id).info.run_name}: {objective_label(cfg)}"
 
     def _log(self, metrics: list) -> None:
@@ -435,14 +435,19 @@ class MlflowReporter:
         self._log([m for step, values in rows for m in _metrics({f"train/{k}": v for k, v in values.items()}, step)])
 
     def task_finished(self, state, samples_per_second: float) -> None:
-        """Evaluation metrics at the task's last step, the matrix, and every plot (refreshed, so a
-        run stopped early has them too); ``final/`` metrics once every task is done."""
+        """Evaluation metrics at the task's last step, the matrix, and (with ``figures`` on) every
+        plot, refreshed so a run stopped early has them too; ``final/`` metrics once every task is done."""
         R, sizes = state.accuracy_matrix, state.test_sizes
-        metrics = {k: v for k, v in state.metrics(self.num_tasks).items() if self.full_budget or not k.startswith("final/")}
-        self._log(_metrics({**metrics, "train/samples_per_second": samples_per_second}, state.global_step))
+        metrics = state.metrics(self.num_tasks)
+        finals = {k: v for k, v in metrics.items() if k.startswith("final/")} if self.full_budget else {}
+        running = {k: v for k, v in metrics.items() if not k.startswith("final/")}
+        self._log(_metrics({**running, "train/samples_per_second": samples_per_second}, state.global_step))
+        # At step 0, one value each: MLflow's charts draw a metric without a step as one labelled bar per run.
+        self._log(_metrics(finals, 0))
         self.log_dict({"R": R, "test_sizes": sizes, "accuracy_after_task": accuracy_after_each_task(R, sizes)},
                       "accuracy_matrix.json")
-        self._figures(state)
+        if self.figures:
+            self._figures(state)
 
     def _figures(self, state) -> None:
         from aepg import plots

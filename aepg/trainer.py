@@ -33,6 +33,8 @@ log = logging.getLogger("aepg")
 
 MAX_DATA_WORKERS = 8
 PREFETCH_BATCHES = 4
+BAR_NAMES = {"loss": "loss", "a_t": "a_t", "batch_accuracy": "acc"}
+"""What a task's progress bar shows, refreshed at every logged step: step metric -> label."""
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -320,6 +322,9 @@ class ContinualTrainer:
                 if lr_varies:
                     metrics["lr"] = lr
                 buffer.add(state.global_step, metrics)
+                if not bar.disable:  # on a terminal: the running loss, a_t and batch accuracy
+                    bar.set_postfix({BAR_NAMES[k]: f"{float(metrics[k]):.3f}" for k in BAR_NAMES if k in metrics},
+                                    refresh=True)
             bar.update()
         buffer.flush()
 

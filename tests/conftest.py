@@ -1,7 +1,11 @@
+import fcntl
 import os
+import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +25,28 @@ def run_aepg(args: list[str], cwd: Path, env: dict | None = None, timeout: int =
     """Run the installed ``aepg`` console script as a user would."""
     return subprocess.run([str(AEPG), *args], cwd=cwd, env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_terminal(args: list[str], cwd: Path, env: dict | None = None, columns: int = 160,
+                    timeout: int = 900) -> tuple[int, str]:
+    """Run aepg under a pseudo-terminal of ``columns`` (a fresh one is 0 wide, and progress bars
+    draw nothing in 0 columns): its exit status and everything it wrote, as a terminal got it."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    process = subprocess.Popen([str(AEPG), *args], cwd=cwd, env={**os.environ, **(env or {})}, stdin=follower,
+                               stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(timeout=timeout), b"".join(chunks).decode(errors="replace")
 
 
 def start_aepg(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:

@@ -100,3 +100,20 @@ def test_the_newer_methods_have_rows_and_the_note_names_checkpoint_order_and_spl
     assert table.rows == ["full fine-tuning", "LoRA", "LAE", "CODA-Prompt", "InfLoRA", "RanPAC", "SD-LoRA"]
     assert ("Runs: backbone vit_base_patch16_224.augreg_in21k_ft_in1k; class order seed 0; split seed 0."
             in table.markdown())
+
+
+def test_a_confirmed_configuration_counts_on_its_confirmation_seeds_alone():
+    """Seed sweeps: a configuration the confirmation trained again is tabled on the confirmation's
+    fresh seeds, not on those mixed with the search's seeds that chose it; the others keep theirs."""
+    from aepg.sweep.report import table_runs
+
+    def trial(run_id: str, config: str, stage: str = "search", parent: str = "sweep") -> RunRecord:
+        tags = {"aepg.config_id": config, "mlflow.parentRunId": parent, **({"aepg.stage": stage} if stage else {})}
+        return RunRecord(run_id, run_id, "FINISHED", {}, {}, tags)
+
+    searched_a, searched_b, confirmed_a = trial("a0", "A"), trial("b0", "B"), trial("a100", "A", "confirm")
+    seed_runs = [trial("a1", "A", "", "a0"), trial("b1", "B", "", "b0"), trial("a101", "A", "", "a100")]
+    kept = table_runs([searched_a, searched_b, confirmed_a], seed_runs)
+    assert sorted(r.run_id for r in kept) == ["a100", "a101", "b0", "b1"]
+    # Without a confirmation every trial keeps its seed runs.
+    assert sorted(r.run_id for r in table_runs([searched_a, searched_b], seed_runs)) == ["a0", "a1", "b0", "b1"]

@@ -27,3 +27,38 @@ def test_a_choice_comes_back_as_the_choice_not_as_what_its_text_parses_to():
         params = sampled_params(run, space)
         assert params == {"model.tag": tag, "train.lr": lr}
         assert type(params["model.tag"]) is str and type(params["train.lr"]) is float
+
+
+def _finished(index: int, lr: float, kind: str, value: float):
+    from aepg.sweep.report import Entry
+
+    return Entry(f"t{index:02d}", "finished", {"train.lr": lr, "objective.kind": kind}, value, "5/5 tasks", 5.0,
+                 [f"run{index}"], index)
+
+
+def test_the_importance_plot_has_one_title_that_states_n_and_warns_when_trials_are_few():
+    """Optuna titles its plot on the left; the sweep's title replaces it (not drawn over it), says
+    over how many finished trials the importances were computed, and warns under 10."""
+    from aepg.sweep.report import FEW_FOR_IMPORTANCE, figures
+
+    space = {"train.lr": Param(loguniform=[1.0e-5, 1.0e-2]), "objective.kind": Param(choice=["ce", "aepg"])}
+    for n in (4, FEW_FOR_IMPORTANCE):
+        entries = [_finished(i, 10 ** (-5 + 3 * i / n), ("ce", "aepg")[i % 2], 0.4 + 0.01 * i) for i in range(n)]
+        axes = figures("s", entries, space, "max", "avg_incremental_accuracy", None)["param_importances.png"].axes[0]
+        assert axes.get_title(loc="left") == ""
+        title = axes.get_title()
+        assert f"over {n} finished trials" in title
+        assert ("a rough guide" in title) == (n < FEW_FOR_IMPORTANCE)
+
+
+def test_training_curves_share_their_bounded_y_limits_across_runs():
+    """a_t and p_y lie in [0, 1]: two runs' plots use the same limits whatever their values."""
+    from aepg import plots
+
+    limits = []
+    for scale in (0.1, 0.9):
+        series = {key: ([0, 1, 2], [scale, scale / 2, scale / 3]) for key in ("a_t", "p_y", "ce")}
+        figure = plots.series_plot(series, "run", [1])
+        limits.append([ax.get_ylim() for ax in figure.axes])
+    assert limits[0][:2] == limits[1][:2] == [plots.SERIES_LIMITS["a_t"], plots.SERIES_LIMITS["p_y"]]
+    assert limits[0][2][0] == limits[1][2][0] == 0.0  # the unbounded CE starts at 0

@@ -4,13 +4,14 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import time
 
 import pytest
 import yaml
-from conftest import CONFIGS, REPO, mlflow_server, run_aepg, start_aepg, wait_until
+from conftest import CONFIGS, REPO, mlflow_server, run_aepg, run_in_terminal, start_aepg, wait_until
 from mlflow import MlflowClient
 from ray.tune.search.optuna import OptunaSearch
 
@@ -124,11 +125,10 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
         assert ("schedule.tau" in params) == annealed and ("schedule.kind" in params) == annealed
         assert "None" not in params.values() and "experiment" not in params
         assert child.info.run_name.startswith(f"t{int(child.data.tags['aepg.trial_index']):02d}-{params['objective.kind']}")
-    # One step axis; final metrics logged once.
+    # Final metrics logged once, at step 0 (so that MLflow draws them as bars).
     for child in finished:
         history = client.get_metric_history(child.info.run_id, "final/last_accuracy")
-        assert len(history) == 1
-        assert history[0].step == max(m.step for m in client.get_metric_history(child.info.run_id, "train/loss"))
+        assert [m.step for m in history] == [0]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep.yaml", "space.json", "leaderboard.csv", "leaderboard.md", "best.yaml", "objective_over_trials.png",
             "convergence.png", "paper_table.md", "paper_table.csv", "paper_table.tex"} <= artifacts
@@ -221,6 +221,26 @@ def test_the_terminal_shows_one_line_per_event_and_ends_with_the_results(ray_add
         assert noise not in out and noise not in result.stderr, noise
     assert lines[-3].startswith("best config: ") and lines[-2].startswith("sweep outputs: ")
     assert lines[-1].startswith("see it with: mlflow ui") and "leaderboard, ranked on final/avg_incremental_accuracy:" in out
+
+
+def test_on_a_terminal_the_trials_are_one_table_redrawn_in_place_and_the_results_stay(ray_address, workdir):
+    """Under a pseudo-terminal: a live table of the trials (status, progress, values, searched keys),
+    cleared at the end; the progress line, the leaderboard and the links are what stays, with no
+    library log line after them."""
+    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
+                       search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
+    status, text = run_in_terminal(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address})
+    assert status == 0, text[-3000:]
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    frames = [frame for frame in plain.split("\r\n\r\n") if "train.lr" in frame and "progress" in frame]
+    assert any("running" in frame and "t01-" in frame and "t02-" in frame for frame in frames), plain[-3000:]
+    assert not any(line.startswith("  started   ") for line in plain.splitlines()), "the table replaces event lines"
+    lines = [line.strip() for line in plain.replace("\r", "\n").splitlines() if line.strip()]
+    board = max(i for i, line in enumerate(lines) if line.startswith("leaderboard, ranked on"))
+    assert any(line.startswith("[2/2 trials, best final/avg_incremental_accuracy ") for line in lines[board - 3:board])
+    assert lines[-3].startswith("best config: ") and lines[-2].startswith("sweep outputs: ")
+    assert lines[-1].startswith("see it with: mlflow ui")
+    assert not any(word in line for line in lines[board:] for word in ("INFO", "WARNING", "system_metrics", "pid="))
 
 
 def test_a_sweep_in_which_no_trial_finishes_fails_and_says_why(ray_address, workdir):
@@ -463,6 +483,23 @@ def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_
     names = wait_until(lambda: settled(browser, 9), "the sorted runs", timeout=60)
     assert names[0] == best
     assert set(names[:len(finished)]) == finished
+
+    # The parent's page: its description starts with a link to the best trial, and the link opens it.
+    best_id = next(c.info.run_id for c in children if c.info.run_name == best)
+    browser.get(f"{mlflow_ui}/#/experiments/{experiment}/runs/{parent.info.run_id}")
+    link = wait_until(lambda: [a for a in browser.find_elements(By.TAG_NAME, "a")
+                               if a.text == best and best_id in (a.get_attribute("href") or "")],
+                      "the best trial's link in the parent's description", timeout=60)[0]
+    link.click()  # MLflow opens description links in a new tab
+
+    def best_page_open() -> bool:
+        for handle in browser.window_handles:
+            browser.switch_to.window(handle)
+            if best_id in browser.current_url:
+                return True
+        return False
+
+    wait_until(best_page_open, "the best trial's page", timeout=30)
 
 
 def test_a_data_ladder_restarts_promoted_trials_at_more_data(ray_address, workdir):

@@ -13,7 +13,7 @@ from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer, NonFiniteLoss, TrainState
 from aepg.tracking import Tracker
 
-from conftest import CONFIGS, run_aepg
+from conftest import CONFIGS, run_aepg, run_in_terminal
 
 DIGITS = str(CONFIGS / "digits.yaml")
 SMALL = ["benchmark.num_tasks=2", "benchmark.max_train_per_class=20", "benchmark.max_test_per_class=10",
@@ -117,7 +117,7 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     loss_steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
     task_ends = client.get_metric_history(run_id, "eval/tasks_done")
     assert [m.value for m in task_ends] == [1, 2, 3, 4, 5] and task_ends[-1].step == max(loss_steps)
-    assert all(len(client.get_metric_history(run_id, k)) == 1 for k in finals)
+    assert all([m.step for m in client.get_metric_history(run_id, k)] == [0] for k in finals)
     # The plain cross-entropy is logged beside aEPG's loss, which is a_t CE + (1 - a_t) EPG at every
     # logged step (EPG = -p_y; all batch means).
     logged = {k: {m.step: m.value for m in client.get_metric_history(run_id, f"train/{k}")} for k in ("loss", "ce", "a_t", "p_y")}
@@ -186,3 +186,16 @@ def test_logit_columns_and_schedule_scope(tmp_path, logits, scope):
     else:
         assert (progress[0].t, progress[0].T) == (per_task, 2 * per_task)
     assert progress[-1].t == progress[0].t + per_task - 1
+
+
+def test_aepg_train_on_a_terminal_shows_a_bar_per_task_and_ends_with_the_results(workdir):
+    """Under a pseudo-terminal: one progress bar per task with the running loss, a_t and batch
+    accuracy; the accuracy matrix, the final metrics and the MLflow link are the last lines."""
+    status, text = run_in_terminal(["train", DIGITS, *SMALL, "train.log_every_steps=2"], cwd=workdir)
+    assert status == 0, text[-3000:]
+    for task in ("task 1/2", "task 2/2"):
+        bar = next((line for line in text.split("\r") if line.startswith(task) and "loss=" in line), None)
+        assert bar is not None and "a_t=" in bar and "acc=" in bar, text[-3000:]
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith("see it with: mlflow ui") and any(line.startswith("bwt:") for line in lines[-3:])
+    assert "accuracy matrix R[i][j]" in text

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +31,7 @@ from aepg.config import ConfigError, RunConfig, is_uri
 from aepg.launch import check_fits, ensure_ray, run_workers, worker_resources
 from aepg.metrics import final_name
 from aepg.sweep import fidelity, search
-from aepg.sweep.progress import SweepProgress, error_reason
+from aepg.sweep.progress import LiveSweepTable, SweepProgress, error_reason
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
 from aepg.sweep.schema import (
     CONFIG_TAG,
@@ -302,13 +303,16 @@ def _check_trial_fits(sweep: Sweep) -> None:
 
 def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callback]:
     """The MLflow runs of the trials, then (unless ``verbose`` leaves Ray Tune's own tables on) the
-    sweep's terminal view."""
+    sweep's view: a live table on a terminal, plain lines otherwise."""
     runs = MlflowTrialRuns(runtime, searcher)
     if verbose:
         return [runs]
     spec, sweep = runtime.sweep.spec, runtime.sweep
-    return [runs, SweepProgress(runs.names, expected_trials(sweep), search.budget(sweep), spec.metric, spec.mode,
-                                search.progress_unit(sweep), search.searched_metric(sweep))]
+    settings = (runs.names, expected_trials(sweep), search.budget(sweep), spec.metric, spec.mode,
+                search.progress_unit(sweep), search.searched_metric(sweep))
+    if sys.stdout.isatty():
+        return [runs, LiveSweepTable(*settings, keys=list(sweep.space))]
+    return [runs, SweepProgress(*settings)]
 
 
 def run_config(runtime: SweepRuntime, searcher, verbose: bool) -> tune.RunConfig:

@@ -1,7 +1,9 @@
-"""What a sweep prints while it runs: one plain line per event a researcher follows (a trial starts,
-finishes a task, ends) and, as each trial ends, where the sweep stands: trials done, the best
-finished value, time spent and an estimate of the time left. Plain lines read the same on a
-terminal, in CI and in a log file. Ray Tune's own tables and the trials' output stay off the
+"""What a sweep prints while it runs. Not on a terminal (CI, a log file): one plain line per event
+a researcher follows (a trial starts, finishes a task, ends) and, as each trial ends, where the
+sweep stands: trials done, the best finished value, time spent and an estimate of the time left.
+On a terminal: one table of the trials that redraws in place (name, status, progress, the running
+and the final value, the searched keys) under that progress line, cleared when the sweep ends so
+that the leaderboard is what stays. Ray Tune's own tables and the trials' output stay off the
 terminal unless ``aepg sweep --verbose`` asks for them.
 """
 
@@ -87,3 +89,87 @@ class SweepProgress(tune.Callback):
         self._say(f"  ended     {self._name(trial)}: {how}")
         self._say(f"[{ended}/{self.total} trials, {best}, {_clock(elapsed)} elapsed"
                   + (f", about {_clock(left)} left]" if ended < self.total else "]"))
+
+
+_LIVE: list = []
+"""The live display now drawn, if any, so that an interrupted process can give the terminal back."""
+
+
+def stop_live() -> None:
+    """Stop the live table (it hides the cursor while it draws); a second Ctrl-C skips Ray Tune's
+    clean-up, which would."""
+    while _LIVE:
+        _LIVE.pop().stop()
+
+
+class LiveSweepTable(SweepProgress):
+    """The terminal's view: the same events, kept as one row per trial in a table that redraws in
+    place (rich, which Ray already depends on)."""
+
+    def __init__(self, *args, keys: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keys, self.rows, self.status_line, self.live = keys, {}, "", None
+
+    def setup(self, **info):
+        from rich.console import Console
+        from rich.live import Live
+
+        super().setup(**info)
+        self.live = Live(self._render(), console=Console(), refresh_per_second=4, transient=True)
+        self.live.start()
+        _LIVE.append(self.live)
+
+    def _say(self, text: str) -> None:  # events are the table's; only the progress line is kept
+        if text.startswith("["):
+            self.status_line = text
+        self._refresh()
+
+    def _row(self, trial) -> dict:
+        params = trial.config.get("params", trial.config) if isinstance(trial.config, dict) else {}
+        return self.rows.setdefault(trial.trial_id, {"status": "pending", "progress": "", "running": "", "final": "",
+                                                     **{key: params.get(key, "") for key in self.keys}})
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._row(trial)["status"] = "running"
+        super().on_trial_start(iteration, trials, trial, **info)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        budget_key, full = self.budget
+        row, value = self._row(trial), result.get(self.value_key)
+        row["progress"] = f"{int(result.get(budget_key, 0))}/{full} {self.unit}s"
+        row["running"] = f"{value:.4f}" if isinstance(value, float) else ""
+        super().on_trial_result(iteration, trials, trial, result, **info)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result, row = trial.last_result or {}, self._row(trial)
+        finished = int(result.get(self.budget[0], 0)) >= self.budget[1]
+        value = result.get(final_name(self.metric))
+        row["status"] = "finished" if finished else "stopped early"
+        row["final"] = f"{value:.4f}" if finished and isinstance(value, float) else ""
+        super().on_trial_complete(iteration, trials, trial, **info)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._row(trial)["status"] = "failed"
+        super().on_trial_error(iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials, **info):
+        stop_live()
+        self.live = None
+        if self.status_line:
+            print(self.status_line, flush=True)
+
+    def _refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def _render(self):
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ["trial", "status", "progress", self.value_key, final_name(self.metric), *self.keys]:
+            table.add_column(column, overflow="fold")
+        for trial_id, row in self.rows.items():
+            values = [row["status"], row["progress"], row["running"], row["final"], *(str(row[k]) for k in self.keys)]
+            table.add_row(self.names.get(trial_id, trial_id), *values)
+        return Group(table, self.status_line or f"[0/{self.total} trials]")

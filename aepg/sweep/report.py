@@ -27,6 +27,7 @@ from aepg.metrics import BUDGET_KEY, final_name, partial_name, running_best
 from aepg.sweep.fidelity import COMPUTE_KEY, LEVEL_KEY, level_metric
 from aepg.sweep.noise import Noise, assess
 from aepg.sweep.schema import (
+    CONFIG_TAG,
     INDEX_TAG,
     OPTUNA_STATE_TAG,
     SEED_VALUES_TAG,
@@ -250,6 +251,10 @@ def convergence(entries: list[Entry], mode: str) -> list[tuple[float, float | No
     return list(zip(spent, running_best([e.value if e.status == "finished" else None for e in ended], mode)))
 
 
+FEW_FOR_IMPORTANCE = 10
+"""Below this many finished trials, the importance plot says that it is a rough guide."""
+
+
 def figures(name: str, entries: list[Entry], space: dict[str, Param], mode: str, metric: str,
             budget: float | None) -> dict[str, object]:
     """The metric over trials (every status), compute against the best value so far, parallel
@@ -282,7 +287,11 @@ def figures(name: str, entries: list[Entry], space: dict[str, Param], mode: str,
             axes = ovm.plot_param_importances(study, target_name=f"final/{metric}")
             figure = axes.figure
             figure.set_size_inches(8, 4)
-            axes.set_title(f"sweep {name}: importance of each searched key for final/{metric}", fontsize=10)
+            axes.set_title("", loc="left")  # Optuna's own title, which would sit under ours
+            caveat = (f"\nonly {len(finished)} finished trials: a rough guide, and a key near 0 may still matter"
+                      if len(finished) < FEW_FOR_IMPORTANCE else "")
+            axes.set_title(f"sweep {name}: importance of each searched key for final/{metric}, over "
+                           f"{len(finished)} finished trials{caveat}", fontsize=10)
             figure.tight_layout()
             drawn["param_importances.png"] = figure
         except Exception:  # too few finished trials, or no key that varies
@@ -306,18 +315,43 @@ class SweepReport:
     def text(self) -> str:
         return format_table(self.rows)
 
+    def run_link(self, run_id: str) -> str:
+        return f"#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
     def note(self) -> str:
-        """The parent run's description: where the best trial is, and the leaderboard."""
-        lines = [f"**Sweep {self.name}**: trials ranked on `final/{self.metric}` (only trials that trained every "
-                 "task have it; trials stopped early are listed below them with the value they had).", ""]
+        """The parent run's description: the best trial's link first (visible while the description
+        is folded), the noise verdict, then a compact leaderboard whose trial names are links."""
         if self.best:
-            link = f"#/experiments/{self.experiment_id}/runs/{self.best.run_ids[0]}?workflowType=machine_learning"
-            lines.append(f"Best: [{self.best.name}]({link}), final/{self.metric} = {self.best.value:.4f}.")
+            lines = [f"**Best: [{self.best.name}]({self.run_link(self.best.run_ids[0])})**, "
+                     f"final/{self.metric} = {self.best.value:.4f}"]
         else:
-            lines.append("No trial finished.")
+            lines = ["**No trial finished.**"]
         if self.noise:
-            lines.append(f"Seed noise: {self.noise.verdict}.")
-        return "\n".join(lines + ["", markdown_table(self.rows)])
+            lines.append(f"{self.noise.verdict}.")
+        lines += ["", f"Sweep {self.name}, ranked on `final/{self.metric}`: trials that trained every task first; "
+                  "a stopped trial's value (in parentheses) is partial, from fewer tasks or seeds.", "",
+                  markdown_table(self.note_rows())]
+        return "\n".join(lines)
+
+    def note_rows(self) -> list[dict[str, object]]:
+        """The leaderboard in few columns: rank, linked trial, status, value (± std over seeds), the
+        noise mark and the searched keys."""
+        rows = []
+        for i, entry in enumerate(self.entries, 1):
+            if entry.value is None:
+                value = ""
+            elif entry.status == "finished":
+                value = f"{entry.value:.4f}" + (f" ± {entry.spread:.4f}" if entry.spread is not None else "")
+            else:
+                value = f"({entry.value:.4f} at {entry.progress})"
+            row = {"rank": i, "trial": f"[{entry.name}]({self.run_link(entry.run_ids[0])})", "status": entry.status,
+                   f"final/{self.metric}": value}
+            if entry.within_noise:
+                row["noise"] = entry.within_noise
+            if entry.stage == "confirm":
+                row["stage"] = "confirm"
+            rows.append({**row, **entry.params})
+        return rows
 
 
 def mark_within_noise(judged: list[Entry], found: Noise) -> None:
@@ -374,13 +408,23 @@ def paper_table(tracker: Tracker, parent_ids: list[str], rows_key: str = "method
         finished = [c for c in children if status_of(c) == "finished"]
         params = SweepParams.of(parent)
         if params.seeds_per_trial or params.confirm_seeds:  # each finished configuration's other seeds
-            trials = {c.run_id for c in finished}
-            finished += [run for run in tracker.find_runs(experiment, {STATUS_TAG: "seed run", SWEEP_TAG: parent.name})
-                         if run.tags.get(tracking.PARENT_TAG) in trials and run.status == "FINISHED"]
+            seed_runs = [run for run in tracker.find_runs(experiment, {STATUS_TAG: "seed run", SWEEP_TAG: parent.name})
+                         if run.status == "FINISHED"]
+            finished = table_runs(finished, seed_runs)
         label = sweep_label(parent)
         groups.append((label if label not in [g for g, _ in groups] else f"{label} ({parent.name})", finished))
     sweep = SweepParams.of(parent)
     return build_table(groups, rows_key, columns_key, rank_metric=sweep.metric, mode=sweep.mode)
+
+
+def table_runs(trials: list[tracking.RunRecord], seed_runs: list[tracking.RunRecord]) -> list[tracking.RunRecord]:
+    """The runs a seed sweep's table is built from: each finished trial with its seed runs, except
+    that a configuration the confirmation trained again counts on the confirmation's seeds alone
+    (the search's seeds chose it, so their mean is biased up)."""
+    confirmed = {t.tags.get(CONFIG_TAG) for t in trials if t.tags.get(STAGE_TAG) == "confirm"}
+    kept = [t for t in trials if t.tags.get(STAGE_TAG) == "confirm" or t.tags.get(CONFIG_TAG) not in confirmed]
+    ids = {t.run_id for t in kept}
+    return kept + [run for run in seed_runs if run.tags.get(tracking.PARENT_TAG) in ids]
 
 
 def report_texts(report: SweepReport, table: PaperTable) -> dict[str, str]:
