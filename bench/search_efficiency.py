@@ -1,20 +1,16 @@
 """Search efficiency on held-out seeds: each search method is judged by the configuration it
 recommends, trained again on five training seeds that no method saw.
 
-Benchmark: configs/digits.yaml (EfficientNet-Lite0 + LoRA) in 2 tasks of 5 classes, with the
-overrides in BENCHMARK. Space: the grid below, searched as choices, so that every recommendation is a grid
-point. Ground truth: every grid point trained on the held-out seeds, cached (``--cache``) so that
-a second run is cheaper. From it the bench measures the seed noise and the spread between the
-grid's configurations, and judges no searcher unless the spread is at least twice the noise.
-
-Then the grid once on training seed 0 (its best is the grid's recommendation), and every method
-with searcher seeds 0, 1, 2. A method's score is its recommendation's mean over the held-out
-seeds; its compute is every task it trained, seed ladder and confirmation included. Random search
-and plain TPE get the compute the ladder used with the same searcher seed.
+Ground truth: every point of GRID (on configs/digits.yaml with BENCHMARK's overrides) trained on
+the held-out seeds, cached (``--cache``). The bench judges no searcher unless the spread between
+those configurations is at least twice their seed noise. Then the grid once on seed 0, and each
+method (searching the grid's points) with searcher seeds 0, 1, 2: its score is its pick's
+held-out mean, its compute every task it trained (seed ladder included); random and plain TPE get
+the compute tpe-seeds used.
 
     python bench/search_efficiency.py [--methods tpe-seeds,random,tpe,tpe-asha-tasks] [--seeds 0,1,2]
-Target: tpe-seeds's recommendation scores at least the grid's with at most half its compute, and
-above random search's, in the median of the searcher seeds.
+Target: tpe-seeds's pick scores at least the grid's with at most half its compute, and above
+random search's, in the median of the searcher seeds.
 """
 
 from __future__ import annotations
