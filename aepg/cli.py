@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from aepg.sweep.spec import load_sweep, read_state, sweep_folder
+    from aepg.sweep.spec import load_sweep, read_state, sweep_folder, sweep_warnings
 
     if args.resume:
         if args.sweep or args.overrides:
@@ -88,6 +88,7 @@ def cmd_sweep(args) -> int:
         if not args.sweep:
             raise ConfigError([("SWEEP", "give a sweep file (see sweeps/), or --resume PATH")])
         sweep = load_sweep(args.sweep, args.overrides)
+        _warn(sweep_warnings(sweep))
     if args.dry_run:
         from aepg.sweep.spec import sweep_plan
 

@@ -343,6 +343,19 @@ BAD_SWEEPS = [
 ]
 
 
+def test_a_key_inactive_in_some_combinations_is_warned_about_with_the_when_that_fixes_it(workdir, capsys):
+    """tau searched for CE too: CE trials ignore it, so they repeat one configuration under
+    different names; the warning names the combination and the ``when`` that keeps it where used."""
+    space = {"objective.kind": {"choice": ["ce", "aepg"]}, "schedule.tau": {"uniform": [2.0, 10.0]}}
+    assert main(["sweep", write_sweep(workdir, space=space), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "aepg: warning: space.schedule.tau is inactive in 1 of 2 combinations" in err and "objective.kind=ce" in err
+    assert "when: {objective.kind: aepg}" in err
+    space["schedule.tau"]["when"] = {"objective.kind": "aepg"}
+    assert main(["sweep", write_sweep(workdir, space=space), "--dry-run"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("changes, key, fragment", BAD_SWEEPS, ids=[b[1] for b in BAD_SWEEPS])
 def test_bad_sweep_fails_before_any_trial(changes, key, fragment, workdir, capsys):
     path = write_sweep(workdir, **changes)

@@ -338,22 +338,55 @@ def _contexts(sweep: Sweep, key: str) -> list[dict[str, Any]] | None:
     return contexts
 
 
-def _check_unused_keys(sweep: Sweep) -> list[tuple[str, str]]:
-    """A searched key that no trial's configuration uses would plan trials that differ in name only."""
+def _key_use(sweep: Sweep, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """(the combinations of the other searched choices in which some trial uses ``key``, those that
+    make valid configs in which none does), or None when there are too many to try."""
     from aepg.tracking import run_params
 
+    contexts = _contexts(sweep, key) if key.startswith(SWITCHED_SECTIONS) else None
+    if contexts is None:
+        return None
+    used, unused = [], []
+    for context in contexts:
+        trials = [_valid(sweep.base, {**context, key: value}) for value in sweep.space[key].extremes()]
+        valid = [cfg for cfg in trials if cfg is not None]
+        if any(key in run_params(cfg) for cfg in valid):
+            used.append(context)
+        elif valid:
+            unused.append(context)
+    return used, unused
+
+
+def _check_unused_keys(sweep: Sweep) -> list[tuple[str, str]]:
+    """A searched key that no trial's configuration uses would plan trials that differ in name only."""
     problems = []
-    for key, param in sweep.space.items():
-        contexts = _contexts(sweep, key) if key.startswith(SWITCHED_SECTIONS) else None
-        if contexts is None:
-            continue
-        combinations = itertools.product(contexts, param.extremes())
-        trials = (_valid(sweep.base, {**context, key: value}) for context, value in combinations)
-        if not any(cfg is not None and key in run_params(cfg) for cfg in trials):
+    for key in sweep.space:
+        use = _key_use(sweep, key)
+        if use is not None and not use[0]:
             kinds = ", ".join(f"{k}={sweep.base_flat[k]}" for k in ("objective.kind", "model.peft.kind"))
             problems.append((f"space.{key}", f"no trial would use it: the base config ({kinds}) leaves it inactive; "
                              "search the kind that uses it too, or drop the key"))
     return problems
+
+
+def sweep_warnings(sweep: Sweep) -> list[str]:
+    """Searched keys that some trials use and others do not: where a trial does not, its sampled
+    value is ignored, so trials that differ only by it repeat one configuration."""
+    notes = []
+    for key in sweep.space:
+        use = _key_use(sweep, key)
+        if use is None or not use[0] or not use[1]:
+            continue
+        used, unused = use
+        where = ", ".join(f"{k}={v}" for k, v in unused[0].items() if k != key)
+        # The choices whose values tell the two apart, as a when that keeps the key where it is used.
+        when = {k: sorted({str(c[k]) for c in used}) for k in used[0]
+                if {str(c[k]) for c in used} != {str(c[k]) for c in used + unused}}
+        hint = ", ".join(f"{k}: {v[0] if len(v) == 1 else '[' + ', '.join(v) + ']'}" for k, v in when.items())
+        notes.append(f"space.{key} is inactive in {len(unused)} of {len(used) + len(unused)} combinations of the "
+                     f"other searched choices (e.g. {where}), where its value is ignored; limit it with "
+                     f"when: {{{hint}}}")
+    return notes
 
 
 def _valid(base: dict[str, Any], values: dict[str, Any]) -> RunConfig | None:
