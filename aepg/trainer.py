@@ -34,7 +34,7 @@ log = logging.getLogger("aepg")
 MAX_DATA_WORKERS = 8
 PREFETCH_BATCHES = 4
 BAR_NAMES = {"loss": "loss", "a_t": "a_t", "batch_accuracy": "acc"}
-"""What a task's progress bar shows, refreshed at every logged step: step metric -> label."""
+"""What a task's progress bar shows: step metric -> label."""
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -98,6 +98,18 @@ class StepBuffer:
         if rows:
             for reporter in self.reporters:
                 reporter.log_steps(rows)
+
+
+@dataclass
+class BarPostfix:
+    """Shows the latest logged loss, a_t and batch accuracy on a task's progress bar, as the step
+    buffer hands them to the host (so the bar adds no device sync of its own)."""
+
+    bar: tqdm
+
+    def log_steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        values = rows[-1][1]
+        self.bar.set_postfix({BAR_NAMES[k]: f"{values[k]:.3f}" for k in BAR_NAMES if k in values}, refresh=True)
 
 
 @dataclass
@@ -291,7 +303,8 @@ class ContinualTrainer:
         phase = self._phase(task, epoch, len(loader))
         run_steps = sum(self.cfg.train.epochs * self.steps_per_epoch(t) for t in self.benchmark.tasks)
         every = self.cfg.train.log_every_steps
-        buffer = StepBuffer(self.reporters, chunk=max(50, every))
+        shown = [BarPostfix(bar)] if not bar.disable else []  # a terminal's bar
+        buffer = StepBuffer([*self.reporters, *shown], chunk=max(50, every))
         params = [p for group in optimizer.param_groups for p in group["params"]]
         lr_varies = self.cfg.train.lr_schedule != "constant" or self.cfg.train.warmup_epochs > 0
         model.train()
@@ -322,9 +335,6 @@ class ContinualTrainer:
                 if lr_varies:
                     metrics["lr"] = lr
                 buffer.add(state.global_step, metrics)
-                if not bar.disable:  # on a terminal: the running loss, a_t and batch accuracy
-                    bar.set_postfix({BAR_NAMES[k]: f"{float(metrics[k]):.3f}" for k in BAR_NAMES if k in metrics},
-                                    refresh=True)
             bar.update()
         buffer.flush()
 
