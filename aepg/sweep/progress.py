@@ -87,8 +87,12 @@ class SweepProgress(tune.Callback):
         left = elapsed / ended * (self.total - ended)
         best = f"best {final_name(self.metric)} {self.best[0]:.4f} ({self.best[1]})" if self.best else "none finished yet"
         self._say(f"  ended     {self._name(trial)}: {how}")
-        self._say(f"[{ended}/{self.total} trials, {best}, {_clock(elapsed)} elapsed"
-                  + (f", about {_clock(left)} left]" if ended < self.total else "]"))
+        self._standing(f"[{ended}/{self.total} trials, {best}, {_clock(elapsed)} elapsed"
+                       + (f", about {_clock(left)} left]" if ended < self.total else "]"))
+
+    def _standing(self, line: str) -> None:
+        """Where the sweep stands, as a trial ends."""
+        self._say(line)
 
 
 _LIVE: list = []
@@ -119,9 +123,11 @@ class LiveSweepTable(SweepProgress):
         self.live.start()
         _LIVE.append(self.live)
 
-    def _say(self, text: str) -> None:  # events are the table's; only the progress line is kept
-        if text.startswith("["):
-            self.status_line = text
+    def _say(self, text: str) -> None:  # events are the table's rows
+        self._refresh()
+
+    def _standing(self, line: str) -> None:
+        self.status_line = line
         self._refresh()
 
     def _row(self, trial) -> dict:
