@@ -447,19 +447,33 @@ def browser():
         driver.quit()
 
 
-def run_names(driver) -> list[str]:
-    """The run names in the runs table, top to bottom."""
+def unless_redrawn(read):
+    """``read()``, or None when the page re-rendered an element it was reading (the element went
+    stale), so that ``wait_until`` reads again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return read()
+    except StaleElementReferenceException:
+        return None
+
+
+def run_names(driver) -> list[str] | None:
+    """The run names in the runs table, top to bottom (None while the table redraws)."""
     from selenium.webdriver.common.by import By
 
-    rows = driver.find_elements(By.CSS_SELECTOR, "[role=row][row-index]")
-    rows.sort(key=lambda row: int(row.get_attribute("row-index")))
-    links = [row.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") for row in rows]
-    return [found[0].text for found in links if found]
+    def read() -> list[str]:
+        rows = driver.find_elements(By.CSS_SELECTOR, "[role=row][row-index]")
+        rows.sort(key=lambda row: int(row.get_attribute("row-index")))
+        links = [row.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']") for row in rows]
+        return [found[0].text for found in links if found]
+
+    return unless_redrawn(read)
 
 
 def rows_once_all_shown(driver, count: int) -> list[str] | None:
     names = run_names(driver)
-    return names if len(names) == count else None
+    return names if names is not None and len(names) == count else None
 
 
 def settled(driver, count: int) -> list[str] | None:
@@ -500,10 +514,14 @@ def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_
     # The parent's page: its description starts with a link to the best trial, and the link opens it.
     best_id = next(c.info.run_id for c in children if c.info.run_name == best)
     browser.get(f"{mlflow_ui}/#/experiments/{experiment}/runs/{parent.info.run_id}")
-    link = wait_until(lambda: [a for a in browser.find_elements(By.TAG_NAME, "a")
-                               if a.text == best and best_id in (a.get_attribute("href") or "")],
-                      "the best trial's link in the parent's description", timeout=60)[0]
-    link.click()  # MLflow opens description links in a new tab
+    def click_best_link() -> bool:
+        links = [a for a in browser.find_elements(By.TAG_NAME, "a")
+                 if a.text == best and best_id in (a.get_attribute("href") or "")]
+        if links:
+            links[0].click()  # MLflow opens description links in a new tab
+        return bool(links)
+
+    wait_until(lambda: unless_redrawn(click_best_link), "the best trial's link in the parent's description", timeout=60)
 
     def best_page_open() -> bool:
         for handle in browser.window_handles:
