@@ -16,6 +16,7 @@ from aepg.models.peft.base import module_of
 from aepg.models.peft.base import compensate, prefixed_attention
 from aepg.models.peft.coda import orthogonality_penalty, orthonormal_rows
 from aepg.models.peft.base import batchwise
+from aepg.models.peft.lae import OnlineOfflinePair
 
 from conftest import CONFIGS
 
@@ -160,7 +161,9 @@ def test_adaptformer_reads_the_unnormalised_stream_beside_the_mlp():
 def lae_model(decay=0.9):
     cfg = method_config(kind="lora", rank=2, lae=True, lae_decay=decay)
     backbone = attach_peft(tiny_vit(), cfg, num_tasks=3)
-    return ContinualClassifier(backbone, 6, 0.01, set(), decay)
+    model = ContinualClassifier(backbone, 6, 0.01, set())
+    model.add_part("lae", OnlineOfflinePair(model.peft_parameters(), decay))
+    return model
 
 
 def test_lae_offline_copy_starts_at_task_1_and_follows_by_ema():
@@ -441,7 +444,7 @@ def test_ranpac_head_is_the_ridge_solution_over_every_task_so_far():
     torch.testing.assert_close(ranpac.head.double(), expected, atol=1e-3, rtol=1e-3)
     # A prediction is h W_out^T over all classes, whatever the trained linear head says.
     x = torch.randn(3, DIM)
-    torch.testing.assert_close(ranpac.predict(torch.zeros(3, 4), x),
+    torch.testing.assert_close(ranpac.predict(torch.zeros(3, 4), x, slice(None), again=None),
                                (torch.relu(x @ ranpac.projection) @ ranpac.head.T))
 
 

@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from aepg.config import ModelConfig
 from aepg.models.backbones import create_backbone
 from aepg.models.peft.attach import attach_peft
-from aepg.models.peft.base import module_of
+from aepg.models.peft.base import MethodPart, module_of
 from aepg.models.peft.lae import OnlineOfflinePair
 
 
@@ -30,13 +30,13 @@ class ContinualClassifier(nn.Module):
 
     Only the PEFT parameters and the head train. The backbone's own weights and normalisation
     statistics never change (``train()`` keeps batch-norm layers in eval mode) unless the method
-    trains the backbone (full fine-tuning). Prompt methods
-    get their query (the frozen backbone's feature) from a first pass with prompts disabled;
-    with LAE, evaluation ensembles the online and offline PEFT parameters.
+    trains the backbone (full fine-tuning). Prompt methods get their query (the frozen backbone's
+    feature) from a first pass with prompts disabled. The method's parts (its PEFT module, then any
+    part added over it, such as LAE's online/offline pair) take each life-cycle hook in turn, and
+    each may rewrite the prediction at test time.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, head_init_std: float, frozen_keys: set[str],
-                 lae_decay: float | None = None):
+    def __init__(self, backbone: nn.Module, num_classes: int, head_init_std: float, frozen_keys: set[str]):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, num_classes)
@@ -53,9 +53,17 @@ class ContinualClassifier(nn.Module):
         whole = self.peft is not None and self.peft.trains_backbone
         self.peft_state_names = [f"backbone.{k}" for k in backbone.state_dict()
                                  if (k not in frozen_keys and ".base_layer." not in k) or k in trained or whole]
-        self.lae = OnlineOfflinePair(self.peft_parameters(), lae_decay) if lae_decay else None
+        self.parts: list[MethodPart] = [self.peft] if self.peft is not None else []
+        self.added_parts: list[str] = []
+        """Names of the parts added over the PEFT module (their state is checkpointed under them)."""
         self.peft_frozen = False
         self.sparse_updates = bool(self.peft is not None and self.peft.sparse)
+
+    def add_part(self, name: str, part: MethodPart) -> None:
+        """Add a part over the PEFT module; its hooks run after the parts before it."""
+        self.add_module(name, part)
+        self.parts.append(part)
+        self.added_parts.append(name)
 
     def features(self, x: Tensor) -> Tensor:
         """The backbone's features of ``x`` (with the query pass that prompt methods need)."""
@@ -65,24 +73,21 @@ class ContinualClassifier(nn.Module):
             self.peft.set_query(query)
         return self.backbone(x)
 
-    def _logits(self, x: Tensor, columns: slice) -> Tensor:
+    def _logits(self, x: Tensor, columns: slice, parts: list[MethodPart]) -> Tensor:
+        """The head's logits over ``columns``; at test time, as each of ``parts`` predicts in turn."""
         if self.peft_frozen:  # head-only phases: no autograd graph through the backbone
             with torch.no_grad():
                 features = self.features(x)
         else:
             features = self.features(x)
-        logits = self.head(features)
-        if self.peft is not None and not self.training:
-            logits = self.peft.predict(logits, features)
-        return logits[:, columns]
+        logits = self.head(features)[:, columns]
+        if not self.training:
+            for i, part in enumerate(parts):
+                logits = part.predict(logits, features, columns, lambda before=parts[:i]: self._logits(x, columns, before))
+        return logits
 
     def forward(self, x: Tensor, columns: slice = slice(None)) -> Tensor:
-        logits = self._logits(x, columns)
-        if self.lae is not None and self.lae.is_active and not self.training:
-            with self.lae.offline():
-                offline = self._logits(x, columns)
-            return self.lae.ensemble(logits, offline)
-        return logits
+        return self._logits(x, columns, self.parts)
 
     def train(self, mode: bool = True) -> "ContinualClassifier":
         super().train(mode)
@@ -95,34 +100,30 @@ class ContinualClassifier(nn.Module):
 
     # -- hooks the trainer calls ----------------------------------------------------------------
     def begin_task(self, task: int) -> None:
-        if self.peft is not None:
-            self.peft.begin_task(task)
-        if self.lae is not None:
-            self.lae.begin_task(task)
+        for part in self.parts:
+            part.begin_task(task)
 
     def auxiliary_loss(self) -> Tensor | float:
-        return self.peft.auxiliary_loss() if self.peft is not None else 0.0
+        return sum((part.auxiliary_loss() for part in self.parts), 0.0)
 
     def before_step(self) -> None:
-        if self.peft is not None:
-            self.peft.transform_gradients()
+        for part in self.parts:
+            part.transform_gradients()
 
     def after_step(self) -> None:
-        if self.peft is not None:
-            self.peft.after_step()
-        if self.lae is not None:
-            self.lae.update()
+        for part in self.parts:
+            part.after_step()
 
     def trains(self, task: int) -> bool:
-        return self.peft is None or self.peft.trains(task)
+        return all(part.trains(task) for part in self.parts)
 
     def prepare_task(self, task: int, data) -> None:
-        if self.peft is not None:
-            self.peft.prepare_task(task, data)
+        for part in self.parts:
+            part.prepare_task(task, data)
 
     def end_task(self, task: int, data) -> None:
-        if self.peft is not None:
-            self.peft.end_task(task, data)
+        for part in self.parts:
+            part.end_task(task, data)
 
     # -- parameters and state -------------------------------------------------------------------
     def peft_parameters(self) -> list[nn.Parameter]:
@@ -133,16 +134,16 @@ class ContinualClassifier(nn.Module):
         """Head-only phases switch the PEFT parameters off so backward stops at the head; the
         parameters the method keeps frozen in this task stay off (no gradient, no weight decay)."""
         self.peft_frozen = not trainable
-        frozen = {id(p) for p in self.peft.frozen_parameters()} if self.peft is not None else set()
+        frozen = {id(p) for part in self.parts for p in part.frozen_parameters()}
         for p in self.peft_parameters():
             p.requires_grad_(trainable and id(p) not in frozen)
 
     def state_names(self) -> list[str]:
-        lae = [f"lae.{k}" for k in self.lae.state_dict()] if self.lae is not None else []
-        return self.peft_state_names + lae + ["head.weight", "head.bias"]
+        added = [f"{name}.{k}" for name in self.added_parts for k in getattr(self, name).state_dict()]
+        return self.peft_state_names + added + ["head.weight", "head.bias"]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """PEFT, LAE and head state (the whole backbone's when it trains): all a checkpoint needs."""
+        """PEFT, added parts' and head state (the whole backbone's when it trains): all a checkpoint needs."""
         state = self.state_dict()
         return {name: state[name].detach().cpu().clone() for name in self.state_names()}
 
@@ -167,5 +168,7 @@ def build_model(cfg: ModelConfig, num_classes: int, num_tasks: int) -> tuple[Con
     spec = InputSpec(cfg.image_size or data["input_size"][-1], mean, std)
     frozen_keys = set(backbone.state_dict())
     backbone = attach_peft(backbone, cfg.peft, num_tasks)
-    lae_decay = cfg.peft.lae_decay if cfg.peft.lae else None
-    return ContinualClassifier(backbone, num_classes, cfg.head_init_std, frozen_keys, lae_decay), spec
+    model = ContinualClassifier(backbone, num_classes, cfg.head_init_std, frozen_keys)
+    if cfg.peft.lae:
+        model.add_part("lae", OnlineOfflinePair(model.peft_parameters(), cfg.peft.lae_decay))
+    return model, spec

@@ -1,8 +1,8 @@
 """What every PEFT module written here shares: where it hooks into a timm ViT, and the life cycle
-the classifier and trainer call, none of them knowing a method by name: the start of a task (and,
-at a task's very start, its training data), whether it trains, the parameters it keeps frozen, the query, an
-auxiliary loss, a gradient transform before each optimiser step, the step's end, the end of a task
-with the task's training data, and the prediction rule at test time.
+the classifier and trainer call, none of them knowing a method by name (``MethodPart``): the start
+of a task (and, at a task's very start, its training data), whether it trains, the parameters it
+keeps frozen, an auxiliary loss, a gradient transform before each optimiser step, the step's end,
+the end of a task with the task's training data, and the prediction rule at test time.
 
 Modules live on the backbone as ``backbone.aepg_peft`` so they move, save and wrap (DDP) with it.
 """
@@ -40,7 +40,53 @@ class TaskData(Protocol):
         """``tensor`` summed over the workers (each saw its shard); itself with one worker."""
 
 
-class PeftModule(nn.Module):
+class MethodPart(nn.Module):
+    """One participant in a method's life cycle (a PEFT module, or LAE's online/offline pair over
+    one); the classifier calls each part's hooks in turn and knows none of them by name."""
+
+    def set_num_classes(self, num_classes: int) -> None:
+        """Called once, when the classifier is built, with its head's size (for methods with their
+        own prediction rule, such as a closed-form head)."""
+
+    def begin_task(self, task: int) -> None:
+        """Called before training task ``task`` (and again when a run resumes inside it)."""
+
+    def trains(self, task: int) -> bool:
+        """Whether task ``task`` is trained at all (RanPAC trains the first task only); if not, the
+        trainer goes from ``prepare_task`` straight to ``end_task``."""
+        return True
+
+    def prepare_task(self, task: int, data: "TaskData") -> None:
+        """Called once before task ``task``'s first epoch, after ``begin_task``, with its training
+        data (e.g. to build the task's parameters from it); not when a run resumes inside it."""
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The part's parameters that must not train in the current task (earlier tasks' parts)."""
+        return []
+
+    def auxiliary_loss(self) -> Tensor | float:
+        """A loss term the method adds to the objective (key matching, orthogonality), from the last forward."""
+        return 0.0
+
+    def transform_gradients(self) -> None:
+        """Called after backward, before each optimiser step (e.g. to project gradients)."""
+
+    def after_step(self) -> None:
+        """Called after each optimiser step."""
+
+    def end_task(self, task: int, data: "TaskData") -> None:
+        """Called once a task's training is done, before its evaluation, with its training data
+        (e.g. to update a subspace or class prototypes)."""
+
+    def predict(self, logits: Tensor, features: Tensor, columns: slice, again: Callable[[], Tensor]) -> Tensor:
+        """The logits a prediction at test time uses over the head's ``columns``: from ``logits``
+        (those columns, as the parts before this one left them) and the backbone's ``features``;
+        ``again()`` recomputes ``logits`` from the same input, for rules that ensemble passes (LAE).
+        Default: ``logits``."""
+        return logits
+
+
+class PeftModule(MethodPart):
     """Parameters attached to a frozen backbone.
 
     ``needs_query``: the module selects or weights prompts by the frozen backbone's feature,
@@ -61,47 +107,12 @@ class PeftModule(nn.Module):
         self.query: Tensor | None = None
         self._aux: Tensor | None = None
 
-    def set_num_classes(self, num_classes: int) -> None:
-        """Called once, when the classifier is built, with its head's size (for methods with their
-        own prediction rule, such as a closed-form head)."""
-
-    def begin_task(self, task: int) -> None:
-        """Called before training task ``task`` (and again when a run resumes inside it)."""
-
-    def trains(self, task: int) -> bool:
-        """Whether task ``task`` is trained at all (RanPAC trains the first task only); if not, the
-        trainer goes from ``prepare_task`` straight to ``end_task``."""
-        return True
-
-    def prepare_task(self, task: int, data: "TaskData") -> None:
-        """Called once before task ``task``'s first epoch, after ``begin_task``, with its training
-        data (e.g. to build the task's parameters from it); not when a run resumes inside it."""
-
-    def frozen_parameters(self) -> list[nn.Parameter]:
-        """The module's parameters that must not train in the current task (earlier tasks' parts)."""
-        return []
-
     def set_query(self, query: Tensor | None) -> None:
         self.query = query
 
     def auxiliary_loss(self) -> Tensor | float:
-        """A loss term the method adds to the objective (key matching, orthogonality), from the last forward."""
         aux, self._aux = self._aux, None
         return aux if aux is not None else 0.0
-
-    def transform_gradients(self) -> None:
-        """Called after backward, before each optimiser step (e.g. to project gradients)."""
-
-    def after_step(self) -> None:
-        """Called after each optimiser step."""
-
-    def end_task(self, task: int, data: "TaskData") -> None:
-        """Called once a task's training is done, before its evaluation, with its training data
-        (e.g. to update a subspace or class prototypes)."""
-
-    def predict(self, logits: Tensor, features: Tensor) -> Tensor:
-        """The logits a prediction at test time uses (the head's, unless the method has its own rule)."""
-        return logits
 
     @contextmanager
     def disabled(self):

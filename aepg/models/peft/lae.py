@@ -13,12 +13,17 @@ batch B the same horizon in samples is ``decay ** (B / 24)``: 0.9989 at batch 25
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from aepg.models.peft.base import MethodPart
 
-class OnlineOfflinePair(nn.Module):
+
+class OnlineOfflinePair(MethodPart):
+    """LAE's part of the life cycle: the offline copy's start and EMA, and its prediction rule."""
+
     def __init__(self, online: list[nn.Parameter], decay: float):
         super().__init__()
         self.online, self.decay = online, decay
@@ -44,7 +49,7 @@ class OnlineOfflinePair(nn.Module):
             self.is_active = True
 
     @torch.no_grad()
-    def update(self) -> None:
+    def after_step(self) -> None:
         if self.is_active:
             for p, offline in zip(self.online, self._offline()):
                 offline.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
@@ -62,7 +67,11 @@ class OnlineOfflinePair(nn.Module):
             for p, value in zip(self.online, saved):
                 p.copy_(value)
 
-    @staticmethod
-    def ensemble(online_logits: Tensor, offline_logits: Tensor) -> Tensor:
-        """log of the per-class maximum of the two softmaxes (its argmax is the prediction)."""
-        return torch.maximum(online_logits.log_softmax(-1), offline_logits.log_softmax(-1))
+    def predict(self, logits: Tensor, features: Tensor, columns: slice, again: Callable[[], Tensor]) -> Tensor:
+        """From task 1 on, the log of the per-class maximum of the online and offline softmaxes over
+        ``columns`` (its argmax is the prediction)."""
+        if not self.is_active:
+            return logits
+        with self.offline():
+            offline = again()
+        return torch.maximum(logits.log_softmax(-1), offline.log_softmax(-1))

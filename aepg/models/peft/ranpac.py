@@ -11,6 +11,8 @@ prediction is ``h W_out^T`` over all classes; the trained linear head is not use
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -83,8 +85,8 @@ class RanPAC(PeftModule):
                               for ridge in RIDGES])
         return RIDGES[int(errors.argmin())]
 
-    def predict(self, logits: Tensor, features: Tensor) -> Tensor:
-        return self.hidden(features) @ self.head.T
+    def predict(self, logits: Tensor, features: Tensor, columns: slice, again: Callable[[], Tensor]) -> Tensor:
+        return (self.hidden(features) @ self.head.T)[:, columns]
 
 
 def build_ranpac(backbone: nn.Module, cfg: RanpacMethod, num_tasks: int) -> RanPAC:
