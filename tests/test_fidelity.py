@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from aepg.config import ConfigError, load_config
-from aepg.sweep.fidelity import full_per_class, ladder, level_compute, level_config
+from aepg.catalog import SCHEDULERS
+from aepg.sweep.fidelity import full_per_class, level_compute, level_config
 from aepg.sweep.spec import load_sweep
 
 from conftest import CONFIGS
@@ -22,16 +23,16 @@ def sweep(tmp_path, scheduler: dict, base: dict | None = None):
 
 
 def test_the_ladder_grows_by_the_reduction_factor_up_to_the_full_budget(tmp_path):
-    spec = sweep(tmp_path, {"fidelity": "epochs", "reduction_factor": 3, "min_fraction": 0.111}).spec
-    assert [round(level.fraction, 4) for level in ladder(spec)] == [0.1111, 0.3333, 1.0]
-    spec = sweep(tmp_path, {"fidelity": "epochs", "reduction_factor": 2, "min_fraction": 0.25}).spec
-    assert [level.fraction for level in ladder(spec)] == [0.25, 0.5, 1.0]
-    assert [level.label for level in ladder(spec)] == ["1/4 budget", "1/2 budget", "full budget"]
+    scheduler = sweep(tmp_path, {"fidelity": "epochs", "reduction_factor": 3, "min_fraction": 0.111}).spec.scheduler
+    assert [round(level.fraction, 4) for level in scheduler.levels()] == [0.1111, 0.3333, 1.0]
+    scheduler = sweep(tmp_path, {"fidelity": "epochs", "reduction_factor": 2, "min_fraction": 0.25}).spec.scheduler
+    assert [level.fraction for level in scheduler.levels()] == [0.25, 0.5, 1.0]
+    assert [level.label for level in scheduler.levels()] == ["1/4 budget", "1/2 budget", "full budget"]
 
 
 def test_levels_train_fewer_epochs_or_images_and_count_their_share():
     cfg = load_config(DIGITS, ["train.epochs=9", "train.head_only_epochs=3", "benchmark.max_train_per_class=90"])
-    third = ladder(type("S", (), {"scheduler": type("C", (), {"min_fraction": 1 / 3, "reduction_factor": 3})()})())[0]
+    third = SCHEDULERS.get("asha").config(fidelity="epochs", min_fraction=1 / 3, reduction_factor=3.0).levels()[0]
     low = level_config(cfg, "epochs", third, 90)
     assert (low.train.epochs, low.train.head_only_epochs, low.benchmark.max_train_per_class) == (3, 1, 90)
     assert level_compute(cfg, low, "epochs", 90) == pytest.approx(5 / 3)

@@ -1,5 +1,6 @@
-"""A third-party package (tests/plugin) adds an objective and a training method through entry
-points, without a fork: pip installs it for real, and aepg validates, sweeps and logs its entries."""
+"""A third-party package (tests/plugin) adds an objective, a training method and an early-stopping
+scheduler through entry points, without a fork: pip installs it for real, and aepg validates,
+sweeps and logs its entries."""
 
 import os
 import shutil
@@ -62,7 +63,8 @@ def test_plugin_entries_validate_like_built_ins(workdir, plugin_env):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_plugin_objective_and_method_run_in_a_real_sweep(workdir, plugin_env):
+def test_plugin_objective_method_and_scheduler_run_in_a_real_sweep(workdir, plugin_env):
+    """Two trials, fewer than the median rule's three samples: it builds and stops nothing."""
     sweep = {
         "name": "plugin",
         "base_config": DIGITS,
@@ -71,7 +73,7 @@ def test_plugin_objective_and_method_run_in_a_real_sweep(workdir, plugin_env):
                            "benchmark": {"num_tasks": 2, "max_train_per_class": 20, "max_test_per_class": 10}},
         "space": {"objective.q": {"choice": [0.5, 1.0]}},
         "search": {"algorithm": "grid", "max_concurrent": 2},
-        "scheduler": {"kind": "none"},
+        "scheduler": {"kind": "median", "grace_period": 1},
         "trial": {"cpus": 1},
     }
     (workdir / "sweep.yaml").write_text(yaml.safe_dump(sweep))
@@ -80,6 +82,9 @@ def test_plugin_objective_and_method_run_in_a_real_sweep(workdir, plugin_env):
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aepg-digits")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`aepg.kind` = 'sweep'")
+    assert parent.data.params["scheduler.kind"] == "median" and parent.data.params["scheduler.min_samples"] == "3"
+    assert parent.data.params["search.scheduler"] == "MedianStoppingRule(grace_period=1, min_samples_required=3)"
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`aepg.status` = 'finished'")
     assert sorted(r.data.params["objective.q"] for r in runs) == ["0.5", "1.0"]
     for run in runs:

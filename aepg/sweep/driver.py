@@ -164,7 +164,7 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
         raise RuntimeError(f"no MLflow run was opened for trial {trial_id} under sweep run {runtime.parent_run_id}")
     cfg = runtime.trial_config(params, run.name)
     runtime.tracker.set_tags(run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
-    if fidelity.climbs(runtime.sweep.spec):
+    if runtime.sweep.spec.scheduler.climbs:
         climb(cfg, run, runtime)
         return
     if fidelity.seeds_per_trial(runtime.sweep.spec):
@@ -187,7 +187,7 @@ def climb(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
     kind, metric, tasks = spec.scheduler.fidelity, spec.metric, cfg.benchmark.num_tasks
     per_class = fidelity.full_per_class(cfg) if kind == "data" else 0
     compute = 0.0
-    for level in fidelity.ladder(spec):
+    for level in spec.scheduler.levels():
         low = fidelity.level_config(cfg, kind, level, per_class)
         compute += fidelity.level_compute(cfg, low, kind, per_class)
         if level.fraction < 1:

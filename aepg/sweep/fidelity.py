@@ -4,7 +4,6 @@ arithmetic on configs, so sweep files are checked without importing Ray."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from aepg.config import RunConfig
@@ -12,12 +11,6 @@ from aepg.config import RunConfig
 LEVEL_KEY = "fidelity/level"
 COMPUTE_KEY = "compute/tasks"
 SEEDS_KEY = "seeds/count"
-
-
-def climbs(spec) -> bool:
-    """Whether trials climb an epochs or data ladder (ASHA over those fidelities); with no early
-    stopping, or over tasks or seeds, a trial trains the task sequence at its full budget."""
-    return spec.scheduler.kind == "asha" and spec.scheduler.fidelity in ("epochs", "data")
 
 
 def seeds_per_trial(spec) -> bool:
@@ -29,22 +22,6 @@ def seeds_per_trial(spec) -> bool:
 def seed_metric(metric: str) -> str:
     """The mean of the sweep metric over the seeds a configuration has trained so far."""
     return f"seeds/mean_{metric}"
-
-
-def seed_rungs(spec) -> list[int]:
-    """The seed counts at which ASHA compares configurations: ``grace_period`` seeds, then
-    ``reduction_factor`` times as many, and every seed listed."""
-    settings, total = spec.scheduler, len(spec.seeds or ())
-    rungs, count = [], settings.grace_period
-    while count < total:
-        rungs.append(count)
-        count = max(count + 1, round(count * settings.reduction_factor))
-    return [*rungs, total]
-
-
-def rung_metric(spec) -> str:
-    """Fidelity tasks: the summary metric ASHA compares at its rungs (the sweep's unless set)."""
-    return spec.scheduler.rung_metric or spec.metric
 
 
 def level_metric(metric: str) -> str:
@@ -63,13 +40,6 @@ class Level:
     @property
     def label(self) -> str:
         return "full budget" if self.fraction >= 1 else f"1/{round(1 / self.fraction)} budget"
-
-
-def ladder(spec) -> list[Level]:
-    """The levels of an epochs or data fidelity: min_fraction, then x reduction_factor, up to 1."""
-    settings = spec.scheduler
-    count = 1 + math.floor(math.log(1 / settings.min_fraction) / math.log(settings.reduction_factor) + 1e-9)
-    return [Level(k, settings.reduction_factor ** (k - count + 1)) for k in range(count)]
 
 
 def level_config(cfg: RunConfig, fidelity: str, level: Level, full_per_class: int) -> RunConfig:

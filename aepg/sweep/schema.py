@@ -49,14 +49,7 @@ def search_settings(spec) -> dict[str, object]:
         settings = ", ".join(f"{key}={value}" for key, value in spec.search.sampler_settings().items())
         name = spec.search.sampler_class or type(spec.search.sampler()).__name__
         found["search.sampler"] = f"{name}({settings})"
-    scheduler = spec.scheduler
-    if scheduler.kind == "asha":
-        found["search.scheduler"] = (f"ASHA(fidelity={scheduler.fidelity}, grace_period={scheduler.grace_period}, "
-                                     f"reduction_factor={scheduler.reduction_factor}, "
-                                     f"rung_metric={scheduler.rung_metric or spec.metric}, "
-                                     f"min_fraction={scheduler.min_fraction:.4g})")
-    else:
-        found["search.scheduler"] = "none (every trial to the full budget)"
+    found["search.scheduler"] = spec.scheduler.described(spec.metric)
     return found
 
 
@@ -64,10 +57,9 @@ def parent_params(sweep, path: str, num_trials: int, levels: int) -> dict[str, o
     """The parent run's params: the sweep's settings and what the report needs to read it back."""
     spec, base = sweep.spec, sweep.base_config
     search = {f"search.{key}": value for key, value in spec.search.model_dump(mode="json").items()}
+    scheduler = {f"scheduler.{key}": value for key, value in spec.scheduler.model_dump(mode="json").items()}
     return {"sweep.name": spec.name, "sweep.path": path, **search, "search.num_trials": num_trials,
-            **search_settings(spec), "scheduler.kind": spec.scheduler.kind,
-            "scheduler.fidelity": spec.scheduler.fidelity, "scheduler.grace_period": spec.scheduler.grace_period,
-            "scheduler.reduction_factor": spec.scheduler.reduction_factor, "scheduler.levels": levels,
+            **search_settings(spec), **scheduler, **({"scheduler.levels": levels} if spec.scheduler.climbs else {}),
             **({"confirm.top_k": spec.confirm.top_k, "confirm.seeds": spec.confirm.seeds} if spec.confirm else {}),
             "metric": f"final/{spec.metric}", "mode": spec.mode, "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,
             "base.num_tasks": sweep.num_tasks, "base.storage_path": base.storage_path}
@@ -94,7 +86,7 @@ class SweepParams:
     @classmethod
     def of(cls, parent: RunRecord) -> "SweepParams":
         p = parent.params
-        ladder = p.get("scheduler.fidelity", "tasks") in ("epochs", "data") and p.get("scheduler.kind") == "asha"
+        ladder = p.get("scheduler.fidelity", "tasks") in ("epochs", "data") and "scheduler.levels" in p
         return cls(p["metric"].removeprefix("final/"), p["mode"], int(p.get("base.num_tasks", 0)), int(p["search.num_trials"]),
                    int(p["scheduler.levels"]) if ladder else None, json.loads(p["seeds"]),
                    p.get("scheduler.fidelity") == "seeds", json.loads(p.get("confirm.seeds", "[]")),

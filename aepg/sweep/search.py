@@ -29,24 +29,15 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from aepg.catalog import SEARCHERS
+from aepg.catalog import SCHEDULERS, SEARCHERS
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
-from aepg.sweep.fidelity import (
-    LEVEL_KEY,
-    SEEDS_KEY,
-    climbs,
-    ladder,
-    level_metric,
-    rung_metric,
-    seed_metric,
-    seeds_per_trial,
-)
+from aepg.sweep.fidelity import LEVEL_KEY, SEEDS_KEY, level_metric, seed_metric, seeds_per_trial
 
 
 def budget(sweep) -> tuple[str, int]:
     """(the result key counting a trial's progress, its value at the full budget)."""
-    if climbs(sweep.spec):
-        return LEVEL_KEY, len(ladder(sweep.spec))
+    if sweep.spec.scheduler.climbs:
+        return LEVEL_KEY, len(sweep.spec.scheduler.levels())
     if seeds_per_trial(sweep.spec):
         return SEEDS_KEY, len(sweep.seeds)
     return BUDGET_KEY, sweep.num_tasks
@@ -54,26 +45,27 @@ def budget(sweep) -> tuple[str, int]:
 
 def progress_unit(sweep) -> str:
     """What ``budget`` counts, for the terminal: task, level or seed."""
-    return "level" if climbs(sweep.spec) else "seed" if seeds_per_trial(sweep.spec) else "task"
+    return "level" if sweep.spec.scheduler.climbs else "seed" if seeds_per_trial(sweep.spec) else "task"
 
 
 def compared_metric(sweep) -> str:
     """What trials are compared on while under way (ASHA's rungs, Optuna's intermediate values)."""
     spec = sweep.spec
-    if climbs(spec):
+    if spec.scheduler.climbs:
         return level_metric(spec.metric)
     if seeds_per_trial(spec):
         return seed_metric(spec.metric)
-    return partial_name(rung_metric(spec))
+    return partial_name(spec.scheduler.compared_metric(spec.metric))
 
 
 def compared_mode(sweep) -> str:
     """The direction of the compared metric: the sweep's mode for its own metric; for another rung
     metric its natural one (less forgetting is better, more of the rest)."""
     spec = sweep.spec
-    if climbs(spec) or seeds_per_trial(spec) or rung_metric(spec) == spec.metric:
+    compared = spec.scheduler.compared_metric(spec.metric)
+    if spec.scheduler.climbs or seeds_per_trial(spec) or compared == spec.metric:
         return spec.mode
-    return "min" if rung_metric(spec) == "forgetting" else "max"
+    return "min" if compared == "forgetting" else "max"
 
 
 def searched_metric(sweep) -> str:
@@ -82,7 +74,7 @@ def searched_metric(sweep) -> str:
     spec = sweep.spec
     if seeds_per_trial(spec):
         return seed_metric(spec.metric)
-    return level_metric(spec.metric) if climbs(spec) else partial_name(spec.metric)
+    return level_metric(spec.metric) if spec.scheduler.climbs else partial_name(spec.metric)
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -112,12 +104,17 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         return self._ot_study.trials[trial.number].state.name if trial is not None else None
 
 
-class RungASHA(ASHAScheduler):
-    """ASHA comparing trials at its rungs on its own metric (the running ``eval/...`` or a level's
-    value), while the Tuner (its progress line, its best trial) ranks on ``final/<metric>``."""
+class OwnMetric:
+    """A scheduler mixin: the scheduler compares trials on its own metric (``compared_metric``: the
+    running ``eval/...``, a level's or the seed-mean), while the Tuner (its progress line, its best
+    trial) ranks on ``final/<metric>``."""
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         return True  # keep this scheduler's own metric and mode
+
+
+class RungASHA(OwnMetric, ASHAScheduler):
+    """ASHA comparing trials at its rungs on ``compared_metric``."""
 
 
 def optuna_search(sweep) -> tuple[None, PrunedAwareOptunaSearch, int]:
@@ -138,15 +135,23 @@ def searcher(sweep) -> tuple[dict | None, object | None, int]:
     return SEARCHERS.get(sweep.spec.search.algorithm).load()(sweep)
 
 
-def scheduler(sweep):
-    """ASHA over the configured fidelity, or none (every trial to the full budget)."""
+def asha_scheduler(sweep) -> RungASHA:
+    """ASHA over the configured fidelity (a ladder's rungs are its levels)."""
     settings = sweep.spec.scheduler
-    if settings.kind == "none":
-        return FIFOScheduler()
     key, full = budget(sweep)
-    grace = 1 if climbs(sweep.spec) else settings.grace_period
+    grace = 1 if settings.climbs else settings.grace_period
     return RungASHA(time_attr=key, metric=compared_metric(sweep), mode=compared_mode(sweep), max_t=full,
                     grace_period=grace, reduction_factor=settings.reduction_factor)
+
+
+def fifo_scheduler(sweep) -> FIFOScheduler:
+    """No early stopping: every trial to the full budget."""
+    return FIFOScheduler()
+
+
+def scheduler(sweep):
+    """Ray Tune's scheduler from the configured kind's catalogue entry."""
+    return SCHEDULERS.get(sweep.spec.scheduler.kind).load()(sweep)
 
 
 def tuner_settings(sweep, **extra) -> tuple[dict | None, tune.TuneConfig]:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from aepg.catalog import SEARCHERS
+from aepg.catalog import SCHEDULERS, SEARCHERS
 from aepg.config import (
     ConfigError,
     RunConfig,
@@ -35,7 +35,8 @@ from aepg.config import (
     validate,
 )
 from aepg.metrics import SUMMARY_METRICS
-from aepg.sweep.fidelity import climbs, rung_metric, seed_rungs, seeds_per_trial
+from aepg.sweep.fidelity import seeds_per_trial
+from aepg.sweep.schedulers import DEFAULT_SCHEDULER, SchedulerSettings
 from aepg.sweep.searchers import DEFAULT_SEARCHER, SearchSettings
 
 Scalar = str | int | float | bool | None
@@ -109,25 +110,6 @@ class Param(Section):
         return IntDistribution(*self.integer)
 
 
-class SchedulerSettings(Section):
-    """Early stopping; ``aepg.sweep.search`` says how each fidelity works."""
-
-    kind: Literal["asha", "none"] = "asha"
-    fidelity: Literal["tasks", "epochs", "data", "seeds"] = "tasks"
-    """What a partial budget is: the first tasks of the sequence; or every task at a fraction of its
-    epochs or of its training images, restarted at a larger fraction when promoted; or (``seeds``)
-    some of the sweep's ``seeds``, the configurations kept training more of them."""
-    grace_period: int = Field(2, ge=1)
-    """Fidelity tasks: the tasks every trial trains before ASHA may stop it (2: forgetting shows);
-    fidelity seeds: the seeds every configuration trains first (1 or 2)."""
-    reduction_factor: float = Field(3.0, gt=1)
-    """ASHA keeps 1 / reduction_factor of the trials at each rung; levels grow by this factor."""
-    rung_metric: Literal[SUMMARY_METRICS] | None = None
-    """Fidelity tasks: the running metric compared at rungs; default the sweep's metric."""
-    min_fraction: float = Field(1 / 9, gt=0, le=1)
-    """Fidelities epochs and data: the lowest level's share of the full budget."""
-
-
 class TrialSettings(Section):
     cpus: float = Field(1.0, gt=0)
     """CPUs of the trial process. In-process trials train there; with scaling.num_workers > 0
@@ -162,7 +144,10 @@ class SweepSpec(Section):
     search: SerializeAsAny[SearchSettings] = Field(default_factory=lambda: SEARCHERS.get(DEFAULT_SEARCHER).config())
     """``algorithm`` picks an entry of ``aepg.catalog.SEARCHERS`` (``aepg.sweep.searchers``: tpe,
     random, grid), whose config holds the other keys."""
-    scheduler: SchedulerSettings = SchedulerSettings()
+    scheduler: SerializeAsAny[SchedulerSettings] = Field(
+        default_factory=lambda: SCHEDULERS.get(DEFAULT_SCHEDULER).config())
+    """Early stopping: ``kind`` picks an entry of ``aepg.catalog.SCHEDULERS`` (``aepg.sweep.schedulers``:
+    asha, none), whose config holds the other keys."""
     metric: Literal[SUMMARY_METRICS] = "avg_incremental_accuracy"
     """Trials are ranked on ``final/<metric>``, which only trials that trained every task have;
     early stopping compares them after each task on its running value ``eval/...``."""
@@ -182,6 +167,11 @@ class SweepSpec(Section):
     def _searcher(cls, value):
         return by_kind(SEARCHERS, value, DEFAULT_SEARCHER)
 
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler(cls, value):
+        return by_kind(SCHEDULERS, value, DEFAULT_SCHEDULER)
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds):
@@ -192,7 +182,7 @@ class SweepSpec(Section):
         return seeds
 
 
-DISPATCHED = {"search": (SEARCHERS, DEFAULT_SEARCHER)}
+DISPATCHED = {"search": (SEARCHERS, DEFAULT_SEARCHER), "scheduler": (SCHEDULERS, DEFAULT_SCHEDULER)}
 
 
 class Sweep:
@@ -212,7 +202,7 @@ class Sweep:
         spec = self.spec.model_copy(update={
             "seeds": confirm.seeds, "confirm": None, "search": SEARCHERS.get("grid").config(
                 max_concurrent=self.spec.search.max_concurrent),
-            "scheduler": self.spec.scheduler.model_copy(update={"kind": "none", "fidelity": "seeds"})})
+            "scheduler": SCHEDULERS.get("none").config(fidelity="seeds")})
         return Sweep(spec, self.base, self.source_text, points)
 
     @property
@@ -407,7 +397,7 @@ def _check_budget_keys(sweep: Sweep) -> list[tuple[str, str]]:
         problems.append(("space.benchmark.num_tasks", "sets the sweep's budget (a trial is finished when it trains every "
                          "task): trials would train different task counts and rank on different sequences; run one "
                          "sweep per task count"))
-    fidelity = sweep.spec.scheduler.fidelity if climbs(sweep.spec) else None
+    fidelity = sweep.spec.scheduler.fidelity if sweep.spec.scheduler.climbs else None
     for key, kind in BUDGET_KEYS.items():
         if key in sweep.space and fidelity == kind:
             problems.append((f"space.{key}", f"the {kind} fidelity sets it at each level of its ladder; search it "
@@ -417,20 +407,11 @@ def _check_budget_keys(sweep: Sweep) -> list[tuple[str, str]]:
 
 def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
     spec = sweep.spec
-    problems = spec.search.problems(sweep) + _check_budget_keys(sweep)
+    problems = spec.search.problems(sweep) + spec.scheduler.problems(sweep) + _check_budget_keys(sweep)
     if not is_uri(spec.storage_path) and Path(spec.storage_path).expanduser().exists() \
             and not Path(spec.storage_path).expanduser().is_dir():
         problems.append(("storage_path", f"{spec.storage_path} is a file; sweep outputs need a folder"))
-    settings = spec.scheduler
-    if settings.kind == "asha" and settings.fidelity == "tasks":
-        if settings.grace_period > sweep.num_tasks:
-            problems.append(("scheduler.grace_period", f"{settings.grace_period} tasks but the benchmark has {sweep.num_tasks}"))
-        if sweep.num_tasks < 2:
-            problems.append(("scheduler.kind", "ASHA over tasks needs at least 2 tasks to stop trials early"))
-        compared = rung_metric(spec)
-        if compared in ("forgetting", "bwt") and settings.grace_period < 2:
-            problems.append(("scheduler.grace_period", f"{compared} exists from the second task on: use a grace period of 2 or more"))
-    if climbs(spec):
+    if spec.scheduler.climbs:
         problems.extend(_check_ladder(sweep))
     if seeds_per_trial(spec):
         problems.extend(_check_seed_ladder(sweep))
@@ -455,25 +436,20 @@ def _check_confirm(sweep: Sweep) -> list[tuple[str, str]]:
 
 
 def _check_seed_ladder(sweep: Sweep) -> list[tuple[str, str]]:
-    """A seed ladder needs seeds to climb, and a first rung within them."""
-    spec, seeds = sweep.spec, sweep.spec.seeds or []
+    """A seed ladder needs seeds to climb (the scheduler checks its first rung against them)."""
+    seeds = sweep.spec.seeds or []
     if len(seeds) < 2:
         return [("seeds", f"scheduler.fidelity: seeds needs two or more seeds to train each configuration on "
                  f"(got {seeds or 'none'}), e.g. seeds: [0, 1, 2, 3, 4]")]
-    if spec.scheduler.kind == "asha" and spec.scheduler.grace_period >= len(seeds):
-        return [("scheduler.grace_period", f"the first rung ({spec.scheduler.grace_period} seeds) leaves no rung "
-                 f"below the {len(seeds)} seeds listed: ASHA would stop nothing; use 1 or 2")]
     return []
 
 
 def _check_ladder(sweep: Sweep) -> list[tuple[str, str]]:
-    """An epochs or data ladder must have two levels or more, each training something different."""
-    from aepg.sweep.fidelity import full_per_class, ladder, level_config
+    """The levels of an epochs or data ladder must each train something different (the scheduler
+    checks that it plans two or more)."""
+    from aepg.sweep.fidelity import full_per_class, level_config
 
-    levels = ladder(sweep.spec)
-    if len(levels) < 2:
-        return [("scheduler.min_fraction", f"{sweep.spec.scheduler.min_fraction} gives a single level; lower it below "
-                 f"1 / reduction_factor ({1 / sweep.spec.scheduler.reduction_factor:.3g})")]
+    levels = sweep.spec.scheduler.levels()
     fidelity, cfg = sweep.spec.scheduler.fidelity, sweep.base_config
     try:
         per_class = full_per_class(cfg) if fidelity == "data" else 0
@@ -559,8 +535,8 @@ def sweep_plan(sweep: Sweep) -> list[str]:
 
     spec = sweep.spec
     trials = expected_trials(sweep)
-    ladder = climbs(spec)
-    stopping = f"ASHA over {spec.scheduler.fidelity}" if spec.scheduler.kind == "asha" else "no early stopping"
+    ladder = spec.scheduler.climbs
+    stopping = spec.scheduler.summary()
     lines = [f"sweep {spec.name}: {trials} trials of {spec.search.algorithm} search over {', '.join(sweep.space)}; "
              f"ranked on final/{spec.metric} ({spec.mode}); {stopping}"]
     if SEARCHERS.get(spec.search.algorithm).has("grid"):
@@ -575,17 +551,16 @@ def sweep_plan(sweep: Sweep) -> list[str]:
     base = preflight.plan(sweep.base_config)
     if ladder:  # a promoted trial also trains every lower level
         from aepg.sweep.fidelity import full_per_class, level_config
-        from aepg.sweep.fidelity import ladder as levels
 
         per_class = full_per_class(sweep.base_config) if spec.scheduler.fidelity == "data" else 0
         lows = [preflight.plan(level_config(sweep.base_config, spec.scheduler.fidelity, level, per_class)).train_samples
-                for level in levels(spec)]
+                for level in spec.scheduler.levels()]
         total = round(total * sum(lows) / lows[-1])
         per_trial += f" training samples at the full budget, and {sum(lows[:-1]):,} on the levels below it"
     else:
         per_trial += " training samples"
     if seeds_per_trial(spec):
-        rungs = seed_rungs(spec) if spec.scheduler.kind == "asha" else [len(sweep.seeds)]
+        rungs = spec.scheduler.seed_rungs(len(sweep.seeds))
         per_trial += f" per seed, on up to {len(sweep.seeds)} seeds (rungs at {', '.join(map(str, rungs))} seeds)"
         total *= len(sweep.seeds)
     lines.append(f"each trial: {len(base.tasks)} tasks; {per_trial}")
@@ -594,7 +569,7 @@ def sweep_plan(sweep: Sweep) -> list[str]:
                      f"{', '.join(map(str, spec.confirm.seeds))}")
         total += spec.confirm.top_k * len(spec.confirm.seeds) * max(samples)
     lines.append(f"the whole sweep: at most {total:,} training samples"
-                 + (" (early stopping trains fewer)" if spec.scheduler.kind != "none" else ""))
+                 + (" (early stopping trains fewer)" if spec.scheduler.stops_early else ""))
     return lines
 
 

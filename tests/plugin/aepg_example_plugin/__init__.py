@@ -1,12 +1,14 @@
-"""The plugin's catalogue entries. This module imports no torch, so ``aepg`` still validates a
-config fast; the method's module is imported only when a run builds it."""
+"""The plugin's catalogue entries. This module imports neither torch nor Ray, so ``aepg`` still
+validates a config fast; the method's and the scheduler's modules are imported only when a run or a
+sweep builds them."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aepg.catalog import METHODS, OBJECTIVES
+from aepg.catalog import METHODS, OBJECTIVES, SCHEDULERS
 from aepg.config import MethodConfig, ObjectiveConfig
+from aepg.sweep.schedulers import SchedulerSettings
 
 
 @OBJECTIVES.register("gce", display="GCE")
@@ -28,3 +30,26 @@ class FeatureAffine(MethodConfig):
     kind: Literal["feature_affine"] = "feature_affine"
     init_scale: float = Field(1.0, gt=0)
     """The scale's initial value (the shift starts at 0)."""
+
+
+@SCHEDULERS.register("median", builder="aepg_example_plugin.median:build", display="median stopping")
+class MedianStopping(SchedulerSettings):
+    """Ray Tune's median stopping rule over tasks: a trial stops when its best running value is worse
+    than the median of the other trials' running means after as many tasks."""
+
+    kind: Literal["median"] = "median"
+    grace_period: int = Field(1, ge=1)
+    """Tasks every trial trains before it may be stopped."""
+    min_samples: int = Field(3, ge=1)
+    """Trials that must have reported after as many tasks before the rule compares there."""
+
+    stops_early: ClassVar[bool] = True
+
+    def problems(self, sweep):
+        return [] if self.fidelity == "tasks" else [("scheduler.fidelity", "the median rule compares trials over tasks")]
+
+    def summary(self):
+        return "median stopping over tasks"
+
+    def described(self, metric):
+        return f"MedianStoppingRule(grace_period={self.grace_period}, min_samples_required={self.min_samples})"
