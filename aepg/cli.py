@@ -221,13 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _runtime_errors() -> tuple[type[Exception], ...]:
     """Failures with a message for the user rather than a traceback (imported only when one happened)."""
     from aepg.benchmarks import DataError, DatasetNotFound
-    from aepg.benchmarks.cache import CacheBusy
+    from aepg.benchmarks.cache import CacheBusy, CacheDamaged
     from aepg.catalog import PluginError
     from aepg.models import WeightsError
     from aepg.models.peft import PeftError
     from aepg.tracking import TrackingUnavailable
 
-    return DatasetNotFound, DataError, CacheBusy, WeightsError, PeftError, TrackingUnavailable, PluginError
+    return DatasetNotFound, DataError, CacheBusy, CacheDamaged, WeightsError, PeftError, TrackingUnavailable, PluginError
 
 
 def _leave_ray_after_interrupt() -> None:
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return interrupts.exit_code()
     except Exception as error:
         if isinstance(error, _runtime_errors()):
-            print(f"aepg: {error}", file=sys.stderr)
+            print(f"aepg: {_message(error)}", file=sys.stderr)
             return EXIT_FAILED
         run_id = _failed_run(error)
         if run_id:  # the run is FAILED with this reason and holds the traceback
@@ -280,6 +280,15 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_FAILED
         raise
+
+
+def _message(error: Exception) -> str:
+    """The error's message; for one a DataLoader worker raised, the original's, without the
+    worker's traceback that PyTorch puts in front of it."""
+    message = str(error)
+    if "\nOriginal Traceback" in message:
+        message = message.rstrip().splitlines()[-1].partition(": ")[2] or message
+    return message
 
 
 def _failed_run(error: BaseException) -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import CONFIGS, run_aepg
 from PIL import Image
 from test_benchmarks import fake_fashion
@@ -338,9 +339,48 @@ def test_a_damaged_cache_is_rebuilt_and_content_keys_see_a_swapped_file(tmp_path
     assert cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", content=True).folder != by_content.folder
 
 
+def test_flipped_bytes_in_the_cache_are_caught_on_first_read_and_the_cache_is_built_again(tmp_path):
+    from aepg.benchmarks import cache
+
+    paths = many_jpegs(tmp_path / "data", 6)
+    built = cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", workers=1)
+    first = built.array(0).copy()  # verified in this process: read again without a check
+    offset = int(built.index[3, 0])
+    data = bytearray((built.folder / "images.u8").read_bytes())
+    data[offset + 5] ^= 0x01  # same size, same index: only the checksum can tell
+    (built.folder / "images.u8").write_bytes(bytes(data))
+    reader = cache.DecodedImages(built.folder)
+    assert np.array_equal(reader.array(2), cache.decode(paths[2], 48))
+    with pytest.raises(cache.CacheDamaged, match="image 3's bytes differ"):
+        reader.array(3)
+    rebuilt = cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", workers=1)
+    assert rebuilt.folder == built.folder and np.array_equal(rebuilt.array(3), cache.decode(paths[3], 48))
+    assert np.array_equal(rebuilt.array(0), first)
+
+
 def test_a_cache_dir_that_cannot_hold_the_cache_is_refused_before_compute(imagenet_r):
     (imagenet_r / "a-file").write_text("")
     problems = preflight.problems(cfg_for(imagenet_r, f"benchmark.cache_dir={imagenet_r / 'a-file' / 'cache'}"))
     assert problems and problems[0][0] == "benchmark.cache_dir" and "a-file is a file" in problems[0][1]
     assert preflight.problems(cfg_for(imagenet_r, f"benchmark.cache_dir={imagenet_r / 'a-file' / 'cache'}",
                                       "benchmark.cache=none")) == []
+
+
+class _DamagedImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        from aepg.benchmarks.cache import CacheDamaged
+
+        raise CacheDamaged(f"the decoded cache /c is damaged: image {index}'s bytes differ")
+
+
+def test_an_error_from_a_loader_worker_is_told_in_its_own_words_without_the_worker_traceback():
+    from aepg.benchmarks.cache import CacheDamaged
+    from aepg.cli import _message
+
+    with pytest.raises(CacheDamaged) as caught:
+        next(iter(torch.utils.data.DataLoader(_DamagedImages(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value), "PyTorch re-raises with the worker's traceback"
+    assert _message(caught.value) == "the decoded cache /c is damaged: image 0's bytes differ"

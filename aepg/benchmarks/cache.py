@@ -2,14 +2,16 @@
 
 On first use every image is decoded once (Pillow, with JPEG draft decoding at a reduced scale),
 resized so its short side is S, and stored as uint8 in one memory-mapped file with an index of
-offsets and sizes; an image that does not decode is recorded (with why) instead. A manifest ties
+offsets, sizes and CRC-32 checksums; an image that does not decode is recorded (with why) instead. A manifest ties
 the cache to its source files (paths, sizes, modification times, or contents), and the cache's
 folder is named by the manifest's digest: a changed data set is cached anew, never served from
 the old cache. The build runs in parallel over the cores with a progress
 bar, under a file lock, into a temporary folder renamed into place at the end: an interrupted
 build is never read, and the runs, workers and trials of a node build it once and share it (the
 operating system's page cache serves every process that maps it). A cache whose data file is not
-the size its index says is built again; a builder that is stopped (Ctrl-Z) is named with its PID
+the size its index says is built again; an image whose bytes no longer match its checksum (checked
+the first time each process reads it) stops the run with ``CacheDamaged`` and marks the cache to be
+built again; a builder that is stopped (Ctrl-Z) is named with its PID
 rather than waited on forever; decoding processes end with their build, even on SIGKILL.
 
 Numpy and Pillow only: decoding processes start without torch.
@@ -27,15 +29,20 @@ import signal
 import sys
 import time
 import uuid
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2
 CHUNK = 32
 log = logging.getLogger("aepg")
+
+
+class CacheDamaged(ValueError):
+    """A cached image's bytes differ from those it was built with (the disk or a copy changed them)."""
 
 
 def decode(path: str, short_side: int | None = None) -> np.ndarray:
@@ -105,7 +112,9 @@ class DecodedImages:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.index = np.load(self.folder / "index.npy")
+        """One row per image: offset, height, width, CRC-32 of its bytes."""
         self._data: np.memmap | None = None
+        self._verified = np.zeros(len(self.index), dtype=bool)
 
     def unreadable(self) -> dict[str, str]:
         """The source files that did not decode (relative to the data root), and why."""
@@ -123,8 +132,19 @@ class DecodedImages:
     def array(self, i: int) -> np.ndarray:
         if self._data is None:
             self._data = np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r")
-        offset, height, width = self.index[i]
-        return self._data[offset : offset + height * width * 3].reshape(height, width, 3)
+        offset, height, width, crc = self.index[i]
+        image = self._data[offset : offset + height * width * 3]
+        if not self._verified[i]:
+            if zlib.crc32(image) != crc:
+                self.mark_damaged()
+                raise CacheDamaged(f"the decoded cache {self.folder} is damaged: image {i}'s bytes differ from "
+                                   "when it was built; it is built again on the next run")
+            self._verified[i] = True
+        return image.reshape(height, width, 3)
+
+    def mark_damaged(self) -> None:
+        """Make ``ensure`` build this cache again (processes reading it keep their mapping)."""
+        (self.folder / "manifest.json").unlink(missing_ok=True)
 
 
 def _build(paths: list[str], short_side: int, target: Path, workers: int, description: str) -> dict[str, str]:
@@ -133,7 +153,7 @@ def _build(paths: list[str], short_side: int, target: Path, workers: int, descri
     from tqdm.auto import tqdm
 
     target.mkdir(parents=True)
-    index = np.zeros((len(paths), 3), dtype=np.int64)
+    index = np.zeros((len(paths), 4), dtype=np.int64)
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     offset, position, unreadable = 0, 0, {}
     with open(target / "images.u8", "wb") as out, tqdm(total=len(paths), desc=description, unit="img") as bar, \
@@ -144,8 +164,9 @@ def _build(paths: list[str], short_side: int, target: Path, workers: int, descri
                 if isinstance(array, str):
                     unreadable[paths[position]] = array
                     array = np.zeros((0, 0, 3), dtype=np.uint8)
-                index[position] = (offset, array.shape[0], array.shape[1])
-                out.write(array.tobytes())
+                data = array.tobytes()
+                index[position] = (offset, array.shape[0], array.shape[1], zlib.crc32(data))
+                out.write(data)
                 offset += array.nbytes
                 position += 1
             bar.update(len(arrays))
@@ -236,8 +257,9 @@ def ensure(paths: list[str], root: Path, short_side: int, folder: Path, name: st
     with open(lock_path, "a+") as lock:
         _wait_for_lock(lock, lock_path, final, stopped_grace)  # one builder per cache; the others wait, then read
         broken = fails_check(final) if (final / "manifest.json").is_file() else "missing"
-        if broken != "missing" and broken:
-            log.warning("the decoded cache %s fails its check (%s): building it again", final, broken)
+        if broken and final.exists():  # without its manifest: a run found an image damaged
+            why = "a run found an image's bytes changed" if broken == "missing" else broken
+            log.warning("the decoded cache %s fails its check (%s): building it again", final, why)
             shutil.rmtree(final)
         if broken:
             for stale in folder.glob(f".{final.name}.*.partial"):  # left by a build that was killed
