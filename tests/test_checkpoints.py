@@ -9,6 +9,7 @@ from conftest import CONFIGS, run_aepg, start_aepg, wait_until
 from mlflow import MlflowClient
 
 from aepg.checkpoints import CheckpointStore
+from aepg.cli import main
 from aepg.config import load_config
 from aepg.launch import run
 from aepg.trainer import Snapshot, TrainState
@@ -52,7 +53,7 @@ def test_no_checkpoint(tmp_path):
     assert CheckpointStore(str(tmp_path), "never-ran").load_latest() is None
 
 
-SHORT = ["benchmark.num_tasks=3", "train.epochs=2", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=40"]
+SHORT = ["benchmark.num_tasks=3", "train.epochs=1", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=40"]
 
 
 def interrupt_after_task(workdir, task: int, overrides: list[str], num_tasks: int, env: dict | None = None,
@@ -102,14 +103,20 @@ def test_terminated_run_resumes_exactly(workdir):
     assert len(client.get_metric_history(run_id, "final/last_accuracy")) == 1
 
 
-def test_resume_refuses_a_changed_config(workdir):
+def test_resume_refuses_a_changed_config(workdir, capsys):
+    """The command line's own entry point, in this process (the refusals come before any training)."""
     tiny = ["benchmark.num_tasks=2", "train.epochs=1", "benchmark.max_train_per_class=20"]
     run_id = run(load_config(DIGITS, tiny)).run_id
-    result = run_aepg(["train", DIGITS, *tiny, "train.lr=0.1", "--resume", run_id], cwd=workdir)
-    assert result.returncode == 2 and "train.lr: differs from the resumed run" in result.stderr
-    missing = run_aepg(["train", DIGITS, *tiny, "--resume", "no-such-run"], cwd=workdir)
-    assert missing.returncode == 2 and "no checkpoint of run no-such-run" in missing.stderr
+
+    def resume(*args: str) -> tuple[int, str]:
+        code = main(["train", DIGITS, *tiny, *args])
+        return code, capsys.readouterr().err
+
+    code, err = resume("train.lr=0.1", "--resume", run_id)
+    assert code == 2 and "train.lr: differs from the resumed run" in err
+    code, err = resume("--resume", "no-such-run")
+    assert code == 2 and "no checkpoint of run no-such-run" in err
     MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").delete_run(run_id)
-    deleted = run_aepg(["train", DIGITS, *tiny, "--resume", run_id], cwd=workdir)
-    assert deleted.returncode == 2 and f"--resume: MLflow run {run_id} was deleted" in deleted.stderr, deleted.stderr
-    assert f"mlflow runs restore --run-id {run_id}" in deleted.stderr and "Traceback" not in deleted.stderr
+    code, err = resume("--resume", run_id)
+    assert code == 2 and f"--resume: MLflow run {run_id} was deleted" in err, err
+    assert f"mlflow runs restore --run-id {run_id}" in err and "Traceback" not in err

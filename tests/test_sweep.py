@@ -300,7 +300,7 @@ def live_children(db) -> list:
 def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
     base = {**TINY_BASE, "benchmark": {**TINY_BASE["benchmark"], "num_tasks": 2}}
     path = write_sweep(workdir, base_overrides=base, scheduler={"kind": "none"},
-                       search={"algorithm": "random", "seed": 1, "num_trials": 5, "max_concurrent": 2})
+                       search={"algorithm": "random", "seed": 1, "num_trials": 4, "max_concurrent": 2})
     driver = start_aepg(["sweep", path], workdir, {"RAY_ADDRESS": ray_address})
     try:
         wait_until(lambda: any(c.info.status == "FINISHED" for c in live_children(workdir / "mlflow.db")),
@@ -314,7 +314,7 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
         assert "sweep stopped by SIGTERM; continue it with: aepg sweep --resume" in output
     (folder,) = list((workdir / "aepg_sweeps").glob("tiny-*"))
     before = len(live_children(workdir / "mlflow.db"))
-    assert 1 <= before < 5
+    assert 1 <= before < 4  # at most one more trial started as the first finished
     time.sleep(2)  # the dead driver's trials end with its job
 
     resumed = run_aepg(["sweep", "--resume", str(folder)], cwd=workdir, env={"RAY_ADDRESS": ray_address})
@@ -322,7 +322,7 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill):
     _, parents, children = sweep_runs(workdir / "mlflow.db")
     assert [p.info.status for p in parents] == ["FINISHED"]
     trial_ids = [c.data.tags["aepg.trial_id"] for c in children]
-    assert len(trial_ids) == 5 and len(set(trial_ids)) == 5, "a trial is missing or duplicated"
+    assert len(trial_ids) == 4 and len(set(trial_ids)) == 4, "a trial is missing or duplicated"
     assert all(c.info.status == "FINISHED" for c in children)
     assert all(c.data.metrics["eval/tasks_done"] == 2 and c.data.tags["aepg.status"] == "finished" for c in children)
 
