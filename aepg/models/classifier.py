@@ -61,6 +61,7 @@ class ContinualClassifier(nn.Module):
 
     def add_part(self, name: str, part: MethodPart) -> None:
         """Add a part over the PEFT module; its hooks run after the parts before it."""
+        part.set_num_classes(self.head.out_features)
         self.add_module(name, part)
         self.parts.append(part)
         self.added_parts.append(name)
