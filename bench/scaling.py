@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from aepg.config import load_config
-from aepg.launch import ensure_ray, fit_off_main_thread, run
+from aepg.launch import fit_off_main_thread, run
+from aepg.ray_setup import ensure_ray
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 

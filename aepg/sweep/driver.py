@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 import ray
@@ -28,8 +29,8 @@ from ray import tune
 
 from aepg import interrupts, preflight, tracking
 from aepg.config import ConfigError, RunConfig, is_uri
-from aepg.launch import check_fits, ensure_ray, run_workers, worker_resources
 from aepg.metrics import final_name
+from aepg.ray_setup import check_fits, ensure_ray, worker_resources
 from aepg.sweep import fidelity, search
 from aepg.sweep.progress import LiveSweepTable, SweepProgress, error_reason
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
@@ -51,7 +52,9 @@ from aepg.sweep.schema import (
 )
 from aepg.sweep.spec import STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
 from aepg.tracking import RunRecord, Tracker
-from aepg.trainer import TrainState
+
+if TYPE_CHECKING:
+    from aepg.trainer import TrainState
 
 log = logging.getLogger("aepg")
 
@@ -175,7 +178,10 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
 
 
 def train(cfg: RunConfig, run_id: str, runtime: SweepRuntime, report=None, full_budget: bool = True) -> TrainState:
-    """Train ``cfg`` into ``run_id`` as ``aepg train`` does, on the trial's CPUs; ``report`` after each task."""
+    """Train ``cfg`` into ``run_id`` as ``aepg train`` does, on the trial's CPUs; ``report`` after each task.
+    (The trial's process imports the trainer here: the sweep's driver never does.)"""
+    from aepg.launch import run_workers
+
     return run_workers(cfg, run_id, runtime.tracker, report, full_budget, runtime.sweep.spec.trial.cpus)
 
 
