@@ -48,8 +48,8 @@ def cmd_train(args) -> int:
                             "aepg train CONFIG key=value ...")])
     cfg = load_config(args.config, args.overrides)
     _warn(preflight.warnings(cfg))
+    preflight.check(cfg, args.resume)  # every refusal comes before the trainer is imported
     if args.dry_run:
-        preflight.check(cfg, args.resume)
         print(to_yaml(cfg), end="")
         print("# data: " + preflight.data_location(cfg))
         print("\n".join("# " + line for line in preflight.plan(cfg).lines()))
@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
     from aepg.launch import run
 
     try:
-        result = run(cfg, resume=args.resume)
+        result = run(cfg, resume=args.resume, checked=True)
     except interrupts.RunInterrupted as stopped:
         print(f"aepg: run {stopped.run_id} marked KILLED, its checkpoints kept; continue it with: "
               f"aepg train {shlex.join([args.config, *args.overrides])} --resume {stopped.run_id}", file=sys.stderr)

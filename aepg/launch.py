@@ -208,9 +208,11 @@ def check_resumable(cfg: RunConfig, run_id: str) -> None:
         raise ConfigError([(k, f"differs from the resumed run ({before.get(k)!r} -> {now[k]!r})") for k in changed])
 
 
-def run(cfg: RunConfig, resume: str | None = None) -> RunResult:
-    """Check everything, open (or reopen) the MLflow run, train, and set the run's final status."""
-    preflight.check(cfg, resume)  # data, backbone, PEFT, weights, checkpoint: before any run is opened
+def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> RunResult:
+    """Check everything (unless the caller has: ``checked``), open (or reopen) the MLflow run,
+    train, and set the run's final status."""
+    if not checked:  # data, backbone, PEFT, weights, checkpoint: before any run is opened
+        preflight.check(cfg, resume)
     preflight.prepare(cfg)
     tracker = Tracker.connect(cfg.tracking_uri)
     if cfg.scaling.num_workers:  # before opening the run: refuse what can never be scheduled

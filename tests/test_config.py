@@ -180,10 +180,12 @@ def warm_cache_env(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args", [["train", DIGITS, "--dry-run"], ["train", DIGITS, "nonsense.key=1"],
+                                  ["train", DIGITS, "--resume", "no-such-run"],
                                   ["sweep", str(CONFIGS.parent / "sweeps" / "quickstart.yaml"), "--dry-run"],
                                   ["--version"], ["--help"]])
 def test_validation_imports_nothing_heavy(args, tmp_path, warm_cache_env):
-    """Checking and printing cost no torch, timm, Ray or MLflow import (the backbone facts are cached)."""
+    """Checking and printing cost no torch, timm, Ray or MLflow import (the backbone facts are cached),
+    and neither does a real run that its checks refuse."""
     import subprocess
     import sys
 
