@@ -1,5 +1,5 @@
-"""How long a typo and a dry run take: the median wall time of `aepg` commands that only validate,
-against `python -c pass` (the interpreter's own start-up).
+"""How long a typo, a dry run and a refused run take: the median wall time of `aepg` commands that
+only validate, against `python -c pass` (the interpreter's own start-up).
 
 The first dry run of a backbone reads its facts once (imports torch and timm) and caches them;
 that cold time is printed separately, then every command is timed warm.
@@ -26,6 +26,7 @@ COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "aepg train configs/digits.yaml nonsense.key=1": [AEPG, "train", DIGITS, "nonsense.key=1"],
     "aepg train configs/digits.yaml --dry-run": [AEPG, "train", DIGITS, "--dry-run"],
+    "aepg train configs/digits.yaml --resume no-such-run": [AEPG, "train", DIGITS, "--resume", "no-such-run"],
     "aepg sweep sweeps/quickstart.yaml --dry-run": [AEPG, "sweep", str(REPO / "sweeps" / "quickstart.yaml"), "--dry-run"],
     "aepg --help": [AEPG, "--help"],
     "aepg --version": [AEPG, "--version"],
