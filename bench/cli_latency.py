@@ -50,7 +50,7 @@ def main() -> None:
         medians = {}
         for name, command in COMMANDS.items():
             medians[name] = statistics.median(timed(command, env, tmp) for _ in range(args.repeat))
-            print(f"{name:<48} median {medians[name]:.3f} s over {args.repeat}")
+            print(f"{name:<{max(map(len, COMMANDS))}} median {medians[name]:.3f} s over {args.repeat}")
     slowest = max(v for k, v in medians.items() if k.startswith("aepg"))
     print(f"slowest aepg command: {slowest:.3f} s (target < 1.0 s; python start-up {medians['python -c pass']:.3f} s)")
 
