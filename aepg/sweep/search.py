@@ -1,7 +1,8 @@
 """How a sweep searches: the searcher, early stopping, and the fidelity at which trials compete.
 
 The searcher is Optuna's TPE or random sampling through Ray Tune (define-by-run, seeded), or a
-grid. Early stopping is ASHA over one of three fidelities (``scheduler.fidelity``):
+grid. Early stopping is the ``scheduler.kind`` entry (``aepg.sweep.schedulers``: ASHA by default,
+or none) over one of these fidelities (``scheduler.fidelity``):
 
 - ``tasks``: a trial trains the task sequence in order; ASHA compares trials after
   ``grace_period`` tasks (2 by default, the first point where forgetting shows), then every
