@@ -194,6 +194,8 @@ class Sweep:
         self.spec, self.base, self.source_text, self.points = spec, base, source_text, points
         self.base_config = validate(base)
         self.base_flat = flatten(self.base_config.model_dump(mode="json"))
+        self.key_uses: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]] | None] = {}
+        """``_key_use`` of each searched key, once per sweep (the checks and the warnings read it)."""
 
     def confirmation(self, points: list[dict[str, Any]]) -> Sweep:
         """The confirmation stage as a sweep: ``points`` (the search's best configurations) on the
@@ -331,6 +333,12 @@ def _contexts(sweep: Sweep, key: str) -> list[dict[str, Any]] | None:
 def _key_use(sweep: Sweep, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     """(the combinations of the other searched choices in which some trial uses ``key``, those that
     make valid configs in which none does), or None when there are too many to try."""
+    if key not in sweep.key_uses:
+        sweep.key_uses[key] = _find_key_use(sweep, key)
+    return sweep.key_uses[key]
+
+
+def _find_key_use(sweep: Sweep, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     from aepg.tracking import run_params
 
     contexts = _contexts(sweep, key) if key.startswith(SWITCHED_SECTIONS) else None
