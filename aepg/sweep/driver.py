@@ -437,11 +437,13 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
         runtime.tracker.close_run(runtime.parent_run_id, "FAILED", f"{type(error).__name__}: {error}")
         raise
     _drop_orphans(runtime, {Path(r.path).name.removeprefix("trial_") for r in results})
-    complete = results.num_terminated + results.num_errors >= expected_trials(runtime.sweep)
-    if not complete:  # Ctrl-C: Tune saved its state and stopped the trials
-        for child in runtime.children():
-            if child.status == "RUNNING":
-                runtime.tracker.close_run(child.run_id, "KILLED", "sweep interrupted")
+    # Ctrl-C: Tune saved its state, then stopped the running trials, which it counts as terminated
+    # although they never ended (their runs are still open): either sign means interrupted.
+    cut_short = [child for child in runtime.children() if child.status == "RUNNING"]
+    complete = not cut_short and results.num_terminated + results.num_errors >= expected_trials(runtime.sweep)
+    if not complete:
+        for child in cut_short:
+            runtime.tracker.close_run(child.run_id, "KILLED", "sweep interrupted")
         runtime.tracker.close_run(runtime.parent_run_id, "KILLED", interrupts.reason())
     return complete
 
