@@ -5,12 +5,13 @@ Ground truth: every point of GRID (on configs/digits.yaml with BENCHMARK's overr
 the held-out seeds, cached (``--cache``). The bench judges no searcher unless the spread between
 those configurations is at least twice their seed noise. Then the grid once on seed 0, and each
 method (searching the grid's points) with searcher seeds 0, 1, 2: its score is its pick's
-held-out mean, its compute every task it trained (seed ladder included); random and plain TPE get
-the compute tpe-seeds used.
+held-out mean, its compute every task it trained (seed ladder and confirmation included); random
+and plain TPE get the compute the default search used.
 
-    python bench/search_efficiency.py [--methods tpe-seeds,random,tpe,tpe-asha-tasks] [--seeds 0,1,2]
-Target: tpe-seeds's pick scores at least the grid's with at most half its compute, and above
-random search's, in the median of the searcher seeds.
+    python bench/search_efficiency.py [--methods tpe-confirm,tpe-seeds,random,tpe,tpe-asha-tasks] [--seeds 0,1,2]
+Target: the default search's pick scores at least the grid's with at most half its compute, and
+above random search's, in the median of the searcher seeds. A last line says which of those
+comparisons the held-out seeds can make at all (picks tied on them differ by luck).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -42,17 +44,23 @@ CLEARLY = 2.0
 LADDER = {"seeds": [0, 1], "scheduler": {"kind": "asha", "fidelity": "seeds", "grace_period": 1,
                                             "reduction_factor": 3}}
 METHODS = {
+    # TPE on seed 0, then its best two trained again on seed 1, which alone ranks them: the winner
+    # is not the luckiest draw of the search's seed, and the compute is known in advance.
+    "tpe-confirm": {"search": {"algorithm": "tpe", "num_trials": 6, "startup_trials": 3}, "scheduler": {"kind": "none"},
+                    "confirm": {"top_k": 2, "seeds": [1]}},
     # TPE whose configurations climb a seed ladder: all on seed 0, the best third on seed 1 too.
     "tpe-seeds": {"search": {"algorithm": "tpe", "num_trials": 6, "startup_trials": 3}, **LADDER},
     # One seed, ASHA over the tasks (trials compared after the first task).
     "tpe-asha-tasks": {"search": {"algorithm": "tpe", "num_trials": 8, "startup_trials": 3},
                        "scheduler": {"kind": "asha", "fidelity": "tasks", "grace_period": 1, "reduction_factor": 3}},
-    # One seed per trial, no early stopping, as many trials as fit in the compute tpe-seeds used.
+    # One seed per trial, no early stopping, as many trials as fit in the compute the default search used.
     "random": {"search": {"algorithm": "random"}, "scheduler": {"kind": "none"}},
     "tpe": {"search": {"algorithm": "tpe", "startup_trials": 3}, "scheduler": {"kind": "none"}},
 }
+DEFAULT = "tpe-confirm"
+"""The search the target judges."""
 MATCHED = ("random", "tpe")
-"""The methods given the compute tpe-seeds used with the same searcher seed."""
+"""The methods given the compute the default search used with the same searcher seed."""
 
 
 def sweep_file(folder: Path, name: str, search: dict, scheduler: dict, **more) -> Path:
@@ -128,20 +136,40 @@ class Judge:
         self.truth = truth
         self.best = max(statistics.mean(v.values()) for v in truth.values())
 
-    def score(self, params: dict) -> float:
-        return statistics.mean(self.truth[point(params)].values())
+    def pick(self, params: dict, compute: float) -> Pick:
+        name = " ".join(f"{key.split('.')[-1]}={value}" for key, value in sorted(params.items()))
+        return Pick(point(params), name, statistics.mean(self.truth[point(params)].values()), compute)
 
-    def describe(self, params: dict) -> str:
-        return " ".join(f"{key.split('.')[-1]}={value}" for key, value in sorted(params.items()))
+    def tied(self, a: Pick, b: Pick) -> bool:
+        """Whether the held-out seeds cannot tell two picks apart (paired 95% interval over them)."""
+        from aepg.sweep.noise import difference_interval
+
+        if a.point == b.point:
+            return True
+        difference, half = difference_interval(self.truth[a.point], self.truth[b.point], None, 0)
+        return abs(difference) <= half
 
 
-def search(folder: Path, judge: Judge, name: str, settings: dict) -> tuple[float, float, str]:
-    """(held-out score of the recommendation, compute, recommendation) of one sweep."""
+@dataclass(frozen=True)
+class Pick:
+    """What one search recommends: its configuration, held-out score and the compute it spent."""
+    point: str
+    name: str
+    score: float
+    compute: float
+
+
+def search(folder: Path, judge: Judge, name: str, settings: dict) -> Pick:
     report = run(sweep_file(folder, name, settings["search"], settings["scheduler"],
                             **{k: v for k, v in settings.items() if k not in ("search", "scheduler")}))
     if report.best is None:
         sys.exit(f"search_efficiency: no trial of {name} finished; see the trials' errors above")
-    return judge.score(report.best.params), sum(e.compute for e in report.entries), judge.describe(report.best.params)
+    return judge.pick(report.best.params, sum(e.compute for e in report.entries))
+
+
+def median_pick(picks: list[Pick]) -> Pick:
+    """The pick with the median held-out score (the lower middle for an even count)."""
+    return sorted(picks, key=lambda p: p.score)[(len(picks) - 1) // 2]
 
 
 def search_efficiency(folder: Path, cache: Path, methods: list[str], seeds: list[int]) -> None:
@@ -155,52 +183,69 @@ def search_efficiency(folder: Path, cache: Path, methods: list[str], seeds: list
               "any ranking of searchers on this benchmark would be luck")
         return
     began = time.perf_counter()
-    grid_score, grid_compute, grid_pick = search(folder, judge, "grid", {"search": {"algorithm": "grid"},
-                                                                         "scheduler": {"kind": "none"}})
-    results = {"grid": [(grid_score, grid_compute, grid_pick)]}
+    grid = search(folder, judge, "grid", {"search": {"algorithm": "grid"}, "scheduler": {"kind": "none"}})
+    results = {"grid": [grid]}
     minutes = {"grid": (time.perf_counter() - began) / 60}
-    print(f"grid: recommends {grid_pick}, held-out {grid_score:.4f}, compute {grid_compute:.0f} tasks", flush=True)
+    print(f"grid: recommends {grid.name}, held-out {grid.score:.4f}, compute {grid.compute:.0f} tasks", flush=True)
     for method in methods:
         began, results[method] = time.perf_counter(), []
         for seed in seeds:
             settings = {**METHODS[method], "search": {**METHODS[method]["search"], "seed": seed}}
             if method in MATCHED:
-                spent = dict(zip(seeds, (c for _, c, _ in results.get("tpe-seeds", []))))
-                budget = spent.get(seed, grid_compute / 2)
+                spent = dict(zip(seeds, (p.compute for p in results.get(DEFAULT, []))))
+                budget = spent.get(seed, grid.compute / 2)
                 settings["search"]["num_trials"] = max(1, round(budget / TASKS))
-            results[method].append(search(folder, judge, f"{method}-s{seed}", settings))
-            score, compute, pick = results[method][-1]
-            print(f"{method} seed {seed}: recommends {pick}, held-out {score:.4f}, compute {compute:.0f} tasks",
-                  flush=True)
+            found = search(folder, judge, f"{method}-s{seed}", settings)
+            results[method].append(found)
+            print(f"{method} seed {seed}: recommends {found.name}, held-out {found.score:.4f}, "
+                  f"compute {found.compute:.0f} tasks", flush=True)
         minutes[method] = (time.perf_counter() - began) / 60
     print(f"\n{'method':<16} {'searcher seeds':>14} {'median held-out':>16} {'regret':>8} "
           f"{'median compute / grid':>22} {'minutes':>8}")
     medians = {}
-    for method, runs in results.items():
-        score, compute = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-        medians[method] = score, compute
-        print(f"{method:<16} {len(runs):>14} {score:>16.4f} {judge.best - score:>8.4f} "
-              f"{compute / grid_compute:>22.2f} {minutes[method]:>8.1f}")
+    for method, picks in results.items():
+        medians[method] = median_pick(picks), statistics.median(p.compute for p in picks)
+        score = medians[method][0].score
+        print(f"{method:<16} {len(picks):>14} {score:>16.4f} {judge.best - score:>8.4f} "
+              f"{medians[method][1] / grid.compute:>22.2f} {minutes[method]:>8.1f}")
     print(f"\nbest held-out mean in the grid {judge.best:.4f}; took {(time.perf_counter() - start) / 60:.1f} min")
-    print(f"target (tpe-seeds: held-out at least the grid's {grid_score:.4f} with at most half its compute, and "
-          f"above random's): {verdict(medians, grid_compute)}")
+    print(f"target ({DEFAULT}: held-out at least the grid's {grid.score:.4f} with at most half its compute, and "
+          f"above random's): {verdict(medians, grid.compute)}")
+    print(reading(judge, medians))
 
 
-def verdict(medians: dict[str, tuple[float, float]], grid_compute: float) -> str:
-    if "tpe-seeds" not in medians:
-        return "not judged: tpe-seeds was not among the methods"
-    score, compute = medians["tpe-seeds"]
+def verdict(medians: dict[str, tuple[Pick, float]], grid_compute: float) -> str:
+    if DEFAULT not in medians:
+        return f"not judged: {DEFAULT} was not among the methods"
+    pick, compute = medians[DEFAULT]
     misses = []
-    if score < medians["grid"][0]:
-        misses.append(f"held-out {score:.4f} below the grid's")
+    if pick.score < medians["grid"][0].score:
+        misses.append(f"held-out {pick.score:.4f} below the grid's")
     if compute > grid_compute / 2:
         misses.append(f"{compute / grid_compute:.2f} of the grid's compute")
     if "random" not in medians:
         misses.append("random was not among the methods")
-    elif score <= medians["random"][0]:
-        misses.append(f"not above random's {medians['random'][0]:.4f}")
+    elif pick.score <= medians["random"][0].score:
+        misses.append(f"not above random's {medians['random'][0].score:.4f}")
     return "missed: " + "; ".join(misses) if misses else (
-        f"met: held-out {score:.4f} with {compute / grid_compute:.2f} of the grid's compute")
+        f"met: held-out {pick.score:.4f} with {compute / grid_compute:.2f} of the grid's compute")
+
+
+def reading(judge: Judge, medians: dict[str, tuple[Pick, float]]) -> str:
+    """Which of the verdict's comparisons the held-out seeds can make: two picks tied on them
+    (the same configuration, or a paired interval that holds zero) differ by luck alone."""
+    if DEFAULT not in medians:
+        return ""
+    pick = medians[DEFAULT][0]
+    lines = []
+    for other in ("grid", "random"):
+        if other in medians:
+            theirs = medians[other][0]
+            same = "the same configuration" if theirs.point == pick.point else (
+                "tied within the held-out noise" if judge.tied(pick, theirs) else "told apart by the held-out seeds")
+            lines.append(f"{other}'s median pick ({theirs.name}, {theirs.score:.4f}) and {DEFAULT}'s "
+                         f"({pick.name}, {pick.score:.4f}): {same}")
+    return "reading: " + "; ".join(lines)
 
 
 def seed_list(text: str) -> list[int]:
@@ -212,7 +257,7 @@ def seed_list(text: str) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="tpe-seeds,random,tpe", help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=f"{DEFAULT},random,tpe", help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--seeds", default="0,1,2", type=seed_list, help="comma-separated searcher seeds")
     parser.add_argument("--cache", default=str(REPO / "bench" / ".cache" / "search_efficiency.json"), type=Path,
                         help="where the ground truth is kept between runs")
