@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 from aepg.cli import main
 from aepg.config import ConfigError
 from aepg.metrics import BUDGET_KEY
-from aepg.sweep.search import PrunedAwareOptunaSearch
+from aepg.sweep.search import SweepOptunaSearch
 from aepg.sweep.spec import load_sweep
 
 pytestmark = pytest.mark.ray
@@ -189,8 +189,8 @@ def test_asha_stopped_trials_reach_optuna_as_pruned():
     def space(trial):
         trial.suggest_float("x", 0.0, 1.0)
 
-    for cls, expected in ((OptunaSearch, "COMPLETE"), (PrunedAwareOptunaSearch, "PRUNED")):
-        kwargs = {"full_budget": 5} if cls is PrunedAwareOptunaSearch else {}
+    for cls, expected in ((OptunaSearch, "COMPLETE"), (SweepOptunaSearch, "PRUNED")):
+        kwargs = {"full_budget": 5} if cls is SweepOptunaSearch else {}
         searcher = cls(space=space, metric="acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0), **kwargs)
         assert searcher.suggest("t1") is not None
         for step in (1, 2):
@@ -203,6 +203,32 @@ def test_asha_stopped_trials_reach_optuna_as_pruned():
         searcher.suggest("t2")
         searcher.on_trial_complete("t2", {"acc": 0.8, BUDGET_KEY: 5, "training_iteration": 5})
         assert searcher._ot_study.trials[1].state.name == "COMPLETE"
+
+
+@pytest.mark.parametrize("sampler", ["TPESampler", "RandomSampler"])
+def test_a_configuration_already_proposed_is_not_trained_again_while_the_space_has_untried_ones(sampler):
+    """Over choices alone a sampler proposes configurations again (TPE after its start-up trials
+    most of all); each of the six trials here gets one of the six configurations, the repeats
+    are told FAIL with the trial they repeat, and a seventh, with nothing untried, may repeat."""
+    import optuna
+
+    def space(trial):
+        trial.suggest_categorical("kind", ["ce", "aepg"])
+        trial.suggest_categorical("lr", [0.001, 0.003, 0.01])
+
+    searcher = SweepOptunaSearch(space=space, metric="acc", mode="max", full_budget=1,
+                                 sampler=getattr(optuna.samplers, sampler)(seed=0))
+    proposed = []
+    for index in range(6):
+        proposed.append(searcher.suggest(f"t{index}"))
+        value = 0.9 if proposed[-1] == {"kind": "ce", "lr": 0.003} else 0.5  # TPE exploits the best
+        searcher.on_trial_complete(f"t{index}", {"acc": value, BUDGET_KEY: 1, "training_iteration": 1})
+    assert len({(p["kind"], p["lr"]) for p in proposed}) == 6
+    repeats = [t for t in searcher._ot_study.trials if t.state.name == "FAIL"]
+    told = {t.number: (t.params["kind"], t.params["lr"]) for t in searcher._ot_study.trials if t.state.name == "COMPLETE"}
+    assert all(told[t.user_attrs["repeat_of"]] == (t.params["kind"], t.params["lr"]) for t in repeats)
+    assert [searcher.optuna_state(f"t{index}") for index in range(6)] == ["COMPLETE"] * 6
+    assert searcher.suggest("t6") in proposed  # the space is used up: a repeat rather than no trial
 
 
 def test_the_terminal_shows_one_line_per_event_and_ends_with_the_results(ray_address, workdir):
@@ -603,7 +629,7 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(ray_address,
         assert trial.data.metrics["seeds/count"] == 1 and trial.data.tags["aepg.optuna_state"] == "PRUNED"
         assert not [r for r in nested if r.data.tags["mlflow.parentRunId"] == trial.info.run_id]
     # The searcher's own record: what Optuna was told for each complete trial is its seed-mean.
-    searcher = PrunedAwareOptunaSearch(metric="seeds/mean_avg_incremental_accuracy", mode="max", full_budget=3)
+    searcher = SweepOptunaSearch(metric="seeds/mean_avg_incremental_accuracy", mode="max", full_budget=3)
     searcher.restore_from_dir(parent.data.params["sweep.path"])
     told = sorted(t.value for t in searcher._ot_study.trials if t.state.name == "COMPLETE")
     assert told == pytest.approx(sorted(t.data.metrics["seeds/mean_avg_incremental_accuracy"] for t in finished),

@@ -78,17 +78,43 @@ def searched_metric(sweep) -> str:
     return level_metric(spec.metric) if spec.scheduler.climbs else partial_name(spec.metric)
 
 
-class PrunedAwareOptunaSearch(OptunaSearch):
-    """Optuna search that tells trials stopped before the full budget as PRUNED.
+class SweepOptunaSearch(OptunaSearch):
+    """Ray Tune's Optuna search, told the truth about stopped trials and not wasting trials.
 
-    Ray's OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial value, which
-    biases TPE toward configurations that merely look good early. Here such trials end as
-    PRUNED, keeping the intermediate values Optuna already received.
+    Ray's OptunaSearch tells an ASHA-stopped trial COMPLETE with its partial value, which biases
+    TPE toward configurations that merely look good early. Here such trials end as PRUNED,
+    keeping the intermediate values Optuna already received.
+
+    Over a space of choices a sampler often proposes a configuration again (TPE does, as it
+    exploits); trained again on the same seeds it would give the same numbers for the same
+    compute. Such a proposal is told FAIL (samplers learn nothing from it; its ``repeat_of`` user
+    attribute names the trial it repeats) and Optuna is asked again, up to ``REDRAWS`` times;
+    only when the space has nothing untried left does a trial repeat one.
     """
+
+    REDRAWS = 50
 
     def __init__(self, *args, budget_key: str = BUDGET_KEY, full_budget: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.budget_key, self.full_budget = budget_key, full_budget
+        self._proposed: dict[str, int] = {}
+        """Each configuration proposed so far (as JSON), to the number of its Optuna trial."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        import json
+
+        from optuna.trial import TrialState
+
+        for attempt in range(self.REDRAWS):
+            params = super().suggest(trial_id)
+            key = json.dumps(params, sort_keys=True, default=str)
+            if key not in self._proposed or attempt == self.REDRAWS - 1:
+                break
+            repeat = self._ot_trials.pop(trial_id)
+            repeat.set_user_attr("repeat_of", self._proposed[key])
+            self._ot_study.tell(repeat, state=TrialState.FAIL)
+        self._proposed.setdefault(key, self._ot_trials[trial_id].number)
+        return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         stopped_early = not error and result and result.get(self.budget_key, self.full_budget) < self.full_budget
@@ -118,10 +144,10 @@ class RungASHA(OwnMetric, ASHAScheduler):
     """ASHA comparing trials at its rungs on ``compared_metric``."""
 
 
-def optuna_search(sweep) -> tuple[None, PrunedAwareOptunaSearch, int]:
+def optuna_search(sweep) -> tuple[None, SweepOptunaSearch, int]:
     """An Optuna sampler (the entry's ``sampler()``) over the define-by-run space."""
     key, full = budget(sweep)
-    found = PrunedAwareOptunaSearch(space=sweep.define_by_run(), metric=searched_metric(sweep), mode=sweep.spec.mode,
+    found = SweepOptunaSearch(space=sweep.define_by_run(), metric=searched_metric(sweep), mode=sweep.spec.mode,
                                     sampler=sweep.spec.search.sampler(), budget_key=key, full_budget=full)
     return None, found, sweep.spec.search.num_trials
 
