@@ -508,6 +508,22 @@ def run_names(driver) -> list[str] | None:
     return unless_redrawn(read)
 
 
+def dot_colours(driver) -> dict[str, str] | None:
+    """Each run's name in the runs table to the colour of the dot before it."""
+    from selenium.webdriver.common.by import By
+
+    def read() -> dict[str, str]:
+        colours = {}
+        for row in driver.find_elements(By.CSS_SELECTOR, "[role=row][row-index]"):
+            links = row.find_elements(By.CSS_SELECTOR, "a[href*='/runs/']")
+            dots = row.find_elements(By.CSS_SELECTOR, "[data-testid=experiment-view-table-run-color]")
+            if links and dots:
+                colours[links[0].text] = dots[0].value_of_css_property("background-color")
+        return colours
+
+    return unless_redrawn(read)
+
+
 def rows_once_all_shown(driver, count: int) -> list[str] | None:
     names = run_names(driver)
     return names if names is not None and len(names) == count else None
@@ -538,6 +554,15 @@ def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_
     browser.find_element(By.CSS_SELECTOR, "[role=row] button[data-component-id*=runnamecellrenderer]").click()
     names = wait_until(lambda: rows_once_all_shown(browser, 9), "the trials under the sweep", timeout=30)
     assert names[0] == parent.info.run_name and set(names[1:]) == {c.info.run_name for c in children}
+    # Each run's dot has the colour aepg gave it; no CE trial shares one with an aEPG trial or the sweep.
+    dots = wait_until(lambda: (found := dot_colours(browser)) and len(found) == 9 and found, "the runs' colours", timeout=30)
+    for run in (parent, *children):
+        red, green, blue = (int(run.data.tags["mlflow.runColor"][i:i + 2], 16) for i in (1, 3, 5))
+        assert dots[run.info.run_name] == f"rgba({red}, {green}, {blue}, 1)", run.info.run_name
+    by_objective = {kind: {dots[c.info.run_name] for c in children if c.data.params["objective.kind"] == kind}
+                    for kind in ("ce", "aepg")}
+    assert by_objective["ce"] and by_objective["aepg"] and not by_objective["ce"] & by_objective["aepg"]
+    assert dots[parent.info.run_name] not in by_objective["ce"] | by_objective["aepg"]
 
     # Sorted by the final metric, finished trials come first, the best on top; stopped ones follow.
     browser.get(f"{mlflow_ui}/#/experiments/{experiment}/runs?workflowType=machine_learning"
@@ -568,6 +593,14 @@ def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_
         return False
 
     wait_until(best_page_open, "the best trial's page", timeout=30)
+
+    # A stopped trial's page says so first thing, with the partial value marked as such.
+    stopped = next(c for c in children if c.data.tags["aepg.status"] == "stopped early")
+    browser.get(f"{mlflow_ui}/#/experiments/{experiment}/runs/{stopped.info.run_id}")
+    note = wait_until(lambda: unless_redrawn(lambda: [e.text for e in browser.find_elements(
+        By.XPATH, "//*[starts-with(normalize-space(text()), 'stopped early, ')]") if e.is_displayed()]),
+        "the stopped trial's description", timeout=60)
+    assert "when it stopped (partial: not comparable with finished trials)" in note[0]
 
 
 def test_a_data_ladder_restarts_promoted_trials_at_more_data(ray_address, workdir):
