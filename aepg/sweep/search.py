@@ -88,11 +88,11 @@ class SweepOptunaSearch(OptunaSearch):
     Over a space of choices a sampler often proposes a configuration again (TPE does, as it
     exploits); trained again on the same seeds it would give the same numbers for the same
     compute. Such a proposal is told FAIL (samplers learn nothing from it; its ``repeat_of`` user
-    attribute names the trial it repeats) and Optuna is asked again, up to ``REDRAWS`` times;
-    only when the space has nothing untried left does a trial repeat one.
+    attribute names the trial it repeats) and a configuration not yet tried, drawn at random
+    (seeded), is trained in its place; only when ``REDRAWS`` draws find none does a trial repeat one.
     """
 
-    REDRAWS = 50
+    REDRAWS = 200
 
     def __init__(self, *args, budget_key: str = BUDGET_KEY, full_budget: int, **kwargs):
         super().__init__(*args, **kwargs)
@@ -101,20 +101,33 @@ class SweepOptunaSearch(OptunaSearch):
         """Each configuration proposed so far (as JSON), to the number of its Optuna trial."""
 
     def suggest(self, trial_id: str) -> dict | None:
-        import json
-
         from optuna.trial import TrialState
 
-        for attempt in range(self.REDRAWS):
-            params = super().suggest(trial_id)
-            key = json.dumps(params, sort_keys=True, default=str)
-            if key not in self._proposed or attempt == self.REDRAWS - 1:
-                break
+        params = super().suggest(trial_id)
+        repeated = self._proposed.get(_key(self._ot_trials[trial_id].params))
+        untried = self._untried() if repeated is not None else None
+        if untried is not None:
             repeat = self._ot_trials.pop(trial_id)
-            repeat.set_user_attr("repeat_of", self._proposed[key])
+            repeat.set_user_attr("repeat_of", repeated)
             self._ot_study.tell(repeat, state=TrialState.FAIL)
-        self._proposed.setdefault(key, self._ot_trials[trial_id].number)
+            self._ot_study.enqueue_trial(untried)
+            params = super().suggest(trial_id)
+        trial = self._ot_trials[trial_id]
+        self._proposed.setdefault(_key(trial.params), trial.number)
         return params
+
+    def _untried(self) -> dict | None:
+        """A configuration of the space not proposed yet, drawn at random, or None if none is found."""
+        import optuna
+
+        if getattr(self, "_draws", None) is None:  # one study of random draws per search, seeded as the search
+            self._draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self._seed))
+        for _ in range(self.REDRAWS):
+            trial = self._draws.ask()
+            self._space(trial)
+            if _key(trial.params) not in self._proposed:
+                return trial.params
+        return None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         stopped_early = not error and result and result.get(self.budget_key, self.full_budget) < self.full_budget
@@ -129,6 +142,12 @@ class SweepOptunaSearch(OptunaSearch):
     def optuna_state(self, trial_id: str) -> str | None:
         trial = self._ot_trials.get(trial_id)
         return self._ot_study.trials[trial.number].state.name if trial is not None else None
+
+
+def _key(params: dict) -> str:
+    import json
+
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 class OwnMetric:
