@@ -151,6 +151,8 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     for kind in ("ce", "aepg"):  # one hue family per objective: the two never share a colour
         others = {colour[c.info.run_id] for c in children if c.data.params["objective.kind"] != kind}
         assert not others & {colour[c.info.run_id] for c in children if c.data.params["objective.kind"] == kind}
+    # Finished trials take the family's strong shades, the others its pale ones.
+    assert not {colour[c.info.run_id] for c in finished} & {colour[c.info.run_id] for c in children if c not in finished}
 
     # The best config is written under the working directory and reproduces with `aepg train`.
     (best,) = list((tiny_sweep / "aepg_sweeps").glob("tiny-*/best.yaml"))
@@ -570,6 +572,19 @@ def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_
                     for kind in ("ce", "aepg")}
     assert by_objective["ce"] and by_objective["aepg"] and not by_objective["ce"] & by_objective["aepg"]
     assert dots[parent.info.run_name] not in by_objective["ce"] | by_objective["aepg"]
+    # Trials that did not finish are marked by a paler dot than any finished trial of their objective.
+    def lightness(run) -> int:
+        return sum(int(part) for part in dots[run.info.run_name].removeprefix("rgba(").split(",")[:3])
+
+    compared = 0
+    for kind in ("ce", "aepg"):
+        family = [c for c in children if c.data.params["objective.kind"] == kind]
+        done = [lightness(c) for c in family if c.data.tags["aepg.status"] == "finished"]
+        undone = [lightness(c) for c in family if c.data.tags["aepg.status"] != "finished"]
+        if done and undone:
+            assert max(done) < min(undone), kind
+            compared += 1
+    assert compared, "no objective has both finished trials and others"
 
     # Sorted by the final metric, finished trials come first, the best on top; stopped ones follow.
     browser.get(f"{mlflow_ui}/#/experiments/{experiment}/runs?workflowType=machine_learning"

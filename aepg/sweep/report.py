@@ -475,16 +475,19 @@ def child_note(entry: Entry, rank: int, of: int, metric: str) -> str:
 
 
 def run_colours(entries: list[Entry]) -> dict[str, str]:
-    """A hue family per objective, darker for better ranks, so the compared objectives never share a
-    colour in MLflow's charts (``entries`` in leaderboard order)."""
+    """A hue family per objective, so the compared objectives never share a colour in MLflow's
+    charts and runs table: finished trials in its strong shades, darker for better ranks; trials
+    that did not finish (stopped early, failed) in its pale ones, which no finished trial takes
+    (``entries`` in leaderboard order)."""
     from matplotlib import colormaps, colors
 
     kinds = sorted({entry.objective for entry in entries})
     colours = {}
     for i, kind in enumerate(kinds):
-        family = [entry for entry in entries if entry.objective == kind]
         cmap = colormaps[FAMILIES[i % len(FAMILIES)]]
-        for j, entry in enumerate(family):
-            shade = colors.to_hex(cmap(0.95 - 0.5 * j / max(1, len(family) - 1)))
-            colours.update(dict.fromkeys(entry.run_ids, shade))
+        for finished, (darkest, lightest) in ((True, (0.95, 0.5)), (False, (0.4, 0.2))):
+            group = [entry for entry in entries if entry.objective == kind and (entry.status == "finished") == finished]
+            for j, entry in enumerate(group):
+                shade = colors.to_hex(cmap(darkest - (darkest - lightest) * j / max(1, len(group) - 1)))
+                colours.update(dict.fromkeys(entry.run_ids, shade))
     return colours
