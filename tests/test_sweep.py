@@ -224,14 +224,19 @@ def test_a_configuration_already_proposed_is_not_trained_again_while_the_space_h
         trial.suggest_categorical("kind", ["ce", "aepg"])
         trial.suggest_categorical("lr", [0.001, 0.003, 0.01])
 
-    searcher = SweepOptunaSearch(space=space, metric="acc", mode="max", full_budget=1,
-                                 sampler=SAMPLERS[sampler](optuna))
-    proposed = []
-    for index in range(6):
-        proposed.append(searcher.suggest(f"t{index}"))
-        value = 0.9 if proposed[-1] == {"kind": "ce", "lr": 0.003} else 0.5  # TPE exploits the best
-        searcher.on_trial_complete(f"t{index}", {"acc": value, BUDGET_KEY: 1, "training_iteration": 1})
+    def search() -> tuple[SweepOptunaSearch, list[dict]]:
+        searcher = SweepOptunaSearch(space=space, metric="acc", mode="max", full_budget=1,
+                                     sampler=SAMPLERS[sampler](optuna), draw_seed=3)
+        proposed = []
+        for index in range(6):
+            proposed.append(searcher.suggest(f"t{index}"))
+            value = 0.9 if proposed[-1] == {"kind": "ce", "lr": 0.003} else 0.5  # TPE exploits the best
+            searcher.on_trial_complete(f"t{index}", {"acc": value, BUDGET_KEY: 1, "training_iteration": 1})
+        return searcher, proposed
+
+    searcher, proposed = search()
     assert len({(p["kind"], p["lr"]) for p in proposed}) == 6
+    assert search()[1] == proposed  # the draws that replace repeats are seeded: the search reruns the same
     repeats = [t for t in searcher._ot_study.trials if t.state.name == "FAIL"]
     told = {t.number: (t.params["kind"], t.params["lr"]) for t in searcher._ot_study.trials if t.state.name == "COMPLETE"}
     assert all(told[t.user_attrs["repeat_of"]] == (t.params["kind"], t.params["lr"]) for t in repeats)

@@ -26,6 +26,8 @@ COMPLETE with a value from less than the full budget. Compute is counted in task
 
 from __future__ import annotations
 
+import json
+
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -89,16 +91,18 @@ class SweepOptunaSearch(OptunaSearch):
     exploits); trained again on the same seeds it would give the same numbers for the same
     compute. Such a proposal is told FAIL (samplers learn nothing from it; its ``repeat_of`` user
     attribute names the trial it repeats) and a configuration not yet tried, drawn at random
-    (seeded), is trained in its place; only when ``REDRAWS`` draws find none does a trial repeat one.
+    (seeded with the search), is trained in its place; only when ``REDRAWS`` draws find none does a trial repeat one.
     """
 
     REDRAWS = 200
 
-    def __init__(self, *args, budget_key: str = BUDGET_KEY, full_budget: int, **kwargs):
+    def __init__(self, *args, budget_key: str = BUDGET_KEY, full_budget: int, draw_seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.budget_key, self.full_budget = budget_key, full_budget
+        self.budget_key, self.full_budget, self.draw_seed = budget_key, full_budget, draw_seed
         self._proposed: dict[str, int] = {}
         """Each configuration proposed so far (as JSON), to the number of its Optuna trial."""
+        self._draws = None
+        """The study that draws untried configurations at random (made on the first repeat)."""
 
     def suggest(self, trial_id: str) -> dict | None:
         from optuna.trial import TrialState
@@ -120,8 +124,8 @@ class SweepOptunaSearch(OptunaSearch):
         """A configuration of the space not proposed yet, drawn at random, or None if none is found."""
         import optuna
 
-        if getattr(self, "_draws", None) is None:  # one study of random draws per search, seeded as the search
-            self._draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self._seed))
+        if self._draws is None:
+            self._draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.draw_seed))
         for _ in range(self.REDRAWS):
             trial = self._draws.ask()
             self._space(trial)
@@ -145,8 +149,6 @@ class SweepOptunaSearch(OptunaSearch):
 
 
 def _key(params: dict) -> str:
-    import json
-
     return json.dumps(params, sort_keys=True, default=str)
 
 
@@ -167,7 +169,8 @@ def optuna_search(sweep) -> tuple[None, SweepOptunaSearch, int]:
     """An Optuna sampler (the entry's ``sampler()``) over the define-by-run space."""
     key, full = budget(sweep)
     found = SweepOptunaSearch(space=sweep.define_by_run(), metric=searched_metric(sweep), mode=sweep.spec.mode,
-                                    sampler=sweep.spec.search.sampler(), budget_key=key, full_budget=full)
+                              sampler=sweep.spec.search.sampler(), budget_key=key, full_budget=full,
+                              draw_seed=getattr(sweep.spec.search, "seed", 0))
     return None, found, sweep.spec.search.num_trials
 
 
