@@ -345,7 +345,8 @@ def _one_task_done(child) -> bool:
 
 
 # SIGTERM mid-task, after every trial has started: none is left to start, and only the trials' open
-# runs say the sweep was cut short. SIGKILL once a trial finished: the others start on resume.
+# runs say the sweep was cut short. SIGKILL once a trial finished: the resume finishes the others
+# (starting those the dead driver had not).
 @pytest.mark.parametrize("kill, trials, tasks, when", [(signal.SIGTERM, 2, 3, _one_task_done),
                                                        (signal.SIGKILL, 4, 2, _finished)], ids=["SIGTERM", "SIGKILL"])
 def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill, trials, tasks, when):
@@ -363,8 +364,8 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill, tr
         assert driver.returncode == 143, output[-3000:]
         assert "sweep stopped by SIGTERM; continue it with: aepg sweep --resume" in output
     (folder,) = list((workdir / "aepg_sweeps").glob("tiny-*"))
-    before = len(live_children(workdir / "mlflow.db"))
-    assert 1 <= before <= min(trials, 3)  # at most one more trial started as the first finished
+    before = live_children(workdir / "mlflow.db")
+    assert before and sum(run.info.status == "FINISHED" for run in before) < trials, "nothing left to resume"
     time.sleep(2)  # the dead driver's trials end with its job
 
     resumed = run_aepg(["sweep", "--resume", str(folder)], cwd=workdir, env={"RAY_ADDRESS": ray_address})
