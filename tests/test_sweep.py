@@ -96,6 +96,12 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert len({c.data.tags["aepg.trial_id"] for c in children}) == 8
 
+    # Each trial was handed its run: its Tune folder names the child run tagged with its trial id.
+    (sweep_folder,) = (tiny_sweep / "aepg_sweeps").glob("tiny-*")
+    for child in children:
+        handed = json.loads((sweep_folder / f"trial_{child.data.tags['aepg.trial_id']}" / "mlflow_run.json").read_text())
+        assert handed == {"run_id": child.info.run_id, "name": child.info.run_name,
+                          "config_id": child.data.tags["aepg.config_id"]}
     status = {c.info.run_id: c.data.tags["aepg.status"] for c in children}  # every child says how it ended
     assert sorted(int(c.data.tags["aepg.trial_index"]) for c in children) == list(range(1, 9))
     nan_trials = [c for c in children if float(c.data.params["model.head_init_std"]) > 1]

@@ -1,9 +1,9 @@
 """Run a sweep with Ray Tune: Optuna TPE (or random, or a grid), ASHA over tasks, MLflow runs.
 
 The driver owns MLflow: it opens the sweep's parent run, opens each trial's child run when
-the trial starts (tagged ``mlflow.parentRunId``, named by what differs), and sets every status:
-FINISHED (``aepg.status`` finished, or stopped early for trials ASHA stopped) or FAILED (with
-the reason). A trial only logs into its run. Each trial is one run of the trainer, in its Tune
+the trial starts (tagged ``mlflow.parentRunId``, named by what differs) and hands the trial its
+run id, and sets every status: FINISHED (``aepg.status`` finished, or stopped early for trials
+ASHA stopped) or FAILED (with the reason). A trial only logs into the run it was handed. Each trial is one run of the trainer, in its Tune
 process (``scaling.num_workers: 0``) or as a Ray Train TorchTrainer with N workers.
 
 Trials are ranked on ``final/<metric>``, which only trials that trained every task report;
@@ -18,7 +18,7 @@ import os
 import statistics
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +58,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aepg")
 
+TRIAL_PREFIX = "trial_"
+"""A trial's Tune folder is this and its trial id."""
+HANDED_RUN_FILE = "mlflow_run.json"
+"""In a trial's Tune folder: the run the driver opened for the trial."""
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """The MLflow run the driver opened for a trial, as the trial is handed it."""
+
+    run_id: str
+    name: str
+    config_id: str
 
 
 @dataclass
@@ -105,7 +118,28 @@ class SweepRuntime:
         found = self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
         return found[0] if found else None
 
-    def level_run(self, trial_run: RunRecord, level: fidelity.Level, cfg: RunConfig) -> str:
+    def _trial_folder(self, trial_id: str) -> tuple[pafs.FileSystem, str]:
+        return pafs.FileSystem.from_uri(f"{self.tune_path.rstrip('/')}/{TRIAL_PREFIX}{trial_id}")
+
+    def hand_run(self, trial_id: str, run: TrialRun) -> None:
+        """Give a starting trial its run, in the trial's own folder of the sweep's (shared) storage:
+        the driver writes it as Tune starts the trial, before the trial's function runs."""
+        fs, folder = self._trial_folder(trial_id)
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(f"{folder}/{HANDED_RUN_FILE}") as out:
+            out.write(json.dumps(asdict(run)).encode())
+
+    def handed_run(self, trial_id: str) -> TrialRun:
+        """The run ``hand_run`` gave this trial."""
+        fs, folder = self._trial_folder(trial_id)
+        try:
+            with fs.open_input_stream(f"{folder}/{HANDED_RUN_FILE}") as stream:
+                return TrialRun(**json.loads(stream.read()))
+        except FileNotFoundError:
+            raise RuntimeError(f"trial {trial_id} was handed no MLflow run (no {HANDED_RUN_FILE} in {folder}): "
+                               "the sweep's storage_path must be shared by every node") from None
+
+    def level_run(self, trial_run: TrialRun, level: fidelity.Level, cfg: RunConfig) -> str:
         """The run of a ladder level below the full budget, nested under the trial's run (opened
         once; a retried or resumed trial finds it and continues from its checkpoints)."""
         tags = {tracking.PARENT_TAG: trial_run.run_id, LEVEL_TAG: str(level.index)}
@@ -116,7 +150,7 @@ class SweepRuntime:
         cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@{self.sweep.spec.scheduler.fidelity}-{level.label}"})
         return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "low fidelity", SWEEP_TAG: self.name})
 
-    def seed_run(self, trial_run: RunRecord, seed: int, cfg: RunConfig) -> str:
+    def seed_run(self, trial_run: TrialRun, seed: int, cfg: RunConfig) -> str:
         """The run of one more seed of a trial's configuration, nested under the trial's run (opened
         once; a retried trial finds it and continues from its checkpoints)."""
         tags = {tracking.PARENT_TAG: trial_run.run_id, SEED_TAG: str(seed)}
@@ -125,8 +159,8 @@ class SweepRuntime:
             self.tracker.reopen_run(found[0].run_id)
             return found[0].run_id
         cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@s{seed}"})
-        config = trial_run.tags.get(CONFIG_TAG, "")
-        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "seed run", SWEEP_TAG: self.name, CONFIG_TAG: config})
+        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "seed run", SWEEP_TAG: self.name,
+                                           CONFIG_TAG: trial_run.config_id})
 
     def children(self, every_stage: bool = False) -> list[RunRecord]:
         """The trial runs under the sweep's parent run: this stage's, or (``every_stage``) all."""
@@ -157,14 +191,11 @@ class SweepRuntime:
 # -- the trial ----------------------------------------------------------------------------------
 
 def run_trial(config: dict, runtime: SweepRuntime) -> None:
-    """One trial: the run the driver opened for it as the trial started, then train, reporting after each task (or,
+    """One trial: the run the driver handed it as the trial started, then train, reporting after each task (or,
     with an epochs or data fidelity, after each level of the ladder)."""
-    trial_id = tune.get_context().get_trial_id()
     params = config.get("params", config)
-    # Tune calls on_trial_start, which opens the run, before the trial's first step runs this.
-    run = runtime.find_child(trial_id)
-    if run is None:
-        raise RuntimeError(f"no MLflow run was opened for trial {trial_id} under sweep run {runtime.parent_run_id}")
+    # Tune calls on_trial_start, which hands the run over, before the trial's first step runs this.
+    run = runtime.handed_run(tune.get_context().get_trial_id())
     cfg = runtime.trial_config(params, run.name)
     runtime.tracker.set_tags(run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
     if runtime.sweep.spec.scheduler.climbs:
@@ -185,7 +216,7 @@ def train(cfg: RunConfig, run_id: str, runtime: SweepRuntime, report=None, full_
     return run_workers(cfg, run_id, runtime.tracker, report, full_budget, runtime.sweep.spec.trial.cpus)
 
 
-def climb(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
+def climb(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
     """The epochs or data ladder: the whole task sequence at each level, from the smallest share of
     the budget up, reporting after each; ASHA stops the trial or lets it restart one level up.
     Levels below the full budget train into runs nested under the trial's run."""
@@ -208,7 +239,7 @@ def climb(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
         tune.report({**state.metrics(tasks, placeholders=True), **progress})
 
 
-def train_seeds(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
+def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
     """The seed ladder: the configuration trained at full budget on the sweep's seeds in order (the
     first into the trial's run, the others into runs nested under it), reporting the seed-mean after
     each; ASHA stops the trial or lets it go on to more seeds. A retried trial keeps the seeds it
@@ -235,7 +266,7 @@ def train_seeds(cfg: RunConfig, run: RunRecord, runtime: SweepRuntime) -> None:
 # -- the MLflow callback ------------------------------------------------------------------------
 
 class MlflowTrialRuns(tune.Callback):
-    """Opens each trial's child run at its (re)start and sets its final status."""
+    """Opens each trial's child run at its (re)start, hands the trial its id, and sets its final status."""
 
     def __init__(self, runtime: SweepRuntime, searcher):
         self.runtime, self.searcher = runtime, searcher
@@ -248,6 +279,8 @@ class MlflowTrialRuns(tune.Callback):
             self.names[trial.trial_id] = existing.name
             self.runtime.tracker.reopen_run(existing.run_id)
             self.runtime.tracker.set_tags(existing.run_id, {STATUS_TAG: "running"})
+            self.runtime.hand_run(trial.trial_id, TrialRun(existing.run_id, existing.name,
+                                                           existing.tags.get(CONFIG_TAG, "")))
             return
         index = len(self.runtime.children(every_stage=True)) + 1  # start order, also across a resumed sweep
         params = trial.config.get("params", trial.config)
@@ -257,10 +290,11 @@ class MlflowTrialRuns(tune.Callback):
         try:
             cfg = self.runtime.trial_config(params, name)
         except ConfigError as error:  # an invalid combination: the trial fails on it too
-            self.runtime.tracker.create_run(self.runtime.sweep.experiment, name, tags, params)
+            run_id = self.runtime.tracker.create_run(self.runtime.sweep.experiment, name, tags, params)
             log.warning("trial %s has an invalid config: %s", trial.trial_id, error)
-            return
-        self.runtime.tracker.open_run(cfg, tags=tags)
+        else:
+            run_id = self.runtime.tracker.open_run(cfg, tags=tags)
+        self.runtime.hand_run(trial.trial_id, TrialRun(run_id, name, tags[CONFIG_TAG]))
 
     def _close(self, trial, status: str, tags: dict, reason: str | None = None) -> None:
         run = self.runtime.find_child(trial.trial_id)
@@ -436,7 +470,7 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
     except BaseException as error:
         runtime.tracker.close_run(runtime.parent_run_id, "FAILED", f"{type(error).__name__}: {error}")
         raise
-    _drop_orphans(runtime, {Path(r.path).name.removeprefix("trial_") for r in results})
+    _drop_orphans(runtime, {Path(r.path).name.removeprefix(TRIAL_PREFIX) for r in results})
     # Ctrl-C: Tune saved its state, then stopped the running trials, which it counts as terminated
     # although they never ended (their runs are still open): either sign means interrupted.
     cut_short = [child for child in runtime.children() if child.status == "RUNNING"]
@@ -460,7 +494,7 @@ def _drop_orphans(runtime: SweepRuntime, trial_ids: set[str]) -> None:
 
 def trial_dirname(trial) -> str:
     """Trial folders named by trial id alone, so results map back to MLflow runs."""
-    return f"trial_{trial.trial_id}"
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
 def finalize(runtime: SweepRuntime) -> SweepReport:
