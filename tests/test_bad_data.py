@@ -17,7 +17,7 @@ from PIL import Image
 from test_benchmarks import fake_fashion
 
 from aepg import preflight
-from aepg.benchmarks import DataError
+from aepg.benchmarks import DataError, imagenet_r_split_file
 from aepg.benchmarks.tasks import build_benchmark
 from aepg.config import BenchmarkConfig, load_config
 
@@ -123,7 +123,7 @@ def test_a_saved_split_that_names_missing_files_or_is_not_json(imagenet_r):
     (imagenet_r / "imagenet-r" / "n00000005" / "img_4.jpg").unlink()
     lines = [f"{key}: {message}" for key, message in preflight.problems(cfg_for(imagenet_r))]
     assert any("named by the metadata but missing" in line and "n00000005/img_4.jpg" in line for line in lines), lines
-    (imagenet_r / "imagenet-r_split_seed0.json").write_text('{"train": [')
+    imagenet_r_split_file(cfg_for(imagenet_r).benchmark).write_text('{"train": [')
     assert "cannot be read as JSON" in preflight.problems(cfg_for(imagenet_r))[0][1]
 
 

@@ -59,7 +59,8 @@ def test_imagenet_r_folders_and_pinned_split(tmp_path):
             jpeg(tmp_path / "imagenet-r" / f"n{c:08d}" / f"img_{i}.jpg", c * 10 + i)
     bench = build(tmp_path, dataset="imagenet-r", num_tasks=10, split_seed=3)
     check_tasks(bench, 200, 10, 800, 200)
-    split_file = tmp_path / "imagenet-r_split_seed3.json"
+    (split_file,) = (tmp_path / ".aepg-cache").glob("imagenet-r_split_seed3_*.json")  # aepg's folder, not the user's
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".aepg-cache", "imagenet-r"]
     split = json.loads(split_file.read_text())
     assert len(split["train"]) == 800 and not set(split["train"]) & set(split["test"])
     assert bench.split_manifest == split
@@ -68,6 +69,11 @@ def test_imagenet_r_folders_and_pinned_split(tmp_path):
     assert again.split_manifest == split
     other = build(tmp_path, dataset="imagenet-r", num_tasks=10, split_seed=4).split_manifest
     assert other["test"] != split["test"]
+    # A split an earlier aepg pinned beside the data is still the one read.
+    earlier = {**split, "seed": 4}  # seed 3's lists, which seed 4 does not make
+    (tmp_path / "imagenet-r_split_seed4.json").write_text(json.dumps(earlier))
+    split_file.with_name(split_file.name.replace("seed3", "seed4")).unlink()
+    assert build(tmp_path, dataset="imagenet-r", num_tasks=10, split_seed=4).split_manifest == earlier
 
 
 def test_cub200_official_split(tmp_path):

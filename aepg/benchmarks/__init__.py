@@ -9,6 +9,7 @@ turns a data set into tasks. docs/extending.md shows how to add one.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -156,8 +157,18 @@ DIGITS_TEST = [45, 46, 44, 46, 45, 46, 45, 45, 43, 45]
 
 
 def imagenet_r_split_file(cfg: BenchmarkConfig) -> Path:
-    """Where the pinned split for ``split_seed`` is saved: beside the data folder."""
-    return imagenet_r_folder(cfg).parent / f"imagenet-r_split_seed{cfg.split_seed}.json"
+    """Where the pinned split for ``split_seed`` is saved: in aepg's cache folder (never among the
+    user's files), named by the data folder it splits."""
+    folder = imagenet_r_folder(cfg).resolve()
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    return cache_folder(cfg) / f"imagenet-r_split_seed{cfg.split_seed}_{digest}.json"
+
+
+def _saved_split_file(cfg: BenchmarkConfig) -> Path:
+    """The pinned split file to read: aepg's, or one an earlier aepg saved beside the data folder."""
+    earlier = imagenet_r_folder(cfg).parent / f"imagenet-r_split_seed{cfg.split_seed}.json"
+    saved = imagenet_r_split_file(cfg)
+    return earlier if earlier.is_file() and not saved.is_file() else saved
 
 
 def _read_json(path: Path):
@@ -173,7 +184,7 @@ def imagenet_r_split(cfg: BenchmarkConfig) -> dict:
     import numpy as np
 
     folder = imagenet_r_folder(cfg)
-    saved = imagenet_r_split_file(cfg)
+    saved = _saved_split_file(cfg)
     if saved.is_file():
         split = _read_json(saved)
         if not isinstance(split, dict) or not all(isinstance(split.get(part), list) for part in ("train", "test")):

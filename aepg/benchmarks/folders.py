@@ -26,7 +26,7 @@ def _splits(listing: Listing, manifest: dict | None = None) -> ImageSplits:
 def load_imagenet_r_splits(cfg: BenchmarkConfig) -> ImageSplits:
     """ImageNet-R's public archive (``imagenet-r/<wnid>/*.jpg``, 200 classes) has no split: 80% of
     each class's images (sorted, then shuffled with ``split_seed``) train, 20% test. The split is
-    saved as a file list beside the data the first time and read back after, so it stays pinned."""
+    saved as a file list in aepg's cache folder the first time and read back after, so it stays pinned."""
     listing = imagenet_r_listing(cfg)
     folder = listing.folder
     split = {"seed": cfg.split_seed, **{part: [str(path.relative_to(folder)) for path, _ in getattr(listing, part)]
@@ -34,10 +34,11 @@ def load_imagenet_r_splits(cfg: BenchmarkConfig) -> ImageSplits:
     split_file = imagenet_r_split_file(cfg)
     if not split_file.is_file():
         try:  # atomically: concurrent trials may write it at once
+            split_file.parent.mkdir(parents=True, exist_ok=True)
             partial = split_file.with_name(f".{split_file.name}.{os.getpid()}.{uuid.uuid4().hex}")
             partial.write_text(json.dumps(split))
             partial.replace(split_file)
-        except OSError:  # a read-only data folder: the run's artifacts still record the split
+        except OSError:  # a read-only cache folder: the run's artifacts still record the split
             pass
     return _splits(listing, split)
 
