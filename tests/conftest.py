@@ -27,6 +27,30 @@ def run_aepg(args: list[str], cwd: Path, env: dict | None = None, timeout: int =
                           capture_output=True, text=True, timeout=timeout)
 
 
+READ_ONLY_MOUNT = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+
+
+def run_aepg_read_only(folder: Path, args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run aepg with ``folder`` read-only to it. Permission bits do not stop root, so as root the
+    folder is bind-mounted read-only in a private mount namespace (only aepg sees it so); skipped
+    where the kernel refuses that namespace."""
+    if os.geteuid() != 0:
+        modes = {path: path.stat().st_mode for path in [folder, *folder.rglob("*")]}
+        for path, mode in modes.items():
+            path.chmod(mode & ~0o222)
+        try:
+            return run_aepg(args, cwd, env)
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY_MOUNT, "sh", str(folder), "sh", "-c",
+                            f'! touch "{folder}/.probe" 2>/dev/null'], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("root cannot be kept from writing here: no private mount namespace (unshare -m)")
+    return subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY_MOUNT, "sh", str(folder), str(AEPG), *args],
+                          cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=900)
+
+
 def run_in_terminal(args: list[str], cwd: Path, env: dict | None = None, columns: int = 160,
                     timeout: int = 900) -> tuple[int, str]:
     """Run aepg under a pseudo-terminal of ``columns`` (a fresh one is 0 wide, and progress bars

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, run_aepg
+from conftest import CONFIGS, run_aepg, run_aepg_read_only
 from PIL import Image
 from test_benchmarks import fake_fashion
 
@@ -364,6 +364,29 @@ def test_a_cache_dir_that_cannot_hold_the_cache_is_refused_before_compute(imagen
     assert problems and problems[0][0] == "benchmark.cache_dir" and "a-file is a file" in problems[0][1]
     assert preflight.problems(cfg_for(imagenet_r, f"benchmark.cache_dir={imagenet_r / 'a-file' / 'cache'}",
                                       "benchmark.cache=none")) == []
+
+
+def test_a_read_only_store_or_cache_folder_is_refused_in_one_line_before_compute(imagenet_r, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    locked = tmp_path / "locked"
+    (locked / "cache").mkdir(parents=True)
+    store = locked / "mlflow.db"
+    MlflowClient(f"sqlite:///{store}").search_experiments()  # a real, empty store
+    before = store.read_bytes()
+    digits = str(CONFIGS / "digits.yaml")
+    cases = [
+        (["train", digits, f"tracking_uri=sqlite:///{store}"], f"the MLflow store {store} is read-only"),
+        (["train", digits, f"tracking_uri=sqlite:///{locked / 'new' / 'mlflow.db'}"],
+         f"cannot be created: {locked} is read-only"),
+        (["train", "--dry-run", digits, "benchmark.dataset=imagenet-r", f"benchmark.root={imagenet_r}",
+          f"benchmark.cache_dir={locked / 'cache'}"], f"cannot be built in {locked / 'cache'}: {locked / 'cache'} is read-only"),
+    ]
+    for args, message in cases:
+        result = run_aepg_read_only(locked, args, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert store.read_bytes() == before and sorted(p.name for p in locked.iterdir()) == ["cache", "mlflow.db"]
 
 
 class _DamagedImages(torch.utils.data.Dataset):
