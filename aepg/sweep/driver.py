@@ -3,8 +3,9 @@
 The driver owns MLflow: it opens the sweep's parent run, opens each trial's child run when
 the trial starts (tagged ``mlflow.parentRunId``, named by what differs) and hands the trial its
 run id, and sets every status: FINISHED (``aepg.status`` finished, or stopped early for trials
-ASHA stopped) or FAILED (with the reason). A trial only logs into the run it was handed. Each trial is one run of the trainer, in its Tune
-process (``scaling.num_workers: 0``) or as a Ray Train TorchTrainer with N workers.
+ASHA stopped) or FAILED (with the reason). A trial only logs into the run it was handed. Each
+trial is one run of the trainer, in its Tune process (``scaling.num_workers: 0``) or as a Ray
+Train TorchTrainer with N workers.
 
 Trials are ranked on ``final/<metric>``, which only trials that trained every task report;
 ASHA and Optuna compare trials after each task on the running ``eval/<metric>``.
