@@ -7,10 +7,11 @@ same code works in-process, in Ray Train workers and in Ray Tune trials (a track
 its URI, and each process builds its own client). MLflow is imported when first used, so
 resolving and checking a tracking URI stays fast.
 
-What a run shows (README, "What a run logs"): params for the keys its configuration uses, one
-step axis (the optimiser step) for every metric, ``train/`` metrics per step, ``eval/`` metrics
-after each task with ``eval/tasks_done`` as a possible x axis, ``final/`` metrics only when every
-task is done (at step 0, so that MLflow draws them as bars), and plots refreshed after each task.
+What a run shows (README, "What a run logs"): params for the keys its configuration uses,
+``train/`` metrics at each optimiser step, ``eval/`` metrics after each task at the step that
+counts the tasks done (so their charts read per task, and runs of different lengths line up),
+the count as the tag ``aepg.tasks_done``, ``final/`` metrics only when every task is done (at
+step 0, so that MLflow draws them as bars), and plots refreshed after each task.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ TRAINING_KIND = "custom_model_development"
 """The experiment kind MLflow 3 opens on its runs table (GenAI experiments open on traces)."""
 BATCH_LIMIT = 1000
 RESUMED_TAG = "aepg.resumed_from"
+TASKS_DONE_TAG = "aepg.tasks_done"
 NODES_TAG = "aepg.ray_node_ids"
 FAILURE_TAG = "failure_reason"
 
@@ -435,13 +437,16 @@ class MlflowReporter:
         self._log([m for step, values in rows for m in _metrics({f"train/{k}": v for k, v in values.items()}, step)])
 
     def task_finished(self, state, samples_per_second: float) -> None:
-        """Evaluation metrics at the task's last step, the matrix, and (with ``figures`` on) every
-        plot, refreshed so a run stopped early has them too; ``final/`` metrics once every task is done."""
+        """Evaluation metrics at the step counting the tasks done, the matrix, and (with ``figures``
+        on) every plot, refreshed so a run stopped early has them too; ``final/`` metrics once every
+        task is done."""
         R, sizes = state.accuracy_matrix, state.test_sizes
         metrics = state.metrics(self.num_tasks)
         finals = {k: v for k, v in metrics.items() if k.startswith("final/")} if self.full_budget else {}
+        done = metrics.pop(BUDGET_KEY)  # the step of the eval/ metrics, not a chart of its own
         running = {k: v for k, v in metrics.items() if not k.startswith("final/")}
-        self._log(_metrics({**running, "train/samples_per_second": samples_per_second}, state.global_step))
+        self._log(_metrics(running, done) + _metrics({"train/samples_per_second": samples_per_second}, state.global_step))
+        self.client.set_tag(self.run_id, TASKS_DONE_TAG, str(done))
         # At step 0, one value each: MLflow's charts draw a metric without a step as one labelled bar per run.
         self._log(_metrics(finals, 0))
         self.log_dict({"R": R, "test_sizes": sizes, "accuracy_after_task": accuracy_after_each_task(R, sizes)},
@@ -455,7 +460,8 @@ class MlflowReporter:
         done = len(state.accuracy_matrix)
         self._log_figure(plots.accuracy_heatmap(state.accuracy_matrix, f"{self.title} ({done}/{self.num_tasks} tasks)"),
                          "accuracy_matrix.png")
-        boundaries = sorted(m.step for m in self.client.get_metric_history(self.run_id, BUDGET_KEY))[:-1]
+        task_ends = self.client.get_metric_history(self.run_id, "train/samples_per_second")
+        boundaries = sorted(m.step for m in task_ends)[:-1]
         keys = self.TRAIN_PLOT_KEYS if self.annealed else self.TRAIN_PLOT_KEYS[1:]
         series = {}
         for key in keys:

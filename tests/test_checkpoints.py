@@ -98,7 +98,7 @@ def test_terminated_run_resumes_exactly(workdir):
                                f"tracking_uri=sqlite:///{workdir / 'uninterrupted.db'}"])
     R = run(cfg).state.accuracy_matrix
     assert R_resumed == R
-    tasks_logged = [m.value for m in client.get_metric_history(run_id, "eval/tasks_done")]
+    tasks_logged = [m.step for m in client.get_metric_history(run_id, "eval/accuracy")]
     assert tasks_logged == [1, 2, 3], "each task's evaluation is logged once, across the resume"
     assert len(client.get_metric_history(run_id, "final/last_accuracy")) == 1
 

@@ -113,11 +113,11 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     assert finished and stopped, "ASHA stopped no trial"
     assert len(finished) + len(stopped) + len(nan_trials) == 8
     for child in finished:
-        assert child.info.status == "FINISHED" and child.data.metrics["eval/tasks_done"] == 3
+        assert child.info.status == "FINISHED" and child.data.tags["aepg.tasks_done"] == "3"
         assert child.data.tags["aepg.optuna_state"] == "COMPLETE"
         assert child.data.metrics["final/avg_incremental_accuracy"] == child.data.metrics["eval/avg_incremental_accuracy"]
     for child in stopped:  # FINISHED, not KILLED; no final metric to rank on, the partial one is still there
-        assert child.info.status == "FINISHED" and child.data.metrics["eval/tasks_done"] < 3
+        assert child.info.status == "FINISHED" and int(child.data.tags["aepg.tasks_done"]) < 3
         assert not any(key.startswith("final/") for key in child.data.metrics)
         assert "eval/avg_incremental_accuracy" in child.data.metrics
         assert child.data.tags["aepg.optuna_state"] == "PRUNED"  # not COMPLETE with a partial value
@@ -347,7 +347,7 @@ def _finished(child) -> bool:
 
 
 def _one_task_done(child) -> bool:
-    return child.data.metrics.get("eval/tasks_done", 0) >= 1
+    return int(child.data.tags.get("aepg.tasks_done", 0)) >= 1
 
 
 # SIGTERM mid-task, after every trial has started: none is left to start, and only the trials' open
@@ -381,7 +381,7 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill, tr
     trial_ids = [c.data.tags["aepg.trial_id"] for c in children]
     assert len(trial_ids) == trials and len(set(trial_ids)) == trials, "a trial is missing or duplicated"
     assert all(c.info.status == "FINISHED" for c in children)
-    assert all(c.data.metrics["eval/tasks_done"] == tasks and c.data.tags["aepg.status"] == "finished"
+    assert all(c.data.tags["aepg.tasks_done"] == str(tasks) and c.data.tags["aepg.status"] == "finished"
                for c in children)
 
 
@@ -464,7 +464,7 @@ def test_trials_can_be_torch_trainer_runs(ray_address, workdir):
     assert main(["sweep", path]) == 0
     _, parents, children = sweep_runs(workdir / "mlflow.db")
     (child,) = children
-    assert child.info.status == "FINISHED" and child.data.metrics["eval/tasks_done"] == 2
+    assert child.info.status == "FINISHED" and child.data.tags["aepg.tasks_done"] == "2"
     assert child.data.params["scaling.num_workers"] == "2"
     # Reported through ray.train.report on both ranks and TuneReportCallback, logged once by rank 0.
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")

@@ -109,14 +109,18 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     assert mlflow_run.info.status == "FINISHED" and mlflow_run.info.run_name == "e2e"
     metrics = mlflow_run.data.metrics
     finals = {f"final/{k}" for k in ("last_accuracy", "avg_incremental_accuracy", "task_mean_accuracy", "forgetting", "bwt")}
-    evals = {f"eval/{k}" for k in ("accuracy", "avg_incremental_accuracy", "task_mean_accuracy", "forgetting", "bwt", "tasks_done")}
+    evals = {f"eval/{k}" for k in ("accuracy", "avg_incremental_accuracy", "task_mean_accuracy", "forgetting", "bwt")}
     trains = {f"train/{k}" for k in ("loss", "ce", "a_t", "entropy", "p_y", "batch_accuracy", "samples_per_second")}
     assert finals | evals | trains <= set(metrics)
     assert all(k.split("/")[0] in ("train", "eval", "final", "system") for k in metrics), "every metric is namespaced"
-    # One step axis (optimiser steps); evaluation once per task at its last step; final values once.
+    # train/ at optimiser steps, the last at the last task's end; eval/ once per task at the step
+    # that counts the tasks done (no ramp of its own: the count is a tag); final values once.
     loss_steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
-    task_ends = client.get_metric_history(run_id, "eval/tasks_done")
-    assert [m.value for m in task_ends] == [1, 2, 3, 4, 5] and task_ends[-1].step == max(loss_steps)
+    task_ends = [m.step for m in client.get_metric_history(run_id, "train/samples_per_second")]
+    assert len(task_ends) == 5 and task_ends[-1] == max(loss_steps)
+    eval_steps = {k: [m.step for m in client.get_metric_history(run_id, k)] for k in evals}
+    assert eval_steps == {k: [2, 3, 4, 5] if k in ("eval/forgetting", "eval/bwt") else [1, 2, 3, 4, 5] for k in evals}
+    assert "eval/tasks_done" not in metrics and mlflow_run.data.tags["aepg.tasks_done"] == "5"
     assert all([m.step for m in client.get_metric_history(run_id, k)] == [0] for k in finals)
     # The plain cross-entropy is logged beside aEPG's loss, which is a_t CE + (1 - a_t) EPG at every
     # logged step (EPG = -p_y; all batch means).

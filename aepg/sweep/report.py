@@ -116,7 +116,7 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
             level = int(run.metrics.get(LEVEL_KEY, 0))
             partial, progress, compute = level_metric(metric), f"level {level}/{levels}", run.metrics.get(COMPUTE_KEY, 0.0)
         else:
-            done = int(run.metrics.get(BUDGET_KEY, 0))
+            done = tasks_done(run)
             partial, progress, compute = partial_name(metric), f"{done}/{num_tasks} tasks", float(done)
         value = run.metrics.get(final_name(metric) if status == "finished" else partial)
         seed = _typed(run.params.get("seed", "0"))
@@ -126,6 +126,11 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
                              objective=run.params.get("objective.kind", ""),
                              by_seed={seed: value} if status == "finished" and value is not None else {}))
     return entries
+
+
+def tasks_done(run: tracking.RunRecord) -> int:
+    """The tasks a run has trained (runs logged before the tag carried the count as a metric)."""
+    return int(run.tags.get(tracking.TASKS_DONE_TAG) or run.metrics.get(BUDGET_KEY, 0))
 
 
 def seed_ladder_entry(run: tracking.RunRecord, status: str, space: dict[str, Param], seeds: int,
