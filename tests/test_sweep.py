@@ -655,10 +655,11 @@ def test_a_data_ladder_restarts_promoted_trials_at_more_data(ray_address, workdi
     assert finished and len(finished) + len(stopped) == 4  # the first to reach a rung always goes on
     for child in finished:  # restarted at the full data: 0.5 + 1 tasks' worth per task
         assert child.data.params["benchmark.max_train_per_class"] == "20"
-        assert child.data.metrics["fidelity/level"] == 2 and child.data.metrics["compute/tasks"] == pytest.approx(4.5)
+        assert child.data.tags["aepg.level"] == "2" and child.data.metrics["compute/tasks"] == pytest.approx(4.5)
         assert "final/avg_incremental_accuracy" in child.data.metrics and child.data.tags["aepg.optuna_state"] == "COMPLETE"
     for child in stopped:
-        assert child.data.metrics["fidelity/level"] == 1 and child.data.metrics["compute/tasks"] == pytest.approx(1.5)
+        assert child.data.tags["aepg.level"] == "1" and child.data.metrics["compute/tasks"] == pytest.approx(1.5)
+        assert "fidelity/level" not in child.data.metrics, "the level is the step and a tag, not a ramp chart"
         assert "final/avg_incremental_accuracy" not in child.data.metrics and child.data.tags["aepg.optuna_state"] == "PRUNED"
     leaderboard = open(client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(workdir))).read()
     rows = list(csv.DictReader(io.StringIO(leaderboard)))
@@ -690,10 +691,11 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(ray_address,
         assert {r.data.tags["aepg.config_id"] for r in seeds} == {trial.data.tags["aepg.config_id"]}
         finals = [r.data.metrics["final/avg_incremental_accuracy"] for r in [trial, *seeds]]
         mean = trial.data.metrics["seeds/mean_avg_incremental_accuracy"]
-        assert mean == pytest.approx(sum(finals) / 3, abs=1e-12) and trial.data.metrics["seeds/count"] == 3
+        assert mean == pytest.approx(sum(finals) / 3, abs=1e-12) and trial.data.tags["aepg.seeds_done"] == "3"
+        assert "seeds/count" not in trial.data.metrics, "the count is the step and a tag, not a ramp chart"
         assert trial.data.tags["aepg.optuna_state"] == "COMPLETE"
     for trial in stopped:  # one seed, and Optuna told the truth: pruned
-        assert trial.data.metrics["seeds/count"] == 1 and trial.data.tags["aepg.optuna_state"] == "PRUNED"
+        assert trial.data.tags["aepg.seeds_done"] == "1" and trial.data.tags["aepg.optuna_state"] == "PRUNED"
         assert not [r for r in nested if r.data.tags["mlflow.parentRunId"] == trial.info.run_id]
     # The searcher's own record: what Optuna was told for each complete trial is its seed-mean.
     searcher = SweepOptunaSearch(metric="seeds/mean_avg_incremental_accuracy", mode="max", full_budget=3)

@@ -11,6 +11,9 @@ from aepg.config import RunConfig
 LEVEL_KEY = "fidelity/level"
 COMPUTE_KEY = "compute/tasks"
 SEEDS_KEY = "seeds/count"
+COUNTER_TAGS = {LEVEL_KEY: "aepg.level", SEEDS_KEY: "aepg.seeds_done"}
+"""The ladders' counters as their runs' tags: in MLflow the counter is the step of the ladder's
+metrics, not a ramp chart of its own (Tune still gets it: it is ASHA's time attribute)."""
 
 
 def seeds_per_trial(spec) -> bool:

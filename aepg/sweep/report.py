@@ -24,7 +24,7 @@ import yaml
 from aepg import plots, tracking
 from aepg.config import to_yaml, validate
 from aepg.metrics import BUDGET_KEY, final_name, partial_name, running_best
-from aepg.sweep.fidelity import COMPUTE_KEY, LEVEL_KEY, level_metric
+from aepg.sweep.fidelity import COMPUTE_KEY, COUNTER_TAGS, LEVEL_KEY, level_metric
 from aepg.sweep.noise import Noise, assess
 from aepg.sweep.schema import (
     CONFIG_TAG,
@@ -113,7 +113,7 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
             entries.append(seed_ladder_entry(run, status, space, seeds, num_tasks))
             continue
         if levels:  # a ladder: the value at the last level trained, compute from the trial's own count
-            level = int(run.metrics.get(LEVEL_KEY, 0))
+            level = int(run.tags.get(COUNTER_TAGS[LEVEL_KEY]) or run.metrics.get(LEVEL_KEY, 0))
             partial, progress, compute = level_metric(metric), f"level {level}/{levels}", run.metrics.get(COMPUTE_KEY, 0.0)
         else:
             done = tasks_done(run)
