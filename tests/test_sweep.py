@@ -251,6 +251,30 @@ def test_a_configuration_already_proposed_is_not_trained_again_while_the_space_h
     assert searcher.suggest("t6") in proposed  # the space is used up: a repeat rather than no trial
 
 
+def test_an_ordered_choice_is_searched_by_its_index_and_the_trial_gets_its_value(workdir):
+    """TPE models an integer's neighbours but not a category's: a choice of increasing numbers is
+    asked of Optuna as its index, the trial's config holds the value, and other choices (words, or
+    numbers out of order) stay categories."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    rates, epochs = [1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1], [2, 1, 3]
+    space = {"objective.kind": {"choice": ["ce", "aepg"]}, "train.lr": {"choice": rates},
+             "train.epochs": {"choice": epochs}}
+    sweep = load_sweep(write_sweep(workdir, space=space))
+    searcher = SweepOptunaSearch(space=sweep.define_by_run(), metric="acc", mode="max", full_budget=1,
+                                 sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    for index in range(4):
+        config = searcher.suggest(f"t{index}")
+        trial = searcher._ot_trials[f"t{index}"]
+        assert trial.distributions["train.lr"] == IntDistribution(0, len(rates) - 1)
+        assert config["train.lr"] == rates[trial.params["train.lr"]]
+        assert trial.distributions["objective.kind"] == CategoricalDistribution(["ce", "aepg"])
+        assert trial.distributions["train.epochs"] == CategoricalDistribution(epochs)
+        assert config["train.epochs"] == trial.params["train.epochs"] and config["train.epochs"] in epochs
+        searcher.on_trial_complete(f"t{index}", {"acc": config["train.lr"], BUDGET_KEY: 1, "training_iteration": 1})
+
+
 def test_the_terminal_shows_one_line_per_event_and_ends_with_the_results(ray_address, workdir):
     """Not a terminal (as in CI): plain progress lines, none of Ray Tune's tables or the trials' own
     output, and the leaderboard, best config, outputs and MLflow link last."""

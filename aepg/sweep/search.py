@@ -35,6 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 from aepg.catalog import SCHEDULERS, SEARCHERS
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
 from aepg.sweep.fidelity import LEVEL_KEY, SEEDS_KEY, level_metric, seed_metric, seeds_per_trial
+from aepg.sweep.spec import DefineByRun
 
 
 def budget(sweep) -> tuple[str, int]:
@@ -118,7 +119,7 @@ class SweepOptunaSearch(OptunaSearch):
             params = super().suggest(trial_id)
         trial = self._ot_trials[trial_id]
         self._proposed.setdefault(_key(trial.params), trial.number)
-        return params
+        return self._space.decode(params) if isinstance(self._space, DefineByRun) else params
 
     def _untried(self) -> dict | None:
         """A configuration of the space not proposed yet, drawn at random, or None if none is found."""

@@ -82,7 +82,18 @@ class Param(Section):
                 return False
         return True
 
+    @property
+    def ordered(self) -> bool:
+        """A choice of three or more numbers in increasing order (a grid of learning rates, say)."""
+        values = self.choice or []
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        return len(values) >= 3 and numbers and all(a < b for a, b in zip(values, values[1:]))
+
     def suggest(self, trial, name: str):
+        """The value for one trial. An ordered choice is asked as its index, so that a sampler that
+        models neighbours (TPE) knows 3e-3 lies between 1e-3 and 1e-2; a category has no neighbours."""
+        if self.ordered:
+            return self.choice[trial.suggest_int(name, 0, len(self.choice) - 1)]
         if self.choice is not None:
             return trial.suggest_categorical(name, self.choice)
         if self.uniform is not None:
@@ -90,6 +101,10 @@ class Param(Section):
         if self.loguniform is not None:
             return trial.suggest_float(name, *self.loguniform, log=True)
         return trial.suggest_int(name, *self.integer)
+
+    def from_optuna(self, value):
+        """The key's value from what Optuna holds for it (an ordered choice holds its index)."""
+        return self.choice[value] if self.ordered else value
 
     def contains(self, value) -> bool:
         if self.choice is not None:
@@ -264,6 +279,10 @@ class DefineByRun:
         for key, param in self.space.items():
             if param.active(values):
                 values[key] = param.suggest(trial, key)
+
+    def decode(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's config values from the params Optuna holds (an ordered choice holds its index)."""
+        return {key: self.space[key].from_optuna(value) if key in self.space else value for key, value in params.items()}
 
 
 def _apply_dotted(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
