@@ -282,7 +282,8 @@ class DefineByRun:
 
     def decode(self, params: dict[str, Any]) -> dict[str, Any]:
         """A trial's config values from the params Optuna holds (an ordered choice holds its index)."""
-        return {key: self.space[key].from_optuna(value) if key in self.space else value for key, value in params.items()}
+        return {key: self.space[key].from_optuna(value) if key in self.space else value
+                for key, value in params.items()}
 
 
 def _apply_dotted(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
