@@ -210,11 +210,11 @@ def search_efficiency(folder: Path, cache: Path, methods: list[str], seeds: list
               f"{medians[method][1] / grid.compute:>22.2f} {minutes[method]:>8.1f}")
     print(f"\nbest held-out mean in the grid {judge.best:.4f}; took {(time.perf_counter() - start) / 60:.1f} min")
     print(f"target ({DEFAULT}: held-out at least the grid's {grid.score:.4f} with at most half its compute, and "
-          f"above random's): {verdict(medians, grid.compute)}")
+          f"above random's): {verdict(medians, grid.compute, judge.best)}")
     print(reading(judge, medians))
 
 
-def verdict(medians: dict[str, tuple[Pick, float]], grid_compute: float) -> str:
+def verdict(medians: dict[str, tuple[Pick, float]], grid_compute: float, best: float) -> str:
     if DEFAULT not in medians:
         return f"not judged: {DEFAULT} was not among the methods"
     pick, compute = medians[DEFAULT]
@@ -226,7 +226,9 @@ def verdict(medians: dict[str, tuple[Pick, float]], grid_compute: float) -> str:
     if "random" not in medians:
         misses.append("random was not among the methods")
     elif pick.score <= medians["random"][0].score:
-        misses.append(f"not above random's {medians['random'][0].score:.4f}")
+        theirs = medians["random"][0].score
+        misses.append(f"not above random's {theirs:.4f}" + (", the grid's best held-out score: no pick can be above it"
+                                                            if theirs >= best else ""))
     return "missed: " + "; ".join(misses) if misses else (
         f"met: held-out {pick.score:.4f} with {compute / grid_compute:.2f} of the grid's compute")
 
