@@ -51,6 +51,24 @@ def test_the_importance_plot_has_one_title_that_states_n_and_warns_when_trials_a
         assert ("a rough guide" in title) == (n < FEW_FOR_IMPORTANCE)
 
 
+def test_the_importance_of_an_ordered_choice_is_computed_on_its_index():
+    """A grid of learning rates is asked of Optuna as its index (``Param.ordered``); the importance
+    study holds it the same way, so that importance treats it as ordered, and the plot covers it."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from aepg.sweep.report import figures, importance_study
+
+    rates = [1.0e-4, 1.0e-3, 1.0e-2]
+    space = {"train.lr": Param(choice=rates), "objective.kind": Param(choice=["ce", "aepg"])}
+    entries = [_finished(i, rates[i % 3], ("ce", "aepg")[i % 2], 0.4 + 0.1 * (i % 3)) for i in range(6)]
+    study = importance_study(entries, space, "max")
+    assert [t.params["train.lr"] for t in study.trials] == [0, 1, 2, 0, 1, 2]
+    assert study.trials[0].distributions == {"train.lr": IntDistribution(0, 2),
+                                             "objective.kind": CategoricalDistribution(["ce", "aepg"])}
+    axes = figures("s", entries, space, "max", "avg_incremental_accuracy", None)["param_importances.png"].axes[0]
+    assert {label.get_text() for label in axes.get_yticklabels()} == {"train.lr", "objective.kind"}
+
+
 def test_training_curves_share_their_bounded_y_limits_across_runs():
     """a_t and p_y lie in [0, 1]: two runs' plots use the same limits whatever their values."""
     from aepg import plots

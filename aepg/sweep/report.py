@@ -260,11 +260,24 @@ FEW_FOR_IMPORTANCE = 10
 """Below this many finished trials, the importance plot says that it is a rough guide."""
 
 
+def importance_study(finished: list[Entry], space: dict[str, Param], mode: str):
+    """The finished trials as an Optuna study, each key held as the search asks it (an ordered
+    choice as its index, so that importance treats it as ordered)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for entry in finished:
+        params = {k: space[k].to_optuna(v) for k, v in entry.params.items() if k in space and space[k].contains(v)}
+        distributions = {k: space[k].distribution() for k in params}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=entry.value))
+    return study
+
+
 def figures(name: str, entries: list[Entry], space: dict[str, Param], mode: str, metric: str,
             budget: float | None) -> dict[str, object]:
     """The metric over trials (every status), compute against the best value so far, parallel
     coordinates and Optuna's parameter importances over the finished trials."""
-    import optuna
     from optuna.visualization import matplotlib as ovm
 
     drawn = {"objective_over_trials.png": plots.trials_plot(
@@ -280,12 +293,7 @@ def figures(name: str, entries: list[Entry], space: dict[str, Param], mode: str,
         rows = [{**e.params, metric: e.value} for e in finished]
         drawn["parallel_coordinates.png"] = plots.parallel_coordinates(
             rows, varying, metric, mode, f"sweep {name}: finished trials by final/{metric}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    for entry in finished:
-        params = {k: v for k, v in entry.params.items() if k in space and space[k].contains(v)}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: space[k].distribution() for k in params},
-                                                  value=entry.value))
+    study = importance_study(finished, space, mode)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -106,6 +106,10 @@ class Param(Section):
         """The key's value from what Optuna holds for it (an ordered choice holds its index)."""
         return self.choice[value] if self.ordered else value
 
+    def to_optuna(self, value):
+        """What Optuna holds for the key's value (``from_optuna`` undone)."""
+        return self.choice.index(value) if self.ordered else value
+
     def contains(self, value) -> bool:
         if self.choice is not None:
             return value in self.choice
@@ -113,9 +117,11 @@ class Param(Section):
         return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
     def distribution(self):
-        """The Optuna distribution (for importance and parallel-coordinate plots)."""
+        """The Optuna distribution of what Optuna holds for the key (``to_optuna``), as ``suggest`` asks it."""
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+        if self.ordered:
+            return IntDistribution(0, len(self.choice) - 1)
         if self.choice is not None:
             return CategoricalDistribution(self.choice)
         if self.uniform is not None:
