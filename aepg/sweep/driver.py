@@ -236,7 +236,7 @@ def climb(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
             state = train(cfg, run.run_id, runtime)
         progress = {fidelity.LEVEL_KEY: level.index + 1, fidelity.level_metric(metric): state.summary[metric],
                     "fidelity/fraction": level.fraction, fidelity.COMPUTE_KEY: compute}
-        log_rung(runtime.tracker, run.run_id, progress)
+        log_rung(runtime.tracker, run.run_id, progress, fidelity.LEVEL_KEY)
         tune.report({**state.metrics(tasks, placeholders=True), **progress})
 
 
@@ -260,13 +260,12 @@ def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
         progress = {fidelity.SEEDS_KEY: count, fidelity.seed_metric(metric): mean,
                     f"seeds/std_{metric}": statistics.stdev(values.values()) if count > 1 else 0.0,
                     fidelity.COMPUTE_KEY: count * tasks}
-        log_rung(tracker, run.run_id, progress)
+        log_rung(tracker, run.run_id, progress, fidelity.SEEDS_KEY)
         tune.report({**progress, final_name(metric): mean})
 
 
-def log_rung(tracker, run_id: str, progress: dict[str, float]) -> None:
-    """A ladder's progress on the trial's run, at the step its counter gives; the counter is a tag."""
-    (counter,) = set(progress) & set(fidelity.COUNTER_TAGS)
+def log_rung(tracker, run_id: str, progress: dict[str, float], counter: str) -> None:
+    """A ladder's progress on the trial's run, at the step its ``counter`` gives; the counter is a tag."""
     step = int(progress[counter])
     tracker.log_metrics(run_id, {k: v for k, v in progress.items() if k != counter}, step=step)
     tracker.set_tags(run_id, {fidelity.COUNTER_TAGS[counter]: str(step)})

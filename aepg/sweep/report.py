@@ -113,10 +113,10 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
             entries.append(seed_ladder_entry(run, status, space, seeds, num_tasks))
             continue
         if levels:  # a ladder: the value at the last level trained, compute from the trial's own count
-            level = int(run.tags.get(COUNTER_TAGS[LEVEL_KEY]) or run.metrics.get(LEVEL_KEY, 0))
+            level = count_of(run, COUNTER_TAGS[LEVEL_KEY], LEVEL_KEY)
             partial, progress, compute = level_metric(metric), f"level {level}/{levels}", run.metrics.get(COMPUTE_KEY, 0.0)
         else:
-            done = tasks_done(run)
+            done = count_of(run, tracking.TASKS_DONE_TAG, BUDGET_KEY)
             partial, progress, compute = partial_name(metric), f"{done}/{num_tasks} tasks", float(done)
         value = run.metrics.get(final_name(metric) if status == "finished" else partial)
         seed = _typed(run.params.get("seed", "0"))
@@ -128,9 +128,10 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
     return entries
 
 
-def tasks_done(run: tracking.RunRecord) -> int:
-    """The tasks a run has trained (runs logged before the tag carried the count as a metric)."""
-    return int(run.tags.get(tracking.TASKS_DONE_TAG) or run.metrics.get(BUDGET_KEY, 0))
+def count_of(run: tracking.RunRecord, tag: str, metric: str) -> int:
+    """A run's count (tasks done, ladder level) from its tag; runs logged before the tag carried it
+    as the metric."""
+    return int(run.tags.get(tag) or run.metrics.get(metric, 0))
 
 
 def seed_ladder_entry(run: tracking.RunRecord, status: str, space: dict[str, Param], seeds: int,
