@@ -2,16 +2,21 @@
 recommends, trained again on five training seeds that no method saw.
 
 Ground truth: every point of GRID (on configs/digits.yaml with BENCHMARK's overrides) trained on
-the held-out seeds, cached (``--cache``). The bench judges no searcher unless the spread between
-those configurations is at least twice their seed noise. Then the grid once on seed 0, and each
-method (searching the grid's points) with searcher seeds 0, 1, 2: its score is its pick's
-held-out mean, its compute every task it trained (seed ladder and confirmation included); random
-and plain TPE get the compute the default search used.
+the held-out seeds and on the searches' own seeds, cached (``--cache``). The bench judges no
+searcher unless the spread between those configurations is at least twice their seed noise. Then
+the grid once on seed 0, and each method (searching the grid's points) with searcher seeds 0, 1,
+2: its score is its pick's held-out mean, its compute every task it trained (seed ladder and
+confirmation included); random and plain TPE get the compute the default search used.
 
     python bench/search_efficiency.py [--methods tpe-confirm,tpe-seeds,random,tpe,tpe-asha-tasks] [--seeds 0,1,2]
+                                      [--replay 100]
 Target: the default search's pick scores at least the grid's with at most half its compute, and
 above random search's, in the median of the searcher seeds. A last line says which of those
 comparisons the held-out seeds can make at all (picks tied on them differ by luck).
+
+Three searcher seeds tell two searches apart only by a wide margin, so the searches without early
+stopping are then replayed on ``--replay`` searcher seeds at no training cost: the same searcher
+objects, each trial's value looked up in the ground truth's search seeds instead of trained.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +45,9 @@ GRID = {"objective.kind": {"choice": ["ce", "aepg"]},
         "schedule.tau": {"choice": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
         "train.lr": {"choice": [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2]}}
 HELD_OUT = [100, 101, 102, 103, 104]
+SEARCH_SEEDS = [0, 1]
+"""The seeds the searches train on (configs/digits.yaml's seed 0; the confirmation's and the seed
+ladder's second seed 1), in the ground truth too so that the searches can be replayed."""
 CLEARLY = 2.0
 """The spread between configurations must be this many times the seed noise for a verdict."""
 LADDER = {"seeds": [0, 1], "scheduler": {"kind": "asha", "fidelity": "seeds", "grace_period": 1,
@@ -89,13 +98,13 @@ def point(params: dict) -> str:
 
 
 def cache_key() -> str:
-    """What the ground truth depends on: the benchmark, the grid and the held-out seeds."""
-    text = json.dumps([BASE.read_text(), BENCHMARK, GRID, HELD_OUT], sort_keys=True)
+    """What the ground truth depends on: the benchmark, the grid and its seeds."""
+    text = json.dumps([BASE.read_text(), BENCHMARK, GRID, HELD_OUT, SEARCH_SEEDS], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def ground_truth(folder: Path, cache: Path) -> dict[str, dict[int, float]]:
-    """Every grid point's final metric on each held-out seed, from the cache when it matches."""
+    """Every grid point's final metric on each held-out and search seed, from the cache when it matches."""
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved.get("key") == cache_key():
@@ -104,23 +113,28 @@ def ground_truth(folder: Path, cache: Path) -> dict[str, dict[int, float]]:
         print(f"ground truth: {cache} is for another benchmark; training it again", flush=True)
     began = time.perf_counter()
     report = run(sweep_file(folder, "truth", {"algorithm": "grid"}, {"kind": "none", "fidelity": "seeds"},
-                            seeds=HELD_OUT))
+                            seeds=SEARCH_SEEDS + HELD_OUT))
     truth = {point(e.params): e.by_seed for e in report.entries if e.status == "finished"}
     missing = [e.name for e in report.entries if e.status != "finished"]
     if missing:
         sys.exit(f"search_efficiency: ground-truth trials {', '.join(missing)} did not finish; see their errors above")
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": cache_key(), "truth": truth}, indent=1))
-    print(f"ground truth: {len(truth)} configurations x {len(HELD_OUT)} seeds in "
+    print(f"ground truth: {len(truth)} configurations x {len(SEARCH_SEEDS + HELD_OUT)} seeds in "
           f"{(time.perf_counter() - began) / 60:.1f} min, cached in {cache}", flush=True)
     return truth
 
 
-def separable(truth: dict[str, dict[int, float]]) -> tuple[bool, str]:
+def on_seeds(truth: dict[str, dict[int, float]], seeds: list[int]) -> dict[str, dict[int, float]]:
+    """The ground truth on some of its seeds."""
+    return {p: {seed: by_seed[seed] for seed in seeds} for p, by_seed in truth.items()}
+
+
+def separable(held_out: dict[str, dict[int, float]]) -> tuple[bool, str]:
     """Whether the grid's configurations spread clearly above the seed noise, and the figures."""
     from aepg.sweep.noise import assess
 
-    ranked = sorted(truth.values(), key=statistics.mean, reverse=True)
+    ranked = sorted(held_out.values(), key=statistics.mean, reverse=True)
     noise = assess(ranked)
     ratio = noise.spread / noise.seed_std
     line = (f"held-out seeds: seed noise {noise.seed_std:.4f}, spread between the {len(ranked)} configurations "
@@ -133,8 +147,8 @@ class Judge:
     """Scores recommendations on the ground truth."""
 
     def __init__(self, truth: dict[str, dict[int, float]]):
-        self.truth = truth
-        self.best = max(statistics.mean(v.values()) for v in truth.values())
+        self.truth = on_seeds(truth, HELD_OUT)
+        self.best = max(statistics.mean(v.values()) for v in self.truth.values())
 
     def pick(self, params: dict, compute: float) -> Pick:
         name = " ".join(f"{key.split('.')[-1]}={value}" for key, value in sorted(params.items()))
@@ -159,12 +173,114 @@ class Pick:
     compute: float
 
 
+def method_settings(method: str, seed: int, budget: float) -> dict:
+    """A method's sweep settings at one searcher seed; the matched methods get ``budget`` tasks of compute."""
+    settings = {**METHODS[method], "search": {**METHODS[method]["search"], "seed": seed}}
+    if method in MATCHED:
+        settings["search"]["num_trials"] = max(1, round(budget / TASKS))
+    return settings
+
+
+def method_file(folder: Path, name: str, settings: dict) -> Path:
+    return sweep_file(folder, name, settings["search"], settings["scheduler"],
+                      **{k: v for k, v in settings.items() if k not in ("search", "scheduler")})
+
+
 def search(folder: Path, judge: Judge, name: str, settings: dict) -> Pick:
-    report = run(sweep_file(folder, name, settings["search"], settings["scheduler"],
-                            **{k: v for k, v in settings.items() if k not in ("search", "scheduler")}))
+    report = run(method_file(folder, name, settings))
     if report.best is None:
         sys.exit(f"search_efficiency: no trial of {name} finished; see the trials' errors above")
     return judge.pick(report.best.params, sum(e.compute for e in report.entries))
+
+
+class Replay:
+    """A search again at no training cost: the method's own searcher (``aepg.sweep.search``) proposes
+    the trials, each trial's value is the ground truth's on the seed it would train, and trials end
+    in the order they started, ``max_concurrent`` at a time, as equally long trials would."""
+
+    def __init__(self, folder: Path, judge: Judge, truth: dict[str, dict[int, float]]):
+        self.folder, self.judge, self.searched = folder, judge, on_seeds(truth, SEARCH_SEEDS)
+
+    def __call__(self, method: str, settings: dict) -> Pick:
+        from aepg.sweep.search import budget, optuna_search, searched_metric
+        from aepg.sweep.spec import load_sweep
+
+        sweep = load_sweep(method_file(self.folder, f"replay-{method}", settings))
+        _, searcher, num_trials = optuna_search(sweep)
+        key, full = budget(sweep)
+        values, running = {}, deque()
+
+        def finish() -> None:
+            trial_id, params = running.popleft()
+            values[point(params)] = value = self.searched[point(params)][sweep.seeds[0]]
+            searcher.on_trial_complete(trial_id, {searched_metric(sweep): value, key: full})
+
+        for number in range(num_trials):
+            if len(running) == sweep.spec.search.max_concurrent:
+                finish()
+            running.append((str(number), searcher.suggest(str(number))))
+        while running:
+            finish()
+        ranked, compute = sorted(values, key=values.get, reverse=True), num_trials * TASKS
+        if sweep.spec.confirm is not None:  # the best few on the confirmation's seeds, which alone rank them
+            seeds = sweep.spec.confirm.seeds
+            ranked = sorted(ranked[: sweep.spec.confirm.top_k], reverse=True,
+                            key=lambda p: statistics.mean(self.searched[p][seed] for seed in seeds))
+            compute += len(ranked) * len(seeds) * TASKS
+        return self.judge.pick(json.loads(ranked[0]), compute)
+
+
+def replayable(method: str) -> bool:
+    """Whether a replay models the method: without early stopping, no trial's fate depends on timing."""
+    return METHODS[method]["scheduler"]["kind"] == "none" and "seeds" not in METHODS[method]
+
+
+def replay(replayer: Replay, methods: list[str], count: int, grid: Pick, real: dict[str, list[Pick]],
+           real_seeds: list[int]) -> None:
+    """Each replayable method on searcher seeds 0 .. count-1: the mean of its picks' held-out scores,
+    how often it picks the best configuration, how often the target's comparisons hold for three
+    searcher seeds drawn from these, and how often the replay picks what the real search picked."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    methods = [m for m in methods if replayable(m)]
+    picks: dict[str, list[Pick]] = {m: [] for m in methods}
+    for seed in range(count):
+        for method in methods:
+            matched = method in MATCHED and DEFAULT in picks  # the default search has run on this seed
+            spent = picks[DEFAULT][seed].compute if matched else grid.compute / 2
+            picks[method].append(replayer(method, method_settings(method, seed, spent)))
+    print(f"\nreplay on searcher seeds 0-{count - 1}, each trial's value the ground truth's on its seed:")
+    print(f"{'method':<16} {'mean held-out':>14} {'picks the best':>15} {'mean compute / grid':>20} "
+          f"{'as the real search':>19}")
+    for method, found in picks.items():
+        agree = [found[seed].point == real_pick.point for seed, real_pick in zip(real_seeds, real.get(method, []))
+                 if seed < count]
+        best = sum(p.score == replayer.judge.best for p in found)
+        print(f"{method:<16} {statistics.mean(p.score for p in found):>14.4f} {best / count:>15.2f} "
+              f"{statistics.mean(p.compute for p in found) / grid.compute:>20.2f} "
+              f"{f'{sum(agree)} of {len(agree)}' if agree else '-':>19}")
+    if DEFAULT in picks and "random" in picks:
+        print(compared(picks[DEFAULT], picks["random"], grid))
+
+
+def compared(default: list[Pick], rival: list[Pick], grid: Pick, draws: int = 10000) -> str:
+    """The default search's picks against random search's at the same compute, paired by searcher
+    seed (95% interval of the mean difference), and the share of draws of three searcher seeds in
+    which the target's held-out comparisons hold."""
+    import random as rng
+
+    differences = [d.score - r.score for d, r in zip(default, rival)]
+    mean, half = statistics.mean(differences), 1.96 * statistics.stdev(differences) / len(differences) ** 0.5
+    side = "above" if mean - half > 0 else "below" if mean + half < 0 else "not told apart from"
+    draw, held = rng.Random(0), 0
+    for _ in range(draws):
+        seeds = draw.choices(range(len(default)), k=3)
+        ours, theirs = (statistics.median(picks[i].score for i in seeds) for picks in (default, rival))
+        held += ours >= grid.score and ours > theirs
+    return (f"replay: {DEFAULT}'s pick minus random's at the same compute {mean:+.4f} +- {half:.4f} (95%): "
+            f"{side} random's; the target's held-out comparisons hold in {held / draws:.2f} of {draws} draws "
+            "of three searcher seeds")
 
 
 def median_pick(picks: list[Pick]) -> Pick:
@@ -172,11 +288,11 @@ def median_pick(picks: list[Pick]) -> Pick:
     return sorted(picks, key=lambda p: p.score)[(len(picks) - 1) // 2]
 
 
-def search_efficiency(folder: Path, cache: Path, methods: list[str], seeds: list[int]) -> None:
+def search_efficiency(folder: Path, cache: Path, methods: list[str], seeds: list[int], replays: int) -> None:
     start = time.perf_counter()
     truth = ground_truth(folder, cache)
     judge = Judge(truth)
-    clear, line = separable(truth)
+    clear, line = separable(judge.truth)
     print(line, flush=True)
     if not clear:
         print(f"verdict: not judged: the spread between configurations is below {CLEARLY:g}x the seed noise, so "
@@ -190,11 +306,8 @@ def search_efficiency(folder: Path, cache: Path, methods: list[str], seeds: list
     for method in methods:
         began, results[method] = time.perf_counter(), []
         for seed in seeds:
-            settings = {**METHODS[method], "search": {**METHODS[method]["search"], "seed": seed}}
-            if method in MATCHED:
-                spent = dict(zip(seeds, (p.compute for p in results.get(DEFAULT, []))))
-                budget = spent.get(seed, grid.compute / 2)
-                settings["search"]["num_trials"] = max(1, round(budget / TASKS))
+            spent = dict(zip(seeds, (p.compute for p in results.get(DEFAULT, []))))
+            settings = method_settings(method, seed, spent.get(seed, grid.compute / 2))
             found = search(folder, judge, f"{method}-s{seed}", settings)
             results[method].append(found)
             print(f"{method} seed {seed}: recommends {found.name}, held-out {found.score:.4f}, "
@@ -212,6 +325,8 @@ def search_efficiency(folder: Path, cache: Path, methods: list[str], seeds: list
     print(f"target ({DEFAULT}: held-out at least the grid's {grid.score:.4f} with at most half its compute, and "
           f"above random's): {verdict(medians, grid.compute, judge.best)}")
     print(reading(judge, medians))
+    if replays:
+        replay(Replay(folder, judge, truth), methods, replays, grid, results, seeds)
 
 
 def verdict(medians: dict[str, tuple[Pick, float]], grid_compute: float, best: float) -> str:
@@ -263,7 +378,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", type=seed_list, help="comma-separated searcher seeds")
     parser.add_argument("--cache", default=str(REPO / "bench" / ".cache" / "search_efficiency.json"), type=Path,
                         help="where the ground truth is kept between runs")
+    parser.add_argument("--replay", default=100, type=int, help="searcher seeds to replay the searches on (0: none)")
     args = parser.parse_args()
+    if args.replay < 0 or args.replay == 1:
+        parser.error(f"--replay {args.replay}: give 0 (no replay) or at least 2 searcher seeds")
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -276,7 +394,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         try:
-            search_efficiency(Path(tmp), args.cache, methods, args.seeds)
+            search_efficiency(Path(tmp), args.cache, methods, args.seeds, args.replay)
         except ConfigError as error:
             sys.exit(f"search_efficiency: {error}")
         except KeyboardInterrupt:
