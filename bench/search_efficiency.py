@@ -134,7 +134,7 @@ def separable(held_out: dict[str, dict[int, float]]) -> tuple[bool, str]:
     """Whether the grid's configurations spread clearly above the seed noise, and the figures."""
     from aepg.sweep.noise import assess
 
-    ranked = sorted(held_out.values(), key=statistics.mean, reverse=True)
+    ranked = sorted(held_out.values(), key=lambda by_seed: statistics.mean(by_seed.values()), reverse=True)
     noise = assess(ranked)
     ratio = noise.spread / noise.seed_std
     line = (f"held-out seeds: seed noise {noise.seed_std:.4f}, spread between the {len(ranked)} configurations "
@@ -260,27 +260,27 @@ def replay(replayer: Replay, methods: list[str], count: int, grid: Pick, real: d
         print(f"{method:<16} {statistics.mean(p.score for p in found):>14.4f} {best / count:>15.2f} "
               f"{statistics.mean(p.compute for p in found) / grid.compute:>20.2f} "
               f"{f'{sum(agree)} of {len(agree)}' if agree else '-':>19}")
-    if DEFAULT in picks and "random" in picks:
-        print(compared(picks[DEFAULT], picks["random"], grid))
+    for method in (m for m in picks if m != "random" and "random" in picks):
+        print(compared(method, picks[method], picks["random"], grid))
 
 
-def compared(default: list[Pick], rival: list[Pick], grid: Pick, draws: int = 10000) -> str:
-    """The default search's picks against random search's at the same compute, paired by searcher
-    seed (95% interval of the mean difference), and the share of draws of three searcher seeds in
-    which the target's held-out comparisons hold."""
+def compared(method: str, ours: list[Pick], random: list[Pick], grid: Pick, draws: int = 10000) -> str:
+    """A method's picks against random search's at the same compute, paired by searcher seed (95%
+    interval of the mean difference), and the share of draws of three searcher seeds in which the
+    target's held-out comparisons would hold for it."""
     import random as rng
 
-    differences = [d.score - r.score for d, r in zip(default, rival)]
+    differences = [a.score - b.score for a, b in zip(ours, random)]
     mean, half = statistics.mean(differences), 1.96 * statistics.stdev(differences) / len(differences) ** 0.5
     side = "above" if mean - half > 0 else "below" if mean + half < 0 else "not told apart from"
     draw, held = rng.Random(0), 0
     for _ in range(draws):
-        seeds = draw.choices(range(len(default)), k=3)
-        ours, theirs = (statistics.median(picks[i].score for i in seeds) for picks in (default, rival))
-        held += ours >= grid.score and ours > theirs
-    return (f"replay: {DEFAULT}'s pick minus random's at the same compute {mean:+.4f} +- {half:.4f} (95%): "
-            f"{side} random's; the target's held-out comparisons hold in {held / draws:.2f} of {draws} draws "
-            "of three searcher seeds")
+        seeds = draw.choices(range(len(ours)), k=3)
+        mine, theirs = (statistics.median(picks[i].score for i in seeds) for picks in (ours, random))
+        held += mine >= grid.score and mine > theirs
+    return (f"replay: {method}'s pick minus random's at the same compute {mean:+.4f} +- {half:.4f} (95%): "
+            f"{side} random's; the target's held-out comparisons hold for it in {held / draws:.2f} of {draws} "
+            "draws of three searcher seeds")
 
 
 def median_pick(picks: list[Pick]) -> Pick:
