@@ -50,7 +50,8 @@ def test_the_parent_run_records_every_sampler_and_scheduler_setting():
     from aepg.sweep.schema import parent_params
     from aepg.sweep.search import searcher
 
-    sweep = load_sweep(QUICKSTART, ["search.multivariate=false"], check_runs=False)
+    sweep = load_sweep(QUICKSTART, ["search.multivariate=false", "scheduler.kind=asha", "scheduler.grace_period=2"],
+                       check_runs=False)
     sampler = searcher(sweep)[1]._sampler
     assert (sampler._multivariate, sampler._constant_liar, sampler._n_startup_trials) == (False, True, 4)
     params = parent_params(sweep, "path", 8, 5)
