@@ -417,7 +417,8 @@ def seed_list(text: str) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=f"{DEFAULT},random,tpe-confirm", help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=f"{DEFAULT},random,tpe-confirm",
+                        help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--seeds", default="0,1,2", type=seed_list, help="comma-separated searcher seeds")
     parser.add_argument("--cache", default=str(REPO / "bench" / ".cache" / "search_efficiency.json"), type=Path,
                         help="where the ground truth is kept between runs")
