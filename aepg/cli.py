@@ -159,9 +159,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_cluster(args) -> int:
+    if args.workers == 0 and args.head_cpus == 0:
+        raise ConfigError([("--head-cpus", "0 CPUs on the head and no worker nodes: the cluster could run nothing; "
+                            "give the head CPUs or add --workers")])
     from aepg.cluster import run_local_cluster
 
-    return run_local_cluster(args.workers, args.head_cpus, args.worker_cpus)
+    return run_local_cluster(args.workers, args.head_cpus, args.worker_cpus, args.start_timeout)
 
 
 def _count(minimum: int):
@@ -214,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--workers", type=_count(0), default=1, help="worker nodes besides the head (default 1)")
     local.add_argument("--head-cpus", type=_count(0), default=1, help="CPUs of the head; 0 keeps work off it (default 1)")
     local.add_argument("--worker-cpus", type=_count(1), default=1, help="CPUs of each worker node (default 1)")
+    local.add_argument("--start-timeout", type=_count(1), default=60, metavar="SECONDS",
+                       help="how long each node may take to start before the cluster gives up (default 60)")
     local.set_defaults(func=cmd_cluster)
     return parser
 
@@ -225,9 +230,11 @@ def _runtime_errors() -> tuple[type[Exception], ...]:
     from aepg.catalog import PluginError
     from aepg.models import WeightsError
     from aepg.models.peft import PeftError
+    from aepg.ray_setup import RayStartError
     from aepg.tracking import TrackingUnavailable
 
-    return DatasetNotFound, DataError, CacheBusy, CacheDamaged, WeightsError, PeftError, TrackingUnavailable, PluginError
+    return (DatasetNotFound, DataError, CacheBusy, CacheDamaged, WeightsError, PeftError, TrackingUnavailable, PluginError,
+            RayStartError)
 
 
 def _leave_ray_after_interrupt() -> None:

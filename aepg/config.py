@@ -270,8 +270,9 @@ class RunConfig(Section):
     """Draw the accuracy heat map and training curves into the run after every task; off for
     benches and sweeps of many short trials, where drawing them costs about as much as a task."""
     seed: int = 0
-    storage_path: str = "aepg_runs"
-    """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://)."""
+    storage_path: str = Field(default_factory=lambda: default_storage("runs", "aepg_runs"))
+    """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://).
+    Default: ``$AEPG_STORAGE/runs`` where AEPG_STORAGE is set (a cluster's shared storage), else ./aepg_runs."""
     benchmark: BenchmarkConfig = BenchmarkConfig()
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: SerializeAsAny[ObjectiveConfig] = Field(default_factory=lambda: OBJECTIVES.get(DEFAULT_OBJECTIVE).config())
@@ -310,6 +311,13 @@ WEIGHT_KEYWORDS = ("hub", "random", "lite0-offline")
 def is_uri(path: str) -> bool:
     """A URI (s3://, gs://, file://) rather than a local path."""
     return "://" in path
+
+
+def default_storage(folder: str, local: str) -> str:
+    """``$AEPG_STORAGE/folder`` where AEPG_STORAGE names shared storage (a cluster's bucket or mount),
+    else ``local``, relative to the working directory."""
+    root = os.environ.get("AEPG_STORAGE", "").strip()
+    return f"{root.rstrip('/')}/{folder}" if root else local
 
 
 def env_path(name: str, default: str) -> Path:

@@ -208,9 +208,17 @@ def problems(cfg: RunConfig, resume: str | None = None) -> list[tuple[str, str]]
     return found
 
 
+def durable_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    """A run's checkpoints and MLflow store must outlive the job: not in Ray's package cache."""
+    from aepg.ray_setup import package_cache_problems
+    from aepg.tracking import resolve_tracking_uri
+
+    return package_cache_problems({"storage_path": cfg.storage_path, "tracking_uri": resolve_tracking_uri(cfg.tracking_uri)})
+
+
 def check(cfg: RunConfig, resume: str | None = None) -> None:
-    """Raise ConfigError naming every problem ``problems`` finds."""
-    found = problems(cfg, resume)
+    """Raise ConfigError naming every problem ``problems`` finds, and where a run's outputs would not last."""
+    found = durable_problems(cfg) + problems(cfg, resume)
     if found:
         raise ConfigError(found)
 

@@ -4,37 +4,116 @@ only orchestrates trials, starts without them."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
+from pathlib import Path
 
 from aepg import interrupts
 from aepg.config import ConfigError, RunConfig
 
 log = logging.getLogger("aepg")
 
-# Environment the Ray workers need from the driver.
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
-                 "MLFLOW_LOGGING_LEVEL", "AEPG_DATA",
+                 "MLFLOW_LOGGING_LEVEL", "AEPG_DATA", "AEPG_STORAGE", "AEPG_CACHE",
                  "HF_HUB_OFFLINE", "HF_HOME")
+"""Environment every Ray worker gets from the driver (a job's runtime env wins where it sets a key)."""
+
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray's job supervisor in a submitted job's entrypoint: the job's runtime env, among others."""
+
+
+class RayStartError(RuntimeError):
+    """A Ray instance or node that did not start; the message names its log."""
+
+
+def job_env_vars() -> dict[str, str]:
+    """The env vars of the runtime env this process was submitted with (``ray job submit
+    --runtime-env-json``, a RayJob's ``runtimeEnvYAML``); empty outside a job."""
+    text = os.environ.get(JOB_CONFIG_ENV)
+    if not text:
+        return {}
+    return dict((json.loads(text).get("runtime_env") or {}).get("env_vars") or {})
+
+
+def forwarded_env() -> dict[str, str]:
+    """What the driver adds to the workers' environment: FORWARDED_ENV as set here, less the keys a
+    job's runtime env already sets (Ray refuses to merge two values for one key; the job's reach the
+    workers anyway)."""
+    from_job = job_env_vars()
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ and k not in from_job}
 
 
 def ensure_ray(trial_output: bool = True) -> None:
     """Connect to RAY_ADDRESS if set, else start a local Ray on 127.0.0.1 (with its dashboard,
     which cleans up the placement groups of stopped workers). ``trial_output`` False keeps the
-    workers' output in Ray's log files (``ray logs``) instead of this terminal."""
+    workers' output in Ray's log files (``ray logs``) instead of this terminal.
+
+    A local instance starts with SIGTERM and SIGHUP blocked, a mask its processes keep: a stop
+    signal sent to the whole process group (``timeout``, Slurm, ``kubectl delete``) then reaches
+    the driver alone, which stops its trials and closes their runs while Ray still answers."""
     import ray
 
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env = forwarded_env()
     quiet = {"log_to_driver": trial_output, **({} if trial_output else {"logging_level": logging.WARNING})}
     runtime_env = {"env_vars": env} if env else None
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, **quiet)
-    else:  # "local": never join a cluster some `ray start` left on this machine
-        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                 include_dashboard=True, runtime_env=runtime_env, **quiet)
+    try:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, **quiet)
+        else:  # "local": never join a cluster some `ray start` left on this machine
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.STOP_SIGNALS)
+            try:
+                ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                         include_dashboard=True, runtime_env=runtime_env, **quiet)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    except (ConnectionError, TimeoutError, RuntimeError) as error:
+        where = os.environ.get("RAY_ADDRESS") or "a local instance"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RayStartError(f"Ray ({where}) did not start: {first}; its logs: {ray_log_folder()}") from error
     interrupts.restore()
+
+
+def ray_log_folder() -> str:
+    """Where Ray writes the logs of the newest session on this machine."""
+    temp = os.environ.get("RAY_TMPDIR") or "/tmp"
+    return str(Path(temp) / "ray" / "session_latest" / "logs")
+
+
+def in_ray_package(path: str | Path) -> bool:
+    """Whether ``path`` lies in a folder Ray manages as a runtime-env package: Ray deletes and
+    re-extracts those (another node's agent may do it mid-job), so nothing durable may go there."""
+    parts = Path(path).parts
+    return "runtime_resources" in parts or any(part.startswith("_ray_pkg_") for part in parts)
+
+
+def package_cache_problems(paths: dict[str, str]) -> list[tuple[str, str]]:
+    """One problem per key whose local path (or sqlite store) lies in Ray's package cache: a job
+    submitted with ``--working-dir`` runs there, so relative paths and the defaults land in it."""
+    fixes = {"tracking_uri": "set MLFLOW_TRACKING_URI to an MLflow server (http://...) or a sqlite file on shared storage"}
+    return [(key, f"{path} is inside Ray's runtime-env package cache, which Ray deletes and re-extracts; "
+                  + fixes.get(key, f"set {key} (or AEPG_STORAGE) to shared storage: a path mounted on every node, "
+                                   "or s3:// / gs://"))
+            for key, path in paths.items() if path and in_ray_package(path.removeprefix("sqlite:///"))]
+
+
+def node_names() -> dict[str, tuple[str, bool]]:
+    """Every node of the cluster by id: its name (``ray start --node-name``; Ray's default is its IP)
+    and whether it is alive."""
+    import ray
+
+    return {n["NodeID"]: (n.get("NodeName") or n["NodeManagerAddress"], bool(n["Alive"])) for n in ray.nodes()}
+
+
+def this_node() -> tuple[str, str]:
+    """The id and name of the node this process runs on."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    return node_id, node_names().get(node_id, (node_id[:8], True))[0]
 
 
 def worker_resources(cfg: RunConfig) -> dict[str, float]:

@@ -16,30 +16,40 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
+import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
-import ray
 from ray import tune
 
 from aepg import interrupts, preflight, tracking
 from aepg.config import ConfigError, RunConfig, is_uri
 from aepg.metrics import final_name
-from aepg.ray_setup import check_fits, ensure_ray, worker_resources
+from aepg.ray_setup import check_fits, ensure_ray, node_names, this_node, worker_resources
 from aepg.sweep import fidelity, search
-from aepg.sweep.progress import LiveSweepTable, SweepProgress, error_reason
+from aepg.sweep.progress import (
+    NODE_RESULT,
+    HideRestoreHint,
+    LiveSweepTable,
+    SweepProgress,
+    driver_log,
+    error_reason,
+    route_library_output,
+)
 from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
 from aepg.sweep.schema import (
     CONFIG_TAG,
     INDEX_TAG,
     KIND_TAG,
     LEVEL_TAG,
+    NODE_NAMES_TAG,
     NODE_TAG,
     OPTUNA_STATE_TAG,
     SEED_TAG,
@@ -72,6 +82,12 @@ class TrialRun:
     run_id: str
     name: str
     config_id: str
+    node: str = ""
+    """The name of the node this attempt runs on (set by the trial)."""
+
+    def report(self, metrics: dict) -> None:
+        """Tune's report, with the node the trial runs on for the terminal view."""
+        tune.report({**metrics, NODE_RESULT: self.node})
 
 
 @dataclass
@@ -198,7 +214,7 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
     # Tune calls on_trial_start, which hands the run over, before the trial's first step runs this.
     run = runtime.handed_run(tune.get_context().get_trial_id())
     cfg = runtime.trial_config(params, run.name)
-    runtime.tracker.set_tags(run.run_id, {NODE_TAG: ray.get_runtime_context().get_node_id()})
+    run = replace(run, node=record_node(runtime.tracker, run.run_id))
     if runtime.sweep.spec.scheduler.climbs:
         climb(cfg, run, runtime)
         return
@@ -206,7 +222,15 @@ def run_trial(config: dict, runtime: SweepRuntime) -> None:
         train_seeds(cfg, run, runtime)
         return
     tasks = cfg.benchmark.num_tasks
-    train(cfg, run.run_id, runtime, lambda state: tune.report(state.metrics(tasks, placeholders=True)))
+    train(cfg, run.run_id, runtime, lambda state: run.report(state.metrics(tasks, placeholders=True)))
+
+
+def record_node(tracker: Tracker, run_id: str) -> str:
+    """Add the node this attempt runs on to the run's list of nodes (a retry elsewhere adds another); its name."""
+    node_id, name = this_node()
+    before = tracker.get_run(run_id)[0].tags.get(NODE_NAMES_TAG, "")
+    tracker.set_tags(run_id, {NODE_TAG: node_id, NODE_NAMES_TAG: ",".join(filter(None, [before, name]))})
+    return name
 
 
 def train(cfg: RunConfig, run_id: str, runtime: SweepRuntime, report=None, full_budget: bool = True) -> TrainState:
@@ -237,7 +261,7 @@ def climb(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
         progress = {fidelity.LEVEL_KEY: level.index + 1, fidelity.level_metric(metric): state.summary[metric],
                     "fidelity/fraction": level.fraction, fidelity.COMPUTE_KEY: compute}
         log_rung(runtime.tracker, run.run_id, progress, fidelity.LEVEL_KEY)
-        tune.report({**state.metrics(tasks, placeholders=True), **progress})
+        run.report({**state.metrics(tasks, placeholders=True), **progress})
 
 
 def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
@@ -261,7 +285,7 @@ def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
                     f"seeds/std_{metric}": statistics.stdev(values.values()) if count > 1 else 0.0,
                     fidelity.COMPUTE_KEY: count * tasks}
         log_rung(tracker, run.run_id, progress, fidelity.SEEDS_KEY)
-        tune.report({**progress, final_name(metric): mean})
+        run.report({**progress, final_name(metric): mean})
 
 
 def log_rung(tracker, run_id: str, progress: dict[str, float], counter: str) -> None:
@@ -273,13 +297,31 @@ def log_rung(tracker, run_id: str, progress: dict[str, float], counter: str) -> 
 
 # -- the MLflow callback ------------------------------------------------------------------------
 
+@dataclass
+class Retry:
+    """A trial that failed and that Tune retries: where it was, to say where it went once it is there."""
+
+    trial_id: str
+    run_id: str
+    nodes_before: int
+    said: str
+    """``t01 lost node worker-1; retrying from task 2``; `` on NODE (attempt k of n)`` follows."""
+
+
 class MlflowTrialRuns(tune.Callback):
-    """Opens each trial's child run at its (re)start, hands the trial its id, and sets its final status."""
+    """Opens each trial's child run at its (re)start, hands the trial its id, and sets its final status;
+    says in one line where a retried trial failed and where it resumed."""
+
+    RETRY_POLL_S = 1.0
 
     def __init__(self, runtime: SweepRuntime, searcher):
         self.runtime, self.searcher = runtime, searcher
         self.names: dict[str, str] = {}
         """Trial id to run name, for the terminal view."""
+        self.say = lambda line: log.info("%s", line)
+        """How a line that no trial event carries (a retry's) reaches the user: the terminal view's, where there is one."""
+        self.retries: dict[str, Retry] = {}
+        self.polled = 0.0
 
     def on_trial_start(self, iteration, trials, trial, **info):
         existing = self.runtime.find_child(trial.trial_id)
@@ -321,7 +363,38 @@ class MlflowTrialRuns(tune.Callback):
         self._close(trial, "FINISHED", {STATUS_TAG: status})
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.retries.pop(trial.trial_id, None)
         self._close(trial, "FAILED", {STATUS_TAG: "failed"}, error_reason(trial))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Tune retries the failed trial from its checkpoint: say which node it lost (or how it failed)."""
+        run = self.runtime.find_child(trial.trial_id)
+        if run is None:
+            return
+        nodes = [n for n in run.tags.get(NODE_NAMES_TAG, "").split(",") if n]
+        where = nodes[-1] if nodes else "its node"
+        alive = {name for name, up in node_names().values() if up}
+        lost = f"lost node {where}" if nodes and where not in alive else f"failed on {where}: {error_reason(trial)}"
+        done = int(run.tags.get(tracking.TASKS_DONE_TAG) or 0)
+        short = self.names.get(trial.trial_id, trial.trial_id).split("-", 1)[0]
+        self.retries[trial.trial_id] = Retry(trial.trial_id, run.run_id, len(nodes),
+                                             f"{short} {lost}; retrying from task {done + 1}")
+
+    def on_step_begin(self, iteration, trials, **info):
+        """Once a retried trial has started again, its run names its new node: say where it went."""
+        now = time.monotonic()
+        if not self.retries or now - self.polled < self.RETRY_POLL_S:
+            return
+        self.polled = now
+        attempts = self.runtime.sweep.spec.trial.max_failures + 1
+        by_id = {t.trial_id: t for t in trials}
+        for trial_id, retry in list(self.retries.items()):
+            nodes = [n for n in self.runtime.tracker.get_run(retry.run_id)[0].tags.get(NODE_NAMES_TAG, "").split(",") if n]
+            if len(nodes) > retry.nodes_before:
+                trial = by_id.get(trial_id)
+                attempt = trial.num_failures + 1 if trial is not None else len(nodes)
+                self.say(f"{retry.said} on {nodes[-1]} (attempt {attempt} of {attempts})")
+                del self.retries[trial_id]
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -358,9 +431,9 @@ def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callb
     spec, sweep = runtime.sweep.spec, runtime.sweep
     settings = (runs.names, expected_trials(sweep), search.budget(sweep), spec.metric, spec.mode,
                 search.progress_unit(sweep), search.searched_metric(sweep))
-    if sys.stdout.isatty():
-        return [runs, LiveSweepTable(*settings, keys=list(sweep.space))]
-    return [runs, SweepProgress(*settings)]
+    view = LiveSweepTable(*settings, keys=list(sweep.space)) if sys.stdout.isatty() else SweepProgress(*settings)
+    runs.say = view.notice
+    return [runs, view]
 
 
 def run_config(runtime: SweepRuntime, searcher, verbose: bool) -> tune.RunConfig:
@@ -399,9 +472,8 @@ def output_path(sweep: Sweep) -> str:
     raise ConfigError([("storage_path", f"{storage} already holds 999 sweeps named {sweep.spec.name} from this second")])
 
 
-def start(sweep: Sweep, tracker: Tracker) -> SweepRuntime:
-    """Open the parent run and record the sweep's state; nothing runs yet."""
-    path = output_path(sweep)
+def start(sweep: Sweep, tracker: Tracker, path: str) -> SweepRuntime:
+    """Open the parent run and record the sweep's state in ``path`` (``output_path``); nothing runs yet."""
     name = path.rsplit("/", 1)[-1]
     params = parent_params(sweep, path, expected_trials(sweep), search.budget(sweep)[1])
     space = {key: param.model_dump(exclude_none=True, by_alias=True) for key, param in sweep.spec.space.items()}
@@ -412,21 +484,32 @@ def start(sweep: Sweep, tracker: Tracker) -> SweepRuntime:
     return runtime
 
 
-def _quiet_tune(verbose: bool) -> None:
-    """Ray Tune's current output engine prints its experiment box even at ``verbose=0``; its legacy
-    engine is silent there, so the terminal view is the only one."""
+def _quiet_ray(path: str, name: str, verbose: bool) -> None:
+    """Unless ``verbose``: what Ray prints in this process goes to the sweep's driver log, and Ray Tune
+    uses its legacy output engine, silent at ``verbose=0`` (the current one prints its experiment box
+    even there), so the terminal view is the only one. Ray Tune's own resume hint is never shown."""
+    logging.getLogger("ray.tune.tune").addFilter(HideRestoreHint())
     if not verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        log_file = driver_log(path, name)
+        route_library_output(log_file)
+        log.info("Ray's own messages: %s", log_file)
 
 
 def run_sweep(sweep: Sweep, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     tracker = Tracker.connect(sweep.base_config.tracking_uri)
     for _, cfg in variants(sweep):  # a requested download happens once, here, not in every trial
         preflight.prepare(cfg)
-    ensure_ray(trial_output=verbose)
-    _quiet_tune(verbose)
-    _check_trial_fits(sweep)
-    runtime = start(sweep, tracker)
+    path = output_path(sweep)
+    try:
+        _quiet_ray(path, path.rstrip("/").rsplit("/", 1)[-1], verbose)
+        ensure_ray(trial_output=verbose)
+        _check_trial_fits(sweep)
+    except BaseException:  # refused before anything ran: leave no sweep folder behind
+        if not is_uri(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    runtime = start(sweep, tracker, path)
     log.info("sweep outputs: %s (resume with: aepg sweep --resume %s)", runtime.path, runtime.path)
     complete = _fit_and_close(runtime, lambda: build_tuner(runtime, verbose))
     return runtime, complete and confirm(runtime, verbose)
@@ -436,8 +519,8 @@ def resume_sweep(path: str, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     """Continue a sweep; its terminal view is the one it started with (Tune restores its callbacks)."""
     runtime = SweepRuntime.load(path)
     runtime.tracker.check_reachable()
+    _quiet_ray(runtime.path, runtime.name, verbose)
     ensure_ray(trial_output=verbose)
-    _quiet_tune(verbose)
     if not tune.Tuner.can_restore(path):
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
     runtime.tracker.reopen_run(runtime.parent_run_id)

@@ -9,13 +9,54 @@ terminal unless ``aepg sweep --verbose`` asks for them.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from ray import tune
 
 from aepg.metrics import final_name
+
+NODE_RESULT = "node"
+"""In every result a trial reports: the name of the node it runs on."""
+
+
+DRIVER_LOG = "driver.log"
+"""In a sweep's folder: what Ray and its libraries print in the driver (raylet and GCS messages, the
+tracebacks of lost actors, start-up warnings), kept off the terminal unless ``--verbose``."""
+
+
+class HideRestoreHint(logging.Filter):
+    """Ray Tune's "Resume experiment with: Tuner.restore(...)": aepg prints its own resume command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+def driver_log(sweep_path: str, name: str) -> Path:
+    """The driver's log file: in the sweep's folder, or for a sweep on s3:// or gs:// in the temp folder."""
+    if "://" in sweep_path:
+        return Path(tempfile.gettempdir()) / f"aepg-{name}-{DRIVER_LOG}"
+    return Path(sweep_path) / DRIVER_LOG
+
+
+def route_library_output(log_file: Path) -> None:
+    """Send what this process writes to its stderr file descriptor (Ray's C++ core, Ray's and Ray Tune's
+    loggers, set up on ``sys.__stderr__``) to ``log_file``; aepg's own lines and ``sys.stderr`` stay on
+    the terminal."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    for handler in logging.getLogger().handlers:  # aepg's lines (the root logger's handler, see cli)
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__):
+            handler.setStream(terminal)
+    sys.stderr = terminal
 
 
 def error_reason(trial) -> str:
@@ -46,6 +87,8 @@ class SweepProgress(tune.Callback):
         self.names, self.total, self.budget, self.metric, self.mode = names, total, budget, metric, mode
         self.unit, self.value_key = unit, value_key
         self.started, self.best = time.time(), None
+        self.nodes: dict[str, str] = {}
+        """Trial id to the name of the node it last reported from; shown once trials ran on several."""
 
     def setup(self, **info):
         """Ray Tune calls this as the sweep (or its resumed run) starts: time from here."""
@@ -57,14 +100,26 @@ class SweepProgress(tune.Callback):
     def _name(self, trial) -> str:
         return self.names.get(trial.trial_id, trial.trial_id)
 
+    def notice(self, line: str) -> None:
+        """A line no trial event carries (a trial retried on another node)."""
+        print(f"  {line}", file=sys.stdout, flush=True)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self._say(f"  started   {self._name(trial)}")
+
+    def _node(self, trial, result: dict) -> str:
+        """The node the trial reported from, where the sweep's trials run on several nodes."""
+        if result.get(NODE_RESULT):
+            self.nodes[trial.trial_id] = str(result[NODE_RESULT])
+        return self.nodes.get(trial.trial_id, "") if len(set(self.nodes.values())) > 1 else ""
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         budget_key, full = self.budget
         value = result.get(self.value_key)
         shown = f", {self.value_key} {value:.4f}" if isinstance(value, float) else ""
-        self._say(f"  {self._name(trial)}: {self.unit} {int(result.get(budget_key, 0))}/{full}{shown}")
+        node = self._node(trial, result)
+        where = f" (on {node})" if node else ""
+        self._say(f"  {self._name(trial)}: {self.unit} {int(result.get(budget_key, 0))}/{full}{shown}{where}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
@@ -130,6 +185,12 @@ class LiveSweepTable(SweepProgress):
         self.status_line = line
         self._refresh()
 
+    def notice(self, line: str) -> None:  # printed above the table, where it stays
+        if self.live is not None:
+            self.live.console.print(line, markup=False, highlight=False)
+        else:
+            super().notice(line)
+
     def _row(self, trial) -> dict:
         params = trial.config.get("params", trial.config) if isinstance(trial.config, dict) else {}
         return self.rows.setdefault(trial.trial_id, {"status": "pending", "progress": "", "running": "", "final": "",
@@ -144,6 +205,7 @@ class LiveSweepTable(SweepProgress):
         row, value = self._row(trial), result.get(self.value_key)
         row["progress"] = f"{int(result.get(budget_key, 0))}/{full} {self.unit}s"
         row["running"] = f"{value:.4f}" if isinstance(value, float) else ""
+        self._node(trial, result)
         super().on_trial_result(iteration, trials, trial, result, **info)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -173,9 +235,12 @@ class LiveSweepTable(SweepProgress):
         from rich.table import Table
 
         table = Table(box=None, header_style="bold", pad_edge=False)
-        for column in ["trial", "status", "progress", self.value_key, final_name(self.metric), *self.keys]:
+        several = len(set(self.nodes.values())) > 1
+        for column in ["trial", "status", "progress", *(["node"] if several else []), self.value_key,
+                       final_name(self.metric), *self.keys]:
             table.add_column(column, overflow="fold")
         for trial_id, row in self.rows.items():
-            values = [row["status"], row["progress"], row["running"], row["final"], *(str(row[k]) for k in self.keys)]
+            node = [self.nodes.get(trial_id, "")] if several else []
+            values = [row["status"], row["progress"], *node, row["running"], row["final"], *(str(row[k]) for k in self.keys)]
             table.add_row(self.names.get(trial_id, trial_id), *values)
         return Group(table, self.status_line or f"[0/{self.total} trials]")

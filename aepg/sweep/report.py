@@ -29,6 +29,7 @@ from aepg.sweep.noise import Noise, assess
 from aepg.sweep.schema import (
     CONFIG_TAG,
     INDEX_TAG,
+    NODE_NAMES_TAG,
     OPTUNA_STATE_TAG,
     SEED_VALUES_TAG,
     STAGE_TAG,
@@ -71,6 +72,8 @@ class Entry:
     """``best``, or ``tied`` when within seed noise of it (``aepg.sweep.noise``); empty otherwise."""
     stage: str = "search"
     """``search``, or ``confirm``: a configuration trained again on fresh seeds after the search."""
+    nodes: list[str] = field(default_factory=list)
+    """The Ray nodes its runs' attempts ran on, in order (a retried trial's lists both)."""
 
 
 def _typed(value: str | None, param: Param | None = None):
@@ -124,8 +127,13 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
                              int(run.tags.get(INDEX_TAG, 0)), [seed],
                              optuna_state=run.tags.get(OPTUNA_STATE_TAG, ""), end_time=run.end_time,
                              objective=run.params.get("objective.kind", ""),
-                             by_seed={seed: value} if status == "finished" and value is not None else {}))
+                             by_seed={seed: value} if status == "finished" and value is not None else {},
+                             nodes=nodes_of(run)))
     return entries
+
+
+def nodes_of(run: tracking.RunRecord) -> list[str]:
+    return [name for name in run.tags.get(NODE_NAMES_TAG, "").split(",") if name]
 
 
 def count_of(run: tracking.RunRecord, tag: str, metric: str) -> int:
@@ -142,7 +150,8 @@ def seed_ladder_entry(run: tracking.RunRecord, status: str, space: dict[str, Par
     return Entry(run.name, status, sampled_params(run, space), statistics.mean(values) if values else None,
                  f"{len(values)}/{seeds} seeds", float(len(values) * num_tasks), [run.run_id],
                  int(run.tags.get(INDEX_TAG, 0)), sorted(by_seed), statistics.stdev(values) if len(values) > 1 else None,
-                 run.tags.get(OPTUNA_STATE_TAG, ""), run.end_time, run.params.get("objective.kind", ""), by_seed)
+                 run.tags.get(OPTUNA_STATE_TAG, ""), run.end_time, run.params.get("objective.kind", ""), by_seed,
+                 nodes=nodes_of(run))
 
 
 def average_over_seeds(entries: list[Entry]) -> list[Entry]:
@@ -168,6 +177,7 @@ def average_over_seeds(entries: list[Entry]) -> list[Entry]:
             spread=statistics.stdev(values) if len(values) > 1 else None,
             objective=members[0].objective,
             by_seed={seed: value for m in finished for seed, value in m.by_seed.items()},
+            nodes=list(dict.fromkeys(n for m in members for n in m.nodes)),
         ))
     return merged
 
@@ -184,6 +194,7 @@ def rank(entries: list[Entry], mode: str) -> list[Entry]:
 
 def table(entries: list[Entry], metric: str, space_keys: list[str]) -> list[dict[str, object]]:
     rows, confirmed = [], any(entry.stage == "confirm" for entry in entries)
+    several_nodes = len({node for entry in entries for node in entry.nodes}) > 1
     for i, entry in enumerate(entries, 1):
         finished = entry.status == "finished"
         row = {"rank": i, "trial": entry.name, "status": entry.status,
@@ -197,6 +208,8 @@ def table(entries: list[Entry], metric: str, space_keys: list[str]) -> list[dict
             row["within noise"] = entry.within_noise
         if confirmed:
             row["stage"] = entry.stage
+        if several_nodes:
+            row["nodes"] = " > ".join(entry.nodes)
         row.update({k: entry.params.get(k, "") for k in space_keys})
         if entry.optuna_state:
             row["optuna"] = entry.optuna_state

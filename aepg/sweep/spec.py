@@ -24,6 +24,7 @@ from aepg.config import (
     RunConfig,
     Section,
     by_kind,
+    default_storage,
     entry_keys,
     flatten,
     is_uri,
@@ -35,6 +36,7 @@ from aepg.config import (
     validate,
 )
 from aepg.metrics import SUMMARY_METRICS
+from aepg.ray_setup import package_cache_problems
 from aepg.sweep.fidelity import seeds_per_trial
 from aepg.sweep.schedulers import DEFAULT_SCHEDULER, SchedulerSettings
 from aepg.sweep.searchers import DEFAULT_SEARCHER, SearchSettings
@@ -180,8 +182,9 @@ class SweepSpec(Section):
     """Re-train the top configurations on fresh seeds; the leaderboard and best.yaml then rank on
     their mean over those seeds."""
     trial: TrialSettings = TrialSettings()
-    storage_path: str = "aepg_sweeps"
-    """Where Ray Tune's state, trial checkpoints and the best config go: a folder or URI."""
+    storage_path: str = Field(default_factory=lambda: default_storage("sweeps", "aepg_sweeps"))
+    """Where Ray Tune's state, trial checkpoints and the best config go: a folder or URI. Default:
+    ``$AEPG_STORAGE/sweeps`` where AEPG_STORAGE is set, else ./aepg_sweeps."""
 
     @field_validator("search", mode="before")
     @classmethod
@@ -440,11 +443,16 @@ def _check_budget_keys(sweep: Sweep) -> list[tuple[str, str]]:
 
 
 def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
+    from aepg.tracking import resolve_tracking_uri
+
     spec = sweep.spec
     problems = spec.search.problems(sweep) + spec.scheduler.problems(sweep) + _check_budget_keys(sweep)
     if not is_uri(spec.storage_path) and Path(spec.storage_path).expanduser().exists() \
             and not Path(spec.storage_path).expanduser().is_dir():
         problems.append(("storage_path", f"{spec.storage_path} is a file; sweep outputs need a folder"))
+    problems.extend(package_cache_problems({
+        "storage_path": spec.storage_path if is_uri(spec.storage_path) else str(Path(spec.storage_path).expanduser().resolve()),
+        "tracking_uri": resolve_tracking_uri(sweep.base_config.tracking_uri)}))
     if spec.scheduler.climbs:
         problems.extend(_check_ladder(sweep))
     if seeds_per_trial(spec):
