@@ -1,8 +1,9 @@
 """A multi-node Ray cluster on this machine, for trying cluster features without a cloud.
 
-Each node is one ``ray start --block`` process with its own CPUs, custom resources and node name
-(``head``, ``worker-1``, ...), so placement across nodes is real and a trial's node reads as a
-name. Stopping a node terminates that process, which takes its raylet and workers with it; losing
+Each node is one ``ray start --block`` process with its own CPUs, custom resources, node name
+(``head``, ``worker-1``, ...) and temp folder in the cluster's log folder, as separate machines have
+separate disks: placement across nodes is real, a trial's node reads as a name, and one node's
+runtime-env agent never deletes the packages another node extracted (``--working-dir``). Stopping a node terminates that process, which takes its raylet and workers with it; losing
 a worker node (``kill -9`` of its process tree, as a crashed machine would) leaves the head and the
 other nodes running, which is what a node-loss rehearsal needs. Only what was started here is
 stopped, by process id.
@@ -96,7 +97,7 @@ class LocalCluster:
     def _start(self, name: str, cpus: float, resources: dict[str, float], args: list[str]) -> Node:
         log = self.log_dir / f"{name}.log"
         command = [self._ray(), "start", "--block", "--disable-usage-stats", f"--num-cpus={cpus:g}",
-                   f"--node-name={name}", f"--resources={json.dumps(resources)}",
+                   f"--node-name={name}", f"--temp-dir={self.log_dir / name}", f"--resources={json.dumps(resources)}",
                    f"--dashboard-agent-listen-port={free_port()}", *args]
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path))
@@ -166,10 +167,6 @@ class LocalCluster:
     def stop(self) -> None:
         for node in reversed(list(self.nodes)):  # workers first, head last
             self.stop_node(node)
-        # `ray start --head` records its address for later `ray.init()` calls; forget ours.
-        record = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray" / "ray_current_cluster"
-        if self.port and record.is_file() and record.read_text().strip().endswith(f":{self.port}"):
-            record.unlink()
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -73,13 +73,14 @@ def run_in_terminal(args: list[str], cwd: Path, env: dict | None = None, columns
     return process.wait(timeout=timeout), b"".join(chunks).decode(errors="replace")
 
 
-def start_aepg(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start the ``aepg`` console script in the background (output merged, as text).
+def start_aepg(args: list[str], cwd: Path, env: dict | None = None, own_group: bool = False) -> subprocess.Popen:
+    """Start the ``aepg`` console script in the background (output merged, as text); ``own_group``
+    puts it in a process group of its own, for a signal to the whole group (``os.killpg``).
 
     Its SIGINT is reset to the default: a test run launched with ``&`` from a script inherits
     SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
     return subprocess.Popen([str(AEPG), *args], cwd=cwd, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=own_group,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 

@@ -1,101 +1,73 @@
-"""Cluster configs, and a real 2-node Ray cluster on this machine with a real MLflow server."""
+"""A sweep on a Ray cluster launched the way users launch it: `aepg cluster local` (a head and a
+worker node, token authentication), a real `mlflow server` on 127.0.0.1, the shipped RayJob's
+entrypoint and runtime env submitted through Ray's Jobs API, and a worker node lost mid-sweep.
+The tests share one cluster and run in file order: the node-loss test comes last."""
 
 import json
 import os
-import shlex
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from aepg.cluster import LocalCluster, free_port
-from aepg.sweep.spec import load_sweep
+from aepg.cluster import free_port
 
-from conftest import CONFIGS, REPO, run_aepg, start_aepg, wait_until
+from conftest import AEPG, CONFIGS, REPO, run_aepg, start_aepg, wait_until
 from conftest import mlflow_server as mlflow_server_on
 from test_sweep import TINY_BASE, write_sweep
 
-RAY_CONFIGS = REPO / "ray_configs"
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 DIGITS = str(CONFIGS / "digits.yaml")
+RAYJOB = REPO / "ray_configs" / "kuberay" / "rayjob.yaml"
+SMALL_QUICKSTART = ["search.num_trials=2", "search.max_concurrent=2", "base_overrides.benchmark.num_tasks=2",
+                    "base_overrides.train.epochs=1", "base_overrides.benchmark.max_train_per_class=40",
+                    "base_overrides.benchmark.max_test_per_class=10"]
 
 
-# -- configs ----------------------------------------------------------------------------------
+@dataclass
+class RunningCluster:
+    """`aepg cluster local` as a user runs it, and what it printed."""
 
-@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
-def test_launcher_configs_pass_rays_own_validation(name):
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    process: subprocess.Popen
+    log: Path
+    client_env: dict[str, str]
+    pids: dict[str, int]
+    dashboard: str
+    logs: Path
+    """The cluster's folder: each node's log and temp folder (its session, its runtime-env packages)."""
 
-    config = yaml.safe_load((RAY_CONFIGS / name).read_text())
-    validate_config(prepare_config(config))  # Ray's cluster-config schema and node-type rules
-    types = config["available_node_types"]
-    head = types[config["head_node_type"]]
-    assert "InstanceMarketOptions" not in head["node_config"] and "scheduling" not in head["node_config"]
-    assert head["resources"]["trial_driver"] > 0
-    workers = {k: v for k, v in types.items() if k != config["head_node_type"]}
-    assert len(workers) >= 2 and all(v["min_workers"] == 0 for v in workers.values())
-    assert sum(v["max_workers"] for v in workers.values()) <= config["max_workers"]
-    setup = " ".join(config["setup_commands"])
-    assert "pip install -e" in setup and "aepg" in setup and "AEPG_STORAGE" in setup
-    assert any("mlflow server" in c and "--backend-store-uri" in c for c in config["head_start_ray_commands"])
+    def output(self) -> str:
+        return self.log.read_text()
 
-
-def manifests() -> dict[str, dict]:
-    docs = {}
-    for path in sorted((RAY_CONFIGS / "kuberay").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            docs[doc["kind"]] = doc
-    return docs
-
-
-def check_pod_template(template: dict, gpus: bool) -> None:
-    (container,) = template["spec"]["containers"]
-    assert container["name"] and container["image"]
-    env = {e["name"]: e for e in container["env"]}
-    assert env["MLFLOW_TRACKING_URI"]["valueFrom"]["secretKeyRef"]["key"] == "tracking_uri"
-    limits, requests_ = container["resources"]["limits"], container["resources"]["requests"]
-    assert limits["cpu"] and limits["memory"] and requests_["cpu"]
-    assert ("nvidia.com/gpu" in limits) == gpus
-    mounts = {m["name"] for m in container["volumeMounts"]}
-    assert mounts == {v["name"] for v in template["spec"]["volumes"]}
-
-
-def test_kuberay_manifests_have_what_the_operator_requires():
-    docs = manifests()
-    cluster = docs["RayCluster"]
-    assert cluster["apiVersion"] == "ray.io/v1" and cluster["metadata"]["name"]
-    spec = cluster["spec"]
-    assert spec["authOptions"]["mode"] in ("token", "disabled") and spec["authOptions"]["mode"] == "token"
-    assert isinstance(spec["headGroupSpec"]["rayStartParams"], dict)
-    check_pod_template(spec["headGroupSpec"]["template"], gpus=False)
-    groups = spec["workerGroupSpecs"]
-    assert len({g["groupName"] for g in groups}) == len(groups) >= 2
-    for group in groups:
-        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-        assert isinstance(group["rayStartParams"], dict)
-        check_pod_template(group["template"], gpus=True)
-    claim = docs["PersistentVolumeClaim"]
-    assert "ReadWriteMany" in claim["spec"]["accessModes"]
-
-    job = docs["RayJob"]
-    assert job["apiVersion"] == "ray.io/v1"
-    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
-    assert job["spec"]["submissionMode"] in ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
-    command = shlex.split(job["spec"]["entrypoint"])
-    assert command[:2] == ["aepg", "sweep"]
-    sweep_file = command[2].replace("/home/ray/aepg", str(REPO))
-    assert load_sweep(sweep_file, command[3:]).spec.storage_path.startswith("/mnt/shared")
-
-
-# -- a real 2-node cluster and MLflow server on this machine ----------------------------------
 
 @pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(head_cpus=1, head_resources={"head_node": 1}) as local:
-        local.add_worker(1, {"node_b": 1})
-        yield local
+def cluster(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cluster")
+    log = folder / "cluster.log"
+    env = {**os.environ, "PATH": f"{AEPG.parent}{os.pathsep}{os.environ['PATH']}"}  # jobs find `aepg`
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(AEPG), "cluster", "local", "--workers", "1"], cwd=folder, stdout=out,
+                                   stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: "Ctrl-C stops exactly these nodes" in log.read_text(), "the cluster to start", process, 180)
+        text = log.read_text()
+        client_env = dict(item.split("=", 1) for item in re.search(r"^  (RAY_ADDRESS=.*)$", text, re.M).group(1).split())
+        nodes = re.search(r"node processes: (.*)", text).group(1)
+        pids = {name: int(pid) for name, pid in re.findall(r"([\w-]+)=(\d+)", nodes)}
+        yield RunningCluster(process, log, client_env, pids, re.search(r"dashboard: (\S+)", text).group(1),
+                             Path(re.search(r"logs: (\S+)", text).group(1)))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
 
 
 @pytest.fixture(scope="module")
@@ -105,71 +77,144 @@ def mlflow_server(tmp_path_factory):
         yield uri
 
 
-@pytest.fixture(scope="module")
-def node_ids(cluster):
-    """Node ids by role, asked of the cluster by a separate client (Ray reads its auth mode at import)."""
-    query = ("import json, ray; ray.init(); print(json.dumps({('b' if 'node_b' in n['Resources'] else 'head'): "
-             "n['NodeID'] for n in ray.nodes() if n['Alive']}))")
-    out = subprocess.run([sys.executable, "-c", query], env={**os.environ, **cluster.client_env},
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+SUBMIT = """
+import json, sys, time
+from ray.job_submission import JobStatus, JobSubmissionClient
+address, entrypoint, runtime_env = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+client = JobSubmissionClient(address)
+job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+deadline = time.time() + 600
+while not client.get_job_status(job).is_terminal() and time.time() < deadline:
+    time.sleep(1)
+print(json.dumps({"status": client.get_job_status(job).value, "logs": client.get_job_logs(job)}))
+"""
 
 
-def env_for(cluster, server) -> dict:
-    return {**cluster.client_env, "MLFLOW_TRACKING_URI": server}
+def submit(cluster: RunningCluster, entrypoint: str, runtime_env: dict) -> tuple[str, str]:
+    """Submit a job with Ray's JobSubmissionClient, as `ray job submit` and KubeRay's submitter do;
+    its final status and its logs."""
+    done = subprocess.run([sys.executable, "-c", SUBMIT, cluster.dashboard, entrypoint, json.dumps(runtime_env)],
+                          env={**os.environ, **cluster.client_env}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["status"], result["logs"]
 
 
-def test_two_worker_run_spans_both_nodes(cluster, mlflow_server, node_ids, workdir):
+def project_folder(root: Path) -> Path:
+    """What a user's working directory holds: the sweep files and configs, nothing else."""
+    project = root / "project"
+    for name in ("sweeps", "configs"):
+        shutil.copytree(REPO / name, project / name)
+    (project / "marker-aepg-test").write_text(str(root))
+    return project
+
+
+def package_copies(cluster: RunningCluster, root: Path) -> list[Path]:
+    """The copies the nodes extracted of this test's working directory (in their package caches)."""
+    markers = cluster.logs.glob("*/session_*/runtime_resources/working_dir_files/*/marker-aepg-test")
+    return [marker.parent for marker in markers if marker.read_text() == str(root)]
+
+
+def test_the_shipped_rayjob_runs_a_sweep_on_both_nodes(cluster, mlflow_server, tmp_path):
+    """The RayJob's entrypoint and runtimeEnvYAML (which sets MLFLOW_DISABLE_TELEMETRY, as aepg's
+    driver does) with MLFLOW_TRACKING_URI and a working_dir: the job succeeds, its trials run on
+    both nodes, every run is FINISHED on the server, and the outputs are on the shared storage."""
+    job = next(d for d in yaml.safe_load_all(RAYJOB.read_text()) if d["kind"] == "RayJob")["spec"]
+    shared = tmp_path / "shared"
+    entrypoint = job["entrypoint"].replace("/home/ray/aepg/", "").replace("/mnt/shared", str(shared))
+    runtime_env = yaml.safe_load(job["runtimeEnvYAML"])
+    runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] = mlflow_server
+    runtime_env["working_dir"] = str(project_folder(tmp_path))
+
+    # Without shared storage, the job's outputs would land in Ray's package cache: refused in one line.
+    status, logs = submit(cluster, "aepg sweep sweeps/quickstart.yaml", runtime_env)
+    assert status == "FAILED" and "Traceback" not in logs, logs[-3000:]
+    assert "storage_path:" in logs and "inside Ray's runtime-env package cache" in logs
+
+    status, logs = submit(cluster, " ".join([entrypoint, *SMALL_QUICKSTART]), runtime_env)
+    assert status == "SUCCEEDED", logs[-5000:]
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("aepg-digits")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`aepg.sweep` LIKE 'quickstart-%'")
+    parents = [r for r in runs if r.data.tags.get("aepg.kind") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {c.data.tags["aepg.nodes"] for c in children} == {"head", "worker-1"}, "trials ran on both nodes"
+    assert re.search(r"^rank .* nodes ", logs, re.M) and " head " in logs and " worker-1 " in logs, logs[-3000:]
+    (folder,) = (shared / "aepg" / "sweeps").glob("quickstart-*")
+    assert (folder / "best.yaml").is_file() and (folder / "driver.log").is_file()
+    copies = package_copies(cluster, tmp_path)
+    assert copies, "the job ran from Ray's copy of its working directory"
+    written = [p for copy in copies for p in copy.rglob("*") if p.name in ("aepg_sweeps", "aepg_runs", "mlflow.db")]
+    assert not written, f"written into Ray's package cache: {written}"
+
+
+def test_two_worker_run_spans_both_nodes(cluster, mlflow_server, workdir):
     result = run_aepg(["train", DIGITS, "benchmark.num_tasks=2", "benchmark.max_train_per_class=40", "train.epochs=1",
                        "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.torch_threads=1", "run_name=span"],
-                      cwd=workdir, env=env_for(cluster, mlflow_server))
+                      cwd=workdir, env={**cluster.client_env, "MLFLOW_TRACKING_URI": mlflow_server})
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id],
                                 filter_string="attributes.run_name = 'span'")
     assert run.info.status == "FINISHED" and "final/last_accuracy" in run.data.metrics
-    assert set(run.data.tags["aepg.ray_node_ids"].split(",")) == set(node_ids.values())
+    assert len(set(run.data.tags["aepg.ray_node_ids"].split(","))) == 2
     assert {"accuracy_matrix.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-def test_losing_a_worker_node_mid_sweep(cluster, mlflow_server, node_ids, workdir):
-    """Two trials spread over the two nodes; node b dies under one of them, which resumes on the head."""
+def kill_tree(pid: int) -> None:
+    """Lose a node as a crashed machine would: SIGKILL its `ray start` process and everything under it."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [*root.children(recursive=True), root]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_losing_a_worker_node_mid_sweep(cluster, mlflow_server, workdir):
+    """Two trials spread over the two nodes; worker-1 dies under one of them: the cluster goes on,
+    the trial resumes on the head in the same MLflow run, and the sweep says so in one line."""
     path = write_sweep(
         workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
         base_overrides={**TINY_BASE, "benchmark": {"num_tasks": 3, "max_train_per_class": 60, "max_test_per_class": 10},
                         "train": {"epochs": 2, "batch_size": 16}, "checkpoint": {"every_epochs": 1}},
         search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"},
         trial={"cpus": 1, "max_failures": 2})
-    driver = start_aepg(["sweep", path], workdir, env_for(cluster, mlflow_server))
+    driver = start_aepg(["sweep", path], workdir, {**cluster.client_env, "MLFLOW_TRACKING_URI": mlflow_server})
     client = MlflowClient(mlflow_server)
-    worker = next(n for n in cluster.nodes if n.name.startswith("worker"))
-    try:
-        def checkpointed_trials_on_b() -> list:
-            experiment = client.get_experiment_by_name("aepg-digits")
-            on_b = [r for r in client.search_runs([experiment.experiment_id],
-                                                  filter_string=f"tags.`aepg.ray_node_id` = '{node_ids['b']}'")
-                    if r.info.status == "RUNNING"] if experiment else []
-            return [r for r in on_b if list(workdir.glob(f"aepg_sweeps/*/runs/{r.info.run_id}/checkpoints/ckpt-*"))]
 
-        on_b = wait_until(checkpointed_trials_on_b, "a trial on node b to checkpoint", driver)
-        experiment = client.get_experiment_by_name("aepg-digits").experiment_id
-        wait_until(lambda: {r.data.tags.get("aepg.ray_node_id") for r in client.search_runs(
-            [experiment], filter_string="tags.`aepg.trial_id` != ''")} == set(node_ids.values()),
-            "the other trial to start on the head", driver)
-        cluster.kill_node(worker)
+    def runs_on(node: str) -> list:
+        experiment = client.get_experiment_by_name("aepg-digits")
+        return [r for r in client.search_runs([experiment.experiment_id], filter_string=f"tags.`aepg.nodes` = '{node}'")
+                if r.info.status == "RUNNING" and r.data.tags.get("aepg.sweep", "").startswith("tiny-")] if experiment else []
+
+    try:
+        on_worker = wait_until(lambda: [r for r in runs_on("worker-1")
+                                        if list(workdir.glob(f"aepg_sweeps/*/runs/{r.info.run_id}/checkpoints/ckpt-*"))],
+                               "a trial on worker-1 to checkpoint", driver)
+        wait_until(lambda: runs_on("head"), "the other trial to start on the head", driver)
+        kill_tree(cluster.pids["worker-1"])
         output, _ = driver.communicate(timeout=600)
     finally:
         driver.kill()
-        if worker not in cluster.nodes:
-            cluster.add_worker(1, {"node_b": 1})
     assert driver.returncode == 0, output[-3000:]
-    runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    assert cluster.process.poll() is None, "the head went down with the worker"
+    assert re.search(r"aepg: node worker-1 \(pid \d+\) was killed by SIGKILL; its log: \S+worker-1.log; "
+                     "the other nodes go on", cluster.output())
+    short = on_worker[0].info.run_name.split("-", 1)[0]
+    assert re.search(rf"{short} lost node worker-1; retrying from task \d on head \(attempt 2 of 3\)", output), output[-3000:]
+    assert "Traceback" not in output and "ActorUnavailableError" not in output, "Ray's noise belongs in driver.log"
+    runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id],
+                              filter_string="tags.`aepg.sweep` LIKE 'tiny-%'")
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "runs left RUNNING"
-    moved = client.get_run(on_b[0].info.run_id)
+    moved = client.get_run(on_worker[0].info.run_id)
     assert moved.info.status == "FINISHED" and moved.data.tags["aepg.tasks_done"] == "3"
     assert "aepg.resumed_from" in moved.data.tags, "the retried trial did not resume from its checkpoint"
-    assert moved.data.tags["aepg.ray_node_id"] == node_ids["head"]
+    assert moved.data.tags["aepg.nodes"] == "worker-1,head"
 
 
 def test_unreachable_tracking_server_fails_before_any_trial(workdir):
@@ -185,15 +230,9 @@ def test_unreachable_tracking_server_fails_before_any_trial(workdir):
     assert not list(workdir.iterdir()), "nothing should be written"
 
 
-@pytest.mark.ray
 def test_closing_the_terminal_of_a_local_cluster_stops_exactly_its_nodes(workdir):
     """SIGHUP (a closed terminal) stops `aepg cluster local` as Ctrl-C does: every process of its nodes ends."""
-    import re
-    import signal
-
     import psutil
-
-    from conftest import AEPG
 
     log = workdir / "cluster.log"
     with open(log, "w") as out:
@@ -211,3 +250,11 @@ def test_closing_the_terminal_of_a_local_cluster_stops_exactly_its_nodes(workdir
         assert not alive, f"left running: {[p.pid for p in alive]}"
     finally:
         process.kill()
+
+
+def test_a_cluster_that_cannot_start_or_run_anything_is_one_line(workdir):
+    nothing = run_aepg(["cluster", "local", "--workers", "0", "--head-cpus", "0"], cwd=workdir)
+    assert nothing.returncode == 2 and "could run nothing" in nothing.stderr
+    late = run_aepg(["cluster", "local", "--start-timeout", "1"], cwd=workdir, timeout=120)
+    assert late.returncode == 1 and "Traceback" not in late.stderr
+    assert re.fullmatch(r"aepg: Ray node head did not start within 1 s; its log: \S+head.log\n", late.stderr)

@@ -375,30 +375,40 @@ def _one_task_done(child) -> bool:
 
 
 # SIGTERM mid-task, after every trial has started: none is left to start, and only the trials' open
-# runs say the sweep was cut short. SIGKILL once a trial finished: the resume finishes the others
-# (starting those the dead driver had not).
-@pytest.mark.parametrize("kill, trials, tasks, when", [(signal.SIGTERM, 2, 3, _one_task_done),
-                                                       (signal.SIGKILL, 4, 2, _finished)], ids=["SIGTERM", "SIGKILL"])
-def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill, trials, tasks, when):
+# runs say the sweep was cut short. The same SIGTERM sent to the sweep's whole process group, as
+# `timeout`, Slurm and `kubectl delete` do, with the local Ray the driver started in that group.
+# SIGKILL once a trial finished: the resume finishes the others (starting those the dead driver had not).
+@pytest.mark.parametrize("kill, group, trials, tasks, when", [
+    (signal.SIGTERM, False, 2, 3, _one_task_done), (signal.SIGTERM, True, 2, 3, _one_task_done),
+    (signal.SIGKILL, False, 4, 2, _finished)], ids=["SIGTERM", "SIGTERM-group", "SIGKILL"])
+def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill, group, trials, tasks, when):
     base = {**TINY_BASE, "benchmark": {**TINY_BASE["benchmark"], "num_tasks": tasks}}
     path = write_sweep(workdir, base_overrides=base, scheduler={"kind": "none"},
                        search={"algorithm": "random", "seed": 1, "num_trials": trials, "max_concurrent": 2})
-    driver = start_aepg(["sweep", path], workdir, {"RAY_ADDRESS": ray_address})
+    ray_env = {} if group else {"RAY_ADDRESS": ray_address}  # the group's case starts its own local Ray
+    driver = start_aepg(["sweep", path], workdir, ray_env, own_group=group)
     try:
         wait_until(lambda: any(when(c) for c in live_children(workdir / "mlflow.db")), when.__name__, driver)
-        driver.send_signal(kill)
+        if group:
+            os.killpg(driver.pid, kill)
+        else:
+            driver.send_signal(kill)
         output, _ = driver.communicate(timeout=120)
     finally:
         driver.kill()
     if kill == signal.SIGTERM:  # handled as Ctrl-C: Tune saves its state and stops the trials
         assert driver.returncode == 143, output[-3000:]
         assert "sweep stopped by SIGTERM; continue it with: aepg sweep --resume" in output
+        assert "Tuner.restore" not in output, "aepg's resume command is the one to give"
+        _, parents, children = sweep_runs(workdir / "mlflow.db")
+        assert [p.info.status for p in parents] == ["KILLED"]
+        assert "RUNNING" not in {c.info.status for c in children} and "KILLED" in {c.info.status for c in children}
     (folder,) = list((workdir / "aepg_sweeps").glob("tiny-*"))
     before = live_children(workdir / "mlflow.db")
     assert before and sum(run.info.status == "FINISHED" for run in before) < trials, "nothing left to resume"
     time.sleep(2)  # the dead driver's trials end with its job
 
-    resumed = run_aepg(["sweep", "--resume", str(folder)], cwd=workdir, env={"RAY_ADDRESS": ray_address})
+    resumed = run_aepg(["sweep", "--resume", str(folder)], cwd=workdir, env=ray_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, parents, children = sweep_runs(workdir / "mlflow.db")
     assert [p.info.status for p in parents] == ["FINISHED"]

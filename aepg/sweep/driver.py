@@ -299,13 +299,47 @@ def log_rung(tracker, run_id: str, progress: dict[str, float], counter: str) -> 
 
 @dataclass
 class Retry:
-    """A trial that failed and that Tune retries: where it was, to say where it went once it is there."""
+    """A trial that failed and that Tune retries: how and where it failed, to say where it went once it is there."""
 
-    trial_id: str
     run_id: str
+    short: str
+    """The trial's short name, ``t01``."""
+    node: str
     nodes_before: int
-    said: str
-    """``t01 lost node worker-1; retrying from task 2``; `` on NODE (attempt k of n)`` follows."""
+    task: int
+    """The task it retries from (its checkpoint's next)."""
+    reason: str
+    process_lost: bool
+    """Its process died (the error is Ray's, not the trial's): its node may be lost."""
+    since: float
+
+    def line(self, node_alive: bool, waited_enough: bool) -> str | None:
+        """What to say, or None while a lost process's node may yet be reported dead."""
+        if self.process_lost and not node_alive:
+            return f"{self.short} lost node {self.node}; retrying from task {self.task}"
+        if self.process_lost and not waited_enough:
+            return None
+        return f"{self.short} failed on {self.node} ({self.reason}); retrying from task {self.task}"
+
+
+def process_lost(trial) -> bool:
+    """Whether the trial's latest error is Ray's news that its process died (rather than the trial's
+    own exception): the first sign of a lost node. Tune keeps Ray's errors pickled beside their text."""
+    from ray import cloudpickle, exceptions
+
+    path = trial.pickled_error_file
+    if not path or not os.path.exists(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            error = cloudpickle.load(f)
+    except Exception:  # an error Tune could pickle but this process cannot load
+        return False
+    return isinstance(error, (exceptions.RayActorError, exceptions.NodeDiedError, exceptions.OwnerDiedError))
+
+
+NODE_DEATH_WAIT_S = 60
+"""How long a retry's notice waits for Ray to declare the old node dead (it misses heartbeats for about 15 s)."""
 
 
 class MlflowTrialRuns(tune.Callback):
@@ -367,33 +401,36 @@ class MlflowTrialRuns(tune.Callback):
         self._close(trial, "FAILED", {STATUS_TAG: "failed"}, error_reason(trial))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        """Tune retries the failed trial from its checkpoint: say which node it lost (or how it failed)."""
+        """Tune retries the failed trial from its checkpoint: remember how and where it failed."""
         run = self.runtime.find_child(trial.trial_id)
         if run is None:
             return
         nodes = [n for n in run.tags.get(NODE_NAMES_TAG, "").split(",") if n]
-        where = nodes[-1] if nodes else "its node"
-        alive = {name for name, up in node_names().values() if up}
-        lost = f"lost node {where}" if nodes and where not in alive else f"failed on {where}: {error_reason(trial)}"
-        done = int(run.tags.get(tracking.TASKS_DONE_TAG) or 0)
         short = self.names.get(trial.trial_id, trial.trial_id).split("-", 1)[0]
-        self.retries[trial.trial_id] = Retry(trial.trial_id, run.run_id, len(nodes),
-                                             f"{short} {lost}; retrying from task {done + 1}")
+        self.retries[trial.trial_id] = Retry(
+            run.run_id, short, nodes[-1] if nodes else "its node", len(nodes),
+            int(run.tags.get(tracking.TASKS_DONE_TAG) or 0) + 1, error_reason(trial),
+            process_lost(trial), time.monotonic())
 
     def on_step_begin(self, iteration, trials, **info):
-        """Once a retried trial has started again, its run names its new node: say where it went."""
+        """Once a retried trial has started again its run names its new node: say where it failed and
+        where it went, in one line ("t01 lost node worker-1; retrying from task 2 on head (attempt 2 of 3)")."""
         now = time.monotonic()
         if not self.retries or now - self.polled < self.RETRY_POLL_S:
             return
         self.polled = now
         attempts = self.runtime.sweep.spec.trial.max_failures + 1
+        alive = {name for name, up in node_names().values() if up}
         by_id = {t.trial_id: t for t in trials}
         for trial_id, retry in list(self.retries.items()):
             nodes = [n for n in self.runtime.tracker.get_run(retry.run_id)[0].tags.get(NODE_NAMES_TAG, "").split(",") if n]
-            if len(nodes) > retry.nodes_before:
+            if len(nodes) <= retry.nodes_before:
+                continue
+            said = retry.line(retry.node in alive, now - retry.since > NODE_DEATH_WAIT_S)
+            if said:
                 trial = by_id.get(trial_id)
                 attempt = trial.num_failures + 1 if trial is not None else len(nodes)
-                self.say(f"{retry.said} on {nodes[-1]} (attempt {attempt} of {attempts})")
+                self.say(f"{said} on {nodes[-1]} (attempt {attempt} of {attempts})")
                 del self.retries[trial_id]
 
 
