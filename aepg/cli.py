@@ -214,10 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("cluster", help="clusters for trying multi-node features")
     cluster_kinds = cluster.add_subparsers(dest="kind", required=True)
     local = cluster_kinds.add_parser("local", help="a head and worker nodes on this machine, until Ctrl-C")
-    local.add_argument("--workers", type=_count(0), default=1, help="worker nodes besides the head (default 1)")
-    local.add_argument("--head-cpus", type=_count(0), default=1, help="CPUs of the head; 0 keeps work off it (default 1)")
-    local.add_argument("--worker-cpus", type=_count(1), default=1, help="CPUs of each worker node (default 1)")
-    local.add_argument("--start-timeout", type=_count(1), default=60, metavar="SECONDS",
+    local.add_argument("--workers", type=_count(0), default=1, metavar="N", help="worker nodes besides the head (default 1)")
+    local.add_argument("--head-cpus", type=_count(0), default=1, metavar="N", help="CPUs of the head; 0 keeps work off it (default 1)")
+    local.add_argument("--worker-cpus", type=_count(1), default=1, metavar="N", help="CPUs of each worker node (default 1)")
+    local.add_argument("--start-timeout", type=_count(1), default=60, metavar="S",
                        help="how long each node may take to start before the cluster gives up (default 60)")
     local.set_defaults(func=cmd_cluster)
     return parser

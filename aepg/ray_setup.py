@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 from aepg import interrupts
@@ -60,6 +61,8 @@ def ensure_ray(trial_output: bool = True) -> None:
     env = forwarded_env()
     quiet = {"log_to_driver": trial_output, **({} if trial_output else {"logging_level": logging.WARNING})}
     runtime_env = {"env_vars": env} if env else None
+    if os.environ.get("RAY_ADDRESS"):
+        check_answers(os.environ["RAY_ADDRESS"])
     try:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, **quiet)
@@ -71,10 +74,24 @@ def ensure_ray(trial_output: bool = True) -> None:
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     except (ConnectionError, TimeoutError, RuntimeError) as error:
-        where = os.environ.get("RAY_ADDRESS") or "a local instance"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RayStartError(f"Ray ({where}) did not start: {first}; its logs: {ray_log_folder()}") from error
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if os.environ.get("RAY_ADDRESS"):
+            raise RayStartError(f"cannot join the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: {first} "
+                                "(check the address, RAY_AUTH_MODE=token and the cluster's token)") from error
+        raise RayStartError(f"a local Ray instance did not start: {first}; its logs: {ray_log_folder()}") from error
     interrupts.restore()
+
+
+def check_answers(address: str, timeout: float = 5) -> None:
+    """Refuse a ``host:port`` RAY_ADDRESS where nothing listens at once: Ray itself retries for minutes."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", ray:// and the like: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise RayStartError(f"nothing answers at RAY_ADDRESS={address} ({error.strerror or error}); start the "
+                            "cluster, or unset RAY_ADDRESS for a local Ray") from None
 
 
 def ray_log_folder() -> str:

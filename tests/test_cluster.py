@@ -258,3 +258,7 @@ def test_a_cluster_that_cannot_start_or_run_anything_is_one_line(workdir):
     late = run_aepg(["cluster", "local", "--start-timeout", "1"], cwd=workdir, timeout=120)
     assert late.returncode == 1 and "Traceback" not in late.stderr
     assert re.fullmatch(r"aepg: Ray node head did not start within 1 s; its log: \S+head.log\n", late.stderr)
+    address = f"127.0.0.1:{free_port()}"
+    absent = run_aepg(["sweep", str(REPO / "sweeps" / "quickstart.yaml")], cwd=workdir, env={"RAY_ADDRESS": address})
+    assert absent.returncode == 1 and f"nothing answers at RAY_ADDRESS={address}" in absent.stderr
+    assert "Traceback" not in absent.stderr and not list(workdir.glob("aepg_sweeps/*")), "refused: no sweep folder left"

@@ -528,9 +528,7 @@ def _quiet_ray(path: str, name: str, verbose: bool) -> None:
     logging.getLogger("ray.tune.tune").addFilter(HideRestoreHint())
     if not verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-        log_file = driver_log(path, name)
-        route_library_output(log_file)
-        log.info("Ray's own messages: %s", log_file)
+        route_library_output(driver_log(path, name))
 
 
 def run_sweep(sweep: Sweep, verbose: bool = False) -> tuple[SweepRuntime, bool]:
