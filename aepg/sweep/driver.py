@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,7 +144,7 @@ class SweepRuntime:
         fs, folder = self._trial_folder(trial_id)
         fs.create_dir(folder, recursive=True)
         with fs.open_output_stream(f"{folder}/{HANDED_RUN_FILE}") as out:
-            out.write(json.dumps(asdict(run)).encode())
+            out.write(json.dumps({"run_id": run.run_id, "name": run.name, "config_id": run.config_id}).encode())
 
     def handed_run(self, trial_id: str) -> TrialRun:
         """The run ``hand_run`` gave this trial."""
