@@ -10,6 +10,7 @@ Checks against the backbone, the data and checkpoints are in ``aepg.preflight``.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from aepg.catalog import DATASETS, METHODS, OBJECTIVES, Catalog
@@ -195,6 +196,17 @@ class ScheduleConfig(Section):
 
 
 class TrainConfig(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _autocast_is_precision(cls, data):
+        """``train.autocast`` of configs written before ``train.precision``: true is auto, false is 32-true."""
+        if isinstance(data, dict) and "autocast" in data:
+            data = dict(data)
+            autocast = data.pop("autocast")
+            data.setdefault("precision", "auto" if autocast in (True, "true", "True", 1) else "32-true")
+            renamed("train.autocast", f"train.precision: {data['precision']}")
+        return data
+
     epochs: int = Field(3, ge=1)
     head_only_epochs: int = Field(0, ge=0)
     """The first epochs of every task after the first train the head only (the paper: 30 of 50)."""
@@ -226,8 +238,12 @@ class TrainConfig(Section):
     """Data-loading processes per training worker; ``auto``: none for in-memory data, else one per
     CPU the worker has (all but one, up to 8)."""
     log_every_steps: int = Field(1, ge=1)
-    autocast: bool = True
-    """bf16 autocast on CUDA (on CPUs the run is float32 either way)."""
+    precision: Literal["auto", "bf16-mixed", "16-mixed", "32-true"] = "auto"
+    """Precision of the training and evaluation forwards: ``bf16-mixed`` (bf16 autocast),
+    ``16-mixed`` (fp16 autocast with a gradient scaler; CUDA only) or ``32-true`` (float32);
+    ``auto`` is bf16-mixed on a GPU that has bf16 and 32-true otherwise (on CPUs). A method's
+    statistics (covariances, Gram matrices, ridge heads, prototypes) are float32 whatever it says.
+    Replaces ``train.autocast`` (true: auto, false: 32-true), still read with a notice."""
     compile: bool = False
     """torch.compile the backbone (with its PEFT module)."""
     tf32: bool = False
@@ -311,6 +327,16 @@ WEIGHT_KEYWORDS = ("hub", "random", "lite0-offline")
 def is_uri(path: str) -> bool:
     """A URI (s3://, gs://, file://) rather than a local path."""
     return "://" in path
+
+
+_RENAMED_SAID: set[str] = set()
+
+
+def renamed(old: str, new: str) -> None:
+    """Say once per process that a config's old key was read as its new one."""
+    if old not in _RENAMED_SAID:
+        _RENAMED_SAID.add(old)
+        logging.getLogger("aepg").warning("%s is deprecated: read as %s", old, new)
 
 
 def default_storage(folder: str, local: str) -> str:

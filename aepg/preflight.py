@@ -195,7 +195,7 @@ def has_checkpoint(storage_path: str, run_id: str) -> bool:
 
 def problems(cfg: RunConfig, resume: str | None = None) -> list[tuple[str, str]]:
     """(dotted key, message) for everything that would stop this run after it started."""
-    found = _data_problems(cfg) + _lite0_problems(cfg) + _backbone_problems(cfg)
+    found = _data_problems(cfg) + _lite0_problems(cfg) + _backbone_problems(cfg) + _precision_problems(cfg)
     if cfg.train.device == "cuda" and cfg.scaling.num_workers == 0:
         import torch
 
@@ -206,6 +206,28 @@ def problems(cfg: RunConfig, resume: str | None = None) -> list[tuple[str, str]]
     if resume and not has_checkpoint(cfg.storage_path, resume):
         found.append(("--resume", f"no checkpoint of run {resume} under {cfg.storage_path}"))
     return found
+
+
+def _precision_problems(cfg: RunConfig) -> list[tuple[str, str]]:
+    """A mixed precision the run's device cannot do (torch is imported only when one is asked for)."""
+    precision = cfg.train.precision
+    if precision not in ("16-mixed", "bf16-mixed"):
+        return []
+    if cfg.scaling.num_workers:  # the workers' devices: GPUs where use_gpu says so
+        on_gpu, bf16 = cfg.scaling.use_gpu, True
+    elif cfg.train.device == "cpu":
+        on_gpu, bf16 = False, True
+    else:
+        import torch
+
+        on_gpu = torch.cuda.is_available()
+        bf16 = not on_gpu or torch.cuda.is_bf16_supported()
+    if precision == "16-mixed" and not on_gpu:
+        return [("train.precision", "16-mixed (fp16 autocast with a gradient scaler) needs a CUDA GPU; "
+                 "use bf16-mixed or 32-true on CPUs")]
+    if precision == "bf16-mixed" and not bf16:
+        return [("train.precision", "this GPU has no bf16; use 16-mixed or 32-true")]
+    return []
 
 
 def durable_problems(cfg: RunConfig) -> list[tuple[str, str]]:

@@ -366,7 +366,7 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
 def _optimizer_params(t) -> dict[str, object]:
     """The optimiser and learning-rate keys the run reads (SGD's momentum only with SGD, and so on)."""
     params: dict[str, object] = {"train.optimizer": t.optimizer, "train.lr_schedule": t.lr_schedule,
-                                 "train.warmup_epochs": t.warmup_epochs, "train.autocast": t.autocast,
+                                 "train.warmup_epochs": t.warmup_epochs, "train.precision": t.precision,
                                  "train.drop_last": t.drop_last}
     if t.optimizer == "sgd":
         params.update({"train.momentum": t.momentum, "train.nesterov": t.nesterov})

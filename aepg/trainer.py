@@ -24,6 +24,7 @@ from aepg.config import RunConfig
 from aepg.distributed import Context, derive_seed, seed_all
 from aepg.metrics import summarize, task_metrics
 from aepg.models.classifier import ContinualClassifier
+from aepg.models.peft.base import full_precision
 from aepg.objectives import Objective
 from aepg.optim import Phase, build_optimizer, learning_rate, set_learning_rate
 from aepg.schedules import Progress, progress
@@ -135,19 +136,32 @@ class TaskInputs:
             yield trainer.benchmark.test_view(images.to(trainer.device, non_blocking=True), sizes), y.to(trainer.device)
 
     @torch.no_grad()
-    def features(self):
+    def features(self, dtype: torch.dtype = torch.float32):
+        """Computed with autocast off, whatever ``train.precision`` says: methods build their
+        statistics from them (``aepg.models.peft.base``'s precision rule)."""
         model = self.trainer.model
         was_training = model.training
         model.eval()
         try:
             for x, y in self.batches():
-                with self.trainer.autocast:
-                    yield model.features(x).float(), y
+                with full_precision(self.trainer.device):
+                    features = model.features(x).to(dtype)
+                yield features, y
         finally:
             model.train(was_training)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.context.all_reduce_sum(tensor)
+
+
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` on ``device``: ``auto`` is bf16-mixed on a GPU with bf16, else 32-true."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
 
 
 class ContinualTrainer:
@@ -170,7 +184,10 @@ class ContinualTrainer:
         self.task_hooks = list(task_hooks)
         self.device = context.device
         cuda = self.device.type == "cuda"
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and cfg.train.autocast else nullcontext()
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        self.autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16-mixed" else None
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         self.fused_adam = cuda and cfg.train.fused_adam
@@ -321,13 +338,22 @@ class ContinualTrainer:
             out = self.objective(logits, y, where)
             auxiliary = self.model.auxiliary_loss()
             optimizer.zero_grad(set_to_none=True)
-            (out.loss + auxiliary).backward()
+            loss = out.loss + auxiliary
+            if self.scaler is None:
+                loss.backward()
+            else:  # fp16: scaled backward, gradients unscaled before the method and clipping see them
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(optimizer)
             self.model.before_step()
             if self.cfg.train.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip_norm)
             lr = learning_rate(self.cfg.train, phase, epoch, i)
             set_learning_rate(optimizer, lr)
-            optimizer.step()
+            if self.scaler is None:
+                optimizer.step()
+            else:  # skipped where the gradients overflowed
+                self.scaler.step(optimizer)
+                self.scaler.update()
             self.model.after_step()
             state.global_step += 1
             if state.global_step % every == 0:

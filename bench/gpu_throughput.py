@@ -64,6 +64,54 @@ def steps_per_second(trainer: ContinualTrainer, batches, steps: int, head_only: 
     return steps / (time.perf_counter() - start)
 
 
+def measure(device: torch.device, batch: int, steps: int, images: int, overrides: list[str]) -> dict:
+    """The figures of one ViT-B/16 + LoRA trainer on ``device``: images/s of the step alone, the whole
+    input path and head-only steps, inference, the projected paper run, and the GPU memory peak."""
+    small = [] if device.type == "cuda" else [
+        "model.image_size=64", "model.backbone_kwargs={depth: 6, embed_dim: 96, num_heads: 4, patch_size: 16}"]
+    sys.path.insert(0, str(REPO / "bench"))
+    from input_pipeline import write_folder
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_folder(Path(tmp), images)
+        cfg = load_config(REPO / "configs" / "paper" / "imagenet_r_lora.yaml",
+                          ["model.weights=random", f"benchmark.root={tmp}", f"train.batch_size={batch}",
+                           "benchmark.num_tasks=1", "scaling.num_workers=0", *small, *overrides])
+        model, benchmark, objective = build_job(cfg)  # builds the decoded cache (timed in input_pipeline.py)
+        trainer = ContinualTrainer(cfg, model, benchmark, objective, Context(device=device))
+        size = benchmark.train_view.image_size
+        loader = trainer._train_loader(benchmark.tasks[0])
+
+        def forever(make):
+            while True:
+                yield from make()
+
+        synthetic = torch.randn(batch, 3, size, size, device=device)
+        labels = torch.randint(0, 20, (batch,), device=device)
+        step_alone = steps_per_second(trainer, forever(lambda: [(synthetic, None, labels)]), steps)
+        whole = steps_per_second(trainer, forever(lambda: iter(loader)), steps)
+        head_only = steps_per_second(trainer, forever(lambda: iter(loader)), steps, head_only=True)
+        with torch.no_grad(), trainer.autocast:
+            model.eval()
+            start = time.perf_counter()
+            for _ in range(10):
+                model(synthetic, slice(0, 200))
+            synchronize(device)
+            inference = 10 * batch / (time.perf_counter() - start)
+    per_task = PAPER_TRAIN_IMAGES // TASKS
+    full = per_task * EPOCHS + (TASKS - 1) * per_task * (EPOCHS - HEAD_ONLY)
+    head = (TASKS - 1) * per_task * HEAD_ONLY
+    evaluated = sum(PAPER_TEST_IMAGES // TASKS * (t + 1) for t in range(TASKS))
+    rates = {"step alone": step_alone * batch, "whole path": whole * batch, "head only": head_only * batch}
+    seconds = full / rates["whole path"] + head / rates["head only"] + evaluated / inference
+    return {**rates, "ratio": rates["whole path"] / rates["step alone"], "projected_min": seconds / 60,
+            "full": full, "head": head, "evaluated": evaluated, "loader_processes": trainer.data_workers(False),
+            "precision": trainer.precision, "compile": cfg.train.compile, "tf32": cfg.train.tf32,
+            "memory_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
@@ -76,53 +124,17 @@ def main() -> None:
         print("no GPU here: this benchmark needs CUDA (it measures whether the input path keeps a GPU busy); exiting")
         sys.exit(0)
     device = torch.device(args.device)
-    small = [] if device.type == "cuda" else [
-        "model.image_size=64", "model.backbone_kwargs={depth: 6, embed_dim: 96, num_heads: 4, patch_size: 16}"]
-    sys.path.insert(0, str(REPO / "bench"))
-    from input_pipeline import write_folder
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_folder(Path(tmp), args.images)
-        cfg = load_config(REPO / "configs" / "paper" / "imagenet_r_lora.yaml",
-                          ["model.weights=random", f"benchmark.root={tmp}", f"train.batch_size={args.batch}",
-                           "benchmark.num_tasks=1", "scaling.num_workers=0", *small, *args.overrides])
-        model, benchmark, objective = build_job(cfg)  # builds the decoded cache (timed in input_pipeline.py)
-        trainer = ContinualTrainer(cfg, model, benchmark, objective, Context(device=device))
-        size = benchmark.train_view.image_size
-        task = benchmark.tasks[0]
-        loader = trainer._train_loader(task)
-
-        def forever(make):
-            while True:
-                yield from make()
-
-        synthetic = torch.randn(args.batch, 3, size, size, device=device)
-        labels = torch.randint(0, 20, (args.batch,), device=device)
-        step_alone = steps_per_second(trainer, forever(lambda: [(synthetic, None, labels)]), args.steps)
-        whole = steps_per_second(trainer, forever(lambda: iter(loader)), args.steps)
-        head_only = steps_per_second(trainer, forever(lambda: iter(loader)), args.steps, head_only=True)
-        with torch.no_grad(), trainer.autocast:
-            model.eval()
-            start = time.perf_counter()
-            for _ in range(10):
-                model(synthetic, slice(0, 200))
-            synchronize(device)
-            inference = 10 * args.batch / (time.perf_counter() - start)
-    rates = {"step alone": step_alone * args.batch, "whole path": whole * args.batch, "head only": head_only * args.batch}
+    figures = measure(device, args.batch, args.steps, args.images, args.overrides)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (a check of the script, not a measurement)"
-    print(f"{name}, batch {args.batch}, loader processes {trainer.data_workers(False)}, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}, compile {cfg.train.compile}, tf32 {cfg.train.tf32}")
-    for name, rate in rates.items():
-        print(f"{name:>11}: {rate:8.0f} images/s")
-    ratio = rates["whole path"] / rates["step alone"]
-    print(f"ratio whole path / step alone: {ratio:.3f}  (target >= 0.9)")
-    per_task = PAPER_TRAIN_IMAGES // TASKS
-    full = per_task * EPOCHS + (TASKS - 1) * per_task * (EPOCHS - HEAD_ONLY)
-    head = (TASKS - 1) * per_task * HEAD_ONLY
-    evaluated = sum(PAPER_TEST_IMAGES // TASKS * (t + 1) for t in range(TASKS))
-    seconds = full / rates["whole path"] + head / rates["head only"] + evaluated / inference
-    print(f"projected 10-task ImageNet-R run (paper protocol): {seconds / 60:.1f} min "
-          f"({full:,} full and {head:,} head-only training images, {evaluated:,} evaluated)")
+    print(f"{name}, batch {args.batch}, loader processes {figures['loader_processes']}, "
+          f"{figures['precision']}, compile {figures['compile']}, tf32 {figures['tf32']}")
+    for key in ("step alone", "whole path", "head only"):
+        print(f"{key:>11}: {figures[key]:8.0f} images/s")
+    print(f"ratio whole path / step alone: {figures['ratio']:.3f}  (target >= 0.9)")
+    if figures["memory_peak_gib"] is not None:
+        print(f"GPU memory peak: {figures['memory_peak_gib']:.1f} GiB")
+    print(f"projected 10-task ImageNet-R run (paper protocol): {figures['projected_min']:.1f} min "
+          f"({figures['full']:,} full and {figures['head']:,} head-only training images, {figures['evaluated']:,} evaluated)")
 
 
 if __name__ == "__main__":

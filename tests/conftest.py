@@ -19,6 +19,13 @@ os.environ.pop("RAY_ADDRESS", None)
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 AEPG = Path(sys.executable).with_name("aepg")
+TINY_VIT = [
+    "model.backbone=vit_tiny_patch16_224", "model.weights=random", "model.image_size=32",
+    "model.backbone_kwargs={depth: 4, embed_dim: 64, num_heads: 4, patch_size: 8, global_pool: avg}",
+    "benchmark.num_tasks=2", "benchmark.max_train_per_class=40", "benchmark.max_test_per_class=10",
+    "train.epochs=4", "train.batch_size=16", "train.lr=0.003", "objective.kind=ce",
+]
+"""Overrides of configs/digits.yaml: a tiny timm ViT (random weights, 32 px, 4 blocks) on two small tasks."""
 
 
 def run_aepg(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

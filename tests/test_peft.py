@@ -9,14 +9,8 @@ from aepg.distributed import Context
 from aepg.launch import build_job
 from aepg.trainer import ContinualTrainer, TaskInputs
 
-from conftest import CONFIGS, model_inputs
+from conftest import CONFIGS, TINY_VIT, model_inputs
 
-TINY_VIT = [
-    "model.backbone=vit_tiny_patch16_224", "model.weights=random", "model.image_size=32",
-    "model.backbone_kwargs={depth: 4, embed_dim: 64, num_heads: 4, patch_size: 8, global_pool: avg}",
-    "benchmark.num_tasks=2", "benchmark.max_train_per_class=40", "benchmark.max_test_per_class=10",
-    "train.epochs=4", "train.batch_size=16", "train.lr=0.003", "objective.kind=ce",
-]
 VARIANTS = {
     "lora": ["model.peft.kind=lora"],
     "hf-lora": ["model.peft.kind=lora", "model.peft.target_modules=[attn.qkv]"],

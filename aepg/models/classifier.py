@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from aepg.config import ModelConfig
 from aepg.models.backbones import create_backbone
 from aepg.models.peft.attach import attach_peft
-from aepg.models.peft.base import MethodPart, module_of
+from aepg.models.peft.base import MethodPart, full_precision, module_of
 from aepg.models.peft.lae import OnlineOfflinePair
 
 
@@ -76,15 +76,21 @@ class ContinualClassifier(nn.Module):
 
     def _logits(self, x: Tensor, columns: slice, parts: list[MethodPart]) -> Tensor:
         """The head's logits over ``columns``; at test time, as each of ``parts`` predicts in turn."""
-        if self.peft_frozen:  # head-only phases: no autograd graph through the backbone
+        if not self.training and any(part.predicts_from_exact_features for part in parts):
+            with full_precision(x.device):
+                features = self.features(x)
+        elif self.peft_frozen:  # head-only phases: no autograd graph through the backbone
             with torch.no_grad():
                 features = self.features(x)
         else:
             features = self.features(x)
         logits = self.head(features)[:, columns]
-        if not self.training:
-            for i, part in enumerate(parts):
-                logits = part.predict(logits, features, columns, lambda before=parts[:i]: self._logits(x, columns, before))
+        if not self.training and parts:  # prediction rules: closed-form heads, ensembles, in float32
+            with full_precision(x.device):
+                logits, features = logits.float(), features.float()
+                for i, part in enumerate(parts):
+                    logits = part.predict(logits, features, columns,
+                                          lambda before=parts[:i]: self._logits(x, columns, before).float())
         return logits
 
     def forward(self, x: Tensor, columns: slice = slice(None)) -> Tensor:

@@ -5,6 +5,13 @@ keeps frozen, an auxiliary loss, a gradient transform before each optimiser step
 the end of a task with the task's training data, and the prediction rule at test time.
 
 Modules live on the backbone as ``backbone.aepg_peft`` so they move, save and wrap (DDP) with it.
+
+Precision: mixed precision (``train.precision``) covers the training and evaluation forwards only.
+Every hook runs with autocast off: ``TaskData.features()`` are float32 (or the dtype asked for),
+computed with autocast off, so covariances, Gram matrices, ridge solves, prototypes and bases are
+never built from bf16 or fp16 activations; ``predict`` gets float32 logits and features, with
+autocast off. A method that computes its statistics from its own forward passes does them inside
+these hooks, where the rule already holds.
 """
 
 from __future__ import annotations
@@ -32,17 +39,30 @@ class TaskData(Protocol):
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """(inputs, labels) batches over the task's training images; every worker sees its shard."""
 
-    def features(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def features(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[Tensor, Tensor]]:
         """(backbone features, labels) of the same batches, computed in eval mode without
-        gradients by the backbone with its module as it is now (its hooks see every input)."""
+        gradients by the backbone with its module as it is now (its hooks see every input), with
+        autocast off whatever ``train.precision`` says; the features as ``dtype`` (float64 where a
+        method's reference computes in it)."""
 
     def sum(self, tensor: Tensor) -> Tensor:
         """``tensor`` summed over the workers (each saw its shard); itself with one worker."""
 
 
+def full_precision(device: torch.device):
+    """Autocast off on ``device`` (and so in every hook a forward inside it reaches): for statistics
+    that bf16 or fp16 would move."""
+    return torch.autocast(device.type, enabled=False)
+
+
 class MethodPart(nn.Module):
     """One participant in a method's life cycle (a PEFT module, or LAE's online/offline pair over
-    one); the classifier calls each part's hooks in turn and knows none of them by name."""
+    one); the classifier calls each part's hooks in turn and knows none of them by name.
+
+    ``predicts_from_exact_features``: its prediction rule is a closed-form head on the features
+    (RanPAC's), so the test-time forward that feeds it runs in float32 with autocast off."""
+
+    predicts_from_exact_features = False
 
     def set_num_classes(self, num_classes: int) -> None:
         """Called once, when the classifier is built, with its head's size (for methods with their
@@ -80,9 +100,9 @@ class MethodPart(nn.Module):
 
     def predict(self, logits: Tensor, features: Tensor, columns: slice, again: Callable[[], Tensor]) -> Tensor:
         """The logits a prediction at test time uses over the head's ``columns``: from ``logits``
-        (those columns, as the parts before this one left them) and the backbone's ``features``;
-        ``again()`` recomputes ``logits`` from the same input, for rules that ensemble passes (LAE).
-        Default: ``logits``."""
+        (those columns, as the parts before this one left them) and the backbone's ``features``,
+        both float32, with autocast off; ``again()`` recomputes ``logits`` from the same input, for
+        rules that ensemble passes (LAE), in float32 too. Default: ``logits``."""
         return logits
 
 

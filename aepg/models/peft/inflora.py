@@ -129,7 +129,9 @@ class InfLoRA(PeftModule):
             self._covariance = None
 
     def _basis(self, slot: int) -> Tensor:
-        return self.basis[slot, :, : int(self.basis_width[slot])].double().cpu()
+        """A float64 copy of the block's basis on the CPU (a copy also where the buffer is one already:
+        ``end_task`` clears the buffer before writing the update back)."""
+        return self.basis[slot, :, : int(self.basis_width[slot])].to("cpu", torch.float64, copy=True)
 
     @torch.no_grad()
     def prepare_task(self, task: int, data: TaskData) -> None:

@@ -6,7 +6,8 @@ head; then it is frozen and nothing trains again. After every task, the task's t
 Gaussian ``W`` (d x M); the method accumulates ``G += h^T h`` and ``Q += h^T Y`` (one-hot labels),
 chooses the ridge ``lambda`` in 10^-8 ... 10^8 that best predicts the last 20% of the task's
 images from the first 80% (mean squared error), and sets the head to ``(G + lambda I)^-1 Q``. A
-prediction is ``h W_out^T`` over all classes; the trained linear head is not used at test.
+prediction is ``h W_out^T`` over all classes; the trained linear head is not used at test. As in
+the reference, all of it is float32 (the features at test too), whatever ``train.precision`` says.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def ridge_solution(G: Tensor, Q: Tensor, ridge: float) -> Tensor:
 
 
 class RanPAC(PeftModule):
+    predicts_from_exact_features = True
+
     def __init__(self, backbone: nn.Module, cfg: RanpacMethod):
         super().__init__()
         self.adapter = None
