@@ -46,6 +46,8 @@ def cmd_train(args) -> int:
     if "=" in args.config and not os.path.exists(args.config):
         raise ConfigError([("CONFIG", f"{args.config!r} looks like an override; give the run config file first: "
                             "aepg train CONFIG key=value ...")])
+    if args.resume is not None and not args.resume.strip():
+        raise ConfigError([("--resume", "give the id of the MLflow run to continue")])
     cfg = load_config(args.config, args.overrides)
     _warn(preflight.warnings(cfg))
     preflight.check(cfg, args.resume)  # every refusal comes before the trainer is imported
@@ -75,7 +77,9 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     from aepg.sweep.spec import load_sweep, read_state, sweep_folder, sweep_warnings
 
-    if args.resume:
+    if args.resume is not None:
+        if not args.resume.strip():
+            raise ConfigError([("--resume", "give the sweep's output folder (printed as the sweep started)")])
         if args.sweep or args.overrides:
             raise ConfigError([("--resume", "takes only the sweep folder; its sweep file and overrides were saved")])
         path = sweep_folder(args.resume)
@@ -96,7 +100,7 @@ def cmd_sweep(args) -> int:
         return 0
     from aepg.sweep.driver import finalize, nothing_finished, resume_sweep, run_sweep
 
-    runtime, complete = resume_sweep(path, args.verbose) if args.resume else run_sweep(sweep, args.verbose)
+    runtime, complete = resume_sweep(path, args.verbose) if args.resume is not None else run_sweep(sweep, args.verbose)
     if not complete:
         print(f"\nsweep {interrupts.reason()}; continue it with: aepg sweep --resume {runtime.path}", file=sys.stderr)
         return interrupts.exit_code()
@@ -141,8 +145,13 @@ def cmd_report(args) -> int:
             parent = name
         parents.append(parent)
     table = paper_table(tracker, parents, args.rows, args.columns)
-    for parent in parents:
-        report = build_report(tracker, parent)
+    reports = {parent: build_report(tracker, parent) for parent in parents}
+    if all(report.best is None for report in reports.values()):
+        names = ", ".join(report.name for report in reports.values())
+        print(f"aepg: no configuration of {names} finished: nothing to report (a sweep still running, interrupted "
+              "or failed; resume it with aepg sweep --resume)", file=sys.stderr)
+        return EXIT_FAILED
+    for parent, report in reports.items():
         publish(tracker, parent, report, table)
         folder = out / report.name if len(parents) > 1 else out
         folder.mkdir(parents=True, exist_ok=True)

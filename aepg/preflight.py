@@ -121,6 +121,10 @@ def _lite0_problems(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def _data_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     spec = DATASETS[cfg.benchmark.dataset]
+    root = data_root(cfg.benchmark)
+    if spec.uses_root and root.exists() and not root.is_dir():  # never fall back to another copy of the data
+        named = "benchmark.root" if cfg.benchmark.root else "AEPG_DATA (benchmark.root's default)"
+        return [("benchmark.root", f"{root} is a file; {named} must name the folder that holds the data set")]
     try:
         spec.locate(cfg.benchmark)
         if spec.listing is None:

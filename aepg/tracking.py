@@ -16,6 +16,7 @@ step 0, so that MLflow draws them as bars), and plots refreshed after each task.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -110,6 +111,7 @@ class Tracker:
         tracker = cls(resolve_tracking_uri(configured))
         tracker.check_reachable()
         tracker.check_writable()
+        tracker.create_store_once()
         return tracker
 
     @classmethod
@@ -165,6 +167,22 @@ class Tracker:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
         return (Path(self.uri[len(prefix):]).parent / "mlruns" / safe).as_uri()
 
+    def create_store_once(self) -> None:
+        """Open a local store under a lock on its folder: two processes opening a fresh sqlite store
+        at once (two sweeps started together) would both create MLflow's tables, and one would fail
+        ("table ... already exists"); the second now waits and finds them made."""
+        prefix = "sqlite:///"
+        if not self.uri.startswith(prefix):
+            return
+        folder = Path(self.uri[len(prefix):]).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            self.client.search_experiments(max_results=1)
+        finally:
+            os.close(descriptor)
+
     def check_writable(self) -> None:
         """Refuse a local store aepg cannot write (MLflow would retry for a minute, then fail deep in
         SQLAlchemy): a read-only file or folder, or a path through a file."""
@@ -190,10 +208,18 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         """The experiment's id, creating it as a training experiment whose description links its runs
         table (MLflow 3's UI opens an experiment on its GenAI pages)."""
+        from mlflow.exceptions import MlflowException
+
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            experiment_id = self.client.create_experiment(name, artifact_location=self._artifact_location(name),
-                                                          tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+            try:
+                experiment_id = self.client.create_experiment(name, artifact_location=self._artifact_location(name),
+                                                              tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+            except MlflowException:  # another process (a sweep started at the same moment) made it first
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+                return experiment.experiment_id
             note = f"aepg runs: [the runs table]({runs_page(experiment_id)}) (each sweep is one row; its + unfolds its trials)"
             self.client.set_experiment_tag(experiment_id, NOTE_TAG, note)
             return experiment_id

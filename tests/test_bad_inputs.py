@@ -54,7 +54,8 @@ def test_bad_input_is_refused_in_one_clear_line(case, tmp_path, cache):
         else:
             path.write_text(fill(content))
     before = snapshot(tmp_path)
-    env = {"AEPG_CACHE": str(cache), "AEPG_DATA": str(tmp_path / "default-data")}
+    env = {"AEPG_CACHE": str(cache), "AEPG_DATA": str(tmp_path / "default-data"),
+           **{key: fill(str(value)) for key, value in (case.get("env") or {}).items()}}
     result = run_aepg([fill(str(arg)) for arg in case["args"]], cwd=tmp_path, env=env, timeout=300)
     err = result.stderr
     assert result.returncode == 2, f"exit {result.returncode}\n{err[-2000:]}"

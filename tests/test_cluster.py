@@ -20,13 +20,13 @@ from mlflow import MlflowClient
 
 from aepg.cluster import free_port
 
-from conftest import AEPG, CONFIGS, REPO, run_aepg, start_aepg, wait_until
+from conftest import AEPG, REPO, run_aepg, start_aepg, wait_until
 from conftest import mlflow_server as mlflow_server_on
 from test_sweep import TINY_BASE, write_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-DIGITS = str(CONFIGS / "digits.yaml")
+DIGITS = str(REPO / "configs" / "digits.yaml")
 RAYJOB = REPO / "ray_configs" / "kuberay" / "rayjob.yaml"
 SMALL_QUICKSTART = ["search.num_trials=2", "search.max_concurrent=2", "base_overrides.benchmark.num_tasks=2",
                     "base_overrides.train.epochs=1", "base_overrides.benchmark.max_train_per_class=40",
@@ -150,17 +150,22 @@ def test_the_shipped_rayjob_runs_a_sweep_on_both_nodes(cluster, mlflow_server, t
     assert not written, f"written into Ray's package cache: {written}"
 
 
-def test_two_worker_run_spans_both_nodes(cluster, mlflow_server, workdir):
-    result = run_aepg(["train", DIGITS, "benchmark.num_tasks=2", "benchmark.max_train_per_class=40", "train.epochs=1",
-                       "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.torch_threads=1", "run_name=span"],
-                      cwd=workdir, env={**cluster.client_env, "MLFLOW_TRACKING_URI": mlflow_server})
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_a_two_worker_train_job_spans_both_nodes(cluster, mlflow_server, tmp_path):
+    """`aepg train` with two Ray Train workers, submitted as a job with a working_dir and env vars."""
+    runtime_env = {"working_dir": str(project_folder(tmp_path)),
+                   "env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_DISABLE_TELEMETRY": "true"}}
+    command = ["aepg", "train", "configs/digits.yaml", "benchmark.num_tasks=2", "benchmark.max_train_per_class=40",
+               "train.epochs=1", "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.torch_threads=1",
+               "run_name=span", f"storage_path={tmp_path / 'shared' / 'runs'}"]
+    status, logs = submit(cluster, " ".join(command), runtime_env)
+    assert status == "SUCCEEDED", logs[-5000:]
     client = MlflowClient(mlflow_server)
     (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id],
                                 filter_string="attributes.run_name = 'span'")
     assert run.info.status == "FINISHED" and "final/last_accuracy" in run.data.metrics
     assert len(set(run.data.tags["aepg.ray_node_ids"].split(","))) == 2
     assert {"accuracy_matrix.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert list((tmp_path / "shared" / "runs" / run.info.run_id / "checkpoints").glob("ckpt-*"))
 
 
 def kill_tree(pid: int) -> None:

@@ -188,6 +188,12 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     (workdir / "a-file").write_text("")
     out_is_a_file = run_aepg(["report", "tiny", "--out", str(workdir / "a-file"), *store], cwd=workdir)
     assert out_is_a_file.returncode == 2 and "a-file is a file" in out_is_a_file.stderr, out_is_a_file.stderr
+    # A key no run has would pool every trial into one row: refused, with the key it resembles.
+    typo = run_aepg(["report", "tiny", "--rows", "train.lrr", "--columns", "no.such.key", *store], cwd=workdir)
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr, typo.stderr
+    assert "--rows: no finished run of the sweep has the key 'train.lrr'; did you mean 'train.lr'?" in typo.stderr
+    assert "--columns: no finished run of the sweep has the key 'no.such.key'" in typo.stderr
+    assert not (workdir / "sweep-report-tiny").exists()
 
 
 def test_asha_stopped_trials_reach_optuna_as_pruned():
@@ -322,6 +328,10 @@ def test_a_sweep_in_which_no_trial_finishes_fails_and_says_why(ray_address, work
     _, (parent,), children = sweep_runs(workdir / "mlflow.db")
     assert parent.info.status == "FAILED" and parent.data.tags["failure_reason"].startswith("no trial finished")
     assert [c.info.status for c in children] == ["FAILED", "FAILED"]
+    report = run_aepg(["report", "tiny"], cwd=workdir)  # nothing to report: one line, exit 1, nothing written
+    assert report.returncode == 1 and report.stdout == "", report.stderr
+    assert report.stderr.startswith("aepg: no configuration of tiny-") and report.stderr.count("\n") == 1
+    assert not (workdir / "sweep-report-tiny").exists()
 
 
 TINY_VIT = {"backbone": "vit_tiny_patch16_224", "weights": "random", "image_size": 32,
@@ -375,12 +385,12 @@ def _one_task_done(child) -> bool:
 
 
 # SIGTERM mid-task, after every trial has started: none is left to start, and only the trials' open
-# runs say the sweep was cut short. The same SIGTERM sent to the sweep's whole process group, as
-# `timeout`, Slurm and `kubectl delete` do, with the local Ray the driver started in that group.
+# runs say the sweep was cut short. It goes to the sweep's whole process group, as `timeout`, Slurm
+# and `kubectl delete` send it, the local Ray the driver started included (the driver gets it too).
 # SIGKILL once a trial finished: the resume finishes the others (starting those the dead driver had not).
 @pytest.mark.parametrize("kill, group, trials, tasks, when", [
-    (signal.SIGTERM, False, 2, 3, _one_task_done), (signal.SIGTERM, True, 2, 3, _one_task_done),
-    (signal.SIGKILL, False, 4, 2, _finished)], ids=["SIGTERM", "SIGTERM-group", "SIGKILL"])
+    (signal.SIGTERM, True, 2, 3, _one_task_done), (signal.SIGKILL, False, 4, 2, _finished)],
+    ids=["SIGTERM-group", "SIGKILL"])
 def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill, group, trials, tasks, when):
     base = {**TINY_BASE, "benchmark": {**TINY_BASE["benchmark"], "num_tasks": tasks}}
     path = write_sweep(workdir, base_overrides=base, scheduler={"kind": "none"},

@@ -203,3 +203,19 @@ def test_aepg_train_on_a_terminal_shows_a_bar_per_task_and_ends_with_the_results
     lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
     assert lines[-1].startswith("see it with: mlflow ui") and any(line.startswith("bwt:") for line in lines[-3:])
     assert "accuracy matrix R[i][j]" in text
+
+
+def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
+    """Two sweeps started together on a new sqlite store both create it (MLflow's tables and the
+    experiment): one used to fail with "table ... already exists"."""
+    import subprocess
+    import sys
+
+    script = "import sys; from aepg.tracking import Tracker; Tracker.connect(sys.argv[1]).experiment_id('race')"
+    for attempt in range(4):
+        uri = f"sqlite:///{tmp_path / f'store-{attempt}.db'}"
+        started = [subprocess.Popen([sys.executable, "-c", script, uri], stderr=subprocess.PIPE, text=True)
+                   for _ in range(3)]
+        ended = [(process.wait(120), process.stderr.read()) for process in started]
+        assert all(code == 0 for code, _ in ended), [err[-1500:] for _, err in ended]
+        assert len(MlflowClient(uri).search_experiments(filter_string="name = 'race'")) == 1

@@ -279,7 +279,7 @@ def importance_study(finished: list[Entry], space: dict[str, Param], mode: str):
     choice as its index, so that importance treats it as ordered)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its "[W ...]" lines are about this study, not the user's
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for entry in finished:
         params = {k: space[k].to_optuna(v) for k, v in entry.params.items() if k in space and space[k].contains(v)}

@@ -14,12 +14,14 @@ several sweeps (e.g. one per benchmark) the columns are grouped by benchmark.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import math
 import statistics
 from dataclasses import dataclass, field
 
 from aepg.catalog import METHODS, OBJECTIVES
+from aepg.config import ConfigError
 from aepg.metrics import final_name
 
 METRICS = ("last_accuracy", "avg_incremental_accuracy")
@@ -257,9 +259,26 @@ def row_order() -> list[str]:
     return [*methods[:after_lora], "LAE", *methods[after_lora:], *(e.display for e in OBJECTIVES.entries())]
 
 
+def check_keys(sweeps: list[tuple[str, list]], keys: dict[str, str]) -> None:
+    """ConfigError, with a "did you mean", for each of ``keys`` (option: key) that no run has as a param."""
+    known = {"method", *(key for _, runs in sweeps for run in runs for key in run.params)}
+    if len(known) == 1:  # no finished run: nothing to check against
+        return
+    problems = []
+    for option, key in keys.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; give 'method' or a config key, e.g. model.peft.rank"
+            problems.append((option, f"no finished run of the sweep has the key {key!r}{hint}"))
+    if problems:
+        raise ConfigError(problems)
+
+
 def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", columns_key: str = "objective.kind",
                 baseline: str = "CE", rank_metric: str = "last_accuracy", mode: str = "max") -> PaperTable:
-    """The table over ``sweeps``: (group label, finished child runs) pairs."""
+    """The table over ``sweeps``: (group label, finished child runs) pairs; a key that none of the runs
+    has is refused (it would pool every run into one row)."""
+    check_keys(sweeps, {"--rows": rows_key, "--columns": columns_key})
     candidates: dict[tuple[str, str, str], dict[tuple, Cell]] = {}
     rows, columns = [], []
     for group, runs in sweeps:
