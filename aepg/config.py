@@ -195,6 +195,10 @@ class ScheduleConfig(Section):
     after ``train.head_only_epochs`` in tasks after the first (the head-only epochs train at a_0)."""
 
 
+FLOAT32_MAX = 3.4e38
+"""Rates past it cannot be applied to float32 weights (PyTorch's "cannot be converted to type float without overflow")."""
+
+
 class TrainConfig(Section):
     @model_validator(mode="before")
     @classmethod
@@ -206,6 +210,13 @@ class TrainConfig(Section):
             data.setdefault("precision", "auto" if autocast in (True, "true", "True", 1) else "32-true")
             renamed("train.autocast", f"train.precision: {data['precision']}")
         return data
+
+    @field_validator("lr", "weight_decay")
+    @classmethod
+    def _fits_float32(cls, value: float) -> float:
+        if value >= FLOAT32_MAX:
+            raise ValueError(f"must be below {FLOAT32_MAX:g}: the weights it updates are float32")
+        return value
 
     epochs: int = Field(3, ge=1)
     head_only_epochs: int = Field(0, ge=0)

@@ -217,7 +217,8 @@ def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> Run
     tracker = Tracker.connect(cfg.tracking_uri)
     if cfg.scaling.num_workers:  # before opening the run: refuse what can never be scheduled
         ensure_ray()
-        check_fits({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run")
+        check_fits({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run", "scaling",
+                   "lower scaling.num_workers or scaling.cpus_per_worker")
     if resume:
         check_resumable(cfg, resume)
         run_id = resume

@@ -140,8 +140,9 @@ def worker_resources(cfg: RunConfig) -> dict[str, float]:
     return resources
 
 
-def check_fits(needed: dict[str, float], what: str) -> None:
-    """Refuse work the Ray cluster can never schedule (it would wait forever).
+def check_fits(needed: dict[str, float], what: str, key: str, fix: str) -> None:
+    """Refuse work the Ray cluster can never schedule (it would wait forever), naming the ``key`` that
+    asks for it and the ``fix``.
 
     On a cluster reached through RAY_ADDRESS an autoscaler may add nodes: only warn there.
     """
@@ -155,4 +156,14 @@ def check_fits(needed: dict[str, float], what: str) -> None:
     if os.environ.get("RAY_ADDRESS"):
         log.warning("%s; waiting for the autoscaler", message)
     else:
-        raise ConfigError([("scaling", message + "; lower scaling.num_workers or scaling.cpus_per_worker")])
+        raise ConfigError([(key, f"{message}; {fix}")])
+
+
+def local_cpu_problem(cpus: float, what: str, key: str, fix: str) -> list[tuple[str, str]]:
+    """Before Ray starts: work that a local Ray instance (this machine's CPUs, without RAY_ADDRESS)
+    could never schedule."""
+    have = os.cpu_count() or 1
+    if os.environ.get("RAY_ADDRESS") or cpus <= have + 1e-9:
+        return []
+    return [(key, f"{what} needs {cpus:g} CPUs but this machine has {have} (a local Ray gets them all); {fix}, "
+                  "or set RAY_ADDRESS to a cluster")]

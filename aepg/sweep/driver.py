@@ -450,13 +450,16 @@ def _trainable(runtime: SweepRuntime):
     return tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), resources)
 
 
+TRIAL_FIX = "lower trial.cpus, trial.gpus or trial.resources (and scaling.num_workers for trials that drive workers)"
+
+
 def _check_trial_fits(sweep: Sweep) -> None:
     needed = dict(trial_resources(sweep))
     scaling = sweep.base_config.scaling
     for key, value in worker_resources(sweep.base_config).items():
         if scaling.num_workers:
             needed[key] = needed.get(key, 0.0) + value * scaling.num_workers
-    check_fits(needed, "one trial")
+    check_fits(needed, "one trial", "trial", TRIAL_FIX)
 
 
 def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callback]:

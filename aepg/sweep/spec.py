@@ -36,7 +36,7 @@ from aepg.config import (
     validate,
 )
 from aepg.metrics import SUMMARY_METRICS
-from aepg.ray_setup import package_cache_problems
+from aepg.ray_setup import local_cpu_problem, package_cache_problems
 from aepg.sweep.fidelity import seeds_per_trial
 from aepg.sweep.schedulers import DEFAULT_SCHEDULER, SchedulerSettings
 from aepg.sweep.searchers import DEFAULT_SEARCHER, SearchSettings
@@ -453,6 +453,9 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
     problems.extend(package_cache_problems({
         "storage_path": spec.storage_path if is_uri(spec.storage_path) else str(Path(spec.storage_path).expanduser().resolve()),
         "tracking_uri": resolve_tracking_uri(sweep.base_config.tracking_uri)}))
+    scaling = sweep.base_config.scaling
+    problems.extend(local_cpu_problem(spec.trial.cpus + scaling.num_workers * scaling.cpus_per_worker, "one trial",
+                                      "trial.cpus", "lower trial.cpus" + (" or scaling.cpus_per_worker" if scaling.num_workers else "")))
     if spec.scheduler.climbs:
         problems.extend(_check_ladder(sweep))
     if seeds_per_trial(spec):
