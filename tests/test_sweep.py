@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -325,9 +326,13 @@ def test_a_sweep_in_which_no_trial_finishes_fails_and_says_why(ray_address, work
     result = run_aepg(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address})
     assert result.returncode == 1, result.stderr[-3000:]
     assert "no trial finished (2 failed); first failure: " in result.stderr and "NonFiniteLoss" in result.stderr
-    _, (parent,), children = sweep_runs(workdir / "mlflow.db")
+    assert "Traceback" not in result.stderr + result.stdout, "tracebacks go to driver.log and the runs' error.log"
+    client, (parent,), children = sweep_runs(workdir / "mlflow.db")
     assert parent.info.status == "FAILED" and parent.data.tags["failure_reason"].startswith("no trial finished")
     assert [c.info.status for c in children] == ["FAILED", "FAILED"]
+    for child in children:
+        trace = (Path(client.download_artifacts(child.info.run_id, "error.log", str(workdir)))).read_text()
+        assert 'File "' in trace and "aepg.trainer.NonFiniteLoss: loss became" in trace and "\x1b[" not in trace
     report = run_aepg(["report", "tiny"], cwd=workdir)  # nothing to report: one line, exit 1, nothing written
     assert report.returncode == 1 and report.stdout == "", report.stderr
     assert report.stderr.startswith("aepg: no configuration of tiny-") and report.stderr.count("\n") == 1

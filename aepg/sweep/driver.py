@@ -40,6 +40,7 @@ from aepg.sweep.progress import (
     LiveSweepTable,
     SweepProgress,
     driver_log,
+    error_log,
     error_reason,
     route_library_output,
 )
@@ -380,10 +381,12 @@ class MlflowTrialRuns(tune.Callback):
             run_id = self.runtime.tracker.open_run(cfg, tags=tags)
         self.runtime.hand_run(trial.trial_id, TrialRun(run_id, name, tags[CONFIG_TAG]))
 
-    def _close(self, trial, status: str, tags: dict, reason: str | None = None) -> None:
+    def _close(self, trial, status: str, tags: dict, reason: str | None = None, texts: dict | None = None) -> None:
         run = self.runtime.find_child(trial.trial_id)
         if run is None:
             return
+        if texts:
+            self.runtime.tracker.log_outputs(run.run_id, texts=texts)
         trial_state = getattr(self.searcher, "optuna_state", None)  # Optuna's searchers say how a trial ended
         state = trial_state(trial.trial_id) if trial_state else None
         if state:
@@ -398,7 +401,7 @@ class MlflowTrialRuns(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.retries.pop(trial.trial_id, None)
-        self._close(trial, "FAILED", {STATUS_TAG: "failed"}, error_reason(trial))
+        self._close(trial, "FAILED", {STATUS_TAG: "failed"}, error_reason(trial), {"error.log": error_log(trial)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """Tune retries the failed trial from its checkpoint: remember how and where it failed."""

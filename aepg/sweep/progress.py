@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -92,15 +93,20 @@ def route_library_output(log_file: Path) -> None:
     sys.stdout = RayThreadsToLog(sys.stdout, sys.__stderr__)
 
 
-def error_reason(trial) -> str:
-    """The last line of the trial's latest error: the exception, e.g. 'NonFiniteLoss: ...'."""
+def error_log(trial) -> str:
+    """The trial's errors as Ray Tune recorded them, tracebacks included (without terminal colours)."""
     local = trial.error_file
     if local and os.path.exists(local):
         with open(local) as f:
             text = f.read()
     else:
-        text = trial.get_error()
-    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+        text = str(trial.get_error() or "")
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def error_reason(trial) -> str:
+    """The last line of the trial's latest error: the exception, e.g. 'NonFiniteLoss: ...'."""
+    lines = [line.strip() for line in error_log(trial).splitlines() if line.strip()]
     return lines[-1] if lines else "trial failed"
 
 
