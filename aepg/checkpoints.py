@@ -2,7 +2,8 @@
 
 A checkpoint file is a sha256 hex digest line followed by a ``torch.save`` payload. It is
 written under a temporary name and renamed into place, and its digest is checked on load:
-a truncated or corrupt file is skipped with a warning and the previous checkpoint is used.
+a truncated or corrupt file is skipped with a warning and the previous checkpoint is used; when
+none is readable, ``CheckpointsUnreadable`` names each.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import warnings
 from dataclasses import asdict
 
 import pyarrow.fs as pafs
@@ -22,6 +22,10 @@ log = logging.getLogger("aepg")
 
 PREFIX = "ckpt-"
 SUFFIX = ".pt"
+
+
+class CheckpointsUnreadable(RuntimeError):
+    """A run has checkpoints and none of them can be read."""
 
 
 class CheckpointStore:
@@ -64,14 +68,19 @@ class CheckpointStore:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
     def load_latest(self) -> tuple[Snapshot, dict] | None:
-        """The newest readable checkpoint and its config, or None when there is none."""
+        """The newest readable checkpoint and its config, or None when there is none; newer unreadable
+        ones are named in a warning, and ``CheckpointsUnreadable`` names them all when none is readable."""
+        unreadable = []
         for name in reversed(self._names()):
             try:
                 payload = self._read(name)
             except Exception as error:
-                warnings.warn(f"checkpoint {self.folder}/{name} is unreadable ({error}); using the previous one",
-                              stacklevel=2)
+                unreadable.append(f"{name} ({error})")
                 continue
+            if unreadable:
+                log.warning("unreadable checkpoints in %s: %s; resuming from %s", self.uri, "; ".join(unreadable), name)
             state = TrainState(**payload["state"])
             return Snapshot(state, payload["model"], payload["optimizer"]), payload["config"]
+        if unreadable:
+            raise CheckpointsUnreadable(f"no checkpoint in {self.uri} can be read: {'; '.join(unreadable)}")
         return None

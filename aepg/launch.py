@@ -19,7 +19,7 @@ import torch
 from aepg import interrupts, preflight, tracking
 from aepg.benchmarks import DATASETS
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
-from aepg.checkpoints import CheckpointStore
+from aepg.checkpoints import CheckpointStore, CheckpointsUnreadable
 from aepg.config import ConfigError, RunConfig, flatten
 from aepg.distributed import Context, pick_device, seed_all
 from aepg.models.classifier import ContinualClassifier, build_model
@@ -198,7 +198,10 @@ def run_workers(cfg: RunConfig, run_id: str, tracker: Tracker, report: Callable[
 # -- driver -----------------------------------------------------------------------------------
 
 def check_resumable(cfg: RunConfig, run_id: str) -> None:
-    restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
+    try:
+        restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
+    except CheckpointsUnreadable as error:
+        raise ConfigError([("--resume", f"run {run_id} cannot be resumed: {error}")]) from None
     if restored is None:
         raise ConfigError([("--resume", f"no checkpoint of run {run_id} under {cfg.storage_path}")])
     before = flatten(restored[1])
@@ -206,6 +209,9 @@ def check_resumable(cfg: RunConfig, run_id: str) -> None:
     changed = [k for k in now if k.startswith(RESUME_FIXED) and before.get(k) != now[k]]
     if changed:
         raise ConfigError([(k, f"differs from the resumed run ({before.get(k)!r} -> {now[k]!r})") for k in changed])
+    if restored[0].state.task >= cfg.benchmark.num_tasks:
+        raise ConfigError([("--resume", f"run {run_id} is complete: it trained all {cfg.benchmark.num_tasks} tasks; "
+                            "there is nothing to resume")])
 
 
 def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> RunResult:
@@ -220,6 +226,7 @@ def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> Run
         check_fits({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run", "scaling",
                    "lower scaling.num_workers or scaling.cpus_per_worker")
     if resume:
+        tracker.check_reopenable(resume)
         check_resumable(cfg, resume)
         run_id = resume
         tracker.reopen_run(run_id)

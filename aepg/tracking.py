@@ -254,9 +254,8 @@ class Tracker:
             self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
         self.client.set_terminated(run_id, status=status)
 
-    def reopen_run(self, run_id: str) -> None:
-        """Mark a resumed run RUNNING again; ConfigError when the store has no such run or it was deleted."""
-        from mlflow.entities import RunStatus
+    def check_reopenable(self, run_id: str) -> None:
+        """ConfigError when the store has no such run, or it was deleted."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -267,7 +266,16 @@ class Tracker:
         if stage == "deleted":
             raise ConfigError([("--resume", f"MLflow run {run_id} was deleted from {self.uri}; restore it with "
                                 f"`mlflow runs restore --run-id {run_id}` (MLFLOW_TRACKING_URI={self.uri}), then resume")])
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a resumed run RUNNING again, without the reason it stopped; ConfigError when the store has no
+        such run or it was deleted."""
+        from mlflow.entities import RunStatus
+
+        self.check_reopenable(run_id)
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if FAILURE_TAG in self.client.get_run(run_id).data.tags:  # why it stopped last time is no longer so
+            self.client.delete_tag(run_id, FAILURE_TAG)
 
     def delete_run(self, run_id: str) -> None:
         """Soft delete: hidden from searches and the UI, restorable with ``MlflowClient.restore_run``."""

@@ -33,7 +33,7 @@ def test_newest_readable_checkpoint_wins_and_old_ones_are_pruned(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip-byte", "empty"])
-def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, caplog):
     store = CheckpointStore(str(tmp_path), "run")
     store.save(snapshot(1, 0), {})
     newest = tmp_path / "run" / "checkpoints" / store.save(snapshot(2, 0), {}).rsplit("/", 1)[1]
@@ -44,9 +44,10 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
         newest.write_bytes(data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:])
     else:
         newest.write_bytes(b"")
-    with pytest.warns(UserWarning, match="unreadable"):
+    with caplog.at_level("WARNING", logger="aepg"):
         restored, _ = store.load_latest()
     assert restored.state.task == 1
+    assert f"unreadable checkpoints in {store.uri}: {newest.name} (" in caplog.text and "resuming from ckpt-0001" in caplog.text
 
 
 def test_no_checkpoint(tmp_path):
@@ -91,7 +92,7 @@ def test_terminated_run_resumes_exactly(workdir):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming at task 3" in resumed.stderr
     mlflow_run, R_resumed = final_matrix(workdir, run_id)
-    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.info.status == "FINISHED" and "failure_reason" not in mlflow_run.data.tags
     assert len(client.search_runs([mlflow_run.info.experiment_id])) == 1
 
     cfg = load_config(DIGITS, [*SHORT, f"storage_path={workdir / 'uninterrupted'}",
@@ -116,7 +117,17 @@ def test_resume_refuses_a_changed_config(workdir, capsys):
     assert code == 2 and "train.lr: differs from the resumed run" in err
     code, err = resume("--resume", "no-such-run")
     assert code == 2 and "no checkpoint of run no-such-run" in err
+    code, err = resume("--resume", run_id)  # it trained every task: complete, not "resuming at task 3"
+    assert code == 2 and f"--resume: run {run_id} is complete: it trained all 2 tasks" in err, err
     MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").delete_run(run_id)
     code, err = resume("--resume", run_id)
     assert code == 2 and f"--resume: MLflow run {run_id} was deleted" in err, err
     assert f"mlflow runs restore --run-id {run_id}" in err and "Traceback" not in err
+    MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").restore_run(run_id)
+    files = sorted((workdir / "aepg_runs" / run_id / "checkpoints").glob("ckpt-*.pt"))
+    for path in files:  # every checkpoint corrupt: each named, no "no checkpoint" and no warning's source line
+        path.write_bytes(path.read_bytes()[:-10])
+    code, err = resume("--resume", run_id)
+    assert code == 2 and f"run {run_id} cannot be resumed: no checkpoint in" in err, err
+    assert all(f"{path.name} (digest mismatch" in err for path in files) and len(files) >= 2
+    assert "UserWarning" not in err and "no checkpoint of run" not in err

@@ -418,6 +418,7 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill, gr
         _, parents, children = sweep_runs(workdir / "mlflow.db")
         assert [p.info.status for p in parents] == ["KILLED"]
         assert "RUNNING" not in {c.info.status for c in children} and "KILLED" in {c.info.status for c in children}
+        assert all(c.data.tags["aepg.status"] == "interrupted" for c in children if c.info.status == "KILLED")
     (folder,) = list((workdir / "aepg_sweeps").glob("tiny-*"))
     before = live_children(workdir / "mlflow.db")
     assert before and sum(run.info.status == "FINISHED" for run in before) < trials, "nothing left to resume"
@@ -432,6 +433,7 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill, gr
     assert all(c.info.status == "FINISHED" for c in children)
     assert all(c.data.tags["aepg.tasks_done"] == str(tasks) and c.data.tags["aepg.status"] == "finished"
                for c in children)
+    assert not [r.info.run_name for r in [*parents, *children] if "failure_reason" in r.data.tags], "stale reasons"
 
 
 BAD_SWEEPS = [

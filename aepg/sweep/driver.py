@@ -609,6 +609,7 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
     complete = not cut_short and results.num_terminated + results.num_errors >= expected_trials(runtime.sweep)
     if not complete:
         for child in cut_short:
+            runtime.tracker.set_tags(child.run_id, {STATUS_TAG: "interrupted"})
             runtime.tracker.close_run(child.run_id, "KILLED", "sweep interrupted")
         runtime.tracker.close_run(runtime.parent_run_id, "KILLED", interrupts.reason())
     return complete
