@@ -64,7 +64,8 @@ def test_pinned_memory_and_the_decoded_cache_on_the_device(tmp_path):
     write_folder(tmp_path, 80, classes=20)
     cfg = load_config(REPO / "configs" / "paper" / "imagenet_r_lora.yaml",
                       ["model.weights=random", f"benchmark.root={tmp_path}", "benchmark.num_tasks=1", *CUDA,
-                       "train.batch_size=16", "model.backbone_kwargs={depth: 2}", "train.data_workers=1"])
+                       "train.head_only_epochs=0", "train.batch_size=16", "model.backbone_kwargs={depth: 5}",
+                       "train.data_workers=1"])
     model, benchmark, objective = build_job(cfg)
     trainer = ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cuda")))
     loader = trainer._train_loader(benchmark.tasks[0])
