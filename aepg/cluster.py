@@ -34,6 +34,10 @@ from pathlib import Path
 from aepg.ray_setup import RayStartError
 
 READY = "This command will now block forever"
+HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                "RAY_health_check_failure_threshold": "3"}
+"""The head's checks of its nodes: a lost node is declared in seconds (Ray's default takes about 30),
+which a rehearsal on one machine, where nothing is slow for network reasons, can afford."""
 USER_TOKEN = Path("~/.ray/auth_token").expanduser()
 HEAD = "head"
 
@@ -94,13 +98,14 @@ class LocalCluster:
     def _ray(self) -> str:
         return shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
 
-    def _start(self, name: str, cpus: float, resources: dict[str, float], args: list[str]) -> Node:
+    def _start(self, name: str, cpus: float, resources: dict[str, float], settings: dict[str, str],
+               args: list[str]) -> Node:
         log = self.log_dir / f"{name}.log"
         command = [self._ray(), "start", "--block", "--disable-usage-stats", f"--num-cpus={cpus:g}",
                    f"--node-name={name}", f"--temp-dir={self.log_dir / name}", f"--resources={json.dumps(resources)}",
                    f"--dashboard-agent-listen-port={free_port()}", *args]
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path))
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path), **settings)
         with open(log, "w") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         node = Node(name, cpus, resources, process, log)
@@ -118,7 +123,7 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         self._decide_token()
         self.port, self.dashboard_port = free_port(), free_port()
-        self._start(HEAD, self.head_cpus, self.head_resources,
+        self._start(HEAD, self.head_cpus, self.head_resources, HEALTH_CHECK,
                     ["--head", f"--port={self.port}", "--dashboard-host=127.0.0.1",
                      f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"])
         return self
@@ -126,7 +131,7 @@ class LocalCluster:
     def add_worker(self, cpus: float = 1, resources: dict[str, float] | None = None) -> Node:
         taken = {n.name for n in self.nodes}
         name = next(f"worker-{i}" for i in range(1, len(taken) + 2) if f"worker-{i}" not in taken)
-        return self._start(name, cpus, resources or {}, [f"--address={self.address}"])
+        return self._start(name, cpus, resources or {}, {}, [f"--address={self.address}"])
 
     def stop_node(self, node: Node, timeout: float = 15) -> None:
         """Terminate the node's ``ray start`` process, which stops that node's Ray processes;

@@ -320,6 +320,8 @@ class Retry:
             return f"{self.short} lost node {self.node}; retrying from task {self.task}"
         if self.process_lost and not waited_enough:
             return None
+        if self.process_lost:  # its process died, and Ray still lists the node alive
+            return f"{self.short} lost its process on {self.node} ({self.reason}); retrying from task {self.task}"
         return f"{self.short} failed on {self.node} ({self.reason}); retrying from task {self.task}"
 
 
@@ -395,6 +397,8 @@ class MlflowTrialRuns(tune.Callback):
         self.runtime.tracker.close_run(run.run_id, status, reason)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.retries:  # a retry that ended before Ray declared its old node dead
+            self._say_retries([trial], ending=True)
         key, full = search.budget(self.runtime.sweep)
         status = "finished" if int((trial.last_result or {}).get(key, 0)) >= full else "stopped early"
         self._close(trial, "FINISHED", {STATUS_TAG: status})
@@ -419,21 +423,25 @@ class MlflowTrialRuns(tune.Callback):
         """Once a retried trial has started again its run names its new node: say where it failed and
         where it went, in one line ("t01 lost node worker-1; retrying from task 2 on head (attempt 2 of 3)")."""
         now = time.monotonic()
-        if not self.retries or now - self.polled < self.RETRY_POLL_S:
-            return
-        self.polled = now
-        attempts = self.runtime.sweep.spec.trial.max_failures + 1
+        if self.retries and now - self.polled >= self.RETRY_POLL_S:
+            self.polled = now
+            self._say_retries(trials, ending=False)
+
+    def _say_retries(self, trials, ending: bool) -> None:
+        """Say each retry whose new node is known, once Ray has said whether the old node is lost; when
+        ``ending`` (its trial ended), with what is known by then."""
+        now, attempts = time.monotonic(), self.runtime.sweep.spec.trial.max_failures + 1
         alive = {name for name, up in node_names().values() if up}
         by_id = {t.trial_id: t for t in trials}
         for trial_id, retry in list(self.retries.items()):
+            if trial_id not in by_id:
+                continue
             nodes = [n for n in self.runtime.tracker.get_run(retry.run_id)[0].tags.get(NODE_NAMES_TAG, "").split(",") if n]
             if len(nodes) <= retry.nodes_before:
                 continue
-            said = retry.line(retry.node in alive, now - retry.since > NODE_DEATH_WAIT_S)
+            said = retry.line(retry.node in alive, ending or now - retry.since > NODE_DEATH_WAIT_S)
             if said:
-                trial = by_id.get(trial_id)
-                attempt = trial.num_failures + 1 if trial is not None else len(nodes)
-                self.say(f"{said} on {nodes[-1]} (attempt {attempt} of {attempts})")
+                self.say(f"{said} on {nodes[-1]} (attempt {by_id[trial_id].num_failures + 1} of {attempts})")
                 del self.retries[trial_id]
 
 
