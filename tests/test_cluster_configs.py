@@ -177,3 +177,35 @@ def test_the_image_installs_the_versions_the_project_pins():
     installed = {name: version(name) for name in pins() if name != "python"}
     assert {"ray", "torch", "timm", "peft", "mlflow", "optuna"} <= set(installed)
     assert installed == {k: v for k, v in pins().items() if k != "python"}, "constraints.txt differs from what is tested"
+
+
+# -- what a job's driver forwards, and where it may write -------------------------------------
+
+def test_a_jobs_runtime_env_wins_over_what_the_driver_forwards(monkeypatch):
+    import json as json_
+
+    from aepg.ray_setup import forwarded_env
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://head:5000")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("AEPG_DATA", "/data")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert {"MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "AEPG_DATA"} <= set(forwarded_env())
+    job = {"runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": "http://head:5000", "MLFLOW_DISABLE_TELEMETRY": "1"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json_.dumps(job))
+    forwarded = forwarded_env()
+    assert "MLFLOW_TRACKING_URI" not in forwarded and "MLFLOW_DISABLE_TELEMETRY" not in forwarded
+    assert forwarded["AEPG_DATA"] == "/data"
+
+
+@pytest.mark.parametrize("path, inside", [
+    ("/tmp/ray/session_1/runtime_resources/working_dir_files/_ray_pkg_ab12/aepg_sweeps", True),
+    ("/home/ray/_ray_pkg_ab12/mlflow.db", True),
+    ("/mnt/shared/aepg/sweeps", False),
+    ("/home/me/runtime_resources_notes/aepg_runs", False),
+])
+def test_outputs_in_rays_package_cache_are_refused(path, inside):
+    from aepg.ray_setup import package_cache_problems
+
+    problems = package_cache_problems({"storage_path": path, "tracking_uri": f"sqlite:///{path}"})
+    assert [key for key, _ in problems] == (["storage_path", "tracking_uri"] if inside else [])
