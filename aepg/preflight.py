@@ -127,6 +127,8 @@ def _data_problems(cfg: RunConfig) -> list[tuple[str, str]]:
         return [("benchmark.root", f"{root} is a file; {named} must name the folder that holds the data set")]
     try:
         spec.locate(cfg.benchmark)
+        if spec.checks_files:
+            spec.class_sizes(cfg.benchmark)
         if spec.listing is None:
             return []
         listing = spec.listing(cfg.benchmark)

@@ -241,6 +241,33 @@ def test_fashion_mnist_faults_name_the_file_and_touch_nothing(tmp_path, monkeypa
         build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
 
 
+def test_the_dry_run_reads_fashion_mnist_as_the_run_will(tmp_path):
+    """The plan comes from what the files hold, and a cut-short gzip or a class with no images is one
+    line naming the file, before anything is written."""
+    from test_benchmarks import write_idx
+
+    fake_fashion(tmp_path, gz=True)
+    dry = ["train", str(CONFIGS / "fashion_mnist.yaml"), f"benchmark.root={tmp_path}", "benchmark.num_tasks=2",
+           "benchmark.max_train_per_class=null", "--dry-run"]
+    planned = run_aepg(dry, cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert "# task 1: 5 classes, 30 training / 10 test images" in planned.stdout, planned.stdout[-1500:]
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    data = images.read_bytes()
+    images.write_bytes(data[: len(data) // 2])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    cut = run_aepg(dry, cwd=tmp_path)
+    assert cut.returncode == 2 and "Traceback" not in cut.stderr, cut.stderr[-2000:]
+    assert f"{images} cannot be read" in cut.stderr
+    images.write_bytes(data)
+    labels = np.repeat(np.arange(10), 2)
+    labels[labels == 3] = 4  # no Dress in the test split
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    missing = run_aepg(dry, cwd=tmp_path)
+    assert missing.returncode == 2 and "t10k-labels-idx1-ubyte.gz: no images of Dress" in missing.stderr, missing.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not (tmp_path / "mlflow.db").exists()
+
+
 # -- the decoded cache -----------------------------------------------------------------------------
 
 BUILD = """

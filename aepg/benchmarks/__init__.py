@@ -346,6 +346,9 @@ class DatasetSpec:
     """torchvision can download it (``benchmark.download: true``)."""
     image_files: bool = False
     """Images in files: decoded into the cache (``benchmark.cache``) at ``benchmark.short_side``."""
+    checks_files: bool = False
+    """``class_sizes`` reads the data set's files as a run will (raising DataError on what is wrong), so
+    every run's checks and the dry run call it."""
     listing: Callable[..., Listing] | None = None
     """``listing(benchmark_config)``: an image-file data set's files by split, checked against its
     metadata (``DataError`` naming what is wrong); the dry run reads each file's header from it."""
@@ -360,7 +363,8 @@ PACKAGE = "aepg.benchmarks"
 DATASETS.add("digits", DatasetSpec(10, f"{PACKAGE}.digits:load_digits_splits", lambda cfg: None,
                                    lambda cfg: (DIGITS_TRAIN, DIGITS_TEST), "digits", uses_root=False))
 DATASETS.add("fashion-mnist", DatasetSpec(10, f"{PACKAGE}.fashion_mnist:load_fashion_mnist_splits", fashion_mnist_files,
-                                          _fixed(6000, 1000, 10), "Fashion-MNIST", downloadable=True))
+                                          lambda cfg: importlib.import_module(f"{PACKAGE}.fashion_mnist").class_sizes(cfg),
+                                          "Fashion-MNIST", downloadable=True, checks_files=True))
 DATASETS.add("cifar100", DatasetSpec(100, f"{PACKAGE}.cifar100:load_cifar100_splits", cifar100_folder,
                                      _fixed(500, 100, 100), "CIFAR-100", downloadable=True))
 DATASETS.add("imagenet-r", DatasetSpec(200, f"{PACKAGE}.folders:load_imagenet_r_splits", imagenet_r_folder,

@@ -2,14 +2,16 @@
 beside them.
 
 The catalog finds the four files in ROOT/FashionMNIST/raw (torchvision's layout), in ROOT itself
-or in the Debian package's folder. Each file's magic number, shape and length are checked, so a
-truncated download is named rather than read as noise.
+or in the Debian package's folder. Each file's magic number, shape, length, gzip integrity and
+labels are checked, so a truncated download is named rather than read as noise: by the dry run and
+every run's checks too (``class_sizes`` reads the files as a run will and counts what they hold).
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,28 @@ def _split(files: dict[str, Path], prefix: str) -> ArrayImages:
     if labels.max(initial=0) >= len(CLASS_NAMES):
         raise DataError(f"{files[f'{prefix}-labels-idx1-ubyte']}: labels outside 0-{len(CLASS_NAMES) - 1}")
     return ArrayImages(images, labels.astype(np.int64))
+
+
+def class_sizes(cfg: BenchmarkConfig) -> tuple[list[int], list[int]]:
+    """Training and test images per class, as the files hold them (read and checked as a run reads them);
+    a class with no image in a split is a DataError."""
+    files = fashion_mnist_files(cfg)
+    return _counted(tuple((name, path, path.stat().st_mtime_ns, path.stat().st_size) for name, path in sorted(files.items())))
+
+
+@lru_cache(maxsize=4)
+def _counted(files: tuple[tuple[str, Path, int, int], ...]) -> tuple[list[int], list[int]]:
+    """``class_sizes`` of these files, once per process for the same files (the dry run asks twice)."""
+    paths = {name: path for name, path, _, _ in files}
+    sizes = []
+    for prefix in ("train", "t10k"):
+        counts = np.bincount(_split(paths, prefix).labels, minlength=len(CLASS_NAMES)).tolist()
+        empty = [CLASS_NAMES[c] for c, n in enumerate(counts) if n == 0]
+        if empty:
+            raise DataError(f"{paths[f'{prefix}-labels-idx1-ubyte']}: no images of {', '.join(empty)}; "
+                            "Fashion-MNIST has all 10 classes in both splits; download it again")
+        sizes.append(counts)
+    return sizes[0], sizes[1]
 
 
 def load_fashion_mnist_splits(cfg: BenchmarkConfig) -> ImageSplits:
