@@ -3,10 +3,11 @@
 Each node is one ``ray start --block`` process with its own CPUs, custom resources, node name
 (``head``, ``worker-1``, ...) and temp folder in the cluster's log folder, as separate machines have
 separate disks: placement across nodes is real, a trial's node reads as a name, and one node's
-runtime-env agent never deletes the packages another node extracted (``--working-dir``). Stopping a node terminates that process, which takes its raylet and workers with it; losing
-a worker node (``kill -9`` of its process tree, as a crashed machine would) leaves the head and the
-other nodes running, which is what a node-loss rehearsal needs. Only what was started here is
-stopped, by process id.
+runtime-env agent never deletes the packages another node extracted (``--working-dir``). Stopping
+a node terminates that process, which takes its raylet and workers with it; losing a worker node
+(``kill -9`` of its process tree, as a crashed machine would) leaves the head and the other nodes
+running, which is what a node-loss rehearsal needs. Only what was started here is stopped, by
+process id.
 
 Ray advertises the host's address for its nodes even when asked for 127.0.0.1; the dashboard
 is bound to 127.0.0.1. Clients need ``RAY_ADDRESS``, ``RAY_AUTH_MODE=token`` and the cluster's
@@ -197,7 +198,8 @@ def run_local_cluster(workers: int, head_cpus: int, worker_cpus: int, start_time
             for node in cluster.lost():
                 code = node.process.returncode
                 how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-                print(f"aepg: node {node.name} (pid {node.pid}) {how}; its log: {node.log}" + ("" if node.name == HEAD else "; the other nodes go on"), flush=True)
+                rest = "" if node.name == HEAD else "; the other nodes go on"
+                print(f"aepg: node {node.name} (pid {node.pid}) {how}; its log: {node.log}{rest}", flush=True)
                 if node.name == HEAD:
                     return 1
             time.sleep(0.5)

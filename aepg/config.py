@@ -196,7 +196,8 @@ class ScheduleConfig(Section):
 
 
 FLOAT32_MAX = 3.4e38
-"""Rates past it cannot be applied to float32 weights (PyTorch's "cannot be converted to type float without overflow")."""
+"""Rates past it cannot be applied to float32 weights (PyTorch: "cannot be converted to type float
+without overflow")."""
 
 
 class TrainConfig(Section):

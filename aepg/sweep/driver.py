@@ -356,7 +356,8 @@ class MlflowTrialRuns(tune.Callback):
         self.names: dict[str, str] = {}
         """Trial id to run name, for the terminal view."""
         self.say = lambda line: log.info("%s", line)
-        """How a line that no trial event carries (a retry's) reaches the user: the terminal view's, where there is one."""
+        """How a line that no trial event carries (a retry's) reaches the user: through the terminal
+        view, where there is one."""
         self.retries: dict[str, Retry] = {}
         self.polled = 0.0
 
@@ -436,7 +437,8 @@ class MlflowTrialRuns(tune.Callback):
         for trial_id, retry in list(self.retries.items()):
             if trial_id not in by_id:
                 continue
-            nodes = [n for n in self.runtime.tracker.get_run(retry.run_id)[0].tags.get(NODE_NAMES_TAG, "").split(",") if n]
+            tags = self.runtime.tracker.get_run(retry.run_id)[0].tags
+            nodes = [n for n in tags.get(NODE_NAMES_TAG, "").split(",") if n]
             if len(nodes) <= retry.nodes_before:
                 continue
             said = retry.line(retry.node in alive, ending or now - retry.since > NODE_DEATH_WAIT_S)

@@ -450,12 +450,13 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
     if not is_uri(spec.storage_path) and Path(spec.storage_path).expanduser().exists() \
             and not Path(spec.storage_path).expanduser().is_dir():
         problems.append(("storage_path", f"{spec.storage_path} is a file; sweep outputs need a folder"))
-    problems.extend(package_cache_problems({
-        "storage_path": spec.storage_path if is_uri(spec.storage_path) else str(Path(spec.storage_path).expanduser().resolve()),
-        "tracking_uri": resolve_tracking_uri(sweep.base_config.tracking_uri)}))
+    storage = spec.storage_path if is_uri(spec.storage_path) else str(Path(spec.storage_path).expanduser().resolve())
+    problems.extend(package_cache_problems({"storage_path": storage,
+                                            "tracking_uri": resolve_tracking_uri(sweep.base_config.tracking_uri)}))
     scaling = sweep.base_config.scaling
+    fix = "lower trial.cpus" + (" or scaling.cpus_per_worker" if scaling.num_workers else "")
     problems.extend(local_cpu_problem(spec.trial.cpus + scaling.num_workers * scaling.cpus_per_worker, "one trial",
-                                      "trial.cpus", "lower trial.cpus" + (" or scaling.cpus_per_worker" if scaling.num_workers else "")))
+                                      "trial.cpus", fix))
     if spec.scheduler.climbs:
         problems.extend(_check_ladder(sweep))
     if seeds_per_trial(spec):
