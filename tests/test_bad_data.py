@@ -216,6 +216,32 @@ def test_cifar100_pickles_are_read_without_running_code(tmp_path):
         build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
 
 
+def test_the_dry_run_reads_cifar100_as_the_run_will(tmp_path):
+    """The plan counts what the pickles hold; a cut-short pickle, labels out of range or 50 empty
+    classes are one line naming the file, before an MLflow store is opened."""
+    folder = cifar(tmp_path)
+    dry = ["train", str(CONFIGS / "digits.yaml"), "benchmark.dataset=cifar100", f"benchmark.root={tmp_path}",
+           "benchmark.num_tasks=10", "--dry-run"]
+    planned = run_aepg(dry, cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert "# task 1: 10 classes, 20 training / 20 test images" in planned.stdout, planned.stdout[-1500:]
+    good = (folder / "train").read_bytes()
+    faults = {
+        "cut short": (good[: len(good) // 2], f"{folder / 'train'} is not a readable CIFAR-100 pickle"),
+        "labels out of range": (pickle.dumps({"data": np.zeros((2, 3072), dtype=np.uint8), "fine_labels": [0, 100]}),
+                                f"{folder / 'train'}: 'fine_labels' holds values outside 0-99"),
+        "empty classes": (pickle.dumps({"data": np.zeros((100, 3072), dtype=np.uint8),
+                                        "fine_labels": list(range(50)) * 2}),
+                          f"{folder / 'train'}: no images of 50 of its 100 classes (c50, c51, c52, c53, c54 and 45 more)"),
+    }
+    for fault, (data, expected) in faults.items():
+        (folder / "train").write_bytes(data)
+        result = run_aepg(dry, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (fault, result.stderr[-2000:])
+        assert expected in result.stderr, (fault, result.stderr)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_fashion_mnist_faults_name_the_file_and_touch_nothing(tmp_path, monkeypatch):
     from aepg import benchmarks
 
@@ -264,7 +290,7 @@ def test_the_dry_run_reads_fashion_mnist_as_the_run_will(tmp_path):
     labels[labels == 3] = 4  # no Dress in the test split
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
     missing = run_aepg(dry, cwd=tmp_path)
-    assert missing.returncode == 2 and "t10k-labels-idx1-ubyte.gz: no images of Dress" in missing.stderr, missing.stderr
+    assert missing.returncode == 2 and "t10k-labels-idx1-ubyte.gz: no images of 1 of its 10 classes (Dress)" in missing.stderr, missing.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before and not (tmp_path / "mlflow.db").exists()
 
 

@@ -151,6 +151,32 @@ def _fixed(train: int, test: int, classes: int) -> Callable:
     return lambda cfg: ([train] * classes, [test] * classes)
 
 
+_COUNTED: dict[tuple, tuple[list[int], list[int]]] = {}
+
+
+def counted_once(files: list[Path], count: Callable[[], tuple[list[int], list[int]]]) -> tuple[list[int], list[int]]:
+    """``count()``, read once per process for the same files (the dry run asks twice; a changed file
+    is read again)."""
+    key = tuple((str(path), info.st_mtime_ns, info.st_size) for path in files for info in [path.stat()])
+    if key not in _COUNTED:
+        _COUNTED[key] = count()
+    return _COUNTED[key]
+
+
+def class_counts(labels: object, class_names: list[str], labels_file: Path, display: str) -> list[int]:
+    """Images per class in one split, from its labels as the run reads them; a class with no image
+    is a DataError naming the file that holds the labels."""
+    import numpy as np
+
+    counts = np.bincount(labels, minlength=len(class_names)).tolist()
+    empty = [class_names[c] for c, n in enumerate(counts) if n == 0]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise DataError(f"{labels_file}: no images of {len(empty)} of its {len(class_names)} classes ({shown}); "
+                        f"{display} has every class in both splits; download it again")
+    return counts
+
+
 # The bundled digits and aepg's fixed stratified split (25% test, seed 0), per class.
 DIGITS_TRAIN = [133, 136, 133, 137, 136, 136, 136, 134, 131, 135]
 DIGITS_TEST = [45, 46, 44, 46, 45, 46, 45, 45, 43, 45]
@@ -338,7 +364,7 @@ class DatasetSpec:
     locate: Callable[..., object]
     """``locate(benchmark_config)``: where the files are; DatasetNotFound naming the layout if absent."""
     class_sizes: Callable[..., tuple[list[int], list[int]]]
-    """Training and test images per class, from metadata only."""
+    """Training and test images per class: from metadata only, or (``checks_files``) from the files."""
     display: str = ""
     uses_root: bool = True
     """False for data bundled with a package (``benchmark.root`` is ignored)."""
@@ -366,7 +392,8 @@ DATASETS.add("fashion-mnist", DatasetSpec(10, f"{PACKAGE}.fashion_mnist:load_fas
                                           lambda cfg: importlib.import_module(f"{PACKAGE}.fashion_mnist").class_sizes(cfg),
                                           "Fashion-MNIST", downloadable=True, checks_files=True))
 DATASETS.add("cifar100", DatasetSpec(100, f"{PACKAGE}.cifar100:load_cifar100_splits", cifar100_folder,
-                                     _fixed(500, 100, 100), "CIFAR-100", downloadable=True))
+                                     lambda cfg: importlib.import_module(f"{PACKAGE}.cifar100").class_sizes(cfg),
+                                     "CIFAR-100", downloadable=True, checks_files=True))
 DATASETS.add("imagenet-r", DatasetSpec(200, f"{PACKAGE}.folders:load_imagenet_r_splits", imagenet_r_folder,
                                        lambda cfg: imagenet_r_listing(cfg).sizes(), "ImageNet-R", image_files=True,
                                        listing=imagenet_r_listing))

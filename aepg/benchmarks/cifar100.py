@@ -1,7 +1,8 @@
 """CIFAR-100 from torchvision's folder (``cifar-100-python``: the ``train``, ``test`` and ``meta`` pickles).
 
 The pickles are read by an unpickler that builds only what the format holds (dicts, lists, text,
-numbers and numpy arrays), so a crafted data file cannot run code."""
+numbers and numpy arrays), so a crafted data file cannot run code. The dry run and every run's
+checks read them the same way (``class_sizes``): structure, shapes, labels and images per class."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aepg.benchmarks import DataError, cifar100_folder
+from aepg.benchmarks import DataError, cifar100_folder, class_counts, counted_once
 from aepg.benchmarks.images import ArrayImages, ImageSplits
 from aepg.config import BenchmarkConfig
 
@@ -56,9 +57,26 @@ def _split(path: Path) -> ArrayImages:
     return ArrayImages(images, labels)
 
 
-def load_cifar100_splits(cfg: BenchmarkConfig) -> ImageSplits:
-    folder = cifar100_folder(cfg)
+def _class_names(folder: Path) -> list[str]:
     names = _unpickle(folder / "meta").get("fine_label_names")
     if not isinstance(names, list) or len(names) != NUM_CLASSES:
         raise DataError(f"{folder / 'meta'}: 'fine_label_names' is not a list of {NUM_CLASSES} names")
-    return ImageSplits(_split(folder / "train"), _split(folder / "test"), [str(name) for name in names])
+    return [str(name) for name in names]
+
+
+def class_sizes(cfg: BenchmarkConfig) -> tuple[list[int], list[int]]:
+    """Training and test images per class, as the pickles hold them (read and checked as a run reads
+    them); a class with no image in a split is a DataError."""
+    folder = cifar100_folder(cfg)
+
+    def count() -> tuple[list[int], list[int]]:
+        names = _class_names(folder)
+        return tuple(class_counts(_split(folder / part).labels, names, folder / part, "CIFAR-100")
+                     for part in ("train", "test"))
+
+    return counted_once([folder / name for name in ("meta", "train", "test")], count)
+
+
+def load_cifar100_splits(cfg: BenchmarkConfig) -> ImageSplits:
+    folder = cifar100_folder(cfg)
+    return ImageSplits(_split(folder / "train"), _split(folder / "test"), _class_names(folder))

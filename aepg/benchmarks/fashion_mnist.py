@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import gzip
 import struct
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from aepg.benchmarks import DataError, fashion_mnist_files
+from aepg.benchmarks import DataError, class_counts, counted_once, fashion_mnist_files
 from aepg.benchmarks.images import ArrayImages, ImageSplits
 from aepg.config import BenchmarkConfig
 
@@ -57,22 +56,12 @@ def class_sizes(cfg: BenchmarkConfig) -> tuple[list[int], list[int]]:
     """Training and test images per class, as the files hold them (read and checked as a run reads them);
     a class with no image in a split is a DataError."""
     files = fashion_mnist_files(cfg)
-    return _counted(tuple((name, path, path.stat().st_mtime_ns, path.stat().st_size) for name, path in sorted(files.items())))
 
+    def count() -> tuple[list[int], list[int]]:
+        return tuple(class_counts(_split(files, prefix).labels, CLASS_NAMES, files[f"{prefix}-labels-idx1-ubyte"],
+                                  "Fashion-MNIST") for prefix in ("train", "t10k"))
 
-@lru_cache(maxsize=4)
-def _counted(files: tuple[tuple[str, Path, int, int], ...]) -> tuple[list[int], list[int]]:
-    """``class_sizes`` of these files, once per process for the same files (the dry run asks twice)."""
-    paths = {name: path for name, path, _, _ in files}
-    sizes = []
-    for prefix in ("train", "t10k"):
-        counts = np.bincount(_split(paths, prefix).labels, minlength=len(CLASS_NAMES)).tolist()
-        empty = [CLASS_NAMES[c] for c, n in enumerate(counts) if n == 0]
-        if empty:
-            raise DataError(f"{paths[f'{prefix}-labels-idx1-ubyte']}: no images of {', '.join(empty)}; "
-                            "Fashion-MNIST has all 10 classes in both splits; download it again")
-        sizes.append(counts)
-    return sizes[0], sizes[1]
+    return counted_once(list(files.values()), count)
 
 
 def load_fashion_mnist_splits(cfg: BenchmarkConfig) -> ImageSplits:
