@@ -2,6 +2,7 @@
 fault is written for real, and each is one line naming the file, before compute where possible."""
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -121,10 +122,18 @@ def test_a_saved_split_that_names_missing_files_or_is_not_json(imagenet_r):
     build_benchmark(BenchmarkConfig(root=str(imagenet_r), dataset="imagenet-r", num_tasks=10, cache="none"),
                     16, (0.5,) * 3, (0.5,) * 3)  # saves the split file
     (imagenet_r / "imagenet-r" / "n00000005" / "img_4.jpg").unlink()
+    split_file = imagenet_r_split_file(cfg_for(imagenet_r).benchmark)
     lines = [f"{key}: {message}" for key, message in preflight.problems(cfg_for(imagenet_r))]
-    assert any("named by the metadata but missing" in line and "n00000005/img_4.jpg" in line for line in lines), lines
-    imagenet_r_split_file(cfg_for(imagenet_r).benchmark).write_text('{"train": [')
-    assert "cannot be read as JSON" in preflight.problems(cfg_for(imagenet_r))[0][1]
+    assert any(f"n00000005/img_4.jpg: named by the pinned split {split_file} but missing" in line for line in lines), lines
+    shutil.rmtree(imagenet_r / "imagenet-r" / "n00000005")  # a class folder gone: the split file is named, not a count
+    summary, gone = preflight.problems(cfg_for(imagenet_r))[:2]
+    assert f"the pinned split {split_file} and {imagenet_r / 'imagenet-r'} name different classes" in summary[1], summary
+    assert "delete it to make the split anew" in summary[1] and "201" not in summary[1]
+    assert gone == ("n00000005", f"named by the pinned split, not a folder of {imagenet_r / 'imagenet-r'}"), gone
+    split_file.write_text('{"train": [')
+    message = preflight.problems(cfg_for(imagenet_r))[0][1]
+    assert "cannot be read as JSON" in message and "it is aepg's pinned split: delete it" in message, message
+    assert "archive" not in message
 
 
 def cub(root, broken_line=None):
@@ -152,11 +161,22 @@ def test_cub200_metadata_faults(tmp_path):
     labels = folder / "image_class_labels.txt"
     good = labels.read_text()
     labels.write_text(good.replace("\n7 4\n", "\n7 400\n"))
-    assert "out of range" in preflight.problems(cfg)[0][1]
+    assert preflight.problems(cfg)[:2] == [("benchmark", "CUB-200: image_class_labels.txt holds labels that classes.txt "
+                                                         "does not list"),
+                                           ("image id 7", "label '400' is not a class id of classes.txt")]
     labels.write_text("\n".join(good.splitlines()[:-3]) + "\n")  # lacks lines
     assert preflight.problems(cfg)[0][1] == "CUB-200: image_class_labels.txt and images.txt list different image ids"
     labels.write_text(good.replace("\n9 5\n", "\n9\n"))
     assert "image_class_labels.txt line 9 is '9', expected '<id> <value>'" in preflight.problems(cfg)[0][1]
+    labels.write_text(good)
+    split = folder / "train_test_split.txt"
+    split.write_text(split.read_text().replace("\n8 0\n", "\n8 2\n"))
+    assert preflight.problems(cfg)[:2] == [("benchmark", "CUB-200: train_test_split.txt holds values other than 0 and 1"),
+                                           ("image id 8", "split '2' is not 1 (train) or 0 (test)")]
+    classes = folder / "classes.txt"
+    classes.write_text("\n".join(classes.read_text().splitlines()[:150]) + "\n")  # cut short: its own file is named
+    assert preflight.problems(cfg)[0][1] == (f"CUB-200: {classes} lists 150 classes, expected 200; restore it from "
+                                             "the data set's archive")
 
 
 def test_food101_metadata_faults(tmp_path):
@@ -392,7 +412,7 @@ def test_a_damaged_cache_is_rebuilt_and_content_keys_see_a_swapped_file(tmp_path
     assert cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", content=True).folder != by_content.folder
 
 
-def test_flipped_bytes_in_the_cache_are_caught_on_first_read_and_the_cache_is_built_again(tmp_path):
+def test_flipped_bytes_in_the_cache_are_caught_on_first_read_and_the_cache_is_built_again(tmp_path, caplog):
     from aepg.benchmarks import cache
 
     paths = many_jpegs(tmp_path / "data", 6)
@@ -406,9 +426,16 @@ def test_flipped_bytes_in_the_cache_are_caught_on_first_read_and_the_cache_is_bu
     assert np.array_equal(reader.array(2), cache.decode(paths[2], 48))
     with pytest.raises(cache.CacheDamaged, match="image 3's bytes differ"):
         reader.array(3)
-    rebuilt = cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", workers=1)
+    with caplog.at_level(logging.WARNING, "aepg"):
+        rebuilt = cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", workers=1)
     assert rebuilt.folder == built.folder and np.array_equal(rebuilt.array(3), cache.decode(paths[3], 48))
     assert np.array_equal(rebuilt.array(0), first)
+    assert "fails its check (a run found image 3's bytes changed): building it again" in caplog.text
+    caplog.clear()
+    (rebuilt.folder / "manifest.json").unlink()  # deleted by hand: not blamed on the images
+    with caplog.at_level(logging.WARNING, "aepg"):
+        cache.ensure(paths, tmp_path / "data", 48, tmp_path / "cache", "toy", workers=1)
+    assert "fails its check (its manifest.json is missing): building it again" in caplog.text
 
 
 def test_a_cache_dir_that_cannot_hold_the_cache_is_refused_before_compute(imagenet_r):

@@ -197,11 +197,14 @@ def _saved_split_file(cfg: BenchmarkConfig) -> Path:
     return earlier if earlier.is_file() and not saved.is_file() else saved
 
 
-def _read_json(path: Path):
+SPLIT_FILE_FIX = "delete it to make the split anew from benchmark.split_seed and the folder as it is"
+
+
+def _read_json(path: Path, fix: str = "restore it from the data set's archive"):
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path} cannot be read as JSON ({error}); restore it from the data set's archive") from None
+        raise DataError(f"{path} cannot be read as JSON ({error}); {fix}") from None
 
 
 def imagenet_r_split(cfg: BenchmarkConfig) -> dict:
@@ -212,9 +215,9 @@ def imagenet_r_split(cfg: BenchmarkConfig) -> dict:
     folder = imagenet_r_folder(cfg)
     saved = _saved_split_file(cfg)
     if saved.is_file():
-        split = _read_json(saved)
+        split = _read_json(saved, f"it is aepg's pinned split: {SPLIT_FILE_FIX}")
         if not isinstance(split, dict) or not all(isinstance(split.get(part), list) for part in ("train", "test")):
-            raise DataError(f"{saved} is not a split file (lists 'train' and 'test'); delete it to make it anew")
+            raise DataError(f"{saved} is not a split file (lists 'train' and 'test'); {SPLIT_FILE_FIX}")
         return split
     rng = np.random.default_rng(cfg.split_seed)
     split = {"seed": cfg.split_seed, "train": [], "test": []}
@@ -236,6 +239,8 @@ class Listing:
     class_names: list[str]
     train: list[tuple[Path, int]]
     test: list[tuple[Path, int]]
+    named_by: str = "the metadata"
+    """What lists the files (named when one is missing)."""
 
     def sizes(self) -> tuple[list[int], list[int]]:
         counts = []
@@ -257,19 +262,19 @@ class Listing:
                  for c in range(num_classes) if n[c] == 0]
         if empty:
             raise DataError(f"{display}: {len(empty)} classes have no images in a split", empty)
-        missing = [(str(path.relative_to(self.folder)), _not_a_file(path))
+        missing = [(str(path.relative_to(self.folder)), _not_a_file(path, self.named_by))
                    for path in self.paths() if not path.is_file()]
         if missing:
-            raise DataError(f"{display}: {len(missing)} files the metadata names cannot be opened under {self.folder}",
+            raise DataError(f"{display}: {len(missing)} files {self.named_by} names cannot be opened under {self.folder}",
                             missing)
         return self
 
 
-def _not_a_file(path: Path) -> str:
+def _not_a_file(path: Path, named_by: str) -> str:
     try:
         path.stat()
     except FileNotFoundError:
-        return "named by the metadata but missing"
+        return f"named by {named_by} but missing"
     except OSError as error:
         return f"cannot be read ({error.strerror})"
     return "is a folder, not a file"
@@ -277,12 +282,20 @@ def _not_a_file(path: Path) -> str:
 
 def imagenet_r_listing(cfg: BenchmarkConfig) -> Listing:
     folder = imagenet_r_folder(cfg)
+    saved = _saved_split_file(cfg)
     split = imagenet_r_split(cfg)
     named = {rel.split("/")[0] for part in ("train", "test") for rel in split[part]}
-    classes = sorted(named | {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")})
+    folders = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if named != folders and saved.is_file():  # the folder changed since the split was pinned
+        differ = [(wnid, f"named by the pinned split, not a folder of {folder}") for wnid in sorted(named - folders)]
+        differ += [(wnid, "a folder the pinned split does not name") for wnid in sorted(folders - named)]
+        raise DataError(f"ImageNet-R: the pinned split {saved} and {folder} name different classes; restore the "
+                        f"folder as it was split, or {SPLIT_FILE_FIX}", differ)
+    classes = sorted(named | folders)
     index = {wnid: i for i, wnid in enumerate(classes)}
     parts = [[(folder / rel, index[rel.split("/")[0]]) for rel in split[part]] for part in ("train", "test")]
-    return Listing(folder, classes, *parts).check("ImageNet-R", 200)
+    named_by = f"the pinned split {saved}" if saved.is_file() else "the folder listing"
+    return Listing(folder, classes, *parts, named_by=named_by).check("ImageNet-R", 200)
 
 
 def _by_number(image_id: str) -> int:
@@ -318,12 +331,19 @@ def cub200_listing(cfg: BenchmarkConfig) -> Listing:
             raise DataError(f"CUB-200: {name}.txt and images.txt list different image ids",
                             [(f"{name}.txt", f"image id {i} is in one file only") for i in unmatched])
     ids = sorted(tables["classes"], key=_by_number)
+    if len(ids) != 200:
+        raise DataError(f"CUB-200: {folder / 'classes.txt'} lists {len(ids)} classes, expected 200; restore it from "
+                        "the data set's archive")
     names = [tables["classes"][i].split(".", 1)[-1] for i in ids]
     position = {class_id: i for i, class_id in enumerate(ids)}
-    bad = [(f"image id {i}", f"label {labels[i]!r} or split {is_train[i]!r} is not a class id 1-{len(ids)} and 0/1")
-           for i in images if labels[i] not in tables["classes"] or is_train[i] not in ("0", "1")]
+    bad = [(f"image id {i}", f"label {labels[i]!r} is not a class id of classes.txt")
+           for i in images if labels[i] not in tables["classes"]]
     if bad:
-        raise DataError("CUB-200: image_class_labels.txt or train_test_split.txt holds values out of range", bad)
+        raise DataError("CUB-200: image_class_labels.txt holds labels that classes.txt does not list", bad)
+    bad = [(f"image id {i}", f"split {is_train[i]!r} is not 1 (train) or 0 (test)")
+           for i in images if is_train[i] not in ("0", "1")]
+    if bad:
+        raise DataError("CUB-200: train_test_split.txt holds values other than 0 and 1", bad)
     parts = {"1": [], "0": []}
     for image_id in sorted(images, key=_by_number):
         parts[is_train[image_id]].append((folder / "images" / images[image_id], position[labels[image_id]]))

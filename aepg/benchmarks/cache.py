@@ -38,6 +38,8 @@ import numpy as np
 
 FORMAT = 2
 CHUNK = 32
+DAMAGED = "damaged.txt"
+"""Left in a cache folder (with why) when a run finds it damaged; the next build names the cause."""
 log = logging.getLogger("aepg")
 
 
@@ -136,14 +138,15 @@ class DecodedImages:
         image = self._data[offset : offset + height * width * 3]
         if not self._verified[i]:
             if zlib.crc32(image) != crc:
-                self.mark_damaged()
+                self.mark_damaged(f"a run found image {i}'s bytes changed")
                 raise CacheDamaged(f"the decoded cache {self.folder} is damaged: image {i}'s bytes differ from "
                                    "when it was built; it is built again on the next run")
             self._verified[i] = True
         return image.reshape(height, width, 3)
 
-    def mark_damaged(self) -> None:
-        """Make ``ensure`` build this cache again (processes reading it keep their mapping)."""
+    def mark_damaged(self, why: str) -> None:
+        """Make ``ensure`` build this cache again, saying ``why`` (processes reading it keep their mapping)."""
+        (self.folder / DAMAGED).write_text(why)
         (self.folder / "manifest.json").unlink(missing_ok=True)
 
 
@@ -257,8 +260,10 @@ def ensure(paths: list[str], root: Path, short_side: int, folder: Path, name: st
     with open(lock_path, "a+") as lock:
         _wait_for_lock(lock, lock_path, final, stopped_grace)  # one builder per cache; the others wait, then read
         broken = fails_check(final) if (final / "manifest.json").is_file() else "missing"
-        if broken and final.exists():  # without its manifest: a run found an image damaged
-            why = "a run found an image's bytes changed" if broken == "missing" else broken
+        if broken and final.exists():
+            damaged = final / DAMAGED
+            why = broken if broken != "missing" else damaged.read_text() if damaged.is_file() else \
+                "its manifest.json is missing"
             log.warning("the decoded cache %s fails its check (%s): building it again", final, why)
             shutil.rmtree(final)
         if broken:
