@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aepg.ray_setup import RayStartError
+from aepg.ray_setup import API_SERVER_ENV, RayStartError, free_port
 
 READY = "This command will now block forever"
 HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
@@ -41,12 +40,6 @@ HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_
 which a rehearsal on one machine, where nothing is slow for network reasons, can afford."""
 USER_TOKEN = Path("~/.ray/auth_token").expanduser()
 HEAD = "head"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def user_token() -> str | None:
@@ -106,7 +99,8 @@ class LocalCluster:
                    f"--node-name={name}", f"--temp-dir={self.log_dir / name}", f"--resources={json.dumps(resources)}",
                    f"--dashboard-agent-listen-port={free_port()}", *args]
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path), **settings)
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path),
+                   **{API_SERVER_ENV: f"http://127.0.0.1:{self.dashboard_port}"}, **settings)
         with open(log, "w") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         node = Node(name, cpus, resources, process, log)

@@ -21,6 +21,10 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENAB
                  "HF_HUB_OFFLINE", "HF_HOME")
 """Environment every Ray worker gets from the driver (a job's runtime env wins where it sets a key)."""
 
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+"""Where Ray's state API (Ray Train's placement-group cleaner asks it) finds this instance's dashboard;
+unset, it searches the machine and fails once a second Ray instance runs there."""
+
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 """Set by Ray's job supervisor in a submitted job's entrypoint: the job's runtime env, among others."""
 
@@ -60,17 +64,18 @@ def ensure_ray(trial_output: bool = True) -> None:
         return
     env = forwarded_env()
     quiet = {"log_to_driver": trial_output, **({} if trial_output else {"logging_level": logging.WARNING})}
-    runtime_env = {"env_vars": env} if env else None
     if os.environ.get("RAY_ADDRESS"):
         check_answers(os.environ["RAY_ADDRESS"])
     try:
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, **quiet)
+            ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env} if env else None, **quiet)
         else:  # "local": never join a cluster some `ray start` left on this machine
+            dashboard_port = free_port()
+            env[API_SERVER_ENV] = f"http://127.0.0.1:{dashboard_port}"
             previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.STOP_SIGNALS)
             try:
                 ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                         include_dashboard=True, runtime_env=runtime_env, **quiet)
+                         dashboard_port=dashboard_port, include_dashboard=True, runtime_env={"env_vars": env}, **quiet)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     except (ConnectionError, TimeoutError, RuntimeError) as error:
@@ -80,6 +85,12 @@ def ensure_ray(trial_output: bool = True) -> None:
                                 "(check the address, RAY_AUTH_MODE=token and the cluster's token)") from error
         raise RayStartError(f"a local Ray instance did not start: {first}; its logs: {ray_log_folder()}") from error
     interrupts.restore()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def check_answers(address: str, timeout: float = 5) -> None:

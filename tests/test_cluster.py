@@ -174,6 +174,16 @@ def test_a_two_worker_train_job_spans_both_nodes(cluster, mlflow_server, tmp_pat
     assert list((tmp_path / "shared" / "runs" / run.info.run_id / "checkpoints").glob("ckpt-*"))
 
 
+def test_a_local_run_beside_another_ray_instance_stays_quiet(cluster, workdir):
+    """A second Ray instance on the machine (the cluster): a local two-worker run's Ray Train actors
+    find their own instance's state API, so no "Found multiple active Ray instances" traceback."""
+    result = run_aepg(["train", DIGITS, "benchmark.num_tasks=2", "benchmark.max_train_per_class=40", "train.epochs=1",
+                       "scaling.num_workers=2", "scaling.cpus_per_worker=1", "scaling.torch_threads=1"], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Found multiple active Ray instances" not in output and "Traceback" not in output, output[-3000:]
+
+
 def kill_tree(pid: int) -> None:
     """Lose a node as a crashed machine would: SIGKILL its `ray start` process and everything under it."""
     import psutil
