@@ -304,13 +304,13 @@ class Tracker:
 
     def start_system_metrics(self, run_id: str):
         """MLflow's CPU, memory, disk and network monitor (and GPU with nvidia-ml-py) on this run, or
-        None where it cannot run (psutil missing)."""
+        None where it cannot run (psutil missing); a resumed run's points continue after its last step."""
         try:
             import psutil  # noqa: F401
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
         except ImportError:
             return None
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, tracking_uri=self.uri)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, resume_logging=True, tracking_uri=self.uri)
         monitor.start()
         return monitor
 
@@ -458,9 +458,15 @@ class MlflowReporter:
         self.run_id, self.full_budget = run_id, full_budget
         self.num_tasks = cfg.benchmark.num_tasks
         self.annealed, self.figures = is_annealed(cfg.objective), cfg.figures
-        self.title = f"{self.client.get_run(run_id).info.run_name}: {objective_label(cfg)}"
+        run = self.client.get_run(run_id)
+        self.title = f"{run.info.run_name}: {objective_label(cfg)}"
+        self.logged_through = {key: max(m.step for m in self.client.get_metric_history(run_id, key))
+                               for key in run.data.metrics}
+        """The last step of each metric logged before this process: a resumed run recomputes the
+        steps after its checkpoint, and their points are not logged twice."""
 
     def _log(self, metrics: list) -> None:
+        metrics = [m for m in metrics if m.step > self.logged_through.get(m.key, -1)]
         for i in range(0, len(metrics), BATCH_LIMIT):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + BATCH_LIMIT])
 

@@ -102,6 +102,24 @@ def test_terminated_run_resumes_exactly(workdir):
     tasks_logged = [m.step for m in client.get_metric_history(run_id, "eval/accuracy")]
     assert tasks_logged == [1, 2, 3], "each task's evaluation is logged once, across the resume"
     assert len(client.get_metric_history(run_id, "final/last_accuracy")) == 1
+    for key in mlflow_run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} has a point logged twice"
+
+
+def test_a_resumed_run_logs_no_point_twice(tmp_path):
+    """The steps between the checkpoint and the stop are recomputed on resume: the points logged
+    before the stop stay, the recomputed ones at those steps are not added, later ones are."""
+    from aepg.tracking import Tracker
+
+    cfg = load_config(DIGITS, [f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "figures=false"])
+    tracker = Tracker(cfg.tracking_uri)
+    run_id = tracker.client.create_run(tracker.client.create_experiment("resume")).info.run_id
+    tracker.reporter(run_id, cfg).log_steps([(step, {"loss": 1.0}) for step in range(1, 11)])
+    tracker.reporter(run_id, cfg).log_steps([(step, {"loss": 2.0, "p_y": 0.5}) for step in range(6, 16)])
+    history = sorted((m.step, m.value) for m in tracker.client.get_metric_history(run_id, "train/loss"))
+    assert history == [(step, 1.0) for step in range(1, 11)] + [(step, 2.0) for step in range(11, 16)]
+    assert len(tracker.client.get_metric_history(run_id, "train/p_y")) == 10, "a metric new on resume is logged whole"
 
 
 def test_resume_refuses_a_changed_config(workdir, capsys):
