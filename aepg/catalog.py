@@ -37,6 +37,11 @@ class Entry:
     def doc(self) -> str:
         return (self.config.__doc__ or "").strip().split("\n")[0]
 
+    @property
+    def module(self) -> str:
+        """The module that registered the entry (its package provides it)."""
+        return self.config.__module__
+
     def has(self, trait: str) -> bool:
         return trait in self.traits
 
@@ -144,8 +149,33 @@ class Catalog:
         return getattr(self.find(name), "display", name)
 
 
+def provider(module: str) -> tuple[str, str]:
+    """The installed package that provides ``module`` and its version: aepg for the built-ins, the
+    package whose aepg entry points name the module's top-level package for a plugin, else the
+    distribution Python maps that package to ("unknown" where none is installed)."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    top = module.split(".")[0]
+    if top == "aepg":
+        from aepg import __version__
+
+        return "aepg", __version__
+    for catalog in CATALOGS.values():
+        for point in entry_points(group=catalog.group):
+            if point.module.split(".")[0] == top and point.dist is not None:
+                return point.dist.name, point.dist.version
+    name = (packages_distributions().get(top) or [top])[0]
+    try:
+        return name, version(name)
+    except PackageNotFoundError:
+        return name, "unknown"
+
+
 OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",))
 METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",))
 DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",))
 SEARCHERS = Catalog("search algorithm", "aepg.searchers", ("aepg.sweep.searchers",), key="algorithm")
 SCHEDULERS = Catalog("scheduler", "aepg.schedulers", ("aepg.sweep.schedulers",))
+CATALOGS = {"objectives": OBJECTIVES, "methods": METHODS, "datasets": DATASETS, "searchers": SEARCHERS,
+            "schedulers": SCHEDULERS}
+"""Every catalogue by the name ``aepg list`` takes."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aepg import interrupts, preflight, tracking
+from aepg import interrupts, preflight, provenance, tracking
 from aepg.benchmarks import DATASETS
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore, CheckpointsUnreadable
@@ -74,6 +74,11 @@ def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context
         reporters.append(tracker.reporter(run_id, cfg, full_budget))
         tracker.set_tags(run_id, {key: str(n) for key, n in model.parameter_counts().items()})  # derived, not config
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
+        made_with = provenance.manifest(cfg, context.device, benchmark.provenance())
+        tracker.set_tags(run_id, {tracking.VERSION_TAG: made_with["aepg"]["version"],
+                                  tracking.COMMIT_TAG: made_with["aepg"]["commit"] or "unknown"})
+        reporters[0].log_dict(made_with, "manifest.json" if restored is None else
+                              f"manifest-resumed-at-task-{state.task + 1}-epoch-{state.epoch}.json")
         if benchmark.split_manifest:
             reporters[0].log_dict(benchmark.split_manifest, "split.json")
         log.info("trainable parameters: %s", model.parameter_counts())

@@ -41,6 +41,10 @@ RESUMED_TAG = "aepg.resumed_from"
 TASKS_DONE_TAG = "aepg.tasks_done"
 NODES_TAG = "aepg.ray_node_ids"
 FAILURE_TAG = "failure_reason"
+VERSION_TAG = "aepg.version"
+COMMIT_TAG = "aepg.commit"
+"""aepg's git commit when it runs from a checkout (``-dirty`` with changes), else "unknown"; the
+run's ``manifest.json`` holds the rest of what it was made with."""
 
 
 def runs_page(experiment_id: str) -> str:

@@ -102,6 +102,8 @@ def test_terminated_run_resumes_exactly(workdir):
     tasks_logged = [m.step for m in client.get_metric_history(run_id, "eval/accuracy")]
     assert tasks_logged == [1, 2, 3], "each task's evaluation is logged once, across the resume"
     assert len(client.get_metric_history(run_id, "final/last_accuracy")) == 1
+    manifests = sorted(a.path for a in client.list_artifacts(run_id) if a.path.startswith("manifest"))
+    assert manifests == ["manifest-resumed-at-task-3-epoch-0.json", "manifest.json"], "each start records its own"
     for key in mlflow_run.data.metrics:
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert len(steps) == len(set(steps)), f"{key} has a point logged twice"

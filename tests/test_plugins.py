@@ -2,6 +2,7 @@
 scheduler through entry points, without a fork: pip installs it for real, and aepg validates,
 sweeps and logs its entries."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +95,8 @@ def test_plugin_objective_method_and_scheduler_run_in_a_real_sweep(workdir, plug
         assert run.data.params["model.peft.init_scale"] == "1.0"
         assert run.data.tags["params_peft"] == str(2 * 1280)  # a scale and a shift per feature of Lite0
         assert "final/avg_incremental_accuracy" in run.data.metrics
+        manifest = json.load(open(client.download_artifacts(run.info.run_id, "manifest.json",
+                                                            str(workdir / run.info.run_id))))
+        plugin = {"package": "aepg-example-plugin", "version": "0.1.0"}
+        assert manifest["entries"]["objective"] == {"name": "gce", **plugin}
+        assert manifest["entries"]["method"] == {"name": "feature_affine", **plugin}

@@ -1,11 +1,14 @@
 """Training end to end: the trainer in-process, and `aepg train` writing a real MLflow run."""
 
+import hashlib
 import json
+from importlib.metadata import version
 
 import pytest
 import torch
 from mlflow import MlflowClient
 
+import aepg
 from aepg.catalog import OBJECTIVES
 from aepg.config import load_config
 from aepg.distributed import Context
@@ -152,6 +155,16 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     assert f"(#/experiments/{experiment.experiment_id}/runs?workflowType" in experiment.tags["mlflow.note.content"]
     benchmark = json.load(open(f"{local}/benchmark.json"))
     assert sorted(benchmark["class_order"]) == list(range(10))
+    # The manifest: what the run was made with, down to the exact config and the data it read.
+    manifest = json.load(open(f"{local}/manifest.json"))
+    assert manifest["entries"]["objective"] == {"name": "aepg", "package": "aepg", "version": aepg.__version__}
+    assert manifest["entries"]["method"]["name"] == "lora" and manifest["entries"]["dataset"]["name"] == "digits"
+    assert manifest["libraries"]["torch"] == version("torch") and manifest["libraries"]["mlflow"] == version("mlflow")
+    assert manifest["device"] == "cpu" and manifest["config"]["train"]["epochs"] == 2
+    described = json.dumps(benchmark, sort_keys=True).encode()
+    assert manifest["benchmark"]["digest"] == hashlib.sha256(described).hexdigest()[:16]
+    assert mlflow_run.data.tags["aepg.version"] == aepg.__version__
+    assert mlflow_run.data.tags["aepg.commit"] == (manifest["aepg"]["commit"] or "unknown")
     # The logged config is runnable as it is.
     dry = run_aepg(["train", f"{local}/config.yaml", "--dry-run"], cwd=workdir)
     assert dry.returncode == 0, dry.stderr

@@ -399,6 +399,11 @@ class DatasetSpec:
     """``listing(benchmark_config)``: an image-file data set's files by split, checked against its
     metadata (``DataError`` naming what is wrong); the dry run reads each file's header from it."""
 
+    @property
+    def module(self) -> str:
+        """The module of the loader (its package provides the data set)."""
+        return self.loader.partition(":")[0]
+
     def load(self, cfg: BenchmarkConfig) -> Any:
         """The data set's train and test images (``aepg.benchmarks.images.ImageSplits``)."""
         module, _, function = self.loader.partition(":")

@@ -6,6 +6,8 @@ columns ``[task.start, task.stop)`` and "all classes seen after task k" is ``[0,
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,14 @@ class Benchmark:
     split_manifest: dict | None = None
     skipped: list[str] = field(default_factory=list)
     """Image files left out because they do not read (``benchmark.on_bad_image: skip``)."""
+
+    def provenance(self) -> dict:
+        """Which data a run read: the digest of ``describe()`` (benchmark.json's content, keys
+        sorted) and the decoded cache its images came from (the folder's name carries its digest)."""
+        described = json.dumps(self.describe(), sort_keys=True).encode()
+        cache = getattr(self.tasks[0].train.images, "cache", None) if self.tasks else None
+        return {"dataset": self.dataset, "digest": hashlib.sha256(described).hexdigest()[:16],
+                "decoded_cache": cache.folder.name if cache else None}
 
     def describe(self) -> dict:
         """What pins the benchmark down: written into each run's artifacts."""
