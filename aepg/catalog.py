@@ -35,7 +35,12 @@ class Entry:
 
     @property
     def doc(self) -> str:
-        return (self.config.__doc__ or "").strip().split("\n")[0]
+        """The first paragraph of the config's docstring, on one line."""
+        return " ".join((self.config.__doc__ or "").strip().split("\n\n")[0].split()).replace("``", "`")
+
+    def defaults(self) -> dict[str, Any]:
+        """The entry's own keys (``kind`` excluded) with their defaults."""
+        return {key: self.config.model_fields[key].get_default(call_default_factory=True) for key in self.keys()}
 
     @property
     def module(self) -> str:
@@ -60,11 +65,12 @@ class Entry:
 class Catalog:
     """Named entries of one extension point, filled by ``register`` and by installed plugins.
 
-    ``builtins`` are the modules that register the built-in entries; ``key`` is the config field
-    that holds an entry's name (``kind``; ``algorithm`` for search algorithms)."""
+    ``builtins`` are the modules that register the built-in entries; ``setting`` is the config key
+    that chooses an entry (``objective.kind``), ``key`` its last part (``kind``; ``algorithm`` for
+    search algorithms)."""
 
-    def __init__(self, what: str, group: str, builtins: tuple[str, ...], key: str = "kind"):
-        self.what, self.group, self.builtins, self.key = what, group, builtins, key
+    def __init__(self, what: str, group: str, builtins: tuple[str, ...], setting: str, key: str = "kind"):
+        self.what, self.group, self.builtins, self.setting, self.key = what, group, builtins, setting, key
         self._entries: dict[str, Entry] = {}
         self._filled = self._plugins_loaded = False
 
@@ -142,8 +148,12 @@ class Catalog:
 
     def entries(self) -> list[Any]:
         """Every entry, in registration order (built-ins first)."""
+        return [entry for _, entry in self.items()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        """(name, entry) for every entry, in registration order (built-ins first)."""
         self.load_plugins()
-        return list(self._entries.values())
+        return list(self._entries.items())
 
     def display(self, name: str) -> str:
         return getattr(self.find(name), "display", name)
@@ -171,11 +181,11 @@ def provider(module: str) -> tuple[str, str]:
         return name, "unknown"
 
 
-OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",))
-METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",))
-DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",))
-SEARCHERS = Catalog("search algorithm", "aepg.searchers", ("aepg.sweep.searchers",), key="algorithm")
-SCHEDULERS = Catalog("scheduler", "aepg.schedulers", ("aepg.sweep.schedulers",))
+OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",), "objective.kind")
+METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",), "model.peft.kind")
+DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",), "benchmark.dataset", key="dataset")
+SEARCHERS = Catalog("search algorithm", "aepg.searchers", ("aepg.sweep.searchers",), "search.algorithm", key="algorithm")
+SCHEDULERS = Catalog("scheduler", "aepg.schedulers", ("aepg.sweep.schedulers",), "scheduler.kind")
 CATALOGS = {"objectives": OBJECTIVES, "methods": METHODS, "datasets": DATASETS, "searchers": SEARCHERS,
             "schedulers": SCHEDULERS}
 """Every catalogue by the name ``aepg list`` takes."""

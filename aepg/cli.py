@@ -1,4 +1,4 @@
-"""``aepg`` command line: train, sweep, report, cluster.
+"""``aepg`` command line: train, sweep, report, list, cluster.
 
 Bad input (configs, sweep files, overrides, paths, missing data) exits with code 2 and one line
 per problem, naming the key or file, before any compute; a failure during a run exits with
@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import sys
 
 from aepg import __version__, interrupts
@@ -176,6 +177,32 @@ def cmd_cluster(args) -> int:
     return run_local_cluster(args.workers, args.head_cpus, args.worker_cpus, args.start_timeout)
 
 
+def cmd_list(args) -> int:
+    """Every entry of each catalogue (or of one): its name, what it is, its keys with their
+    defaults, and the package that provides it."""
+    import textwrap
+
+    from aepg.catalog import CATALOGS, provider
+
+    width = min(shutil.get_terminal_size().columns, 100)
+    for name in [args.catalogue] if args.catalogue else list(CATALOGS):
+        catalog = CATALOGS[name]
+        entries = catalog.items()
+        indent = 2 + max(len(entry_name) for entry_name, _ in entries) + 2
+        print(f"{name} ({catalog.setting})")
+        for entry_name, entry in entries:
+            package, version = provider(entry.module)
+            print(textwrap.fill(f"{entry.doc} [{package}=={version}]", width,
+                                initial_indent=f"  {entry_name:<{indent - 2}}", subsequent_indent=" " * indent))
+            keys = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                             for key, value in entry.defaults().items())
+            if keys:
+                print(textwrap.fill(f"keys: {keys}", width, initial_indent=" " * indent,
+                                    subsequent_indent=" " * (indent + 6)))
+        print()
+    return 0
+
+
 def _count(minimum: int):
     """An argparse type: a whole number >= ``minimum`` (Ray counts CPUs of a node in whole units)."""
 
@@ -219,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="folder for the plots and tables (default ./sweep-report-NAME)")
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     report.set_defaults(func=cmd_report)
+
+    listing = commands.add_parser("list", help="the catalogues: objectives, methods, data sets, searchers, schedulers")
+    listing.add_argument("catalogue", nargs="?", choices=["objectives", "methods", "datasets", "searchers", "schedulers"],
+                         help="one catalogue (default: all)")
+    listing.set_defaults(func=cmd_list)
 
     cluster = commands.add_parser("cluster", help="clusters for trying multi-node features")
     cluster_kinds = cluster.add_subparsers(dest="kind", required=True)
@@ -273,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return args.func(args)
+    except BrokenPipeError:  # the output went to `head` or a closed pager: not a failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConfigError as error:
         print("aepg: invalid input:", file=sys.stderr)
         for key, message in error.problems:

@@ -100,3 +100,25 @@ def test_plugin_objective_method_and_scheduler_run_in_a_real_sweep(workdir, plug
         plugin = {"package": "aepg-example-plugin", "version": "0.1.0"}
         assert manifest["entries"]["objective"] == {"name": "gce", **plugin}
         assert manifest["entries"]["method"] == {"name": "feature_affine", **plugin}
+
+
+def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_env):
+    """`aepg list` in an 80-column terminal: every entry of every catalogue, a plugin's entries
+    with the package that provides them, no line wider than the terminal."""
+    from aepg.catalog import CATALOGS
+
+    out = run_aepg(["list"], workdir, {**plugin_env, "COLUMNS": "80"})
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    lines = out.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name, catalog in CATALOGS.items():
+        assert f"{name} ({catalog.setting})" in lines
+    listed = {line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")}
+    assert {"aepg", "ce", "lora", "ranpac", "digits", "cifar100", "tpe", "asha"} <= listed
+    assert {"gce", "feature_affine", "median"} <= listed, "the plugin's entries"
+    text = " ".join(out.stdout.split())
+    assert "[aepg-example-plugin==0.1.0]" in text and "keys: logits=local, q=0.7" in text, text[:2000]
+    one = run_aepg(["list", "schedulers"], workdir, plugin_env)
+    assert one.returncode == 0 and one.stdout.startswith("schedulers (scheduler.kind)") and "objectives" not in one.stdout
+    bad = run_aepg(["list", "objective"], workdir)
+    assert bad.returncode == 2 and "invalid choice: 'objective'" in bad.stderr

@@ -404,6 +404,17 @@ class DatasetSpec:
         """The module of the loader (its package provides the data set)."""
         return self.loader.partition(":")[0]
 
+    @property
+    def doc(self) -> str:
+        how = ("bundled with a package" if not self.uses_root else "image files, decoded into a cache"
+               if self.image_files else "array files")
+        return f"{self.display}: {self.num_classes} classes, {how}" + (
+            "; torchvision downloads it (benchmark.download)" if self.downloadable else "")
+
+    def defaults(self) -> dict[str, Any]:
+        """A data set's settings are ``benchmark.*`` keys, shared by every data set."""
+        return {}
+
     def load(self, cfg: BenchmarkConfig) -> Any:
         """The data set's train and test images (``aepg.benchmarks.images.ImageSplits``)."""
         module, _, function = self.loader.partition(":")

@@ -185,7 +185,7 @@ class AdapterMethod(BlocksMethod):
 @METHODS.register("adaptformer", builder=f"{PACKAGE}.adaptformer:build_adaptformer", display="AdaptFormer",
                   traits=("vit_only",))
 class AdaptFormerMethod(BlocksMethod):
-    """AdaptFormerMethod: a scaled bottleneck beside each chosen block's MLP."""
+    """AdaptFormer: a scaled bottleneck beside each chosen block's MLP."""
 
     kind: Literal["adaptformer"] = "adaptformer"
     bottleneck: int = Field(5, ge=1)
@@ -206,7 +206,7 @@ class PrefixMethod(BlocksMethod):
 
 @METHODS.register("l2p", builder=f"{PACKAGE}.l2p:build_l2p", display="L2P", traits=("vit_only",))
 class L2PMethod(MethodConfig):
-    """L2PMethod: a prompt pool, top-k by key-query match, prepended after [CLS]; the classifier reads
+    """L2P: a prompt pool, top-k by key-query match, prepended after [CLS]; the classifier reads
     the prompt tokens' mean."""
 
     kind: Literal["l2p"] = "l2p"
@@ -231,7 +231,7 @@ class L2PMethod(MethodConfig):
 @METHODS.register("dualprompt", builder=f"{PACKAGE}.dualprompt:build_dualprompt", display="DualPrompt",
                   traits=("vit_only",))
 class DualPromptMethod(BlocksMethod):
-    """DualPromptMethod: general prefixes (blocks 0-1) and one expert prefix per task (the other blocks),
+    """DualPrompt: general prefixes (blocks 0-1) and one expert prefix per task (the other blocks),
     the expert chosen by key-query match at test."""
 
     kind: Literal["dualprompt"] = "dualprompt"
