@@ -216,7 +216,12 @@ def test_l2p_head_reads_the_mean_of_the_prompt_tokens():
         l2p.set_query(query)
         torch.testing.assert_close(vit(images), tokens[:, 1:7].mean(dim=1))
         chosen = (F.normalize(query, dim=-1) @ F.normalize(l2p.keys, dim=-1).t()).topk(3).indices
-        torch.testing.assert_close(tokens.shape, torch.Size([2, 11, DIM]))
+        inserted = []  # what the blocks receive: [CLS], the chosen prompts in key-match order, the patches
+        hook = vit.norm_pre.register_forward_hook(lambda module, inputs, output: inserted.append(output))
+        l2p.set_query(query)
+        vit.forward_features(images)
+        hook.remove()
+        torch.testing.assert_close(inserted[0][:, 1:7], l2p.prompts[chosen].flatten(1, 2))
     # The pull constraint: -0.1 * sum of the chosen keys' cosine similarities / batch.
     vit.train()
     l2p.set_query(query)

@@ -34,7 +34,6 @@ def test_lite0_recognises_real_photos():
         x = transform(Image.fromarray(load_sample_image(name))).unsqueeze(0)
         top3 = model(x).topk(3).indices[0].tolist()
         predictions[name] = [info.index_to_description(i) for i in top3]
-        assert torch.equal(model(x).topk(3).indices[0], torch.tensor(top3)), "prediction not stable"
     assert "daisy" in predictions["flower.jpg"][0]
     assert any(word in " ".join(predictions["china.jpg"]) for word in ("palace", "monastery", "temple"))
 
