@@ -76,7 +76,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from aepg.sweep.spec import load_sweep, read_state, sweep_folder, sweep_warnings
+    from aepg.sweep.checks import load_sweep, sweep_warnings
+    from aepg.sweep.state import read_state, sweep_folder
 
     if args.resume is not None:
         if not args.resume.strip():
@@ -95,7 +96,7 @@ def cmd_sweep(args) -> int:
         sweep = load_sweep(args.sweep, args.overrides)
         _warn(sweep_warnings(sweep))
     if args.dry_run:
-        from aepg.sweep.spec import sweep_plan
+        from aepg.sweep.plan import sweep_plan
 
         print("\n".join(sweep_plan(sweep)))
         return 0
@@ -129,7 +130,8 @@ def cmd_report(args) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError([("--out", f"{out} is a file; give a folder for the report")])
     tracker = Tracker.for_reading(args.tracking_uri)  # before MLflow touches the store: it would create an empty one
-    from aepg.sweep.report import build_report, paper_table, publish, report_texts
+    from aepg.sweep.publish import publish
+    from aepg.sweep.report import build_report, paper_table, report_texts
     from aepg.sweep.schema import KIND_TAG, find_sweep
 
     parents = []

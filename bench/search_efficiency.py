@@ -84,7 +84,7 @@ def sweep_file(folder: Path, name: str, search: dict, scheduler: dict, **more) -
 def run(path: Path):
     """The sweep's report (leaderboard entries, best configuration first)."""
     from aepg.sweep.driver import finalize, run_sweep
-    from aepg.sweep.spec import load_sweep
+    from aepg.sweep.checks import load_sweep
 
     runtime, complete = run_sweep(load_sweep(path))
     if not complete:
@@ -206,7 +206,7 @@ class Replay:
         """The method's sweep at the settings' searcher seed; loaded and checked once for all seeds."""
         import copy
 
-        from aepg.sweep.spec import load_sweep
+        from aepg.sweep.checks import load_sweep
 
         search = dict(settings["search"])
         seed = search.pop("seed")

@@ -28,7 +28,7 @@ from aepg.tracking import Tracker
 from aepg.distributed import Context
 from aepg.launch import train_worker
 from aepg.sweep.driver import finalize, run_sweep
-from aepg.sweep.spec import load_sweep
+from aepg.sweep.checks import load_sweep
 
 SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml"
 

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from aepg.sweep.spec import load_sweep
+from aepg.sweep.checks import load_sweep
 
 from conftest import REPO
 

@@ -7,7 +7,7 @@ import yaml
 from aepg.config import ConfigError, load_config
 from aepg.catalog import SCHEDULERS
 from aepg.sweep.fidelity import full_per_class, level_compute, level_config
-from aepg.sweep.spec import load_sweep
+from aepg.sweep.checks import load_sweep
 
 from conftest import CONFIGS
 

@@ -7,7 +7,7 @@ import pytest
 
 from aepg.metrics import final_name
 from aepg.sweep.noise import assess, difference_interval, pooled_std, seeds_needed
-from aepg.sweep.report import average_over_seeds, entries_of, mark_within_noise, rank, table
+from aepg.sweep.leaderboard import average_over_seeds, entries_of, mark_within_noise, rank, table
 from aepg.sweep.schema import STATUS_TAG
 from aepg.sweep.spec import Param
 from aepg.tracking import RunRecord

@@ -1,6 +1,6 @@
 """Leaderboard entries as read back from MLflow's run records."""
 
-from aepg.sweep.report import sampled_params
+from aepg.sweep.leaderboard import sampled_params
 from aepg.sweep.spec import Param
 from aepg.tracking import RunRecord
 
@@ -30,16 +30,16 @@ def test_a_choice_comes_back_as_the_choice_not_as_what_its_text_parses_to():
 
 
 def _finished(index: int, lr: float, kind: str, value: float):
-    from aepg.sweep.report import Entry
+    from aepg.sweep.leaderboard import TrialResult
 
-    return Entry(f"t{index:02d}", "finished", {"train.lr": lr, "objective.kind": kind}, value, "5/5 tasks", 5.0,
+    return TrialResult(f"t{index:02d}", "finished", {"train.lr": lr, "objective.kind": kind}, value, "5/5 tasks", 5.0,
                  [f"run{index}"], index)
 
 
 def test_tasks_done_and_ladder_level_come_from_their_tags_or_from_the_metrics_of_older_runs():
     """Runs now carry their counts as tags (``aepg.tasks_done``, ``aepg.level``); runs an earlier
     aepg logged carry them as metrics, and their leaderboard rows still read right."""
-    from aepg.sweep.report import entries_of
+    from aepg.sweep.leaderboard import entries_of
 
     space = {"train.lr": Param(choice=[1.0e-4, 1.0e-3])}
     stopped = {"aepg.status": "stopped early"}

@@ -9,7 +9,8 @@ from conftest import REPO
 from aepg.catalog import SEARCHERS
 from aepg.config import ConfigError
 from aepg.sweep.searchers import SampledSearch
-from aepg.sweep.spec import expected_trials, load_sweep
+from aepg.sweep.checks import load_sweep
+from aepg.sweep.spec import expected_trials
 
 QUICKSTART = REPO / "sweeps" / "quickstart.yaml"
 

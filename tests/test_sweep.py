@@ -20,7 +20,7 @@ from aepg.cli import main
 from aepg.config import ConfigError
 from aepg.metrics import BUDGET_KEY
 from aepg.sweep.search import SweepOptunaSearch
-from aepg.sweep.spec import load_sweep
+from aepg.sweep.checks import load_sweep
 
 pytestmark = pytest.mark.ray
 

@@ -44,7 +44,8 @@ from aepg.sweep.progress import (
     error_reason,
     route_library_output,
 )
-from aepg.sweep.report import SweepReport, build_report, paper_table, publish, report_texts
+from aepg.sweep.publish import publish
+from aepg.sweep.report import SweepReport, build_report, paper_table, report_texts
 from aepg.sweep.schema import (
     CONFIG_TAG,
     INDEX_TAG,
@@ -62,7 +63,9 @@ from aepg.sweep.schema import (
     config_id,
     parent_params,
 )
-from aepg.sweep.spec import STATE_FILE, Sweep, SweepSpec, expected_trials, read_state, trial_run_name, variants
+from aepg.sweep.checks import variants
+from aepg.sweep.spec import Sweep, SweepSpec, expected_trials
+from aepg.sweep.state import STATE_FILE, read_state, trial_run_name
 from aepg.tracking import RunRecord, Tracker
 
 if TYPE_CHECKING:

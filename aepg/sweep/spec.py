@@ -1,48 +1,34 @@
-"""Sweep files: a base run config, a search space over its dotted keys, and search settings.
+"""Sweep files: a base run config, a search space over its dotted keys, and search settings: the
+file's schema, the space (its grid and its Optuna define-by-run encoding) and a trial's config.
 
-Everything is validated before a trial starts: the file's own keys, the base config, every
-searched key against the run-config schema, and every value the space can produce (each
-choice and both ends of each range) through the run config's own validation.
+``aepg.sweep.checks`` reads a file and checks all of it before a trial starts; ``plan`` prints
+what it costs; ``state`` holds its folder's state file and its trials' names.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
-import json
-import re
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from aepg.catalog import SCHEDULERS, SEARCHERS
 from aepg.config import (
-    ConfigError,
     RunConfig,
     Section,
     by_kind,
     default_storage,
-    entry_keys,
     flatten,
-    is_uri,
-    merge_nested,
-    merge_overrides,
-    pydantic_problems,
-    read_run_yaml,
-    read_yaml,
     validate,
 )
 from aepg.metrics import SUMMARY_METRICS
-from aepg.ray_setup import local_cpu_problem, package_cache_problems
 from aepg.sweep.fidelity import seeds_per_trial
 from aepg.sweep.schedulers import DEFAULT_SCHEDULER, SchedulerSettings
 from aepg.sweep.searchers import DEFAULT_SEARCHER, SearchSettings
 
 Scalar = str | int | float | bool | None
-
 
 
 class Param(Section):
@@ -250,7 +236,7 @@ class Sweep:
     def trial_config(self, params: dict[str, Any], storage_path: str, run_name: str) -> RunConfig:
         """The run config of one trial: base + sampled params, storing under the sweep."""
         overrides = {"experiment": self.experiment, "run_name": run_name, "storage_path": storage_path, **params}
-        return validate(_apply_dotted(self.base, overrides))
+        return validate(apply_dotted(self.base, overrides))
 
     def define_by_run(self) -> DefineByRun:
         return DefineByRun(self.space, self.base_flat)
@@ -295,7 +281,7 @@ class DefineByRun:
                 for key, value in params.items()}
 
 
-def _apply_dotted(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+def apply_dotted(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """A copy of nested ``data`` with dotted keys set (values kept as they are, not parsed)."""
     result = copy.deepcopy(data)
     for dotted, value in values.items():
@@ -307,375 +293,5 @@ def _apply_dotted(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any
     return result
 
 
-def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
-    problems = []
-    known = set(sweep.base_flat) | entry_keys()
-    seen: list[str] = []
-    if not sweep.space:
-        problems.append(("space", "is empty; a sweep searches at least one run-config key"))
-    for key, param in sweep.space.items():
-        where = f"space.{key}"
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            problems.append((where, "not a run-config key" + (f"; did you mean '{close[0]}'?" if close else "")))
-            continue
-        for dependency, wanted in (param.when or {}).items():
-            allowed = wanted if isinstance(wanted, list) else [wanted]
-            if dependency not in known or (dependency in sweep.space and dependency not in seen):
-                problems.append((f"{where}.when", f"{dependency!r} must be a run-config key searched before {key!r} or fixed in the base config"))
-            elif dependency not in sweep.space and sweep.base_flat.get(dependency) not in allowed:
-                problems.append((f"{where}.when", f"never holds: {dependency} is fixed to {sweep.base_flat.get(dependency)!r} "
-                                 f"in the base config, not {wanted!r}, so {key} would never be searched"))
-            elif dependency in sweep.space and sweep.space[dependency].choice is not None and \
-                    not set(map(repr, allowed)) & set(map(repr, sweep.space[dependency].choice)):
-                problems.append((f"{where}.when", f"never holds: {dependency} is searched over "
-                                 f"{sweep.space[dependency].choice}, never {wanted!r}"))
-        for value in param.extremes():
-            try:
-                validate(_apply_dotted(sweep.base, {key: value}))
-            except ConfigError as error:
-                problems.extend((where, f"value {value!r}: {k}: {m}") for k, m in error.problems)
-        seen.append(key)
-    return problems
-
-
-# Sections whose keys a configuration can leave unused: the schedule of an objective that is not
-# annealed, the keys of another PEFT method or objective (``tracking.run_params`` knows which).
-SWITCHED_SECTIONS = ("schedule.", "model.peft.", "objective.")
-MAX_CONTEXTS = 64
-
-
-def _contexts(sweep: Sweep, key: str) -> list[dict[str, Any]] | None:
-    """Every combination of the other searched choices (with ``key``'s ``when`` values), or None when
-    there are too many to try."""
-    when = sweep.space[key].when or {}
-    contexts: list[dict[str, Any]] = [{dep: (v if not isinstance(v, list) else v[0]) for dep, v in when.items()}]
-    for other, param in sweep.space.items():
-        if other == key or other in when or param.choice is None:
-            continue
-        contexts = [{**c, other: value} for c in contexts for value in param.choice]
-        if len(contexts) > MAX_CONTEXTS:
-            return None
-    return contexts
-
-
-def _key_use(sweep: Sweep, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """(the combinations of the other searched choices in which some trial uses ``key``, those that
-    make valid configs in which none does), or None when there are too many to try."""
-    if key not in sweep.key_uses:
-        sweep.key_uses[key] = _find_key_use(sweep, key)
-    return sweep.key_uses[key]
-
-
-def _find_key_use(sweep: Sweep, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    from aepg.tracking import run_params
-
-    contexts = _contexts(sweep, key) if key.startswith(SWITCHED_SECTIONS) else None
-    if contexts is None:
-        return None
-    used, unused = [], []
-    for context in contexts:
-        trials = [_valid(sweep.base, {**context, key: value}) for value in sweep.space[key].extremes()]
-        valid = [cfg for cfg in trials if cfg is not None]
-        if any(key in run_params(cfg) for cfg in valid):
-            used.append(context)
-        elif valid:
-            unused.append(context)
-    return used, unused
-
-
-def _check_unused_keys(sweep: Sweep) -> list[tuple[str, str]]:
-    """A searched key that no trial's configuration uses would plan trials that differ in name only."""
-    problems = []
-    for key in sweep.space:
-        use = _key_use(sweep, key)
-        if use is not None and not use[0]:
-            kinds = ", ".join(f"{k}={sweep.base_flat[k]}" for k in ("objective.kind", "model.peft.kind"))
-            problems.append((f"space.{key}", f"no trial would use it: the base config ({kinds}) leaves it inactive; "
-                             "search the kind that uses it too, or drop the key"))
-    return problems
-
-
-def sweep_warnings(sweep: Sweep) -> list[str]:
-    """Searched keys that some trials use and others do not: where a trial does not, its sampled
-    value is ignored, so trials that differ only by it repeat one configuration."""
-    notes = []
-    for key in sweep.space:
-        use = _key_use(sweep, key)
-        if use is None or not use[0] or not use[1]:
-            continue
-        used, unused = use
-        where = ", ".join(f"{k}={v}" for k, v in unused[0].items() if k != key)
-        # The choices whose values tell the two apart, as a when that keeps the key where it is used.
-        when = {k: sorted({str(c[k]) for c in used}) for k in used[0]
-                if {str(c[k]) for c in used} != {str(c[k]) for c in used + unused}}
-        hint = ", ".join(f"{k}: {v[0] if len(v) == 1 else '[' + ', '.join(v) + ']'}" for k, v in when.items())
-        notes.append(f"space.{key} is inactive in {len(unused)} of {len(used) + len(unused)} combinations of the "
-                     f"other searched choices (e.g. {where}), where its value is ignored; limit it with "
-                     f"when: {{{hint}}}")
-    return notes
-
-
-def _valid(base: dict[str, Any], values: dict[str, Any]) -> RunConfig | None:
-    """The base config with ``values`` set, or None where that combination is not a valid config."""
-    try:
-        return validate(_apply_dotted(base, values))
-    except ConfigError:
-        return None
-
-
-BUDGET_KEYS = {"train.epochs": "epochs", "benchmark.max_train_per_class": "data"}
-
-
-def _check_budget_keys(sweep: Sweep) -> list[tuple[str, str]]:
-    """Keys that set what a trial's budget is cannot be searched where budgets are compared."""
-    problems = []
-    if "benchmark.num_tasks" in sweep.space:
-        problems.append(("space.benchmark.num_tasks", "sets the sweep's budget (a trial is finished when it trains every "
-                         "task): trials would train different task counts and rank on different sequences; run one "
-                         "sweep per task count"))
-    fidelity = sweep.spec.scheduler.fidelity if sweep.spec.scheduler.climbs else None
-    for key, kind in BUDGET_KEYS.items():
-        if key in sweep.space and fidelity == kind:
-            problems.append((f"space.{key}", f"the {kind} fidelity sets it at each level of its ladder; search it "
-                             "with scheduler.fidelity: tasks, or without early stopping"))
-    return problems
-
-
-def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
-    from aepg.tracking import resolve_tracking_uri
-
-    spec = sweep.spec
-    problems = spec.search.problems(sweep) + spec.scheduler.problems(sweep) + _check_budget_keys(sweep)
-    if not is_uri(spec.storage_path) and Path(spec.storage_path).expanduser().exists() \
-            and not Path(spec.storage_path).expanduser().is_dir():
-        problems.append(("storage_path", f"{spec.storage_path} is a file; sweep outputs need a folder"))
-    storage = spec.storage_path if is_uri(spec.storage_path) else str(Path(spec.storage_path).expanduser().resolve())
-    problems.extend(package_cache_problems({"storage_path": storage,
-                                            "tracking_uri": resolve_tracking_uri(sweep.base_config.tracking_uri)}))
-    scaling = sweep.base_config.scaling
-    fix = "lower trial.cpus" + (" or scaling.cpus_per_worker" if scaling.num_workers else "")
-    problems.extend(local_cpu_problem(spec.trial.cpus + scaling.num_workers * scaling.cpus_per_worker, "one trial",
-                                      "trial.cpus", fix))
-    if spec.scheduler.climbs:
-        problems.extend(_check_ladder(sweep))
-    if seeds_per_trial(spec):
-        problems.extend(_check_seed_ladder(sweep))
-    if spec.confirm:
-        problems.extend(_check_confirm(sweep))
-    return problems
-
-
-def _check_confirm(sweep: Sweep) -> list[tuple[str, str]]:
-    confirm, trials = sweep.spec.confirm, expected_trials(sweep)
-    problems = []
-    if confirm.top_k > trials:
-        problems.append(("confirm.top_k", f"{confirm.top_k} configurations, but the search runs {trials} trials"))
-    reused = sorted(set(confirm.seeds) & set(sweep.seeds))
-    if reused:
-        problems.append(("confirm.seeds", f"seed {', '.join(map(str, reused))} is the search's: confirmation "
-                         "needs seeds no choice was made on"))
-    repeated = sorted({s for s in confirm.seeds if confirm.seeds.count(s) > 1})
-    if repeated:
-        problems.append(("confirm.seeds", f"seed {', '.join(map(str, repeated))} listed twice"))
-    return problems
-
-
-def _check_seed_ladder(sweep: Sweep) -> list[tuple[str, str]]:
-    """A seed ladder needs seeds to climb (the scheduler checks its first rung against them)."""
-    seeds = sweep.spec.seeds or []
-    if len(seeds) < 2:
-        return [("seeds", f"scheduler.fidelity: seeds needs two or more seeds to train each configuration on "
-                 f"(got {seeds or 'none'}), e.g. seeds: [0, 1, 2, 3, 4]")]
-    return []
-
-
-def _check_ladder(sweep: Sweep) -> list[tuple[str, str]]:
-    """The levels of an epochs or data ladder must each train something different (the scheduler
-    checks that it plans two or more)."""
-    from aepg.sweep.fidelity import full_per_class, level_config
-
-    levels = sweep.spec.scheduler.levels()
-    fidelity, cfg = sweep.spec.scheduler.fidelity, sweep.base_config
-    try:
-        per_class = full_per_class(cfg) if fidelity == "data" else 0
-    except FileNotFoundError:  # the data set is missing: its check says so
-        return []
-    budgets = [level_config(cfg, fidelity, level, per_class) for level in levels]
-    sizes = [b.train.epochs if fidelity == "epochs" else b.benchmark.max_train_per_class for b in budgets]
-    if len(set(sizes)) < len(sizes):
-        what = "epochs per task" if fidelity == "epochs" else "training images per class"
-        return [("scheduler.min_fraction", f"levels {[f'{lv.fraction:.3g}' for lv in levels]} train {sizes} {what}: "
-                 "two levels train the same; raise min_fraction" + (" or train.epochs" if fidelity == "epochs" else ""))]
-    return []
-
-
-def variants(sweep: Sweep) -> list[tuple[str, RunConfig]]:
-    """The base config, and the base with each value a searched data or model key can take."""
-    found = [("base_config", sweep.base_config)]
-    for key, param in sweep.space.items():
-        if key.startswith(("benchmark.", "model.")):
-            for value in param.extremes():
-                found.append((f"space.{key}={value}", validate(_apply_dotted(sweep.base, {key: value}))))
-    return found
-
-
-def _check_runs(sweep: Sweep) -> list[tuple[str, str]]:
-    """What every trial's run would check before compute (data, backbone, PEFT, weights)."""
-    from aepg import preflight
-
-    problems, seen = [], set()
-    for where, cfg in variants(sweep):
-        for key, message in preflight.problems(cfg):
-            if (key, message) not in seen:  # said once, where it first shows
-                seen.add((key, message))
-                problems.append((f"{where}: {key}", message))
-    return problems
-
-
-RUN_CONFIG_KEYS = ("benchmark", "model", "objective", "schedule", "train")
-
-
-def load_sweep(path: str | Path, overrides: list[str] = (), check_runs: bool = True) -> Sweep:
-    """Read, override and validate a sweep file (and its base config); ConfigError on any problem.
-
-    ``check_runs`` also runs every check a trial's run would make before compute (data,
-    backbone, PEFT, weights), on the base config and each searched data or model value."""
-    path = Path(path)
-    raw = read_yaml(path)
-    if "space" not in raw and "base_config" not in raw and any(k in raw for k in RUN_CONFIG_KEYS):
-        raise ConfigError([(str(path), "is a run config, not a sweep file: run it with `aepg train`, or write a "
-                            "sweep file naming it as base_config with a space to search (see sweeps/quickstart.yaml)")])
-    data = merge_overrides(raw, list(overrides))
-    try:
-        spec = SweepSpec.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(pydantic_problems(error, SweepSpec, data, DISPATCHED)) from None
-    base_path = (path.parent / spec.base_config).resolve()
-    try:
-        base_file = read_run_yaml(base_path)
-        validate(base_file)
-    except ConfigError as error:
-        raise ConfigError([(f"base_config ({base_path.name}): {k}", m) for k, m in error.problems]) from None
-    try:
-        sweep = Sweep(spec, merge_nested(base_file, spec.base_overrides), path.read_text())
-    except ConfigError as error:
-        raise ConfigError([(f"base_overrides.{k}", m) for k, m in error.problems]) from None
-    problems = _check_space(sweep) + _check_settings(sweep)
-    problems = problems or _check_unused_keys(sweep)
-    if problems:
-        raise ConfigError(problems)
-    problems = _check_runs(sweep) if check_runs else []
-    if problems:
-        raise ConfigError(problems)
-    return sweep
-
-
 def expected_trials(sweep: Sweep) -> int:
     return sweep.spec.search.trials(sweep)
-
-
-def sweep_plan(sweep: Sweep) -> list[str]:
-    """What ``aepg sweep --dry-run`` prints: trials, the space, and the training samples they cost."""
-    from aepg import preflight
-
-    spec = sweep.spec
-    trials = expected_trials(sweep)
-    ladder = spec.scheduler.climbs
-    stopping = spec.scheduler.summary()
-    lines = [f"sweep {spec.name}: {trials} trials of {spec.search.algorithm} search over {', '.join(sweep.space)}; "
-             f"ranked on final/{spec.metric} ({spec.mode}); {stopping}"]
-    if SEARCHERS.get(spec.search.algorithm).has("grid"):
-        configs = [sweep.trial_config(point, "plan", "plan") for point in sweep.grid()]
-        samples = [preflight.plan(cfg).train_samples for cfg in configs]
-        total, per_trial = sum(samples), f"{min(samples):,} to {max(samples):,}"
-    else:
-        samples = [preflight.plan(cfg).train_samples for _, cfg in variants(sweep)]
-        samples += [preflight.plan(validate(_apply_dotted(sweep.base, {k: v}))).train_samples
-                    for k, p in sweep.space.items() if k.startswith("train.") for v in p.extremes()]
-        total, per_trial = trials * max(samples), f"up to {max(samples):,}"
-    base = preflight.plan(sweep.base_config)
-    if ladder:  # a promoted trial also trains every lower level
-        from aepg.sweep.fidelity import full_per_class, level_config
-
-        per_class = full_per_class(sweep.base_config) if spec.scheduler.fidelity == "data" else 0
-        lows = [preflight.plan(level_config(sweep.base_config, spec.scheduler.fidelity, level, per_class)).train_samples
-                for level in spec.scheduler.levels()]
-        total = round(total * sum(lows) / lows[-1])
-        per_trial += f" training samples at the full budget, and {sum(lows[:-1]):,} on the levels below it"
-    else:
-        per_trial += " training samples"
-    if seeds_per_trial(spec):
-        rungs = spec.scheduler.seed_rungs(len(sweep.seeds))
-        per_trial += f" per seed, on up to {len(sweep.seeds)} seeds (rungs at {', '.join(map(str, rungs))} seeds)"
-        total *= len(sweep.seeds)
-    lines.append(f"each trial: {len(base.tasks)} tasks; {per_trial}")
-    if spec.confirm:
-        lines.append(f"then the best {spec.confirm.top_k} configurations again on seeds "
-                     f"{', '.join(map(str, spec.confirm.seeds))}")
-        total += spec.confirm.top_k * len(spec.confirm.seeds) * max(samples)
-    lines.append(f"the whole sweep: at most {total:,} training samples"
-                 + (" (early stopping trains fewer)" if spec.scheduler.stops_early else ""))
-    return lines
-
-
-STATE_FILE = "aepg_sweep.json"
-
-
-def sweep_folder(path: str) -> str:
-    """A sweep's output folder as given to ``--resume``: local paths made absolute and checked."""
-    if is_uri(path):
-        return path.rstrip("/")
-    folder = Path(path).expanduser().resolve()
-    if folder.is_file():
-        raise ConfigError([("--resume", f"{folder} is a file; give the sweep's output folder (e.g. aepg_sweeps/NAME-DATE)")])
-    if not folder.is_dir():
-        raise ConfigError([("--resume", f"no such folder: {folder}")])
-    return str(folder)
-
-
-def read_state(path: str) -> dict:
-    """The state ``aepg sweep`` saved in its folder; ConfigError naming the file when absent or damaged."""
-    import pyarrow.fs as pafs
-
-    fs, folder = pafs.FileSystem.from_uri(path if is_uri(path) else Path(path).as_uri())
-    where = f"{path}/{STATE_FILE}"
-    try:
-        with fs.open_input_stream(f"{folder}/{STATE_FILE}") as stream:
-            state = json.loads(stream.read())
-    except (FileNotFoundError, OSError):
-        raise ConfigError([("--resume", f"{path} is not an aepg sweep folder (no {STATE_FILE})")]) from None
-    except ValueError as error:
-        raise ConfigError([(where, f"is not valid JSON ({error}); the sweep's state is damaged")]) from None
-    missing = [k for k in ("spec", "base", "source", "tracking_uri", "parent_run_id") if k not in state] \
-        if isinstance(state, dict) else ["everything"]
-    if missing:
-        raise ConfigError([(where, f"is not an aepg sweep state (missing {missing})")])
-    return state
-
-
-SHORT_NAMES = {"train.lr": "lr", "model.peft.rank": "r", "schedule.tau": "tau", "seed": "s", "train.epochs": "ep",
-               "train.batch_size": "b", "train.weight_decay": "wd", "model.peft.length": "len", "model.peft.lae": "lae"}
-
-
-def _number(value: float) -> str:
-    if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4):
-        mantissa, exponent = f"{value:.1e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    return f"{value:.3g}"
-
-
-def _short(key: str, value) -> str:
-    """A searched value as a run name shows it: words as they are, numbers after a short key name."""
-    name = SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
-    if isinstance(value, bool):
-        return name if value else f"no{name}"
-    if isinstance(value, str):
-        return value
-    return name + (_number(value) if isinstance(value, float) else str(value))
-
-
-def trial_run_name(index: int, params: dict[str, Any]) -> str:
-    """A readable run name that says what differs: ``t03-aepg-cosine-r6-lr3e-4``."""
-    parts = [f"t{index:02d}"] + [_short(key, value) for key, value in params.items()]
-    return re.sub(r"[^A-Za-z0-9.+_-]+", "", "-".join(parts))[:120]

@@ -1,0 +1,69 @@
+"""A sweep's report published to MLflow: its files, plots, counts and description on the parent run,
+and on every child run its rank (``sweep/rank``), a one-line description and a colour by objective."""
+
+from __future__ import annotations
+
+from aepg import tracking
+from aepg.metrics import final_name
+from aepg.sweep.leaderboard import TrialResult
+from aepg.sweep.report import SweepReport, report_texts
+from aepg.sweep.table import PaperTable
+from aepg.tracking import Tracker
+
+
+RANK_KEY = "sweep/rank"
+"""A child's place on its sweep's leaderboard (1 is best): sorting by it is the leaderboard's order."""
+FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")
+
+
+PARENT_COLOUR = "#000000"  # black: no trial's shade
+
+
+def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperTable) -> None:
+    """Log the report to the sweep's parent run: files, plots, counts, the best run and a description."""
+    counts = {f"sweep.trials_{status.replace(' ', '_')}": str(sum(status in e.status.split("/") for e in report.entries))
+              for status in ("finished", "stopped early", "failed")}  # tags: counts are no chart
+    metrics = {f"sweep/best_{report.metric}": report.best.value} if report.best else {}
+    metrics.update(report.noise.params() if report.noise else {})
+    tags = {tracking.NOTE_TAG: report.note() + "\n\n" + table.markdown(), tracking.COLOR_TAG: PARENT_COLOUR, **counts}
+    if report.best:
+        tags["best_run_id"] = report.best.run_ids[0]
+    if report.noise:
+        tags["sweep.noise_verdict"] = report.noise.verdict
+    tracker.log_outputs(parent_id, report_texts(report, table), report.figures, metrics, tags)
+    colours = run_colours(report.entries)
+    for i, entry in enumerate(report.entries, 1):
+        for run_id in entry.run_ids:
+            tracker.set_tags(run_id, {tracking.NOTE_TAG: child_note(entry, i, len(report.entries), report.metric),
+                                      tracking.COLOR_TAG: colours[run_id]})
+            tracker.log_metrics(run_id, {RANK_KEY: i})
+
+
+def child_note(entry: TrialResult, rank: int, of: int, metric: str) -> str:
+    """A trial's one-line description: how it ended, how far it got, its value and its rank."""
+    if entry.value is None:
+        value = ""
+    elif entry.status == "finished":
+        value = f", {final_name(metric)} = {entry.value:.4f}"
+    else:
+        value = f", {metric} {entry.value:.4f} when it stopped (partial: not comparable with finished trials)"
+    return f"{entry.status}, {entry.progress}{value}; rank {rank} of {of}"
+
+
+def run_colours(entries: list[TrialResult]) -> dict[str, str]:
+    """A hue family per objective, so the compared objectives never share a colour in MLflow's
+    charts and runs table: finished trials in its strong shades, darker for better ranks; trials
+    that did not finish (stopped early, failed) in its pale ones, which no finished trial takes
+    (``entries`` in leaderboard order)."""
+    from matplotlib import colormaps, colors
+
+    kinds = sorted({entry.objective for entry in entries})
+    colours = {}
+    for i, kind in enumerate(kinds):
+        cmap = colormaps[FAMILIES[i % len(FAMILIES)]]
+        for finished, (darkest, lightest) in ((True, (0.95, 0.5)), (False, (0.4, 0.2))):
+            group = [entry for entry in entries if entry.objective == kind and (entry.status == "finished") == finished]
+            for j, entry in enumerate(group):
+                shade = colors.to_hex(cmap(darkest - (darkest - lightest) * j / max(1, len(group) - 1)))
+                colours.update(dict.fromkeys(entry.run_ids, shade))
+    return colours

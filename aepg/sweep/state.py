@@ -1,0 +1,73 @@
+"""A sweep's folder on disk and its names: the state file ``aepg sweep --resume`` reads, and the
+short, readable run names of its trials."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from aepg.config import ConfigError, is_uri
+
+
+STATE_FILE = "aepg_sweep.json"
+
+
+def sweep_folder(path: str) -> str:
+    """A sweep's output folder as given to ``--resume``: local paths made absolute and checked."""
+    if is_uri(path):
+        return path.rstrip("/")
+    folder = Path(path).expanduser().resolve()
+    if folder.is_file():
+        raise ConfigError([("--resume", f"{folder} is a file; give the sweep's output folder (e.g. aepg_sweeps/NAME-DATE)")])
+    if not folder.is_dir():
+        raise ConfigError([("--resume", f"no such folder: {folder}")])
+    return str(folder)
+
+
+def read_state(path: str) -> dict:
+    """The state ``aepg sweep`` saved in its folder; ConfigError naming the file when absent or damaged."""
+    import pyarrow.fs as pafs
+
+    fs, folder = pafs.FileSystem.from_uri(path if is_uri(path) else Path(path).as_uri())
+    where = f"{path}/{STATE_FILE}"
+    try:
+        with fs.open_input_stream(f"{folder}/{STATE_FILE}") as stream:
+            state = json.loads(stream.read())
+    except (FileNotFoundError, OSError):
+        raise ConfigError([("--resume", f"{path} is not an aepg sweep folder (no {STATE_FILE})")]) from None
+    except ValueError as error:
+        raise ConfigError([(where, f"is not valid JSON ({error}); the sweep's state is damaged")]) from None
+    missing = [k for k in ("spec", "base", "source", "tracking_uri", "parent_run_id") if k not in state] \
+        if isinstance(state, dict) else ["everything"]
+    if missing:
+        raise ConfigError([(where, f"is not an aepg sweep state (missing {missing})")])
+    return state
+
+
+SHORT_NAMES = {"train.lr": "lr", "model.peft.rank": "r", "schedule.tau": "tau", "seed": "s", "train.epochs": "ep",
+               "train.batch_size": "b", "train.weight_decay": "wd", "model.peft.length": "len", "model.peft.lae": "lae"}
+
+
+def _number(value: float) -> str:
+    if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4):
+        mantissa, exponent = f"{value:.1e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:.3g}"
+
+
+def _short(key: str, value) -> str:
+    """A searched value as a run name shows it: words as they are, numbers after a short key name."""
+    name = SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
+    if isinstance(value, bool):
+        return name if value else f"no{name}"
+    if isinstance(value, str):
+        return value
+    return name + (_number(value) if isinstance(value, float) else str(value))
+
+
+def trial_run_name(index: int, params: dict[str, Any]) -> str:
+    """A readable run name that says what differs: ``t03-aepg-cosine-r6-lr3e-4``."""
+    parts = [f"t{index:02d}"] + [_short(key, value) for key, value in params.items()]
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "", "-".join(parts))[:120]
