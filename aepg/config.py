@@ -18,10 +18,11 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_serializer, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
-from aepg.catalog import DATASETS, METHODS, OBJECTIVES, Catalog
+from aepg.catalog import DATASETS, METHODS, OBJECTIVES, PARTS, Catalog
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,32 @@ class BenchmarkConfig(Section):
     naming the files), or is left out (``skip``: counted, and listed in the run's benchmark.json)."""
 
 
+class PartConfig(Section):
+    """What every method part's config holds; its name under ``model.peft.parts`` is its ``kind``
+    (an entry of ``aepg.catalog.PARTS``), whose config adds its own keys."""
+
+    kind: str = ""
+
+
+def _part_problems(name: str, error: ValidationError) -> list[dict]:
+    """A part's validation errors placed under its name (its kind is its name, so an unknown kind
+    is the name itself), a misspelt key with "did you mean"."""
+    problems = []
+    for item in error.errors():
+        loc = tuple(part for part in item["loc"] if part != "kind")
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            known = PARTS.get(name).keys()
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"{name} has {', '.join(known) or 'no keys'}"
+            kind = PydanticCustomError(UNKNOWN_KIND, "{message}", {"message": f"unknown key; {hint}"})
+        elif kind == UNKNOWN_KIND:
+            kind = PydanticCustomError(UNKNOWN_KIND, "{message}", {"message": item["msg"]})
+        problems.append({"type": kind, "loc": (name, *loc), "input": item.get("input"), **(
+            {"ctx": item["ctx"]} if "ctx" in item and isinstance(kind, str) else {})})
+    return problems
+
+
 class MethodConfig(Section):
     """What every training method's config holds; ``kind`` picks the entry of ``aepg.catalog.METHODS``
     (``aepg.models.peft``: none, full, lora, dora, adapter, adaptformer, prefix, l2p, dualprompt, coda),
@@ -126,10 +153,45 @@ class MethodConfig(Section):
     """Wrap the PEFT module in LAE's online/offline pair (EMA from task 1, ensembled at test)."""
     lae_decay: float = Field(0.9999, gt=0, lt=1)
     """EMA decay per optimiser step. LAE's 0.9999 is for batch 24; at batch B use 0.9999 ** (B / 24)."""
+    parts: dict[str, SerializeAsAny[PartConfig]] = {}
+    """Parts layered over the method, by name, in the order they run (``aepg.catalog.PARTS``: lae,
+    ewc, lwf), e.g. ``{ewc: {weight: 100}}``. A mapping, so that ``model.peft.parts.ewc.weight``
+    is a key like any other (overrides, sweeps, MLflow params). ``lae: true`` is the part ``lae``
+    with ``decay: lae_decay``, placed first."""
+
+    @field_validator("parts", mode="before")
+    @classmethod
+    def _parts(cls, value):
+        if not isinstance(value, dict):
+            return value
+        parts, problems = {}, []
+        for name, settings in value.items():
+            try:
+                parts[name] = by_kind(PARTS, {**(settings or {}), "kind": name}, name)
+            except ValidationError as error:
+                problems += _part_problems(str(name), error)
+        if problems:
+            raise ValidationError.from_exception_data("model.peft.parts", problems)
+        return parts
+
+    @field_serializer("parts")
+    def _dump_parts(self, parts: dict[str, PartConfig], info) -> dict[str, dict]:
+        """Each part's keys without its kind, which its name already says."""
+        return {name: part.model_dump(mode=info.mode, exclude={"kind"}) for name, part in parts.items()}
+
+    def chosen_parts(self) -> dict[str, PartConfig]:
+        """The parts the run builds, in order: LAE first when ``lae`` is on, then ``parts``."""
+        lae = {"lae": PARTS.get("lae").config(kind="lae", decay=self.lae_decay)} if self.lae else {}
+        return {**lae, **self.parts}
 
     def problems(self) -> list[tuple[str, str]]:
         """(key under ``model.peft``, message) for settings that cannot work, whatever the backbone."""
-        return [("lae", "LAE wraps a PEFT module: set model.peft.kind")] if self.lae and self.kind == "none" else []
+        found = [("lae", "LAE wraps a PEFT module: set model.peft.kind")] if self.lae and self.kind == "none" else []
+        if self.lae and "lae" in self.parts:
+            found.append(("parts.lae", "LAE is on twice: lae is true and parts names lae; keep one"))
+        if "lae" in self.parts and self.kind == "none":
+            found.append(("parts.lae", "LAE wraps a PEFT module: set model.peft.kind"))
+        return found
 
     def check(self, facts: dict, num_tasks: int) -> None:
         """Raise ``aepg.models.peft.PeftError`` when the settings do not fit the backbone ``facts`` describe."""

@@ -416,9 +416,10 @@ def _optimizer_params(t) -> dict[str, object]:
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    """What the run is: ``<data set>-<objective>-<PEFT>[-lae]-s<seed>``."""
+    """What the run is: ``<data set>-<objective>-<method>[-<part>...]-s<seed>`` (e.g. ``-lae``, ``-ewc``)."""
     peft = cfg.model.peft
-    return f"{cfg.benchmark.dataset}-{cfg.objective.kind}-{peft.kind}{'-lae' if peft.lae else ''}-s{cfg.seed}"
+    parts = "".join(f"-{name}" for name in peft.chosen_parts())
+    return f"{cfg.benchmark.dataset}-{cfg.objective.kind}-{peft.kind}{parts}-s{cfg.seed}"
 
 
 def objective_label(cfg: RunConfig) -> str:

@@ -24,7 +24,7 @@ from aepg.config import RunConfig
 from aepg.distributed import Context, derive_seed, seed_all
 from aepg.metrics import summarize, task_metrics
 from aepg.models.classifier import ContinualClassifier
-from aepg.models.peft.base import full_precision
+from aepg.models.peft.base import TrainingBatch, full_precision
 from aepg.objectives import Objective
 from aepg.optim import Phase, build_optimizer, learning_rate, set_learning_rate
 from aepg.schedules import Progress, progress
@@ -115,8 +115,8 @@ class BarPostfix:
 
 @dataclass
 class TaskInputs:
-    """A task's training images as a method's ``end_task`` reads them: unaugmented model inputs on
-    the device, each worker its shard (``aepg.models.peft.base.TaskData``)."""
+    """The context of a task's hooks (``aepg.models.peft.base.TaskData``): the model, the objective,
+    and the task's training images as unaugmented model inputs on the device, each worker its shard."""
 
     trainer: "ContinualTrainer"
     task: Task
@@ -128,6 +128,23 @@ class TaskInputs:
     @property
     def stop(self) -> int:
         return self.task.stop
+
+    @property
+    def model(self) -> ContinualClassifier:
+        return self.trainer.model
+
+    @property
+    def columns(self) -> slice:
+        return self.trainer.objective.columns(self.task.start, self.task.stop)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        trainer = self.trainer
+        if trainer.cfg.schedule.scope == "run":
+            steps = [trainer.cfg.train.epochs * trainer.steps_per_epoch(t) for t in trainer.benchmark.tasks]
+            end = Progress(sum(steps[: self.task.index + 1]), sum(steps))
+        else:
+            end = Progress(1, 1)
+        return trainer.objective(logits, labels - self.columns.start, end).loss
 
     def batches(self):
         trainer, train = self.trainer, self.task.train
@@ -336,7 +353,8 @@ class ContinualTrainer:
                 logits = model(x, columns).float()
             where = self._schedule_progress(task, phase, epoch, i, state.global_step, run_steps)
             out = self.objective(logits, y, where)
-            auxiliary = self.model.auxiliary_loss()
+            auxiliary = self.model.auxiliary_loss(
+                TrainingBatch(x, y, logits, self.model.last_features, columns, task.start, self.model))
             optimizer.zero_grad(set_to_none=True)
             loss = out.loss + auxiliary
             if self.scaler is None:

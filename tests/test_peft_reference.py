@@ -16,7 +16,7 @@ from aepg.models.peft.base import module_of
 from aepg.models.peft.base import compensate, prefixed_attention
 from aepg.models.peft.coda import orthogonality_penalty, orthonormal_rows
 from aepg.models.peft.base import batchwise
-from aepg.models.peft.lae import OnlineOfflinePair
+from aepg.models.parts.lae import OnlineOfflinePair
 
 from conftest import CONFIGS
 

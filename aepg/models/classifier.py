@@ -9,11 +9,11 @@ from timm.data import resolve_data_config
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from aepg.catalog import PARTS
 from aepg.config import ModelConfig
 from aepg.models.backbones import create_backbone
 from aepg.models.peft.attach import attach_peft
-from aepg.models.peft.base import MethodPart, full_precision, module_of
-from aepg.models.peft.lae import OnlineOfflinePair
+from aepg.models.peft.base import MethodPart, TrainingBatch, full_precision, module_of
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ class ContinualClassifier(nn.Module):
     Only the PEFT parameters and the head train. The backbone's own weights and normalisation
     statistics never change (``train()`` keeps batch-norm layers in eval mode) unless the method
     trains the backbone (full fine-tuning). Prompt methods get their query (the frozen backbone's
-    feature) from a first pass with prompts disabled. The method's parts (its PEFT module, then any
-    part added over it, such as LAE's online/offline pair) take each life-cycle hook in turn, and
-    each may rewrite the prediction at test time.
+    feature) from a first pass with prompts disabled. The method's parts (its PEFT module, then the
+    parts of ``model.peft.parts`` in order, such as LAE's online/offline pair, EWC, LwF) take each
+    life-cycle hook in turn, and each may rewrite the prediction at test time.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, head_init_std: float, frozen_keys: set[str]):
@@ -57,6 +57,7 @@ class ContinualClassifier(nn.Module):
         self.added_parts: list[str] = []
         """Names of the parts added over the PEFT module (their state is checkpointed under them)."""
         self.peft_frozen = False
+        self.last_features: Tensor | None = None
         self.sparse_updates = bool(self.peft is not None and self.peft.sparse)
 
     def add_part(self, name: str, part: MethodPart) -> None:
@@ -84,6 +85,8 @@ class ContinualClassifier(nn.Module):
                 features = self.features(x)
         else:
             features = self.features(x)
+        if self.training:  # the step's features, for the parts' loss terms (``TrainingBatch``)
+            self.last_features = features
         logits = self.head(features)[:, columns]
         if not self.training and parts:  # prediction rules: closed-form heads, ensembles, in float32
             with full_precision(x.device):
@@ -93,8 +96,15 @@ class ContinualClassifier(nn.Module):
                                           lambda before=parts[:i]: self._logits(x, columns, before).float())
         return logits
 
-    def forward(self, x: Tensor, columns: slice = slice(None)) -> Tensor:
-        return self._logits(x, columns, self.parts)
+    def forward(self, x: Tensor, columns: slice = slice(None), rules: bool = True) -> Tensor:
+        """Logits over ``columns``; at test time as the parts' prediction rules make them, unless
+        ``rules`` is False (the head's own logits, as parts read them: a Fisher pass, the
+        previous model's outputs)."""
+        return self._logits(x, columns, self.parts if rules else [])
+
+    def head_logits(self, x: Tensor, columns: slice = slice(None)) -> Tensor:
+        """``forward`` without the parts' prediction rules."""
+        return self._logits(x, columns, [])
 
     def train(self, mode: bool = True) -> "ContinualClassifier":
         super().train(mode)
@@ -110,8 +120,8 @@ class ContinualClassifier(nn.Module):
         for part in self.parts:
             part.begin_task(task)
 
-    def auxiliary_loss(self) -> Tensor | float:
-        return sum((part.auxiliary_loss() for part in self.parts), 0.0)
+    def auxiliary_loss(self, batch: TrainingBatch | None = None) -> Tensor | float:
+        return sum((part.auxiliary_loss(batch) for part in self.parts), 0.0)
 
     def before_step(self) -> None:
         for part in self.parts:
@@ -136,6 +146,11 @@ class ContinualClassifier(nn.Module):
     def peft_parameters(self) -> list[nn.Parameter]:
         params = dict(self.named_parameters())
         return [params[n] for n in self.peft_names]
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The method's parameters and the head's, by name: what the tasks train."""
+        params = dict(self.named_parameters())
+        return [(n, params[n]) for n in self.peft_names] + list(self.head.named_parameters(prefix="head"))
 
     def set_peft_trainable(self, trainable: bool) -> None:
         """Head-only phases switch the PEFT parameters off so backward stops at the head; the
@@ -176,6 +191,6 @@ def build_model(cfg: ModelConfig, num_classes: int, num_tasks: int) -> tuple[Con
     frozen_keys = set(backbone.state_dict())
     backbone = attach_peft(backbone, cfg.peft, num_tasks)
     model = ContinualClassifier(backbone, num_classes, cfg.head_init_std, frozen_keys)
-    if cfg.peft.lae:
-        model.add_part("lae", OnlineOfflinePair(model.peft_parameters(), cfg.peft.lae_decay))
+    for name, part in cfg.peft.chosen_parts().items():
+        model.add_part(name, PARTS.get(name).load()(part, model))
     return model, spec

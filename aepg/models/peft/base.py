@@ -1,8 +1,9 @@
 """What every PEFT module written here shares: where it hooks into a timm ViT, and the life cycle
-the classifier and trainer call, none of them knowing a method by name (``MethodPart``): the start
-of a task (and, at a task's very start, its training data), whether it trains, the parameters it
-keeps frozen, an auxiliary loss, a gradient transform before each optimiser step, the step's end,
-the end of a task with the task's training data, and the prediction rule at test time.
+the classifier and trainer call, none of them knowing a method by name (``MethodPart``, also the
+base of the parts in ``aepg.models.parts``): the start of a task (and, at a task's very start, its
+context: the model, the objective and the training data), whether it trains, the parameters it
+keeps frozen, a loss term with the step's batch, a gradient transform before each optimiser step,
+the step's end, the end of a task with its context, and the prediction rule at test time.
 
 Modules live on the backbone as ``backbone.aepg_peft`` so they move, save and wrap (DDP) with it.
 
@@ -17,8 +18,9 @@ these hooks, where the rule already holds.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import MethodType
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +28,28 @@ from torch import Tensor, nn
 
 from aepg.models.peft import BlocksMethod
 
+if TYPE_CHECKING:
+    from aepg.models.classifier import ContinualClassifier
+
 ATTRIBUTE = "aepg_peft"
 
 
 class TaskData(Protocol):
-    """A task's training images, as ``end_task`` reads them: unaugmented model inputs on the device."""
+    """The context of a task's hooks (``prepare_task``, ``end_task``): the model, the objective and
+    the task's training images as unaugmented model inputs on the device."""
 
     start: int
     """The task's first class (its labels are ``start`` to ``stop - 1``)."""
     stop: int
+    model: "ContinualClassifier"
+    """The classifier (not a DDP wrapper): ``backbone``, ``head``, ``head_logits(x, columns)`` (a
+    forward with gradients and without prediction rules), ``trainable_parameters()``."""
+    columns: slice
+    """The head's columns the objective covers while this task trains."""
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The run's objective on ``logits`` over ``columns`` for ``labels`` (dataset labels), as it
+        stands at the task's last step (a_t at its end for annealed objectives)."""
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """(inputs, labels) batches over the task's training images; every worker sees its shard."""
@@ -47,6 +62,27 @@ class TaskData(Protocol):
 
     def sum(self, tensor: Tensor) -> Tensor:
         """``tensor`` summed over the workers (each saw its shard); itself with one worker."""
+
+
+@dataclass
+class TrainingBatch:
+    """One training step's batch as ``auxiliary_loss`` sees it, after the forward."""
+
+    inputs: Tensor
+    """The model inputs (augmented)."""
+    labels: Tensor
+    """Labels relative to ``columns.start``."""
+    logits: Tensor
+    """The forward's logits over ``columns`` (float32, with gradients)."""
+    features: Tensor
+    """The backbone's features of that forward (with gradients): ``model.head(features)`` gives the
+    logits of any other columns at no extra forward."""
+    columns: slice
+    task_start: int
+    """The first class of the task being trained: classes before it are the earlier tasks'."""
+    model: "ContinualClassifier"
+    """The classifier (not a DDP wrapper), e.g. for a forward with other parameters
+    (``torch.func.functional_call(model, tensors, (inputs, columns), {"rules": False})``)."""
 
 
 def full_precision(device: torch.device):
@@ -84,8 +120,9 @@ class MethodPart(nn.Module):
         """The part's parameters that must not train in the current task (earlier tasks' parts)."""
         return []
 
-    def auxiliary_loss(self) -> Tensor | float:
-        """A loss term the method adds to the objective (key matching, orthogonality), from the last forward."""
+    def auxiliary_loss(self, batch: TrainingBatch | None = None) -> Tensor | float:
+        """A loss term the part adds to the objective at a training step: from its last forward (key
+        matching, orthogonality) or from the step's ``batch`` (a penalty, a distillation)."""
         return 0.0
 
     def transform_gradients(self) -> None:
@@ -130,7 +167,7 @@ class PeftModule(MethodPart):
     def set_query(self, query: Tensor | None) -> None:
         self.query = query
 
-    def auxiliary_loss(self) -> Tensor | float:
+    def auxiliary_loss(self, batch: TrainingBatch | None = None) -> Tensor | float:
         aux, self._aux = self._aux, None
         return aux if aux is not None else 0.0
 

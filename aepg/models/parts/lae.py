@@ -75,3 +75,8 @@ class OnlineOfflinePair(MethodPart):
         with self.offline():
             offline = again()
         return torch.maximum(logits.log_softmax(-1), offline.log_softmax(-1))
+
+
+def build_lae(cfg, model) -> OnlineOfflinePair:
+    """LAE's pair over the method's parameters (``aepg.models.parts.LAEPart``)."""
+    return OnlineOfflinePair(model.peft_parameters(), cfg.decay)
