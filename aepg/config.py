@@ -196,6 +196,12 @@ class MethodConfig(Section):
     def check(self, facts: dict, num_tasks: int) -> None:
         """Raise ``aepg.models.peft.PeftError`` when the settings do not fit the backbone ``facts`` describe."""
 
+    def trains(self, task: int) -> bool:
+        """Whether the method trains task ``task`` at all, known from the config alone (the built
+        module's ``trains`` agrees): the dry run's plan, the logged params and the throughput metric
+        then describe only the training that happens."""
+        return True
+
     def implementation(self, facts: dict) -> str:
         """What runs on this backbone (a method may have several implementations)."""
         return self.kind
@@ -376,6 +382,11 @@ class RunConfig(Section):
     @classmethod
     def _objective(cls, value):
         return by_kind(OBJECTIVES, value, DEFAULT_OBJECTIVE)
+
+    def trains(self) -> bool:
+        """Whether any task trains: when none does (RanPAC on the frozen features), the objective,
+        its schedule and the optimiser are never used."""
+        return any(self.model.peft.trains(task) for task in range(self.benchmark.num_tasks))
 
 
 DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, DEFAULT_OBJECTIVE),

@@ -300,11 +300,13 @@ class Plan:
     batch_size: int
     known: bool = True
     """False when the data set is missing (sizes cannot be read yet)."""
+    untrained: str = ""
+    """Why no task trains (the method builds its prediction from the features), or empty."""
 
     @property
     def train_samples(self) -> int:
-        """Training samples drawn over the run (every epoch of every task)."""
-        return sum(t.train for t in self.tasks) * self.epochs
+        """Training samples drawn over the run (every epoch of every task it trains)."""
+        return sum(t.train for t in self.tasks if t.steps) * self.epochs
 
     @property
     def steps(self) -> int:
@@ -313,8 +315,12 @@ class Plan:
     def lines(self) -> list[str]:
         if not self.known:
             return ["data set not found yet: sizes unknown"]
-        out = [f"{len(self.tasks)} tasks x {self.epochs} epochs, global batch {self.batch_size}: "
-               f"{self.steps} optimiser steps, {self.train_samples:,} training samples"]
+        if self.untrained:
+            out = [f"{len(self.tasks)} tasks, nothing trains ({self.untrained}): 0 optimiser steps; each task's "
+                   "training images are read once, for the method's statistics"]
+        else:
+            out = [f"{len(self.tasks)} tasks x {self.epochs} epochs, global batch {self.batch_size}: "
+                   f"{self.steps} optimiser steps, {self.train_samples:,} training samples"]
         out += [f"task {i + 1}: {t.classes} classes, {t.train} training / {t.test} test images, {t.steps} steps"
                 for i, t in enumerate(self.tasks)]
         return out
@@ -337,9 +343,11 @@ def plan(cfg: RunConfig) -> Plan:
     for group in task_groups(class_order(spec.num_classes, bench.order_seed), bench.num_tasks):
         n_train = sum(cap(train[c], bench.max_train_per_class) for c in group)
         n_test = sum(cap(test[c], bench.max_test_per_class) for c in group)
-        steps = math.ceil(math.ceil(n_train / workers) / per_worker) * cfg.train.epochs
+        trained = cfg.model.peft.trains(len(tasks))
+        steps = math.ceil(math.ceil(n_train / workers) / per_worker) * cfg.train.epochs if trained else 0
         tasks.append(TaskPlan(len(group), n_train, n_test, steps))
-    return Plan(tasks, cfg.train.epochs, cfg.train.batch_size)
+    untrained = "" if cfg.trains() else f"model.peft.kind={cfg.model.peft.kind} trains no task with these settings"
+    return Plan(tasks, cfg.train.epochs, cfg.train.batch_size, untrained=untrained)
 
 
 def data_location(cfg: RunConfig) -> str:

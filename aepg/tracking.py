@@ -387,14 +387,16 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
         params["model.image_size"] = m.image_size
     params.update(flatten(dict(m.backbone_kwargs), "model.backbone_kwargs."))
     params.update(flatten(m.peft.params(preflight.backbone_facts(cfg)), "model.peft."))
-    params.update(flatten(o.model_dump(mode="json"), "objective."))
-    if is_annealed(o):
-        params.update({"schedule.kind": s.kind, "schedule.scope": s.scope})
-        if s.scope == "task":
-            params["schedule.span"] = s.span
-        params.update({f"schedule.{key}": getattr(s, key) for key in SCHEDULE_KEYS.get(s.kind, ())})
-    params.update({f"train.{key}": getattr(t, key) for key in ("epochs", "head_only_epochs", "lr", "weight_decay", "batch_size")})
-    params.update(_optimizer_params(t))
+    if cfg.trains():  # otherwise no objective, schedule or optimiser is ever used
+        params.update(flatten(o.model_dump(mode="json"), "objective."))
+        if is_annealed(o):
+            params.update({"schedule.kind": s.kind, "schedule.scope": s.scope})
+            if s.scope == "task":
+                params["schedule.span"] = s.span
+            params.update({f"schedule.{key}": getattr(s, key) for key in SCHEDULE_KEYS.get(s.kind, ())})
+        params.update({f"train.{key}": getattr(t, key) for key in ("epochs", "head_only_epochs", "lr", "weight_decay")})
+        params.update(_optimizer_params(t))
+    params["train.batch_size"] = t.batch_size
     params["scaling.num_workers"] = cfg.scaling.num_workers
     if cfg.scaling.use_gpu:
         params.update({"scaling.use_gpu": True, "scaling.gpus_per_worker": cfg.scaling.gpus_per_worker})
@@ -481,16 +483,17 @@ class MlflowReporter:
     def log_steps(self, rows: list[tuple[int, dict[str, float]]]) -> None:
         self._log([m for step, values in rows for m in _metrics({f"train/{k}": v for k, v in values.items()}, step)])
 
-    def task_finished(self, state, samples_per_second: float) -> None:
+    def task_finished(self, state, samples_per_second: float | None) -> None:
         """Evaluation metrics at the step counting the tasks done, the matrix, and (with ``figures``
         on) every plot, refreshed so a run stopped early has them too; ``final/`` metrics once every
-        task is done."""
+        task is done. ``samples_per_second`` is None for a task the method does not train."""
         R, sizes = state.accuracy_matrix, state.test_sizes
         metrics = state.metrics(self.num_tasks)
         finals = {k: v for k, v in metrics.items() if k.startswith("final/")} if self.full_budget else {}
         done = metrics.pop(BUDGET_KEY)  # the step of the eval/ metrics, not a chart of its own
         running = {k: v for k, v in metrics.items() if not k.startswith("final/")}
-        self._log(_metrics(running, done) + _metrics({"train/samples_per_second": samples_per_second}, state.global_step))
+        throughput = {} if samples_per_second is None else {"train/samples_per_second": samples_per_second}
+        self._log(_metrics(running, done) + _metrics(throughput, state.global_step))
         self.client.set_tag(self.run_id, TASKS_DONE_TAG, str(done))
         # At step 0, one value each: MLflow's charts draw a metric without a step as one labelled bar per run.
         self._log(_metrics(finals, 0))

@@ -76,7 +76,7 @@ class Reporter(Protocol):
 
     def log_steps(self, rows: list[tuple[int, dict[str, float]]]) -> None: ...
 
-    def task_finished(self, state: TrainState, samples_per_second: float) -> None: ...
+    def task_finished(self, state: TrainState, samples_per_second: float | None) -> None: ...
 
 
 class StepBuffer:
@@ -258,10 +258,10 @@ class ContinualTrainer:
             start, first_epoch = time.perf_counter(), state.epoch
             self.train_task(task, state, optimizer_state)
             optimizer_state = None
-            # Training throughput of the whole job (all workers), evaluation excluded; 0 for a task
-            # the method does not train.
+            # Training throughput of the whole job (all workers), evaluation excluded; none for a
+            # task the method does not train.
             trained = (self.cfg.train.epochs - first_epoch) * len(task.train) if self.model.trains(task.index) else 0
-            rate = trained / (time.perf_counter() - start)
+            rate = trained / (time.perf_counter() - start) if trained else None
             accuracies, state.test_sizes = self.evaluate(task.index)
             state.accuracy_matrix.append(accuracies)
             state.task, state.epoch = task.index + 1, 0

@@ -16,7 +16,7 @@ from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer, NonFiniteLoss, TrainState
 from aepg.tracking import Tracker
 
-from conftest import CONFIGS, run_aepg, run_in_terminal
+from conftest import CONFIGS, TINY_VIT, run_aepg, run_in_terminal
 
 DIGITS = str(CONFIGS / "digits.yaml")
 SMALL = ["benchmark.num_tasks=2", "benchmark.max_train_per_class=20", "benchmark.max_test_per_class=10",
@@ -232,3 +232,27 @@ def test_processes_opening_a_fresh_store_at_once_all_succeed(tmp_path):
         ended = [(process.wait(120), process.stderr.read()) for process in started]
         assert all(code == 0 for code, _ in ended), [err[-1500:] for _, err in ended]
         assert len(MlflowClient(uri).search_experiments(filter_string="name = 'race'")) == 1
+
+
+TINY_VIT_FEATURES = [item for item in TINY_VIT if not item.startswith(("train.", "objective."))]
+
+
+def test_a_method_that_trains_nothing_is_described_as_such(workdir):
+    """RanPAC on the frozen features trains no task: the plan says so with 0 steps, the run logs no
+    objective, schedule or optimiser keys and no throughput, and it still evaluates every task."""
+    settings = [*TINY_VIT_FEATURES, "model.peft.kind=ranpac", "model.peft.adapt_first_task=false",
+                "model.peft.projection_dim=64", "run_name=ncm"]
+    dry = run_aepg(["train", DIGITS, *settings, "--dry-run"], cwd=workdir)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "# 2 tasks, nothing trains (model.peft.kind=ranpac trains no task with these settings): 0 optimiser steps" \
+        in dry.stdout, dry.stdout[-2000:]
+    result = run_aepg(["train", DIGITS, *settings], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["aepg.tasks_done"] == "2"
+    assert not [key for key in run.data.params if key.split(".")[0] in ("objective", "schedule")]
+    assert "train.lr" not in run.data.params and "train.optimizer" not in run.data.params
+    assert run.data.params["model.peft.adapt_first_task"] == "False" and "train.batch_size" in run.data.params
+    assert not [key for key in run.data.metrics if key.startswith("train/")], "nothing trained, nothing to chart"
+    assert "final/last_accuracy" in run.data.metrics

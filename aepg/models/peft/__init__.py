@@ -328,6 +328,9 @@ class RanpacMethod(BlocksMethod):
                             "set model.peft.adapt_first_task=false to use the backbone's features only")
         super().check(facts, num_tasks)
 
+    def trains(self, task: int) -> bool:
+        return task == 0 and self.adapt_first_task
+
     def params(self, facts: dict) -> dict[str, Any]:
         values = super().params(facts)
         if not self.adapt_first_task:
