@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import sys
+import textwrap
 
 from aepg import __version__, interrupts
 from aepg.config import ConfigError
@@ -108,17 +109,22 @@ def cmd_sweep(args) -> int:
         return interrupts.exit_code()
     report = finalize(runtime)
     if report.best is None:
-        print(f"\naepg: sweep {runtime.name}: {nothing_finished(runtime)}\n{report.text}", file=sys.stderr)
+        print(f"\naepg: sweep {runtime.name}: {nothing_finished(runtime)}\n{report.narrow_text(_width())}", file=sys.stderr)
         print(f"sweep outputs: {runtime.path}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"\nleaderboard, ranked on final/{report.metric}:\n{report.text}\n")
+    print(f"\nleaderboard, ranked on final/{report.metric}:\n{report.narrow_text(_width())}\n")
     if report.noise:
-        print(report.noise.verdict)
+        print(textwrap.fill(report.noise.verdict, _width()))
     if report.best_yaml:
         print(f"best config: {runtime.path}/best.yaml  (reproduce it with: aepg train {runtime.path}/best.yaml)")
     print(f"sweep outputs: {runtime.path}")
     print(runtime.tracker.ui_hint(report.experiment_id))
     return 0
+
+
+def _width() -> int:
+    """The terminal's width; 80 where the output is not a terminal (a log, a pipe)."""
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def cmd_report(args) -> int:
@@ -162,9 +168,9 @@ def cmd_report(args) -> int:
             (folder / name).write_text(text)
         for name, figure in report.figures.items():
             figure.savefig(folder / name, dpi=120, bbox_inches="tight")
-        print(f"sweep {report.name}: trials ranked on final/{report.metric}\n{report.text}\n")
+        print(f"sweep {report.name}: trials ranked on final/{report.metric}\n{report.narrow_text(_width())}\n")
         if report.noise:
-            print(f"{report.noise.verdict}\n")
+            print(f"{textwrap.fill(report.noise.verdict, _width())}\n")
     print(f"table ({args.rows} x {args.columns}):\n{table.markdown()}\n")
     print(f"wrote {out}/ (leaderboard, paper_table.md/.csv/.tex, plots) and logged them to the sweep's parent run")
     return 0
@@ -182,8 +188,6 @@ def cmd_cluster(args) -> int:
 def cmd_list(args) -> int:
     """Every entry of each catalogue (or of one): its name, what it is, its keys with their
     defaults, and the package that provides it."""
-    import textwrap
-
     from aepg.catalog import CATALOGS, provider
 
     width = min(shutil.get_terminal_size().columns, 100)

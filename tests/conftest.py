@@ -58,12 +58,12 @@ def run_aepg_read_only(folder: Path, args: list[str], cwd: Path, env: dict | Non
                           cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=900)
 
 
-def run_in_terminal(args: list[str], cwd: Path, env: dict | None = None, columns: int = 160,
+def run_in_terminal(args: list[str], cwd: Path, env: dict | None = None, columns: int = 160, rows: int = 50,
                     timeout: int = 900) -> tuple[int, str]:
-    """Run aepg under a pseudo-terminal of ``columns`` (a fresh one is 0 wide, and progress bars
-    draw nothing in 0 columns): its exit status and everything it wrote, as a terminal got it."""
+    """Run aepg under a pseudo-terminal of ``columns`` x ``rows`` (a fresh one is 0 wide, and progress
+    bars draw nothing in 0 columns): its exit status and everything it wrote, as a terminal got it."""
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     process = subprocess.Popen([str(AEPG), *args], cwd=cwd, env={**os.environ, **(env or {})}, stdin=follower,
                                stdout=follower, stderr=follower, close_fds=True)
     os.close(follower)

@@ -177,7 +177,9 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     report = run_aepg(["report", "tiny", "--out", str(workdir / "report"),
                        "--tracking-uri", f"sqlite:///{tiny_sweep / 'mlflow.db'}"], cwd=workdir)
     assert report.returncode == 0, report.stderr[-2000:]
-    assert "stopped early" in report.stdout and "failed" in report.stdout
+    assert " stopped " in report.stdout and " failed " in report.stdout
+    board = report.stdout.split("trials ranked on", 1)[1].split("table (", 1)[0]
+    assert max(len(line) for line in board.splitlines()) <= 80, "the leaderboard fits 80 columns off a terminal"
     assert (workdir / "report" / "objective_over_trials.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.DictReader(io.StringIO((workdir / "report" / "leaderboard.csv").read_text())))
     assert len(rows) == 8 and [r["status"] for r in rows[:len(finished)]] == ["finished"] * len(finished)
@@ -301,23 +303,65 @@ def test_the_terminal_shows_one_line_per_event_and_ends_with_the_results(ray_add
 
 
 def test_on_a_terminal_the_trials_are_one_table_redrawn_in_place_and_the_results_stay(ray_address, workdir):
-    """Under a pseudo-terminal: a live table of the trials (status, progress, values, searched keys),
-    cleared at the end; the progress line, the leaderboard and the links are what stays, with no
-    library log line after them."""
+    """Under an 80 x 24 pseudo-terminal: a live table of the trials (status, progress, values,
+    searched keys by short names, explained above it) and the progress line, every line within 80
+    columns, cleared at the end; the progress line, the leaderboard (80 columns too) and the links
+    are what stays, with no library log line after them."""
     path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
                        search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
-    status, text = run_in_terminal(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address})
+    status, text = run_in_terminal(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address}, columns=80, rows=24)
     assert status == 0, text[-3000:]
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-    frames = [frame for frame in plain.split("\r\n\r\n") if "train.lr" in frame and "progress" in frame]
-    assert any("running" in frame and "t01-" in frame and "t02-" in frame for frame in frames), plain[-3000:]
-    assert not any(line.startswith("  started   ") for line in plain.splitlines()), "the table replaces event lines"
-    lines = [line.strip() for line in plain.replace("\r", "\n").splitlines() if line.strip()]
+    screen = [line for line in plain.replace("\r", "\n").splitlines()]
+    paths = ("best config: ", "sweep outputs: ", "see it with: ")  # a path or link is as long as it is
+    wide = [line for line in screen if len(line) > 80 and not any(path in line for path in paths)]
+    assert not wide, wide
+    legend = " ".join(plain.split())  # the legend above the table wraps at 80 columns
+    assert "now: eval/avg_incremental_accuracy · final: final/avg_incremental_accuracy (max) · lr: train.lr" in legend
+    assert any(re.match(r"t01\s+running\s+\d/3", line) for line in screen), plain[-3000:]
+    standing = r"1/2 trials · best 0\.\d{4} \(t0[12]\) · \d+:\d\d elapsed · about \d+:\d\d left"
+    assert re.search(standing, plain), plain[-3000:]
+    assert not any(line.startswith("  started   ") for line in screen), "the table replaces event lines"
+    lines = [line.strip() for line in screen if line.strip()]
     board = max(i for i, line in enumerate(lines) if line.startswith("leaderboard, ranked on"))
     assert any(line.startswith("[2/2 trials, best final/avg_incremental_accuracy ") for line in lines[board - 3:board])
+    assert re.match(r"1\s+t0[12]\s+finished\s+0\.\d{4}\s+[0-9.e-]+$", lines[board + 3]), lines[board:board + 6]
     assert lines[-3].startswith("best config: ") and lines[-2].startswith("sweep outputs: ")
     assert lines[-1].startswith("see it with: mlflow ui")
     assert not any(word in line for line in lines[board:] for word in ("INFO", "WARNING", "system_metrics", "pid="))
+
+
+def test_the_live_table_fits_the_terminal_however_many_trials():
+    """30 trials in 80 x 24: the rows that fit (running first, then the best finished), a count of
+    the others, and the progress line last, nothing wider than 80 columns or taller than 23 lines."""
+    import io
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from aepg.sweep.progress import LiveSweepTable
+
+    table = LiveSweepTable({}, 30, ("tasks_done", 5), "avg_incremental_accuracy", "max", "task",
+                           "eval/avg_incremental_accuracy", keys=["objective.kind", "train.lr", "model.peft.rank"])
+    statuses = ["running", "finished", "stopped", "failed", "pending"]
+    for i in range(30):
+        table.names[f"id{i}"] = f"t{i + 1:02d}-aepg-lr3.4e-4-r8"
+        table.rows[f"id{i}"] = {"status": statuses[i % 5], "done": "3/5", "now": "0.6123",
+                                "final": 0.6 + i / 1000 if i % 5 == 1 else None, "objective.kind": "aepg",
+                                "train.lr": 0.000337983049214134, "model.peft.rank": 8}
+    table.best, table.ended, table.elapsed = (0.627, "t27-aepg"), 12, 100.0
+    out = io.StringIO()
+    console = Console(file=out, width=80, height=24, force_terminal=True, color_system=None)
+    table.live = Live(console=console)
+    console.print(table._render())
+    lines = out.getvalue().rstrip("\n").splitlines()
+    assert len(lines) <= 23 and max(len(line) for line in lines) <= 80, out.getvalue()
+    assert lines[-1] == "12/30 trials · best 0.6270 (t27) · 1:40 elapsed · about 2:30 left"
+    rows = [line.split() for line in lines if re.match(r"t\d\d ", line)]
+    assert sum(row[1] == "running" for row in rows) == 6 and sum(row[1] == "finished" for row in rows) == 6
+    assert [row[1] for row in rows].count("failed") == 0, "failed trials give way to running and finished ones"
+    assert re.match(r"and \d+ more trials: .*6 failed", lines[-2]), lines[-2]
+    assert rows[0][-3:] == ["aepg", "3.4e-4", "8"], "values compact: 3 significant digits"
 
 
 def test_a_sweep_in_which_no_trial_finishes_fails_and_says_why(ray_address, workdir):

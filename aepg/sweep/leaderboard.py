@@ -10,6 +10,7 @@ import io
 import json
 import re
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 
 import yaml
@@ -26,6 +27,7 @@ from aepg.sweep.schema import (
     STATUS_TAG,
 )
 from aepg.sweep.spec import Param
+from aepg.sweep.state import compact, short_name
 from aepg.sweep.table import markdown_grid
 
 
@@ -217,15 +219,76 @@ def _cell(value) -> str:
 
 
 def format_table(rows: list[dict[str, object]]) -> str:
+    """Every column of the leaderboard as text (``leaderboard.txt``), numbers right-aligned."""
     if not rows:
         return "(no trials)"
     columns = _columns(rows)
-    text = [[_cell(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in text)
-    return "\n".join(lines)
+    numeric = {i for i, c in enumerate(columns)
+               if all(isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool)
+                      for row in rows if row.get(c) not in (None, ""))}
+    return "\n".join(aligned(columns, [[_cell(row.get(c, "")) for c in columns] for row in rows], numeric))
+
+
+def trial_id(name: str) -> str:
+    """A trial's short id, the first part of its run name (``t03`` of ``t03-aepg-lr3e-4``)."""
+    return name.split("-", 1)[0]
+
+
+def aligned(header: list[str], rows: list[list[str]], numeric: set[int]) -> list[str]:
+    """Rows of text cells in columns two spaces apart, numbers right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+
+
+def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width: int) -> str:
+    """The leaderboard for a terminal ``width`` columns wide: each trial by its short id, values to
+    4 decimals and right-aligned (a stopped trial's partial value in parentheses), the searched
+    keys by short names, explained below; key columns that do not fit are left to leaderboard.md."""
+    if not entries:
+        return "(no trials)"
+    spread = any(e.spread is not None for e in entries)
+    seeds = any(len(e.seeds) > 1 for e in entries)
+    noise = any(e.within_noise for e in entries)
+    stage = any(e.stage == "confirm" for e in entries)
+    nodes = len({node for e in entries for node in e.nodes}) > 1
+    header = ["#", "trial", "status", "final ± std" if spread else "final", *(["seeds"] if seeds else []),
+              *(["noise"] if noise else []), *(["stage"] if stage else []), *(["nodes"] if nodes else [])]
+    numeric = {0, 3, *([4] if seeds else [])}
+    fixed, rows = len(header), []
+    for i, e in enumerate(entries, 1):
+        if e.value is None:
+            value = ""
+        elif e.status == "finished":
+            value = f"{e.value:.4f}" + (f" ± {e.spread:.4f}" if e.spread is not None else "")
+        else:
+            value = f"({e.value:.4f})"
+        rows.append([str(i), trial_id(e.name), e.status.replace("stopped early", "stopped"), value,
+                     *([str(len(e.seeds))] if seeds else []), *([e.within_noise] if noise else []),
+                     *([e.stage] if stage else []), *([">".join(e.nodes)] if nodes else [])])
+    shown = []
+    for key in keys:  # as many key columns as the width takes
+        cells = [compact(e.params.get(key, "")) for e in entries]
+        trial = aligned(header + [short_name(k) for k in shown + [key]],
+                        [row + [compact(e.params.get(k, "")) for k in shown] + [cell]
+                         for row, e, cell in zip(rows, entries, cells)], numeric)
+        if max(len(line) for line in trial) > width:
+            break
+        shown.append(key)
+    lines = aligned(header + [short_name(k) for k in shown],
+                    [row + [compact(e.params.get(k, "")) for k in shown] for row, e in zip(rows, entries)],
+                    numeric | {fixed + j for j, k in enumerate(shown)
+                               if all(isinstance(e.params.get(k), (int, float)) and not isinstance(e.params.get(k), bool)
+                                      for e in entries if e.params.get(k) not in (None, ""))})
+    legend = [f"final: final/{metric}" + ("; (x): the value a stopped trial had, partial" if any(
+        e.status != "finished" and e.value is not None for e in entries) else "")]
+    legend += [f"{short_name(k)}: {k}" for k in shown if short_name(k) != k]
+    if len(shown) < len(keys):
+        legend.append(f"{len(keys) - len(shown)} more searched keys, and the full trial names: leaderboard.md")
+    return "\n".join(lines + [textwrap.fill("; ".join(legend), width)])
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:

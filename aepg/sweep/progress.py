@@ -22,6 +22,8 @@ from pathlib import Path
 from ray import tune
 
 from aepg.metrics import final_name
+from aepg.sweep.leaderboard import trial_id
+from aepg.sweep.state import compact, short_name
 
 NODE_RESULT = "node"
 """In every result a trial reports: the name of the node it runs on."""
@@ -177,16 +179,20 @@ class SweepProgress(tune.Callback):
 
     def _end(self, trials, trial, how: str) -> None:
         ended = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
-        elapsed = time.time() - self.started
-        left = elapsed / ended * (self.total - ended)
-        best = f"best {final_name(self.metric)} {self.best[0]:.4f} ({self.best[1]})" if self.best else "none finished yet"
         self._say(f"  ended     {self._name(trial)}: {how}")
-        self._standing(f"[{ended}/{self.total} trials, {best}, {_clock(elapsed)} elapsed"
-                       + (f", about {_clock(left)} left]" if ended < self.total else "]"))
+        self._standing(ended, time.time() - self.started)
 
-    def _standing(self, line: str) -> None:
+    def standing(self, ended: int, elapsed: float) -> str:
+        """Where the sweep stands: trials ended, the best finished value, time spent and left."""
+        best = (f"best {final_name(self.metric)} {self.best[0]:.4f} ({trial_id(self.best[1])})" if self.best
+                else "none finished yet")
+        left = elapsed / ended * (self.total - ended) if ended else 0
+        return (f"[{ended}/{self.total} trials, {best}, {_clock(elapsed)} elapsed"
+                + (f", about {_clock(left)} left]" if ended < self.total else "]"))
+
+    def _standing(self, ended: int, elapsed: float) -> None:
         """Where the sweep stands, as a trial ends."""
-        self._say(line)
+        self._say(self.standing(ended, elapsed))
 
 
 _LIVE: list = []
@@ -202,26 +208,32 @@ def stop_live() -> None:
 
 class LiveSweepTable(SweepProgress):
     """The terminal's view: the same events, kept as one row per trial in a table that redraws in
-    place (rich, which Ray already depends on)."""
+    place (rich, which Ray already depends on). It fits the terminal: short headers (a legend
+    above the table names what they stand for), values to 4 decimals, rows cut to the height (the
+    running trials and the best finished ones kept, the rest counted), cells cut to the width."""
+
+    STATUS_ORDER = {"running": 0, "pending": 1, "finished": 2, "stopped": 3, "failed": 4}
 
     def __init__(self, *args, keys: list[str], **kwargs):
         super().__init__(*args, **kwargs)
         self.keys, self.rows, self.status_line, self.live = keys, {}, "", None
+        self.ended, self.elapsed = 0, 0.0
 
     def setup(self, **info):
         from rich.console import Console
         from rich.live import Live
 
         super().setup(**info)
-        self.live = Live(self._render(), console=Console(), refresh_per_second=4, transient=True)
+        self.live = Live(self._render(), console=Console(), refresh_per_second=4, transient=True,
+                         vertical_overflow="crop")
         self.live.start()
         _LIVE.append(self.live)
 
     def _say(self, text: str) -> None:  # events are the table's rows
         self._refresh()
 
-    def _standing(self, line: str) -> None:
-        self.status_line = line
+    def _standing(self, ended: int, elapsed: float) -> None:
+        self.status_line, self.ended, self.elapsed = self.standing(ended, elapsed), ended, elapsed
         self._refresh()
 
     def notice(self, line: str) -> None:  # printed above the table, where it stays
@@ -232,7 +244,7 @@ class LiveSweepTable(SweepProgress):
 
     def _row(self, trial) -> dict:
         params = trial.config.get("params", trial.config) if isinstance(trial.config, dict) else {}
-        return self.rows.setdefault(trial.trial_id, {"status": "pending", "progress": "", "running": "", "final": "",
+        return self.rows.setdefault(trial.trial_id, {"status": "pending", "done": "", "now": "", "final": None,
                                                      **{key: params.get(key, "") for key in self.keys}})
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -242,8 +254,8 @@ class LiveSweepTable(SweepProgress):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         budget_key, full = self.budget
         row, value = self._row(trial), result.get(self.value_key)
-        row["progress"] = f"{int(result.get(budget_key, 0))}/{full} {self.unit}s"
-        row["running"] = f"{value:.4f}" if isinstance(value, float) else ""
+        row["done"] = f"{int(result.get(budget_key, 0))}/{full}"
+        row["now"] = f"{value:.4f}" if isinstance(value, float) else ""
         self._node(trial, result)
         super().on_trial_result(iteration, trials, trial, result, **info)
 
@@ -251,8 +263,8 @@ class LiveSweepTable(SweepProgress):
         result, row = trial.last_result or {}, self._row(trial)
         finished = int(result.get(self.budget[0], 0)) >= self.budget[1]
         value = result.get(final_name(self.metric))
-        row["status"] = "finished" if finished else "stopped early"
-        row["final"] = f"{value:.4f}" if finished and isinstance(value, float) else ""
+        row["status"] = "finished" if finished else "stopped"
+        row["final"] = value if finished and isinstance(value, float) else None
         super().on_trial_complete(iteration, trials, trial, **info)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -269,17 +281,65 @@ class LiveSweepTable(SweepProgress):
         if self.live is not None:
             self.live.update(self._render())
 
+    def compact_standing(self) -> str:
+        """The status line in a few words (the legend above names the metric)."""
+        line = f"{self.ended}/{self.total} trials"
+        if self.best:
+            line += f" · best {self.best[0]:.4f} ({trial_id(self.best[1])})"
+        if self.ended:
+            left = self.elapsed / self.ended * (self.total - self.ended)
+            line += f" · {_clock(self.elapsed)} elapsed" + (f" · about {_clock(left)} left" if self.ended < self.total else "")
+        return line
+
+    def shown_rows(self, room: int) -> tuple[list[str], list[str]]:
+        """The trial ids that fit in ``room`` rows, in trial order, and those left out: the running
+        trials first, then the best finished, the pending, those stopped and those failed."""
+        ids = list(self.rows)
+        if len(ids) <= room:
+            return ids, []
+        sign = 1 if self.mode == "min" else -1
+
+        def priority(trial: str):
+            row = self.rows[trial]
+            return (self.STATUS_ORDER.get(row["status"], 5), sign * row["final"] if row["final"] is not None else 0)
+
+        kept = set(sorted(ids, key=priority)[:room])
+        return [i for i in ids if i in kept], [i for i in ids if i not in kept]
+
     def _render(self):
         from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(box=None, header_style="bold", pad_edge=False)
+        width, height = self.live.console.size if self.live is not None else (80, 24)
         several = len(set(self.nodes.values())) > 1
-        for column in ["trial", "status", "progress", *(["node"] if several else []), self.value_key,
-                       final_name(self.metric), *self.keys]:
-            table.add_column(column, overflow="fold")
-        for trial_id, row in self.rows.items():
-            node = [self.nodes.get(trial_id, "")] if several else []
-            values = [row["status"], row["progress"], *node, row["running"], row["final"], *(str(row[k]) for k in self.keys)]
-            table.add_row(self.names.get(trial_id, trial_id), *values)
-        return Group(table, self.status_line or f"[0/{self.total} trials]")
+        legend = [f"now: {self.value_key}", f"final: {final_name(self.metric)} ({self.mode})",
+                  *(f"{short_name(k)}: {k}" for k in self.keys if short_name(k) != k)]
+        title = Text(" · ".join(legend), style="dim")
+        title_lines = len(title.wrap(self.live.console, width)) if self.live is not None else 1
+        status = self.compact_standing()
+        room = max(1, height - title_lines - 4)  # the header, a line for the rows left out, the status line, the cursor
+        shown, hidden = self.shown_rows(room)
+        table = Table(box=None, header_style="bold", pad_edge=False, collapse_padding=True)
+        numeric = {k for k in self.keys if all(isinstance(row[k], (int, float)) and not isinstance(row[k], bool)
+                                               for row in self.rows.values() if row[k] != "")}
+        columns = [("trial", "left"), ("status", "left"), ("done", "right"), *([("node", "left")] if several else []),
+                   ("now", "right"), ("final", "right"),
+                   *((short_name(k), "right" if k in numeric else "left") for k in self.keys)]
+        for name, justify in columns:
+            table.add_column(name, no_wrap=True, overflow="ellipsis", justify=justify)
+        for trial in shown:
+            row = self.rows[trial]
+            node = [self.nodes.get(trial, "")] if several else []
+            final = f"{row['final']:.4f}" if row["final"] is not None else ""
+            table.add_row(trial_id(self.names.get(trial, trial)), row["status"], row["done"], *node, row["now"], final,
+                          *(compact(row[k]) for k in self.keys))
+        parts = [title, table]
+        if hidden:
+            counts = {}
+            for trial in hidden:
+                counts[self.rows[trial]["status"]] = counts.get(self.rows[trial]["status"], 0) + 1
+            parts.append(Text(f"and {len(hidden)} more trials: "
+                              + ", ".join(f"{n} {status}" for status, n in counts.items()), style="dim"))
+        parts.append(Text(status, no_wrap=True, overflow="ellipsis"))
+        return Group(*parts)

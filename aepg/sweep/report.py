@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -27,6 +27,7 @@ from aepg.sweep.leaderboard import (
     format_table,
     mark_within_noise,
     markdown_table,
+    narrow_table,
     rank,
     seed_ladder_entry,
     status_of,
@@ -127,10 +128,15 @@ class SweepReport:
     entries: list[TrialResult]
     experiment_id: str = ""
     noise: Noise | None = None
+    space_keys: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return format_table(self.rows)
+
+    def narrow_text(self, width: int) -> str:
+        """The leaderboard for a terminal ``width`` columns wide (``leaderboard.txt`` has every column)."""
+        return narrow_table(self.entries, self.metric, self.space_keys, width)
 
     def run_link(self, run_id: str) -> str:
         return f"#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
@@ -198,7 +204,7 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     best = (finished or searched_finished or [None])[0]
     best_yaml = best_config(tracker, best, f"{parent.name}-best", sweep.storage_path) if best else None
     return SweepReport(parent.name, sweep.metric, table(ranked, sweep.metric, list(space)), best, best_yaml, figs,
-                       ranked, parent.experiment_id, found)
+                       ranked, parent.experiment_id, found, list(space))
 
 
 def sweep_label(parent: tracking.RunRecord) -> str:

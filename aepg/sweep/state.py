@@ -47,24 +47,33 @@ def read_state(path: str) -> dict:
 
 
 SHORT_NAMES = {"train.lr": "lr", "model.peft.rank": "r", "schedule.tau": "tau", "seed": "s", "train.epochs": "ep",
-               "train.batch_size": "b", "train.weight_decay": "wd", "model.peft.length": "len", "model.peft.lae": "lae"}
+               "train.batch_size": "b", "train.weight_decay": "wd", "model.peft.length": "len", "model.peft.lae": "lae",
+               "objective.kind": "objective", "model.peft.kind": "method", "schedule.kind": "schedule"}
 
 
-def _number(value: float) -> str:
-    if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4):
-        mantissa, exponent = f"{value:.1e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-    return f"{value:.3g}"
+def short_name(key: str) -> str:
+    """A searched key as names and narrow tables show it: ``train.lr`` as ``lr``, else its last part."""
+    return SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
+
+
+def compact(value) -> str:
+    """A value in a few characters: 3 significant digits, exponents for the very small and large."""
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4):
+            mantissa, exponent = f"{value:.1e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{value:.3g}"
+    return str(value)
 
 
 def _short(key: str, value) -> str:
     """A searched value as a run name shows it: words as they are, numbers after a short key name."""
-    name = SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
+    name = short_name(key)
     if isinstance(value, bool):
         return name if value else f"no{name}"
     if isinstance(value, str):
         return value
-    return name + (_number(value) if isinstance(value, float) else str(value))
+    return name + compact(value)
 
 
 def trial_run_name(index: int, params: dict[str, Any]) -> str:
