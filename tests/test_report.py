@@ -66,6 +66,10 @@ def test_the_importance_plot_has_one_title_that_states_n_and_warns_when_trials_a
         title = axes.get_title()
         assert f"over {n} finished trials" in title
         assert ("a rough guide" in title) == (n < FEW_FOR_IMPORTANCE)
+        figure = axes.figure  # drawn as MLflow saves it: no line of the title past the figure's edges
+        figure.canvas.draw()
+        box, edges = axes.title.get_window_extent(), figure.bbox
+        assert edges.x0 <= box.x0 and box.x1 <= edges.x1 and box.y1 <= edges.y1, (box, edges)
 
 
 def test_the_importance_of_an_ordered_choice_is_computed_on_its_index():

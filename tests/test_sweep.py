@@ -146,9 +146,10 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     assert parent.data.tags["best_run_id"] == best_child.info.run_id
     assert best_child.info.run_id in parent.data.tags["mlflow.note.content"]
     assert parent.data.tags["sweep.trials_stopped_early"] == str(len(stopped))
-    # Every child says how it ended and where it ranks; sorting by sweep/rank is the leaderboard's order.
-    by_rank = sorted(children, key=lambda c: c.data.metrics["sweep/rank"])
-    assert [c.data.metrics["sweep/rank"] for c in by_rank] == list(range(1, 9)) and by_rank[0] == best_child
+    # Every child says how it ended and where it stands; sorting by sweep/standing (descending, the
+    # best's bar the longest) is the leaderboard's order.
+    by_rank = sorted(children, key=lambda c: -c.data.metrics["sweep/standing"])
+    assert [c.data.metrics["sweep/standing"] for c in by_rank] == list(range(8, 0, -1)) and by_rank[0] == best_child
     assert [status[c.info.run_id] for c in by_rank[:len(finished)]] == ["finished"] * len(finished)
     for rank, child in enumerate(by_rank, 1):
         note = child.data.tags["mlflow.note.content"]

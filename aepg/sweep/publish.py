@@ -1,5 +1,5 @@
 """A sweep's report published to MLflow: its files, plots, counts and description on the parent run,
-and on every child run its rank (``sweep/rank``), a one-line description and a colour by objective."""
+and on every child run its standing (``sweep/standing``), a one-line description and a colour by objective."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from aepg.sweep.table import PaperTable
 from aepg.tracking import Tracker
 
 
-RANK_KEY = "sweep/rank"
-"""A child's place on its sweep's leaderboard (1 is best): sorting by it is the leaderboard's order."""
+STANDING_KEY = "sweep/standing"
+"""A child's standing on its sweep's leaderboard: N for the best of N, 1 for the last, so that
+MLflow's bar charts give the best trial the longest bar and sorting by it (descending) is the
+leaderboard's order."""
 FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")
 
 
@@ -36,7 +38,7 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
         for run_id in entry.run_ids:
             tracker.set_tags(run_id, {tracking.NOTE_TAG: child_note(entry, i, len(report.entries), report.metric),
                                       tracking.COLOR_TAG: colours[run_id]})
-            tracker.log_metrics(run_id, {RANK_KEY: i})
+            tracker.log_metrics(run_id, {STANDING_KEY: len(report.entries) + 1 - i})
 
 
 def child_note(entry: TrialResult, rank: int, of: int, metric: str) -> str:

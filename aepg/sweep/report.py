@@ -108,8 +108,9 @@ def figures(name: str, entries: list[TrialResult], space: dict[str, Param], mode
             axes.set_title("", loc="left")  # Optuna's own title, which would sit under ours
             caveat = (f"\nonly {len(finished)} finished trials: a rough guide, and a key near 0 may still matter"
                       if len(finished) < FEW_FOR_IMPORTANCE else "")
-            axes.set_title(f"sweep {name}: importance of each searched key for final/{metric}, over "
-                           f"{len(finished)} finished trials{caveat}", fontsize=10)
+            # One short line each, so that none is cut at the figure's edge (MLflow saves it as drawn).
+            axes.set_title(f"sweep {name}\nimportance of each searched key for final/{metric},\n"
+                           f"over {len(finished)} finished trials{caveat}", fontsize=10)
             figure.tight_layout()
             drawn["param_importances.png"] = figure
         except Exception:  # too few finished trials, or no key that varies
