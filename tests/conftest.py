@@ -1,4 +1,6 @@
 import fcntl
+import gzip
+import json
 import os
 import pty
 import signal
@@ -10,7 +12,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -159,3 +163,80 @@ def seeded():
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# -- helpers several test modules share ---------------------------------------------------------
+
+DIGITS = str(CONFIGS / "digits.yaml")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """The IDX format: 0x0000 magic, type 0x08 (ubyte), ndim, big-endian sizes, then the bytes."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion(folder: Path, gz: bool, per_class=(6, 2)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, n in zip(("train", "t10k"), per_class):
+        labels = np.repeat(np.arange(10), n)
+        images = rng.integers(0, 256, (len(labels), 28, 28))
+        arrays[prefix] = images
+        for name, data in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            write_idx(folder / (name + (".gz" if gz else "")), data)
+    return arrays
+
+
+TINY_BASE = {"train": {"epochs": 1, "batch_size": 16},
+             "benchmark": {"num_tasks": 3, "max_train_per_class": 20, "max_test_per_class": 10}}
+
+
+def write_sweep(folder, **changes) -> str:
+    spec = {
+        "name": "tiny",
+        "base_config": str(CONFIGS / "digits.yaml"),
+        "base_overrides": TINY_BASE,
+        "space": {
+            "objective.kind": {"choice": ["ce", "aepg"]},
+            "schedule.tau": {"uniform": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
+            "train.lr": {"loguniform": [1.0e-4, 1.0e-3]},
+        },
+        "search": {"algorithm": "tpe", "seed": 3, "num_trials": 6, "max_concurrent": 2},
+        "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+        "trial": {"cpus": 1, "max_failures": 1},
+    }
+    spec.update(changes)
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+def interrupt_after_task(workdir, task: int, overrides: list[str], num_tasks: int, env: dict | None = None,
+                         stop: signal.Signals = signal.SIGINT) -> str:
+    """Start `aepg train`, send ``stop`` once task `task` has checkpointed, check that it exits with
+    128 + the signal and prints the command that resumes it; return the run id."""
+    process = start_aepg(["train", DIGITS, *overrides], workdir, env)
+    try:
+        pattern = f"aepg_runs/*/checkpoints/ckpt-{task:04d}-0000.pt"
+        checkpoint = wait_until(lambda: sorted(workdir.glob(pattern)), pattern, process)[0]
+        process.send_signal(stop)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    run_id = checkpoint.parent.parent.name
+    assert process.returncode == 128 + stop, output[-3000:]
+    assert f"continue it with: aepg train {DIGITS} {' '.join(overrides)} --resume {run_id}" in output, output[-3000:]
+    assert f"ckpt-{num_tasks:04d}-0000.pt" not in {p.name for p in checkpoint.parent.iterdir()}, "not interrupted"
+    return run_id
+
+
+def final_matrix(workdir, run_id):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    path = client.download_artifacts(run_id, "accuracy_matrix.json", str(workdir / run_id))
+    return client.get_run(run_id), json.load(open(path))["R"]

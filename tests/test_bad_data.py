@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, run_aepg, run_aepg_read_only
+from conftest import CONFIGS, fake_fashion, run_aepg, run_aepg_read_only, write_idx
 from PIL import Image
-from test_benchmarks import fake_fashion
 
 from aepg import preflight
 from aepg.benchmarks import DataError, imagenet_r_split_file
@@ -290,8 +289,6 @@ def test_fashion_mnist_faults_name_the_file_and_touch_nothing(tmp_path, monkeypa
 def test_the_dry_run_reads_fashion_mnist_as_the_run_will(tmp_path):
     """The plan comes from what the files hold, and a cut-short gzip or a class with no images is one
     line naming the file, before anything is written."""
-    from test_benchmarks import write_idx
-
     fake_fashion(tmp_path, gz=True)
     dry = ["train", str(CONFIGS / "fashion_mnist.yaml"), f"benchmark.root={tmp_path}", "benchmark.num_tasks=2",
            "benchmark.max_train_per_class=null", "--dry-run"]

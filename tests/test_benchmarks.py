@@ -1,14 +1,12 @@
 """Benchmarks on real data: sklearn's digits and Fashion-MNIST IDX files in the real format."""
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import model_inputs
+from conftest import fake_fashion, model_inputs
 
 from aepg import benchmarks
 from aepg.benchmarks import DatasetNotFound
@@ -59,27 +57,6 @@ def test_uneven_split_and_subsampling():
     assert [len(t.classes) for t in bench.tasks] == [4, 3, 3]
     assert [len(t.train) for t in bench.tasks] == [40, 30, 30]
     assert [len(t.test) for t in bench.tasks] == [16, 12, 12]
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """The IDX format: 0x0000 magic, type 0x08 (ubyte), ndim, big-endian sizes, then the bytes."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def fake_fashion(folder: Path, gz: bool, per_class=(6, 2)) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for prefix, n in zip(("train", "t10k"), per_class):
-        labels = np.repeat(np.arange(10), n)
-        images = rng.integers(0, 256, (len(labels), 28, 28))
-        arrays[prefix] = images
-        for name, data in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
-            write_idx(folder / (name + (".gz" if gz else "")), data)
-    return arrays
 
 
 @pytest.mark.parametrize("layout", ["gz-in-root", "plain-in-torchvision-raw", "gz-in-torchvision-raw"])

@@ -1,11 +1,10 @@
 """Checkpoints: atomic files, digest-checked on load, fallback to the previous one; exact resume."""
 
-import json
 import signal
 
 import pytest
 import torch
-from conftest import CONFIGS, run_aepg, start_aepg, wait_until
+from conftest import DIGITS, final_matrix, interrupt_after_task, run_aepg
 from mlflow import MlflowClient
 
 from aepg.checkpoints import CheckpointStore
@@ -13,8 +12,6 @@ from aepg.cli import main
 from aepg.config import load_config
 from aepg.launch import run
 from aepg.trainer import Snapshot, TrainState
-
-DIGITS = str(CONFIGS / "digits.yaml")
 
 
 def snapshot(task: int, epoch: int) -> Snapshot:
@@ -55,31 +52,6 @@ def test_no_checkpoint(tmp_path):
 
 
 SHORT = ["benchmark.num_tasks=3", "train.epochs=1", "checkpoint.every_epochs=1", "benchmark.max_train_per_class=40"]
-
-
-def interrupt_after_task(workdir, task: int, overrides: list[str], num_tasks: int, env: dict | None = None,
-                         stop: signal.Signals = signal.SIGINT) -> str:
-    """Start `aepg train`, send ``stop`` once task `task` has checkpointed, check that it exits with
-    128 + the signal and prints the command that resumes it; return the run id."""
-    process = start_aepg(["train", DIGITS, *overrides], workdir, env)
-    try:
-        pattern = f"aepg_runs/*/checkpoints/ckpt-{task:04d}-0000.pt"
-        checkpoint = wait_until(lambda: sorted(workdir.glob(pattern)), pattern, process)[0]
-        process.send_signal(stop)
-        output, _ = process.communicate(timeout=300)
-    finally:
-        process.kill()
-    run_id = checkpoint.parent.parent.name
-    assert process.returncode == 128 + stop, output[-3000:]
-    assert f"continue it with: aepg train {DIGITS} {' '.join(overrides)} --resume {run_id}" in output, output[-3000:]
-    assert f"ckpt-{num_tasks:04d}-0000.pt" not in {p.name for p in checkpoint.parent.iterdir()}, "not interrupted"
-    return run_id
-
-
-def final_matrix(workdir, run_id):
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    path = client.download_artifacts(run_id, "accuracy_matrix.json", str(workdir / run_id))
-    return client.get_run(run_id), json.load(open(path))["R"]
 
 
 def test_terminated_run_resumes_exactly(workdir):

@@ -20,13 +20,11 @@ from mlflow import MlflowClient
 
 from aepg.cluster import free_port
 
-from conftest import AEPG, REPO, run_aepg, start_aepg, wait_until
+from conftest import AEPG, DIGITS, REPO, TINY_BASE, run_aepg, start_aepg, wait_until, write_sweep
 from conftest import mlflow_server as mlflow_server_on
-from test_sweep import TINY_BASE, write_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-DIGITS = str(REPO / "configs" / "digits.yaml")
 RAYJOB = REPO / "ray_configs" / "kuberay" / "rayjob.yaml"
 SMALL_QUICKSTART = ["search.num_trials=2", "search.max_concurrent=2", "base_overrides.benchmark.num_tasks=2",
                     "base_overrides.train.epochs=1", "base_overrides.benchmark.max_train_per_class=40",

@@ -14,8 +14,7 @@ from aepg.distributed import Context
 from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer
 
-from conftest import run_aepg
-from test_checkpoints import DIGITS, final_matrix, interrupt_after_task
+from conftest import DIGITS, final_matrix, interrupt_after_task, run_aepg
 
 pytestmark = pytest.mark.ray
 

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, run_aepg
+from conftest import CONFIGS, DIGITS, run_aepg
 from mlflow import MlflowClient
 
 from aepg.config import load_config, method_config
@@ -20,7 +20,6 @@ from aepg.models.peft.attach import attach_peft
 from aepg.models.peft.base import TrainingBatch
 from aepg.tracking import default_run_name
 
-DIGITS = str(CONFIGS / "digits.yaml")
 DIM = 16
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONFIGS, REPO, mlflow_server, run_aepg, run_in_terminal, start_aepg, wait_until
+from conftest import REPO, TINY_BASE, mlflow_server, run_aepg, run_in_terminal, start_aepg, wait_until, write_sweep
 from mlflow import MlflowClient
 from ray.tune.search.optuna import OptunaSearch
 
@@ -23,30 +23,6 @@ from aepg.sweep.search import SweepOptunaSearch
 from aepg.sweep.checks import load_sweep
 
 pytestmark = pytest.mark.ray
-
-TINY_BASE = {"train": {"epochs": 1, "batch_size": 16},
-             "benchmark": {"num_tasks": 3, "max_train_per_class": 20, "max_test_per_class": 10}}
-
-
-def write_sweep(folder, **changes) -> str:
-    spec = {
-        "name": "tiny",
-        "base_config": str(CONFIGS / "digits.yaml"),
-        "base_overrides": TINY_BASE,
-        "space": {
-            "objective.kind": {"choice": ["ce", "aepg"]},
-            "schedule.tau": {"uniform": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
-            "train.lr": {"loguniform": [1.0e-4, 1.0e-3]},
-        },
-        "search": {"algorithm": "tpe", "seed": 3, "num_trials": 6, "max_concurrent": 2},
-        "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
-        "trial": {"cpus": 1, "max_failures": 1},
-    }
-    spec.update(changes)
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return str(path)
-
 
 @pytest.fixture(scope="module")
 def ray_address():

@@ -16,9 +16,8 @@ from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer, NonFiniteLoss, TrainState
 from aepg.tracking import Tracker
 
-from conftest import CONFIGS, TINY_VIT, run_aepg, run_in_terminal
+from conftest import DIGITS, TINY_VIT, run_aepg, run_in_terminal
 
-DIGITS = str(CONFIGS / "digits.yaml")
 SMALL = ["benchmark.num_tasks=2", "benchmark.max_train_per_class=20", "benchmark.max_test_per_class=10",
          "train.epochs=2", "train.batch_size=8"]
 
