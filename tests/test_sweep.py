@@ -279,19 +279,22 @@ def test_the_terminal_shows_one_line_per_event_and_ends_with_the_results(ray_add
     assert lines[-1].startswith("see it with: mlflow ui") and "leaderboard, ranked on final/avg_incremental_accuracy:" in out
 
 
-def test_on_a_terminal_the_trials_are_one_table_redrawn_in_place_and_the_results_stay(ray_address, workdir):
-    """Under an 80 x 24 pseudo-terminal: a live table of the trials (status, progress, values,
-    searched keys by short names, explained above it) and the progress line, every line within 80
-    columns, cleared at the end; the progress line, the leaderboard (80 columns too) and the links
-    are what stays, with no library log line after them."""
+@pytest.mark.parametrize("columns, rows", [(80, 24), (200, 50)])
+def test_on_a_terminal_the_trials_are_one_table_redrawn_in_place_and_the_results_stay(ray_address, workdir, columns,
+                                                                                       rows):
+    """Under a pseudo-terminal: a live table of the trials (status, progress, values, searched keys
+    by short names, explained above it) and the progress line, every line within the terminal's
+    width, cleared at the end; the progress line, the leaderboard (within the width too) and the
+    links are what stays, with no library log line after them."""
     path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
                        search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
-    status, text = run_in_terminal(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address}, columns=80, rows=24)
+    status, text = run_in_terminal(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address}, columns=columns,
+                                   rows=rows)
     assert status == 0, text[-3000:]
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     screen = [line for line in plain.replace("\r", "\n").splitlines()]
     paths = ("best config: ", "sweep outputs: ", "see it with: ")  # a path or link is as long as it is
-    wide = [line for line in screen if len(line) > 80 and not any(path in line for path in paths)]
+    wide = [line for line in screen if len(line) > columns and not any(path in line for path in paths)]
     assert not wide, wide
     legend = " ".join(plain.split())  # the legend above the table wraps at 80 columns
     assert "now: eval/avg_incremental_accuracy · final: final/avg_incremental_accuracy (max) · lr: train.lr" in legend
