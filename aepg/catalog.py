@@ -1,12 +1,12 @@
-"""The catalogues of aepg's extension points: objectives, training methods, method parts, data sets,
-search algorithms and early-stopping schedulers.
+"""The catalogues of aepg's extension points: objectives, a_t schedules, training methods, method
+parts, data sets, search algorithms and early-stopping schedulers.
 
 An entry is a name, its own typed config (a pydantic model whose ``kind`` field holds the name:
 its keys, defaults, ranges and docstrings live with the entry), a lazy reference to what builds
 it (``"module:attribute"``, imported only when a run builds it), a display name for tables and
 its traits (``annealed``, ``vit_only``, ...). Built-in entries register with the catalogue's
 decorator in torch-free modules; an installed package adds entries through an entry-point group
-(``aepg.objectives``, ``aepg.methods``, ``aepg.parts``, ``aepg.datasets``, ``aepg.searchers``, ``aepg.schedulers``), whose modules are imported the first
+(``aepg.objectives``, ``aepg.schedules``, ``aepg.methods``, ``aepg.parts``, ``aepg.datasets``, ``aepg.searchers``, ``aepg.schedulers``), whose modules are imported the first
 time a name is not among the built-ins. Nothing here imports torch, so the CLI validates fast.
 """
 
@@ -185,8 +185,9 @@ OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",), "obje
 METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",), "model.peft.kind")
 DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",), "benchmark.dataset", key="dataset")
 PARTS = Catalog("method part", "aepg.parts", ("aepg.models.parts",), "model.peft.parts")
+SCHEDULES = Catalog("a_t schedule", "aepg.schedules", ("aepg.schedules",), "schedule.kind")
 SEARCHERS = Catalog("search algorithm", "aepg.searchers", ("aepg.sweep.searchers",), "search.algorithm", key="algorithm")
 SCHEDULERS = Catalog("scheduler", "aepg.schedulers", ("aepg.sweep.schedulers",), "scheduler.kind")
-CATALOGS = {"objectives": OBJECTIVES, "methods": METHODS, "parts": PARTS, "datasets": DATASETS,
-            "searchers": SEARCHERS, "schedulers": SCHEDULERS}
+CATALOGS = {"objectives": OBJECTIVES, "schedules": SCHEDULES, "methods": METHODS, "parts": PARTS,
+            "datasets": DATASETS, "searchers": SEARCHERS, "schedulers": SCHEDULERS}
 """Every catalogue by the name ``aepg list`` takes."""

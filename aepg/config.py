@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationEr
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from aepg.catalog import DATASETS, METHODS, OBJECTIVES, PARTS, Catalog
+from aepg.catalog import DATASETS, METHODS, OBJECTIVES, PARTS, SCHEDULES, Catalog
 
 
 class ConfigError(ValueError):
@@ -38,7 +38,7 @@ class Section(BaseModel):
 
 
 UNKNOWN_KIND = "unknown_kind"
-DEFAULT_METHOD, DEFAULT_OBJECTIVE = "lora", "aepg"
+DEFAULT_METHOD, DEFAULT_OBJECTIVE, DEFAULT_SCHEDULE = "lora", "aepg", "sigmoid"
 
 
 def by_kind(catalog: Catalog, value: Any, default: str) -> Any:
@@ -234,9 +234,6 @@ class ModelConfig(Section):
         return by_kind(METHODS, value, DEFAULT_METHOD)
 
 
-SCHEDULE_KEYS = {"sigmoid": ("tau",), "constant": ("a",)}
-
-
 class ObjectiveConfig(Section):
     """What every objective's config holds; ``kind`` picks the entry of ``aepg.catalog.OBJECTIVES``
     (``aepg.objectives``: ce, epg, aepg, label_smoothing, focal, confidence_penalty, entropy_penalty),
@@ -252,15 +249,24 @@ class ObjectiveConfig(Section):
 
 
 class ScheduleConfig(Section):
-    kind: Literal["sigmoid", "linear", "cosine", "constant"] = "sigmoid"
-    tau: float = Field(6.0, gt=0)
-    a: float = Field(0.5, ge=0, le=1)
-    """The fixed weight of a ``constant`` schedule."""
+    """What every a_t schedule's config holds; ``kind`` picks the entry of ``aepg.catalog.SCHEDULES``
+    (``aepg.schedules``: sigmoid, linear, cosine, constant), whose config adds its own keys and
+    says how a_t follows progress."""
+
+    kind: str = DEFAULT_SCHEDULE
     scope: Literal["task", "run"] = "task"
     """Count t and T inside each task (the paper) or over the whole run."""
     span: Literal["task", "trained"] = "task"
     """With ``scope: task``: t and T count every step of the task (the paper), or only the steps
     after ``train.head_only_epochs`` in tasks after the first (the head-only epochs train at a_0)."""
+
+    def a_t(self, progress) -> float:
+        """The cross-entropy weight at ``progress`` (``aepg.schedules.Progress``), in [0, 1]."""
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """The entry's own keys and values (scope and span aside)."""
+        return {key: getattr(self, key) for key in type(self).model_fields if key not in ScheduleConfig.model_fields}
 
 
 FLOAT32_MAX = 3.4e38
@@ -372,7 +378,7 @@ class RunConfig(Section):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: SerializeAsAny[ObjectiveConfig] = Field(default_factory=lambda: OBJECTIVES.get(DEFAULT_OBJECTIVE).config())
-    schedule: ScheduleConfig = ScheduleConfig()
+    schedule: SerializeAsAny[ScheduleConfig] = Field(default_factory=lambda: SCHEDULES.get(DEFAULT_SCHEDULE).config())
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     scaling: ScalingConfig = ScalingConfig()
@@ -383,6 +389,11 @@ class RunConfig(Section):
     def _objective(cls, value):
         return by_kind(OBJECTIVES, value, DEFAULT_OBJECTIVE)
 
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value):
+        return by_kind(SCHEDULES, value, DEFAULT_SCHEDULE)
+
     def trains(self) -> bool:
         """Whether any task trains: when none does (RanPAC on the frozen features), the objective,
         its schedule and the optimiser are never used."""
@@ -390,13 +401,19 @@ class RunConfig(Section):
 
 
 DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, DEFAULT_OBJECTIVE),
-                                              "model.peft": (METHODS, DEFAULT_METHOD)}
+                                              "model.peft": (METHODS, DEFAULT_METHOD),
+                                              "schedule": (SCHEDULES, DEFAULT_SCHEDULE)}
 """Sections whose keys depend on their ``kind``: the catalogue and the default kind."""
 
 
 def method_config(**keys: Any) -> MethodConfig:
     """A training method's config from its keys (``kind`` picks the entry), as a run config has it."""
     return by_kind(METHODS, keys, DEFAULT_METHOD)
+
+
+def schedule_config(**keys: Any) -> ScheduleConfig:
+    """An a_t schedule's config from its keys (``kind`` picks the entry), as a run config has it."""
+    return by_kind(SCHEDULES, keys, DEFAULT_SCHEDULE)
 
 
 def entry_keys() -> set[str]:

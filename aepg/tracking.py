@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aepg.catalog import OBJECTIVES
-from aepg.config import SCHEDULE_KEYS, ConfigError, RunConfig, flatten, to_yaml
+from aepg.config import ConfigError, RunConfig, flatten, to_yaml
 from aepg.metrics import BUDGET_KEY, accuracy_after_each_task
 from aepg.objectives import is_annealed
 
@@ -393,7 +393,7 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
             params.update({"schedule.kind": s.kind, "schedule.scope": s.scope})
             if s.scope == "task":
                 params["schedule.span"] = s.span
-            params.update({f"schedule.{key}": getattr(s, key) for key in SCHEDULE_KEYS.get(s.kind, ())})
+            params.update({f"schedule.{key}": value for key, value in s.settings().items()})
         params.update({f"train.{key}": getattr(t, key) for key in ("epochs", "head_only_epochs", "lr", "weight_decay")})
         params.update(_optimizer_params(t))
     params["train.batch_size"] = t.batch_size
@@ -428,7 +428,7 @@ def objective_label(cfg: RunConfig) -> str:
     """The objective as a plot title says it, e.g. ``aepg (sigmoid schedule, tau 6)``."""
     o, s = cfg.objective, cfg.schedule
     if is_annealed(o):
-        detail = {"sigmoid": f", tau {s.tau:g}", "constant": f", a {s.a:g}"}.get(s.kind, "")
+        detail = "".join(f", {key} {value:g}" for key, value in s.settings().items())
         return f"{o.kind} ({s.kind} schedule{detail})"
     extra = ", ".join(f"{key} {getattr(o, key):g}" for key in OBJECTIVES.get(o.kind).keys() if key != "logits")
     return f"{o.kind} ({extra})" if extra else o.kind

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from aepg.catalog import OBJECTIVES
-from aepg.config import RunConfig, ScheduleConfig
+from aepg.config import RunConfig, schedule_config
 from aepg.objectives import Objective, build_objective, entropy
-from aepg.schedules import Progress, constant
+from aepg.schedules import Progress, build_schedule
 
 
 def ObjectiveConfig(**keys):
@@ -18,7 +18,7 @@ def ObjectiveConfig(**keys):
 def per_sample_grads(kind: str, logits: torch.Tensor, y: torch.Tensor, a: float = 0.5, **params) -> torch.Tensor:
     """d(per-sample loss)/d(logits): the batch mean is scaled back by N."""
     logits = logits.clone().requires_grad_(True)
-    objective = Objective(ObjectiveConfig(kind=kind, **params), constant(a))
+    objective = Objective(ObjectiveConfig(kind=kind, **params), build_schedule(schedule_config(kind="constant", a=a)))
     objective(logits, y, Progress(0, 1)).loss.backward()
     return logits.grad * len(y)
 
@@ -79,7 +79,7 @@ def test_finite_loss_and_gradient_at_extreme_logits(kind, dtype):
     logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 5e3], [1e4, 1e4, -1e4]], dtype=dtype, requires_grad=True)
     y = torch.tensor([1, 1, 0])  # wrong, right, tied
     cfg = ObjectiveConfig(kind=kind, gamma=0.5)
-    out = Objective(cfg, constant(0.5))(logits, y, Progress(3, 10))
+    out = Objective(cfg, build_schedule(schedule_config(kind="constant", a=0.5)))(logits, y, Progress(3, 10))
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert torch.isfinite(logits.grad).all()
@@ -87,11 +87,11 @@ def test_finite_loss_and_gradient_at_extreme_logits(kind, dtype):
 
 
 def test_annealed_objective_reads_the_schedule():
-    objective = build_objective(ObjectiveConfig(kind="aepg"), ScheduleConfig(kind="sigmoid", tau=6.0))
+    objective = build_objective(ObjectiveConfig(kind="aepg"), schedule_config(kind="sigmoid", tau=6.0))
     logits, y = torch.zeros(2, 3), torch.tensor([0, 1])
     start, end = objective(logits, y, Progress(0, 100)), objective(logits, y, Progress(100, 100))
     assert start.a_t > 0.99 and end.a_t < 0.01
-    assert build_objective(ObjectiveConfig(kind="ce"), ScheduleConfig()).weight(Progress(0, 1)) is None
+    assert build_objective(ObjectiveConfig(kind="ce"), schedule_config()).weight(Progress(0, 1)) is None
 
 
 def test_entropy_of_uniform_and_one_hot():

@@ -1,6 +1,6 @@
-"""A third-party package (tests/plugin) adds an objective, a training method and an early-stopping
-scheduler through entry points, without a fork: pip installs it for real, and aepg validates,
-sweeps and logs its entries."""
+"""A third-party package (tests/plugin) adds an objective, an a_t schedule, a training method and an
+early-stopping scheduler through entry points, without a fork: pip installs it for real, and aepg
+validates, sweeps and logs its entries."""
 
 import json
 import os
@@ -55,6 +55,11 @@ def test_plugin_entries_validate_like_built_ins(workdir, plugin_env):
     assert resolved["objective"] == {"kind": "gce", "logits": "local", "q": 0.5}
     assert resolved["model"]["peft"]["init_scale"] == 1.0 and "rank" not in resolved["model"]["peft"]
 
+    annealed = run_aepg(["train", DIGITS, "schedule.kind=two_phase", "schedule.switch=0.25", "--dry-run"], workdir,
+                        plugin_env)
+    assert annealed.returncode == 0, annealed.stderr
+    assert yaml.safe_load(annealed.stdout)["schedule"] == {"kind": "two_phase", "scope": "task", "span": "task",
+                                                           "switch": 0.25}
     bad = run_aepg(["train", DIGITS, *PLUGIN_KINDS, "objective.q=2", "model.peft.init_scal=2", "--dry-run"],
                    workdir, plugin_env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
@@ -115,7 +120,7 @@ def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_e
         assert f"{name} ({catalog.setting})" in lines
     listed = {line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")}
     assert {"aepg", "ce", "lora", "ranpac", "digits", "cifar100", "tpe", "asha"} <= listed
-    assert {"gce", "feature_affine", "median"} <= listed, "the plugin's entries"
+    assert {"gce", "two_phase", "feature_affine", "median"} <= listed, "the plugin's entries"
     text = " ".join(out.stdout.split())
     assert "[aepg-example-plugin==0.1.0]" in text and "keys: logits=local, q=0.7" in text, text[:2000]
     one = run_aepg(["list", "schedulers"], workdir, plugin_env)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from aepg.config import ScheduleConfig
+from aepg.config import schedule_config
 from aepg.schedules import Progress, build_schedule
 
 
@@ -16,7 +16,7 @@ from aepg.schedules import Progress, build_schedule
     ],
 )
 def test_values_at_start_middle_end(kind, start, middle, end):
-    a = build_schedule(ScheduleConfig(kind=kind, tau=6.0, a=0.3))
+    a = build_schedule(schedule_config(kind=kind, tau=6.0, a=0.3))
     T = 200
     assert a(Progress(0, T)) == pytest.approx(start)
     assert a(Progress(T // 2, T)) == pytest.approx(middle)
@@ -25,7 +25,7 @@ def test_values_at_start_middle_end(kind, start, middle, end):
 
 def test_sigmoid_matches_formula_and_decreases():
     tau, T = 3.0, 37
-    a = build_schedule(ScheduleConfig(kind="sigmoid", tau=tau))
+    a = build_schedule(schedule_config(kind="sigmoid", tau=tau))
     values = [a(Progress(t, T)) for t in range(T + 1)]
     for t, v in enumerate(values):
         assert v == pytest.approx(1 / (1 + math.exp(-tau * (T - 2 * t) / T)))
@@ -33,5 +33,5 @@ def test_sigmoid_matches_formula_and_decreases():
 
 
 def test_cosine_quarter():
-    a = build_schedule(ScheduleConfig(kind="cosine"))
+    a = build_schedule(schedule_config(kind="cosine"))
     assert a(Progress(25, 100)) == pytest.approx(0.5 + 0.5 * math.cos(math.pi / 4))

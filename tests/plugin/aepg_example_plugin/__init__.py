@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aepg.catalog import METHODS, OBJECTIVES, SCHEDULERS
-from aepg.config import MethodConfig, ObjectiveConfig
+from aepg.catalog import METHODS, OBJECTIVES, SCHEDULERS, SCHEDULES
+from aepg.config import MethodConfig, ObjectiveConfig, ScheduleConfig
 from aepg.sweep.schedulers import SchedulerSettings
 
 
@@ -21,6 +21,18 @@ class GeneralisedCrossEntropy(ObjectiveConfig):
 
     def per_sample(self, x):
         return (1.0 - (self.q * x.log_p_y).exp()) / self.q
+
+
+@SCHEDULES.register("two_phase")
+class TwoPhase(ScheduleConfig):
+    """Cross-entropy, then EPG: a_t = 1 until ``switch`` of the task's steps, then 0."""
+
+    kind: Literal["two_phase"] = "two_phase"
+    switch: float = Field(0.5, ge=0, le=1)
+    """The fraction of the steps after which the loss is EPG alone."""
+
+    def a_t(self, progress) -> float:
+        return 1.0 if progress.fraction < self.switch else 0.0
 
 
 @METHODS.register("feature_affine", builder="aepg_example_plugin.affine:build", display="feature affine")
