@@ -113,8 +113,9 @@ def cmd_sweep(args) -> int:
         print(f"sweep outputs: {runtime.path}", file=sys.stderr)
         return EXIT_FAILED
     print(f"\nleaderboard, ranked on final/{report.metric}:\n{report.narrow_text(_width())}\n")
-    if report.noise:
-        print(textwrap.fill(report.noise.verdict, _width()))
+    for verdict in (report.paired, report.noise.verdict if report.noise else ""):
+        if verdict:
+            print(textwrap.fill(verdict, _width()))
     if report.best_yaml:
         print(f"best config: {runtime.path}/best.yaml  (reproduce it with: aepg train {runtime.path}/best.yaml)")
     print(f"sweep outputs: {runtime.path}")
@@ -169,8 +170,9 @@ def cmd_report(args) -> int:
         for name, figure in report.figures.items():
             figure.savefig(folder / name, dpi=120, bbox_inches="tight")
         print(f"sweep {report.name}: trials ranked on final/{report.metric}\n{report.narrow_text(_width())}\n")
-        if report.noise:
-            print(f"{textwrap.fill(report.noise.verdict, _width())}\n")
+        for verdict in (report.paired, report.noise.verdict if report.noise else ""):
+            if verdict:
+                print(f"{textwrap.fill(verdict, _width())}\n")
     print(f"table ({args.rows} x {args.columns}):\n{table.markdown()}\n")
     print(f"wrote {out}/ (leaderboard, paper_table.md/.csv/.tex, plots) and logged them to the sweep's parent run")
     return 0

@@ -797,3 +797,51 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(ray_address,
     assert parent.data.tags["best_run_id"] == confirmed.info.run_id
     assert yaml.safe_load((folder / "best.yaml").read_text())["train"]["lr"] == float(best.data.params["train.lr"])
     assert parent.data.tags["sweep.noise_verdict"].startswith(("seed noise", "one finished configuration"))
+
+
+def test_paired_arms_train_every_configuration_under_each_arm_on_the_same_seeds(ray_address, workdir):
+    """compare: {objective.kind: [ce, aepg]} over two configurations and two seeds, through real Ray,
+    Optuna and MLflow: each configuration's run holds one run per arm and seed under it, the same
+    settings but the arm's key, and the paired difference it reports is the mean of the per-seed
+    differences of those runs (its interval the t-interval over them)."""
+    from aepg.sweep.noise import t_quantile
+
+    base = {"train": {"epochs": 1, "batch_size": 16},
+            "benchmark": {"num_tasks": 2, "max_train_per_class": 20, "max_test_per_class": 10}}
+    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}}, base_overrides=base,
+                       compare={"objective.kind": ["ce", "aepg"]}, seeds=[0, 1],
+                       search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none", "fidelity": "seeds"})
+    dry = run_aepg(["sweep", path, "--dry-run"], cwd=workdir)
+    assert dry.returncode == 0 and "x 2 arms (ce, aepg)" in dry.stdout, dry.stdout + dry.stderr
+    result = run_aepg(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, _, children = sweep_runs(workdir / "mlflow.db")
+    trials = [run for run in children if "aepg.arm" not in run.data.tags]
+    assert len(trials) == 2
+    metric = "avg_incremental_accuracy"
+    for trial in trials:
+        arms = [run for run in children if run.data.tags["mlflow.parentRunId"] == trial.info.run_id]
+        assert sorted((r.data.tags["aepg.arm"], r.data.tags["aepg.seed"]) for r in arms) == \
+            [("aepg", "0"), ("aepg", "1"), ("ce", "0"), ("ce", "1")]
+        assert {r.data.params["train.lr"] for r in arms} == {trial.data.params["train.lr"]}
+        assert {r.data.params["objective.kind"] for r in arms} == {"ce", "aepg"}
+        assert {r.data.tags["aepg.config_id"] for r in arms} == {trial.data.tags["aepg.config_id"]}
+        value = {(r.data.tags["aepg.arm"], r.data.tags["aepg.seed"]): r.data.metrics[f"final/{metric}"] for r in arms}
+        diffs = [value["aepg", seed] - value["ce", seed] for seed in ("0", "1")]
+        paired = trial.data.metrics
+        assert paired[f"paired/diff_{metric}"] == pytest.approx(sum(diffs) / 2, abs=1e-12)
+        half = t_quantile(1) * abs(diffs[0] - diffs[1]) / 2  # stdev of two values / sqrt(2)
+        assert paired[f"paired/diff_high_{metric}"] - paired[f"paired/diff_{metric}"] == pytest.approx(half, abs=1e-9)
+        assert paired[f"paired/ce_{metric}"] == pytest.approx((value["ce", "0"] + value["ce", "1"]) / 2, abs=1e-12)
+        assert paired[f"final/{metric}"] == pytest.approx(sum(value.values()) / 4, abs=1e-12), "ranked on the mean"
+    assert re.search(r"#\s+trial\s+status\s+final ± std\s+ce\s+aepg\s+aepg-ce", result.stdout), result.stdout
+    assert re.search(r"aepg - ce at t0[12]\S*: [+-]0\.\d{4}, 95% interval \[", " ".join(result.stdout.split()))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "sweeps").glob("*.yaml")))
+def test_every_shipped_sweep_file_passes_its_dry_run(name, workdir):
+    """The README's presets, as a user would first try them."""
+    result = run_aepg(["sweep", str(REPO / "sweeps" / name), "--dry-run"], cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    declared = yaml.safe_load((REPO / "sweeps" / name).read_text())["name"]
+    assert result.stdout.startswith(f"sweep {declared}: ")

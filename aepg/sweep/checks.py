@@ -186,6 +186,36 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
         problems.extend(_check_seed_ladder(sweep))
     if spec.confirm:
         problems.extend(_check_confirm(sweep))
+    if spec.compare is not None:
+        problems.extend(_check_compare(sweep))
+    return problems
+
+
+def _check_compare(sweep: Sweep) -> list[tuple[str, str]]:
+    """Paired arms: one key, two or more distinct values, each a valid run config; the arms train on
+    each seed of a configuration, so the seed ladder carries them."""
+    spec = sweep.spec
+    if len(spec.compare) != 1:
+        return [("compare", f"compares one key's values, e.g. {{objective.kind: [ce, aepg]}} (got {len(spec.compare)} keys)")]
+    ((key, values),) = spec.compare.items()
+    problems = []
+    labels = [str(value) for value in values]
+    if len(set(labels)) < 2:
+        problems.append((f"compare.{key}", f"needs two or more different values to compare (got {values})"))
+    if key in spec.space:
+        problems.append((f"compare.{key}", "is also searched in space: a key is either compared or searched"))
+    for value in values:
+        try:
+            validate(apply_dotted(sweep.base, {key: value}))
+        except ConfigError as error:
+            problems += [(f"compare.{key}={value}: {k}", m) for k, m in error.problems]
+    if not seeds_per_trial(spec):
+        problems.append(("scheduler.fidelity", "compare trains every arm on each seed of a configuration: set "
+                         "scheduler.fidelity: seeds, with the seeds to pair over (seeds: [0, 1, 2])"))
+    if spec.compare_by != "mean" and spec.compare_by not in labels:
+        close = difflib.get_close_matches(spec.compare_by, ["mean", *labels], n=1)
+        problems.append(("compare_by", f"{spec.compare_by!r} is neither mean nor an arm of compare ({', '.join(labels)})"
+                         + (f"; did you mean {close[0]!r}?" if close else "")))
     return problems
 
 

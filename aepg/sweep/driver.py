@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 from ray import tune
 
 from aepg import interrupts, preflight, tracking
-from aepg.config import ConfigError, RunConfig, is_uri
+from aepg.config import ConfigError, RunConfig, is_uri, validate
 from aepg.metrics import final_name
 from aepg.ray_setup import check_fits, ensure_ray, node_names, this_node, worker_resources
 from aepg.sweep import fidelity, search
@@ -47,6 +47,8 @@ from aepg.sweep.progress import (
 from aepg.sweep.publish import publish
 from aepg.sweep.report import SweepReport, build_report, paper_table, report_texts
 from aepg.sweep.schema import (
+    ARM_TAG,
+    ARM_VALUES_TAG,
     CONFIG_TAG,
     INDEX_TAG,
     KIND_TAG,
@@ -54,6 +56,7 @@ from aepg.sweep.schema import (
     NODE_NAMES_TAG,
     NODE_TAG,
     OPTUNA_STATE_TAG,
+    PAIRED_PREFIX,
     SEED_TAG,
     SEED_VALUES_TAG,
     STAGE_TAG,
@@ -64,7 +67,8 @@ from aepg.sweep.schema import (
     parent_params,
 )
 from aepg.sweep.checks import variants
-from aepg.sweep.spec import Sweep, SweepSpec, expected_trials
+from aepg.sweep.noise import paired_summary
+from aepg.sweep.spec import Sweep, SweepSpec, apply_dotted, expected_trials
 from aepg.sweep.state import STATE_FILE, read_state, trial_run_name
 from aepg.tracking import RunRecord, Tracker
 
@@ -183,6 +187,18 @@ class SweepRuntime:
         return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "seed run", SWEEP_TAG: self.name,
                                            CONFIG_TAG: trial_run.config_id})
 
+    def arm_run(self, trial_run: TrialRun, arm: str, seed: int, cfg: RunConfig) -> str:
+        """The run of one arm on one seed of a trial's configuration, nested under the trial's run
+        (opened once; a retried trial finds it and continues from its checkpoints)."""
+        tags = {tracking.PARENT_TAG: trial_run.run_id, ARM_TAG: arm, SEED_TAG: str(seed)}
+        found = self.tracker.find_runs(self.sweep.experiment, tags)
+        if found:
+            self.tracker.reopen_run(found[0].run_id)
+            return found[0].run_id
+        cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@{arm}-s{seed}"})
+        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "arm run", SWEEP_TAG: self.name,
+                                           CONFIG_TAG: trial_run.config_id})
+
     def children(self, every_stage: bool = False) -> list[RunRecord]:
         """The trial runs under the sweep's parent run: this stage's, or (``every_stage``) all."""
         runs = self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id})
@@ -279,17 +295,52 @@ def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
     for count, seed in enumerate(runtime.sweep.seeds, 1):
         if seed not in values:
             seeded = cfg.model_copy(update={"seed": seed})
-            run_id = run.run_id if count == 1 else runtime.seed_run(run, seed, seeded)
-            values[seed] = train(seeded, run_id, runtime).summary[metric]
-            if run_id != run.run_id:
-                tracker.close_run(run_id, "FINISHED")
+            if spec.compare:
+                values[seed] = spec.arm_value(train_arms(seeded, run, runtime, seed))
+            else:
+                run_id = run.run_id if count == 1 else runtime.seed_run(run, seed, seeded)
+                values[seed] = train(seeded, run_id, runtime).summary[metric]
+                if run_id != run.run_id:
+                    tracker.close_run(run_id, "FINISHED")
             tracker.set_tags(run.run_id, {SEED_VALUES_TAG: json.dumps(values)})
         mean = statistics.mean(values.values())
         progress = {fidelity.SEEDS_KEY: count, fidelity.seed_metric(metric): mean,
                     f"seeds/std_{metric}": statistics.stdev(values.values()) if count > 1 else 0.0,
-                    fidelity.COMPUTE_KEY: count * tasks}
+                    fidelity.COMPUTE_KEY: count * tasks * max(1, len(spec.arms()))}
         log_rung(tracker, run.run_id, progress, fidelity.SEEDS_KEY)
+        if spec.compare:  # the configuration's run trains nothing itself: it holds the paired summary
+            by_seed = json.loads(tracker.get_run(run.run_id)[0].tags[ARM_VALUES_TAG])
+            tracker.log_metrics(run.run_id, paired_metrics(by_seed, [str(v) for _, v in spec.arms()], metric), step=count)
+            tracker.log_metrics(run.run_id, {final_name(metric): mean})  # what it ranks on, and MLflow sorts on
         run.report({**progress, final_name(metric): mean})
+
+
+def train_arms(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime, seed: int) -> dict[str, float]:
+    """Every arm of ``compare`` on one seed, each into its run under the trial's run; their values,
+    kept on the trial's run so that a retried trial trains only the arms it lacks."""
+    spec, tracker = runtime.sweep.spec, runtime.tracker
+    done = json.loads(tracker.get_run(run.run_id)[0].tags.get(ARM_VALUES_TAG, "{}"))
+    by_arm = done.setdefault(str(seed), {})
+    for key, value in spec.arms():
+        arm = str(value)
+        if arm not in by_arm:
+            armed = validate(apply_dotted(cfg.model_dump(mode="json"), {key: value}))
+            arm_run = runtime.arm_run(run, arm, seed, armed)
+            by_arm[arm] = train(armed, arm_run, runtime).summary[spec.metric]
+            tracker.close_run(arm_run, "FINISHED")
+            tracker.set_tags(run.run_id, {ARM_VALUES_TAG: json.dumps(done)})
+    return by_arm
+
+
+def paired_metrics(by_seed: dict[str, dict[str, float]], arms: list[str], metric: str) -> dict[str, float]:
+    """A configuration's paired summary as metrics of its run (``aepg.sweep.noise.paired_summary``)."""
+    means, (difference, half) = paired_summary(by_seed, arms)
+    found = {f"{PAIRED_PREFIX}{arm}_{metric}": mean for arm, mean in means.items()}
+    found[f"{PAIRED_PREFIX}diff_{metric}"] = difference
+    if half is not None:
+        found.update({f"{PAIRED_PREFIX}diff_low_{metric}": difference - half,
+                      f"{PAIRED_PREFIX}diff_high_{metric}": difference + half})
+    return found
 
 
 def log_rung(tracker, run_id: str, progress: dict[str, float], counter: str) -> None:

@@ -18,8 +18,9 @@ import yaml
 from aepg import tracking
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
 from aepg.sweep.fidelity import COMPUTE_KEY, COUNTER_TAGS, LEVEL_KEY, level_metric
-from aepg.sweep.noise import Noise
+from aepg.sweep.noise import Noise, paired_summary
 from aepg.sweep.schema import (
+    ARM_VALUES_TAG,
     INDEX_TAG,
     NODE_NAMES_TAG,
     OPTUNA_STATE_TAG,
@@ -64,6 +65,10 @@ class TrialResult:
     """``search``, or ``confirm``: a configuration trained again on fresh seeds after the search."""
     nodes: list[str] = field(default_factory=list)
     """The Ray nodes its runs' attempts ran on, in order (a retried trial's lists both)."""
+    arms: dict[str, float] = field(default_factory=dict)
+    """Paired arms: each arm's mean over the seeds every arm trained, in ``compare``'s order."""
+    difference: tuple[float, float | None] | None = None
+    """Paired arms: the last arm minus the first, mean over seeds and half its 95% interval."""
 
 
 def _typed(value: str | None, param: Param | None = None):
@@ -137,11 +142,14 @@ def seed_ladder_entry(run: tracking.RunRecord, status: str, space: dict[str, Par
     """A seed ladder's trial: its mean, spread and values over the seeds it trained."""
     by_seed = {int(k): v for k, v in json.loads(run.tags.get(SEED_VALUES_TAG, "{}")).items()}
     values = list(by_seed.values())
+    by_arm = json.loads(run.tags.get(ARM_VALUES_TAG, "{}"))
+    arms = list(dict.fromkeys(arm for per_seed in by_arm.values() for arm in per_seed))
+    means, difference = paired_summary(by_arm, arms) if len(arms) > 1 and by_seed else ({}, None)
     return TrialResult(run.name, status, sampled_params(run, space), statistics.mean(values) if values else None,
-                 f"{len(values)}/{seeds} seeds", float(len(values) * num_tasks), [run.run_id],
+                 f"{len(values)}/{seeds} seeds", float(len(values) * num_tasks * max(1, len(arms))), [run.run_id],
                  int(run.tags.get(INDEX_TAG, 0)), sorted(by_seed), statistics.stdev(values) if len(values) > 1 else None,
                  run.tags.get(OPTUNA_STATE_TAG, ""), run.end_time, run.params.get("objective.kind", ""), by_seed,
-                 nodes=nodes_of(run))
+                 nodes=nodes_of(run), arms=means, difference=difference)
 
 
 def average_over_seeds(entries: list[TrialResult]) -> list[TrialResult]:
@@ -194,6 +202,13 @@ def table(entries: list[TrialResult], metric: str, space_keys: list[str]) -> lis
         if entry.spread is not None or len(entry.seeds) > 1:
             row["std"] = None if entry.spread is None else round(entry.spread, 4)
             row["seeds"] = " ".join(map(str, entry.seeds))
+        if entry.arms:
+            row.update({f"{arm} (mean)": round(mean, 4) for arm, mean in entry.arms.items()})
+            first, last = list(entry.arms)[0], list(entry.arms)[-1]
+            row[f"{last} - {first}"] = round(entry.difference[0], 4)
+            if entry.difference[1] is not None:
+                row[f"{last} - {first}, 95% interval"] = (f"[{entry.difference[0] - entry.difference[1]:+.4f}, "
+                                                          f"{entry.difference[0] + entry.difference[1]:+.4f}]")
         if entry.within_noise:
             row["within noise"] = entry.within_noise
         if confirmed:
@@ -251,13 +266,16 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
     if not entries:
         return "(no trials)"
     spread = any(e.spread is not None for e in entries)
-    seeds = any(len(e.seeds) > 1 for e in entries)
+    counts = {len(e.seeds) for e in entries if len(e.seeds) > 1}
+    seeds = len(counts | {len(e.seeds) for e in entries}) > 1 and bool(counts)  # a column only where counts differ
     noise = any(e.within_noise for e in entries)
     stage = any(e.stage == "confirm" for e in entries)
     nodes = len({node for e in entries for node in e.nodes}) > 1
-    header = ["#", "trial", "status", "final ± std" if spread else "final", *(["seeds"] if seeds else []),
+    arms = next((list(e.arms) for e in entries if e.arms), [])
+    paired = [*arms, f"{arms[-1]}-{arms[0]}"] if arms else []
+    header = ["#", "trial", "status", "final ± std" if spread else "final", *(["seeds"] if seeds else []), *paired,
               *(["noise"] if noise else []), *(["stage"] if stage else []), *(["nodes"] if nodes else [])]
-    numeric = {0, 3, *([4] if seeds else [])}
+    numeric = {0, 3, *([4] if seeds else []), *range(4 + seeds, 4 + seeds + len(paired))}
     fixed, rows = len(header), []
     for i, e in enumerate(entries, 1):
         if e.value is None:
@@ -267,7 +285,8 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
         else:
             value = f"({e.value:.4f})"
         rows.append([str(i), trial_id(e.name), e.status.replace("stopped early", "stopped"), value,
-                     *([str(len(e.seeds))] if seeds else []), *([e.within_noise] if noise else []),
+                     *([str(len(e.seeds))] if seeds else []), *paired_cells(e, arms),
+                     *([e.within_noise] if noise else []),
                      *([e.stage] if stage else []), *([">".join(e.nodes)] if nodes else [])])
     shown = []
     for key in keys:  # as many key columns as the width takes
@@ -283,12 +302,25 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
                     numeric | {fixed + j for j, k in enumerate(shown)
                                if all(isinstance(e.params.get(k), (int, float)) and not isinstance(e.params.get(k), bool)
                                       for e in entries if e.params.get(k) not in (None, ""))})
-    legend = [f"final: final/{metric}" + ("; (x): the value a stopped trial had, partial" if any(
+    legend = [f"final: final/{metric}" + (f" over {counts.pop()} seeds" if len(counts) == 1 and not seeds else "")
+              + ("; (x): the value a stopped trial had, partial" if any(
         e.status != "finished" and e.value is not None for e in entries) else "")]
+    if arms:
+        legend.append(f"{arms[-1]}-{arms[0]}: their difference paired over the seeds, ± half its 95% interval")
     legend += [f"{short_name(k)}: {k}" for k in shown if short_name(k) != k]
     if len(shown) < len(keys):
         legend.append(f"{len(keys) - len(shown)} more searched keys, and the full trial names: leaderboard.md")
     return "\n".join(lines + [textwrap.fill("; ".join(legend), width)])
+
+
+def paired_cells(entry: TrialResult, arms: list[str]) -> list[str]:
+    """Each arm's mean and the paired difference ± half its 95% interval; blank without arms."""
+    if not arms:
+        return []
+    if not entry.arms:
+        return [""] * (len(arms) + 1)
+    mean, half = entry.difference
+    return [*(f"{entry.arms[arm]:.4f}" for arm in arms), f"{mean:+.4f}" + (f"±{half:.4f}" if half is not None else "")]
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:

@@ -39,12 +39,38 @@ def difference_interval(best: dict[int, float], other: dict[int, float], noise: 
     are two or more, else from the pooled noise; None when neither is possible."""
     shared = sorted(set(best) & set(other))
     if len(shared) > 1:
-        diffs = [best[s] - other[s] for s in shared]
-        return statistics.mean(diffs), t_quantile(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        return paired_difference([best[s] - other[s] for s in shared])
     if noise is None or not best or not other:
         return None
     difference = statistics.mean(best.values()) - statistics.mean(other.values())
     return difference, t_quantile(df) * noise * math.sqrt(1 / len(best) + 1 / len(other))
+
+
+def paired_difference(diffs: list[float]) -> tuple[float, float | None]:
+    """(mean of per-seed differences, half width of its 95% t-interval; None under two seeds)."""
+    if len(diffs) < 2:
+        return statistics.mean(diffs), None
+    return statistics.mean(diffs), t_quantile(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def paired_summary(by_seed: dict, arms: list[str]) -> tuple[dict[str, float], tuple[float, float | None]]:
+    """Over the seeds on which every arm trained: each arm's mean, and the difference of the last
+    arm minus the first (its mean over seeds, and the half width of its 95% interval)."""
+    complete = [values for values in by_seed.values() if all(arm in values for arm in arms)]
+    means = {arm: statistics.mean(values[arm] for values in complete) for arm in arms}
+    return means, paired_difference([values[arms[-1]] - values[arms[0]] for values in complete])
+
+
+def paired_verdict(name: str, arms: list[str], difference: tuple[float, float | None], seeds: int) -> str:
+    """One line: whether the paired difference of the last arm minus the first is separated from zero."""
+    mean, half = difference
+    said = f"{arms[-1]} - {arms[0]} at {name}: {mean:+.4f}"
+    if half is None:
+        return f"{said} on one seed: no interval; pair over more seeds to tell a difference from luck"
+    low, high = mean - half, mean + half
+    where = (f"separated from zero ({arms[-1] if mean > 0 else arms[0]} higher)" if low > 0 or high < 0
+             else "not separated from zero: the seeds cannot tell the arms apart")
+    return f"{said}, 95% interval [{low:+.4f}, {high:+.4f}] over {seeds} seeds: {where}"
 
 
 def seeds_needed(difference: float, noise: float) -> float:

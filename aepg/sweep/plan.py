@@ -42,8 +42,11 @@ def sweep_plan(sweep: Sweep) -> list[str]:
         per_trial += " training samples"
     if seeds_per_trial(spec):
         rungs = spec.scheduler.seed_rungs(len(sweep.seeds))
-        per_trial += f" per seed, on up to {len(sweep.seeds)} seeds (rungs at {', '.join(map(str, rungs))} seeds)"
-        total *= len(sweep.seeds)
+        arms = len(spec.arms())
+        per_trial += (f" per seed{' and arm' if arms else ''}, on up to {len(sweep.seeds)} seeds"
+                      + (f" x {arms} arms ({', '.join(str(v) for _, v in spec.arms())})" if arms else "")
+                      + f" (rungs at {', '.join(map(str, rungs))} seeds)")
+        total *= len(sweep.seeds) * max(1, arms)
     lines.append(f"each trial: {len(base.tasks)} tasks; {per_trial}")
     if spec.confirm:
         lines.append(f"then the best {spec.confirm.top_k} configurations again on seeds "

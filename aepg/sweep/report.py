@@ -34,7 +34,7 @@ from aepg.sweep.leaderboard import (
     table,
     to_csv,
 )
-from aepg.sweep.noise import Noise, assess
+from aepg.sweep.noise import Noise, assess, paired_verdict
 from aepg.sweep.schema import (
     CONFIG_TAG,
     STAGE_TAG,
@@ -135,6 +135,15 @@ class SweepReport:
     def text(self) -> str:
         return format_table(self.rows)
 
+    @property
+    def paired(self) -> str:
+        """Paired arms: whether the best configuration's difference between the arms is separated
+        from zero, in one line; empty without arms."""
+        best = self.best
+        if best is None or not best.arms:
+            return ""
+        return paired_verdict(best.name, list(best.arms), best.difference, len(best.seeds))
+
     def narrow_text(self, width: int) -> str:
         """The leaderboard for a terminal ``width`` columns wide (``leaderboard.txt`` has every column)."""
         return narrow_table(self.entries, self.metric, self.space_keys, width)
@@ -150,6 +159,8 @@ class SweepReport:
                      f"final/{self.metric} = {self.best.value:.4f}"]
         else:
             lines = ["**No trial finished.**"]
+        if self.paired:
+            lines.append(f"{self.paired}.")
         if self.noise:
             lines.append(f"{self.noise.verdict}.")
         lines += ["", f"Sweep {self.name}, ranked on `final/{self.metric}`: trials that trained every task first; "

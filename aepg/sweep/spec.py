@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import statistics
 from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
@@ -164,6 +165,15 @@ class SweepSpec(Section):
     seeds: list[int] | None = Field(None, min_length=1)
     """Run every grid point once per seed (the leaderboard averages over seeds); with
     ``scheduler.fidelity: seeds``, the seeds each configuration trains on, in order."""
+    compare: dict[str, list[Any]] | None = None
+    """Paired arms, e.g. ``{objective.kind: [ce, aepg]}``: every configuration the searcher proposes
+    is trained under each arm on the same seeds (with ``scheduler.fidelity: seeds``), one MLflow
+    run per arm and seed nested under the configuration's run; the leaderboard shows each arm and
+    the paired difference of the last arm minus the first, with its 95% interval over the seeds."""
+    compare_by: str = "mean"
+    """What the searcher and the ranking are told for a configuration on a seed: ``mean`` over the
+    arms (the default: settings good for every arm, so that the comparison is not tuned for one),
+    or one arm's value (e.g. ``aepg``: the settings that suit that arm)."""
     confirm: ConfirmSettings | None = None
     """Re-train the top configurations on fresh seeds; the leaderboard and best.yaml then rank on
     their mean over those seeds."""
@@ -190,6 +200,16 @@ class SweepSpec(Section):
             raise PydanticCustomError("repeated_seed", "seed {seeds} listed twice: a repeat would train the same trial "
                                       "again", {"seeds": ", ".join(map(str, repeated))})
         return seeds
+
+
+    def arms(self) -> list[tuple[str, Any]]:
+        """(key, value) of each arm, in the order ``compare`` lists them; empty without arms."""
+        return [(key, value) for key, values in (self.compare or {}).items() for value in values]
+
+    def arm_value(self, by_arm: dict[str, float]) -> float:
+        """The value of a configuration on one seed from its arms' values (by arm label), as
+        ``compare_by`` says."""
+        return statistics.mean(by_arm.values()) if self.compare_by == "mean" else by_arm[self.compare_by]
 
 
 DISPATCHED = {"search": (SEARCHERS, DEFAULT_SEARCHER), "scheduler": (SCHEDULERS, DEFAULT_SCHEDULER)}
