@@ -333,6 +333,12 @@ class Tracker:
                                        order_by=["attributes.start_time ASC"], max_results=50000)
         return [_record(r) for r in runs]
 
+    def nested_runs(self, experiment_id: str, run_id: str) -> list[RunRecord]:
+        """The runs nested under ``run_id`` (MLflow's parent tag), oldest first."""
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'",
+                                       order_by=["attributes.start_time ASC"], max_results=50000)
+        return [_record(r) for r in runs]
+
     def search(self, filter_string: str, newest_first: bool = True, max_results: int = 1) -> list[RunRecord]:
         """Runs of every experiment matching ``filter_string``."""
         ids = [e.experiment_id for e in self.client.search_experiments()]

@@ -835,6 +835,11 @@ def test_paired_arms_train_every_configuration_under_each_arm_on_the_same_seeds(
         assert paired[f"paired/ce_{metric}"] == pytest.approx((value["ce", "0"] + value["ce", "1"]) / 2, abs=1e-12)
         assert paired[f"final/{metric}"] == pytest.approx(sum(value.values()) / 4, abs=1e-12), "ranked on the mean"
     assert re.search(r"#\s+trial\s+status\s+final ± std\s+ce\s+aepg\s+aepg-ce", result.stdout), result.stdout
+    client, _, children = sweep_runs(workdir / "mlflow.db")  # as published: arms coloured by their objective
+    for trial in trials:
+        shades = {r.data.tags["aepg.arm"]: r.data.tags["mlflow.runColor"] for r in children
+                  if r.data.tags["mlflow.parentRunId"] == trial.info.run_id}
+        assert shades["ce"] != shades["aepg"], shades
     assert re.search(r"aepg - ce at t0[12]\S*: [+-]0\.\d{4}, 95% interval \[", " ".join(result.stdout.split()))
 
 

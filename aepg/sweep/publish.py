@@ -16,8 +16,6 @@ STANDING_KEY = "sweep/standing"
 MLflow's bar charts give the best trial the longest bar and sorting by it (descending) is the
 leaderboard's order."""
 FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")
-
-
 PARENT_COLOUR = "#000000"  # black: no trial's shade
 
 
@@ -33,12 +31,16 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
     if report.noise:
         tags["sweep.noise_verdict"] = report.noise.verdict
     tracker.log_outputs(parent_id, report_texts(report, table), report.figures, metrics, tags)
-    colours = run_colours(report.entries)
+    nested = {run_id: tracker.nested_runs(report.experiment_id, run_id) for entry in report.entries
+              for run_id in entry.run_ids}
+    colours = run_colours(report.entries, nested)
     for i, entry in enumerate(report.entries, 1):
         for run_id in entry.run_ids:
             tracker.set_tags(run_id, {tracking.NOTE_TAG: child_note(entry, i, len(report.entries), report.metric),
                                       tracking.COLOR_TAG: colours[run_id]})
             tracker.log_metrics(run_id, {STANDING_KEY: len(report.entries) + 1 - i})
+            for run in nested[run_id]:  # seed, arm and ladder runs: their configuration's shade
+                tracker.set_tags(run.run_id, {tracking.COLOR_TAG: colours[run.run_id]})
 
 
 def child_note(entry: TrialResult, rank: int, of: int, metric: str) -> str:
@@ -52,20 +54,26 @@ def child_note(entry: TrialResult, rank: int, of: int, metric: str) -> str:
     return f"{entry.status}, {entry.progress}{value}; rank {rank} of {of}"
 
 
-def run_colours(entries: list[TrialResult]) -> dict[str, str]:
+def run_colours(entries: list[TrialResult], nested: dict[str, list[tracking.RunRecord]] | None = None) -> dict[str, str]:
     """A hue family per objective, so the compared objectives never share a colour in MLflow's
     charts and runs table: finished trials in its strong shades, darker for better ranks; trials
     that did not finish (stopped early, failed) in its pale ones, which no finished trial takes
-    (``entries`` in leaderboard order)."""
+    (``entries`` in leaderboard order). The runs ``nested`` under a trial's run (its seeds, its
+    arms, its ladder's levels) take the trial's shade in the family of their own objective, so a
+    CE arm and an aEPG arm of one configuration differ in hue and match in shade."""
     from matplotlib import colormaps, colors
 
-    kinds = sorted({entry.objective for entry in entries})
+    nested = nested or {}
+    objective = lambda run: run.params.get("objective.kind", "")  # noqa: E731
+    kinds = sorted({entry.objective for entry in entries} | {objective(r) for runs in nested.values() for r in runs})
+    family = {kind: colormaps[FAMILIES[i % len(FAMILIES)]] for i, kind in enumerate(kinds)}
     colours = {}
-    for i, kind in enumerate(kinds):
-        cmap = colormaps[FAMILIES[i % len(FAMILIES)]]
+    for kind in kinds:
         for finished, (darkest, lightest) in ((True, (0.95, 0.5)), (False, (0.4, 0.2))):
             group = [entry for entry in entries if entry.objective == kind and (entry.status == "finished") == finished]
             for j, entry in enumerate(group):
-                shade = colors.to_hex(cmap(darkest - (darkest - lightest) * j / max(1, len(group) - 1)))
-                colours.update(dict.fromkeys(entry.run_ids, shade))
+                level = darkest - (darkest - lightest) * j / max(1, len(group) - 1)
+                colours.update(dict.fromkeys(entry.run_ids, colors.to_hex(family[kind](level))))
+                for run in (r for run_id in entry.run_ids for r in nested.get(run_id, [])):
+                    colours[run.run_id] = colors.to_hex(family[objective(run) or kind](level))
     return colours
