@@ -164,40 +164,31 @@ class SweepRuntime:
             raise RuntimeError(f"trial {trial_id} was handed no MLflow run (no {HANDED_RUN_FILE} in {folder}): "
                                "the sweep's storage_path must be shared by every node") from None
 
-    def level_run(self, trial_run: TrialRun, level: fidelity.Level, cfg: RunConfig) -> str:
-        """The run of a ladder level below the full budget, nested under the trial's run (opened
-        once; a retried or resumed trial finds it and continues from its checkpoints)."""
-        tags = {tracking.PARENT_TAG: trial_run.run_id, LEVEL_TAG: str(level.index)}
+    def nested_run(self, trial_run: TrialRun, tags: dict[str, str], cfg: RunConfig, name: str, status: str) -> str:
+        """A run nested under the trial's run, for a ladder level, a seed or an arm: found by its
+        ``tags`` (a retried or resumed trial continues it from its checkpoints), else opened as ``name``."""
+        tags = {tracking.PARENT_TAG: trial_run.run_id, **tags}
         found = self.tracker.find_runs(self.sweep.experiment, tags)
         if found:
             self.tracker.reopen_run(found[0].run_id)
             return found[0].run_id
-        cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@{self.sweep.spec.scheduler.fidelity}-{level.label}"})
-        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "low fidelity", SWEEP_TAG: self.name})
+        cfg = cfg.model_copy(update={"run_name": name})
+        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: status, SWEEP_TAG: self.name,
+                                           CONFIG_TAG: trial_run.config_id})
+
+    def level_run(self, trial_run: TrialRun, level: fidelity.Level, cfg: RunConfig) -> str:
+        """The run of a ladder level below the full budget."""
+        return self.nested_run(trial_run, {LEVEL_TAG: str(level.index)}, cfg,
+                               f"{trial_run.name}@{self.sweep.spec.scheduler.fidelity}-{level.label}", "low fidelity")
 
     def seed_run(self, trial_run: TrialRun, seed: int, cfg: RunConfig) -> str:
-        """The run of one more seed of a trial's configuration, nested under the trial's run (opened
-        once; a retried trial finds it and continues from its checkpoints)."""
-        tags = {tracking.PARENT_TAG: trial_run.run_id, SEED_TAG: str(seed)}
-        found = self.tracker.find_runs(self.sweep.experiment, tags)
-        if found:
-            self.tracker.reopen_run(found[0].run_id)
-            return found[0].run_id
-        cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@s{seed}"})
-        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "seed run", SWEEP_TAG: self.name,
-                                           CONFIG_TAG: trial_run.config_id})
+        """The run of one more seed of a trial's configuration."""
+        return self.nested_run(trial_run, {SEED_TAG: str(seed)}, cfg, f"{trial_run.name}@s{seed}", "seed run")
 
     def arm_run(self, trial_run: TrialRun, arm: str, seed: int, cfg: RunConfig) -> str:
-        """The run of one arm on one seed of a trial's configuration, nested under the trial's run
-        (opened once; a retried trial finds it and continues from its checkpoints)."""
-        tags = {tracking.PARENT_TAG: trial_run.run_id, ARM_TAG: arm, SEED_TAG: str(seed)}
-        found = self.tracker.find_runs(self.sweep.experiment, tags)
-        if found:
-            self.tracker.reopen_run(found[0].run_id)
-            return found[0].run_id
-        cfg = cfg.model_copy(update={"run_name": f"{trial_run.name}@{arm}-s{seed}"})
-        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: "arm run", SWEEP_TAG: self.name,
-                                           CONFIG_TAG: trial_run.config_id})
+        """The run of one arm on one seed of a trial's configuration."""
+        return self.nested_run(trial_run, {ARM_TAG: arm, SEED_TAG: str(seed)}, cfg, f"{trial_run.name}@{arm}-s{seed}",
+                               "arm run")
 
     def children(self, every_stage: bool = False) -> list[RunRecord]:
         """The trial runs under the sweep's parent run: this stage's, or (``every_stage``) all."""

@@ -70,6 +70,15 @@ class TrialResult:
     difference: tuple[float, float | None] | None = None
     """Paired arms: the last arm minus the first, mean over seeds and half its 95% interval."""
 
+    def shown(self, with_progress: bool = False) -> str:
+        """The value as the tables show it: to 4 decimals (± its std over seeds) when finished, in
+        parentheses when stopped (partial; ``with_progress`` adds how far it got)."""
+        if self.value is None:
+            return ""
+        if self.status == "finished":
+            return f"{self.value:.4f}" + (f" ± {self.spread:.4f}" if self.spread is not None else "")
+        return f"({self.value:.4f}" + (f" at {self.progress})" if with_progress else ")")
+
 
 def _typed(value: str | None, param: Param | None = None):
     """A param back from MLflow's text. A choice comes back as the choice MLflow wrote as that text
@@ -278,13 +287,7 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
     numeric = {0, 3, *([4] if seeds else []), *range(4 + seeds, 4 + seeds + len(paired))}
     fixed, rows = len(header), []
     for i, e in enumerate(entries, 1):
-        if e.value is None:
-            value = ""
-        elif e.status == "finished":
-            value = f"{e.value:.4f}" + (f" ± {e.spread:.4f}" if e.spread is not None else "")
-        else:
-            value = f"({e.value:.4f})"
-        rows.append([str(i), trial_id(e.name), e.status.replace("stopped early", "stopped"), value,
+        rows.append([str(i), trial_id(e.name), e.status.replace("stopped early", "stopped"), e.shown(),
                      *([str(len(e.seeds))] if seeds else []), *paired_cells(e, arms),
                      *([e.within_noise] if noise else []),
                      *([e.stage] if stage else []), *([">".join(e.nodes)] if nodes else [])])

@@ -173,14 +173,8 @@ class SweepReport:
         noise mark and the searched keys."""
         rows = []
         for i, entry in enumerate(self.entries, 1):
-            if entry.value is None:
-                value = ""
-            elif entry.status == "finished":
-                value = f"{entry.value:.4f}" + (f" ± {entry.spread:.4f}" if entry.spread is not None else "")
-            else:
-                value = f"({entry.value:.4f} at {entry.progress})"
             row = {"rank": i, "trial": f"[{entry.name}]({self.run_link(entry.run_ids[0])})", "status": entry.status,
-                   f"final/{self.metric}": value}
+                   f"final/{self.metric}": entry.shown(with_progress=True)}
             if entry.within_noise:
                 row["noise"] = entry.within_noise
             if entry.stage == "confirm":

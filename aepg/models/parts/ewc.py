@@ -18,22 +18,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from aepg.models.peft.base import MethodPart, TaskData, TrainingBatch, full_precision
+from aepg.models.peft.base import ActivatedPart, TaskData, TrainingBatch, full_precision
 
 
-class OnlineEWC(MethodPart):
+class OnlineEWC(ActivatedPart):
     def __init__(self, params: list[nn.Parameter], weight: float, decay: float):
         super().__init__()
         self.params, self.weight, self.decay = params, weight, decay
         for i, p in enumerate(params):
             self.register_buffer(f"importance_{i}", torch.zeros_like(p))
             self.register_buffer(f"anchor_{i}", torch.zeros_like(p))
-        self.register_buffer("active", torch.zeros((), dtype=torch.bool))
-        self.is_active = False  # a host copy of ``active``: no device sync per step
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.is_active = bool(self.active)
 
     def importances(self) -> list[Tensor]:
         return [getattr(self, f"importance_{i}") for i in range(len(self.params))]
@@ -54,8 +48,7 @@ class OnlineEWC(MethodPart):
             for p, importance, anchor, fresh in zip(self.params, self.importances(), self.anchors(), new):
                 importance.mul_(self.decay if self.is_active else 0.0).add_(fresh)
                 anchor.copy_(p)
-            self.active.fill_(True)
-        self.is_active = True
+        self.activate()
 
     def task_importances(self, data: TaskData) -> list[Tensor]:
         """The task's F_new: the mean over its batches of each parameter's squared batch gradient."""

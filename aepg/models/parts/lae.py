@@ -18,10 +18,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from aepg.models.peft.base import MethodPart
+from aepg.models.peft.base import ActivatedPart
 
 
-class OnlineOfflinePair(MethodPart):
+class OnlineOfflinePair(ActivatedPart):
     """LAE's part of the life cycle: the offline copy's start and EMA, and its prediction rule."""
 
     def __init__(self, online: list[nn.Parameter], decay: float):
@@ -29,12 +29,6 @@ class OnlineOfflinePair(MethodPart):
         self.online, self.decay = online, decay
         for i, p in enumerate(online):
             self.register_buffer(f"offline_{i}", torch.zeros_like(p))
-        self.register_buffer("active", torch.zeros((), dtype=torch.bool))
-        self.is_active = False  # a host copy of ``active``: no device sync per step
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.is_active = bool(self.active)
 
     def _offline(self) -> list[Tensor]:
         return [getattr(self, f"offline_{i}") for i in range(len(self.online))]
@@ -45,8 +39,7 @@ class OnlineOfflinePair(MethodPart):
         if task >= 1 and not self.is_active:
             for p, offline in zip(self.online, self._offline()):
                 offline.copy_(p)
-            self.active.fill_(True)
-            self.is_active = True
+            self.activate()
 
     @torch.no_grad()
     def after_step(self) -> None:

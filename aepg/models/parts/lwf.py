@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from aepg.models.peft.base import MethodPart, TaskData, TrainingBatch
+from aepg.models.peft.base import ActivatedPart, TaskData, TrainingBatch
 
 
-class LearningWithoutForgetting(MethodPart):
+class LearningWithoutForgetting(ActivatedPart):
     def __init__(self, params: list[tuple[str, nn.Parameter]], weight: float, temperature: float):
         super().__init__()
         self.names = [name for name, _ in params]
@@ -30,12 +30,6 @@ class LearningWithoutForgetting(MethodPart):
         self.weight, self.temperature = weight, temperature
         for i, p in enumerate(self.params):
             self.register_buffer(f"previous_{i}", torch.zeros_like(p))
-        self.register_buffer("active", torch.zeros((), dtype=torch.bool))
-        self.is_active = False  # a host copy of ``active``: no device sync per step
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.is_active = bool(self.active)
 
     def previous(self) -> dict[str, Tensor]:
         return {name: getattr(self, f"previous_{i}") for i, name in enumerate(self.names)}
@@ -46,8 +40,7 @@ class LearningWithoutForgetting(MethodPart):
         if task >= 1:
             for p, kept in zip(self.params, self.previous().values()):
                 kept.copy_(p)
-            self.active.fill_(True)
-            self.is_active = True
+            self.activate()
 
     def auxiliary_loss(self, batch: TrainingBatch | None = None) -> Tensor | float:
         if batch is None or not self.is_active or self.weight == 0 or batch.task_start == 0:

@@ -143,6 +143,24 @@ class MethodPart(nn.Module):
         return logits
 
 
+class ActivatedPart(MethodPart):
+    """A part that acts from some task on (LAE's pair, EWC, LwF): an ``active`` flag checkpointed
+    with its state, and a host copy of it, so that no step waits on the device to read it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("active", torch.zeros((), dtype=torch.bool))
+        self.is_active = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.is_active = bool(self.active)
+
+    def activate(self) -> None:
+        self.active.fill_(True)
+        self.is_active = True
+
+
 class PeftModule(MethodPart):
     """Parameters attached to a frozen backbone.
 
