@@ -199,7 +199,7 @@ def _check_compare(sweep: Sweep) -> list[tuple[str, str]]:
         return [("compare", f"compares one key's values, e.g. {{objective.kind: [ce, aepg]}} (got {len(spec.compare)} keys)")]
     ((key, values),) = spec.compare.items()
     problems = []
-    labels = [str(value) for value in values]
+    labels = spec.arm_labels()
     if len(set(labels)) < 2:
         problems.append((f"compare.{key}", f"needs two or more different values to compare (got {values})"))
     if key in spec.space:

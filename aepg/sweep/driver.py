@@ -301,7 +301,7 @@ def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
         log_rung(tracker, run.run_id, progress, fidelity.SEEDS_KEY)
         if spec.compare:  # the configuration's run trains nothing itself: it holds the paired summary
             by_seed = json.loads(tracker.get_run(run.run_id)[0].tags[ARM_VALUES_TAG])
-            tracker.log_metrics(run.run_id, paired_metrics(by_seed, [str(v) for _, v in spec.arms()], metric), step=count)
+            tracker.log_metrics(run.run_id, paired_metrics(by_seed, spec.arm_labels(), metric), step=count)
             tracker.log_metrics(run.run_id, {final_name(metric): mean})  # what it ranks on, and MLflow sorts on
         run.report({**progress, final_name(metric): mean})
 
@@ -312,8 +312,7 @@ def train_arms(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime, seed: int) 
     spec, tracker = runtime.sweep.spec, runtime.tracker
     done = json.loads(tracker.get_run(run.run_id)[0].tags.get(ARM_VALUES_TAG, "{}"))
     by_arm = done.setdefault(str(seed), {})
-    for key, value in spec.arms():
-        arm = str(value)
+    for (key, value), arm in zip(spec.arms(), spec.arm_labels()):
         if arm not in by_arm:
             armed = validate(apply_dotted(cfg.model_dump(mode="json"), {key: value}))
             arm_run = runtime.arm_run(run, arm, seed, armed)

@@ -44,7 +44,7 @@ def sweep_plan(sweep: Sweep) -> list[str]:
         rungs = spec.scheduler.seed_rungs(len(sweep.seeds))
         arms = len(spec.arms())
         per_trial += (f" per seed{' and arm' if arms else ''}, on up to {len(sweep.seeds)} seeds"
-                      + (f" x {arms} arms ({', '.join(str(v) for _, v in spec.arms())})" if arms else "")
+                      + (f" x {arms} arms ({', '.join(spec.arm_labels())})" if arms else "")
                       + f" (rungs at {', '.join(map(str, rungs))} seeds)")
         total *= len(sweep.seeds) * max(1, arms)
     lines.append(f"each trial: {len(base.tasks)} tasks; {per_trial}")

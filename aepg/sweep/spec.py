@@ -206,6 +206,10 @@ class SweepSpec(Section):
         """(key, value) of each arm, in the order ``compare`` lists them; empty without arms."""
         return [(key, value) for key, values in (self.compare or {}).items() for value in values]
 
+    def arm_labels(self) -> list[str]:
+        """Each arm's value as text: its runs' ``aepg.arm`` tag and its column on the leaderboard."""
+        return [str(value) for _, value in self.arms()]
+
     def arm_value(self, by_arm: dict[str, float]) -> float:
         """The value of a configuration on one seed from its arms' values (by arm label), as
         ``compare_by`` says."""
