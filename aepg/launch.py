@@ -21,6 +21,7 @@ from aepg.benchmarks import DATASETS
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore, CheckpointsUnreadable
 from aepg.config import ConfigError, RunConfig, flatten
+from aepg.metrics import FINAL
 from aepg.distributed import Context, pick_device, seed_all
 from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
@@ -52,10 +53,11 @@ def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective
 
 
 def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context,
-                 task_hooks: list[Callable[[TrainState], None]] = (), full_budget: bool = True) -> TrainState:
+                 task_hooks: list[Callable[[TrainState], None]] = (), summary: str | None = FINAL) -> TrainState:
     """Build benchmark, model and objective, restore the latest checkpoint if any, and train.
 
-    ``full_budget`` False (a sweep's low-fidelity level) logs no ``final/`` metrics."""
+    ``summary``: the prefix of the end-of-budget metrics (``aepg.metrics``): ``final/``, ``seed_run/``
+    for one seed of a sweep's configuration, None for a sweep's low-fidelity level."""
     if cfg.scaling.torch_threads:
         torch.set_num_threads(cfg.scaling.torch_threads)
     model, benchmark, objective = build_job(cfg)
@@ -71,7 +73,7 @@ def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context
             tracker.set_tags(run_id, {tracking.RESUMED_TAG: f"task {state.task + 1}, epoch {state.epoch}"})
     reporters, monitor = [], None
     if context.is_chief:
-        reporters.append(tracker.reporter(run_id, cfg, full_budget))
+        reporters.append(tracker.reporter(run_id, cfg, summary))
         tracker.set_tags(run_id, {key: str(n) for key, n in model.parameter_counts().items()})  # derived, not config
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         made_with = provenance.manifest(cfg, context.device, benchmark.provenance())
@@ -119,7 +121,7 @@ def _ray_train_loop(config: dict) -> None:
             config["tracker"].set_tags(config["run_id"], {tracking.NODES_TAG: ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
     hooks = [lambda state: ray.train.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))] if config["report"] else []
-    train_worker(cfg, config["run_id"], config["tracker"], context, hooks, config["full_budget"])
+    train_worker(cfg, config["run_id"], config["tracker"], context, hooks, config["summary"])
 
 
 def _prepare_ddp(model: ContinualClassifier):
@@ -131,7 +133,7 @@ def _prepare_ddp(model: ContinualClassifier):
 
 
 def torch_trainer(cfg: RunConfig, run_id: str, tracker: Tracker, report_to_tune: bool = False,
-                  full_budget: bool = True):
+                  summary: str | None = FINAL):
     """The Ray Train TorchTrainer for this run, named by run id so a second fit() resumes.
 
     With ``report_to_tune`` (a sweep trial), per-task metrics reach Ray Tune through
@@ -149,7 +151,7 @@ def torch_trainer(cfg: RunConfig, run_id: str, tracker: Tracker, report_to_tune:
     return TorchTrainer(
         _ray_train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "tracker": tracker,
-                           "report": report_to_tune, "full_budget": full_budget},
+                           "report": report_to_tune, "summary": summary},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run_id, storage_path=cfg.storage_path,
@@ -185,15 +187,15 @@ def fit_off_main_thread(trainer):
 
 
 def run_workers(cfg: RunConfig, run_id: str, tracker: Tracker, report: Callable[[TrainState], None] | None = None,
-                full_budget: bool = True, cpus: float | None = None) -> TrainState:
+                summary: str | None = FINAL, cpus: float | None = None) -> TrainState:
     """Train ``run_id`` to the end, in this process or on Ray Train workers, and return the final
     state: the one path of ``aepg train`` and of every sweep trial. ``report`` (a trial's) hears
     of the end of each task; ``cpus`` are an in-process run's (default: the process's)."""
     if cfg.scaling.num_workers == 0:
         context = Context(device=pick_device(cfg.train.device), **({"cpus": cpus} if cpus else {}))
-        return train_worker(cfg, run_id, tracker, context, [report] if report else [], full_budget)
+        return train_worker(cfg, run_id, tracker, context, [report] if report else [], summary)
     ensure_ray()
-    fit_off_main_thread(torch_trainer(cfg, run_id, tracker, report_to_tune=report is not None, full_budget=full_budget))
+    fit_off_main_thread(torch_trainer(cfg, run_id, tracker, report_to_tune=report is not None, summary=summary))
     restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
     if restored is None:
         raise RuntimeError(f"the Ray Train run {run_id} finished without a checkpoint")

@@ -52,8 +52,20 @@ def partial_name(metric: str) -> str:
     return "eval/accuracy" if metric == "last_accuracy" else f"eval/{metric}"
 
 
+FINAL = "final/"
+"""What ranks a run: its summary once it has used its whole budget (for a configuration trained on
+several seeds, the seed-mean on the configuration's run)."""
+ONE_SEED = "seed_run/"
+"""The summary of one seed of a configuration, on that seed's (or arm's) run nested under the
+configuration's: named so that it is never sorted or charted as what ranks the configuration."""
+
+
 def final_name(metric: str) -> str:
-    return f"final/{metric}"
+    return f"{FINAL}{metric}"
+
+
+def one_seed_name(metric: str) -> str:
+    return f"{ONE_SEED}{metric}"
 
 
 def running_best(values: list[float | None], mode: str) -> list[float | None]:

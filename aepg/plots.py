@@ -16,6 +16,7 @@ STATUS_STYLE = {
     "finished": dict(marker="o", color="tab:blue", label="finished (final value)"),
     "stopped early": dict(marker="o", facecolors="none", edgecolors="tab:orange", label="stopped early (value when stopped)"),
     "failed": dict(marker="x", color="tab:red", label="failed"),
+    "confirmed": dict(marker="D", color="tab:green", label="confirmed on fresh seeds (ranked first)"),
 }
 
 
@@ -64,11 +65,15 @@ def series_plot(series: dict[str, tuple[list[int], list[float]]], title: str, bo
     return fig
 
 
-def trials_plot(trials: list[dict], metric: str, mode: str, title: str):
+def trials_plot(trials: list[dict], metric: str, mode: str, title: str, best: int | None = None):
     """Each trial's metric in start order. Finished trials (at their final value) and failed ones (at
-    the bottom) share the top panel with the best finished value so far; trials stopped early get a
-    panel of their own, at the value they had when stopped and the tasks they covered, so a partial
-    value never sits above a finished one."""
+    the bottom) share the top panel with the best finished value so far, and the configurations a
+    confirmation stage trained again (``stage: confirm``) at their confirmation mean; ``best``, the
+    index of the sweep's declared best, is starred. Trials stopped early get a panel of their own,
+    at the value they had when stopped and the tasks they covered, so a partial value never sits
+    above a finished one."""
+    confirmed = [t for t in trials if t.get("stage") == "confirm"]
+    trials = [t for t in trials if t.get("stage") != "confirm"]
     stopped = [t for t in trials if t["status"] == "stopped early" and t["value"] is not None]
     fig, axes = plt.subplots(2 if stopped else 1, 1, figsize=(8, 6.5 if stopped else 4.5), sharex=True, squeeze=False,
                              gridspec_kw={"height_ratios": [3, 2]} if stopped else None)
@@ -82,9 +87,16 @@ def trials_plot(trials: list[dict], metric: str, mode: str, title: str):
         if points:
             ax.scatter(*zip(*points), zorder=3, **STATUS_STYLE[status])
     ordered = sorted(trials, key=lambda t: t["index"])
-    best = running_best([t["value"] if t["status"] == "finished" else None for t in ordered], mode)
-    ax.step([t["index"] for t in ordered], [np.nan if b is None else b for b in best], where="post", color="0.4",
-            label="best finished so far")
+    running = running_best([t["value"] if t["status"] == "finished" else None for t in ordered], mode)
+    ax.step([t["index"] for t in ordered], [np.nan if b is None else b for b in running], where="post", color="0.4",
+            label="best finished so far" + (" (search)" if confirmed else ""))
+    points = [(t["index"], t["value"]) for t in confirmed if t["status"] == "finished" and t["value"] is not None]
+    if points:
+        ax.scatter(*zip(*points), zorder=3, **STATUS_STYLE["confirmed"])
+    declared = next((t for t in confirmed + trials if t["index"] == best and t["value"] is not None), None)
+    if declared:
+        ax.scatter([declared["index"]], [declared["value"]], marker="*", s=260, facecolors="none", edgecolors="k",
+                   zorder=4, label=f"declared best: {declared['value']:.4f}")
     ax.set_ylabel(f"final/{metric}")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

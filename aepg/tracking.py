@@ -26,7 +26,7 @@ from pathlib import Path
 
 from aepg.catalog import OBJECTIVES
 from aepg.config import ConfigError, RunConfig, flatten, to_yaml
-from aepg.metrics import BUDGET_KEY, accuracy_after_each_task
+from aepg.metrics import BUDGET_KEY, FINAL, accuracy_after_each_task
 from aepg.objectives import is_annealed
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -318,8 +318,8 @@ class Tracker:
         monitor.start()
         return monitor
 
-    def reporter(self, run_id: str, cfg: RunConfig, full_budget: bool = True) -> "MlflowReporter":
-        return MlflowReporter(self, run_id, cfg, full_budget)
+    def reporter(self, run_id: str, cfg: RunConfig, summary: str | None = FINAL) -> "MlflowReporter":
+        return MlflowReporter(self, run_id, cfg, summary)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -466,9 +466,11 @@ class MlflowReporter:
 
     TRAIN_PLOT_KEYS = ("a_t", "entropy", "p_y", "ce")
 
-    def __init__(self, tracker: Tracker, run_id: str, cfg: RunConfig, full_budget: bool = True):
+    def __init__(self, tracker: Tracker, run_id: str, cfg: RunConfig, summary: str | None = FINAL):
         self.client = tracker.client
-        self.run_id, self.full_budget = run_id, full_budget
+        self.run_id, self.summary = run_id, summary
+        """The prefix the end-of-budget summary is logged under: ``final/``, ``seed_run/`` for one seed
+        of a sweep's configuration, None for a low-fidelity level (``aepg.metrics``)."""
         self.num_tasks = cfg.benchmark.num_tasks
         self.annealed, self.figures = is_annealed(cfg.objective), cfg.figures
         run = self.client.get_run(run_id)
@@ -491,13 +493,14 @@ class MlflowReporter:
 
     def task_finished(self, state, samples_per_second: float | None) -> None:
         """Evaluation metrics at the step counting the tasks done, the matrix, and (with ``figures``
-        on) every plot, refreshed so a run stopped early has them too; ``final/`` metrics once every
-        task is done. ``samples_per_second`` is None for a task the method does not train."""
+        on) every plot, refreshed so a run stopped early has them too; the summary (``final/``) once
+        every task is done. ``samples_per_second`` is None for a task the method does not train."""
         R, sizes = state.accuracy_matrix, state.test_sizes
         metrics = state.metrics(self.num_tasks)
-        finals = {k: v for k, v in metrics.items() if k.startswith("final/")} if self.full_budget else {}
+        finals = {self.summary + k.removeprefix(FINAL): v for k, v in metrics.items()
+                  if k.startswith(FINAL)} if self.summary else {}
         done = metrics.pop(BUDGET_KEY)  # the step of the eval/ metrics, not a chart of its own
-        running = {k: v for k, v in metrics.items() if not k.startswith("final/")}
+        running = {k: v for k, v in metrics.items() if not k.startswith(FINAL)}
         throughput = {} if samples_per_second is None else {"train/samples_per_second": samples_per_second}
         self._log(_metrics(running, done) + _metrics(throughput, state.global_step))
         self.client.set_tag(self.run_id, TASKS_DONE_TAG, str(done))

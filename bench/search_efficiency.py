@@ -63,7 +63,7 @@ METHODS = {
                        "scheduler": {"kind": "asha", "fidelity": "tasks", "grace_period": 1, "reduction_factor": 3}},
     # One seed per trial, no early stopping, as many trials as fit in the compute the default search used.
     "random": {"search": {"algorithm": "random"}, "scheduler": {"kind": "none"}},
-    # The quickstart's search: TPE after 4 random trials, 8 trials of one seed, no early stopping.
+    # sweeps/search.yaml's search: TPE after 4 random trials, 8 trials of one seed, no early stopping.
     "tpe": {"search": {"algorithm": "tpe", "num_trials": 8, "startup_trials": 4}, "scheduler": {"kind": "none"}},
 }
 DEFAULT = "tpe"

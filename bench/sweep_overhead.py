@@ -1,6 +1,6 @@
 """Wall time of the same N trials run by plain Optuna in one process and by `aepg sweep`.
 
-Both sample the quickstart space with Optuna's seeded random sampler (so both run the same
+Both sample the space of sweeps/search.yaml with Optuna's seeded random sampler (so both run the same
 configurations), run each trial with the aepg trainer logging to MLflow, and run
 `--concurrency` trials at a time: plain Optuna with threads in this process, aepg with Ray Tune
 trial processes. The aepg wall time includes starting the local Ray instance. On a shared
@@ -30,7 +30,7 @@ from aepg.launch import train_worker
 from aepg.sweep.driver import finalize, run_sweep
 from aepg.sweep.checks import load_sweep
 
-SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml"
+SWEEP = Path(__file__).resolve().parents[1] / "sweeps" / "search.yaml"
 
 
 def plain_optuna(sweep, trials: int, concurrency: int, tmp: str) -> float:

@@ -26,9 +26,10 @@ from conftest import mlflow_server as mlflow_server_on
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 RAYJOB = REPO / "ray_configs" / "kuberay" / "rayjob.yaml"
-SMALL_QUICKSTART = ["search.num_trials=2", "search.max_concurrent=2", "base_overrides.benchmark.num_tasks=2",
-                    "base_overrides.train.epochs=1", "base_overrides.benchmark.max_train_per_class=40",
-                    "base_overrides.benchmark.max_test_per_class=10"]
+SMALL_QUICKSTART = ["search.num_trials=2", "search.max_concurrent=2", "seeds=[0,1]", "scheduler.kind=none",
+                    "base_overrides.benchmark.num_tasks=2", "base_overrides.train.epochs=1",
+                    "base_overrides.benchmark.max_train_per_class=20", "base_overrides.benchmark.max_test_per_class=10"]
+"""The quickstart (aEPG against CE, paired) at its smallest: 2 configurations x 2 arms x 2 seeds."""
 
 
 @dataclass
@@ -141,8 +142,9 @@ def test_the_shipped_rayjob_runs_a_sweep_on_both_nodes(cluster, mlflow_server, t
     experiment = client.get_experiment_by_name("aepg-digits")
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`aepg.sweep` LIKE 'quickstart-%'")
     parents = [r for r in runs if r.data.tags.get("aepg.kind") == "sweep"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    arms = [r for r in runs if "aepg.arm" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2 and len(arms) == 8
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {c.data.tags["aepg.nodes"] for c in children} == {"head", "worker-1"}, "trials ran on both nodes"
     board = logs[logs.index("leaderboard, ranked on"):]

@@ -111,9 +111,11 @@ def test_a_confirmed_configuration_counts_on_its_confirmation_seeds_alone():
         tags = {"aepg.config_id": config, "mlflow.parentRunId": parent, **({"aepg.stage": stage} if stage else {})}
         return RunRecord(run_id, run_id, "FINISHED", {}, {}, tags)
 
-    searched_a, searched_b, confirmed_a = trial("a0", "A"), trial("b0", "B"), trial("a100", "A", "confirm")
-    seed_runs = [trial("a1", "A", "", "a0"), trial("b1", "B", "", "b0"), trial("a101", "A", "", "a100")]
+    searched_a, searched_b, confirmed_a = trial("A", "A"), trial("B", "B"), trial("A'", "A", "confirm")
+    seed_runs = [trial("A@s0", "A", "", "A"), trial("A@s1", "A", "", "A"), trial("B@s0", "B", "", "B"),
+                 trial("A'@s100", "A", "", "A'"), trial("A'@s101", "A", "", "A'"), trial("X@s0", "X", "", "X")]
     kept = table_runs([searched_a, searched_b, confirmed_a], seed_runs)
-    assert sorted(r.run_id for r in kept) == ["a100", "a101", "b0", "b1"]
-    # Without a confirmation every trial keeps its seed runs.
-    assert sorted(r.run_id for r in table_runs([searched_a, searched_b], seed_runs)) == ["a0", "a1", "b0", "b1"]
+    assert sorted(r.run_id for r in kept) == ["A'@s100", "A'@s101", "B@s0"]
+    # Without a confirmation every configuration counts on its search seeds; a run under no finished
+    # configuration (X, stopped) never counts, and the configurations' own runs (their mean) neither.
+    assert sorted(r.run_id for r in table_runs([searched_a, searched_b], seed_runs)) == ["A@s0", "A@s1", "B@s0"]

@@ -12,7 +12,7 @@ from aepg.sweep.searchers import SampledSearch
 from aepg.sweep.checks import load_sweep
 from aepg.sweep.spec import expected_trials
 
-QUICKSTART = REPO / "sweeps" / "quickstart.yaml"
+SEARCH = REPO / "sweeps" / "search.yaml"
 
 
 @SEARCHERS.register("qmc", builder="aepg.sweep.search:optuna_search", display="quasi-Monte Carlo")
@@ -33,7 +33,7 @@ def test_a_registered_searcher_is_selected_validated_and_built():
     from aepg.sweep.schema import parent_params
     from aepg.sweep.search import searcher
 
-    sweep = load_sweep(QUICKSTART, ["search.algorithm=qmc", "search.num_trials=5"], check_runs=False)
+    sweep = load_sweep(SEARCH, ["search.algorithm=qmc", "search.num_trials=5"], check_runs=False)
     assert isinstance(sweep.spec.search, QMCSearch) and expected_trials(sweep) == 5
     param_space, found, num_samples = searcher(sweep)
     assert param_space is None and num_samples == 5
@@ -51,7 +51,7 @@ def test_the_parent_run_records_every_sampler_and_scheduler_setting():
     from aepg.sweep.schema import parent_params
     from aepg.sweep.search import searcher
 
-    sweep = load_sweep(QUICKSTART, ["search.multivariate=false", "scheduler.kind=asha", "scheduler.grace_period=2"],
+    sweep = load_sweep(SEARCH, ["search.multivariate=false", "scheduler.kind=asha", "scheduler.grace_period=2"],
                        check_runs=False)
     sampler = searcher(sweep)[1]._sampler
     assert (sampler._multivariate, sampler._constant_liar, sampler._n_startup_trials) == (False, True, 4)
@@ -64,8 +64,8 @@ def test_the_parent_run_records_every_sampler_and_scheduler_setting():
 
 def test_each_searcher_checks_what_it_can_search():
     with pytest.raises(ConfigError, match="grid search takes choice parameters only"):
-        load_sweep(QUICKSTART, ["search.algorithm=grid"], check_runs=False)
+        load_sweep(SEARCH, ["search.algorithm=grid"], check_runs=False)
     with pytest.raises(ConfigError, match="several seeds need search.algorithm: grid"):
-        load_sweep(QUICKSTART, ["search.algorithm=qmc", "seeds=[0,1]"], check_runs=False)
+        load_sweep(SEARCH, ["search.algorithm=qmc", "seeds=[0,1]"], check_runs=False)
     with pytest.raises(ConfigError, match="unknown search algorithm 'qcm'; did you mean 'qmc'"):
-        load_sweep(QUICKSTART, ["search.algorithm=qcm"], check_runs=False)
+        load_sweep(SEARCH, ["search.algorithm=qcm"], check_runs=False)

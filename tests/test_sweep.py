@@ -716,6 +716,30 @@ def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_
     assert "when it stopped (partial: not comparable with finished trials)" in note[0]
 
 
+@pytest.mark.browser
+def test_sorting_a_seed_sweep_by_its_ranking_metric_in_the_mlflow_ui_puts_the_declared_best_first(seed_sweep, browser):
+    """In the runs table of a seed ladder with a confirmation, sorted by final/ (descending) as a
+    researcher would, the first row is the best the sweep declared (a confirmed configuration),
+    not a seed run or a search trial with a higher number on fewer or chosen seeds."""
+    from selenium.webdriver.common.by import By
+
+    client, (parent,), _ = sweep_runs(seed_sweep / "mlflow.db")
+    best = client.get_run(parent.data.tags["best_run_id"]).info.run_name
+    with mlflow_server(seed_sweep / "mlflow.db", seed_sweep / "ui.log") as url:
+        browser.get(f"{url}/#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning"
+                    "&orderByKey=metrics.%60final%2Favg_incremental_accuracy%60&orderByAsc=false")
+        wait_until(lambda: browser.find_elements(By.XPATH, "//*[contains(text(), 'Sort: final/avg_incremental_accuracy')]"),
+                   "the sort by the final metric", timeout=60)
+
+        def first_rows() -> list[str] | None:
+            first = run_names(browser)
+            time.sleep(1.0)
+            return first if first and run_names(browser) == first else None
+
+        names = wait_until(first_rows, "the sorted runs", timeout=60)
+    assert names[0] == best, names
+
+
 def test_a_data_ladder_restarts_promoted_trials_at_more_data(ray_address, workdir):
     path = write_sweep(workdir, space={"train.lr": {"loguniform": [1.0e-4, 1.0e-3]}},
                        search={"algorithm": "tpe", "seed": 0, "num_trials": 4, "max_concurrent": 2},
@@ -745,16 +769,32 @@ def test_a_data_ladder_restarts_promoted_trials_at_more_data(ray_address, workdi
     assert [r["progress"] for r in rows] == ["level 2/2"] * len(finished) + ["level 1/2"] * len(stopped)
 
 
-def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(ray_address, workdir):
-    """TPE over one key, each configuration on seed 0 first; ASHA keeps the better half on seeds 1-2.
-    Optuna learns the seed-mean, which is the mean of the seed runs' final values. Then the best
-    configuration is confirmed on fresh seeds 7 and 8, which decide the leaderboard."""
+@pytest.fixture(scope="module")
+def seed_sweep(ray_address, tmp_path_factory):
+    """A real seed ladder with a confirmation stage, in its own folder: TPE over one key, each
+    configuration on seed 0 first, ASHA keeping the better third on seeds 1-2, then the best
+    configuration trained again on fresh seeds 7 and 8."""
+    folder = tmp_path_factory.mktemp("seed-sweep")
     base = {**TINY_BASE, "benchmark": {"num_tasks": 2, "max_train_per_class": 12, "max_test_per_class": 6}}
-    path = write_sweep(workdir, space={"train.lr": {"loguniform": [1.0e-4, 1.0e-3]}}, seeds=[0, 1, 2],
+    path = write_sweep(folder, space={"train.lr": {"loguniform": [1.0e-4, 1.0e-3]}}, seeds=[0, 1, 2],
                        base_overrides=base, search={"algorithm": "tpe", "seed": 0, "num_trials": 4, "max_concurrent": 2},
                        scheduler={"kind": "asha", "fidelity": "seeds", "grace_period": 1, "reduction_factor": 3},
                        confirm={"top_k": 1, "seeds": [7, 8]})
-    assert main(["sweep", path]) == 0
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert main(["sweep", path]) == 0
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(seed_sweep):
+    """Every seed of a configuration is a run nested under the configuration's run, holding its own
+    value as seed_run/ (never final/); Optuna learns the seed-mean. The confirmation's fresh seeds
+    decide the leaderboard, and only the confirmed configuration's run holds final/ (its mean), so
+    sorting the store by final/ puts the declared best first."""
+    workdir = seed_sweep
     client, (parent,), runs = sweep_runs(workdir / "mlflow.db")
     children = [r for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
     trials = [r for r in children if "aepg.stage" not in r.data.tags]
@@ -764,18 +804,23 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(ray_address,
     stopped = [t for t in trials if t.data.tags["aepg.status"] == "stopped early"]
     assert finished and len(finished) + len(stopped) == 4  # the first to reach a rung always goes on
     assert parent.data.params["search.scheduler"].startswith("ASHA(fidelity=seeds, grace_period=1")
+    for run in nested:
+        assert "seed_run/avg_incremental_accuracy" in run.data.metrics
+        assert not any(key.startswith("final/") for key in run.data.metrics), run.info.run_name
     for trial in finished:
         seeds = [r for r in nested if r.data.tags["mlflow.parentRunId"] == trial.info.run_id]
-        assert sorted(r.data.params["seed"] for r in seeds) == ["1", "2"] and trial.data.params["seed"] == "0"
+        assert sorted(r.data.params["seed"] for r in seeds) == ["0", "1", "2"]
         assert {r.data.tags["aepg.config_id"] for r in seeds} == {trial.data.tags["aepg.config_id"]}
-        finals = [r.data.metrics["final/avg_incremental_accuracy"] for r in [trial, *seeds]]
+        values = [r.data.metrics["seed_run/avg_incremental_accuracy"] for r in seeds]
         mean = trial.data.metrics["seeds/mean_avg_incremental_accuracy"]
-        assert mean == pytest.approx(sum(finals) / 3, abs=1e-12) and trial.data.tags["aepg.seeds_done"] == "3"
+        assert mean == pytest.approx(sum(values) / 3, abs=1e-12) and trial.data.tags["aepg.seeds_done"] == "3"
         assert "seeds/count" not in trial.data.metrics, "the count is the step and a tag, not a ramp chart"
         assert trial.data.tags["aepg.optuna_state"] == "COMPLETE"
+        assert "final/avg_incremental_accuracy" not in trial.data.metrics, "the confirmation decides"
     for trial in stopped:  # one seed, and Optuna told the truth: pruned
         assert trial.data.tags["aepg.seeds_done"] == "1" and trial.data.tags["aepg.optuna_state"] == "PRUNED"
-        assert not [r for r in nested if r.data.tags["mlflow.parentRunId"] == trial.info.run_id]
+        (seed,) = [r for r in nested if r.data.tags["mlflow.parentRunId"] == trial.info.run_id]
+        assert seed.data.params["seed"] == "0" and "final/avg_incremental_accuracy" not in trial.data.metrics
     # The searcher's own record: what Optuna was told for each complete trial is its seed-mean.
     searcher = SweepOptunaSearch(metric="seeds/mean_avg_incremental_accuracy", mode="max", full_budget=3)
     searcher.restore_from_dir(parent.data.params["sweep.path"])
@@ -789,13 +834,21 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(ray_address,
     assert confirmed.data.tags["aepg.config_id"] in best  # one of the best (tiny data can tie them)
     best = best[confirmed.data.tags["aepg.config_id"]]
     assert confirmed.data.params["train.lr"] == best.data.params["train.lr"] and confirmed.data.params["seed"] == "7"
-    (other,) = [r for r in nested if r.data.tags["mlflow.parentRunId"] == confirmed.info.run_id]
-    assert other.data.params["seed"] == "8" and confirmed.data.tags["aepg.status"] == "finished"
+    fresh = [r for r in nested if r.data.tags["mlflow.parentRunId"] == confirmed.info.run_id]
+    assert sorted(r.data.params["seed"] for r in fresh) == ["7", "8"] and confirmed.data.tags["aepg.status"] == "finished"
+    confirmation_mean = sum(r.data.metrics["seed_run/avg_incremental_accuracy"] for r in fresh) / 2
+    assert confirmed.data.metrics["final/avg_incremental_accuracy"] == pytest.approx(confirmation_mean, abs=1e-12)
     folder = workdir / parent.data.params["sweep.path"]
     rows = list(csv.DictReader(io.StringIO((folder / "leaderboard.csv").read_text())))
     assert rows[0]["stage"] == "confirm" and rows[0]["progress"] == "2/2 seeds" and rows[0]["seeds"] == "7 8"
     assert {row["progress"] for row in rows[1:]} <= {"3/3 seeds", "1/3 seeds"} and rows[1]["stage"] == "search"
+    assert "stage confirm: trained again on fresh seeds" in (folder / "leaderboard.txt").read_text()
     assert parent.data.tags["best_run_id"] == confirmed.info.run_id
+    assert f"final/avg_incremental_accuracy = {confirmation_mean:.4f} over the confirmation's seeds 7, 8" in \
+        parent.data.tags["mlflow.note.content"].splitlines()[0]
+    # What MLflow sorts on is what ranks: the store sorted by final/ starts with the declared best.
+    (top, *_) = client.search_runs([parent.info.experiment_id], order_by=["metrics.`final/avg_incremental_accuracy` DESC"])
+    assert top.info.run_id == confirmed.info.run_id
     assert yaml.safe_load((folder / "best.yaml").read_text())["train"]["lr"] == float(best.data.params["train.lr"])
     assert parent.data.tags["sweep.noise_verdict"].startswith(("seed noise", "one finished configuration"))
 
@@ -827,7 +880,8 @@ def test_paired_arms_train_every_configuration_under_each_arm_on_the_same_seeds(
         assert {r.data.params["train.lr"] for r in arms} == {trial.data.params["train.lr"]}
         assert {r.data.params["objective.kind"] for r in arms} == {"ce", "aepg"}
         assert {r.data.tags["aepg.config_id"] for r in arms} == {trial.data.tags["aepg.config_id"]}
-        value = {(r.data.tags["aepg.arm"], r.data.tags["aepg.seed"]): r.data.metrics[f"final/{metric}"] for r in arms}
+        assert not any(key.startswith("final/") for r in arms for key in r.data.metrics), "one seed's value is seed_run/"
+        value = {(r.data.tags["aepg.arm"], r.data.tags["aepg.seed"]): r.data.metrics[f"seed_run/{metric}"] for r in arms}
         diffs = [value["aepg", seed] - value["ce", seed] for seed in ("0", "1")]
         paired = trial.data.metrics
         assert paired[f"paired/diff_{metric}"] == pytest.approx(sum(diffs) / 2, abs=1e-12)

@@ -31,7 +31,7 @@ from ray import tune
 
 from aepg import interrupts, preflight, tracking
 from aepg.config import ConfigError, RunConfig, is_uri, validate
-from aepg.metrics import final_name
+from aepg.metrics import FINAL, ONE_SEED, final_name
 from aepg.ray_setup import check_fits, ensure_ray, node_names, this_node, worker_resources
 from aepg.sweep import fidelity, search
 from aepg.sweep.progress import (
@@ -244,12 +244,13 @@ def record_node(tracker: Tracker, run_id: str) -> str:
     return name
 
 
-def train(cfg: RunConfig, run_id: str, runtime: SweepRuntime, report=None, full_budget: bool = True) -> TrainState:
-    """Train ``cfg`` into ``run_id`` as ``aepg train`` does, on the trial's CPUs; ``report`` after each task.
-    (The trial's process imports the trainer here: the sweep's driver never does.)"""
+def train(cfg: RunConfig, run_id: str, runtime: SweepRuntime, report=None, summary: str | None = FINAL) -> TrainState:
+    """Train ``cfg`` into ``run_id`` as ``aepg train`` does, on the trial's CPUs; ``report`` after each
+    task; its summary under ``summary`` (``launch.train_worker``). (The trial's process imports the
+    trainer here: the sweep's driver never does.)"""
     from aepg.launch import run_workers
 
-    return run_workers(cfg, run_id, runtime.tracker, report, full_budget, runtime.sweep.spec.trial.cpus)
+    return run_workers(cfg, run_id, runtime.tracker, report, summary, runtime.sweep.spec.trial.cpus)
 
 
 def climb(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
@@ -265,7 +266,7 @@ def climb(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
         compute += fidelity.level_compute(cfg, low, kind, per_class)
         if level.fraction < 1:
             level_run = runtime.level_run(run, level, low)
-            state = train(low, level_run, runtime, full_budget=False)
+            state = train(low, level_run, runtime, summary=None)
             runtime.tracker.close_run(level_run, "FINISHED")
         else:
             state = train(cfg, run.run_id, runtime)
@@ -276,33 +277,36 @@ def climb(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
 
 
 def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
-    """The seed ladder: the configuration trained at full budget on the sweep's seeds in order (the
-    first into the trial's run, the others into runs nested under it), reporting the seed-mean after
-    each; ASHA stops the trial or lets it go on to more seeds. A retried trial keeps the seeds it
-    has (their values are on its run) and trains the rest."""
+    """The seed ladder: the configuration trained at full budget on the sweep's seeds in order, each
+    seed (or each arm on it) into a run nested under the configuration's run, reporting the seed-mean
+    after each; ASHA stops the trial or lets it go on to more seeds. The configuration's run trains
+    nothing itself: it holds the seed-mean as ``final/<metric>`` once every seed is done (what it
+    ranks on and MLflow sorts on; not in a search whose confirmation decides), and a paired
+    summary with arms. A retried trial keeps the seeds it has (their values are on its run) and
+    trains the rest."""
     spec, tracker = runtime.sweep.spec, runtime.tracker
-    metric, tasks = spec.metric, cfg.benchmark.num_tasks
+    metric, tasks, seeds = spec.metric, cfg.benchmark.num_tasks, runtime.sweep.seeds
     values = {int(k): v for k, v in json.loads(tracker.get_run(run.run_id)[0].tags.get(SEED_VALUES_TAG, "{}")).items()}
-    for count, seed in enumerate(runtime.sweep.seeds, 1):
+    for count, seed in enumerate(seeds, 1):
         if seed not in values:
             seeded = cfg.model_copy(update={"seed": seed})
             if spec.compare:
                 values[seed] = spec.arm_value(train_arms(seeded, run, runtime, seed))
             else:
-                run_id = run.run_id if count == 1 else runtime.seed_run(run, seed, seeded)
-                values[seed] = train(seeded, run_id, runtime).summary[metric]
-                if run_id != run.run_id:
-                    tracker.close_run(run_id, "FINISHED")
+                seed_run = runtime.seed_run(run, seed, seeded)
+                values[seed] = train(seeded, seed_run, runtime, summary=ONE_SEED).summary[metric]
+                tracker.close_run(seed_run, "FINISHED")
             tracker.set_tags(run.run_id, {SEED_VALUES_TAG: json.dumps(values)})
         mean = statistics.mean(values.values())
         progress = {fidelity.SEEDS_KEY: count, fidelity.seed_metric(metric): mean,
                     f"seeds/std_{metric}": statistics.stdev(values.values()) if count > 1 else 0.0,
                     fidelity.COMPUTE_KEY: count * tasks * max(1, len(spec.arms()))}
         log_rung(tracker, run.run_id, progress, fidelity.SEEDS_KEY)
-        if spec.compare:  # the configuration's run trains nothing itself: it holds the paired summary
+        if spec.compare:
             by_seed = json.loads(tracker.get_run(run.run_id)[0].tags[ARM_VALUES_TAG])
             tracker.log_metrics(run.run_id, paired_metrics(by_seed, spec.arm_labels(), metric), step=count)
-            tracker.log_metrics(run.run_id, {final_name(metric): mean})  # what it ranks on, and MLflow sorts on
+        if count == len(seeds) and spec.confirm is None:
+            tracker.log_metrics(run.run_id, {final_name(metric): mean})
         run.report({**progress, final_name(metric): mean})
 
 
@@ -316,7 +320,7 @@ def train_arms(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime, seed: int) 
         if arm not in by_arm:
             armed = validate(apply_dotted(cfg.model_dump(mode="json"), {key: value}))
             arm_run = runtime.arm_run(run, arm, seed, armed)
-            by_arm[arm] = train(armed, arm_run, runtime).summary[spec.metric]
+            by_arm[arm] = train(armed, arm_run, runtime, summary=ONE_SEED).summary[spec.metric]
             tracker.close_run(arm_run, "FINISHED")
             tracker.set_tags(run.run_id, {ARM_VALUES_TAG: json.dumps(done)})
     return by_arm

@@ -34,6 +34,9 @@ from aepg.sweep.table import markdown_grid
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 STATUS_ORDER = {"finished": 0, "stopped early": 1, "running": 2, "interrupted": 3, "failed": 4}
+CONFIRMED_FIRST = ("stage confirm: trained again on fresh seeds, which decide; they rank first, above higher "
+                   "search values, which the choosing biased up")
+"""Why a confirmed configuration can sit above a higher number, said wherever the stage is shown."""
 
 
 @dataclass
@@ -310,6 +313,8 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
         e.status != "finished" and e.value is not None for e in entries) else "")]
     if arms:
         legend.append(f"{arms[-1]}-{arms[0]}: their difference paired over the seeds, ± half its 95% interval")
+    if stage:
+        legend.append(CONFIRMED_FIRST)
     legend += [f"{short_name(k)}: {k}" for k in shown if short_name(k) != k]
     if len(shown) < len(keys):
         legend.append(f"{len(keys) - len(shown)} more searched keys, and the full trial names: leaderboard.md")

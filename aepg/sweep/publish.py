@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aepg import tracking
 from aepg.metrics import final_name
+from aepg.sweep.fidelity import seed_metric
 from aepg.sweep.leaderboard import TrialResult
 from aepg.sweep.report import SweepReport, report_texts
 from aepg.sweep.table import PaperTable
@@ -34,21 +35,26 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
     nested = {run_id: tracker.nested_runs(report.experiment_id, run_id) for entry in report.entries
               for run_id in entry.run_ids}
     colours = run_colours(report.entries, nested)
+    confirmed = any(entry.stage == "confirm" for entry in report.entries)
     for i, entry in enumerate(report.entries, 1):
         for run_id in entry.run_ids:
-            tracker.set_tags(run_id, {tracking.NOTE_TAG: child_note(entry, i, len(report.entries), report.metric),
+            note = child_note(entry, i, len(report.entries), report.metric, confirmed)
+            tracker.set_tags(run_id, {tracking.NOTE_TAG: note,
                                       tracking.COLOR_TAG: colours[run_id]})
             tracker.log_metrics(run_id, {STANDING_KEY: len(report.entries) + 1 - i})
             for run in nested[run_id]:  # seed, arm and ladder runs: their configuration's shade
                 tracker.set_tags(run.run_id, {tracking.COLOR_TAG: colours[run.run_id]})
 
 
-def child_note(entry: TrialResult, rank: int, of: int, metric: str) -> str:
-    """A trial's one-line description: how it ended, how far it got, its value and its rank."""
+def child_note(entry: TrialResult, rank: int, of: int, metric: str, confirmed: bool = False) -> str:
+    """A trial's one-line description: how it ended, how far it got, its value and its rank (in a
+    sweep whose ``confirmed`` configurations decide, a search trial's value is its search seeds' mean)."""
     if entry.value is None:
         value = ""
+    elif entry.status == "finished" and confirmed and entry.stage == "search":
+        value = f", {seed_metric(metric)} = {entry.value:.4f} (the confirmed configurations rank first)"
     elif entry.status == "finished":
-        value = f", {final_name(metric)} = {entry.value:.4f}"
+        value = f", {final_name(metric)} = {entry.value:.4f}" + (" on fresh seeds" if entry.stage == "confirm" else "")
     else:
         value = f", {metric} {entry.value:.4f} when it stopped (partial: not comparable with finished trials)"
     return f"{entry.status}, {entry.progress}{value}; rank {rank} of {of}"

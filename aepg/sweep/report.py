@@ -21,6 +21,7 @@ from aepg import plots, tracking
 from aepg.config import to_yaml, validate
 from aepg.metrics import running_best
 from aepg.sweep.leaderboard import (
+    CONFIRMED_FIRST,
     TrialResult,
     average_over_seeds,
     entries_of,
@@ -80,14 +81,16 @@ def importance_study(finished: list[TrialResult], space: dict[str, Param], mode:
 
 
 def figures(name: str, entries: list[TrialResult], space: dict[str, Param], mode: str, metric: str,
-            budget: float | None) -> dict[str, object]:
-    """The metric over trials (every status), compute against the best value so far, parallel
-    coordinates and Optuna's parameter importances over the finished trials."""
+            budget: float | None, confirmed: list[TrialResult] = (), best: TrialResult | None = None) -> dict[str, object]:
+    """The metric over trials (every status, the ``confirmed`` ones too, the ``best`` starred), compute
+    against the best value so far, parallel coordinates and Optuna's parameter importances over the
+    finished trials of the search."""
     from optuna.visualization import matplotlib as ovm
 
     drawn = {"objective_over_trials.png": plots.trials_plot(
-        [{"index": e.index, "status": e.status, "value": e.value, "progress": e.progress} for e in entries], metric, mode,
-        f"sweep {name}: {metric} of each trial")}
+        [{"index": e.index, "status": e.status, "value": e.value, "progress": e.progress, "stage": e.stage}
+         for e in [*entries, *confirmed]], metric, mode, f"sweep {name}: {metric} of each trial",
+        best.index if best else None)}
     points = convergence(entries, mode)
     if points:
         drawn["convergence.png"] = plots.convergence_plot(points, budget, f"final/{metric}",
@@ -155,8 +158,9 @@ class SweepReport:
         """The parent run's description: the best trial's link first (visible while the description
         is folded), the noise verdict, then a compact leaderboard whose trial names are links."""
         if self.best:
+            over = f" over the confirmation's seeds {', '.join(map(str, self.best.seeds))}" if self.best.stage == "confirm" else ""
             lines = [f"**Best: [{self.best.name}]({self.run_link(self.best.run_ids[0])})**, "
-                     f"final/{self.metric} = {self.best.value:.4f}"]
+                     f"final/{self.metric} = {self.best.value:.4f}{over}"]
         else:
             lines = ["**No trial finished.**"]
         if self.paired:
@@ -164,7 +168,8 @@ class SweepReport:
         if self.noise:
             lines.append(f"{self.noise.verdict}.")
         lines += ["", f"Sweep {self.name}, ranked on `final/{self.metric}`: trials that trained every task first; "
-                  "a stopped trial's value (in parentheses) is partial, from fewer tasks or seeds.", "",
+                  "a stopped trial's value (in parentheses) is partial, from fewer tasks or seeds."
+                  + (f" {CONFIRMED_FIRST}." if any(e.stage == "confirm" for e in self.entries) else ""), "",
                   markdown_table(self.note_rows())]
         return "\n".join(lines)
 
@@ -193,7 +198,7 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     ladder_seeds = len(sweep.seeds) if sweep.seeds_per_trial else None
     entries = entries_of(searched, space, sweep.metric, sweep.num_tasks, sweep.levels, ladder_seeds)
     budget = sweep.num_trials * sweep.num_tasks * (ladder_seeds or 1) if sweep.num_tasks else None
-    figs = figures(parent.name, entries, space, sweep.mode, sweep.metric, budget)
+    searched_entries = entries
     if len(sweep.seeds) > 1 and not ladder_seeds:
         entries = average_over_seeds(entries)
     ranked = rank(entries, sweep.mode)
@@ -209,6 +214,8 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     mark_within_noise(judged, found)
     best = (finished or searched_finished or [None])[0]
     best_yaml = best_config(tracker, best, f"{parent.name}-best", sweep.storage_path) if best else None
+    figs = figures(parent.name, searched_entries, space, sweep.mode, sweep.metric, budget, confirmed,
+                   best if best in confirmed or best in searched_entries else None)
     return SweepReport(parent.name, sweep.metric, table(ranked, sweep.metric, list(space)), best, best_yaml, figs,
                        ranked, parent.experiment_id, found, list(space))
 
@@ -227,30 +234,31 @@ def paper_table(tracker: Tracker, parent_ids: list[str], rows_key: str = "method
         children = tracker.find_runs(experiment, {tracking.PARENT_TAG: parent_id})
         finished = [c for c in children if status_of(c) == "finished"]
         params = SweepParams.of(parent)
-        if params.seeds_per_trial or params.confirm_seeds:  # each finished configuration's other seeds
-            seed_runs = [run for run in tracker.find_runs(experiment, {STATUS_TAG: "seed run", SWEEP_TAG: parent.name})
-                         if run.status == "FINISHED"]
-            finished = table_runs(finished, seed_runs)
+        if params.seeds_per_trial or params.confirm_seeds:  # each configuration's seeds (and arms) are nested runs
+            per_seed = [run for status in ("seed run", "arm run")
+                        for run in tracker.find_runs(experiment, {STATUS_TAG: status, SWEEP_TAG: parent.name})
+                        if run.status == "FINISHED"]
+            finished = table_runs(finished, per_seed)
         label = sweep_label(parent)
         groups.append((label if label not in [g for g, _ in groups] else f"{label} ({parent.name})", finished))
     sweep = SweepParams.of(parent)
     return build_table(groups, rows_key, columns_key, rank_metric=sweep.metric, mode=sweep.mode)
 
 
-def table_runs(trials: list[tracking.RunRecord], seed_runs: list[tracking.RunRecord]) -> list[tracking.RunRecord]:
-    """The runs a seed sweep's table is built from: each finished trial with its seed runs, except
-    that a configuration the confirmation trained again counts on the confirmation's seeds alone
-    (the search's seeds chose it, so their mean is biased up)."""
+def table_runs(trials: list[tracking.RunRecord], per_seed: list[tracking.RunRecord]) -> list[tracking.RunRecord]:
+    """The runs a seed ladder's table is built from: the seed (or arm) runs nested under each
+    finished configuration, except that a configuration the confirmation trained again counts on
+    the confirmation's seeds alone (the search's seeds chose it, so their mean is biased up)."""
     confirmed = {t.tags.get(CONFIG_TAG) for t in trials if t.tags.get(STAGE_TAG) == "confirm"}
-    kept = [t for t in trials if t.tags.get(STAGE_TAG) == "confirm" or t.tags.get(CONFIG_TAG) not in confirmed]
-    ids = {t.run_id for t in kept}
-    return kept + [run for run in seed_runs if run.tags.get(tracking.PARENT_TAG) in ids]
+    kept = {t.run_id for t in trials if t.tags.get(STAGE_TAG) == "confirm" or t.tags.get(CONFIG_TAG) not in confirmed}
+    return [run for run in per_seed if run.tags.get(tracking.PARENT_TAG) in kept]
 
 
 def report_texts(report: SweepReport, table: PaperTable) -> dict[str, str]:
     """The files a sweep's report writes (into its folder, the parent run, or ``--out``)."""
-    texts = {"leaderboard.csv": to_csv(report.rows), "leaderboard.txt": report.text + "\n",
-             "leaderboard.md": markdown_table(report.rows) + "\n", "paper_table.md": table.markdown() + "\n",
+    why = f"\n{CONFIRMED_FIRST}\n" if any(e.stage == "confirm" for e in report.entries) else ""
+    texts = {"leaderboard.csv": to_csv(report.rows), "leaderboard.txt": report.text + "\n" + why,
+             "leaderboard.md": markdown_table(report.rows) + "\n" + why, "paper_table.md": table.markdown() + "\n",
              "paper_table.csv": table.csv(), "paper_table.tex": table.latex() + "\n"}
     if report.best_yaml:
         texts["best.yaml"] = report.best_yaml

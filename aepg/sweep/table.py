@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from aepg.catalog import METHODS, OBJECTIVES
 from aepg.config import ConfigError
-from aepg.metrics import final_name
+from aepg.metrics import final_name, one_seed_name
 
 METRICS = ("last_accuracy", "avg_incremental_accuracy")
 SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}
@@ -286,9 +286,10 @@ def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", column
             row, column = label(rows_key, run.params), label(columns_key, run.params)
             seed = int(run.params.get("seed", 0))
             cell = candidates.setdefault((group, row, column), {}).setdefault(configuration(run.params), Cell())
-            for metric in METRICS:
-                if final_name(metric) in run.metrics:
-                    cell.by_seed[metric][seed] = run.metrics[final_name(metric)]
+            for metric in METRICS:  # a run's own value: final/, or seed_run/ on one seed of a sweep's configuration
+                value = run.metrics.get(final_name(metric), run.metrics.get(one_seed_name(metric)))
+                if value is not None:
+                    cell.by_seed[metric][seed] = value
             rows += [row] if row not in rows else []
             columns += [column] if column not in columns else []
     metric = rank_metric if rank_metric in METRICS else METRICS[0]
