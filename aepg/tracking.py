@@ -47,6 +47,12 @@ COMMIT_TAG = "aepg.commit"
 run's ``manifest.json`` holds the rest of what it was made with."""
 
 
+EXPERIMENT_NOTE = ("aepg runs: open the Runs tab, with Model training chosen at the top left; each sweep is one "
+                   "row, and its + unfolds its trials.")
+"""An experiment's description, in plain words: MLflow renders it as Markdown on the experiment's
+page but shows it raw in the experiments list, where a link would read as brackets and a URL."""
+
+
 def runs_page(experiment_id: str) -> str:
     """The UI's runs table of an experiment, relative to the UI's root."""
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
@@ -210,8 +216,8 @@ class Tracker:
     # -- runs ------------------------------------------------------------------------------------
 
     def experiment_id(self, name: str) -> str:
-        """The experiment's id, creating it as a training experiment whose description links its runs
-        table (MLflow 3's UI opens an experiment on its GenAI pages)."""
+        """The experiment's id, creating it as a training experiment whose description says where its
+        runs are (MLflow 3's UI opens an experiment on its GenAI pages)."""
         from mlflow.exceptions import MlflowException
 
         experiment = self.client.get_experiment_by_name(name)
@@ -224,8 +230,7 @@ class Tracker:
                 if experiment is None:
                     raise
                 return experiment.experiment_id
-            note = f"aepg runs: [the runs table]({runs_page(experiment_id)}) (each sweep is one row; its + unfolds its trials)"
-            self.client.set_experiment_tag(experiment_id, NOTE_TAG, note)
+            self.client.set_experiment_tag(experiment_id, NOTE_TAG, EXPERIMENT_NOTE)
             return experiment_id
         if EXPERIMENT_KIND_TAG not in experiment.tags:
             self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)

@@ -1,5 +1,12 @@
 """Leaderboard entries as read back from MLflow's run records."""
 
+import json
+import math
+import statistics
+
+import pytest
+from conftest import DIGITS
+
 from aepg.sweep.leaderboard import sampled_params
 from aepg.sweep.spec import Param
 from aepg.tracking import RunRecord
@@ -101,3 +108,80 @@ def test_training_curves_share_their_bounded_y_limits_across_runs():
         limits.append([ax.get_ylim() for ax in figure.axes])
     assert limits[0][:2] == limits[1][:2] == [plots.SERIES_LIMITS["a_t"], plots.SERIES_LIMITS["p_y"]]
     assert limits[0][2][0] == limits[1][2][0] == 0.0  # the unbounded CE starts at 0
+
+
+# -- a hand-made store of a paired sweep, whose answers are known ------------------------------------
+
+PAIRED = {  # configuration -> arm -> seed -> value
+    "A": {"ce": {0: 0.70, 1: 0.72, 2: 0.71}, "aepg": {0: 0.75, 1: 0.78, 2: 0.76}},  # aepg - ce: .05 .06 .05
+    "B": {"ce": {0: 0.71, 1: 0.70, 2: 0.72}, "aepg": {0: 0.75, 1: 0.76, 2: 0.74}},  # .04 .06 .02; per-seed mean .73
+    "C": {"ce": {0: 0.50, 1: 0.52, 2: 0.51}, "aepg": {0: 0.55, 1: 0.56, 2: 0.57}},
+}
+
+
+def paired_store(folder) -> tuple[object, str]:
+    """A real MLflow store holding what the driver writes for a paired sweep (compare: objective.kind
+    [ce, aepg], compare_by mean, seeds 0-2): the parent with its params and space, each
+    configuration's run with its seed and arm values, and one run per arm and seed under it."""
+    from aepg.config import load_config, to_yaml
+    from aepg.sweep import schema
+    from aepg.tracking import PARENT_TAG, Tracker
+
+    tracker = Tracker.connect(f"sqlite:///{folder / 'mlflow.db'}")
+    base = load_config(DIGITS)
+    params = {"sweep.name": "paired", "sweep.path": str(folder), "search.num_trials": 3, "scheduler.fidelity": "seeds",
+              "metric": "final/avg_incremental_accuracy", "mode": "max", "seeds": [0, 1, 2], "base.dataset": "digits",
+              "base.num_tasks": 5, "base.storage_path": str(folder)}
+    space = {"train.lr": {"choice": [0.1, 0.2, 0.3]}}
+    parent = tracker.create_run("hand-made", "paired-1", {schema.KIND_TAG: "sweep", schema.SWEEP_TAG: "paired-1"},
+                                params, {"space.json": json.dumps(space)})
+    for index, (name, lr) in enumerate((("A", 0.1), ("B", 0.2), ("C", 0.3)), 1):
+        arms = PAIRED[name]
+        by_seed = {str(s): {arm: arms[arm][s] for arm in ("ce", "aepg")} for s in range(3)}
+        tags = {PARENT_TAG: parent, schema.STATUS_TAG: "finished", schema.INDEX_TAG: str(index),
+                schema.SWEEP_TAG: "paired-1", schema.CONFIG_TAG: name, schema.ARM_VALUES_TAG: json.dumps(by_seed),
+                schema.SEED_VALUES_TAG: json.dumps({s: (v["ce"] + v["aepg"]) / 2 for s, v in by_seed.items()})}
+        cfg = base.model_copy(update={"train": base.train.model_copy(update={"lr": lr})})
+        config_run = tracker.create_run("hand-made", f"t0{index}-{name}", tags, {"train.lr": lr, "objective.kind": "aepg"},
+                                        {"config.yaml": to_yaml(cfg)})
+        tracker.close_run(config_run, "FINISHED")
+        for arm, values in arms.items():
+            for seed, value in values.items():
+                run = tracker.create_run("hand-made", f"t0{index}-{name}@{arm}-s{seed}",
+                                         {PARENT_TAG: config_run, schema.STATUS_TAG: "arm run", schema.ARM_TAG: arm,
+                                          schema.SEED_TAG: str(seed), schema.SWEEP_TAG: "paired-1", schema.CONFIG_TAG: name},
+                                         {"train.lr": lr, "objective.kind": arm, "seed": seed, "model.peft.kind": "lora"})
+                tracker.log_metrics(run, {f"seed_run/{m}": value for m in ("avg_incremental_accuracy", "last_accuracy")})
+                tracker.close_run(run, "FINISHED")
+    return tracker, parent
+
+
+def test_a_paired_report_gives_the_known_differences_intervals_and_ties(tmp_path):
+    from aepg.sweep.noise import t_quantile
+    from aepg.sweep.report import build_report, paper_table
+
+    tracker, parent = paired_store(tmp_path)
+    report = build_report(tracker, parent)
+    assert [e.name for e in report.entries] == ["t01-A", "t02-B", "t03-C"]
+    best = report.best
+    assert best.name == "t01-A" and best.value == pytest.approx(statistics.mean([0.725, 0.75, 0.735]), abs=1e-12)
+    assert best.arms == pytest.approx({"ce": 0.71, "aepg": 0.7633333333}, abs=1e-9)
+    diffs = [0.05, 0.06, 0.05]
+    half = t_quantile(2) * statistics.stdev(diffs) / math.sqrt(3)
+    assert best.difference == pytest.approx((statistics.mean(diffs), half), abs=1e-12)
+    assert report.paired == (f"aepg - ce at t01-A: +0.0533, 95% interval [{0.053333 - half:+.4f}, "
+                             f"{0.053333 + half:+.4f}] over 3 seeds: separated from zero (aepg higher)")
+    second = report.entries[1]  # .04 .06 .02: mean .04 and half 4.303 * .02 / sqrt 3 = .0497, across zero
+    assert second.difference == pytest.approx((0.04, t_quantile(2) * 0.02 / math.sqrt(3)), abs=1e-12)
+    # B's per-seed means (.73 each) against A's (.725 .75 .735): differences within noise; C's far below.
+    assert [e.within_noise for e in report.entries] == ["best", "tied", ""]
+    rows = {row["trial"]: row for row in report.rows}
+    assert rows["t01-A"]["aepg - ce"] == pytest.approx(0.0533, abs=1e-4) and rows["t03-C"].get("within noise") is None
+    # The paper table pairs the arm runs seed by seed: aEPG - CE of the best configuration of each column.
+    table = paper_table(tracker, [parent])
+    (row,) = table.rows
+    shown = table.pair(table.groups[0], row, "aEPG")
+    assert shown is not None
+    base, arm = shown
+    assert base.by_seed["avg_incremental_accuracy"] == PAIRED["A"]["ce"]
+    assert arm.by_seed["avg_incremental_accuracy"] == PAIRED["A"]["aepg"]
