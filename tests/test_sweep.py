@@ -449,7 +449,8 @@ def test_killed_driver_resumes_without_duplicates(ray_address, workdir, kill, gr
     assert before and sum(run.info.status == "FINISHED" for run in before) < trials, "nothing left to resume"
     time.sleep(2)  # the dead driver's trials end with its job
 
-    resumed = run_aepg(["sweep", "--resume", str(folder)], cwd=workdir, env=ray_env)
+    # Resumed on the shared Ray (a local one is started as in the group's case; it costs the suite time).
+    resumed = run_aepg(["sweep", "--resume", str(folder)], cwd=workdir, env={"RAY_ADDRESS": ray_address})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, parents, children = sweep_runs(workdir / "mlflow.db")
     assert [p.info.status for p in parents] == ["FINISHED"]
@@ -836,6 +837,7 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(seed_sweep):
     assert confirmed.data.params["train.lr"] == best.data.params["train.lr"] and confirmed.data.params["seed"] == "7"
     fresh = [r for r in nested if r.data.tags["mlflow.parentRunId"] == confirmed.info.run_id]
     assert sorted(r.data.params["seed"] for r in fresh) == ["7", "8"] and confirmed.data.tags["aepg.status"] == "finished"
+    assert confirmed.info.run_name.startswith("t05-confirm-"), "marked wherever it is named"
     confirmation_mean = sum(r.data.metrics["seed_run/avg_incremental_accuracy"] for r in fresh) / 2
     assert confirmed.data.metrics["final/avg_incremental_accuracy"] == pytest.approx(confirmation_mean, abs=1e-12)
     folder = workdir / parent.data.params["sweep.path"]

@@ -421,7 +421,7 @@ class MlflowTrialRuns(tune.Callback):
         index = len(self.runtime.children(every_stage=True)) + 1  # start order, also across a resumed sweep
         params = trial.config.get("params", trial.config)
         tags = self.runtime.child_tags(trial.trial_id, index, params)
-        name = trial_run_name(index, self.runtime.searched(params))
+        name = trial_run_name(index, self.runtime.searched(params), self.runtime.stage)
         self.names[trial.trial_id] = name
         try:
             cfg = self.runtime.trial_config(params, name)

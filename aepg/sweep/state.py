@@ -76,7 +76,8 @@ def _short(key: str, value) -> str:
     return name + compact(value)
 
 
-def trial_run_name(index: int, params: dict[str, Any]) -> str:
-    """A readable run name that says what differs: ``t03-aepg-cosine-r6-lr3e-4``."""
-    parts = [f"t{index:02d}"] + [_short(key, value) for key, value in params.items()]
+def trial_run_name(index: int, params: dict[str, Any], stage: str = "search") -> str:
+    """A readable run name that says what differs: ``t03-aepg-cosine-r6-lr3e-4``; a confirmation
+    stage's trial says so after its index (``t09-confirm-lr3e-4``), in every view that names it."""
+    parts = [f"t{index:02d}", *([stage] if stage != "search" else [])] + [_short(key, value) for key, value in params.items()]
     return re.sub(r"[^A-Za-z0-9.+_-]+", "", "-".join(parts))[:120]
