@@ -113,7 +113,7 @@ def cmd_sweep(args) -> int:
         print(f"sweep outputs: {runtime.path}", file=sys.stderr)
         return EXIT_FAILED
     print(f"\nleaderboard, ranked on final/{report.metric}:\n{report.narrow_text(_width())}\n")
-    for verdict in (report.paired, report.noise.verdict if report.noise else ""):
+    for verdict in (report.paired, report.front, report.noise.verdict if report.noise else ""):
         if verdict:
             print(textwrap.fill(verdict, _width()))
     if report.best_yaml:
@@ -170,7 +170,7 @@ def cmd_report(args) -> int:
         for name, figure in report.figures.items():
             figure.savefig(folder / name, dpi=120, bbox_inches="tight")
         print(f"sweep {report.name}: trials ranked on final/{report.metric}\n{report.narrow_text(_width())}\n")
-        for verdict in (report.paired, report.noise.verdict if report.noise else ""):
+        for verdict in (report.paired, report.front, report.noise.verdict if report.noise else ""):
             if verdict:
                 print(f"{textwrap.fill(verdict, _width())}\n")
     print(f"table ({args.rows} x {args.columns}):\n{table.markdown()}\n")

@@ -115,6 +115,39 @@ def trials_plot(trials: list[dict], metric: str, mode: str, title: str, best: in
     return fig
 
 
+def front_plot(points: list[dict], x: tuple[str, str], y: tuple[str, str], title: str):
+    """A trade-off: each configuration (``name``, ``x``, ``y``, their ``x_std``/``y_std`` over seeds,
+    its front ``mark``, its ``group`` for the colour, ``best``) at its seed-means with its spread,
+    the front drawn as a step through its points, configurations off the front only within noise
+    hollow, ``best`` starred. Axes say which way is better."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    groups = sorted({p["group"] for p in points})
+    colour = {group: plt.get_cmap("tab10")(i % 10) for i, group in enumerate(groups)}
+    for p in points:
+        filled = p["mark"] == "front"
+        ax.errorbar(p["x"], p["y"], xerr=p["x_std"], yerr=p["y_std"], fmt="o", ms=7, capsize=3,
+                    color=colour[p["group"]], mfc=colour[p["group"]] if filled or not p["mark"] else "none",
+                    alpha=1.0 if p["mark"] else 0.45, zorder=3)
+        ax.annotate(p["name"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        if p["best"]:
+            ax.scatter([p["x"]], [p["y"]], marker="*", s=300, facecolors="none", edgecolors="k", zorder=4)
+    on = sorted((p["x"], p["y"]) for p in points if p["mark"] == "front")
+    if on:
+        ax.step([q[0] for q in on], [q[1] for q in on], where="post" if (x[1] == "max") == (y[1] == "max") else "pre",
+                color="0.3", lw=1, ls="--", label="Pareto front")
+    for group in groups:
+        ax.scatter([], [], color=colour[group], label=group or "configurations")
+    ax.scatter([], [], facecolors="none", edgecolors="0.3", label="off the front within seed noise")
+    ax.scatter([], [], marker="*", s=120, facecolors="none", edgecolors="k", label="best.yaml")
+    ax.set_xlabel(f"final/{x[0]} ({'higher' if x[1] == 'max' else 'lower'} is better)")
+    ax.set_ylabel(f"final/{y[0]} ({'higher' if y[1] == 'max' else 'lower'} is better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def convergence_plot(points: list[tuple[float, float | None]], budget: float | None, metric: str, title: str):
     """Best finished value so far against compute spent (tasks trained, in the order trials ended);
     ``budget`` marks what every trial trained to the end would cost."""

@@ -240,3 +240,58 @@ def final_matrix(workdir, run_id):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     path = client.download_artifacts(run_id, "accuracy_matrix.json", str(workdir / run_id))
     return client.get_run(run_id), json.load(open(path))["R"]
+
+
+# -- precision: a method's statistics after two tasks, on any device (test_precision, test_gpu) --
+
+def trainer_for(precision: str, *overrides: str, device=None):
+    """A trainer of the tiny ViT on digits at ``precision`` (on the CPU unless ``device``)."""
+    import torch
+
+    from aepg.config import load_config
+    from aepg.distributed import Context
+    from aepg.launch import build_job
+    from aepg.trainer import ContinualTrainer
+
+    cfg = load_config(CONFIGS / "digits.yaml", [*TINY_VIT, f"train.precision={precision}", *overrides])
+    model, benchmark, objective = build_job(cfg)
+    return ContinualTrainer(cfg, model, benchmark, objective, Context(device=device or torch.device("cpu")))
+
+
+def randomise(module, seed: int = 1) -> None:
+    """Trained-looking values for every trainable parameter of ``module``, the same in every run."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+
+
+METHOD_KEYS = {"inflora": ["model.peft.kind=inflora", "model.peft.rank=4"],
+               "ranpac": ["model.peft.kind=ranpac", "model.peft.bottleneck=4", "model.peft.projection_dim=32"]}
+STATISTICS = {"inflora": ["A", "basis", "basis_width", "retain"], "ranpac": ["G", "Q", "ridge", "head"]}
+
+
+def two_tasks_of_statistics(precision: str, kind: str, device=None):
+    """The method's statistics after two tasks (trainable parts set to the same trained-looking
+    values in every run, so only precision can differ) and its test predictions (on the CPU)."""
+    import torch
+
+    from aepg.trainer import TaskInputs
+
+    device = device or torch.device("cpu")
+    trainer = trainer_for(precision, *METHOD_KEYS[kind], device=device)
+    model, peft = trainer.model, trainer.model.peft
+    for task in trainer.benchmark.tasks:
+        peft.begin_task(task.index)
+        peft.prepare_task(task.index, TaskInputs(trainer, task))
+        randomise(peft, seed=task.index + 1)
+        peft.end_task(task.index, TaskInputs(trainer, task))
+    test = trainer.benchmark.tasks[-1].test
+    x, _ = model_inputs(trainer.benchmark, test, range(len(test)))
+    model.eval()
+    with torch.no_grad(), trainer.autocast:
+        logits = model(x.to(device), slice(0, trainer.benchmark.tasks[-1].stop))
+    return {name: getattr(peft, name).cpu().clone() for name in STATISTICS[kind]}, logits.float().cpu()

@@ -117,7 +117,10 @@ def package_copies(cluster: RunningCluster, root: Path) -> list[Path]:
 def test_the_shipped_rayjob_runs_a_sweep_on_both_nodes(cluster, mlflow_server, tmp_path):
     """The RayJob's entrypoint and runtimeEnvYAML (which sets MLFLOW_DISABLE_TELEMETRY, as aepg's
     driver does) with MLFLOW_TRACKING_URI and a working_dir: the job succeeds, its trials run on
-    both nodes, every run is FINISHED on the server, and the outputs are on the shared storage."""
+    both nodes, every run is FINISHED on the server, and the outputs are on the shared storage.
+    The sweep is the quickstart, aEPG against CE paired: each configuration's run holds one run per
+    arm and seed under it, the same settings but the arm's key, and the paired difference it
+    reports is the mean of the per-seed differences of those runs (its interval the t-interval)."""
     job = next(d for d in yaml.safe_load_all(RAYJOB.read_text()) if d["kind"] == "RayJob")["spec"]
     shared = tmp_path / "shared"
     entrypoint = job["entrypoint"].replace("/home/ray/aepg/", "").replace("/mnt/shared", str(shared))
@@ -147,6 +150,9 @@ def test_the_shipped_rayjob_runs_a_sweep_on_both_nodes(cluster, mlflow_server, t
     assert len(parents) == 1 and len(children) == 2 and len(arms) == 8
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {c.data.tags["aepg.nodes"] for c in children} == {"head", "worker-1"}, "trials ran on both nodes"
+    check_paired(children, arms)
+    assert re.search(r"#\s+trial\s+status\s+final ± std\s+ce\s+aepg\s+aepg-ce", logs), logs[-3000:]
+    assert re.search(r"aepg - ce at t0[12]\S*: [+-]0\.\d{4}, 95% interval \[", " ".join(logs.split())), logs[-3000:]
     board = logs[logs.index("leaderboard, ranked on"):]
     assert re.search(r"^#\s+trial\s+.*\bnodes\b", board, re.M), logs[-3000:]
     assert re.search(r"\bhead\b", board) and re.search(r"\bworker-1\b", board), logs[-3000:]
@@ -156,6 +162,33 @@ def test_the_shipped_rayjob_runs_a_sweep_on_both_nodes(cluster, mlflow_server, t
     assert copies, "the job ran from Ray's copy of its working directory"
     written = [p for copy in copies for p in copy.rglob("*") if p.name in ("aepg_sweeps", "aepg_runs", "mlflow.db")]
     assert not written, f"written into Ray's package cache: {written}"
+
+
+def check_paired(trials: list, arms: list) -> None:
+    """Each configuration of a paired sweep (compare: {objective.kind: [ce, aepg]} over seeds 0 and 1)
+    against its arm runs, as MLflow holds them."""
+    from aepg.sweep.noise import t_quantile
+
+    metric = "avg_incremental_accuracy"
+    for trial in trials:
+        own = [run for run in arms if run.data.tags["mlflow.parentRunId"] == trial.info.run_id]
+        assert sorted((r.data.tags["aepg.arm"], r.data.tags["aepg.seed"]) for r in own) == \
+            [("aepg", "0"), ("aepg", "1"), ("ce", "0"), ("ce", "1")]
+        for key in ("train.lr", "model.peft.rank"):
+            assert {r.data.params[key] for r in own} == {trial.data.params[key]}
+        assert {r.data.params["objective.kind"] for r in own} == {"ce", "aepg"}
+        assert {r.data.tags["aepg.config_id"] for r in own} == {trial.data.tags["aepg.config_id"]}
+        assert not any(key.startswith("final/") for r in own for key in r.data.metrics), "one seed's value is seed_run/"
+        value = {(r.data.tags["aepg.arm"], r.data.tags["aepg.seed"]): r.data.metrics[f"seed_run/{metric}"] for r in own}
+        diffs = [value["aepg", seed] - value["ce", seed] for seed in ("0", "1")]
+        paired = trial.data.metrics
+        assert paired[f"paired/diff_{metric}"] == pytest.approx(sum(diffs) / 2, abs=1e-12)
+        half = t_quantile(1) * abs(diffs[0] - diffs[1]) / 2  # stdev of two values / sqrt(2)
+        assert paired[f"paired/diff_high_{metric}"] - paired[f"paired/diff_{metric}"] == pytest.approx(half, abs=1e-9)
+        assert paired[f"paired/ce_{metric}"] == pytest.approx((value["ce", "0"] + value["ce", "1"]) / 2, abs=1e-12)
+        assert paired[f"final/{metric}"] == pytest.approx(sum(value.values()) / 4, abs=1e-12), "ranked on the mean"
+        shades = {r.data.tags["aepg.arm"]: r.data.tags["mlflow.runColor"] for r in own}
+        assert shades["ce"] != shades["aepg"], "arms coloured by their objective"
 
 
 def test_a_two_worker_train_job_spans_both_nodes(cluster, mlflow_server, tmp_path):

@@ -12,7 +12,7 @@ from aepg.distributed import Context
 from aepg.launch import build_job
 from aepg.trainer import ContinualTrainer
 
-from conftest import CONFIGS, REPO, TINY_VIT, run_aepg
+from conftest import CONFIGS, REPO, TINY_VIT, run_aepg, two_tasks_of_statistics
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 CUDA = ["train.device=cuda", "train.epochs=1"]
@@ -36,8 +36,6 @@ def test_each_precision_trains_on_the_gpu(precision, resolved):
 
 @pytest.mark.parametrize("kind", ["inflora", "ranpac"])
 def test_method_statistics_under_the_gpus_bf16_equal_float32(kind):
-    from test_precision import two_tasks_of_statistics
-
     device = torch.device("cuda")
     exact, exact_logits = two_tasks_of_statistics("32-true", kind, device)
     mixed, mixed_logits = two_tasks_of_statistics("bf16-mixed", kind, device)

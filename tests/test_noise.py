@@ -58,3 +58,39 @@ def test_the_leaderboard_shows_which_configurations_are_within_noise():
     rows = table(ranked, "last_accuracy", ["train.lr"])
     assert [(row["train.lr"], row.get("within noise")) for row in rows] == [(0.1, "best"), (0.2, "tied"), (0.3, None)]
     assert ranked[0].by_seed == WINNER
+
+
+def test_seeds_as_instances_stop_a_configuration_the_signed_rank_test_finds_worse_and_keep_the_others():
+    """The Wilcoxon scheduler (Optuna's WilcoxonPruner over seeds): against the best finished
+    configuration, a configuration below it on every one of four seeds is stopped (one-sided exact
+    p = 1/16 < 0.1); on three seeds the test cannot reach 0.1 (p = 1/8); one that trades places
+    with the best goes on, and so does one whose mean so far is above the best's mean."""
+    import json
+
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from aepg.sweep.fidelity import SEED_VALUES_RESULT
+    from aepg.sweep.search import SignedRankStopping
+
+    best = {0: 0.80, 1: 0.82, 2: 0.81, 3: 0.83, 4: 0.80}
+    scheduler = SignedRankStopping("max", full_budget=5, p_threshold=0.1, startup=2)
+    trials = {name: Trial("__fake", trial_id=name, stub=True) for name in ("best", "worse", "close", "lucky")}
+
+    def told(name: str, values: dict[int, float]) -> str:
+        return scheduler.on_trial_result(None, trials[name], {SEED_VALUES_RESULT: json.dumps(values)})
+
+    below = {seed: value - 0.1 for seed, value in best.items()}
+    assert told("worse", dict(list(below.items())[:4])) == TrialScheduler.CONTINUE, "no finished configuration yet"
+    assert told("best", best) == TrialScheduler.CONTINUE
+    assert told("worse", dict(list(below.items())[:3])) == TrialScheduler.CONTINUE
+    assert told("worse", dict(list(below.items())[:4])) == TrialScheduler.STOP
+    assert told("close", {0: 0.81, 1: 0.81, 2: 0.80, 3: 0.84}) == TrialScheduler.CONTINUE
+    # Below the best on each of its seeds, but its seeds were the best's good ones: its mean so far
+    # (0.814) is above the best's over all five (0.812), so Optuna's safety keeps it.
+    assert told("lucky", {seed: best[seed] - 0.001 for seed in range(4)}) == TrialScheduler.CONTINUE
+    # Minimising (forgetting), the same values are the better ones: nothing is stopped.
+    minimising = SignedRankStopping("min", full_budget=5, p_threshold=0.1, startup=2)
+    minimising.on_trial_result(None, trials["best"], {SEED_VALUES_RESULT: json.dumps(best)})
+    assert minimising.on_trial_result(None, trials["worse"], {SEED_VALUES_RESULT: json.dumps(
+        dict(list(below.items())[:4]))}) == TrialScheduler.CONTINUE

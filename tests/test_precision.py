@@ -14,29 +14,11 @@ from torch import nn
 
 from aepg.catalog import METHODS
 from aepg.config import MethodConfig, load_config, method_config
-from aepg.distributed import Context
-from aepg.launch import build_job
 from aepg.models.peft.attach import attach_peft
 from aepg.models.peft.base import PeftModule, module_of
 from aepg.models.peft.inflora import update_basis
-from aepg.trainer import ContinualTrainer, TaskInputs
 
-from conftest import CONFIGS, TINY_VIT, model_inputs
-
-
-def trainer_for(precision: str, *overrides: str, device: torch.device = torch.device("cpu")) -> ContinualTrainer:
-    cfg = load_config(CONFIGS / "digits.yaml", [*TINY_VIT, f"train.precision={precision}", *overrides])
-    model, benchmark, objective = build_job(cfg)
-    return ContinualTrainer(cfg, model, benchmark, objective, Context(device=device))
-
-
-def randomise(module: nn.Module, seed: int = 1) -> None:
-    """Trained-looking values for every trainable parameter of ``module``, the same in every run."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.requires_grad:
-                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+from conftest import CONFIGS, trainer_for, two_tasks_of_statistics
 
 
 # -- what every hook sees -----------------------------------------------------------------------
@@ -98,29 +80,6 @@ def test_precision_names_and_the_old_autocast_key():
 
 
 # -- InfLoRA and RanPAC: the same statistics and predictions under bf16 as in float32 ----------
-
-METHOD_KEYS = {"inflora": ["model.peft.kind=inflora", "model.peft.rank=4"],
-               "ranpac": ["model.peft.kind=ranpac", "model.peft.bottleneck=4", "model.peft.projection_dim=32"]}
-STATISTICS = {"inflora": ["A", "basis", "basis_width", "retain"], "ranpac": ["G", "Q", "ridge", "head"]}
-
-
-def two_tasks_of_statistics(precision: str, kind: str, device: torch.device = torch.device("cpu")):
-    """The method's statistics after two tasks (trainable parts set to the same trained-looking
-    values in every run, so only precision can differ) and its test predictions (on the CPU)."""
-    trainer = trainer_for(precision, *METHOD_KEYS[kind], device=device)
-    model, peft = trainer.model, trainer.model.peft
-    for task in trainer.benchmark.tasks:
-        peft.begin_task(task.index)
-        peft.prepare_task(task.index, TaskInputs(trainer, task))
-        randomise(peft, seed=task.index + 1)
-        peft.end_task(task.index, TaskInputs(trainer, task))
-    test = trainer.benchmark.tasks[-1].test
-    x, _ = model_inputs(trainer.benchmark, test, range(len(test)))
-    model.eval()
-    with torch.no_grad(), trainer.autocast:
-        logits = model(x.to(device), slice(0, trainer.benchmark.tasks[-1].stop))
-    return {name: getattr(peft, name).cpu().clone() for name in STATISTICS[kind]}, logits.float().cpu()
-
 
 @pytest.mark.parametrize("kind", ["inflora", "ranpac"])
 def test_statistics_under_bf16_autocast_equal_float32(kind):

@@ -5,6 +5,7 @@ import math
 import statistics
 
 import pytest
+import yaml
 from conftest import DIGITS
 
 from aepg.sweep.leaderboard import sampled_params
@@ -185,3 +186,64 @@ def test_a_paired_report_gives_the_known_differences_intervals_and_ties(tmp_path
     base, arm = shown
     assert base.by_seed["avg_incremental_accuracy"] == PAIRED["A"]["ce"]
     assert arm.by_seed["avg_incremental_accuracy"] == PAIRED["A"]["aepg"]
+
+
+# -- a hand-made store of a trade-off over seeds, whose front is known ------------------------------
+
+TRADE_OFF = {  # configuration (its lr) -> (last accuracy, forgetting) on seeds 0, 1, 2
+    0.1: ((0.80, 0.82, 0.81), (0.10, 0.12, 0.11)),  # A: on the front, the best accuracy
+    0.2: ((0.70, 0.71, 0.72), (0.02, 0.03, 0.04)),  # B: on the front, the least forgetting
+    0.3: ((0.79, 0.80, 0.81), (0.11, 0.12, 0.13)),  # C: A dominates it by 0.01 on each, within noise
+    0.4: ((0.60, 0.61, 0.62), (0.20, 0.21, 0.22)),  # D: A dominates it by far
+}
+
+
+def trade_off_store(folder, pick: dict | None) -> tuple[object, str]:
+    """A real MLflow store holding what the driver writes for a grid over train.lr on seeds 0-2,
+    ranked on last_accuracy with forgetting as the trade-off: one run per point and seed."""
+    from aepg.config import load_config, to_yaml
+    from aepg.sweep import schema
+    from aepg.tracking import PARENT_TAG, Tracker
+
+    tracker = Tracker.connect(f"sqlite:///{folder / 'mlflow.db'}")
+    base = load_config(DIGITS)
+    params = {"sweep.name": "trade-off", "sweep.path": str(folder), "search.num_trials": 12, "metric": "final/last_accuracy",
+              "mode": "max", "trade_off": json.dumps({"forgetting": "min"}), "seeds": [0, 1, 2], "base.num_tasks": 5,
+              "base.storage_path": str(folder), **({"pick": json.dumps(pick)} if pick else {})}
+    parent = tracker.create_run("hand-made", "trade-off-1", {schema.KIND_TAG: "sweep", schema.SWEEP_TAG: "trade-off-1"},
+                                params, {"space.json": json.dumps({"train.lr": {"choice": list(TRADE_OFF)}})})
+    index = 0
+    for lr, (accuracy, forgetting) in TRADE_OFF.items():
+        for seed in range(3):
+            index += 1
+            tags = {PARENT_TAG: parent, schema.STATUS_TAG: "finished", schema.INDEX_TAG: str(index),
+                    schema.SWEEP_TAG: "trade-off-1"}
+            cfg = base.model_copy(update={"seed": seed, "train": base.train.model_copy(update={"lr": lr})})
+            run = tracker.create_run("hand-made", f"t{index:02d}-lr{lr}-s{seed}", tags,
+                                     {"train.lr": lr, "seed": seed, "objective.kind": "aepg"}, {"config.yaml": to_yaml(cfg)})
+            tracker.log_metrics(run, {"final/last_accuracy": accuracy[seed], "final/forgetting": forgetting[seed]})
+            tracker.close_run(run, "FINISHED")
+    return tracker, parent
+
+
+@pytest.mark.parametrize("pick, chosen", [(None, 0.1), ({"forgetting": 0.05}, 0.2)])
+def test_a_trade_off_report_marks_the_known_front_and_picks_by_its_rule(tmp_path, pick, chosen):
+    from aepg.sweep.report import build_report
+
+    tracker, parent = trade_off_store(tmp_path, pick)
+    report = build_report(tracker, parent)
+    marks = {entry.params["train.lr"]: entry.front for entry in report.entries}
+    assert marks == {0.1: "front", 0.2: "front", 0.3: "within noise", 0.4: ""}
+    assert report.best.params["train.lr"] == chosen
+    assert yaml.safe_load(report.best_yaml)["train"]["lr"] == chosen
+    means = {entry.params["train.lr"]: entry.mean_of("forgetting") for entry in report.entries}
+    assert means == pytest.approx({lr: statistics.mean(f) for lr, (_, f) in TRADE_OFF.items()}, abs=1e-12)
+    rows = {row["train.lr"]: row for row in report.rows}
+    assert rows[0.3]["front"] == "within noise" and rows[0.2]["final/forgetting"] == pytest.approx(0.03, abs=1e-9)
+    rule = "the best last_accuracy on the front with forgetting within 0.05 of the front's lowest" if pick else \
+        "the front's best last_accuracy"
+    assert report.front == ("Pareto front of last_accuracy (max), forgetting (min): #1, #3; off it only within seed "
+                            f"noise: #2; best.yaml is {'#3 (lr 0.2)' if pick else '#1 (lr 0.1)'}, {rule}")
+    assert "pareto_front.png" in report.figures
+    narrow = report.narrow_text(80)
+    assert max(len(line) for line in narrow.splitlines()) <= 80 and "front: on the Pareto front" in " ".join(narrow.split())

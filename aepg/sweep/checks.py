@@ -188,6 +188,36 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
         problems.extend(_check_confirm(sweep))
     if spec.compare is not None:
         problems.extend(_check_compare(sweep))
+    if spec.trade_off or spec.pick:
+        problems.extend(_check_trade_off(sweep))
+    return problems
+
+
+def _check_trade_off(sweep: Sweep) -> list[tuple[str, str]]:
+    """A trade-off is searched by Optuna over full-budget values: nothing that ranks on one metric
+    (early stopping, the seed ladder, arms, a confirmation) comes with it."""
+    spec = sweep.spec
+    trade_off = spec.trade_off or {}
+    problems = []
+    if not trade_off:
+        problems.append(("pick", "picks a point of a trade-off's front: add trade_off, e.g. {forgetting: min}"))
+    if spec.metric in trade_off:
+        problems.append((f"trade_off.{spec.metric}", "is the sweep's metric already: list the other metrics"))
+    for key in (spec.pick or {}):
+        if key not in trade_off:
+            problems.append((f"pick.{key}", f"is not a trade-off metric ({', '.join(trade_off) or 'none'})"))
+        elif spec.pick[key] < 0:
+            problems.append((f"pick.{key}", "a tolerance is 0 or more"))
+    if trade_off and spec.scheduler.stops_early:
+        problems.append(("scheduler.kind", f"{spec.scheduler.kind} compares trials on one metric; with trade_off, "
+                         "use scheduler.kind: none"))
+    elif trade_off and seeds_per_trial(spec):
+        problems.append(("scheduler.fidelity", "the seed ladder follows one metric; with trade_off, train seeds "
+                         "as a grid's (search.algorithm: grid, seeds: [...]) with scheduler.fidelity: tasks"))
+    if trade_off and spec.compare is not None:
+        problems.append(("compare", "arms are compared on one metric; drop compare or trade_off"))
+    if trade_off and spec.confirm is not None:
+        problems.append(("confirm", "a confirmation ranks on one metric; drop confirm or trade_off"))
     return problems
 
 

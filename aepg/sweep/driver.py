@@ -307,7 +307,7 @@ def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
             tracker.log_metrics(run.run_id, paired_metrics(by_seed, spec.arm_labels(), metric), step=count)
         if count == len(seeds) and spec.confirm is None:
             tracker.log_metrics(run.run_id, {final_name(metric): mean})
-        run.report({**progress, final_name(metric): mean})
+        run.report({**progress, final_name(metric): mean, fidelity.SEED_VALUES_RESULT: json.dumps(values)})
 
 
 def train_arms(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime, seed: int) -> dict[str, float]:

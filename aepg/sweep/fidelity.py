@@ -11,6 +11,8 @@ from aepg.config import RunConfig
 LEVEL_KEY = "fidelity/level"
 COMPUTE_KEY = "compute/tasks"
 SEEDS_KEY = "seeds/count"
+SEED_VALUES_RESULT = "seeds/values"
+"""In a seed ladder trial's Tune results (not logged): its value on each seed so far, as JSON {seed: value}."""
 COUNTER_TAGS = {LEVEL_KEY: "aepg.level", SEEDS_KEY: "aepg.seeds_done"}
 """The ladders' counters as their runs' tags: in MLflow the counter is the step of the ladder's
 metrics, not a ramp chart of its own (Tune still gets it: it is ASHA's time attribute)."""

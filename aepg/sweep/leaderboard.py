@@ -18,6 +18,7 @@ import yaml
 from aepg import tracking
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
 from aepg.sweep.fidelity import COMPUTE_KEY, COUNTER_TAGS, LEVEL_KEY, level_metric
+from aepg.sweep.front import WITHIN_NOISE
 from aepg.sweep.noise import Noise, paired_summary
 from aepg.sweep.schema import (
     ARM_VALUES_TAG,
@@ -72,6 +73,15 @@ class TrialResult:
     """Paired arms: each arm's mean over the seeds every arm trained, in ``compare``'s order."""
     difference: tuple[float, float | None] | None = None
     """Paired arms: the last arm minus the first, mean over seeds and half its 95% interval."""
+    trade_off: dict[str, dict[int, float]] = field(default_factory=dict)
+    """A trade-off's other metrics: each one's final value on each finished seed."""
+    front: str = ""
+    """A trade-off: ``front`` on the Pareto front, ``within noise`` off it only within seed noise."""
+
+    def mean_of(self, metric: str) -> float | None:
+        """The mean over seeds of a trade-off metric (None before the trial finished)."""
+        values = self.trade_off.get(metric)
+        return statistics.mean(values.values()) if values else None
 
     def shown(self, with_progress: bool = False) -> str:
         """The value as the tables show it: to 4 decimals (± its std over seeds) when finished, in
@@ -113,9 +123,10 @@ def sampled_params(run: tracking.RunRecord, space: dict[str, Param]) -> dict[str
 
 
 def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: str, num_tasks: int,
-               levels: int | None = None, seeds: int | None = None) -> list[TrialResult]:
+               levels: int | None = None, seeds: int | None = None, trade_off: list[str] = ()) -> list[TrialResult]:
     """Leaderboard entries; ``levels`` for sweeps over an epochs or data ladder, ``seeds`` for a seed
-    ladder (a trial's value is its mean over the seeds it trained)."""
+    ladder (a trial's value is its mean over the seeds it trained); ``trade_off``: the other
+    metrics a trade-off searched."""
     entries = []
     for run in runs:
         status = status_of(run)
@@ -130,12 +141,14 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
             partial, progress, compute = partial_name(metric), f"{done}/{num_tasks} tasks", float(done)
         value = run.metrics.get(final_name(metric) if status == "finished" else partial)
         seed = _typed(run.params.get("seed", "0"))
+        finished = status == "finished" and value is not None
+        others = {m: {seed: run.metrics[final_name(m)]} for m in trade_off if finished and final_name(m) in run.metrics}
         entries.append(TrialResult(run.name, status, sampled_params(run, space), value, progress, compute, [run.run_id],
                              int(run.tags.get(INDEX_TAG, 0)), [seed],
                              optuna_state=run.tags.get(OPTUNA_STATE_TAG, ""), end_time=run.end_time,
                              objective=run.params.get("objective.kind", ""),
-                             by_seed={seed: value} if status == "finished" and value is not None else {},
-                             nodes=nodes_of(run)))
+                             by_seed={seed: value} if finished else {},
+                             nodes=nodes_of(run), trade_off=others))
     return entries
 
 
@@ -188,6 +201,8 @@ def average_over_seeds(entries: list[TrialResult]) -> list[TrialResult]:
             objective=members[0].objective,
             by_seed={seed: value for m in finished for seed, value in m.by_seed.items()},
             nodes=list(dict.fromkeys(n for m in members for n in m.nodes)),
+            trade_off={metric: {seed: value for m in finished for seed, value in m.trade_off.get(metric, {}).items()}
+                       for metric in dict.fromkeys(k for m in finished for k in m.trade_off)},
         ))
     return merged
 
@@ -209,6 +224,8 @@ def table(entries: list[TrialResult], metric: str, space_keys: list[str]) -> lis
         finished = entry.status == "finished"
         row = {"rank": i, "trial": entry.name, "status": entry.status,
                final_name(metric): round(entry.value, 4) if finished and entry.value is not None else None,
+               **{final_name(m): None if entry.mean_of(m) is None else round(entry.mean_of(m), 4) for m in entry.trade_off},
+               **({"front": entry.front} if entry.front else {}),
                "progress": entry.progress,
                f"{metric} when stopped": round(entry.value, 4) if not finished and entry.value is not None else None}
         if entry.spread is not None or len(entry.seeds) > 1:
@@ -285,14 +302,19 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
     nodes = len({node for e in entries for node in e.nodes}) > 1
     arms = next((list(e.arms) for e in entries if e.arms), [])
     paired = [*arms, f"{arms[-1]}-{arms[0]}"] if arms else []
+    others = list(dict.fromkeys(m for e in entries for m in e.trade_off))
+    front = any(e.front for e in entries)
+    paired = [*others, *paired]
     header = ["#", "trial", "status", "final ± std" if spread else "final", *(["seeds"] if seeds else []), *paired,
-              *(["noise"] if noise else []), *(["stage"] if stage else []), *(["nodes"] if nodes else [])]
+              *(["front"] if front else []), *(["noise"] if noise else []), *(["stage"] if stage else []),
+              *(["nodes"] if nodes else [])]
     numeric = {0, 3, *([4] if seeds else []), *range(4 + seeds, 4 + seeds + len(paired))}
     fixed, rows = len(header), []
     for i, e in enumerate(entries, 1):
         rows.append([str(i), trial_id(e.name), e.status.replace("stopped early", "stopped"), e.shown(),
-                     *([str(len(e.seeds))] if seeds else []), *paired_cells(e, arms),
-                     *([e.within_noise] if noise else []),
+                     *([str(len(e.seeds))] if seeds else []),
+                     *("" if e.mean_of(m) is None else f"{e.mean_of(m):.4f}" for m in others), *paired_cells(e, arms),
+                     *([e.front.replace(WITHIN_NOISE, "noise")] if front else []), *([e.within_noise] if noise else []),
                      *([e.stage] if stage else []), *([">".join(e.nodes)] if nodes else [])])
     shown = []
     for key in keys:  # as many key columns as the width takes
@@ -311,6 +333,10 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
     legend = [f"final: final/{metric}" + (f" over {counts.pop()} seeds" if len(counts) == 1 and not seeds else "")
               + ("; (x): the value a stopped trial had, partial" if any(
         e.status != "finished" and e.value is not None for e in entries) else "")]
+    if others:
+        legend.append(f"{', '.join(others)}: final/ values of the trade-off" + (" (seed means)" if spread else ""))
+    if front:
+        legend.append("front: on the Pareto front; noise: off it only within seed noise")
     if arms:
         legend.append(f"{arms[-1]}-{arms[0]}: their difference paired over the seeds, ± half its 95% interval")
     if stage:

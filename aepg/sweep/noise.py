@@ -131,3 +131,25 @@ def verdict(values: list[dict[int, float]], noise: float | None, spread: float |
     more = "any number of seeds (they are equal)" if need == math.inf else f"about {need} seeds each"
     return (f"{measured}; {ties + 1} configurations are tied within noise: telling the best two apart "
             f"({abs(difference):.4f}) needs {more}")
+
+
+def signed_rank_worse(values: dict[int, float], best: dict[int, float], mode: str, p_threshold: float,
+                      startup: int) -> bool:
+    """Seeds as instances: whether a configuration's values on the seeds it has trained, paired with
+    the best finished configuration's on the same seeds, are worse by a one-sided Wilcoxon
+    signed-rank test (p < ``p_threshold``, after ``startup`` seeds), as Optuna's ``WilcoxonPruner``
+    decides it (it keeps a configuration whose mean so far is above the best's mean)."""
+    import warnings
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    study.add_trial(create_trial(value=statistics.mean(best.values()), intermediate_values=best,
+                                 params={}, distributions={}))
+    current = create_trial(state=TrialState.RUNNING, intermediate_values=values, params={}, distributions={})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        pruner = optuna.pruners.WilcoxonPruner(p_threshold=p_threshold, n_startup_steps=startup)
+    return pruner.prune(study, current)

@@ -4,6 +4,7 @@ samples they cost (per trial and for the whole sweep, ladders and confirmation i
 from __future__ import annotations
 
 from aepg.catalog import SEARCHERS
+from aepg.sweep.front import pick_rule
 from aepg.config import validate
 from aepg.sweep.checks import variants
 from aepg.sweep.fidelity import seeds_per_trial
@@ -20,6 +21,9 @@ def sweep_plan(sweep: Sweep) -> list[str]:
     stopping = spec.scheduler.summary()
     lines = [f"sweep {spec.name}: {trials} trials of {spec.search.algorithm} search over {', '.join(sweep.space)}; "
              f"ranked on final/{spec.metric} ({spec.mode}); {stopping}"]
+    if spec.trade_off:
+        lines.append("a trade-off: the Pareto front of " + ", ".join(f"final/{m} ({mode})" for m, mode in spec.objectives.items())
+                     + f", searched as one multi-objective study; best.yaml: {pick_rule(spec.metric, spec.pick or {}, spec.objectives)}")
     if SEARCHERS.get(spec.search.algorithm).has("grid"):
         configs = [sweep.trial_config(point, "plan", "plan") for point in sweep.grid()]
         samples = [preflight.plan(cfg).train_samples for cfg in configs]

@@ -57,7 +57,8 @@ def child_note(entry: TrialResult, rank: int, of: int, metric: str, confirmed: b
         value = f", {final_name(metric)} = {entry.value:.4f}" + (" on fresh seeds" if entry.stage == "confirm" else "")
     else:
         value = f", {metric} {entry.value:.4f} when it stopped (partial: not comparable with finished trials)"
-    return f"{entry.status}, {entry.progress}{value}; rank {rank} of {of}"
+    front = {"front": "; on the Pareto front", "within noise": "; off the Pareto front only within seed noise"}
+    return f"{entry.status}, {entry.progress}{value}; rank {rank} of {of}{front.get(entry.front, '')}"
 
 
 def run_colours(entries: list[TrialResult], nested: dict[str, list[tracking.RunRecord]] | None = None) -> dict[str, str]:

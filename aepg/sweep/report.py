@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import statistics
 import warnings
 from dataclasses import dataclass, field
 
@@ -35,6 +36,8 @@ from aepg.sweep.leaderboard import (
     table,
     to_csv,
 )
+from aepg.sweep import front
+from aepg.sweep.front import ON_FRONT, WITHIN_NOISE, pick_rule
 from aepg.sweep.noise import Noise, assess, paired_verdict
 from aepg.sweep.schema import (
     CONFIG_TAG,
@@ -44,6 +47,7 @@ from aepg.sweep.schema import (
     SweepParams,
 )
 from aepg.sweep.spec import Param
+from aepg.sweep.state import compact, short_name
 from aepg.sweep.table import PaperTable, build_table
 from aepg.tracking import Tracker
 
@@ -133,6 +137,25 @@ class SweepReport:
     experiment_id: str = ""
     noise: Noise | None = None
     space_keys: list[str] = field(default_factory=list)
+    objectives: dict[str, str] = field(default_factory=dict)
+    pick: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def front(self) -> str:
+        """A trade-off: the front's configurations and which one best.yaml is, by which rule; empty
+        without a trade-off."""
+        if len(self.objectives) < 2:
+            return ""
+        rank = {id(e): f"#{i}" for i, e in enumerate(self.entries, 1)}  # a seed group has no trial name of its own
+        on = [rank[id(e)] for e in self.entries if e.front == ON_FRONT]
+        near = [rank[id(e)] for e in self.entries if e.front == WITHIN_NOISE]
+        said = (f"Pareto front of {', '.join(f'{m} ({mode})' for m, mode in self.objectives.items())}: "
+                f"{', '.join(on) or 'none'}" + (f"; off it only within seed noise: {', '.join(near)}" if near else ""))
+        if self.best:
+            settings = ", ".join(f"{short_name(k)} {compact(v)}" for k, v in self.best.params.items())
+            said += (f"; best.yaml is {rank[id(self.best)]} ({settings}), "
+                     f"{pick_rule(self.metric, self.pick, self.objectives)}")
+        return said
 
     @property
     def text(self) -> str:
@@ -165,6 +188,8 @@ class SweepReport:
             lines = ["**No trial finished.**"]
         if self.paired:
             lines.append(f"{self.paired}.")
+        if self.front:
+            lines.append(f"{self.front}.")
         if self.noise:
             lines.append(f"{self.noise.verdict}.")
         lines += ["", f"Sweep {self.name}, ranked on `final/{self.metric}`: trials that trained every task first; "
@@ -180,6 +205,8 @@ class SweepReport:
         for i, entry in enumerate(self.entries, 1):
             row = {"rank": i, "trial": f"[{entry.name}]({self.run_link(entry.run_ids[0])})", "status": entry.status,
                    f"final/{self.metric}": entry.shown(with_progress=True)}
+            if entry.front:
+                row["front"] = entry.front
             if entry.within_noise:
                 row["noise"] = entry.within_noise
             if entry.stage == "confirm":
@@ -196,7 +223,7 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     children = tracker.find_runs(experiment, {tracking.PARENT_TAG: parent_run_id})
     searched = [c for c in children if c.tags.get(STAGE_TAG) != "confirm"]
     ladder_seeds = len(sweep.seeds) if sweep.seeds_per_trial else None
-    entries = entries_of(searched, space, sweep.metric, sweep.num_tasks, sweep.levels, ladder_seeds)
+    entries = entries_of(searched, space, sweep.metric, sweep.num_tasks, sweep.levels, ladder_seeds, list(sweep.trade_off))
     budget = sweep.num_trials * sweep.num_tasks * (ladder_seeds or 1) if sweep.num_tasks else None
     searched_entries = entries
     if len(sweep.seeds) > 1 and not ladder_seeds:
@@ -213,11 +240,42 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     found = assess([e.by_seed for e in judged])
     mark_within_noise(judged, found)
     best = (finished or searched_finished or [None])[0]
+    if sweep.trade_off:
+        best = mark_front(searched_finished, sweep.objectives, sweep.pick)
     best_yaml = best_config(tracker, best, f"{parent.name}-best", sweep.storage_path) if best else None
     figs = figures(parent.name, searched_entries, space, sweep.mode, sweep.metric, budget, confirmed,
                    best if best in confirmed or best in searched_entries else None)
+    if sweep.trade_off:
+        figs["pareto_front.png"] = front_figure(parent.name, searched_finished, sweep.objectives, best,
+                                                {id(e): f"#{i}" for i, e in enumerate(ranked, 1)})
     return SweepReport(parent.name, sweep.metric, table(ranked, sweep.metric, list(space)), best, best_yaml, figs,
-                       ranked, parent.experiment_id, found, list(space))
+                       ranked, parent.experiment_id, found, list(space), sweep.objectives, sweep.pick)
+
+
+def mark_front(finished: list[TrialResult], objectives: dict[str, str], tolerances: dict[str, float]) -> TrialResult | None:
+    """Mark the finished configurations on a trade-off's front (and those off it within noise);
+    the one ``best.yaml`` names (``aepg.sweep.front.pick``)."""
+    complete = [e for e in finished if all(e.trade_off.get(m) for m in objectives if m != next(iter(objectives)))]
+    metric = next(iter(objectives))
+    values = [{metric: e.by_seed, **e.trade_off} for e in complete]
+    for entry, mark in zip(complete, front.front_marks(values, objectives)):
+        entry.front = mark
+    means = [{metric: e.value, **{m: e.mean_of(m) for m in e.trade_off}} for e in complete]
+    chosen = front.pick(means, [e.front for e in complete], objectives, tolerances)
+    return None if chosen is None else complete[chosen]
+
+
+def front_figure(name: str, finished: list[TrialResult], objectives: dict[str, str], best: TrialResult | None,
+                 labels: dict[int, str]):
+    """The first two metrics of a trade-off: each configuration (labelled by its rank on the
+    leaderboard, ``labels`` by ``id``) at its seed-mean with its spread over seeds, the front drawn
+    through its points, coloured by objective, ``best.yaml``'s starred."""
+    (x, x_mode), (y, y_mode) = list(objectives.items())[:2]
+    points = [{"name": labels[id(e)], "x": e.value, "y": e.mean_of(y), "x_std": e.spread,
+               "y_std": statistics.stdev(e.trade_off[y].values()) if len(e.trade_off.get(y, {})) > 1 else None,
+               "mark": e.front, "group": e.objective, "best": e is best}
+              for e in finished if e.mean_of(y) is not None]
+    return plots.front_plot(points, (x, x_mode), (y, y_mode), f"sweep {name}: the trade-off between final/{x} and final/{y}")
 
 
 def sweep_label(parent: tracking.RunRecord) -> str:

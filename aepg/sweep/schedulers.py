@@ -132,6 +132,43 @@ class AshaSettings(SchedulerSettings):
                 f"min_fraction={self.min_fraction:.4g})")
 
 
+@SCHEDULERS.register("wilcoxon", builder="aepg.sweep.search:wilcoxon_scheduler", display="Wilcoxon over seeds")
+class WilcoxonSettings(SchedulerSettings):
+    """Seeds as instances (Optuna's WilcoxonPruner, as SMAC intensifies): a configuration trains the
+    sweep's seeds one by one and stops once a one-sided Wilcoxon signed-rank test over the seeds it
+    has done, paired with the best finished configuration's values on the same seeds, says it is
+    worse; a test in place of the seed ladder's fixed rungs."""
+
+    kind: Literal["wilcoxon"] = "wilcoxon"
+    fidelity: Literal["seeds"] = "seeds"
+    p_threshold: float = Field(0.1, gt=0, lt=1)
+    """Stop a configuration when the test's p-value falls below this (Optuna's default)."""
+    startup_seeds: int = Field(2, ge=2)
+    """Seeds every configuration trains before the test may stop it."""
+
+    stops_early: ClassVar[bool] = True
+
+    def seed_rungs(self, seeds: int) -> list[int]:
+        """Compared after every seed."""
+        return list(range(1, seeds + 1))
+
+    def problems(self, sweep) -> list[tuple[str, str]]:
+        # The smallest one-sided p-value of the signed-rank test over n pairs is 1 / 2^n (all n agree).
+        seeds = len(sweep.spec.seeds or ())
+        needed = next(n for n in range(1, 64) if 0.5 ** n < self.p_threshold)
+        if 2 <= seeds < needed + 1:
+            return [("seeds", f"the signed-rank test over at most {seeds - 1} seeds before the last cannot reach "
+                     f"p < {self.p_threshold} (its smallest p over n seeds is 1/2^n): it would stop nothing; "
+                     f"list {needed + 1} or more seeds, or raise scheduler.p_threshold")]
+        return []
+
+    def summary(self) -> str:
+        return f"Wilcoxon over seeds (stop at p < {self.p_threshold:g})"
+
+    def described(self, metric: str) -> str:
+        return f"Wilcoxon(fidelity=seeds, p_threshold={self.p_threshold:g}, startup_seeds={self.startup_seeds})"
+
+
 @SCHEDULERS.register("none", builder="aepg.sweep.search:fifo_scheduler", display="none")
 class NoEarlyStopping(SchedulerSettings):
     """Every trial to the full budget (with fidelity seeds: on every seed)."""

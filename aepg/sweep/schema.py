@@ -72,7 +72,10 @@ def parent_params(sweep, path: str, num_trials: int, levels: int) -> dict[str, o
     return {"sweep.name": spec.name, "sweep.path": path, **search, "search.num_trials": num_trials,
             **search_settings(spec), **scheduler, **({"scheduler.levels": levels} if spec.scheduler.climbs else {}),
             **({"confirm.top_k": spec.confirm.top_k, "confirm.seeds": spec.confirm.seeds} if spec.confirm else {}),
-            "metric": f"final/{spec.metric}", "mode": spec.mode, "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,
+            "metric": f"final/{spec.metric}", "mode": spec.mode,
+            **({"trade_off": json.dumps(spec.trade_off)} if spec.trade_off else {}),
+            **({"pick": json.dumps(spec.pick)} if spec.pick else {}),
+            "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,
             "base.num_tasks": sweep.num_tasks, "base.storage_path": base.storage_path}
 
 
@@ -93,6 +96,14 @@ class SweepParams:
     """The confirmation stage's seeds (none without one)."""
     storage_path: str
     dataset: str
+    trade_off: dict[str, str]
+    """The metrics searched with ``metric`` as a trade-off, with their modes (none: one metric)."""
+    pick: dict[str, float]
+    """The tolerances that choose ``best.yaml`` on the front (``SweepSpec.pick``)."""
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        return {self.metric: self.mode, **self.trade_off}
 
     @classmethod
     def of(cls, parent: RunRecord) -> "SweepParams":
@@ -101,7 +112,8 @@ class SweepParams:
         return cls(p["metric"].removeprefix("final/"), p["mode"], int(p.get("base.num_tasks", 0)), int(p["search.num_trials"]),
                    int(p["scheduler.levels"]) if ladder else None, json.loads(p["seeds"]),
                    p.get("scheduler.fidelity") == "seeds", json.loads(p.get("confirm.seeds", "[]")),
-                   p["base.storage_path"], p.get("base.dataset", "?"))
+                   p["base.storage_path"], p.get("base.dataset", "?"), json.loads(p.get("trade_off", "{}")),
+                   json.loads(p.get("pick", "{}")))
 
 
 def find_sweep(tracker: Tracker, name: str) -> str | None:

@@ -17,7 +17,9 @@ or none) over one of these fidelities (``scheduler.fidelity``):
 - ``seeds``: a trial is one configuration, trained at full budget on the sweep's seeds one after
   another; ASHA compares configurations on their mean over the seeds so far, at ``grace_period``
   seeds and then ``reduction_factor`` times as many (successive halving on the seed-mean), and
-  the ones it keeps train more seeds. Optuna learns the seed-mean.
+  the ones it keeps train more seeds. Optuna learns the seed-mean. With ``scheduler.kind: wilcoxon`` the seeds are instances:
+  a configuration stops once a signed-rank test over its seeds so far, paired with the best
+  finished configuration's, says it is worse.
 
 Optuna is told the truth about stopped trials: PRUNED, with their intermediate values, never
 COMPLETE with a value from less than the full budget. Compute is counted in tasks trained
@@ -34,7 +36,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from aepg.catalog import SCHEDULERS, SEARCHERS
 from aepg.metrics import BUDGET_KEY, final_name, partial_name
-from aepg.sweep.fidelity import LEVEL_KEY, SEEDS_KEY, level_metric, seed_metric, seeds_per_trial
+from aepg.sweep.fidelity import LEVEL_KEY, SEED_VALUES_RESULT, SEEDS_KEY, level_metric, seed_metric, seeds_per_trial
+from aepg.sweep.noise import signed_rank_worse
 from aepg.sweep.spec import DefineByRun
 
 
@@ -167,9 +170,13 @@ class RungASHA(OwnMetric, ASHAScheduler):
 
 
 def optuna_search(sweep) -> tuple[None, SweepOptunaSearch, int]:
-    """An Optuna sampler (the entry's ``sampler()``) over the define-by-run space."""
+    """An Optuna sampler (the entry's ``sampler()``) over the define-by-run space; with a trade-off,
+    over every metric with its mode (a multi-objective study, told each trial's final values)."""
     key, full = budget(sweep)
-    found = SweepOptunaSearch(space=sweep.define_by_run(), metric=searched_metric(sweep), mode=sweep.spec.mode,
+    objectives = sweep.spec.objectives
+    metric, mode = (searched_metric(sweep), sweep.spec.mode) if len(objectives) == 1 else \
+        ([partial_name(name) for name in objectives], list(objectives.values()))
+    found = SweepOptunaSearch(space=sweep.define_by_run(), metric=metric, mode=mode,
                               sampler=sweep.spec.search.sampler(), budget_key=key, full_budget=full,
                               draw_seed=getattr(sweep.spec.search, "seed", 0))
     return None, found, sweep.spec.search.num_trials
@@ -192,6 +199,37 @@ def asha_scheduler(sweep) -> RungASHA:
     grace = 1 if settings.climbs else settings.grace_period
     return RungASHA(time_attr=key, metric=compared_metric(sweep), mode=compared_mode(sweep), max_t=full,
                     grace_period=grace, reduction_factor=settings.reduction_factor)
+
+
+class SignedRankStopping(OwnMetric, FIFOScheduler):
+    """Seeds as instances: after each seed a configuration's values so far are tested against the
+    best finished configuration's on the same seeds (``aepg.sweep.noise.signed_rank_worse``), and
+    the configuration stops when they are worse. Knows the configurations finished in this run of
+    the driver (a resumed sweep learns the best again as configurations finish)."""
+
+    def __init__(self, mode: str, full_budget: int, p_threshold: float, startup: int):
+        super().__init__()
+        self.mode, self.full_budget, self.p_threshold, self.startup = mode, full_budget, p_threshold, startup
+        self.finished: dict[str, dict[int, float]] = {}
+        """Each configuration that trained every seed, by trial id: its value on each seed."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        values = {int(seed): value for seed, value in json.loads(result.get(SEED_VALUES_RESULT, "{}")).items()}
+        if len(values) >= self.full_budget:
+            self.finished[trial.trial_id] = values
+            return self.CONTINUE
+        if not self.finished or len(values) < self.startup:
+            return self.CONTINUE
+        sign = 1 if self.mode == "max" else -1
+        best = max(self.finished.values(), key=lambda found: sign * sum(found.values()) / len(found))
+        worse = signed_rank_worse(values, best, self.mode, self.p_threshold, self.startup)
+        return self.STOP if worse else self.CONTINUE
+
+
+def wilcoxon_scheduler(sweep) -> SignedRankStopping:
+    """Seeds as instances, stopped by a signed-rank test against the best (``scheduler.kind: wilcoxon``)."""
+    settings = sweep.spec.scheduler
+    return SignedRankStopping(sweep.spec.mode, len(sweep.seeds), settings.p_threshold, settings.startup_seeds)
 
 
 def fifo_scheduler(sweep) -> FIFOScheduler:

@@ -78,6 +78,20 @@ class TPESearch(SampledSearch):
                 "constant_liar": self.max_concurrent > 1}
 
 
+@SEARCHERS.register("nsga2", builder="aepg.sweep.search:optuna_search", display="NSGA-II")
+class NSGAIISearch(SampledSearch):
+    """Optuna's NSGA-II, the evolutionary sampler for trade-offs (``trade_off``): each generation
+    of ``population_size`` configurations is bred from the best non-dominated ones before it."""
+
+    algorithm: Literal["nsga2"] = "nsga2"
+    sampler_class: ClassVar[str] = "NSGAIISampler"
+    population_size: int = Field(8, ge=2)
+    """Configurations per generation (Optuna's default is 50, too many for most sweeps)."""
+
+    def sampler_settings(self) -> dict[str, object]:
+        return {"seed": self.seed, "population_size": self.population_size}
+
+
 @SEARCHERS.register("random", builder="aepg.sweep.search:optuna_search", display="random")
 class RandomSearch(SampledSearch):
     """Optuna's random sampler."""

@@ -162,6 +162,14 @@ class SweepSpec(Section):
     """Trials are ranked on ``final/<metric>``, which only trials that trained every task have;
     early stopping compares them after each task on its running value ``eval/...``."""
     mode: Literal["max", "min"] = "max"
+    trade_off: dict[Literal[SUMMARY_METRICS], Literal["max", "min"]] | None = None
+    """Other metrics searched with ``metric`` as a trade-off, each with its mode, e.g. ``{forgetting:
+    min}``: Optuna's multi-objective samplers search the Pareto front of ``final/`` values, and the
+    leaderboard marks the configurations on it (and those off it only within seed noise)."""
+    pick: dict[Literal[SUMMARY_METRICS], float] | None = None
+    """Which point of the front ``best.yaml`` is: the best ``metric`` among the front's points whose
+    value of each listed trade-off metric is within the given tolerance of the front's best value
+    of it, e.g. ``{forgetting: 0.02}``; default the front's best ``metric``."""
     seeds: list[int] | None = Field(None, min_length=1)
     """Run every grid point once per seed (the leaderboard averages over seeds); with
     ``scheduler.fidelity: seeds``, the seeds each configuration trains on, in order."""
@@ -201,6 +209,11 @@ class SweepSpec(Section):
                                       "again", {"seeds": ", ".join(map(str, repeated))})
         return seeds
 
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        """Every metric searched, with its mode: ``metric`` first, then the trade-off's."""
+        return {self.metric: self.mode, **(self.trade_off or {})}
 
     def arms(self) -> list[tuple[str, Any]]:
         """(key, value) of each arm, in the order ``compare`` lists them; empty without arms."""
