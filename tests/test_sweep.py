@@ -42,6 +42,17 @@ def sweep_runs(db):
     return client, parents, children
 
 
+def swept_in(folder, path: str):
+    """``folder``, after ``aepg sweep path`` ran in it (its store and outputs stay as the sweep left them)."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert main(["sweep", path]) == 0
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_sweep(ray_address, tmp_path_factory):
     """A real 8-trial sweep (TPE + ASHA, some trials failing) in its own folder; the store stays as
@@ -55,13 +66,7 @@ def tiny_sweep(ray_address, tmp_path_factory):
         "model.head_init_std": {"choice": [0.001, 0.002, 1.0e37]},
     }
     path = write_sweep(folder, space=space, search={"algorithm": "tpe", "seed": 3, "num_trials": 8, "max_concurrent": 2})
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        assert main(["sweep", path]) == 0
-    finally:
-        os.chdir(cwd)
-    return folder
+    return swept_in(folder, path)
 
 
 def test_sweep_end_to_end(tiny_sweep, workdir):
@@ -781,13 +786,7 @@ def seed_sweep(ray_address, tmp_path_factory):
                        base_overrides=base, search={"algorithm": "tpe", "seed": 0, "num_trials": 4, "max_concurrent": 2},
                        scheduler={"kind": "asha", "fidelity": "seeds", "grace_period": 1, "reduction_factor": 3},
                        confirm={"top_k": 1, "seeds": [7, 8]})
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        assert main(["sweep", path]) == 0
-    finally:
-        os.chdir(cwd)
-    return folder
+    return swept_in(folder, path)
 
 
 def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(seed_sweep):
