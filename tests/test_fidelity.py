@@ -67,15 +67,17 @@ def test_search_follows_the_fidelity(tmp_path):
     assert search.budget(tasks) == ("eval/tasks_done", 5)
     assert search.compared_metric(tasks) == search.searched_metric(tasks) == "eval/avg_incremental_accuracy"
     chosen = sweep(tmp_path, {"fidelity": "tasks", "rung_metric": "last_accuracy"})
-    assert search.compared_metric(chosen) == "eval/accuracy" and search.scheduler(chosen)._mode == "max"
+    assert search.compared_metric(chosen) == "eval/accuracy" and search.scheduler(chosen).compares["mode"] == "max"
     # A rung metric other than the sweep's is compared in its own direction: less forgetting is better.
     forgetting = sweep(tmp_path, {"fidelity": "tasks", "rung_metric": "forgetting"})
-    assert (search.scheduler(forgetting)._metric, search.scheduler(forgetting)._mode) == ("eval/forgetting", "min")
+    compares = search.scheduler(forgetting).compares
+    assert (compares["metric"], compares["mode"]) == ("eval/forgetting", "min")
     data = sweep(tmp_path, {"fidelity": "data", "reduction_factor": 3, "min_fraction": 0.111})
     assert search.budget(data) == ("fidelity/level", 3)
     assert search.compared_metric(data) == search.searched_metric(data) == "fidelity/avg_incremental_accuracy"
     scheduler = search.scheduler(data)
-    assert (scheduler._time_attr, scheduler._max_t, scheduler._metric) == ("fidelity/level", 3, "fidelity/avg_incremental_accuracy")
+    assert scheduler.compares == {"time_attr": "fidelity/level", "max_t": 3, "metric": "fidelity/avg_incremental_accuracy",
+                                  "mode": "max"}
     # Without early stopping a fidelity setting changes nothing: trials train the sequence once.
     unstopped = sweep(tmp_path, {"kind": "none", "fidelity": "data"})
     assert search.budget(unstopped) == search.budget(tasks)

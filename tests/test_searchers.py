@@ -27,6 +27,21 @@ class QMCSearch(SampledSearch):
         return {"seed": self.seed, "scramble": self.scramble}
 
 
+def proposals(sampler, trials: int = 10) -> list[dict]:
+    """What ``sampler`` proposes on a small study of two keys told a fixed objective: two samplers
+    built alike propose alike, so this compares their settings by what they do."""
+    import optuna
+
+    def objective(trial) -> float:
+        x, y = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("y", 0.0, 1.0)
+        return (x - 0.3) ** 2 + (y - 0.7) ** 2 + x * y
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=trials)
+    return [trial.params for trial in study.trials]
+
+
 def test_a_registered_searcher_is_selected_validated_and_built():
     import optuna
 
@@ -37,11 +52,12 @@ def test_a_registered_searcher_is_selected_validated_and_built():
     assert isinstance(sweep.spec.search, QMCSearch) and expected_trials(sweep) == 5
     param_space, found, num_samples = searcher(sweep)
     assert param_space is None and num_samples == 5
-    assert isinstance(found._sampler, optuna.samplers.QMCSampler)
+    assert isinstance(found.sampler, optuna.samplers.QMCSampler)
     # TPE's startup_trials, left over from the sweep file, is inactive here; every key of the entry is logged.
     params = parent_params(sweep, "path", 5, 5)
     assert params["search.algorithm"] == "qmc" and params["search.seed"] == 0 and "search.startup_trials" not in params
-    assert params["search.sampler"] == "QMCSampler(seed=0, scramble=True)" and found._sampler._scramble
+    assert params["search.sampler"] == "QMCSampler(seed=0, scramble=True)"
+    assert proposals(found.sampler) == proposals(optuna.samplers.QMCSampler(seed=0, scramble=True))
 
 
 def test_the_parent_run_records_every_sampler_and_scheduler_setting():
@@ -53,8 +69,14 @@ def test_the_parent_run_records_every_sampler_and_scheduler_setting():
 
     sweep = load_sweep(SEARCH, ["search.multivariate=false", "scheduler.kind=asha", "scheduler.grace_period=2"],
                        check_runs=False)
-    sampler = searcher(sweep)[1]._sampler
-    assert (sampler._multivariate, sampler._constant_liar, sampler._n_startup_trials) == (False, True, 4)
+    import optuna
+
+    # The sampler proposes what one built with those arguments does, and not what Optuna 5's default would.
+    built = proposals(searcher(sweep)[1].sampler)
+    assert built == proposals(optuna.samplers.TPESampler(seed=0, n_startup_trials=4, multivariate=False,
+                                                         constant_liar=True))
+    assert built != proposals(optuna.samplers.TPESampler(seed=0, n_startup_trials=4, multivariate=True,
+                                                         constant_liar=True))
     params = parent_params(sweep, "path", 8, 5)
     assert params["search.sampler"] == "TPESampler(seed=0, n_startup_trials=4, multivariate=False, constant_liar=True)"
     assert params["search.scheduler"] == ("ASHA(fidelity=tasks, grace_period=2, reduction_factor=3.0, "

@@ -234,8 +234,8 @@ def test_a_configuration_already_proposed_is_not_trained_again_while_the_space_h
     searcher, proposed = search()
     assert len({(p["kind"], p["lr"]) for p in proposed}) == 6
     assert search()[1] == proposed  # the draws that replace repeats are seeded: the search reruns the same
-    repeats = [t for t in searcher._ot_study.trials if t.state.name == "FAIL"]
-    told = {t.number: (t.params["kind"], t.params["lr"]) for t in searcher._ot_study.trials if t.state.name == "COMPLETE"}
+    repeats = [t for t in searcher.study.trials if t.state.name == "FAIL"]
+    told = {t.number: (t.params["kind"], t.params["lr"]) for t in searcher.study.trials if t.state.name == "COMPLETE"}
     assert all(told[t.user_attrs["repeat_of"]] == (t.params["kind"], t.params["lr"]) for t in repeats)
     assert repeats or sampler == "random"  # TPE exploits the best one: it proposes it again
     assert [searcher.optuna_state(f"t{index}") for index in range(6)] == ["COMPLETE"] * 6
@@ -257,7 +257,7 @@ def test_an_ordered_choice_is_searched_by_its_index_and_the_trial_gets_its_value
                                  sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
     for index in range(4):
         config = searcher.suggest(f"t{index}")
-        trial = searcher._ot_trials[f"t{index}"]
+        trial = searcher.optuna_trial(f"t{index}")
         assert trial.distributions["train.lr"] == IntDistribution(0, len(rates) - 1)
         assert config["train.lr"] == rates[trial.params["train.lr"]]
         assert trial.distributions["objective.kind"] == CategoricalDistribution(["ce", "aepg"])
@@ -824,7 +824,7 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(seed_sweep):
     # The searcher's own record: what Optuna was told for each complete trial is its seed-mean.
     searcher = SweepOptunaSearch(metric="seeds/mean_avg_incremental_accuracy", mode="max", full_budget=3)
     searcher.restore_from_dir(parent.data.params["sweep.path"])
-    told = sorted(t.value for t in searcher._ot_study.trials if t.state.name == "COMPLETE")
+    told = sorted(t.value for t in searcher.study.trials if t.state.name == "COMPLETE")
     assert told == pytest.approx(sorted(t.data.metrics["seeds/mean_avg_incremental_accuracy"] for t in finished),
                                  abs=1e-12)
     # The confirmation: the search's best configuration (by seed-mean) on seeds 7 and 8 only.

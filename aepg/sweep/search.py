@@ -151,6 +151,22 @@ class SweepOptunaSearch(OptunaSearch):
         trial = self._ot_trials.get(trial_id)
         return self._ot_study.trials[trial.number].state.name if trial is not None else None
 
+    # Ray keeps these private; read here, in one place, so that a Ray upgrade that renames them
+    # breaks aepg visibly rather than every caller.
+    @property
+    def study(self):
+        """The Optuna study this searcher tells: every trial with its state, values and params."""
+        return self._ot_study
+
+    @property
+    def sampler(self):
+        """The Optuna sampler that proposes configurations."""
+        return self._sampler
+
+    def optuna_trial(self, trial_id: str):
+        """The Optuna trial behind a Tune trial, as proposed (its params and distributions)."""
+        return self._ot_trials[trial_id]
+
 
 def _key(params: dict) -> str:
     return json.dumps(params, sort_keys=True, default=str)
@@ -167,6 +183,11 @@ class OwnMetric:
 
 class RungASHA(OwnMetric, ASHAScheduler):
     """ASHA comparing trials at its rungs on ``compared_metric``."""
+
+    def __init__(self, *, time_attr: str, metric: str, mode: str, max_t: int, **kwargs):
+        super().__init__(time_attr=time_attr, metric=metric, mode=mode, max_t=max_t, **kwargs)
+        self.compares = {"time_attr": time_attr, "metric": metric, "mode": mode, "max_t": max_t}
+        """What it compares trials on, and along what budget (Ray keeps these private)."""
 
 
 def optuna_search(sweep) -> tuple[None, SweepOptunaSearch, int]:
