@@ -91,3 +91,21 @@ def test_each_searcher_checks_what_it_can_search():
         load_sweep(SEARCH, ["search.algorithm=qmc", "seeds=[0,1]"], check_runs=False)
     with pytest.raises(ConfigError, match="unknown search algorithm 'qcm'; did you mean 'qmc'"):
         load_sweep(SEARCH, ["search.algorithm=qcm"], check_runs=False)
+
+
+def test_nsga2_searches_a_trade_off_and_survives_ray_saving_it(tmp_path):
+    """NSGA-II over sweeps/trade_off.yaml: a two-objective study, which Ray saves with the searcher
+    (Optuna's genetic samplers hold a thread lock, which plain pickling refuses) and restores."""
+    from ray import cloudpickle
+
+    from aepg.sweep.schema import parent_params
+    from aepg.sweep.search import searcher
+
+    sweep = load_sweep(REPO / "sweeps" / "trade_off.yaml", ["search.algorithm=nsga2"], check_runs=False)
+    found = searcher(sweep)[1]
+    assert found.suggest("t1") is not None and len(found.study.directions) == 2
+    found.save(str(tmp_path / "searcher.pkl"))
+    restored = cloudpickle.loads(cloudpickle.dumps(found))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t2") is not None and [t.number for t in restored.study.trials] == [0, 1]
+    assert parent_params(sweep, "path", 8, 1)["search.sampler"] == "NSGAIISampler(seed=0, population_size=8)"

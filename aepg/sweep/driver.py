@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 from ray import tune
 
 from aepg import interrupts, preflight, tracking
+from aepg.catalog import SCHEDULERS
 from aepg.config import ConfigError, RunConfig, is_uri, validate
 from aepg.metrics import FINAL, ONE_SEED, final_name
 from aepg.ray_setup import check_fits, ensure_ray, node_names, this_node, worker_resources
@@ -531,7 +532,7 @@ def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callb
         return [runs]
     spec, sweep = runtime.sweep.spec, runtime.sweep
     settings = (runs.names, expected_trials(sweep), search.budget(sweep), spec.metric, spec.mode,
-                search.progress_unit(sweep), search.searched_metric(sweep))
+                search.progress_unit(sweep), search.searched_metric(sweep), SCHEDULERS.display(spec.scheduler.kind))
     view = LiveSweepTable(*settings, keys=list(sweep.space)) if sys.stdout.isatty() else SweepProgress(*settings)
     runs.say = view.notice
     return [runs, view]

@@ -122,11 +122,12 @@ class SweepProgress(tune.Callback):
     opens the trials' runs, which runs first."""
 
     def __init__(self, names: dict[str, str], total: int, budget: tuple[str, int], metric: str, mode: str,
-                 unit: str, value_key: str):
+                 unit: str, value_key: str, stopper: str = "ASHA"):
         """``budget``: the result key counting a trial's progress in ``unit`` (task, level or seed)
-        and its full value; ``value_key``: the running value shown after each step."""
+        and its full value; ``value_key``: the running value shown after each step; ``stopper``: the
+        early-stopping scheduler's name, which says who stopped a trial."""
         self.names, self.total, self.budget, self.metric, self.mode = names, total, budget, metric, mode
-        self.unit, self.value_key = unit, value_key
+        self.unit, self.value_key, self.stopper = unit, value_key, stopper
         self.started, self.best = time.time(), None
         self.nodes: dict[str, str] = {}
         """Trial id to the name of the node it last reported from; shown once trials ran on several."""
@@ -171,7 +172,7 @@ class SweepProgress(tune.Callback):
                 self.best = (value, self._name(trial))
             ended = f"finished, {final_name(self.metric)} {value:.4f}" if isinstance(value, float) else "finished"
         else:
-            ended = "stopped early by ASHA"
+            ended = f"stopped early by {self.stopper}"
         self._end(trials, trial, ended)
 
     def on_trial_error(self, iteration, trials, trial, **info):

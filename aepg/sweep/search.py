@@ -29,7 +29,9 @@ COMPLETE with a value from less than the full budget. Compute is counted in task
 from __future__ import annotations
 
 import json
+import threading
 
+import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -166,6 +168,17 @@ class SweepOptunaSearch(OptunaSearch):
     def optuna_trial(self, trial_id: str):
         """The Optuna trial behind a Tune trial, as proposed (its params and distributions)."""
         return self._ot_trials[trial_id]
+
+
+class PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler, which Ray can save with the searcher: Optuna's genetic samplers
+    hold a thread lock, which cannot be pickled; it is made anew when the sampler is loaded."""
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "_thread_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _thread_lock=threading.Lock())
 
 
 def _key(params: dict) -> str:

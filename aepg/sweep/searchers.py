@@ -91,6 +91,11 @@ class NSGAIISearch(SampledSearch):
     def sampler_settings(self) -> dict[str, object]:
         return {"seed": self.seed, "population_size": self.population_size}
 
+    def sampler(self):
+        from aepg.sweep.search import PicklableNSGAII  # Ray saves the searcher, and its sampler, by pickling
+
+        return PicklableNSGAII(**self.sampler_settings())
+
 
 @SEARCHERS.register("random", builder="aepg.sweep.search:optuna_search", display="random")
 class RandomSearch(SampledSearch):
