@@ -21,8 +21,8 @@ from aepg.benchmarks import DATASETS
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore, CheckpointsUnreadable
 from aepg.config import ConfigError, RunConfig, flatten
-from aepg.metrics import FINAL
 from aepg.distributed import Context, pick_device, seed_all
+from aepg.metrics import FINAL
 from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
 from aepg.ray_setup import check_fits, ensure_ray, worker_resources

@@ -304,11 +304,11 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
     paired = [*arms, f"{arms[-1]}-{arms[0]}"] if arms else []
     others = list(dict.fromkeys(m for e in entries for m in e.trade_off))
     front = any(e.front for e in entries)
-    paired = [*others, *paired]
-    header = ["#", "trial", "status", "final ± std" if spread else "final", *(["seeds"] if seeds else []), *paired,
+    values = [*others, *paired]  # the numeric columns after the final value
+    header = ["#", "trial", "status", "final ± std" if spread else "final", *(["seeds"] if seeds else []), *values,
               *(["front"] if front else []), *(["noise"] if noise else []), *(["stage"] if stage else []),
               *(["nodes"] if nodes else [])]
-    numeric = {0, 3, *([4] if seeds else []), *range(4 + seeds, 4 + seeds + len(paired))}
+    numeric = {0, 3, *([4] if seeds else []), *range(4 + seeds, 4 + seeds + len(values))}
     fixed, rows = len(header), []
     for i, e in enumerate(entries, 1):
         rows.append([str(i), trial_id(e.name), e.status.replace("stopped early", "stopped"), e.shown(),

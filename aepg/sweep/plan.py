@@ -4,10 +4,10 @@ samples they cost (per trial and for the whole sweep, ladders and confirmation i
 from __future__ import annotations
 
 from aepg.catalog import SEARCHERS
-from aepg.sweep.front import pick_rule
 from aepg.config import validate
 from aepg.sweep.checks import variants
 from aepg.sweep.fidelity import seeds_per_trial
+from aepg.sweep.front import pick_rule
 from aepg.sweep.spec import Sweep, apply_dotted, expected_trials
 
 
