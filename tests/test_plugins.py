@@ -69,16 +69,19 @@ def test_plugin_entries_validate_like_built_ins(workdir, plugin_env):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_plugin_objective_method_and_scheduler_run_in_a_real_sweep(workdir, plugin_env):
-    """Two trials, fewer than the median rule's three samples: it builds and stops nothing."""
+def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
+    """The plugin's objective, method, part, searcher and scheduler in one sweep: two trials sampled
+    by its quasi-Monte Carlo searcher, fewer than the median rule's three samples (it builds and
+    stops nothing); each run names the package behind each entry in its manifest."""
     sweep = {
         "name": "plugin",
         "base_config": DIGITS,
-        "base_overrides": {"objective": {"kind": "gce"}, "model": {"peft": {"kind": "feature_affine"}},
+        "base_overrides": {"objective": {"kind": "gce"},
+                           "model": {"peft": {"kind": "feature_affine", "parts": {"l2_anchor": {"weight": 0.5}}}},
                            "train": {"epochs": 1, "batch_size": 16},
                            "benchmark": {"num_tasks": 2, "max_train_per_class": 20, "max_test_per_class": 10}},
-        "space": {"objective.q": {"choice": [0.5, 1.0]}},
-        "search": {"algorithm": "grid", "max_concurrent": 2},
+        "space": {"objective.q": {"uniform": [0.5, 1.0]}},
+        "search": {"algorithm": "qmc", "seed": 0, "num_trials": 2, "max_concurrent": 2},
         "scheduler": {"kind": "median", "grace_period": 1},
         "trial": {"cpus": 1},
     }
@@ -91,13 +94,16 @@ def test_plugin_objective_method_and_scheduler_run_in_a_real_sweep(workdir, plug
     (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`aepg.kind` = 'sweep'")
     assert parent.data.params["scheduler.kind"] == "median" and parent.data.params["scheduler.min_samples"] == "3"
     assert parent.data.params["search.scheduler"] == "MedianStoppingRule(grace_period=1, min_samples_required=3)"
+    assert parent.data.params["search.sampler"] == "QMCSampler(seed=0, scramble=True)"
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`aepg.status` = 'finished'")
-    assert sorted(r.data.params["objective.q"] for r in runs) == ["0.5", "1.0"]
+    qs = sorted(float(r.data.params["objective.q"]) for r in runs)
+    assert len(qs) == 2 and qs[0] < qs[1] and 0.5 <= qs[0] and qs[1] <= 1.0
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.params["objective.kind"] == "gce"
         assert run.data.params["model.peft.kind"] == "feature_affine"
         assert run.data.params["model.peft.init_scale"] == "1.0"
+        assert run.data.params["model.peft.parts.l2_anchor.weight"] == "0.5"
         assert run.data.tags["params_peft"] == str(2 * 1280)  # a scale and a shift per feature of Lite0
         assert "final/avg_incremental_accuracy" in run.data.metrics
         manifest = json.load(open(client.download_artifacts(run.info.run_id, "manifest.json",
@@ -105,6 +111,7 @@ def test_plugin_objective_method_and_scheduler_run_in_a_real_sweep(workdir, plug
         plugin = {"package": "aepg-example-plugin", "version": "0.1.0"}
         assert manifest["entries"]["objective"] == {"name": "gce", **plugin}
         assert manifest["entries"]["method"] == {"name": "feature_affine", **plugin}
+        assert manifest["entries"]["part l2_anchor"] == {"name": "l2_anchor", **plugin}
 
 
 def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_env):
@@ -120,7 +127,7 @@ def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_e
         assert f"{name} ({catalog.setting})" in lines
     listed = {line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")}
     assert {"aepg", "ce", "lora", "ranpac", "digits", "cifar100", "tpe", "asha"} <= listed
-    assert {"gce", "two_phase", "feature_affine", "median"} <= listed, "the plugin's entries"
+    assert {"gce", "two_phase", "feature_affine", "median", "l2_anchor", "qmc"} <= listed, "the plugin's entries"
     text = " ".join(out.stdout.split())
     assert "[aepg-example-plugin==0.1.0]" in text and "keys: logits=local, q=0.7" in text, text[:2000]
     one = run_aepg(["list", "schedulers"], workdir, plugin_env)

@@ -6,9 +6,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aepg.catalog import METHODS, OBJECTIVES, SCHEDULERS, SCHEDULES
-from aepg.config import MethodConfig, ObjectiveConfig, ScheduleConfig
+from aepg.catalog import METHODS, OBJECTIVES, PARTS, SCHEDULERS, SCHEDULES, SEARCHERS
+from aepg.config import MethodConfig, ObjectiveConfig, PartConfig, ScheduleConfig
 from aepg.sweep.schedulers import SchedulerSettings
+from aepg.sweep.searchers import SampledSearch
 
 
 @OBJECTIVES.register("gce", display="GCE")
@@ -65,3 +66,25 @@ class MedianStopping(SchedulerSettings):
 
     def described(self, metric):
         return f"MedianStoppingRule(grace_period={self.grace_period}, min_samples_required={self.min_samples})"
+
+
+@PARTS.register("l2_anchor", builder="aepg_example_plugin.anchor:build", display="L2 anchor")
+class L2Anchor(PartConfig):
+    """An L2 pull towards the trained parameters as they were at the end of the last task (L2-SP's
+    penalty with the previous task as the start point): ``weight * sum((theta - theta_prev)^2)``."""
+
+    kind: Literal["l2_anchor"] = "l2_anchor"
+    weight: float = Field(1.0, ge=0)
+    """The penalty's weight."""
+
+
+@SEARCHERS.register("qmc", builder="aepg.sweep.search:optuna_search", display="quasi-Monte Carlo")
+class QMCSearch(SampledSearch):
+    """Optuna's quasi-Monte Carlo sampler: a low-discrepancy sequence spreads the trials evenly."""
+
+    algorithm: Literal["qmc"] = "qmc"
+    sampler_class: ClassVar[str] = "QMCSampler"
+    scramble: bool = True
+
+    def sampler_settings(self):  # every argument, explicit: the parent run logs them as search.sampler
+        return {"seed": self.seed, "scramble": self.scramble}
