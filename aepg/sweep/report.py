@@ -255,8 +255,8 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
 def mark_front(finished: list[TrialResult], objectives: dict[str, str], tolerances: dict[str, float]) -> TrialResult | None:
     """Mark the finished configurations on a trade-off's front (and those off it within noise);
     the one ``best.yaml`` names (``aepg.sweep.front.pick``)."""
-    complete = [e for e in finished if all(e.trade_off.get(m) for m in objectives if m != next(iter(objectives)))]
-    metric = next(iter(objectives))
+    metric, *others = objectives
+    complete = [e for e in finished if all(e.trade_off.get(m) for m in others)]
     values = [{metric: e.by_seed, **e.trade_off} for e in complete]
     for entry, mark in zip(complete, front.front_marks(values, objectives)):
         entry.front = mark

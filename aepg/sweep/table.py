@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from aepg.catalog import METHODS, OBJECTIVES
 from aepg.config import ConfigError
 from aepg.metrics import final_name, one_seed_name
+from aepg.sweep.noise import paired_difference
 
 METRICS = ("last_accuracy", "avg_incremental_accuracy")
 SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}
@@ -60,20 +61,13 @@ class Cell:
         return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
 
 
-def t_quantile(df: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, df))
-
-
 def paired(a: Cell, b: Cell, metric: str) -> tuple[float, float | None, int] | None:
     """Mean of b - a over the seeds both have, and the half width of its 95% confidence interval."""
     seeds = sorted(set(a.by_seed[metric]) & set(b.by_seed[metric]))
     if not seeds:
         return None
-    diffs = [b.by_seed[metric][s] - a.by_seed[metric][s] for s in seeds]
-    half = t_quantile(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
-    return statistics.mean(diffs), half, len(diffs)
+    mean, half = paired_difference([b.by_seed[metric][s] - a.by_seed[metric][s] for s in seeds])
+    return mean, half, len(seeds)
 
 
 @dataclass
