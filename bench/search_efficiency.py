@@ -2,20 +2,24 @@
 recommends, trained again on five training seeds that no method saw.
 
 Ground truth: every point of GRID (on configs/digits.yaml with BENCHMARK's overrides) trained on
-the held-out seeds and on the searches' own seeds, cached (``--cache``). The bench judges no
-searcher unless the spread between those configurations is at least twice their seed noise. Then
-the grid once on seed 0, and each method (searching the grid's points) with searcher seeds 0, 1,
-2: its score is its pick's held-out mean, its compute every task it trained (seed ladder and
-confirmation included); random search gets the compute the default search used.
+the held-out seeds and on the searches' own seeds, with the trade-off's metrics, cached
+(``--cache``). The bench judges no searcher unless the spread between those configurations is at
+least twice their seed noise. Then the grid once on seed 0, and each method (searching the grid's
+points) with searcher seeds 0, 1, 2: its score is its pick's held-out mean, its compute every
+task it trained (seed ladder, pruned seeds and confirmation included); random search gets the
+compute the default search used. A trade-off search (``front-*``, sweeps/trade_off.yaml's
+metrics) is scored by the hypervolume of its front's held-out means, as a share of the whole
+grid's held-out front's.
 
-    python bench/search_efficiency.py [--methods tpe,random,tpe-confirm,tpe-seeds,tpe-asha-tasks] [--seeds 0,1,2]
-                                      [--replay 1000]
+    python bench/search_efficiency.py [--methods tpe,random,...] [--seeds 0,1,2] [--replay 1000]
+
 Target: the default search's median pick scores at least the grid's with at most half its
 compute, and above random search's at the same compute. Three searcher seeds tell two searches
-apart only by a wide margin, so the searches without early stopping are also replayed on
-``--replay`` searcher seeds at no training cost (the same searcher objects, each trial's value
-looked up in the ground truth instead of trained), and "above random" is judged on the replay's
-paired 95% interval; with ``--replay 0``, on the medians.
+apart only by a wide margin, so the searches without ASHA are also replayed on ``--replay``
+searcher seeds at no training cost (the same searcher and scheduler objects, each trial's value
+on a seed looked up in the ground truth instead of trained), and "above random" is judged on the
+replay's paired 95% interval (with ``--replay 0``, on the medians); every replayed method is
+printed against random search at its own compute, a trade-off search against ``front-random``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +47,18 @@ GRID = {"objective.kind": {"choice": ["ce", "aepg"]},
         "schedule.tau": {"choice": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
         "train.lr": {"choice": [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2]}}
 HELD_OUT = [100, 101, 102, 103, 104]
-SEARCH_SEEDS = [0, 1]
+SEARCH_SEEDS = [0, 1, 2, 3, 4]
 """The seeds the searches train on (configs/digits.yaml's seed 0; the confirmation's and the seed
-ladder's second seed 1), in the ground truth too so that the searches can be replayed."""
+ladder's second seed 1; the signed-rank pruner's five, the fewest it can stop a configuration
+on at p 0.1), in the ground truth too so that the searches can be replayed."""
+TRADE_OFF = {"last_accuracy": "max", "forgetting": "min"}
+"""The trade-off searches' metrics (sweeps/trade_off.yaml's); the ground truth holds them too."""
 CLEARLY = 2.0
 """The spread between configurations must be this many times the seed noise for a verdict."""
 LADDER = {"seeds": [0, 1], "scheduler": {"kind": "asha", "fidelity": "seeds", "grace_period": 1,
                                             "reduction_factor": 3}}
+FRONT = {"metric": "last_accuracy", "trade_off": {"forgetting": "min"}, "scheduler": {"kind": "none"}}
+"""A trade-off search's settings: TRADE_OFF as the sweep's metric and its trade-off."""
 METHODS = {
     # TPE on seed 0, then its best two trained again on seed 1, which alone ranks them: the winner
     # is not the luckiest draw of the search's seed, and the compute is known in advance.
@@ -65,17 +73,32 @@ METHODS = {
     "random": {"search": {"algorithm": "random"}, "scheduler": {"kind": "none"}},
     # sweeps/search.yaml's search: TPE after 4 random trials, 8 trials of one seed, no early stopping.
     "tpe": {"search": {"algorithm": "tpe", "num_trials": 8, "startup_trials": 4}, "scheduler": {"kind": "none"}},
+    # Seeds as instances: TPE whose configurations train the five search seeds one by one, each
+    # stopped once a signed-rank test over its seeds so far says it is worse than the best finished
+    # one (at p 0.1 the test can first stop after 4 seeds, at p 0.2 after 3).
+    "tpe-wilcoxon": {"search": {"algorithm": "tpe", "num_trials": 5, "startup_trials": 2}, "seeds": SEARCH_SEEDS,
+                     "scheduler": {"kind": "wilcoxon", "p_threshold": 0.1}},
+    "tpe-wilcoxon-p0.2": {"search": {"algorithm": "tpe", "num_trials": 5, "startup_trials": 2}, "seeds": SEARCH_SEEDS,
+                          "scheduler": {"kind": "wilcoxon", "p_threshold": 0.2}},
+    # The trade-off (sweeps/trade_off.yaml's metrics), one seed per trial, at half the grid's
+    # compute: judged by the hypervolume of the front each recommends.
+    "front-tpe": {"search": {"algorithm": "tpe", "num_trials": 9, "startup_trials": 4}, **FRONT},
+    "front-nsga2": {"search": {"algorithm": "nsga2", "num_trials": 9, "population_size": 4}, **FRONT},
+    "front-nsga2-pop8": {"search": {"algorithm": "nsga2", "num_trials": 9, "population_size": 8}, **FRONT},
+    "front-random": {"search": {"algorithm": "random", "num_trials": 9}, **FRONT},
 }
 DEFAULT = "tpe"
 """The search the target judges."""
+DEFAULT_FRONT, RANDOM_FRONT = "front-tpe", "front-random"
+"""The trade-off search sweeps/trade_off.yaml runs, and the one the others are measured against."""
 MATCHED = ("random",)
 """The methods given the compute the default search used with the same searcher seed."""
 
 
 def sweep_file(folder: Path, name: str, search: dict, scheduler: dict, **more) -> Path:
     spec = {"name": name, "base_config": str(BASE), "base_overrides": BENCHMARK, "space": GRID,
-            "search": {"max_concurrent": 2, **search}, "scheduler": scheduler, **more, "metric": METRIC,
-            "mode": "max", "storage_path": str(folder / "sweeps"), "trial": {"cpus": 1, "max_failures": 0}}
+            "search": {"max_concurrent": 2, **search}, "scheduler": scheduler, "metric": METRIC, "mode": "max",
+            **more, "storage_path": str(folder / "sweeps"), "trial": {"cpus": 1, "max_failures": 0}}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -98,24 +121,32 @@ def point(params: dict) -> str:
 
 
 def cache_key() -> str:
-    """What the ground truth depends on: the benchmark, the grid and its seeds."""
-    text = json.dumps([BASE.read_text(), BENCHMARK, GRID, HELD_OUT, SEARCH_SEEDS], sort_keys=True)
+    """What the ground truth depends on: the benchmark, the grid, its seeds and metrics."""
+    text = json.dumps([BASE.read_text(), BENCHMARK, GRID, HELD_OUT, SEARCH_SEEDS, TRADE_OFF], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def ground_truth(folder: Path, cache: Path) -> dict[str, dict[int, float]]:
-    """Every grid point's final metric on each held-out and search seed, from the cache when it matches."""
+Truth = dict[str, dict[str, dict[int, float]]]
+"""Each grid point's final value of each metric on each seed."""
+
+
+def ground_truth(folder: Path, cache: Path) -> Truth:
+    """Every grid point's final metrics on each held-out and search seed, from the cache when it matches."""
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved.get("key") == cache_key():
             print(f"ground truth: {len(saved['truth'])} configurations from {cache}", flush=True)
-            return {p: {int(s): v for s, v in by_seed.items()} for p, by_seed in saved["truth"].items()}
+            return {p: {m: {int(s): v for s, v in by_seed.items()} for m, by_seed in metrics.items()}
+                    for p, metrics in saved["truth"].items()}
         print(f"ground truth: {cache} is for another benchmark; training it again", flush=True)
     began = time.perf_counter()
-    report = run(sweep_file(folder, "truth", {"algorithm": "grid"}, {"kind": "none", "fidelity": "seeds"},
-                            seeds=SEARCH_SEEDS + HELD_OUT))
-    truth = {point(e.params): e.by_seed for e in report.entries if e.status == "finished"}
-    missing = [e.name for e in report.entries if e.status != "finished"]
+    others = {m: mode for m, mode in TRADE_OFF.items() if m != METRIC}
+    report = run(sweep_file(folder, "truth", {"algorithm": "grid"}, {"kind": "none"},
+                            seeds=SEARCH_SEEDS + HELD_OUT, trade_off=others))
+    truth = {point(e.params): {METRIC: e.by_seed, **e.trade_off}
+             for e in report.entries if e.status == "finished"}
+    missing = [e.name for e in report.entries
+               if e.status != "finished" or len(e.by_seed) < len(SEARCH_SEEDS + HELD_OUT)]
     if missing:
         sys.exit(f"search_efficiency: ground-truth trials {', '.join(missing)} did not finish; see their errors above")
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -125,9 +156,9 @@ def ground_truth(folder: Path, cache: Path) -> dict[str, dict[int, float]]:
     return truth
 
 
-def on_seeds(truth: dict[str, dict[int, float]], seeds: list[int]) -> dict[str, dict[int, float]]:
-    """The ground truth on some of its seeds."""
-    return {p: {seed: by_seed[seed] for seed in seeds} for p, by_seed in truth.items()}
+def on_seeds(truth: Truth, seeds: list[int], metric: str = METRIC) -> dict[str, dict[int, float]]:
+    """One metric of the ground truth on some of its seeds."""
+    return {p: {seed: metrics[metric][seed] for seed in seeds} for p, metrics in truth.items()}
 
 
 def separable(held_out: dict[str, dict[int, float]]) -> tuple[bool, str]:
@@ -144,15 +175,36 @@ def separable(held_out: dict[str, dict[int, float]]) -> tuple[bool, str]:
 
 
 class Judge:
-    """Scores recommendations on the ground truth."""
+    """Scores recommendations on the ground truth: a pick by its held-out mean, a front by the
+    hypervolume of its configurations' held-out means (TRADE_OFF's metrics), as a share of the
+    hypervolume of the whole grid's held-out front, both up to the grid's worst held-out means."""
 
-    def __init__(self, truth: dict[str, dict[int, float]]):
+    def __init__(self, truth: Truth):
         self.truth = on_seeds(truth, HELD_OUT)
         self.best = max(statistics.mean(v.values()) for v in self.truth.values())
+        self.means = {p: {m: statistics.mean(on_seeds(truth, HELD_OUT, m)[p].values()) for m in TRADE_OFF}
+                      for p in truth}
+        self.reference = {m: (min if mode == "max" else max)(v[m] for v in self.means.values())
+                          for m, mode in TRADE_OFF.items()}
+        self.best_area = self.area(self.means)
 
     def pick(self, params: dict, compute: float) -> Pick:
-        name = " ".join(f"{key.split('.')[-1]}={value}" for key, value in sorted(params.items()))
-        return Pick(point(params), name, statistics.mean(self.truth[point(params)].values()), compute)
+        return Pick(point(params), name_of(params), statistics.mean(self.truth[point(params)].values()), compute)
+
+    def area(self, points) -> float:
+        """The area the configurations' held-out means dominate, up to the reference (the grid's worst)."""
+        (first, first_mode), (second, second_mode) = TRADE_OFF.items()
+        gains = sorted(((self.means[p][first] - self.reference[first]) * (1 if first_mode == "max" else -1),
+                        (self.means[p][second] - self.reference[second]) * (1 if second_mode == "max" else -1))
+                       for p in points)
+        area, height = 0.0, 0.0
+        for width, gain in reversed(gains):  # widest first: each adds the strip above the ones before
+            if gain > height:
+                area, height = area + width * (gain - height), gain
+        return area
+
+    def front(self, points: list[str], compute: float) -> Front:
+        return Front(tuple(sorted(points)), self.area(points) / self.best_area, compute)
 
     def tied(self, a: Pick, b: Pick) -> bool:
         """Whether the held-out seeds cannot tell two picks apart (paired 95% interval over them)."""
@@ -164,6 +216,10 @@ class Judge:
         return abs(difference) <= half
 
 
+def name_of(params: dict) -> str:
+    return " ".join(f"{key.split('.')[-1]}={value}" for key, value in sorted(params.items()))
+
+
 @dataclass(frozen=True)
 class Pick:
     """What one search recommends: its configuration, held-out score and the compute it spent."""
@@ -171,6 +227,19 @@ class Pick:
     name: str
     score: float
     compute: float
+
+
+@dataclass(frozen=True)
+class Front:
+    """What one trade-off search recommends: its front's configurations, their held-out
+    hypervolume as a share of the best front's (``score``), and the compute it spent."""
+    points: tuple[str, ...]
+    score: float
+    compute: float
+
+
+def trade_off(method: str) -> bool:
+    return "trade_off" in METHODS[method]
 
 
 def method_settings(method: str, seed: int, budget: float) -> dict:
@@ -186,20 +255,24 @@ def method_file(folder: Path, name: str, settings: dict) -> Path:
                       **{k: v for k, v in settings.items() if k not in ("search", "scheduler")})
 
 
-def search(folder: Path, judge: Judge, name: str, settings: dict) -> Pick:
+def search(folder: Path, judge: Judge, name: str, settings: dict) -> Pick | Front:
     report = run(method_file(folder, name, settings))
+    compute = sum(e.compute for e in report.entries)
+    if "trade_off" in settings:
+        return judge.front([point(e.params) for e in report.entries if e.front == "front"], compute)
     if report.best is None:
         sys.exit(f"search_efficiency: no trial of {name} finished; see the trials' errors above")
-    return judge.pick(report.best.params, sum(e.compute for e in report.entries))
+    return judge.pick(report.best.params, compute)
 
 
 class Replay:
     """A search again at no training cost: the method's own searcher (``aepg.sweep.search``) proposes
-    the trials, each trial's value is the ground truth's on the seed it would train, and trials end
-    in the order they started, ``max_concurrent`` at a time, as equally long trials would."""
+    the trials and its own scheduler stops them, each trial's value on a seed is the ground truth's,
+    and every seed takes a trial the same time, so trials end in the order they started,
+    ``max_concurrent`` at a time, as equally long trials would."""
 
-    def __init__(self, folder: Path, judge: Judge, truth: dict[str, dict[int, float]]):
-        self.folder, self.judge, self.searched = folder, judge, on_seeds(truth, SEARCH_SEEDS)
+    def __init__(self, folder: Path, judge: Judge, truth: Truth):
+        self.folder, self.judge, self.truth = folder, judge, truth
         self.loaded = {}
 
     def sweep(self, method: str, settings: dict):
@@ -217,69 +290,119 @@ class Replay:
         sweep.spec = sweep.spec.model_copy(update={"search": sweep.spec.search.model_copy(update={"seed": seed})})
         return sweep
 
-    def __call__(self, method: str, settings: dict) -> Pick:
-        from aepg.sweep.search import budget, optuna_search, searched_metric
+    def trials(self, sweep) -> tuple[dict[str, dict[str, dict[int, float]]], int]:
+        """The configurations that trained every seed (each metric on each seed), and the tasks trained."""
+        import heapq
+
+        from aepg.metrics import partial_name
+        from aepg.sweep.fidelity import seeds_per_trial
+        from aepg.sweep.search import budget, optuna_search, scheduler, searched_metric
+
+        _, searcher, num_trials = optuna_search(sweep)
+        stopper = scheduler(sweep)
+        key, full = budget(sweep)
+        objectives, metric = sweep.spec.objectives, sweep.spec.metric
+        seeds = sweep.seeds if seeds_per_trial(sweep.spec) else sweep.seeds[:1]
+        done, events, started, tasks = {}, [], 0, 0
+
+        def start(now: int) -> None:
+            nonlocal started
+            if started < num_trials:
+                params = searcher.suggest(str(started))
+                heapq.heappush(events, (now + 1, started, point(params), 1))
+                started += 1
+
+        for _ in range(sweep.spec.search.max_concurrent):
+            start(0)
+        while events:
+            now, number, at, trained = heapq.heappop(events)
+            tasks += TASKS
+            values = {m: {seed: self.truth[at][m][seed] for seed in seeds[:trained]} for m in objectives}
+            if trained < len(seeds) and not getattr(stopper, "worse", lambda _: False)(values[metric]):
+                heapq.heappush(events, (now + 1, number, at, trained + 1))
+                continue
+            if len(objectives) == 1:
+                result = {searched_metric(sweep): statistics.mean(values[metric].values())}
+            else:
+                result = {partial_name(m): statistics.mean(values[m].values()) for m in objectives}
+            searcher.on_trial_complete(str(number), {**result, key: full if trained == len(seeds) else trained})
+            if trained == len(seeds):
+                done[at] = values
+                if hasattr(stopper, "finished"):
+                    stopper.finished[str(number)] = values[metric]
+            start(now)
+        return done, tasks
+
+    def __call__(self, method: str, settings: dict) -> Pick | Front:
+        from aepg.sweep.front import ON_FRONT, front_marks
 
         sweep = self.sweep(method, settings)
-        _, searcher, num_trials = optuna_search(sweep)
-        key, full = budget(sweep)
-        values, running = {}, deque()
-
-        def finish() -> None:
-            trial_id, params = running.popleft()
-            values[point(params)] = value = self.searched[point(params)][sweep.seeds[0]]
-            searcher.on_trial_complete(trial_id, {searched_metric(sweep): value, key: full})
-
-        for number in range(num_trials):
-            if len(running) == sweep.spec.search.max_concurrent:
-                finish()
-            running.append((str(number), searcher.suggest(str(number))))
-        while running:
-            finish()
-        ranked, compute = sorted(values, key=values.get, reverse=True), num_trials * TASKS
+        done, compute = self.trials(sweep)
+        if trade_off(method):
+            marks = front_marks(list(done.values()), sweep.spec.objectives)
+            return self.judge.front([p for p, mark in zip(done, marks) if mark == ON_FRONT], compute)
+        metric = sweep.spec.metric
+        ranked = sorted(done, key=lambda p: statistics.mean(done[p][metric].values()), reverse=True)
         if sweep.spec.confirm is not None:  # the best few on the confirmation's seeds, which alone rank them
             seeds = sweep.spec.confirm.seeds
             ranked = sorted(ranked[: sweep.spec.confirm.top_k], reverse=True,
-                            key=lambda p: statistics.mean(self.searched[p][seed] for seed in seeds))
+                            key=lambda p: statistics.mean(self.truth[p][metric][seed] for seed in seeds))
             compute += len(ranked) * len(seeds) * TASKS
         return self.judge.pick(json.loads(ranked[0]), compute)
 
 
 def replayable(method: str) -> bool:
-    """Whether a replay models the method: without early stopping, no trial's fate depends on timing."""
-    return METHODS[method]["scheduler"]["kind"] == "none" and "seeds" not in METHODS[method]
+    """Whether a replay models the method: where no trial's fate depends on timing (no ASHA)."""
+    return METHODS[method]["scheduler"]["kind"] in ("none", "wilcoxon")
+
+
+def grid_front(judge: Judge, truth: Truth) -> Front:
+    """The front a trade-off grid on seed 0 recommends (its trials are the ground truth's on seed 0)."""
+    from aepg.sweep.front import ON_FRONT, front_marks
+
+    values = {p: {m: {0: metrics[m][0]} for m in TRADE_OFF} for p, metrics in truth.items()}
+    marks = front_marks(list(values.values()), TRADE_OFF)
+    return judge.front([p for p, mark in zip(values, marks) if mark == ON_FRONT], len(truth) * TASKS)
 
 
 def replay(replayer: Replay, methods: list[str], count: int, grid: Pick, real: dict[str, list[Pick]],
            real_seeds: list[int]) -> dict[str, Versus]:
-    """Each replayable method on searcher seeds 0 .. count-1: the mean of its picks' held-out scores,
-    how often it picks the best configuration, and how often the replay picks what the real search
-    picked; then each method against random search."""
+    """Each replayable method on searcher seeds 0 .. count-1: the mean of its picks' held-out scores
+    (a front's: its hypervolume share), how often it picks the best configuration, how often the
+    replay picks what the real search picked, and its picks minus random search's at the same
+    compute (random given each pick's compute on the same searcher seed; a trade-off search against
+    RANDOM_FRONT)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     methods = [m for m in methods if replayable(m)]
-    picks: dict[str, list[Pick]] = {m: [] for m in methods}
+    picks: dict[str, list[Pick | Front]] = {m: [] for m in methods}
+    random: dict[str, list[Pick]] = {m: [] for m in methods if not trade_off(m) and m not in MATCHED}
     for seed in range(count):
         for method in methods:
-            matched = method in MATCHED and DEFAULT in picks  # the default search has run on this seed
+            matched = method in MATCHED and DEFAULT in picks  # as the real search: the default's compute
             spent = picks[DEFAULT][seed].compute if matched else grid.compute / 2
             picks[method].append(replayer(method, method_settings(method, seed, spent)))
-    print(f"\nreplay on searcher seeds 0-{count - 1}, each trial's value the ground truth's on its seed:")
-    print(f"{'method':<16} {'mean held-out':>14} {'picks the best':>15} {'mean compute / grid':>20} "
+            if method in random:
+                random[method].append(replayer("random", method_settings("random", seed, picks[method][-1].compute)))
+    print(f"\nreplay on searcher seeds 0-{count - 1}, each trial's value the ground truth's on its seeds:")
+    print(f"{'method':<18} {'mean held-out':>14} {'picks the best':>15} {'mean compute / grid':>20} "
           f"{'as the real search':>19}")
     for method, found in picks.items():
-        agree = [found[seed].point == real_pick.point for seed, real_pick in zip(real_seeds, real.get(method, []))
-                 if seed < count]
-        best = sum(p.score == replayer.judge.best for p in found)
-        print(f"{method:<16} {statistics.mean(p.score for p in found):>14.4f} {best / count:>15.2f} "
+        agree = [found[seed] == real_pick for seed, real_pick in zip(real_seeds, real.get(method, [])) if seed < count]
+        best = sum(p.score == (1.0 if trade_off(method) else replayer.judge.best) for p in found)
+        print(f"{method:<18} {statistics.mean(p.score for p in found):>14.4f} {best / count:>15.2f} "
               f"{statistics.mean(p.compute for p in found) / grid.compute:>20.2f} "
               f"{f'{sum(agree)} of {len(agree)}' if agree else '-':>19}")
-    versus = {m: Versus.of(picks[m], picks["random"]) for m in picks if m != "random" and "random" in picks}
+    versus = {m: Versus.of(picks[m], random[m]) for m in random}
+    versus.update({m: Versus.of(picks[m], picks[RANDOM_FRONT]) for m in picks
+                   if trade_off(m) and m != RANDOM_FRONT and RANDOM_FRONT in picks})
     for method, against in versus.items():
-        print(f"replay: {method}'s pick minus random's at the same compute {against}; the target's held-out "
-              f"comparisons hold for it in {median_odds(picks[method], picks['random'], grid):.2f} of the draws "
-              "of three searcher seeds")
+        odds = (f"; the target's held-out comparisons hold for it in "
+                f"{median_odds(picks[method], random[method], grid):.2f} of the draws of three searcher seeds"
+                if method == DEFAULT else "")
+        print(f"replay: {method} minus {'front-random' if trade_off(method) else 'random'} at the same compute "
+              f"{against}{odds}")
     return versus
 
 
@@ -346,19 +469,30 @@ def search_efficiency(folder: Path, cache: Path, methods: list[str], seeds: list
             settings = method_settings(method, seed, spent.get(seed, grid.compute / 2))
             found = search(folder, judge, f"{method}-s{seed}", settings)
             results[method].append(found)
-            print(f"{method} seed {seed}: recommends {found.name}, held-out {found.score:.4f}, "
-                  f"compute {found.compute:.0f} tasks", flush=True)
+            shown = (f"a front of {len(found.points)}, hypervolume {found.score:.4f} of the best front's"
+                     if trade_off(method) else f"{found.name}, held-out {found.score:.4f}")
+            print(f"{method} seed {seed}: recommends {shown}, compute {found.compute:.0f} tasks", flush=True)
         minutes[method] = (time.perf_counter() - began) / 60
-    print(f"\n{'method':<16} {'searcher seeds':>14} {'median held-out':>16} {'regret':>8} "
+    print(f"\n{'method':<18} {'searcher seeds':>14} {'median held-out':>16} {'regret':>8} "
           f"{'median compute / grid':>22} {'minutes':>8}")
     medians = {}
     for method, picks in results.items():
+        if method != "grid" and trade_off(method):
+            continue
         medians[method] = median_pick(picks), statistics.median(p.compute for p in picks)
         score = medians[method][0].score
-        print(f"{method:<16} {len(picks):>14} {score:>16.4f} {judge.best - score:>8.4f} "
+        print(f"{method:<18} {len(picks):>14} {score:>16.4f} {judge.best - score:>8.4f} "
               f"{medians[method][1] / grid.compute:>22.2f} {minutes[method]:>8.1f}")
     print(f"\nbest held-out mean in the grid {judge.best:.4f}")
     print(reading(judge, medians))
+    fronts = {"grid (seed 0)": grid_front(judge, truth),
+              **{m: median_pick(results[m]) for m in methods if trade_off(m)}}
+    print(f"\ntrade-off {' against '.join(TRADE_OFF)}: hypervolume of the recommended front's held-out means, as a "
+          f"share of the whole grid's held-out front's (reference: the grid's worst held-out means)")
+    print(f"{'method':<18} {'median share':>13} {'median compute / grid':>22}")
+    for method, front in fronts.items():
+        compute = statistics.median(p.compute for p in results.get(method, [front]))
+        print(f"{method:<18} {front.score:>13.4f} {compute / grid.compute:>22.2f}")
     versus = replay(Replay(folder, judge, truth), methods, replays, grid, results, seeds) if replays else {}
     print(f"target ({DEFAULT}: median held-out at least the grid's {grid.score:.4f} with at most half its compute, "
           f"and above random's at the same compute{' in the replay' if DEFAULT in versus else ''}): "
@@ -417,7 +551,7 @@ def seed_list(text: str) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default=f"{DEFAULT},random,tpe-confirm",
+    parser.add_argument("--methods", default=",".join(m for m in METHODS if m not in ("tpe-seeds", "tpe-asha-tasks")),
                         help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--seeds", default="0,1,2", type=seed_list, help="comma-separated searcher seeds")
     parser.add_argument("--cache", default=str(REPO / "bench" / ".cache" / "search_efficiency.json"), type=Path,

@@ -252,12 +252,15 @@ class SignedRankStopping(OwnMetric, FIFOScheduler):
         if len(values) >= self.full_budget:
             self.finished[trial.trial_id] = values
             return self.CONTINUE
+        return self.STOP if self.worse(values) else self.CONTINUE
+
+    def worse(self, values: dict[int, float]) -> bool:
+        """Whether a configuration's values on the seeds so far are worse than the best finished one's."""
         if not self.finished or len(values) < self.startup:
-            return self.CONTINUE
+            return False
         sign = 1 if self.mode == "max" else -1
         best = max(self.finished.values(), key=lambda found: sign * sum(found.values()) / len(found))
-        worse = signed_rank_worse(values, best, self.mode, self.p_threshold, self.startup)
-        return self.STOP if worse else self.CONTINUE
+        return signed_rank_worse(values, best, self.mode, self.p_threshold, self.startup)
 
 
 def wilcoxon_scheduler(sweep) -> SignedRankStopping:
