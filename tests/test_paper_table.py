@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from aepg.sweep.table import build_table, method
-from aepg.tracking import RunRecord
+from aepg.tracking import COMMIT_TAG, VERSION_TAG, RunRecord
 
 SEEDS = (0, 1, 2)
 
@@ -16,7 +16,7 @@ SEEDS = (0, 1, 2)
 def run(kind: str, objective: str, seed: int, last: float, avg: float, lae: bool = False, **params) -> RunRecord:
     p = {"model.peft.kind": kind, "objective.kind": objective, "seed": str(seed),
          **({"model.peft.lae": "True"} if lae else {}), **params}
-    return RunRecord(f"{kind}-{objective}-{seed}", "x", "FINISHED", p,
+    return RunRecord(f"{'lae-' if lae else ''}{kind}-{objective}-{seed}", "x", "FINISHED", p,
                      {"final/last_accuracy": last, "final/avg_incremental_accuracy": avg}, {})
 
 
@@ -53,7 +53,11 @@ def test_cells_are_seed_statistics_and_differences_are_paired():
     assert "mean ± std over n seeds" in markdown and "paired over the seeds both have" in markdown
     latex = table.latex()
     assert latex.startswith(r"\begin{tabular}{lcccccc}") and r"72.0 $\pm$ 2.0" in latex
-    assert table.csv().splitlines()[0] == "group,row,column,metric,mean,std,ci95_half_width,seeds"
+    assert table.csv().splitlines()[0] == "group,row,column,metric,mean,std,ci95_half_width,seeds,runs"
+    # Each cell names the runs (seed by seed) whose manifest.json says what made its numbers.
+    assert records[("LoRA", "CE", "last_accuracy")]["runs"] == "lora-ce-0 lora-ce-1 lora-ce-2"
+    assert "- LAE / CE: seed 0 lae-lora-ce-0\n" in markdown + "\n"
+    assert "- LoRA / aEPG: seed 0 lora-aepg-0, seed 1 lora-aepg-1, seed 2 lora-aepg-2" in markdown
 
 
 def test_a_cell_with_several_configurations_shows_the_best_and_says_so():
@@ -96,10 +100,13 @@ def test_the_newer_methods_have_rows_and_the_note_names_checkpoint_order_and_spl
     kinds = ["ranpac", "lora", "inflora", "full", "sd_lora", "coda"]
     runs = [run(kind, objective, 0, 0.5, 0.6, **where) for kind in kinds for objective in ("ce", "aepg")]
     runs.append(run("lora", "ce", 0, 0.5, 0.6, lae=True, **where))
+    for made_with in runs:  # aepg's version and commit, as launch tags every run
+        made_with.tags.update({VERSION_TAG: "0.1.0", COMMIT_TAG: "1a2b3c4"})
+    runs[0].tags[COMMIT_TAG] = "1a2b3c4-dirty"
     table = build_table([("imagenet-r, 10 tasks", runs)])
     assert table.rows == ["full fine-tuning", "LoRA", "LAE", "CODA-Prompt", "InfLoRA", "RanPAC", "SD-LoRA"]
-    assert ("Runs: backbone vit_base_patch16_224.augreg_in21k_ft_in1k; class order seed 0; split seed 0."
-            in table.markdown())
+    assert ("Runs: aepg 0.1.0 at 1a2b3c4-dirty, 0.1.0 at 1a2b3c4; backbone vit_base_patch16_224.augreg_in21k_ft_in1k; "
+            "class order seed 0; split seed 0." in table.markdown())
 
 
 def test_a_confirmed_configuration_counts_on_its_confirmation_seeds_alone():

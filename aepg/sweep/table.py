@@ -24,6 +24,7 @@ from aepg.catalog import METHODS, OBJECTIVES
 from aepg.config import ConfigError
 from aepg.metrics import final_name, one_seed_name
 from aepg.sweep.noise import paired_difference
+from aepg.tracking import COMMIT_TAG, VERSION_TAG
 
 METRICS = ("last_accuracy", "avg_incremental_accuracy")
 SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}
@@ -55,6 +56,8 @@ class Cell:
     """Per-seed values of each metric, for one (group, row, column)."""
 
     by_seed: dict[str, dict[int, float]] = field(default_factory=lambda: {m: {} for m in METRICS})
+    runs: dict[int, str] = field(default_factory=dict)
+    """The run behind each seed's values (its ``manifest.json`` says what made them)."""
 
     def stats(self, metric: str) -> tuple[float, float | None, int]:
         values = list(self.by_seed[metric].values())
@@ -125,7 +128,8 @@ class PaperTable:
                             continue
                         mean, std, n = cell.stats(metric)
                         out.append({"group": group, "row": row, "column": column, "metric": metric, "mean": mean,
-                                    "std": std, "ci95_half_width": None, "seeds": n})
+                                    "std": std, "ci95_half_width": None, "seeds": n,
+                                    "runs": " ".join(cell.runs[seed] for seed in sorted(cell.by_seed[metric]))})
                 for column in self.differences():
                     pair = self.pair(group, row, column)
                     for metric in METRICS if pair else ():
@@ -133,7 +137,7 @@ class PaperTable:
                         if result:
                             out.append({"group": group, "row": row, "column": f"{column} - {self.baseline}",
                                         "metric": metric, "mean": result[0], "std": None, "ci95_half_width": result[1],
-                                        "seeds": result[2]})
+                                        "seeds": result[2], "runs": ""})
         return out
 
     def _value(self, group, row, column, metric, latex=False) -> str:
@@ -175,7 +179,17 @@ class PaperTable:
 
     def markdown(self) -> str:
         header, body = self._grid()
-        return markdown_grid(header, body) + "\n\n" + self.note()
+        return markdown_grid(header, body) + "\n\n" + self.note() + "\n\n" + self.manifests()
+
+    def manifests(self) -> str:
+        """Where each cell's numbers came from: its runs, seed by seed, whose ``manifest.json``
+        artifacts hold the versions, entries, device, data digest and resolved config."""
+        lines = []
+        for (group, row, column), cell in self.cells.items():
+            if cell.runs:
+                where = f"{self._header(group)}{row} / {column}"
+                lines.append(f"- {where}: " + ", ".join(f"seed {seed} {run}" for seed, run in sorted(cell.runs.items())))
+        return "Manifests (manifest.json of each run, by seed):\n" + "\n".join(lines) if lines else ""
 
     def note(self) -> str:
         """What the cells hold, saying only what this table has (no spread or interval from one seed)."""
@@ -206,7 +220,8 @@ class PaperTable:
 
     def csv(self) -> str:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["group", "row", "column", "metric", "mean", "std", "ci95_half_width", "seeds"])
+        writer = csv.DictWriter(buffer, fieldnames=["group", "row", "column", "metric", "mean", "std", "ci95_half_width", "seeds",
+                                                    "runs"])
         writer.writeheader()
         writer.writerows(self.records())
         return buffer.getvalue()
@@ -239,11 +254,17 @@ PROVENANCE = {"model.backbone": "backbone", "model.weights": "weights", "benchma
 def provenance(runs: list) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for run in runs:
-        for key, what in PROVENANCE.items():
-            value = run.params.get(key)
+        made_with = {"aepg": made_by(run.tags), **{what: run.params.get(key) for key, what in PROVENANCE.items()}}
+        for what, value in made_with.items():
             if value is not None and value not in found.setdefault(what, []):
                 found[what].append(value)
     return {what: values for what, values in found.items() if values}
+
+
+def made_by(tags: dict[str, str]) -> str | None:
+    """aepg's version and commit, as the run's tags have them (None for runs from before they were tagged)."""
+    version = tags.get(VERSION_TAG)
+    return None if version is None else f"{version} at {tags.get(COMMIT_TAG, 'unknown')}"
 
 
 def row_order() -> list[str]:
@@ -284,6 +305,7 @@ def build_table(sweeps: list[tuple[str, list]], rows_key: str = "method", column
                 value = run.metrics.get(final_name(metric), run.metrics.get(one_seed_name(metric)))
                 if value is not None:
                     cell.by_seed[metric][seed] = value
+                    cell.runs[seed] = run.run_id
             rows += [row] if row not in rows else []
             columns += [column] if column not in columns else []
     metric = rank_metric if rank_metric in METRICS else METRICS[0]
