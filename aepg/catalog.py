@@ -1,12 +1,14 @@
 """The catalogues of aepg's extension points: objectives, a_t schedules, training methods, method
-parts, data sets, search algorithms and early-stopping schedulers.
+parts, data sets, optimisers, learning-rate schedules, search algorithms and early-stopping
+schedulers.
 
 An entry is a name, its own typed config (a pydantic model whose ``kind`` field holds the name:
 its keys, defaults, ranges and docstrings live with the entry), a lazy reference to what builds
 it (``"module:attribute"``, imported only when a run builds it), a display name for tables and
 its traits (``annealed``, ``vit_only``, ...). Built-in entries register with the catalogue's
 decorator in torch-free modules; an installed package adds entries through an entry-point group
-(``aepg.objectives``, ``aepg.schedules``, ``aepg.methods``, ``aepg.parts``, ``aepg.datasets``, ``aepg.searchers``, ``aepg.schedulers``), whose modules are imported the first
+(``aepg.objectives``, ``aepg.schedules``, ``aepg.methods``, ``aepg.parts``, ``aepg.datasets``,
+``aepg.optimizers``, ``aepg.lr_schedules``, ``aepg.searchers``, ``aepg.schedulers``), whose modules are imported the first
 time a name is not among the built-ins. Nothing here imports torch, so the CLI validates fast.
 """
 
@@ -186,8 +188,11 @@ METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",), "mod
 DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",), "benchmark.dataset", key="dataset")
 PARTS = Catalog("method part", "aepg.parts", ("aepg.models.parts",), "model.peft.parts")
 SCHEDULES = Catalog("a_t schedule", "aepg.schedules", ("aepg.schedules",), "schedule.kind")
+OPTIMIZERS = Catalog("optimizer", "aepg.optimizers", ("aepg.optim",), "train.optimizer.kind")
+LR_SCHEDULES = Catalog("learning-rate schedule", "aepg.lr_schedules", ("aepg.optim",), "train.lr_schedule.kind")
 SEARCHERS = Catalog("search algorithm", "aepg.searchers", ("aepg.sweep.searchers",), "search.algorithm", key="algorithm")
 SCHEDULERS = Catalog("scheduler", "aepg.schedulers", ("aepg.sweep.schedulers",), "scheduler.kind")
 CATALOGS = {"objectives": OBJECTIVES, "schedules": SCHEDULES, "methods": METHODS, "parts": PARTS,
-            "datasets": DATASETS, "searchers": SEARCHERS, "schedulers": SCHEDULERS}
+            "datasets": DATASETS, "optimizers": OPTIMIZERS, "lr_schedules": LR_SCHEDULES, "searchers": SEARCHERS,
+            "schedulers": SCHEDULERS}
 """Every catalogue by the name ``aepg list`` takes."""

@@ -255,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     report.set_defaults(func=cmd_report)
 
-    listing = commands.add_parser("list", help="the catalogues: objectives, a_t schedules, methods, parts, data sets, searchers, schedulers")
-    listing.add_argument("catalogue", nargs="?", choices=["objectives", "schedules", "methods", "parts", "datasets", "searchers", "schedulers"],
+    listing = commands.add_parser("list", help="the catalogues: objectives, a_t schedules, methods, parts, data sets, "
+                                  "optimisers, learning-rate schedules, searchers, schedulers")
+    listing.add_argument("catalogue", nargs="?", choices=["objectives", "schedules", "methods", "parts", "datasets",
+                                                          "optimizers", "lr_schedules", "searchers", "schedulers"],
                          help="one catalogue (default: all)")
     listing.set_defaults(func=cmd_list)
 

@@ -13,7 +13,7 @@ import difflib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from omegaconf import OmegaConf
@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationEr
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from aepg.catalog import DATASETS, METHODS, OBJECTIVES, PARTS, SCHEDULES, Catalog
+from aepg.catalog import DATASETS, LR_SCHEDULES, METHODS, OBJECTIVES, OPTIMIZERS, PARTS, SCHEDULES, Catalog
 
 
 class ConfigError(ValueError):
@@ -39,6 +39,7 @@ class Section(BaseModel):
 
 UNKNOWN_KIND = "unknown_kind"
 DEFAULT_METHOD, DEFAULT_OBJECTIVE, DEFAULT_SCHEDULE = "lora", "aepg", "sigmoid"
+DEFAULT_OPTIMIZER, DEFAULT_LR_SCHEDULE = "adam", "constant"
 
 
 def by_kind(catalog: Catalog, value: Any, default: str) -> Any:
@@ -269,6 +270,54 @@ class ScheduleConfig(Section):
         return {key: getattr(self, key) for key in type(self).model_fields if key not in ScheduleConfig.model_fields}
 
 
+class OptimizerConfig(Section):
+    """What every optimiser's config holds; ``kind`` picks the entry of ``aepg.catalog.OPTIMIZERS``
+    (``aepg.optim``: adam, adamw, sgd), whose config adds its own keys and builds the torch
+    optimiser. Every phase (a task's head-only epochs, then its other epochs) gets a fresh one, so
+    moments from old tasks never move their head rows."""
+
+    kind: str = DEFAULT_OPTIMIZER
+
+    def build(self, params: list, lr: float, weight_decay: float, fused: bool):
+        """The torch optimiser over ``params``; ``fused``: the fused CUDA kernel, where it has one."""
+        raise NotImplementedError
+
+
+class LRScheduleConfig(Section):
+    """What every learning-rate schedule's config holds; ``kind`` picks the entry of
+    ``aepg.catalog.LR_SCHEDULES`` (``aepg.optim``: constant, cosine, step), whose config adds its
+    own keys and says how the rate follows the phase. Every schedule runs over one phase, after
+    ``warmup_epochs`` of linear warm-up from ``lr / warm-up steps`` to ``lr``."""
+
+    kind: str = DEFAULT_LR_SCHEDULE
+    warmup_epochs: int = Field(0, ge=0)
+
+    def factor(self, step: int, steps: int, epoch: int) -> float:
+        """The rate as a multiple of ``train.lr`` at ``step`` of the phase's ``steps`` after its
+        warm-up, in epoch ``epoch`` of the phase."""
+        raise NotImplementedError
+
+    @property
+    def varies(self) -> bool:
+        """Whether the rate ever differs from ``train.lr``."""
+        return self.warmup_epochs > 0
+
+    def problems(self, epochs: int) -> list[tuple[str, str]]:
+        """(key, message) for what does not fit a phase of up to ``epochs`` epochs."""
+        return [("warmup_epochs", f"must be less than train.epochs ({epochs})")] if self.warmup_epochs >= epochs else []
+
+    def scaled(self, epochs: Callable[[int], int]) -> LRScheduleConfig:
+        """The schedule over fewer epochs (a sweep's low level): each epoch count mapped by ``epochs``."""
+        return self.model_copy(update={"warmup_epochs": epochs(self.warmup_epochs)})
+
+
+MOVED_TRAIN_KEYS = {"momentum": ("optimizer", "momentum"), "nesterov": ("optimizer", "nesterov"),
+                    "warmup_epochs": ("lr_schedule", "warmup_epochs"), "lr_milestones": ("lr_schedule", "milestones"),
+                    "lr_gamma": ("lr_schedule", "gamma")}
+"""Flat ``train`` keys of configs written before optimisers and learning-rate schedules were
+catalogue entries: each is read into its entry's config, with a notice."""
+
+
 FLOAT32_MAX = 3.4e38
 """Rates past it cannot be applied to float32 weights (PyTorch: "cannot be converted to type float
 without overflow")."""
@@ -286,6 +335,47 @@ class TrainConfig(Section):
             renamed("train.autocast", f"train.precision: {data['precision']}")
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_recipe_keys(cls, data):
+        """``train.momentum``, ``train.lr_milestones`` and the other flat keys (MOVED_TRAIN_KEYS),
+        read into the optimiser's and the schedule's configs. A value the chosen entry has no key
+        for is refused unless it is the old default (which every old config.yaml holds)."""
+        if not isinstance(data, dict) or not set(data) & set(MOVED_TRAIN_KEYS):
+            return data
+        data = dict(data)
+        catalogs = {"optimizer": (OPTIMIZERS, DEFAULT_OPTIMIZER), "lr_schedule": (LR_SCHEDULES, DEFAULT_LR_SCHEDULE)}
+        for old, (section, key) in MOVED_TRAIN_KEYS.items():
+            if old not in data:
+                continue
+            value, target = data.pop(old), data.get(section, {})
+            target = {"kind": target} if isinstance(target, str) else dict(target)
+            catalog, default = catalogs[section]
+            entry = catalog.find(target.get("kind", default))
+            if entry is not None and key not in entry.config.model_fields:
+                if value not in (0.9, False, [], 0.1, 0, "false", "False", "[]"):
+                    owners = [e.name for e in catalog.entries() if key in e.config.model_fields]
+                    raise PydanticCustomError("moved_key", "train.{old} (now train.{section}.{key}) is read only with "
+                                              "train.{section}={owners}; train.{section} is {kind}",
+                                              {"old": old, "section": section, "key": key, "kind": entry.name,
+                                               "owners": " or ".join(owners)})
+                renamed(f"train.{old}", f"train.{section}.{key}")
+                continue
+            target.setdefault(key, value)
+            data[section] = target
+            renamed(f"train.{old}", f"train.{section}.{key}")
+        return data
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer(cls, value):
+        return by_kind(OPTIMIZERS, {"kind": value} if isinstance(value, str) else value, DEFAULT_OPTIMIZER)
+
+    @field_validator("lr_schedule", mode="before")
+    @classmethod
+    def _lr_schedule(cls, value):
+        return by_kind(LR_SCHEDULES, {"kind": value} if isinstance(value, str) else value, DEFAULT_LR_SCHEDULE)
+
     @field_validator("lr", "weight_decay")
     @classmethod
     def _fits_float32(cls, value: float) -> float:
@@ -298,20 +388,11 @@ class TrainConfig(Section):
     """The first epochs of every task after the first train the head only (the paper: 30 of 50)."""
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    """A fresh optimiser per phase (a task's head-only epochs, then its other epochs), so moments
-    from old tasks never move their head rows."""
-    momentum: float = Field(0.9, ge=0, lt=1)
-    """SGD's momentum."""
-    nesterov: bool = False
-    """SGD with Nesterov momentum."""
-    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
-    """The learning rate over each phase: constant, cosine to 0, or times ``lr_gamma`` at each of
-    ``lr_milestones``; after ``warmup_epochs`` of linear warm-up."""
-    warmup_epochs: int = Field(0, ge=0)
-    lr_milestones: list[int] = []
-    """``step`` schedule: epochs of the phase after which the rate is multiplied by ``lr_gamma``."""
-    lr_gamma: float = Field(0.1, gt=0, le=1)
+    optimizer: SerializeAsAny[OptimizerConfig] = Field(default_factory=lambda: OPTIMIZERS.get(DEFAULT_OPTIMIZER).config())
+    """An entry of ``aepg.catalog.OPTIMIZERS``: ``{kind: sgd, momentum: 0.9}``, or its name alone."""
+    lr_schedule: SerializeAsAny[LRScheduleConfig] = Field(
+        default_factory=lambda: LR_SCHEDULES.get(DEFAULT_LR_SCHEDULE).config())
+    """An entry of ``aepg.catalog.LR_SCHEDULES``: ``{kind: cosine, warmup_epochs: 5}``, or its name alone."""
     grad_clip_norm: float | None = Field(None, gt=0)
     """Clip the gradients' global L2 norm before each step (1.0 in L2P and DualPrompt); default none."""
     batch_size: int = Field(64, ge=1)
@@ -402,7 +483,9 @@ class RunConfig(Section):
 
 DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, DEFAULT_OBJECTIVE),
                                               "model.peft": (METHODS, DEFAULT_METHOD),
-                                              "schedule": (SCHEDULES, DEFAULT_SCHEDULE)}
+                                              "schedule": (SCHEDULES, DEFAULT_SCHEDULE),
+                                              "train.optimizer": (OPTIMIZERS, DEFAULT_OPTIMIZER),
+                                              "train.lr_schedule": (LR_SCHEDULES, DEFAULT_LR_SCHEDULE)}
 """Sections whose keys depend on their ``kind``: the catalogue and the default kind."""
 
 
@@ -532,18 +615,7 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
 
 
 def _optimizer_problems(t: TrainConfig) -> list[tuple[str, str]]:
-    problems = []
-    if t.nesterov and (t.optimizer != "sgd" or t.momentum == 0):
-        problems.append(("train.nesterov", "Nesterov momentum needs train.optimizer=sgd and train.momentum > 0"))
-    if t.warmup_epochs >= t.epochs:
-        problems.append(("train.warmup_epochs", f"must be less than train.epochs ({t.epochs})"))
-    if t.lr_schedule == "step" and not t.lr_milestones:
-        problems.append(("train.lr_milestones", "the step schedule needs milestone epochs, e.g. [60, 120, 160]"))
-    elif t.lr_milestones and t.lr_schedule != "step":
-        problems.append(("train.lr_milestones", f"only the step schedule reads milestones (train.lr_schedule is {t.lr_schedule})"))
-    elif any(not 0 < m < t.epochs for m in t.lr_milestones):
-        problems.append(("train.lr_milestones", f"milestones must lie between 0 and train.epochs ({t.epochs})"))
-    return problems
+    return [(f"train.lr_schedule.{key}", message) for key, message in t.lr_schedule.problems(t.epochs)]
 
 
 def validate(data: dict[str, Any]) -> RunConfig:

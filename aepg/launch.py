@@ -33,8 +33,8 @@ log = logging.getLogger("aepg")
 
 # Keys a resumed run must share with the run that wrote the checkpoints.
 RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "schedule.", "train.epochs", "train.head_only_epochs",
-                "train.lr", "train.weight_decay", "train.batch_size", "train.optimizer", "train.momentum",
-                "train.nesterov", "train.warmup_epochs", "train.grad_clip_norm", "train.drop_last")
+                "train.lr", "train.weight_decay", "train.batch_size", "train.optimizer.",
+                "train.lr_schedule.warmup_epochs", "train.grad_clip_norm", "train.drop_last")
 
 
 @dataclass
@@ -204,6 +204,15 @@ def run_workers(cfg: RunConfig, run_id: str, tracker: Tracker, report: Callable[
 
 # -- driver -----------------------------------------------------------------------------------
 
+def as_written_now(saved: dict) -> dict:
+    """A checkpoint's config with today's keys (one written before a key moved has its old name);
+    as saved where it no longer validates (a plugin since uninstalled), which then differs visibly."""
+    try:
+        return RunConfig.model_validate(saved).model_dump(mode="json")
+    except ValueError:
+        return saved
+
+
 def check_resumable(cfg: RunConfig, run_id: str) -> None:
     try:
         restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
@@ -211,7 +220,7 @@ def check_resumable(cfg: RunConfig, run_id: str) -> None:
         raise ConfigError([("--resume", f"run {run_id} cannot be resumed: {error}")]) from None
     if restored is None:
         raise ConfigError([("--resume", f"no checkpoint of run {run_id} under {cfg.storage_path}")])
-    before = flatten(restored[1])
+    before = flatten(as_written_now(restored[1]))
     now = flatten(cfg.model_dump(mode="json"))
     changed = [k for k in now if k.startswith(RESUME_FIXED) and before.get(k) != now[k]]
     if changed:

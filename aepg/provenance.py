@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from aepg import __version__
-from aepg.catalog import DATASETS, METHODS, OBJECTIVES, PARTS, SCHEDULES, provider
+from aepg.catalog import DATASETS, LR_SCHEDULES, METHODS, OBJECTIVES, OPTIMIZERS, PARTS, SCHEDULES, provider
 from aepg.config import RunConfig
 
 LIBRARIES = ("torch", "torchvision", "timm", "peft", "numpy", "ray", "mlflow", "optuna", "pydantic")
@@ -51,10 +51,12 @@ def library_versions() -> dict[str, str | None]:
 
 
 def chosen_entries(cfg: RunConfig) -> dict[str, dict[str, str]]:
-    """The objective, a_t schedule, training method, its parts and the data set the run uses, each
-    with its providing package."""
+    """The objective, a_t schedule, training method, its parts, the data set, the optimiser and the
+    learning-rate schedule the run uses, each with its providing package."""
     chosen = {"objective": (OBJECTIVES, cfg.objective.kind), "schedule": (SCHEDULES, cfg.schedule.kind),
               "method": (METHODS, cfg.model.peft.kind), "dataset": (DATASETS, cfg.benchmark.dataset),
+              "optimizer": (OPTIMIZERS, cfg.train.optimizer.kind),
+              "lr_schedule": (LR_SCHEDULES, cfg.train.lr_schedule.kind),
               **{f"part {name}": (PARTS, name) for name in cfg.model.peft.chosen_parts()}}
     entries = {}
     for role, (catalog, name) in chosen.items():

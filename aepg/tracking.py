@@ -416,13 +416,9 @@ def run_params(cfg: RunConfig) -> dict[str, object]:
 
 def _optimizer_params(t) -> dict[str, object]:
     """The optimiser and learning-rate keys the run reads (SGD's momentum only with SGD, and so on)."""
-    params: dict[str, object] = {"train.optimizer": t.optimizer, "train.lr_schedule": t.lr_schedule,
-                                 "train.warmup_epochs": t.warmup_epochs, "train.precision": t.precision,
-                                 "train.drop_last": t.drop_last}
-    if t.optimizer == "sgd":
-        params.update({"train.momentum": t.momentum, "train.nesterov": t.nesterov})
-    if t.lr_schedule == "step":
-        params.update({"train.lr_milestones": t.lr_milestones, "train.lr_gamma": t.lr_gamma})
+    params: dict[str, object] = {**flatten(t.optimizer.model_dump(mode="json"), "train.optimizer."),
+                                 **flatten(t.lr_schedule.model_dump(mode="json"), "train.lr_schedule."),
+                                 "train.precision": t.precision, "train.drop_last": t.drop_last}
     if t.grad_clip_norm is not None:
         params["train.grad_clip_norm"] = t.grad_clip_norm
     return params

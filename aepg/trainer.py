@@ -340,7 +340,7 @@ class ContinualTrainer:
         shown = [BarPostfix(bar)] if not bar.disable else []  # a terminal's bar
         buffer = StepBuffer([*self.reporters, *shown], chunk=max(50, every))
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        lr_varies = self.cfg.train.lr_schedule != "constant" or self.cfg.train.warmup_epochs > 0
+        lr_varies = self.cfg.train.lr_schedule.varies
         model.train()
         seed_all(derive_seed(self.cfg.seed, task.index, epoch, self.context.rank))
         # Crops and flips come from their own stream: the same whatever the loader's workers do.

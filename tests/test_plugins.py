@@ -126,7 +126,7 @@ def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_e
     for name, catalog in CATALOGS.items():
         assert f"{name} ({catalog.setting})" in lines
     listed = {line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")}
-    assert {"aepg", "ce", "lora", "ranpac", "digits", "cifar100", "tpe", "asha"} <= listed
+    assert {"aepg", "ce", "lora", "ranpac", "digits", "cifar100", "adam", "sgd", "cosine", "tpe", "asha"} <= listed
     assert {"gce", "two_phase", "feature_affine", "median", "l2_anchor", "qmc"} <= listed, "the plugin's entries"
     text = " ".join(out.stdout.split())
     assert "[aepg-example-plugin==0.1.0]" in text and "keys: logits=local, q=0.7" in text, text[:2000]

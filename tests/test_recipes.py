@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -22,8 +23,9 @@ from conftest import CONFIGS
 DIGITS = CONFIGS / "digits.yaml"
 SCRATCH = ["model.backbone=resnet18_cifar", "model.weights=random", "model.image_size=16", "model.peft.kind=full",
            "benchmark.num_tasks=1", "benchmark.max_train_per_class=8", "benchmark.max_test_per_class=4",
-           "train.batch_size=16", "train.epochs=2", "train.optimizer=sgd", "train.lr=0.05", "train.nesterov=true",
-           "train.weight_decay=0.0005", "train.lr_schedule=cosine", "train.warmup_epochs=1",
+           "train.batch_size=16", "train.epochs=2", "train.optimizer.kind=sgd", "train.lr=0.05",
+           "train.optimizer.nesterov=true", "train.weight_decay=0.0005", "train.lr_schedule.kind=cosine",
+           "train.lr_schedule.warmup_epochs=1",
            "benchmark.augment=true", "benchmark.crop=padded", "benchmark.crop_padding=2",
            "objective.kind=aepg", "schedule.kind=constant", "schedule.a=0.2"]
 
@@ -33,19 +35,47 @@ def run_places(tmp_path) -> list[str]:
 
 
 def test_learning_rate_warms_up_then_follows_its_schedule():
-    cfg = load_config(DIGITS, ["train.epochs=10", "train.lr=0.1", "train.warmup_epochs=2"]).train
+    cfg = load_config(DIGITS, ["train.epochs=10", "train.lr=0.1", "train.lr_schedule.warmup_epochs=2"]).train
     phase = Phase(0, 10, 5)  # 50 steps, the first 10 warm-up
     assert [learning_rate(cfg, phase, 0, i) for i in range(3)] == pytest.approx([0.01, 0.02, 0.03])
     assert learning_rate(cfg, phase, 1, 4) == pytest.approx(0.1)
     assert learning_rate(cfg, phase, 9, 4) == pytest.approx(0.1)  # constant after the warm-up
-    cfg.lr_schedule = "cosine"
+    cfg.lr_schedule = {"kind": "cosine", "warmup_epochs": 2}
     assert learning_rate(cfg, phase, 2, 0) == pytest.approx(0.1)
     assert learning_rate(cfg, phase, 6, 0) == pytest.approx(0.05)  # half-way through the 40 cosine steps
     assert learning_rate(cfg, phase, 9, 4) == pytest.approx(0.05 * (1 + math.cos(math.pi * 39 / 40)))
-    cfg.lr_schedule, cfg.lr_milestones, cfg.lr_gamma, cfg.warmup_epochs = "step", [3, 6], 0.5, 0
+    cfg.lr_schedule = {"kind": "step", "milestones": [3, 6], "gamma": 0.5}
     assert [learning_rate(cfg, phase, e, 0) for e in (0, 2, 3, 5, 6, 9)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
     # A phase that starts later (epochs 4-9 after head-only epochs) counts its own epochs.
     assert learning_rate(cfg, Phase(4, 10, 5), 7, 0) == pytest.approx(0.05)
+
+
+def test_a_config_written_with_the_flat_optimiser_keys_loads_as_entries(tmp_path):
+    """configs written before optimisers and rate schedules were catalogue entries (the old
+    config.yaml dumps every flat key, defaults included) load with a notice per moved key."""
+    from aepg.config import to_yaml
+    from aepg.optim import AdamOptimizer, ConstantRate, SGDOptimizer, StepRate
+
+    old = yaml.safe_load(to_yaml(load_config(DIGITS)))
+    old["train"].update({"optimizer": "adam", "momentum": 0.9, "nesterov": False, "lr_schedule": "constant",
+                         "warmup_epochs": 0, "lr_milestones": [], "lr_gamma": 0.1})
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    train = load_config(tmp_path / "old.yaml").train
+    assert train.optimizer == AdamOptimizer() and train.lr_schedule == ConstantRate()
+    assert train == load_config(DIGITS).train
+    old["train"].update({"optimizer": "sgd", "momentum": 0.5, "nesterov": True, "lr_schedule": "step",
+                         "warmup_epochs": 1, "lr_milestones": [2], "lr_gamma": 0.5})
+    (tmp_path / "sgd.yaml").write_text(yaml.safe_dump(old))
+    train = load_config(tmp_path / "sgd.yaml").train
+    assert train.optimizer == SGDOptimizer(momentum=0.5, nesterov=True)
+    assert train.lr_schedule == StepRate(warmup_epochs=1, milestones=[2], gamma=0.5)
+    # Written today, it reads back the same, under the new keys.
+    assert yaml.safe_load(to_yaml(load_config(tmp_path / "sgd.yaml")))["train"]["optimizer"] == \
+        {"kind": "sgd", "momentum": 0.5, "nesterov": True}
+    # A value the chosen entry has no key for is not dropped in silence.
+    with pytest.raises(ConfigError, match="train.nesterov \\(now train.optimizer.nesterov\\) is read only with "
+                                          "train.optimizer=sgd; train.optimizer is adam"):
+        load_config(DIGITS, ["train.nesterov=true"])
 
 
 def test_padded_crop_is_a_random_crop_of_the_zero_padded_image():
@@ -89,8 +119,10 @@ def test_full_fine_tuning_trains_the_backbone_and_its_batchnorm(tmp_path):
     assert all(torch.equal(model.backbone.state_dict()[k], trained[k]) for k in trained)
 
     params = mlflow_run.data.params
-    assert (params["model.peft.kind"], params["model.peft.batchnorm"], params["train.optimizer"]) == ("full", "train", "sgd")
-    assert (params["train.nesterov"], params["train.lr_schedule"], params["benchmark.crop"]) == ("True", "cosine", "padded")
+    assert (params["model.peft.kind"], params["model.peft.batchnorm"], params["train.optimizer.kind"]) == ("full", "train", "sgd")
+    assert (params["train.optimizer.nesterov"], params["train.lr_schedule.kind"], params["benchmark.crop"]) == \
+        ("True", "cosine", "padded")
+    assert "train.lr_schedule.milestones" not in params, "the step schedule's keys belong to it"
     assert int(mlflow_run.data.tags["params_peft"]) == sum(v.numel() for k, v in before.items() if "running" not in k
                                                            and "num_batches" not in k)
     rates = [m.value for m in sorted(client.get_metric_history(run_id, "train/lr"), key=lambda m: m.step)]

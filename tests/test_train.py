@@ -160,6 +160,7 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     manifest = json.load(open(f"{local}/manifest.json"))
     assert manifest["entries"]["objective"] == {"name": "aepg", "package": "aepg", "version": aepg.__version__}
     assert manifest["entries"]["method"]["name"] == "lora" and manifest["entries"]["dataset"]["name"] == "digits"
+    assert (manifest["entries"]["optimizer"]["name"], manifest["entries"]["lr_schedule"]["name"]) == ("adam", "constant")
     assert manifest["libraries"]["torch"] == version("torch") and manifest["libraries"]["mlflow"] == version("mlflow")
     assert manifest["device"] == "cpu" and manifest["config"]["train"]["epochs"] == 2
     described = json.dumps(benchmark, sort_keys=True).encode()
@@ -253,7 +254,7 @@ def test_a_method_that_trains_nothing_is_described_as_such(workdir):
     (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["aepg.tasks_done"] == "2"
     assert not [key for key in run.data.params if key.split(".")[0] in ("objective", "schedule")]
-    assert "train.lr" not in run.data.params and "train.optimizer" not in run.data.params
+    assert "train.lr" not in run.data.params and "train.optimizer.kind" not in run.data.params
     assert run.data.params["model.peft.adapt_first_task"] == "False" and "train.batch_size" in run.data.params
     assert not [key for key in run.data.metrics if key.startswith("train/")], "nothing trained, nothing to chart"
     assert "final/last_accuracy" in run.data.metrics

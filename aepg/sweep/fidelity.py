@@ -58,8 +58,7 @@ def level_config(cfg: RunConfig, fidelity: str, level: Level, full_per_class: in
         epochs = max(1, round(cfg.train.epochs * level.fraction))
         scaled = lambda value: min(round(value * level.fraction), epochs - 1)  # noqa: E731
         low.train.head_only_epochs = scaled(cfg.train.head_only_epochs)
-        low.train.warmup_epochs = scaled(cfg.train.warmup_epochs)
-        low.train.lr_milestones = sorted({max(1, scaled(m)) for m in cfg.train.lr_milestones}) if epochs > 1 else []
+        low.train.lr_schedule = cfg.train.lr_schedule.scaled(scaled)
         low.train.epochs = epochs
     else:
         low.benchmark.max_train_per_class = max(1, round(full_per_class * level.fraction))
