@@ -25,7 +25,7 @@ from aepg.distributed import Context, pick_device, seed_all
 from aepg.metrics import FINAL
 from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
-from aepg.ray_setup import check_fits, ensure_ray, worker_resources
+from aepg.ray_setup import ensure_ray, refuse_unschedulable, worker_resources
 from aepg.tracking import Tracker
 from aepg.trainer import ContinualTrainer, TrainState
 
@@ -239,7 +239,7 @@ def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> Run
     tracker = Tracker.connect(cfg.tracking_uri)
     if cfg.scaling.num_workers:  # before opening the run: refuse what can never be scheduled
         ensure_ray()
-        check_fits({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run", "scaling",
+        refuse_unschedulable({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run", "scaling",
                    "lower scaling.num_workers or scaling.cpus_per_worker")
     if resume:
         tracker.check_reopenable(resume)

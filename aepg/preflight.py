@@ -101,10 +101,10 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 def _weights_file_problems(path: str, described: dict) -> list[tuple[str, str]]:
     """Read the file as a run would (``weights_only=True``) and check it holds the backbone's tensors."""
-    from aepg.models.backbones import WeightsError, check_fits, read_checkpoint
+    from aepg.models.backbones import WeightsError, check_weights_fit, read_checkpoint
 
     try:
-        check_fits(read_checkpoint(path), described["state"], path, described["family"])
+        check_weights_fit(read_checkpoint(path), described["state"], path, described["family"])
     except WeightsError as error:
         return [("model.weights", str(error))]
     return []

@@ -151,7 +151,7 @@ def worker_resources(cfg: RunConfig) -> dict[str, float]:
     return resources
 
 
-def check_fits(needed: dict[str, float], what: str, key: str, fix: str) -> None:
+def refuse_unschedulable(needed: dict[str, float], what: str, key: str, fix: str) -> None:
     """Refuse work the Ray cluster can never schedule (it would wait forever), naming the ``key`` that
     asks for it and the ``fix``.
 

@@ -362,7 +362,7 @@ class ContinualTrainer:
             else:  # fp16: scaled backward, gradients unscaled before the method and clipping see them
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(optimizer)
-            self.model.before_step()
+            self.model.transform_gradients()
             if self.cfg.train.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip_norm)
             lr = learning_rate(self.cfg.train, phase, epoch, i)

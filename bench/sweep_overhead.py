@@ -40,7 +40,7 @@ def plain_optuna(sweep, trials: int, concurrency: int, tmp: str) -> float:
 
     def objective(trial: optuna.Trial) -> float:
         space(trial)
-        cfg = sweep.trial_config(trial.params, f"{tmp}/plain-runs", f"plain-{trial.number}")
+        cfg = sweep.run_config(trial.params, f"{tmp}/plain-runs", f"plain-{trial.number}")
         run_id = tracker.open_run(cfg)
         state = train_worker(cfg, run_id, tracker, Context(device=torch.device("cpu")))
         tracker.close_run(run_id, "FINISHED")

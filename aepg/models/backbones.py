@@ -72,7 +72,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
 
 
-def check_fits(state: dict[str, torch.Tensor], shapes: dict[str, list[int]], path, family: str) -> None:
+def check_weights_fit(state: dict[str, torch.Tensor], shapes: dict[str, list[int]], path, family: str) -> None:
     """Every backbone tensor (name and shape) is in the checkpoint; the classifier may differ."""
     missing = [k for k in shapes if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
@@ -87,7 +87,7 @@ def check_fits(state: dict[str, torch.Tensor], shapes: dict[str, list[int]], pat
 def checkpoint_state_dict(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """A timm-format checkpoint file, checked to hold every backbone tensor of ``model``."""
     state = read_checkpoint(path)
-    check_fits(state, {k: list(v.shape) for k, v in model.state_dict().items()}, path, type(model).__name__)
+    check_weights_fit(state, {k: list(v.shape) for k, v in model.state_dict().items()}, path, type(model).__name__)
     return state
 
 

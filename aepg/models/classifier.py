@@ -123,7 +123,7 @@ class ContinualClassifier(nn.Module):
     def auxiliary_loss(self, batch: TrainingBatch | None = None) -> Tensor | float:
         return sum((part.auxiliary_loss(batch) for part in self.parts), 0.0)
 
-    def before_step(self) -> None:
+    def transform_gradients(self) -> None:
         for part in self.parts:
             part.transform_gradients()
 

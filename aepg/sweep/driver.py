@@ -33,8 +33,10 @@ from aepg import interrupts, preflight, tracking
 from aepg.catalog import SCHEDULERS
 from aepg.config import ConfigError, RunConfig, is_uri, validate
 from aepg.metrics import FINAL, ONE_SEED, final_name
-from aepg.ray_setup import check_fits, ensure_ray, node_names, this_node, worker_resources
+from aepg.ray_setup import ensure_ray, node_names, refuse_unschedulable, this_node, worker_resources
 from aepg.sweep import fidelity, search
+from aepg.sweep.checks import variants
+from aepg.sweep.noise import paired_summary
 from aepg.sweep.progress import (
     NODE_RESULT,
     HideRestoreHint,
@@ -67,8 +69,6 @@ from aepg.sweep.schema import (
     config_id,
     parent_params,
 )
-from aepg.sweep.checks import variants
-from aepg.sweep.noise import paired_summary
 from aepg.sweep.spec import Sweep, SweepSpec, apply_dotted, expected_trials
 from aepg.sweep.state import STATE_FILE, read_state, trial_run_name
 from aepg.tracking import RunRecord, Tracker
@@ -122,7 +122,7 @@ class SweepRuntime:
 
     def trial_config(self, params: dict, run_name: str) -> RunConfig:
         """A trial's run config; a configuration trained on several seeds starts with the first."""
-        cfg = self.sweep.trial_config(params, f"{self.path}/runs", run_name)
+        cfg = self.sweep.run_config(params, f"{self.path}/runs", run_name)
         if fidelity.seeds_per_trial(self.sweep.spec):
             cfg.seed = self.sweep.seeds[0]
         if cfg.scaling.num_workers == 0 and cfg.scaling.torch_threads is None:
@@ -521,7 +521,7 @@ def _check_trial_fits(sweep: Sweep) -> None:
     for key, value in worker_resources(sweep.base_config).items():
         if scaling.num_workers:
             needed[key] = needed.get(key, 0.0) + value * scaling.num_workers
-    check_fits(needed, "one trial", "trial", TRIAL_FIX)
+    refuse_unschedulable(needed, "one trial", "trial", TRIAL_FIX)
 
 
 def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callback]:

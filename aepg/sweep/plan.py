@@ -25,7 +25,7 @@ def sweep_plan(sweep: Sweep) -> list[str]:
         lines.append("a trade-off: the Pareto front of " + ", ".join(f"final/{m} ({mode})" for m, mode in spec.objectives.items())
                      + f", searched as one multi-objective study; best.yaml: {pick_rule(spec.metric, spec.pick or {}, spec.objectives)}")
     if SEARCHERS.get(spec.search.algorithm).has("grid"):
-        configs = [sweep.trial_config(point, "plan", "plan") for point in sweep.grid()]
+        configs = [sweep.run_config(point, "plan", "plan") for point in sweep.grid()]
         samples = [preflight.plan(cfg).train_samples for cfg in configs]
         total, per_trial = sum(samples), f"{min(samples):,} to {max(samples):,}"
     else:

@@ -270,7 +270,7 @@ class Sweep:
     def seeds(self) -> list[int]:
         return self.spec.seeds or [self.base_config.seed]
 
-    def trial_config(self, params: dict[str, Any], storage_path: str, run_name: str) -> RunConfig:
+    def run_config(self, params: dict[str, Any], storage_path: str, run_name: str) -> RunConfig:
         """The run config of one trial: base + sampled params, storing under the sweep."""
         overrides = {"experiment": self.experiment, "run_name": run_name, "storage_path": storage_path, **params}
         return validate(apply_dotted(self.base, overrides))
