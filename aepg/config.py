@@ -74,6 +74,17 @@ def kind_of(catalog: Catalog, default: str, data: Any) -> type[BaseModel] | None
 
 
 class BenchmarkConfig(Section):
+    def active_params(self) -> dict[str, object]:
+        """The keys a run of this benchmark reads (``RunConfig.active_params``)."""
+        keys = ["dataset", "num_tasks", "order_seed", "augment"]
+        if self.augment:
+            keys += ["crop", "crop_scale_min", "test_interpolation"] if self.crop == "resized" else ["crop", "crop_padding"]
+        spec = DATASETS.find(self.dataset)
+        if spec is not None and spec.draws_split:
+            keys.append("split_seed")
+        keys += [key for key in ("root", "max_train_per_class", "max_test_per_class") if getattr(self, key) is not None]
+        return {key: getattr(self, key) for key in keys}
+
     dataset: str = "digits"
     """An entry of ``aepg.catalog.DATASETS`` (``aepg.benchmarks``: digits, fashion-mnist, cifar100,
     imagenet-r, cub200, food101, and any an installed plugin adds)."""
@@ -234,6 +245,13 @@ class ModelConfig(Section):
     def _method(cls, value):
         return by_kind(METHODS, value, DEFAULT_METHOD)
 
+    def active_params(self, facts: dict) -> dict[str, object]:
+        """The keys the model reads; the training method's depend on the backbone's ``facts``."""
+        values = {"backbone": self.backbone, "weights": self.weights, "head_init_std": self.head_init_std,
+                  "normalize": self.normalize, "backbone_kwargs": dict(self.backbone_kwargs),
+                  "peft": self.peft.params(facts)}
+        return values | ({"image_size": self.image_size} if self.image_size is not None else {})
+
 
 class ObjectiveConfig(Section):
     """What every objective's config holds; ``kind`` picks the entry of ``aepg.catalog.OBJECTIVES``
@@ -268,6 +286,11 @@ class ScheduleConfig(Section):
     def settings(self) -> dict[str, Any]:
         """The entry's own keys and values (scope and span aside)."""
         return {key: getattr(self, key) for key in type(self).model_fields if key not in ScheduleConfig.model_fields}
+
+    def active_params(self) -> dict[str, object]:
+        """The keys an annealed objective reads (span only inside tasks)."""
+        return {"kind": self.kind, "scope": self.scope, **({"span": self.span} if self.scope == "task" else {}),
+                **self.settings()}
 
 
 class OptimizerConfig(Section):
@@ -376,6 +399,15 @@ class TrainConfig(Section):
     def _lr_schedule(cls, value):
         return by_kind(LR_SCHEDULES, {"kind": value} if isinstance(value, str) else value, DEFAULT_LR_SCHEDULE)
 
+    def active_params(self, trains: bool) -> dict[str, object]:
+        """The recipe's keys where anything trains (the optimiser's and the schedule's own), and the batch."""
+        if not trains:
+            return {"batch_size": self.batch_size}
+        keys = ["epochs", "head_only_epochs", "lr", "weight_decay", "precision", "drop_last", "batch_size"]
+        keys += ["grad_clip_norm"] if self.grad_clip_norm is not None else []
+        return {**{key: getattr(self, key) for key in keys}, "optimizer": self.optimizer.model_dump(mode="json"),
+                "lr_schedule": self.lr_schedule.model_dump(mode="json")}
+
     @field_validator("lr", "weight_decay")
     @classmethod
     def _fits_float32(cls, value: float) -> float:
@@ -435,6 +467,10 @@ class ScalingConfig(Section):
     gpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1)
 
+    def active_params(self) -> dict[str, object]:
+        return {"num_workers": self.num_workers,
+                **({"use_gpu": True, "gpus_per_worker": self.gpus_per_worker} if self.use_gpu else {})}
+
 
 class FailureConfig(Section):
     max_failures: int = Field(0, ge=-1)
@@ -479,6 +515,21 @@ class RunConfig(Section):
         """Whether any task trains: when none does (RanPAC on the frozen features), the objective,
         its schedule and the optimiser are never used."""
         return any(self.model.peft.trains(task) for task in range(self.benchmark.num_tasks))
+
+    def active_params(self, facts: dict) -> dict[str, object]:
+        """The keys this run reads, dotted, each section saying which of its own (inactive and
+        unset keys left out; the whole resolved config is the run's ``config.yaml``). One answer
+        for the run's MLflow params, a sweep's probe of which searched keys a trial uses, and what
+        a resumed run must share. ``facts``: the backbone's (``preflight.backbone_facts``), on
+        which the training method's keys depend."""
+        trains = self.trains()
+        sections = {"benchmark": self.benchmark.active_params(), "model": self.model.active_params(facts)}
+        if trains:  # otherwise no objective, schedule or optimiser is ever used
+            sections["objective"] = self.objective.model_dump(mode="json")
+            if OBJECTIVES.get(self.objective.kind).has("annealed"):
+                sections["schedule"] = self.schedule.active_params()
+        sections |= {"train": self.train.active_params(trains), "scaling": self.scaling.active_params()}
+        return {"seed": self.seed, **flatten(sections)}
 
 
 DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, DEFAULT_OBJECTIVE),

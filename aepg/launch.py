@@ -31,7 +31,7 @@ from aepg.trainer import ContinualTrainer, TrainState
 
 log = logging.getLogger("aepg")
 
-# Keys a resumed run must share with the run that wrote the checkpoints.
+# Active keys (``RunConfig.active_params``) a resumed run must share with the run that wrote the checkpoints.
 RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "schedule.", "train.epochs", "train.head_only_epochs",
                 "train.lr", "train.weight_decay", "train.batch_size", "train.optimizer.",
                 "train.lr_schedule.warmup_epochs", "train.grad_clip_norm", "train.drop_last")
@@ -204,13 +204,14 @@ def run_workers(cfg: RunConfig, run_id: str, tracker: Tracker, report: Callable[
 
 # -- driver -----------------------------------------------------------------------------------
 
-def as_written_now(saved: dict) -> dict:
-    """A checkpoint's config with today's keys (one written before a key moved has its old name);
-    as saved where it no longer validates (a plugin since uninstalled), which then differs visibly."""
+def active_then(saved: dict, facts: dict) -> dict[str, object]:
+    """The active keys of a checkpoint's config, read as today's config (one written before a key
+    moved has its old name); its every key where it no longer validates (a plugin since
+    uninstalled), which then differs visibly."""
     try:
-        return RunConfig.model_validate(saved).model_dump(mode="json")
+        return RunConfig.model_validate(saved).active_params(facts)
     except ValueError:
-        return saved
+        return {"seed": saved.get("seed"), **flatten({k: v for k, v in saved.items() if k != "seed"})}
 
 
 def check_resumable(cfg: RunConfig, run_id: str) -> None:
@@ -220,11 +221,11 @@ def check_resumable(cfg: RunConfig, run_id: str) -> None:
         raise ConfigError([("--resume", f"run {run_id} cannot be resumed: {error}")]) from None
     if restored is None:
         raise ConfigError([("--resume", f"no checkpoint of run {run_id} under {cfg.storage_path}")])
-    before = flatten(as_written_now(restored[1]))
-    now = flatten(cfg.model_dump(mode="json"))
-    changed = [k for k in now if k.startswith(RESUME_FIXED) and before.get(k) != now[k]]
+    facts = preflight.backbone_facts(cfg)
+    before, now = active_then(restored[1], facts), cfg.active_params(facts)
+    changed = [k for k in dict.fromkeys([*before, *now]) if k.startswith(RESUME_FIXED) and before.get(k) != now.get(k)]
     if changed:
-        raise ConfigError([(k, f"differs from the resumed run ({before.get(k)!r} -> {now[k]!r})") for k in changed])
+        raise ConfigError([(k, f"differs from the resumed run ({before.get(k)!r} -> {now.get(k)!r})") for k in changed])
     if restored[0].state.task >= cfg.benchmark.num_tasks:
         raise ConfigError([("--resume", f"run {run_id} is complete: it trained all {cfg.benchmark.num_tasks} tasks; "
                             "there is nothing to resume")])
@@ -247,7 +248,7 @@ def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> Run
         run_id = resume
         tracker.reopen_run(run_id)
     else:
-        run_id = tracker.open_run(cfg)
+        run_id = tracker.open_run(cfg, cfg.active_params(preflight.backbone_facts(cfg)))
     log.info("MLflow run %s at %s; checkpoints under %s/%s", run_id, tracker.uri, cfg.storage_path, run_id)
     try:
         state = run_workers(cfg, run_id, tracker)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aepg.catalog import OBJECTIVES
-from aepg.config import ConfigError, RunConfig, flatten, to_yaml
+from aepg.config import ConfigError, RunConfig, to_yaml
 from aepg.metrics import BUDGET_KEY, FINAL, accuracy_after_each_task
 from aepg.objectives import is_annealed
 
@@ -249,11 +249,11 @@ class Tracker:
             self.client.log_text(run_id, text, path)
         return run_id
 
-    def open_run(self, cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
-        """A run for ``cfg``: its active keys as params, the resolved config as ``config.yaml``, its
-        data set as a dataset input."""
+    def open_run(self, cfg: RunConfig, params: dict[str, object], tags: dict[str, str] | None = None) -> str:
+        """A run for ``cfg``: ``params`` (its active keys, ``RunConfig.active_params``), the resolved
+        config as ``config.yaml``, its data set as a dataset input."""
         name = cfg.run_name or default_run_name(cfg)
-        run_id = self.create_run(cfg.experiment, name, tags, run_params(cfg), {"config.yaml": to_yaml(cfg)})
+        run_id = self.create_run(cfg.experiment, name, tags, params, {"config.yaml": to_yaml(cfg)})
         self.client.log_inputs(run_id, datasets=[dataset_input(cfg)])
         return run_id
 
@@ -372,57 +372,6 @@ class Tracker:
 
 
 # -- what a run is ----------------------------------------------------------------------------------
-
-def run_params(cfg: RunConfig) -> dict[str, object]:
-    """The config keys this run's configuration uses (inactive and unset keys left out; the whole
-    resolved config is the run's ``config.yaml``), with the PEFT implementation that runs."""
-    from aepg import preflight
-
-    b, m, o, s, t = cfg.benchmark, cfg.model, cfg.objective, cfg.schedule, cfg.train
-    params: dict[str, object] = {"seed": cfg.seed, "benchmark.dataset": b.dataset, "benchmark.num_tasks": b.num_tasks,
-                                 "benchmark.order_seed": b.order_seed, "benchmark.augment": b.augment}
-    if b.augment:
-        params["benchmark.crop"] = b.crop
-        if b.crop == "resized":
-            params.update({"benchmark.crop_scale_min": b.crop_scale_min, "benchmark.test_interpolation": b.test_interpolation})
-        else:
-            params["benchmark.crop_padding"] = b.crop_padding
-    if b.dataset == "imagenet-r":
-        params["benchmark.split_seed"] = b.split_seed
-    for key in ("root", "max_train_per_class", "max_test_per_class"):
-        if getattr(b, key) is not None:
-            params[f"benchmark.{key}"] = getattr(b, key)
-    params.update({"model.backbone": m.backbone, "model.weights": m.weights, "model.head_init_std": m.head_init_std,
-                   "model.normalize": m.normalize})
-    if m.image_size is not None:
-        params["model.image_size"] = m.image_size
-    params.update(flatten(dict(m.backbone_kwargs), "model.backbone_kwargs."))
-    params.update(flatten(m.peft.params(preflight.backbone_facts(cfg)), "model.peft."))
-    if cfg.trains():  # otherwise no objective, schedule or optimiser is ever used
-        params.update(flatten(o.model_dump(mode="json"), "objective."))
-        if is_annealed(o):
-            params.update({"schedule.kind": s.kind, "schedule.scope": s.scope})
-            if s.scope == "task":
-                params["schedule.span"] = s.span
-            params.update({f"schedule.{key}": value for key, value in s.settings().items()})
-        params.update({f"train.{key}": getattr(t, key) for key in ("epochs", "head_only_epochs", "lr", "weight_decay")})
-        params.update(_optimizer_params(t))
-    params["train.batch_size"] = t.batch_size
-    params["scaling.num_workers"] = cfg.scaling.num_workers
-    if cfg.scaling.use_gpu:
-        params.update({"scaling.use_gpu": True, "scaling.gpus_per_worker": cfg.scaling.gpus_per_worker})
-    return params
-
-
-def _optimizer_params(t) -> dict[str, object]:
-    """The optimiser and learning-rate keys the run reads (SGD's momentum only with SGD, and so on)."""
-    params: dict[str, object] = {**flatten(t.optimizer.model_dump(mode="json"), "train.optimizer."),
-                                 **flatten(t.lr_schedule.model_dump(mode="json"), "train.lr_schedule."),
-                                 "train.precision": t.precision, "train.drop_last": t.drop_last}
-    if t.grad_clip_norm is not None:
-        params["train.grad_clip_norm"] = t.grad_clip_norm
-    return params
-
 
 def default_run_name(cfg: RunConfig) -> str:
     """What the run is: ``<data set>-<objective>-<method>[-<part>...]-s<seed>`` (e.g. ``-lae``, ``-ewc``)."""

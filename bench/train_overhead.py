@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
+from aepg.preflight import backbone_facts
 from aepg.tracking import Tracker
 from aepg.benchmarks.images import collate
 from aepg.config import load_config
@@ -85,7 +86,7 @@ def main() -> None:
     benchmark = build_job(cfg)[1]
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
-        run_id = tracker.open_run(cfg)
+        run_id = tracker.open_run(cfg, cfg.active_params(backbone_facts(cfg)))
         run_bare(cfg, benchmark)  # warm-up
         aepg_rates, bare_rates = [], []
         for r in range(args.rounds):

@@ -390,6 +390,8 @@ class DatasetSpec:
     """False for data bundled with a package (``benchmark.root`` is ignored)."""
     downloadable: bool = False
     """torchvision can download it (``benchmark.download: true``)."""
+    draws_split: bool = False
+    """It ships no train/test split: aepg draws one with ``benchmark.split_seed``."""
     image_files: bool = False
     """Images in files: decoded into the cache (``benchmark.cache``) at ``benchmark.short_side``."""
     checks_files: bool = False
@@ -432,7 +434,7 @@ DATASETS.add("cifar100", DatasetSpec(100, f"{PACKAGE}.cifar100:load_cifar100_spl
                                      "CIFAR-100", downloadable=True, checks_files=True))
 DATASETS.add("imagenet-r", DatasetSpec(200, f"{PACKAGE}.folders:load_imagenet_r_splits", imagenet_r_folder,
                                        lambda cfg: imagenet_r_listing(cfg).sizes(), "ImageNet-R", image_files=True,
-                                       listing=imagenet_r_listing))
+                                       listing=imagenet_r_listing, draws_split=True))
 DATASETS.add("cub200", DatasetSpec(200, f"{PACKAGE}.folders:load_cub200_splits", cub200_folder,
                                    lambda cfg: cub200_listing(cfg).sizes(), "CUB-200", image_files=True,
                                    listing=cub200_listing))

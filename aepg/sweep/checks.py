@@ -61,10 +61,11 @@ def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
 
 
 # Sections whose keys a configuration can leave unused: the schedule of an objective that is not
-# annealed, the keys of another PEFT method or objective (``tracking.run_params`` knows which).
+# annealed, the keys of another PEFT method, objective, optimiser or learning-rate schedule
+# (``RunConfig.active_params`` knows which).
 
 
-SWITCHED_SECTIONS = ("schedule.", "model.peft.", "objective.")
+SWITCHED_SECTIONS = ("schedule.", "model.peft.", "objective.", "train.optimizer.", "train.lr_schedule.")
 MAX_CONTEXTS = 64
 
 
@@ -91,7 +92,7 @@ def _key_use(sweep: Sweep, key: str) -> tuple[list[dict[str, Any]], list[dict[st
 
 
 def _find_key_use(sweep: Sweep, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    from aepg.tracking import run_params
+    from aepg.preflight import backbone_facts
 
     contexts = _contexts(sweep, key) if key.startswith(SWITCHED_SECTIONS) else None
     if contexts is None:
@@ -100,7 +101,7 @@ def _find_key_use(sweep: Sweep, key: str) -> tuple[list[dict[str, Any]], list[di
     for context in contexts:
         trials = [_valid(sweep.base, {**context, key: value}) for value in sweep.space[key].extremes()]
         valid = [cfg for cfg in trials if cfg is not None]
-        if any(key in run_params(cfg) for cfg in valid):
+        if any(key in cfg.active_params(backbone_facts(cfg)) for cfg in valid):
             used.append(context)
         elif valid:
             unused.append(context)

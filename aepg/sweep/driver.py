@@ -174,8 +174,8 @@ class SweepRuntime:
             self.tracker.reopen_run(found[0].run_id)
             return found[0].run_id
         cfg = cfg.model_copy(update={"run_name": name})
-        return self.tracker.open_run(cfg, {**tags, STATUS_TAG: status, SWEEP_TAG: self.name,
-                                           CONFIG_TAG: trial_run.config_id})
+        return self.tracker.open_run(cfg, cfg.active_params(preflight.backbone_facts(cfg)),
+                                     {**tags, STATUS_TAG: status, SWEEP_TAG: self.name, CONFIG_TAG: trial_run.config_id})
 
     def level_run(self, trial_run: TrialRun, level: fidelity.Level, cfg: RunConfig) -> str:
         """The run of a ladder level below the full budget."""
@@ -430,7 +430,7 @@ class MlflowTrialRuns(tune.Callback):
             run_id = self.runtime.tracker.create_run(self.runtime.sweep.experiment, name, tags, params)
             log.warning("trial %s has an invalid config: %s", trial.trial_id, error)
         else:
-            run_id = self.runtime.tracker.open_run(cfg, tags=tags)
+            run_id = self.runtime.tracker.open_run(cfg, cfg.active_params(preflight.backbone_facts(cfg)), tags)
         self.runtime.hand_run(trial.trial_id, TrialRun(run_id, name, tags[CONFIG_TAG]))
 
     def _close(self, trial, status: str, tags: dict, reason: str | None = None, texts: dict | None = None) -> None:
