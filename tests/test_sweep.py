@@ -42,14 +42,12 @@ def sweep_runs(db):
     return client, parents, children
 
 
-def swept_in(folder, path: str):
-    """``folder``, after ``aepg sweep path`` ran in it (its store and outputs stay as the sweep left them)."""
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        assert main(["sweep", path]) == 0
-    finally:
-        os.chdir(cwd)
+def swept_in(folder, path: str, ray_address: str):
+    """``folder``, after ``aepg sweep path`` ran in it under a 200 x 50 terminal (its store and
+    outputs stay as the sweep left them; what the terminal got is ``terminal.txt``)."""
+    status, text = run_in_terminal(["sweep", path], cwd=folder, env={"RAY_ADDRESS": ray_address}, columns=200, rows=50)
+    (folder / "terminal.txt").write_text(text)
+    assert status == 0, text[-3000:]
     return folder
 
 
@@ -66,7 +64,7 @@ def tiny_sweep(ray_address, tmp_path_factory):
         "model.head_init_std": {"choice": [0.001, 0.002, 1.0e37]},
     }
     path = write_sweep(folder, space=space, search={"algorithm": "tpe", "seed": 3, "num_trials": 8, "max_concurrent": 2})
-    return swept_in(folder, path)
+    return swept_in(folder, path, ray_address)
 
 
 def test_sweep_end_to_end(tiny_sweep, workdir):
@@ -271,37 +269,45 @@ def test_an_ordered_choice_is_searched_by_its_index_and_the_trial_gets_its_value
         searcher.on_trial_complete(f"t{index}", {"acc": config["train.lr"], BUDGET_KEY: 1, "training_iteration": 1})
 
 
-@pytest.mark.parametrize("columns, rows", [(80, 24), (200, 50)])
-def test_on_a_terminal_the_trials_are_one_table_redrawn_in_place_and_the_results_stay(ray_address, workdir, columns,
-                                                                                       rows):
-    """Under a pseudo-terminal: a live table of the trials (status, progress, values, searched keys
-    by short names, explained above it) and the progress line, every line within the terminal's
-    width, cleared at the end; the progress line, the leaderboard (within the width too) and the
-    links are what stays, with no library log line after them."""
-    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
-                       search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
-    status, text = run_in_terminal(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address}, columns=columns,
-                                   rows=rows)
-    assert status == 0, text[-3000:]
+def check_terminal(text: str, columns: int, trials: int, tasks: int) -> None:
+    """What a sweep under a pseudo-terminal shows: a live table of the trials (status, progress,
+    values, searched keys by short names, explained above it) and the progress line, every line
+    within the terminal's width, cleared at the end; the progress line, the leaderboard (within the
+    width too) and the links are what stays, with no library log line after them."""
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     screen = [line for line in plain.replace("\r", "\n").splitlines()]
     paths = ("best config: ", "sweep outputs: ", "see it with: ")  # a path or link is as long as it is
     wide = [line for line in screen if len(line) > columns and not any(path in line for path in paths)]
     assert not wide, wide
     legend = " ".join(plain.split())  # the legend above the table wraps at 80 columns
-    assert "now: eval/avg_incremental_accuracy · final: final/avg_incremental_accuracy (max) · lr: train.lr" in legend
-    assert any(re.match(r"t01\s+running\s+\d/3", line) for line in screen), plain[-3000:]
-    # The two trials may end within one redraw of each other: the line with one ended is not always drawn.
-    standing = r"[12]/2 trials · best 0\.\d{4} \(t0[12]\) · \d+:\d\d elapsed( · about \d+:\d\d left)?"
+    assert "now: eval/avg_incremental_accuracy · final: final/avg_incremental_accuracy (max) · " in legend
+    assert "lr: train.lr" in legend
+    assert any(re.match(rf"t0\d\s+running\s+\d/{tasks}", line) for line in screen), plain[-3000:]
+    # Trials may end within one redraw of each other: the line with one ended is not always drawn.
+    standing = rf"\d/{trials} trials · best 0\.\d{{4}} \(t0\d\) · \d+:\d\d elapsed( · about \d+:\d\d left)?"
     assert re.search(standing, plain), plain[-3000:]
     assert not any(line.startswith("  started   ") for line in screen), "the table replaces event lines"
     lines = [line.strip() for line in screen if line.strip()]
     board = max(i for i, line in enumerate(lines) if line.startswith("leaderboard, ranked on"))
-    assert any(line.startswith("[2/2 trials, best final/avg_incremental_accuracy ") for line in lines[board - 3:board])
-    assert re.match(r"1\s+t0[12]\s+finished\s+0\.\d{4}\s+[0-9.e-]+$", lines[board + 3]), lines[board:board + 6]
+    assert any(line.startswith(f"[{trials}/{trials} trials, best final/avg_incremental_accuracy ")
+               for line in lines[board - 3:board])
+    assert re.match(r"1\s+t0\d\s+finished\s+0\.\d{4}\s", lines[board + 3]), lines[board:board + 6]
     assert lines[-3].startswith("best config: ") and lines[-2].startswith("sweep outputs: ")
     assert lines[-1].startswith("see it with: mlflow ui")
     assert not any(word in line for line in lines[board:] for word in ("INFO", "WARNING", "system_metrics", "pid="))
+
+
+def test_in_an_80_by_24_terminal_the_trials_are_one_table_redrawn_in_place_and_the_results_stay(ray_address, workdir):
+    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
+                       search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
+    status, text = run_in_terminal(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address}, columns=80, rows=24)
+    assert status == 0, text[-3000:]
+    check_terminal(text, 80, trials=2, tasks=3)
+
+
+def test_in_a_wide_terminal_the_trials_are_one_table_redrawn_in_place_and_the_results_stay(tiny_sweep):
+    """The tiny sweep ran under a 200 x 50 terminal: 8 trials, stopped and failed ones among them."""
+    check_terminal((tiny_sweep / "terminal.txt").read_text(), 200, trials=8, tasks=3)
 
 
 def test_the_live_table_fits_the_terminal_however_many_trials():
