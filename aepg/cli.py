@@ -137,9 +137,10 @@ def cmd_report(args) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError([("--out", f"{out} is a file; give a folder for the report")])
     tracker = Tracker.for_reading(args.tracking_uri)  # before MLflow touches the store: it would create an empty one
+    from aepg.schema import KIND_TAG
+    from aepg.sweep.params import find_sweep
     from aepg.sweep.publish import publish
     from aepg.sweep.report import build_report, paper_table, report_texts
-    from aepg.sweep.schema import KIND_TAG, find_sweep
 
     parents = []
     for name in args.sweep:

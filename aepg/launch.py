@@ -16,16 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from aepg import interrupts, preflight, provenance, tracking
+from aepg import interrupts, preflight, provenance, schema
 from aepg.benchmarks import DATASETS
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore, CheckpointsUnreadable
 from aepg.config import ConfigError, RunConfig, flatten
 from aepg.distributed import Context, pick_device, seed_all
-from aepg.metrics import FINAL
 from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
 from aepg.ray_setup import ensure_ray, refuse_unschedulable, worker_resources
+from aepg.schema import FINAL
 from aepg.tracking import Tracker
 from aepg.trainer import ContinualTrainer, TrainState
 
@@ -70,15 +70,15 @@ def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context
         state, optimizer_state = snapshot.state, snapshot.optimizer
         if context.is_chief:
             log.info("resuming at task %d, epoch %d from %s", state.task + 1, state.epoch, store.uri)
-            tracker.set_tags(run_id, {tracking.RESUMED_TAG: f"task {state.task + 1}, epoch {state.epoch}"})
+            tracker.set_tags(run_id, {schema.RESUMED_TAG: f"task {state.task + 1}, epoch {state.epoch}"})
     reporters, monitor = [], None
     if context.is_chief:
         reporters.append(tracker.reporter(run_id, cfg, summary))
         tracker.set_tags(run_id, {key: str(n) for key, n in model.parameter_counts().items()})  # derived, not config
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         made_with = provenance.manifest(cfg, context.device, benchmark.provenance())
-        tracker.set_tags(run_id, {tracking.VERSION_TAG: made_with["aepg"]["version"],
-                                  tracking.COMMIT_TAG: made_with["aepg"]["commit"] or "unknown"})
+        tracker.set_tags(run_id, {schema.VERSION_TAG: made_with["aepg"]["version"],
+                                  schema.COMMIT_TAG: made_with["aepg"]["commit"] or "unknown"})
         reporters[0].log_dict(made_with, "manifest.json" if restored is None else
                               f"manifest-resumed-at-task-{state.task + 1}-epoch-{state.epoch}.json")
         if benchmark.split_manifest:
@@ -118,7 +118,7 @@ def _ray_train_loop(config: dict) -> None:
         nodes = [None] * context.world_size
         dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
         if context.is_chief:
-            config["tracker"].set_tags(config["run_id"], {tracking.NODES_TAG: ",".join(sorted(set(nodes)))})
+            config["tracker"].set_tags(config["run_id"], {schema.NODES_TAG: ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
     hooks = [lambda state: ray.train.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))] if config["report"] else []
     train_worker(cfg, config["run_id"], config["tracker"], context, hooks, config["summary"])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from statistics import mean
 
+from aepg.schema import BUDGET_KEY, final_name, partial_name
+
 
 def pooled_accuracy(row: list[float], sizes: list[int]) -> float:
     """Accuracy over the pooled test samples of the tasks in ``row``."""
@@ -44,28 +46,6 @@ def summarize(R: list[list[float]], sizes: list[int]) -> dict[str, float]:
 # The summary metrics a sweep can rank on, and their names while a run is under way (after each
 # task) and once it has used its whole budget (``final/``, which only complete runs have).
 SUMMARY_METRICS = ("avg_incremental_accuracy", "last_accuracy", "task_mean_accuracy", "forgetting", "bwt")
-BUDGET_KEY = "eval/tasks_done"
-
-
-def partial_name(metric: str) -> str:
-    """The running value of a summary metric after each task (``last_accuracy`` so far is ``eval/accuracy``)."""
-    return "eval/accuracy" if metric == "last_accuracy" else f"eval/{metric}"
-
-
-FINAL = "final/"
-"""What ranks a run: its summary once it has used its whole budget (for a configuration trained on
-several seeds, the seed-mean on the configuration's run)."""
-ONE_SEED = "seed_run/"
-"""The summary of one seed of a configuration, on that seed's (or arm's) run nested under the
-configuration's: named so that it is never sorted or charted as what ranks the configuration."""
-
-
-def final_name(metric: str) -> str:
-    return f"{FINAL}{metric}"
-
-
-def one_seed_name(metric: str) -> str:
-    return f"{ONE_SEED}{metric}"
 
 
 def running_best(values: list[float | None], mode: str) -> list[float | None]:

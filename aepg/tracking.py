@@ -26,25 +26,14 @@ from pathlib import Path
 
 from aepg.catalog import OBJECTIVES
 from aepg.config import ConfigError, RunConfig, to_yaml
-from aepg.metrics import BUDGET_KEY, FINAL, accuracy_after_each_task
+from aepg.metrics import accuracy_after_each_task
 from aepg.objectives import is_annealed
+from aepg.schema import BUDGET_KEY, EXPERIMENT_KIND_TAG, FAILURE_TAG, FINAL, NOTE_TAG, PARENT_TAG, TASKS_DONE_TAG
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-PARENT_TAG = "mlflow.parentRunId"
-NOTE_TAG = "mlflow.note.content"
-COLOR_TAG = "mlflow.runColor"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 """The experiment kind MLflow 3 opens on its runs table (GenAI experiments open on traces)."""
 BATCH_LIMIT = 1000
-RESUMED_TAG = "aepg.resumed_from"
-TASKS_DONE_TAG = "aepg.tasks_done"
-NODES_TAG = "aepg.ray_node_ids"
-FAILURE_TAG = "failure_reason"
-VERSION_TAG = "aepg.version"
-COMMIT_TAG = "aepg.commit"
-"""aepg's git commit when it runs from a checkout (``-dirty`` with changes), else "unknown"; the
-run's ``manifest.json`` holds the rest of what it was made with."""
 
 
 EXPERIMENT_NOTE = ("aepg runs: open the Runs tab, with Model training chosen at the top left; each sweep is one "

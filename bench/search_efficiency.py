@@ -106,8 +106,8 @@ def sweep_file(folder: Path, name: str, search: dict, scheduler: dict, **more) -
 
 def run(path: Path):
     """The sweep's report (leaderboard entries, best configuration first)."""
-    from aepg.sweep.driver import finalize, run_sweep
     from aepg.sweep.checks import load_sweep
+    from aepg.sweep.driver import finalize, run_sweep
 
     runtime, complete = run_sweep(load_sweep(path))
     if not complete:
@@ -294,7 +294,7 @@ class Replay:
         """The configurations that trained every seed (each metric on each seed), and the tasks trained."""
         import heapq
 
-        from aepg.metrics import partial_name
+        from aepg.schema import partial_name
         from aepg.sweep.fidelity import seeds_per_trial
         from aepg.sweep.search import budget, optuna_search, scheduler, searched_metric
 

@@ -5,10 +5,9 @@ import statistics
 
 import pytest
 
-from aepg.metrics import final_name
-from aepg.sweep.noise import assess, difference_interval, pooled_std, seeds_needed
+from aepg.schema import STATUS_TAG, final_name
 from aepg.sweep.leaderboard import average_over_seeds, entries_of, mark_within_noise, rank, table
-from aepg.sweep.schema import STATUS_TAG
+from aepg.sweep.noise import assess, difference_interval, pooled_std, seeds_needed
 from aepg.sweep.spec import Param
 from aepg.tracking import RunRecord
 
@@ -70,7 +69,7 @@ def test_seeds_as_instances_stop_a_configuration_the_signed_rank_test_finds_wors
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
-    from aepg.sweep.fidelity import SEED_VALUES_RESULT
+    from aepg.schema import SEED_VALUES_RESULT
     from aepg.sweep.search import SignedRankStopping
 
     best = {0: 0.80, 1: 0.82, 2: 0.81, 3: 0.83, 4: 0.80}

@@ -7,8 +7,9 @@ import statistics
 import pytest
 from scipy import stats
 
+from aepg.schema import COMMIT_TAG, VERSION_TAG
 from aepg.sweep.table import build_table, method
-from aepg.tracking import COMMIT_TAG, VERSION_TAG, RunRecord
+from aepg.tracking import RunRecord
 
 SEEDS = (0, 1, 2)
 

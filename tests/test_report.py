@@ -124,9 +124,10 @@ def paired_store(folder) -> tuple[object, str]:
     """A real MLflow store holding what the driver writes for a paired sweep (compare: objective.kind
     [ce, aepg], compare_by mean, seeds 0-2): the parent with its params and space, each
     configuration's run with its seed and arm values, and one run per arm and seed under it."""
+    from aepg import schema
     from aepg.config import load_config, to_yaml
-    from aepg.sweep import schema
-    from aepg.tracking import PARENT_TAG, Tracker
+    from aepg.schema import PARENT_TAG
+    from aepg.tracking import Tracker
 
     tracker = Tracker.connect(f"sqlite:///{folder / 'mlflow.db'}")
     base = load_config(DIGITS)
@@ -201,9 +202,10 @@ TRADE_OFF = {  # configuration (its lr) -> (last accuracy, forgetting) on seeds 
 def trade_off_store(folder, pick: dict | None) -> tuple[object, str]:
     """A real MLflow store holding what the driver writes for a grid over train.lr on seeds 0-2,
     ranked on last_accuracy with forgetting as the trade-off: one run per point and seed."""
+    from aepg import schema
     from aepg.config import load_config, to_yaml
-    from aepg.sweep import schema
-    from aepg.tracking import PARENT_TAG, Tracker
+    from aepg.schema import PARENT_TAG
+    from aepg.tracking import Tracker
 
     tracker = Tracker.connect(f"sqlite:///{folder / 'mlflow.db'}")
     base = load_config(DIGITS)

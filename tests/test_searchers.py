@@ -30,7 +30,7 @@ def test_the_parent_run_records_every_sampler_and_scheduler_setting():
     """Optuna 5 changed TPE's defaults: a sweep builds its sampler with explicit arguments and logs them."""
     from importlib.metadata import version
 
-    from aepg.sweep.schema import parent_params
+    from aepg.sweep.params import parent_params
     from aepg.sweep.search import searcher
 
     sweep = load_sweep(SEARCH, ["search.multivariate=false", "scheduler.kind=asha", "scheduler.grace_period=2"],
@@ -64,7 +64,7 @@ def test_nsga2_searches_a_trade_off_and_survives_ray_saving_it(tmp_path):
     (Optuna's genetic samplers hold a thread lock, which plain pickling refuses) and restores."""
     from ray import cloudpickle
 
-    from aepg.sweep.schema import parent_params
+    from aepg.sweep.params import parent_params
     from aepg.sweep.search import searcher
 
     sweep = load_sweep(REPO / "sweeps" / "trade_off.yaml", ["search.algorithm=nsga2"], check_runs=False)

@@ -18,9 +18,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from aepg.cli import main
 from aepg.config import ConfigError
-from aepg.metrics import BUDGET_KEY
-from aepg.sweep.search import SweepOptunaSearch
+from aepg.schema import BUDGET_KEY
 from aepg.sweep.checks import load_sweep
+from aepg.sweep.search import SweepOptunaSearch
 
 pytestmark = pytest.mark.ray
 

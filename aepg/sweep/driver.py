@@ -29,14 +29,36 @@ from typing import TYPE_CHECKING
 import pyarrow.fs as pafs
 from ray import tune
 
-from aepg import interrupts, preflight, tracking
+from aepg import interrupts, preflight, schema
 from aepg.catalog import SCHEDULERS
 from aepg.config import ConfigError, RunConfig, is_uri, validate
-from aepg.metrics import FINAL, ONE_SEED, final_name
 from aepg.ray_setup import ensure_ray, node_names, refuse_unschedulable, this_node, worker_resources
+from aepg.schema import (
+    ARM_TAG,
+    ARM_VALUES_TAG,
+    CONFIG_TAG,
+    FINAL,
+    INDEX_TAG,
+    KIND_TAG,
+    LEVEL_TAG,
+    NODE_NAMES_TAG,
+    NODE_TAG,
+    ONE_SEED,
+    OPTUNA_STATE_TAG,
+    PAIRED_PREFIX,
+    SEED_TAG,
+    SEED_VALUES_TAG,
+    STAGE_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    final_name,
+    seed_std_name,
+)
 from aepg.sweep import fidelity, search
 from aepg.sweep.checks import variants
 from aepg.sweep.noise import paired_summary
+from aepg.sweep.params import config_id, parent_params
 from aepg.sweep.progress import (
     NODE_RESULT,
     HideRestoreHint,
@@ -49,26 +71,6 @@ from aepg.sweep.progress import (
 )
 from aepg.sweep.publish import publish
 from aepg.sweep.report import SweepReport, build_report, paper_table, report_texts
-from aepg.sweep.schema import (
-    ARM_TAG,
-    ARM_VALUES_TAG,
-    CONFIG_TAG,
-    INDEX_TAG,
-    KIND_TAG,
-    LEVEL_TAG,
-    NODE_NAMES_TAG,
-    NODE_TAG,
-    OPTUNA_STATE_TAG,
-    PAIRED_PREFIX,
-    SEED_TAG,
-    SEED_VALUES_TAG,
-    STAGE_TAG,
-    STATUS_TAG,
-    SWEEP_TAG,
-    TRIAL_TAG,
-    config_id,
-    parent_params,
-)
 from aepg.sweep.spec import Sweep, SweepSpec, apply_dotted, expected_trials
 from aepg.sweep.state import STATE_FILE, read_state, trial_run_name
 from aepg.tracking import RunRecord, Tracker
@@ -137,11 +139,11 @@ class SweepRuntime:
 
     def child_tags(self, trial_id: str, index: int, params: dict) -> dict[str, str]:
         stage = {STAGE_TAG: self.stage} if self.stage != "search" else {}
-        return {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.name,
+        return {schema.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.name,
                 INDEX_TAG: str(index), STATUS_TAG: "running", CONFIG_TAG: config_id(self.searched(params)), **stage}
 
     def find_child(self, trial_id: str) -> RunRecord | None:
-        found = self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
+        found = self.tracker.find_runs(self.sweep.experiment, {schema.PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
         return found[0] if found else None
 
     def _trial_folder(self, trial_id: str) -> tuple[pafs.FileSystem, str]:
@@ -168,7 +170,7 @@ class SweepRuntime:
     def nested_run(self, trial_run: TrialRun, tags: dict[str, str], cfg: RunConfig, name: str, status: str) -> str:
         """A run nested under the trial's run, for a ladder level, a seed or an arm: found by its
         ``tags`` (a retried or resumed trial continues it from its checkpoints), else opened as ``name``."""
-        tags = {tracking.PARENT_TAG: trial_run.run_id, **tags}
+        tags = {schema.PARENT_TAG: trial_run.run_id, **tags}
         found = self.tracker.find_runs(self.sweep.experiment, tags)
         if found:
             self.tracker.reopen_run(found[0].run_id)
@@ -193,7 +195,7 @@ class SweepRuntime:
 
     def children(self, every_stage: bool = False) -> list[RunRecord]:
         """The trial runs under the sweep's parent run: this stage's, or (``every_stage``) all."""
-        runs = self.tracker.find_runs(self.sweep.experiment, {tracking.PARENT_TAG: self.parent_run_id})
+        runs = self.tracker.find_runs(self.sweep.experiment, {schema.PARENT_TAG: self.parent_run_id})
         return runs if every_stage else [r for r in runs if r.tags.get(STAGE_TAG, "search") == self.stage]
 
     def save(self) -> None:
@@ -271,9 +273,9 @@ def climb(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
             runtime.tracker.close_run(level_run, "FINISHED")
         else:
             state = train(cfg, run.run_id, runtime)
-        progress = {fidelity.LEVEL_KEY: level.index + 1, fidelity.level_metric(metric): state.summary[metric],
-                    "fidelity/fraction": level.fraction, fidelity.COMPUTE_KEY: compute}
-        log_rung(runtime.tracker, run.run_id, progress, fidelity.LEVEL_KEY)
+        progress = {schema.LEVEL_KEY: level.index + 1, schema.level_metric(metric): state.summary[metric],
+                    "fidelity/fraction": level.fraction, schema.COMPUTE_KEY: compute}
+        log_rung(runtime.tracker, run.run_id, progress, schema.LEVEL_KEY)
         run.report({**state.metrics(tasks, placeholders=True), **progress})
 
 
@@ -299,16 +301,16 @@ def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
                 tracker.close_run(seed_run, "FINISHED")
             tracker.set_tags(run.run_id, {SEED_VALUES_TAG: json.dumps(values)})
         mean = statistics.mean(values.values())
-        progress = {fidelity.SEEDS_KEY: count, fidelity.seed_metric(metric): mean,
-                    f"seeds/std_{metric}": statistics.stdev(values.values()) if count > 1 else 0.0,
-                    fidelity.COMPUTE_KEY: count * tasks * max(1, len(spec.arms()))}
-        log_rung(tracker, run.run_id, progress, fidelity.SEEDS_KEY)
+        progress = {schema.SEEDS_KEY: count, schema.seed_metric(metric): mean,
+                    seed_std_name(metric): statistics.stdev(values.values()) if count > 1 else 0.0,
+                    schema.COMPUTE_KEY: count * tasks * max(1, len(spec.arms()))}
+        log_rung(tracker, run.run_id, progress, schema.SEEDS_KEY)
         if spec.compare:
             by_seed = json.loads(tracker.get_run(run.run_id)[0].tags[ARM_VALUES_TAG])
             tracker.log_metrics(run.run_id, paired_metrics(by_seed, spec.arm_labels(), metric), step=count)
         if count == len(seeds) and spec.confirm is None:
             tracker.log_metrics(run.run_id, {final_name(metric): mean})
-        run.report({**progress, final_name(metric): mean, fidelity.SEED_VALUES_RESULT: json.dumps(values)})
+        run.report({**progress, final_name(metric): mean, schema.SEED_VALUES_RESULT: json.dumps(values)})
 
 
 def train_arms(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime, seed: int) -> dict[str, float]:
@@ -342,7 +344,7 @@ def log_rung(tracker, run_id: str, progress: dict[str, float], counter: str) -> 
     """A ladder's progress on the trial's run, at the step its ``counter`` gives; the counter is a tag."""
     step = int(progress[counter])
     tracker.log_metrics(run_id, {k: v for k, v in progress.items() if k != counter}, step=step)
-    tracker.set_tags(run_id, {fidelity.COUNTER_TAGS[counter]: str(step)})
+    tracker.set_tags(run_id, {schema.COUNTER_TAGS[counter]: str(step)})
 
 
 # -- the MLflow callback ------------------------------------------------------------------------
@@ -466,7 +468,7 @@ class MlflowTrialRuns(tune.Callback):
         short = self.names.get(trial.trial_id, trial.trial_id).split("-", 1)[0]
         self.retries[trial.trial_id] = Retry(
             run.run_id, short, nodes[-1] if nodes else "its node", len(nodes),
-            int(run.tags.get(tracking.TASKS_DONE_TAG) or 0) + 1, error_reason(trial),
+            int(run.tags.get(schema.TASKS_DONE_TAG) or 0) + 1, error_reason(trial),
             process_lost(trial), time.monotonic())
 
     def on_step_begin(self, iteration, trials, **info):
@@ -715,5 +717,5 @@ def nothing_finished(runtime: SweepRuntime) -> str:
     children = runtime.children()
     ended = Counter(child.tags.get(STATUS_TAG, "unknown") for child in children)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(ended.items())) or "no trial ran"
-    reasons = [child.tags[tracking.FAILURE_TAG] for child in children if child.tags.get(tracking.FAILURE_TAG)]
+    reasons = [child.tags[schema.FAILURE_TAG] for child in children if child.tags.get(schema.FAILURE_TAG)]
     return f"no trial finished ({counts})" + (f"; first failure: {reasons[0]}" if reasons else "")

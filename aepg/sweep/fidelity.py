@@ -8,30 +8,11 @@ from dataclasses import dataclass
 
 from aepg.config import RunConfig
 
-LEVEL_KEY = "fidelity/level"
-COMPUTE_KEY = "compute/tasks"
-SEEDS_KEY = "seeds/count"
-SEED_VALUES_RESULT = "seeds/values"
-"""In a seed ladder trial's Tune results (not logged): its value on each seed so far, as JSON {seed: value}."""
-COUNTER_TAGS = {LEVEL_KEY: "aepg.level", SEEDS_KEY: "aepg.seeds_done"}
-"""The ladders' counters as their runs' tags: in MLflow the counter is the step of the ladder's
-metrics, not a ramp chart of its own (Tune still gets it: it is ASHA's time attribute)."""
-
 
 def seeds_per_trial(spec) -> bool:
     """Whether a trial is a configuration trained on the sweep's seeds one after another (the seed
     ladder: with ASHA, the configurations still in the running get more seeds)."""
     return spec.scheduler.fidelity == "seeds"
-
-
-def seed_metric(metric: str) -> str:
-    """The mean of the sweep metric over the seeds a configuration has trained so far."""
-    return f"seeds/mean_{metric}"
-
-
-def level_metric(metric: str) -> str:
-    """The sweep metric at the end of a fidelity level's task sequence."""
-    return f"fidelity/{metric}"
 
 
 @dataclass(frozen=True)

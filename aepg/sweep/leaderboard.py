@@ -15,23 +15,27 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from aepg import tracking
-from aepg.metrics import BUDGET_KEY, final_name, partial_name
-from aepg.sweep.fidelity import COMPUTE_KEY, COUNTER_TAGS, LEVEL_KEY, level_metric
-from aepg.sweep.front import WITHIN_NOISE
-from aepg.sweep.noise import Noise, paired_summary
-from aepg.sweep.schema import (
+from aepg import schema, tracking
+from aepg.schema import (
     ARM_VALUES_TAG,
+    BUDGET_KEY,
+    COMPUTE_KEY,
+    COUNTER_TAGS,
     INDEX_TAG,
+    LEVEL_KEY,
     NODE_NAMES_TAG,
     OPTUNA_STATE_TAG,
     SEED_VALUES_TAG,
     STATUS_TAG,
+    final_name,
+    level_metric,
+    partial_name,
 )
+from aepg.sweep.front import WITHIN_NOISE
+from aepg.sweep.noise import Noise, paired_summary
 from aepg.sweep.spec import Param
 from aepg.sweep.state import compact, short_name
 from aepg.sweep.table import markdown_grid
-
 
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 STATUS_ORDER = {"finished": 0, "stopped early": 1, "running": 2, "interrupted": 3, "failed": 4}
@@ -137,7 +141,7 @@ def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: 
             level = count_of(run, COUNTER_TAGS[LEVEL_KEY], LEVEL_KEY)
             partial, progress, compute = level_metric(metric), f"level {level}/{levels}", run.metrics.get(COMPUTE_KEY, 0.0)
         else:
-            done = count_of(run, tracking.TASKS_DONE_TAG, BUDGET_KEY)
+            done = count_of(run, schema.TASKS_DONE_TAG, BUDGET_KEY)
             partial, progress, compute = partial_name(metric), f"{done}/{num_tasks} tasks", float(done)
         value = run.metrics.get(final_name(metric) if status == "finished" else partial)
         seed = _typed(run.params.get("seed", "0"))

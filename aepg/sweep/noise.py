@@ -15,6 +15,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from aepg.schema import SEED_NOISE_KEY, SPREAD_KEY
+
 Z_TEST, Z_POWER = 1.959964, 0.841621  # normal quantiles: two-sided 5%, 80% power
 
 
@@ -93,7 +95,7 @@ class Noise:
     verdict: str
 
     def params(self) -> dict[str, float]:
-        values = {"sweep/seed_noise": self.seed_std, "sweep/config_spread": self.spread}
+        values = {SEED_NOISE_KEY: self.seed_std, SPREAD_KEY: self.spread}
         return {key: value for key, value in values.items() if value is not None}
 
 

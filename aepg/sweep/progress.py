@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ray import tune
 
-from aepg.metrics import final_name
+from aepg.schema import final_name
 from aepg.sweep.leaderboard import trial_id
 from aepg.sweep.state import compact, short_name
 

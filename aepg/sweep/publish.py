@@ -3,19 +3,13 @@ and on every child run its standing (``sweep/standing``), a one-line description
 
 from __future__ import annotations
 
-from aepg import tracking
-from aepg.metrics import final_name
-from aepg.sweep.fidelity import seed_metric
+from aepg import schema, tracking
+from aepg.schema import STANDING_KEY, best_name, final_name, seed_metric
 from aepg.sweep.leaderboard import TrialResult
 from aepg.sweep.report import SweepReport, report_texts
 from aepg.sweep.table import PaperTable
 from aepg.tracking import Tracker
 
-
-STANDING_KEY = "sweep/standing"
-"""A child's standing on its sweep's leaderboard: N for the best of N, 1 for the last, so that
-MLflow's bar charts give the best trial the longest bar and sorting by it (descending) is the
-leaderboard's order."""
 FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")
 PARENT_COLOUR = "#000000"  # black: no trial's shade
 
@@ -24,9 +18,9 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
     """Log the report to the sweep's parent run: files, plots, counts, the best run and a description."""
     counts = {f"sweep.trials_{status.replace(' ', '_')}": str(sum(status in e.status.split("/") for e in report.entries))
               for status in ("finished", "stopped early", "failed")}  # tags: counts are no chart
-    metrics = {f"sweep/best_{report.metric}": report.best.value} if report.best else {}
+    metrics = {best_name(report.metric): report.best.value} if report.best else {}
     metrics.update(report.noise.params() if report.noise else {})
-    tags = {tracking.NOTE_TAG: report.note() + "\n\n" + table.markdown(), tracking.COLOR_TAG: PARENT_COLOUR, **counts}
+    tags = {schema.NOTE_TAG: report.note() + "\n\n" + table.markdown(), schema.COLOR_TAG: PARENT_COLOUR, **counts}
     if report.best:
         tags["best_run_id"] = report.best.run_ids[0]
     if report.noise:
@@ -39,11 +33,11 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
     for i, entry in enumerate(report.entries, 1):
         for run_id in entry.run_ids:
             note = child_note(entry, i, len(report.entries), report.metric, confirmed)
-            tracker.set_tags(run_id, {tracking.NOTE_TAG: note,
-                                      tracking.COLOR_TAG: colours[run_id]})
+            tracker.set_tags(run_id, {schema.NOTE_TAG: note,
+                                      schema.COLOR_TAG: colours[run_id]})
             tracker.log_metrics(run_id, {STANDING_KEY: len(report.entries) + 1 - i})
             for run in nested[run_id]:  # seed, arm and ladder runs: their configuration's shade
-                tracker.set_tags(run.run_id, {tracking.COLOR_TAG: colours[run.run_id]})
+                tracker.set_tags(run.run_id, {schema.COLOR_TAG: colours[run.run_id]})
 
 
 def child_note(entry: TrialResult, rank: int, of: int, metric: str, confirmed: bool = False) -> str:

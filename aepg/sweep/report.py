@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from aepg import plots, tracking
+from aepg import plots, schema, tracking
 from aepg.config import to_yaml, validate
 from aepg.metrics import running_best
+from aepg.schema import CONFIG_TAG, STAGE_TAG, STATUS_TAG, SWEEP_TAG
+from aepg.sweep import front
+from aepg.sweep.front import ON_FRONT, WITHIN_NOISE, pick_rule
 from aepg.sweep.leaderboard import (
     CONFIRMED_FIRST,
     TrialResult,
@@ -36,16 +39,8 @@ from aepg.sweep.leaderboard import (
     table,
     to_csv,
 )
-from aepg.sweep import front
-from aepg.sweep.front import ON_FRONT, WITHIN_NOISE, pick_rule
 from aepg.sweep.noise import Noise, assess, paired_verdict
-from aepg.sweep.schema import (
-    CONFIG_TAG,
-    STAGE_TAG,
-    STATUS_TAG,
-    SWEEP_TAG,
-    SweepParams,
-)
+from aepg.sweep.params import SweepParams
 from aepg.sweep.spec import Param
 from aepg.sweep.state import compact, short_name
 from aepg.sweep.table import PaperTable, build_table
@@ -220,7 +215,7 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     parent, experiment = tracker.get_run(parent_run_id)
     space = {k: Param.model_validate(v) for k, v in json.loads(tracker.read_text(parent_run_id, "space.json")).items()}
     sweep = SweepParams.of(parent)
-    children = tracker.find_runs(experiment, {tracking.PARENT_TAG: parent_run_id})
+    children = tracker.find_runs(experiment, {schema.PARENT_TAG: parent_run_id})
     searched = [c for c in children if c.tags.get(STAGE_TAG) != "confirm"]
     ladder_seeds = len(sweep.seeds) if sweep.seeds_per_trial else None
     entries = entries_of(searched, space, sweep.metric, sweep.num_tasks, sweep.levels, ladder_seeds, list(sweep.trade_off))
@@ -289,7 +284,7 @@ def paper_table(tracker: Tracker, parent_ids: list[str], rows_key: str = "method
     groups, parent = [], None
     for parent_id in parent_ids:
         parent, experiment = tracker.get_run(parent_id)
-        children = tracker.find_runs(experiment, {tracking.PARENT_TAG: parent_id})
+        children = tracker.find_runs(experiment, {schema.PARENT_TAG: parent_id})
         finished = [c for c in children if status_of(c) == "finished"]
         params = SweepParams.of(parent)
         if params.seeds_per_trial or params.confirm_seeds:  # each configuration's seeds (and arms) are nested runs
@@ -309,7 +304,7 @@ def table_runs(trials: list[tracking.RunRecord], per_seed: list[tracking.RunReco
     the confirmation's seeds alone (the search's seeds chose it, so their mean is biased up)."""
     confirmed = {t.tags.get(CONFIG_TAG) for t in trials if t.tags.get(STAGE_TAG) == "confirm"}
     kept = {t.run_id for t in trials if t.tags.get(STAGE_TAG) == "confirm" or t.tags.get(CONFIG_TAG) not in confirmed}
-    return [run for run in per_seed if run.tags.get(tracking.PARENT_TAG) in kept]
+    return [run for run in per_seed if run.tags.get(schema.PARENT_TAG) in kept]
 
 
 def report_texts(report: SweepReport, table: PaperTable) -> dict[str, str]:

@@ -37,8 +37,17 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from aepg.catalog import SCHEDULERS, SEARCHERS
-from aepg.metrics import BUDGET_KEY, final_name, partial_name
-from aepg.sweep.fidelity import LEVEL_KEY, SEED_VALUES_RESULT, SEEDS_KEY, level_metric, seed_metric, seeds_per_trial
+from aepg.schema import (
+    BUDGET_KEY,
+    LEVEL_KEY,
+    SEED_VALUES_RESULT,
+    SEEDS_KEY,
+    final_name,
+    level_metric,
+    partial_name,
+    seed_metric,
+)
+from aepg.sweep.fidelity import seeds_per_trial
 from aepg.sweep.noise import signed_rank_worse
 from aepg.sweep.spec import DefineByRun
 

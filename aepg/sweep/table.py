@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 
 from aepg.catalog import METHODS, OBJECTIVES
 from aepg.config import ConfigError
-from aepg.metrics import final_name, one_seed_name
+from aepg.schema import COMMIT_TAG, VERSION_TAG, final_name, one_seed_name
 from aepg.sweep.noise import paired_difference
-from aepg.tracking import COMMIT_TAG, VERSION_TAG
 
 METRICS = ("last_accuracy", "avg_incremental_accuracy")
 SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}

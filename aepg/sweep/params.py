@@ -1,45 +1,14 @@
-"""A sweep's MLflow schema, in one place: the tags on its parent and child runs, and the parent
-run's params, written when the sweep starts (``parent_params``) and read back by the report
-(``SweepParams``). Changing a name here changes it for the driver, the report and the CLI."""
+"""A sweep's parent run params, written when the sweep starts (``parent_params``) and read back by
+the report (``SweepParams``), and how a sweep's parent is found; the tag and metric names are
+``aepg.schema``'s."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
+from aepg.schema import KIND_TAG, SWEEP_TAG
 from aepg.tracking import RunRecord, Tracker
-
-KIND_TAG = "aepg.kind"
-"""``sweep`` on a parent run."""
-SWEEP_TAG = "aepg.sweep"
-"""The sweep's folder name, on the parent and every run under it."""
-TRIAL_TAG = "aepg.trial_id"
-STATUS_TAG = "aepg.status"
-"""finished, stopped early, failed, running, or low fidelity (a ladder level's nested run)."""
-INDEX_TAG = "aepg.trial_index"
-"""The trial's start order, from 1."""
-LEVEL_TAG = "aepg.fidelity_level"
-OPTUNA_STATE_TAG = "aepg.optuna_state"
-NODE_TAG = "aepg.ray_node_id"
-"""The Ray node id the trial's latest attempt runs on."""
-NODE_NAMES_TAG = "aepg.nodes"
-"""The names of the nodes each attempt of the trial ran on, in order (a retry adds one): ``worker-1,head``."""
-SEED_VALUES_TAG = "aepg.seed_values"
-"""Seed ladder: a trial's final value of each seed trained so far, as JSON {seed: value}."""
-SEED_TAG = "aepg.seed"
-"""Seed ladder: the seed a run nested under its configuration's run trained."""
-ARM_TAG = "aepg.arm"
-"""Paired arms: the arm (``compare``'s value) a run nested under its configuration's run trained."""
-ARM_VALUES_TAG = "aepg.arm_values"
-"""Paired arms: a configuration's final value of each arm on each seed so far, as JSON {seed: {arm: value}}."""
-PAIRED_PREFIX = "paired/"
-"""Paired arms: the configuration run's metrics, each arm's seed-mean and the difference of the
-last arm minus the first with its 95% interval (``paired/<arm>_<metric>``, ``paired/diff_<metric>``,
-``paired/diff_low_<metric>``, ``paired/diff_high_<metric>``)."""
-STAGE_TAG = "aepg.stage"
-"""``confirm`` on the runs of the confirmation stage (the search's runs have none)."""
-CONFIG_TAG = "aepg.config_id"
-"""The trial's configuration, seed aside: the runs of one configuration share it (group by it in MLflow)."""
 
 
 def config_id(params: dict[str, object]) -> str:
