@@ -64,28 +64,29 @@ def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context
     store = CheckpointStore(cfg.storage_path, run_id, cfg.checkpoint.num_to_keep)
     state, optimizer_state = TrainState(), None
     restored = store.load_latest()
+    run = tracker.run(run_id)
     if restored:
         snapshot, _ = restored
         model.load_trainable_state_dict(snapshot.model)
         state, optimizer_state = snapshot.state, snapshot.optimizer
         if context.is_chief:
             log.info("resuming at task %d, epoch %d from %s", state.task + 1, state.epoch, store.uri)
-            tracker.set_tags(run_id, {schema.RESUMED_TAG: f"task {state.task + 1}, epoch {state.epoch}"})
+            run.set_tags({schema.RESUMED_TAG: f"task {state.task + 1}, epoch {state.epoch}"})
     reporters, monitor = [], None
     if context.is_chief:
-        reporters.append(tracker.reporter(run_id, cfg, summary))
-        tracker.set_tags(run_id, {key: str(n) for key, n in model.parameter_counts().items()})  # derived, not config
+        reporters.append(run.reporter(cfg, summary))
+        run.set_tags({key: str(n) for key, n in model.parameter_counts().items()})  # derived, not config
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         made_with = provenance.manifest(cfg, context.device, benchmark.provenance())
-        tracker.set_tags(run_id, {schema.VERSION_TAG: made_with["aepg"]["version"],
-                                  schema.COMMIT_TAG: made_with["aepg"]["commit"] or "unknown"})
+        run.set_tags({schema.VERSION_TAG: made_with["aepg"]["version"],
+                      schema.COMMIT_TAG: made_with["aepg"]["commit"] or "unknown"})
         reporters[0].log_dict(made_with, "manifest.json" if restored is None else
                               f"manifest-resumed-at-task-{state.task + 1}-epoch-{state.epoch}.json")
         if benchmark.split_manifest:
             reporters[0].log_dict(benchmark.split_manifest, "split.json")
         log.info("trainable parameters: %s", model.parameter_counts())
         if cfg.system_metrics if cfg.system_metrics is not None else context.device.type == "cuda":
-            monitor = tracker.start_system_metrics(run_id)
+            monitor = run.start_system_metrics()
     config = cfg.model_dump(mode="json")
     trainer = ContinualTrainer(cfg, model, benchmark, objective, context,
                                reporters, save=lambda snapshot: store.save(snapshot, config), task_hooks=task_hooks)
@@ -118,7 +119,7 @@ def _ray_train_loop(config: dict) -> None:
         nodes = [None] * context.world_size
         dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
         if context.is_chief:
-            config["tracker"].set_tags(config["run_id"], {schema.NODES_TAG: ",".join(sorted(set(nodes)))})
+            config["tracker"].run(config["run_id"]).set_tags({schema.NODES_TAG: ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
     hooks = [lambda state: ray.train.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))] if config["report"] else []
     train_worker(cfg, config["run_id"], config["tracker"], context, hooks, config["summary"])
@@ -240,25 +241,25 @@ def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> Run
     tracker = Tracker.connect(cfg.tracking_uri)
     if cfg.scaling.num_workers:  # before opening the run: refuse what can never be scheduled
         ensure_ray()
-        refuse_unschedulable({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run", "scaling",
-                   "lower scaling.num_workers or scaling.cpus_per_worker")
+        refuse_unschedulable({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run",
+                             "scaling", "lower scaling.num_workers or scaling.cpus_per_worker")
     if resume:
-        tracker.check_reopenable(resume)
+        tracker.run(resume).check_reopenable()
         check_resumable(cfg, resume)
         run_id = resume
-        tracker.reopen_run(run_id)
+        tracker.run(run_id).reopen()
     else:
         run_id = tracker.open_run(cfg, cfg.active_params(preflight.backbone_facts(cfg)))
     log.info("MLflow run %s at %s; checkpoints under %s/%s", run_id, tracker.uri, cfg.storage_path, run_id)
     try:
         state = run_workers(cfg, run_id, tracker)
     except KeyboardInterrupt as error:
-        tracker.close_run(run_id, "KILLED", interrupts.reason())
+        tracker.run(run_id).close("KILLED", interrupts.reason())
         raise interrupts.RunInterrupted(run_id) from error
     except BaseException as error:
         record_failure(tracker, run_id, error)
         raise
-    tracker.close_run(run_id, "FINISHED")
+    tracker.run(run_id).close("FINISHED")
     return RunResult(run_id, tracker, state)
 
 
@@ -268,8 +269,9 @@ def record_failure(tracker: Tracker, run_id: str, error: BaseException) -> None:
     reason = f"{type(error).__name__}: {error}".splitlines()[0]
     try:
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        tracker.log_outputs(run_id, texts={"error.log": trace})
-        tracker.close_run(run_id, "FAILED", reason)
+        run = tracker.run(run_id)
+        run.log_outputs(texts={"error.log": trace})
+        run.close("FAILED", reason)
     except Exception as unreachable:  # the tracking server itself may be what failed
         log.warning("could not mark MLflow run %s FAILED (%s: %s)", run_id, type(unreachable).__name__, unreachable)
         return

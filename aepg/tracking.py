@@ -1,10 +1,11 @@
 """The one place that talks to MLflow: a ``Tracker``, built once per process from the resolved
 tracking URI, holding one client.
 
-The driver opens a run (``Tracker.open_run``) and sets its final status (``close_run``); the
-chief training worker logs into it through ``MlflowReporter``, addressing the run by id, so the
-same code works in-process, in Ray Train workers and in Ray Tune trials (a tracker pickles as
-its URI, and each process builds its own client). MLflow is imported when first used, so
+The driver opens a run (``Tracker.open_run``) and writes to it through its handle
+(``Tracker.run``: tags, metrics, artifacts, closing, reopening); the chief training worker logs
+into it through the handle's ``MlflowReporter``, so the same code works in-process, in Ray Train
+workers and in Ray Tune trials (a tracker pickles as its URI, and each process builds its own
+client). The names of the tags and metrics are ``aepg.schema``'s. MLflow is imported when first used, so
 resolving and checking a tracking URI stays fast.
 
 What a run shows (README, "What a run logs"): params for the keys its configuration uses,
@@ -246,74 +247,9 @@ class Tracker:
         self.client.log_inputs(run_id, datasets=[dataset_input(cfg)])
         return run_id
 
-    def close_run(self, run_id: str, status: str, reason: str | None = None) -> None:
-        """Set FINISHED, FAILED or KILLED; a failure reason becomes the ``failure_reason`` tag."""
-        if reason:
-            self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
-        self.client.set_terminated(run_id, status=status)
-
-    def check_reopenable(self, run_id: str) -> None:
-        """ConfigError when the store has no such run, or it was deleted."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            stage = self.client.get_run(run_id).info.lifecycle_stage
-        except MlflowException:
-            raise ConfigError([("--resume", f"no MLflow run {run_id} in {self.uri}; resume in the store the run "
-                                "was logged to (tracking_uri or MLFLOW_TRACKING_URI)")]) from None
-        if stage == "deleted":
-            raise ConfigError([("--resume", f"MLflow run {run_id} was deleted from {self.uri}; restore it with "
-                                f"`mlflow runs restore --run-id {run_id}` (MLFLOW_TRACKING_URI={self.uri}), then resume")])
-
-    def reopen_run(self, run_id: str) -> None:
-        """Mark a resumed run RUNNING again, without the reason it stopped; ConfigError when the store has no
-        such run or it was deleted."""
-        from mlflow.entities import RunStatus
-
-        self.check_reopenable(run_id)
-        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        if FAILURE_TAG in self.client.get_run(run_id).data.tags:  # why it stopped last time is no longer so
-            self.client.delete_tag(run_id, FAILURE_TAG)
-
-    def delete_run(self, run_id: str) -> None:
-        """Soft delete: hidden from searches and the UI, restorable with ``MlflowClient.restore_run``."""
-        self.client.delete_run(run_id)
-
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
-
-    def log_metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
-        self.client.log_batch(run_id, metrics=_metrics(values, step))
-
-    def log_outputs(self, run_id: str, texts: dict[str, str] | None = None, figures: dict[str, object] | None = None,
-                    metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
-        """Text artifacts, matplotlib figures (closed after logging), metrics and tags, into one run."""
-        import matplotlib.pyplot as plt
-
-        for path, text in (texts or {}).items():
-            self.client.log_text(run_id, text, path)
-        for path, figure in (figures or {}).items():
-            self.client.log_figure(run_id, figure, path)
-            plt.close(figure)
-        if metrics:
-            self.client.log_batch(run_id, metrics=_metrics(metrics, 0))
-        self.set_tags(run_id, tags or {})
-
-    def start_system_metrics(self, run_id: str):
-        """MLflow's CPU, memory, disk and network monitor (and GPU with nvidia-ml-py) on this run, or
-        None where it cannot run (psutil missing); a resumed run's points continue after its last step."""
-        try:
-            import psutil  # noqa: F401
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-        except ImportError:
-            return None
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=5, resume_logging=True, tracking_uri=self.uri)
-        monitor.start()
-        return monitor
-
-    def reporter(self, run_id: str, cfg: RunConfig, summary: str | None = FINAL) -> "MlflowReporter":
-        return MlflowReporter(self, run_id, cfg, summary)
+    def run(self, run_id: str) -> RunHandle:
+        """The handle every write to one run goes through."""
+        return RunHandle(self, run_id)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -358,6 +294,84 @@ class Tracker:
         if self.uri.startswith(("http://", "https://")):
             return f"see it at {self.uri.rstrip('/')}/{page}"
         return f"see it with: mlflow ui --backend-store-uri {self.uri}  then open http://127.0.0.1:5000/{page}"
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """One MLflow run, as Lightning's ``MLFlowLogger`` holds one: tags, metrics, artifacts, closing
+    and reopening go to it, so no write passes a run id (``Tracker.run``)."""
+
+    tracker: Tracker
+    run_id: str
+
+    def close(self, status: str, reason: str | None = None) -> None:
+        """Set FINISHED, FAILED or KILLED; a failure reason becomes the ``failure_reason`` tag."""
+        if reason:
+            self.tracker.client.set_tag(self.run_id, FAILURE_TAG, reason[:5000])
+        self.tracker.client.set_terminated(self.run_id, status=status)
+
+    def check_reopenable(self) -> None:
+        """ConfigError when the store has no such run, or it was deleted."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            stage = self.tracker.client.get_run(self.run_id).info.lifecycle_stage
+        except MlflowException:
+            raise ConfigError([("--resume", f"no MLflow run {self.run_id} in {self.tracker.uri}; resume in the store the run "
+                                "was logged to (tracking_uri or MLFLOW_TRACKING_URI)")]) from None
+        if stage == "deleted":
+            raise ConfigError([("--resume", f"MLflow run {self.run_id} was deleted from {self.tracker.uri}; restore it with "
+                                f"`mlflow runs restore --run-id {self.run_id}` (MLFLOW_TRACKING_URI={self.tracker.uri}), then resume")])
+
+    def reopen(self) -> None:
+        """Mark a resumed run RUNNING again, without the reason it stopped; ConfigError when the store has no
+        such run or it was deleted."""
+        from mlflow.entities import RunStatus
+
+        self.check_reopenable()
+        self.tracker.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if FAILURE_TAG in self.tracker.client.get_run(self.run_id).data.tags:  # why it stopped last time is no longer so
+            self.tracker.client.delete_tag(self.run_id, FAILURE_TAG)
+
+    def delete(self) -> None:
+        """Soft delete: hidden from searches and the UI, restorable with ``MlflowClient.restore_run``."""
+        self.tracker.client.delete_run(self.run_id)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.tracker.client.set_tag(self.run_id, key, value)
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        self.tracker.client.log_batch(self.run_id, metrics=_metrics(values, step))
+
+    def log_outputs(self, texts: dict[str, str] | None = None, figures: dict[str, object] | None = None,
+                    metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> None:
+        """Text artifacts, matplotlib figures (closed after logging), metrics and tags, into one run."""
+        import matplotlib.pyplot as plt
+
+        for path, text in (texts or {}).items():
+            self.tracker.client.log_text(self.run_id, text, path)
+        for path, figure in (figures or {}).items():
+            self.tracker.client.log_figure(self.run_id, figure, path)
+            plt.close(figure)
+        if metrics:
+            self.tracker.client.log_batch(self.run_id, metrics=_metrics(metrics, 0))
+        self.set_tags(tags or {})
+
+    def start_system_metrics(self):
+        """MLflow's CPU, memory, disk and network monitor (and GPU with nvidia-ml-py) on this run, or
+        None where it cannot run (psutil missing); a resumed run's points continue after its last step."""
+        try:
+            import psutil  # noqa: F401
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:
+            return None
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, resume_logging=True, tracking_uri=self.tracker.uri)
+        monitor.start()
+        return monitor
+
+    def reporter(self, cfg: RunConfig, summary: str | None = FINAL) -> "MlflowReporter":
+        return MlflowReporter(self.tracker, self.run_id, cfg, summary)
 
 
 # -- what a run is ----------------------------------------------------------------------------------

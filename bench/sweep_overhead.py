@@ -44,7 +44,7 @@ def plain_optuna(sweep, trials: int, concurrency: int, tmp: str) -> float:
         cfg = sweep.run_config(trial.params, f"{tmp}/plain-runs", f"plain-{trial.number}")
         run_id = tracker.open_run(cfg, cfg.active_params(backbone_facts(cfg)))
         state = train_worker(cfg, run_id, tracker, Context(device=torch.device("cpu")))
-        tracker.close_run(run_id, "FINISHED")
+        tracker.run(run_id).close("FINISHED")
         return state.summary[sweep.spec.metric]
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=sweep.spec.search.seed))

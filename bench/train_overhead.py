@@ -40,7 +40,7 @@ def fresh_model(cfg):
 def run_aepg(cfg, benchmark, run_id: str, tracker: Tracker) -> tuple[int, float]:
     model = fresh_model(cfg)
     trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.schedule),
-                               Context(device=torch.device("cpu")), [tracker.reporter(run_id, cfg)])
+                               Context(device=torch.device("cpu")), [tracker.run(run_id).reporter(cfg)])
     state, samples = TrainState(), 0
     start = time.perf_counter()
     for task in benchmark.tasks:

@@ -89,8 +89,8 @@ def test_a_resumed_run_logs_no_point_twice(tmp_path):
     cfg = load_config(DIGITS, [f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "figures=false"])
     tracker = Tracker(cfg.tracking_uri)
     run_id = tracker.client.create_run(tracker.client.create_experiment("resume")).info.run_id
-    tracker.reporter(run_id, cfg).log_steps([(step, {"loss": 1.0}) for step in range(1, 11)])
-    tracker.reporter(run_id, cfg).log_steps([(step, {"loss": 2.0, "p_y": 0.5}) for step in range(6, 16)])
+    tracker.run(run_id).reporter(cfg).log_steps([(step, {"loss": 1.0}) for step in range(1, 11)])
+    tracker.run(run_id).reporter(cfg).log_steps([(step, {"loss": 2.0, "p_y": 0.5}) for step in range(6, 16)])
     history = sorted((m.step, m.value) for m in tracker.client.get_metric_history(run_id, "train/loss"))
     assert history == [(step, 1.0) for step in range(1, 11)] + [(step, 2.0) for step in range(11, 16)]
     assert len(tracker.client.get_metric_history(run_id, "train/p_y")) == 10, "a metric new on resume is logged whole"

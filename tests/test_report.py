@@ -146,15 +146,15 @@ def paired_store(folder) -> tuple[object, str]:
         cfg = base.model_copy(update={"train": base.train.model_copy(update={"lr": lr})})
         config_run = tracker.create_run("hand-made", f"t0{index}-{name}", tags, {"train.lr": lr, "objective.kind": "aepg"},
                                         {"config.yaml": to_yaml(cfg)})
-        tracker.close_run(config_run, "FINISHED")
+        tracker.run(config_run).close("FINISHED")
         for arm, values in arms.items():
             for seed, value in values.items():
                 run = tracker.create_run("hand-made", f"t0{index}-{name}@{arm}-s{seed}",
                                          {PARENT_TAG: config_run, schema.STATUS_TAG: "arm run", schema.ARM_TAG: arm,
                                           schema.SEED_TAG: str(seed), schema.SWEEP_TAG: "paired-1", schema.CONFIG_TAG: name},
                                          {"train.lr": lr, "objective.kind": arm, "seed": seed, "model.peft.kind": "lora"})
-                tracker.log_metrics(run, {f"seed_run/{m}": value for m in ("avg_incremental_accuracy", "last_accuracy")})
-                tracker.close_run(run, "FINISHED")
+                tracker.run(run).log_metrics({f"seed_run/{m}": value for m in ("avg_incremental_accuracy", "last_accuracy")})
+                tracker.run(run).close("FINISHED")
     return tracker, parent
 
 
@@ -223,8 +223,8 @@ def trade_off_store(folder, pick: dict | None) -> tuple[object, str]:
             cfg = base.model_copy(update={"seed": seed, "train": base.train.model_copy(update={"lr": lr})})
             run = tracker.create_run("hand-made", f"t{index:02d}-lr{lr}-s{seed}", tags,
                                      {"train.lr": lr, "seed": seed, "objective.kind": "aepg"}, {"config.yaml": to_yaml(cfg)})
-            tracker.log_metrics(run, {"final/last_accuracy": accuracy[seed], "final/forgetting": forgetting[seed]})
-            tracker.close_run(run, "FINISHED")
+            tracker.run(run).log_metrics({"final/last_accuracy": accuracy[seed], "final/forgetting": forgetting[seed]})
+            tracker.run(run).close("FINISHED")
     return tracker, parent
 
 

@@ -73,7 +73,7 @@ from aepg.sweep.publish import publish
 from aepg.sweep.report import SweepReport, build_report, paper_table, report_texts
 from aepg.sweep.spec import Sweep, SweepSpec, apply_dotted, expected_trials
 from aepg.sweep.state import STATE_FILE, read_state, trial_run_name
-from aepg.tracking import RunRecord, Tracker
+from aepg.tracking import RunHandle, RunRecord, Tracker
 
 if TYPE_CHECKING:
     from aepg.trainer import TrainState
@@ -116,6 +116,11 @@ class SweepRuntime:
     @property
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> RunHandle:
+        """The sweep's parent run."""
+        return self.tracker.run(self.parent_run_id)
 
     @property
     def tune_path(self) -> str:
@@ -173,7 +178,7 @@ class SweepRuntime:
         tags = {schema.PARENT_TAG: trial_run.run_id, **tags}
         found = self.tracker.find_runs(self.sweep.experiment, tags)
         if found:
-            self.tracker.reopen_run(found[0].run_id)
+            self.tracker.run(found[0].run_id).reopen()
             return found[0].run_id
         cfg = cfg.model_copy(update={"run_name": name})
         return self.tracker.open_run(cfg, cfg.active_params(preflight.backbone_facts(cfg)),
@@ -243,7 +248,7 @@ def record_node(tracker: Tracker, run_id: str) -> str:
     """Add the node this attempt runs on to the run's list of nodes (a retry elsewhere adds another); its name."""
     node_id, name = this_node()
     before = tracker.get_run(run_id)[0].tags.get(NODE_NAMES_TAG, "")
-    tracker.set_tags(run_id, {NODE_TAG: node_id, NODE_NAMES_TAG: ",".join(filter(None, [before, name]))})
+    tracker.run(run_id).set_tags({NODE_TAG: node_id, NODE_NAMES_TAG: ",".join(filter(None, [before, name]))})
     return name
 
 
@@ -270,7 +275,7 @@ def climb(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
         if level.fraction < 1:
             level_run = runtime.level_run(run, level, low)
             state = train(low, level_run, runtime, summary=None)
-            runtime.tracker.close_run(level_run, "FINISHED")
+            runtime.tracker.run(level_run).close("FINISHED")
         else:
             state = train(cfg, run.run_id, runtime)
         progress = {schema.LEVEL_KEY: level.index + 1, schema.level_metric(metric): state.summary[metric],
@@ -298,8 +303,8 @@ def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
             else:
                 seed_run = runtime.seed_run(run, seed, seeded)
                 values[seed] = train(seeded, seed_run, runtime, summary=ONE_SEED).summary[metric]
-                tracker.close_run(seed_run, "FINISHED")
-            tracker.set_tags(run.run_id, {SEED_VALUES_TAG: json.dumps(values)})
+                tracker.run(seed_run).close("FINISHED")
+            tracker.run(run.run_id).set_tags({SEED_VALUES_TAG: json.dumps(values)})
         mean = statistics.mean(values.values())
         progress = {schema.SEEDS_KEY: count, schema.seed_metric(metric): mean,
                     seed_std_name(metric): statistics.stdev(values.values()) if count > 1 else 0.0,
@@ -307,9 +312,9 @@ def train_seeds(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime) -> None:
         log_rung(tracker, run.run_id, progress, schema.SEEDS_KEY)
         if spec.compare:
             by_seed = json.loads(tracker.get_run(run.run_id)[0].tags[ARM_VALUES_TAG])
-            tracker.log_metrics(run.run_id, paired_metrics(by_seed, spec.arm_labels(), metric), step=count)
+            tracker.run(run.run_id).log_metrics(paired_metrics(by_seed, spec.arm_labels(), metric), step=count)
         if count == len(seeds) and spec.confirm is None:
-            tracker.log_metrics(run.run_id, {final_name(metric): mean})
+            tracker.run(run.run_id).log_metrics({final_name(metric): mean})
         run.report({**progress, final_name(metric): mean, schema.SEED_VALUES_RESULT: json.dumps(values)})
 
 
@@ -324,8 +329,8 @@ def train_arms(cfg: RunConfig, run: TrialRun, runtime: SweepRuntime, seed: int) 
             armed = validate(apply_dotted(cfg.model_dump(mode="json"), {key: value}))
             arm_run = runtime.arm_run(run, arm, seed, armed)
             by_arm[arm] = train(armed, arm_run, runtime, summary=ONE_SEED).summary[spec.metric]
-            tracker.close_run(arm_run, "FINISHED")
-            tracker.set_tags(run.run_id, {ARM_VALUES_TAG: json.dumps(done)})
+            tracker.run(arm_run).close("FINISHED")
+            tracker.run(run.run_id).set_tags({ARM_VALUES_TAG: json.dumps(done)})
     return by_arm
 
 
@@ -343,8 +348,9 @@ def paired_metrics(by_seed: dict[str, dict[str, float]], arms: list[str], metric
 def log_rung(tracker, run_id: str, progress: dict[str, float], counter: str) -> None:
     """A ladder's progress on the trial's run, at the step its ``counter`` gives; the counter is a tag."""
     step = int(progress[counter])
-    tracker.log_metrics(run_id, {k: v for k, v in progress.items() if k != counter}, step=step)
-    tracker.set_tags(run_id, {schema.COUNTER_TAGS[counter]: str(step)})
+    run = tracker.run(run_id)
+    run.log_metrics({k: v for k, v in progress.items() if k != counter}, step=step)
+    run.set_tags({schema.COUNTER_TAGS[counter]: str(step)})
 
 
 # -- the MLflow callback ------------------------------------------------------------------------
@@ -416,8 +422,9 @@ class MlflowTrialRuns(tune.Callback):
         existing = self.runtime.find_child(trial.trial_id)
         if existing:
             self.names[trial.trial_id] = existing.name
-            self.runtime.tracker.reopen_run(existing.run_id)
-            self.runtime.tracker.set_tags(existing.run_id, {STATUS_TAG: "running"})
+            existing_run = self.runtime.tracker.run(existing.run_id)
+            existing_run.reopen()
+            existing_run.set_tags({STATUS_TAG: "running"})
             self.runtime.hand_run(trial.trial_id, TrialRun(existing.run_id, existing.name,
                                                            existing.tags.get(CONFIG_TAG, "")))
             return
@@ -440,13 +447,14 @@ class MlflowTrialRuns(tune.Callback):
         if run is None:
             return
         if texts:
-            self.runtime.tracker.log_outputs(run.run_id, texts=texts)
+            self.runtime.tracker.run(run.run_id).log_outputs(texts=texts)
         trial_state = getattr(self.searcher, "optuna_state", None)  # Optuna's searchers say how a trial ended
         state = trial_state(trial.trial_id) if trial_state else None
         if state:
             tags[OPTUNA_STATE_TAG] = state
-        self.runtime.tracker.set_tags(run.run_id, tags)
-        self.runtime.tracker.close_run(run.run_id, status, reason)
+        handle = self.runtime.tracker.run(run.run_id)
+        handle.set_tags(tags)
+        handle.close(status, reason)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if trial.trial_id in self.retries:  # a retry that ended before Ray declared its old node dead
@@ -625,7 +633,7 @@ def resume_sweep(path: str, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     ensure_ray(trial_output=verbose)
     if not tune.Tuner.can_restore(path):
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
-    runtime.tracker.reopen_run(runtime.parent_run_id)
+    runtime.parent.reopen()
     complete = _fit_and_close(runtime, lambda: restore_tuner(runtime))
     return runtime, complete and confirm(runtime, verbose)
 
@@ -658,10 +666,10 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
     try:
         results = make_tuner().fit()
     except KeyboardInterrupt:  # a second Ctrl-C, which Tune passes on
-        runtime.tracker.close_run(runtime.parent_run_id, "KILLED", interrupts.reason())
+        runtime.parent.close("KILLED", interrupts.reason())
         raise
     except BaseException as error:
-        runtime.tracker.close_run(runtime.parent_run_id, "FAILED", f"{type(error).__name__}: {error}")
+        runtime.parent.close("FAILED", f"{type(error).__name__}: {error}")
         raise
     _drop_orphans(runtime, {Path(r.path).name.removeprefix(TRIAL_PREFIX) for r in results})
     # Ctrl-C: Tune saved its state, then stopped the running trials, which it counts as terminated
@@ -670,9 +678,10 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
     complete = not cut_short and results.num_terminated + results.num_errors >= expected_trials(runtime.sweep)
     if not complete:
         for child in cut_short:
-            runtime.tracker.set_tags(child.run_id, {STATUS_TAG: "interrupted"})
-            runtime.tracker.close_run(child.run_id, "KILLED", "sweep interrupted")
-        runtime.tracker.close_run(runtime.parent_run_id, "KILLED", interrupts.reason())
+            interrupted = runtime.tracker.run(child.run_id)
+            interrupted.set_tags({STATUS_TAG: "interrupted"})
+            interrupted.close("KILLED", "sweep interrupted")
+        runtime.parent.close("KILLED", interrupts.reason())
     return complete
 
 
@@ -683,7 +692,7 @@ def _drop_orphans(runtime: SweepRuntime, trial_ids: set[str]) -> None:
         if child.tags.get(TRIAL_TAG) not in trial_ids:
             log.warning("deleting MLflow run %s of trial %s, which the restored sweep never recorded",
                         child.run_id, child.tags.get(TRIAL_TAG))
-            runtime.tracker.delete_run(child.run_id)
+            runtime.tracker.run(child.run_id).delete()
 
 
 def trial_dirname(trial) -> str:
@@ -703,12 +712,12 @@ def finalize(runtime: SweepRuntime) -> SweepReport:
                 out.write(text.encode())
         publish(runtime.tracker, runtime.parent_run_id, report, table)
     except BaseException as error:
-        runtime.tracker.close_run(runtime.parent_run_id, "FAILED", f"report: {type(error).__name__}: {error}")
+        runtime.parent.close("FAILED", f"report: {type(error).__name__}: {error}")
         raise
     if report.best is None:
-        runtime.tracker.close_run(runtime.parent_run_id, "FAILED", nothing_finished(runtime))
+        runtime.parent.close("FAILED", nothing_finished(runtime))
     else:
-        runtime.tracker.close_run(runtime.parent_run_id, "FINISHED")
+        runtime.parent.close("FINISHED")
     return report
 
 

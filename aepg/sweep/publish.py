@@ -25,7 +25,7 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
         tags["best_run_id"] = report.best.run_ids[0]
     if report.noise:
         tags["sweep.noise_verdict"] = report.noise.verdict
-    tracker.log_outputs(parent_id, report_texts(report, table), report.figures, metrics, tags)
+    tracker.run(parent_id).log_outputs(report_texts(report, table), report.figures, metrics, tags)
     nested = {run_id: tracker.nested_runs(report.experiment_id, run_id) for entry in report.entries
               for run_id in entry.run_ids}
     colours = run_colours(report.entries, nested)
@@ -33,11 +33,11 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
     for i, entry in enumerate(report.entries, 1):
         for run_id in entry.run_ids:
             note = child_note(entry, i, len(report.entries), report.metric, confirmed)
-            tracker.set_tags(run_id, {schema.NOTE_TAG: note,
+            tracker.run(run_id).set_tags({schema.NOTE_TAG: note,
                                       schema.COLOR_TAG: colours[run_id]})
-            tracker.log_metrics(run_id, {STANDING_KEY: len(report.entries) + 1 - i})
+            tracker.run(run_id).log_metrics({STANDING_KEY: len(report.entries) + 1 - i})
             for run in nested[run_id]:  # seed, arm and ladder runs: their configuration's shade
-                tracker.set_tags(run.run_id, {schema.COLOR_TAG: colours[run.run_id]})
+                tracker.run(run.run_id).set_tags({schema.COLOR_TAG: colours[run.run_id]})
 
 
 def child_note(entry: TrialResult, rank: int, of: int, metric: str, confirmed: bool = False) -> str:
