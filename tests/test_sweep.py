@@ -785,7 +785,7 @@ def seed_sweep(ray_address, tmp_path_factory):
                        base_overrides=base, search={"algorithm": "tpe", "seed": 0, "num_trials": 3, "max_concurrent": 2},
                        scheduler={"kind": "asha", "fidelity": "seeds", "grace_period": 1, "reduction_factor": 3},
                        confirm={"top_k": 1, "seeds": [7, 8]})
-    return swept_in(folder, path)
+    return swept_in(folder, path, ray_address)
 
 
 def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(seed_sweep):
