@@ -334,11 +334,11 @@ class LRScheduleConfig(Section):
         return self.model_copy(update={"warmup_epochs": epochs(self.warmup_epochs)})
 
 
-MOVED_TRAIN_KEYS = {"momentum": ("optimizer", "momentum"), "nesterov": ("optimizer", "nesterov"),
-                    "warmup_epochs": ("lr_schedule", "warmup_epochs"), "lr_milestones": ("lr_schedule", "milestones"),
-                    "lr_gamma": ("lr_schedule", "gamma")}
+MOVED_TRAIN_KEYS = {"momentum": ("optimizer", "momentum", 0.9), "nesterov": ("optimizer", "nesterov", False),
+                    "warmup_epochs": ("lr_schedule", "warmup_epochs", 0),
+                    "lr_milestones": ("lr_schedule", "milestones", []), "lr_gamma": ("lr_schedule", "gamma", 0.1)}
 """Flat ``train`` keys of configs written before optimisers and learning-rate schedules were
-catalogue entries: each is read into its entry's config, with a notice."""
+catalogue entries, with their old defaults: each is read into its entry's config, with a notice."""
 
 
 FLOAT32_MAX = 3.4e38
@@ -368,7 +368,7 @@ class TrainConfig(Section):
             return data
         data = dict(data)
         catalogs = {"optimizer": (OPTIMIZERS, DEFAULT_OPTIMIZER), "lr_schedule": (LR_SCHEDULES, DEFAULT_LR_SCHEDULE)}
-        for old, (section, key) in MOVED_TRAIN_KEYS.items():
+        for old, (section, key, old_default) in MOVED_TRAIN_KEYS.items():
             if old not in data:
                 continue
             value, target = data.pop(old), data.get(section, {})
@@ -376,7 +376,7 @@ class TrainConfig(Section):
             catalog, default = catalogs[section]
             entry = catalog.find(target.get("kind", default))
             if entry is not None and key not in entry.config.model_fields:
-                if value not in (0.9, False, [], 0.1, 0, "false", "False", "[]"):
+                if str(value).lower() != str(old_default).lower():
                     owners = [e.name for e in catalog.entries() if key in e.config.model_fields]
                     raise PydanticCustomError("moved_key", "train.{old} (now train.{section}.{key}) is read only with "
                                               "train.{section}={owners}; train.{section} is {kind}",
