@@ -74,17 +74,6 @@ def kind_of(catalog: Catalog, default: str, data: Any) -> type[BaseModel] | None
 
 
 class BenchmarkConfig(Section):
-    def active_params(self) -> dict[str, object]:
-        """The keys a run of this benchmark reads (``RunConfig.active_params``)."""
-        keys = ["dataset", "num_tasks", "order_seed", "augment"]
-        if self.augment:
-            keys += ["crop", "crop_scale_min", "test_interpolation"] if self.crop == "resized" else ["crop", "crop_padding"]
-        spec = DATASETS.find(self.dataset)
-        if spec is not None and spec.draws_split:
-            keys.append("split_seed")
-        keys += [key for key in ("root", "max_train_per_class", "max_test_per_class") if getattr(self, key) is not None]
-        return {key: getattr(self, key) for key in keys}
-
     dataset: str = "digits"
     """An entry of ``aepg.catalog.DATASETS`` (``aepg.benchmarks``: digits, fashion-mnist, cifar100,
     imagenet-r, cub200, food101, and any an installed plugin adds)."""
@@ -127,6 +116,17 @@ class BenchmarkConfig(Section):
     on_bad_image: Literal["error", "skip"] = "error"
     """Folder data sets: an image file that cannot be read stops the run before compute (``error``,
     naming the files), or is left out (``skip``: counted, and listed in the run's benchmark.json)."""
+
+    def active_params(self) -> dict[str, object]:
+        """The keys a run of this benchmark reads (``RunConfig.active_params``)."""
+        keys = ["dataset", "num_tasks", "order_seed", "augment"]
+        if self.augment:
+            keys += ["crop", "crop_scale_min", "test_interpolation"] if self.crop == "resized" else ["crop", "crop_padding"]
+        spec = DATASETS.find(self.dataset)
+        if spec is not None and spec.draws_split:
+            keys.append("split_seed")
+        keys += [key for key in ("root", "max_train_per_class", "max_test_per_class") if getattr(self, key) is not None]
+        return {key: getattr(self, key) for key in keys}
 
 
 class PartConfig(Section):
