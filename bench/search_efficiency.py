@@ -299,7 +299,7 @@ class Replay:
         from aepg.sweep.search import budget, optuna_search, scheduler, searched_metric
 
         _, searcher, num_trials = optuna_search(sweep)
-        stopper = scheduler(sweep)
+        stopper = scheduler(sweep) if sweep.spec.scheduler.kind == "wilcoxon" else None  # the signed-rank pruner
         key, full = budget(sweep)
         objectives, metric = sweep.spec.objectives, sweep.spec.metric
         seeds = sweep.seeds if seeds_per_trial(sweep.spec) else sweep.seeds[:1]
@@ -318,7 +318,7 @@ class Replay:
             now, number, at, trained = heapq.heappop(events)
             tasks += TASKS
             values = {m: {seed: self.truth[at][m][seed] for seed in seeds[:trained]} for m in objectives}
-            if trained < len(seeds) and not getattr(stopper, "worse", lambda _: False)(values[metric]):
+            if trained < len(seeds) and not (stopper is not None and stopper.worse(values[metric])):
                 heapq.heappush(events, (now + 1, number, at, trained + 1))
                 continue
             if len(objectives) == 1:
@@ -328,7 +328,7 @@ class Replay:
             searcher.on_trial_complete(str(number), {**result, key: full if trained == len(seeds) else trained})
             if trained == len(seeds):
                 done[at] = values
-                if hasattr(stopper, "finished"):
+                if stopper is not None:
                     stopper.finished[str(number)] = values[metric]
             start(now)
         return done, tasks
