@@ -31,10 +31,15 @@ from aepg.trainer import ContinualTrainer, TrainState
 
 log = logging.getLogger("aepg")
 
-# Active keys (``RunConfig.active_params``) a resumed run must share with the run that wrote the checkpoints.
+# Active keys (``RunConfig.active_params``) a resumed run must share with the run that wrote the
+# checkpoints: every key of a section (ending in "."), or one key.
 RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "schedule.", "train.epochs", "train.head_only_epochs",
-                "train.lr", "train.weight_decay", "train.batch_size", "train.optimizer.",
-                "train.lr_schedule.warmup_epochs", "train.grad_clip_norm", "train.drop_last")
+                "train.lr", "train.lr_schedule.", "train.weight_decay", "train.batch_size", "train.optimizer.",
+                "train.grad_clip_norm", "train.drop_last")
+
+
+def fixed_on_resume(key: str) -> bool:
+    return key in RESUME_FIXED or key.startswith(tuple(k for k in RESUME_FIXED if k.endswith(".")))
 
 
 @dataclass
@@ -224,7 +229,7 @@ def check_resumable(cfg: RunConfig, run_id: str) -> None:
         raise ConfigError([("--resume", f"no checkpoint of run {run_id} under {cfg.storage_path}")])
     facts = preflight.backbone_facts(cfg)
     before, now = active_then(restored[1], facts), cfg.active_params(facts)
-    changed = [k for k in dict.fromkeys([*before, *now]) if k.startswith(RESUME_FIXED) and before.get(k) != now.get(k)]
+    changed = [k for k in dict.fromkeys([*before, *now]) if fixed_on_resume(k) and before.get(k) != now.get(k)]
     if changed:
         raise ConfigError([(k, f"differs from the resumed run ({before.get(k)!r} -> {now.get(k)!r})") for k in changed])
     if restored[0].state.task >= cfg.benchmark.num_tasks:
@@ -251,15 +256,16 @@ def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> Run
     else:
         run_id = tracker.open_run(cfg, cfg.active_params(preflight.backbone_facts(cfg)))
     log.info("MLflow run %s at %s; checkpoints under %s/%s", run_id, tracker.uri, cfg.storage_path, run_id)
+    run = tracker.run(run_id)
     try:
         state = run_workers(cfg, run_id, tracker)
     except KeyboardInterrupt as error:
-        tracker.run(run_id).close("KILLED", interrupts.reason())
+        run.close("KILLED", interrupts.reason())
         raise interrupts.RunInterrupted(run_id) from error
     except BaseException as error:
         record_failure(tracker, run_id, error)
         raise
-    tracker.run(run_id).close("FINISHED")
+    run.close("FINISHED")
     return RunResult(run_id, tracker, state)
 
 

@@ -123,3 +123,13 @@ def test_resume_refuses_a_changed_config(workdir, capsys):
     assert code == 2 and f"run {run_id} cannot be resumed: no checkpoint in" in err, err
     assert all(f"{path.name} (digest mismatch" in err for path in files) and len(files) >= 2
     assert "UserWarning" not in err and "no checkpoint of run" not in err
+
+
+def test_a_resume_keeps_whole_sections_and_single_keys_fixed():
+    """A key ending in "." fixes its whole section; any other fixes that key alone."""
+    from aepg.launch import fixed_on_resume
+
+    assert fixed_on_resume("train.lr") and fixed_on_resume("train.lr_schedule.kind")
+    assert fixed_on_resume("train.optimizer.momentum") and fixed_on_resume("model.peft.rank")
+    assert not fixed_on_resume("train.eval_batch_size") and not fixed_on_resume("train.lr_extra")
+    assert not fixed_on_resume("train.epochs_extra") and not fixed_on_resume("scaling.num_workers")
