@@ -76,13 +76,6 @@ class Catalog:
         self._entries: dict[str, Entry] = {}
         self._filled = self._plugins_loaded = False
 
-    def add(self, name: str, entry: Any) -> Any:
-        """Register ``entry`` (an object with its own fields, e.g. a data set's facts) as ``name``."""
-        if name in self._entries and self._entries[name] is not entry:
-            raise ValueError(f"{self.what} {name!r} is registered twice")
-        self._entries[name] = entry
-        return entry
-
     def register(self, name: str, *, builder: str | None = None, display: str | None = None,
                  traits: tuple[str, ...] = ()) -> Callable[[type], type]:
         """A class decorator: the decorated config class becomes the entry ``name``."""
@@ -158,7 +151,8 @@ class Catalog:
         return list(self._entries.items())
 
     def display(self, name: str) -> str:
-        return getattr(self.find(name), "display", name)
+        entry = self.find(name)
+        return entry.display if entry is not None else name
 
 
 def provider(module: str) -> tuple[str, str]:
@@ -185,7 +179,7 @@ def provider(module: str) -> tuple[str, str]:
 
 OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",), "objective.kind")
 METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",), "model.peft.kind")
-DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",), "benchmark.dataset", key="dataset")
+DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",), "benchmark.dataset.kind")
 PARTS = Catalog("method part", "aepg.parts", ("aepg.models.parts",), "model.peft.parts")
 SCHEDULES = Catalog("a_t schedule", "aepg.schedules", ("aepg.schedules",), "schedule.kind")
 OPTIMIZERS = Catalog("optimizer", "aepg.optimizers", ("aepg.optim",), "train.optimizer.kind")

@@ -13,7 +13,7 @@ import difflib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import yaml
 from omegaconf import OmegaConf
@@ -37,24 +37,34 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
+def env_path(name: str, default: str) -> Path:
+    """The folder an environment variable names; unset or empty means ``default`` (never the
+    working directory, which ``Path("")`` would be)."""
+    return Path(os.environ.get(name) or default).expanduser()
+
+
 UNKNOWN_KIND = "unknown_kind"
 DEFAULT_METHOD, DEFAULT_OBJECTIVE, DEFAULT_SCHEDULE = "lora", "aepg", "sigmoid"
-DEFAULT_OPTIMIZER, DEFAULT_LR_SCHEDULE = "adam", "constant"
+DEFAULT_OPTIMIZER, DEFAULT_LR_SCHEDULE, DEFAULT_DATASET = "adam", "constant", "digits"
 
 
 def by_kind(catalog: Catalog, value: Any, default: str) -> Any:
     """A section's data validated by the config of the catalogue entry its ``kind`` (the catalogue's
-    ``key``) names.
+    ``key``) names; a name alone stands for ``{kind: name}``.
 
     Keys of another entry (a ``kind=`` override may leave the previous kind's keys behind) are
     checked by that entry's config, then dropped as inactive; any other unknown key is an error."""
+    named = isinstance(value, str)  # the entry by its name alone
+    if named:
+        value = {catalog.key: value}
     if not isinstance(value, dict):
         return value
     kind = value.get(catalog.key, default)
     entry = catalog.find(kind) if isinstance(kind, str) else None
     if entry is None:
         error = PydanticCustomError(UNKNOWN_KIND, "{message}", {"message": catalog.unknown(kind)})
-        raise ValidationError.from_exception_data(catalog.what, [{"type": error, "loc": (catalog.key,), "input": kind}])
+        loc = () if named else (catalog.key,)
+        raise ValidationError.from_exception_data(catalog.what, [{"type": error, "loc": loc, "input": kind}])
     own = entry.config.model_fields
     if set(value) - set(own):
         owners = {}
@@ -73,19 +83,75 @@ def kind_of(catalog: Catalog, default: str, data: Any) -> type[BaseModel] | None
     return entry.config if entry else None
 
 
+class DatasetConfig(Section):
+    """What every data set's config holds; ``kind`` picks the entry of ``aepg.catalog.DATASETS``
+    (``aepg.benchmarks``: digits, fashion-mnist, cifar100, imagenet-r, cub200, food101), whose
+    config adds its own keys and describes the data set without loading it: its class count, where
+    its files are, how many images each class has, and (where it can) how to download it. Its
+    builder, ``"module:function"``, returns the train and test images (``ImageSplits``).
+
+    Every method takes the ``benchmark`` section, whose ``root`` says where the files are."""
+
+    kind: str = DEFAULT_DATASET
+    bundled: ClassVar[bool] = False
+    """Shipped inside a package: ``benchmark.root`` is not read."""
+    checks_files: ClassVar[bool] = False
+    """``class_sizes`` reads the files as a run will (raising DataError on what is wrong), so every
+    run's checks and the dry run call it."""
+
+    def num_classes(self, bench: BenchmarkConfig) -> int:
+        """How many classes the data set has (its files may be read; an OSError if they are missing)."""
+        raise NotImplementedError
+
+    def locate(self, bench: BenchmarkConfig) -> object:
+        """Where the files are; DatasetNotFound naming the layout and the source if they are absent."""
+        return None
+
+    def class_sizes(self, bench: BenchmarkConfig) -> tuple[list[int], list[int]]:
+        """Training and test images per class, from metadata only unless ``checks_files``."""
+        raise NotImplementedError
+
+    def listing(self, bench: BenchmarkConfig) -> Any:
+        """An image-file data set's files by split (``aepg.benchmarks.Listing``), checked against its
+        metadata; the dry run reads each file's header from it. None for in-memory data sets."""
+        return None
+
+    def download(self, bench: BenchmarkConfig) -> None:
+        """Fetch the data set into ``benchmark.root`` (``benchmark.download: true``); an entry that can
+        overrides it."""
+        raise NotImplementedError(f"{self.kind} cannot be downloaded by aepg")
+
+    @classmethod
+    def can_download(cls) -> bool:
+        return cls.download is not DatasetConfig.download
+
+    def load(self, bench: BenchmarkConfig) -> Any:
+        """The train and test images (``aepg.benchmarks.images.ImageSplits``), from the entry's builder."""
+        return DATASETS.get(self.kind).load()(bench)
+
+    def active_params(self) -> dict[str, object]:
+        """The keys that change what a run reads (set keys only)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+MOVED_BENCHMARK_KEYS = {key: ("dataset", key, default) for key, default in (
+    ("split_seed", 0), ("cache", "decoded"), ("short_side", None), ("cache_dir", None), ("cache_key", "stat"),
+    ("on_bad_image", "error"))}
+"""Flat ``benchmark`` keys of configs written before data sets were catalogue entries, with their
+old defaults: each is read into the data set's config, with a notice."""
+
+
 class BenchmarkConfig(Section):
-    dataset: str = "digits"
-    """An entry of ``aepg.catalog.DATASETS`` (``aepg.benchmarks``: digits, fashion-mnist, cifar100,
-    imagenet-r, cub200, food101, and any an installed plugin adds)."""
+    dataset: SerializeAsAny[DatasetConfig] = Field(default_factory=lambda: DATASETS.get(DEFAULT_DATASET).config())
+    """An entry of ``aepg.catalog.DATASETS``: its name alone (``cifar100``) or with its keys
+    (``{kind: imagenet-r, split_seed: 1}``)."""
     root: str | None = None
     """Data folder; default ``$AEPG_DATA`` or ``~/.cache/aepg/data``."""
     download: bool = False
-    """Download a missing data set with torchvision (Fashion-MNIST, CIFAR-100), once, before the run."""
+    """Download a missing data set, once, before the run (entries that can: Fashion-MNIST, CIFAR-100)."""
     num_tasks: int = Field(5, ge=1)
     order_seed: int = 0
     """Seed of the class order: classes are permuted by it, then split into tasks in that order."""
-    split_seed: int = 0
-    """Seed of the train/test split of data sets that ship none (ImageNet-R: 80/20 per class)."""
     max_train_per_class: int | None = Field(None, ge=1)
     max_test_per_class: int | None = Field(None, ge=1)
     augment: bool = False
@@ -102,31 +168,58 @@ class BenchmarkConfig(Section):
     test_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     """With ``augment`` and ``resized`` crops: the test images' resize, bilinear with antialiasing
     (one batched call), or bicubic (L2P's, DualPrompt's and SD-LoRA's, one call per image)."""
-    cache: Literal["decoded", "none"] = "decoded"
-    """Folder data sets (ImageNet-R, CUB-200, Food-101): decode every image once into a memory-mapped
-    cache beside the data (``decoded``), or decode the files at every read (``none``)."""
-    short_side: int | None = Field(None, ge=8)
-    """The short side folder images are decoded at; default the model's test resize (256 for 224)."""
-    cache_dir: str | None = None
-    """Where the decoded cache goes; default ROOT/.aepg-cache (shared by every run on the node)."""
-    cache_key: Literal["stat", "content"] = "stat"
-    """What ties the decoded cache to its source files: their sizes and modification times (free),
-    or their contents (SHA-256; sees a file replaced under the same size and time, but reads every
-    source file each time a run opens the cache)."""
-    on_bad_image: Literal["error", "skip"] = "error"
-    """Folder data sets: an image file that cannot be read stops the run before compute (``error``,
-    naming the files), or is left out (``skip``: counted, and listed in the run's benchmark.json)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_dataset_keys(cls, data):
+        """``benchmark.split_seed``, ``benchmark.cache`` and the other flat keys (MOVED_BENCHMARK_KEYS)."""
+        return read_moved_keys(data, "benchmark", MOVED_BENCHMARK_KEYS, {"dataset": (DATASETS, DEFAULT_DATASET)})
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, value):
+        return by_kind(DATASETS, value, DEFAULT_DATASET)
+
+    def num_classes(self) -> int:
+        return self.dataset.num_classes(self)
 
     def active_params(self) -> dict[str, object]:
         """The keys a run of this benchmark reads (``RunConfig.active_params``)."""
-        keys = ["dataset", "num_tasks", "order_seed", "augment"]
+        keys = ["num_tasks", "order_seed", "augment"]
         if self.augment:
             keys += ["crop", "crop_scale_min", "test_interpolation"] if self.crop == "resized" else ["crop", "crop_padding"]
-        spec = DATASETS.find(self.dataset)
-        if spec is not None and spec.draws_split:
-            keys.append("split_seed")
         keys += [key for key in ("root", "max_train_per_class", "max_test_per_class") if getattr(self, key) is not None]
-        return {key: getattr(self, key) for key in keys}
+        return {"dataset": self.dataset.active_params(), **{key: getattr(self, key) for key in keys}}
+
+
+def read_moved_keys(data: Any, section: str, moved: dict[str, tuple[str, str, Any]],
+                    catalogs: dict[str, tuple[Catalog, str]]) -> Any:
+    """``data`` (a config section) with the flat keys of older configs (``moved``: old key ->
+    (catalogue section, its key, the old default)) read into the catalogue section now holding
+    them, each with a notice. A value the chosen entry has no key for is refused unless it is the
+    old default, which every old config.yaml holds (it is then dropped)."""
+    if not isinstance(data, dict) or not set(data) & set(moved):
+        return data
+    data = dict(data)
+    for old, (target_name, key, old_default) in moved.items():
+        if old not in data:
+            continue
+        value, target = data.pop(old), data.get(target_name, {})
+        target = {"kind": target} if isinstance(target, str) else dict(target)
+        catalog, default = catalogs[target_name]
+        entry = catalog.find(target.get("kind", default))
+        renamed(f"{section}.{old}", f"{section}.{target_name}.{key}")
+        if entry is not None and key not in entry.config.model_fields:
+            if str(value).lower() != str(old_default).lower():
+                owners = [e.name for e in catalog.entries() if key in e.config.model_fields]
+                raise PydanticCustomError("moved_key", "{section}.{old} (now {section}.{target}.{key}) is read only "
+                                          "with {section}.{target}={owners}; {section}.{target} is {kind}",
+                                          {"section": section, "old": old, "target": target_name, "key": key,
+                                           "kind": entry.name, "owners": " or ".join(owners)})
+            continue
+        target.setdefault(key, value)
+        data[target_name] = target
+    return data
 
 
 class PartConfig(Section):
@@ -361,43 +454,19 @@ class TrainConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _flat_recipe_keys(cls, data):
-        """``train.momentum``, ``train.lr_milestones`` and the other flat keys (MOVED_TRAIN_KEYS),
-        read into the optimiser's and the schedule's configs. A value the chosen entry has no key
-        for is refused unless it is the old default (which every old config.yaml holds)."""
-        if not isinstance(data, dict) or not set(data) & set(MOVED_TRAIN_KEYS):
-            return data
-        data = dict(data)
-        catalogs = {"optimizer": (OPTIMIZERS, DEFAULT_OPTIMIZER), "lr_schedule": (LR_SCHEDULES, DEFAULT_LR_SCHEDULE)}
-        for old, (section, key, old_default) in MOVED_TRAIN_KEYS.items():
-            if old not in data:
-                continue
-            value, target = data.pop(old), data.get(section, {})
-            target = {"kind": target} if isinstance(target, str) else dict(target)
-            catalog, default = catalogs[section]
-            entry = catalog.find(target.get("kind", default))
-            if entry is not None and key not in entry.config.model_fields:
-                if str(value).lower() != str(old_default).lower():
-                    owners = [e.name for e in catalog.entries() if key in e.config.model_fields]
-                    raise PydanticCustomError("moved_key", "train.{old} (now train.{section}.{key}) is read only with "
-                                              "train.{section}={owners}; train.{section} is {kind}",
-                                              {"old": old, "section": section, "key": key, "kind": entry.name,
-                                               "owners": " or ".join(owners)})
-                renamed(f"train.{old}", f"train.{section}.{key}")
-                continue
-            target.setdefault(key, value)
-            data[section] = target
-            renamed(f"train.{old}", f"train.{section}.{key}")
-        return data
+        """``train.momentum``, ``train.lr_milestones`` and the other flat keys (MOVED_TRAIN_KEYS)."""
+        return read_moved_keys(data, "train", MOVED_TRAIN_KEYS, {"optimizer": (OPTIMIZERS, DEFAULT_OPTIMIZER),
+                                                                  "lr_schedule": (LR_SCHEDULES, DEFAULT_LR_SCHEDULE)})
 
     @field_validator("optimizer", mode="before")
     @classmethod
     def _optimizer(cls, value):
-        return by_kind(OPTIMIZERS, {"kind": value} if isinstance(value, str) else value, DEFAULT_OPTIMIZER)
+        return by_kind(OPTIMIZERS, value, DEFAULT_OPTIMIZER)
 
     @field_validator("lr_schedule", mode="before")
     @classmethod
     def _lr_schedule(cls, value):
-        return by_kind(LR_SCHEDULES, {"kind": value} if isinstance(value, str) else value, DEFAULT_LR_SCHEDULE)
+        return by_kind(LR_SCHEDULES, value, DEFAULT_LR_SCHEDULE)
 
     def active_params(self, trains: bool) -> dict[str, object]:
         """The recipe's keys where anything trains (the optimiser's and the schedule's own), and the batch."""
@@ -492,11 +561,11 @@ class RunConfig(Section):
     storage_path: str = Field(default_factory=lambda: default_storage("runs", "aepg_runs"))
     """Checkpoints go to STORAGE_PATH/RUN_ID; a folder or any URI Ray accepts (s3://, gs://).
     Default: ``$AEPG_STORAGE/runs`` where AEPG_STORAGE is set (a cluster's shared storage), else ./aepg_runs."""
-    benchmark: BenchmarkConfig = BenchmarkConfig()
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: SerializeAsAny[ObjectiveConfig] = Field(default_factory=lambda: OBJECTIVES.get(DEFAULT_OBJECTIVE).config())
     schedule: SerializeAsAny[ScheduleConfig] = Field(default_factory=lambda: SCHEDULES.get(DEFAULT_SCHEDULE).config())
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = CheckpointConfig()
     scaling: ScalingConfig = ScalingConfig()
     failure: FailureConfig = FailureConfig()
@@ -536,7 +605,8 @@ DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, DEFAULT_
                                               "model.peft": (METHODS, DEFAULT_METHOD),
                                               "schedule": (SCHEDULES, DEFAULT_SCHEDULE),
                                               "train.optimizer": (OPTIMIZERS, DEFAULT_OPTIMIZER),
-                                              "train.lr_schedule": (LR_SCHEDULES, DEFAULT_LR_SCHEDULE)}
+                                              "train.lr_schedule": (LR_SCHEDULES, DEFAULT_LR_SCHEDULE),
+                                              "benchmark.dataset": (DATASETS, DEFAULT_DATASET)}
 """Sections whose keys depend on their ``kind``: the catalogue and the default kind."""
 
 
@@ -580,12 +650,6 @@ def default_storage(folder: str, local: str) -> str:
     else ``local``, relative to the working directory."""
     root = os.environ.get("AEPG_STORAGE", "").strip()
     return f"{root.rstrip('/')}/{folder}" if root else local
-
-
-def env_path(name: str, default: str) -> Path:
-    """The folder an environment variable names; unset or empty means ``default`` (never the
-    working directory, which ``Path("")`` would be)."""
-    return Path(os.environ.get(name) or default).expanduser()
 
 
 SCALAR_TYPES = ("int", "float", "str", "bool")
@@ -637,15 +701,16 @@ def _suggestion(loc: tuple, model: type[BaseModel], data: Any, dispatched: dict[
 def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
     """Rules that involve several keys or a registry (without importing torch or timm)."""
     problems = []
-    spec = DATASETS.find(cfg.benchmark.dataset)
-    if spec is None:
-        problems.append(("benchmark.dataset", DATASETS.unknown(cfg.benchmark.dataset)))
-    else:
-        if cfg.benchmark.num_tasks > spec.num_classes:
-            problems.append(("benchmark.num_tasks", f"{cfg.benchmark.num_tasks} tasks but {cfg.benchmark.dataset} has only {spec.num_classes} classes"))
-        if cfg.benchmark.download and not spec.downloadable:
-            problems.append(("benchmark.download", f"{cfg.benchmark.dataset} cannot be downloaded by aepg; "
-                             "only " + ", ".join(n for n in DATASETS.names() if DATASETS[n].downloadable) + " can"))
+    dataset = cfg.benchmark.dataset
+    try:
+        num_classes = dataset.num_classes(cfg.benchmark)
+    except OSError:  # its files are missing: the data checks name them
+        num_classes = None
+    if num_classes is not None and cfg.benchmark.num_tasks > num_classes:
+        problems.append(("benchmark.num_tasks", f"{cfg.benchmark.num_tasks} tasks but {dataset.kind} has only {num_classes} classes"))
+    if cfg.benchmark.download and not dataset.can_download():
+        problems.append(("benchmark.download", f"{dataset.kind} cannot be downloaded by aepg; only " + ", ".join(
+            e.name for e in DATASETS.entries() if e.config.can_download()) + " can"))
     if cfg.train.head_only_epochs >= cfg.train.epochs:
         problems.append(("train.head_only_epochs", f"must be less than train.epochs ({cfg.train.epochs})"))
     problems += _optimizer_problems(cfg.train)
@@ -685,6 +750,17 @@ def validate(data: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def _kinds_written_out(data: Any) -> Any:
+    """``data`` (an OmegaConf mapping) with each catalogue section given by its name alone
+    (``dataset: cifar100``) written out as ``{kind: cifar100}``, so that a later layer or override
+    of one of the entry's keys (``benchmark.dataset.split_seed=1``) keeps the kind."""
+    for path in DISPATCHED:
+        value = OmegaConf.select(data, path, default=None, throw_on_resolution_failure=False)
+        if isinstance(value, str):
+            OmegaConf.update(data, path, {"kind": value}, merge=False)
+    return data
+
+
 def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``data`` with dotted ``key=value`` overrides applied in order (values parsed as YAML)."""
     merged = OmegaConf.create(data)
@@ -695,7 +771,7 @@ def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not key.strip():
             raise ConfigError([(item, "an override needs a dotted key before '=', e.g. train.lr=1e-3")])
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = OmegaConf.merge(_kinds_written_out(merged), OmegaConf.from_dotlist([item]))
         except (OmegaConfBaseException, TypeError, ValueError, yaml.YAMLError) as error:
             if isinstance(error, TypeError):
                 where = OmegaConf.select(merged, key, default=None)
@@ -773,7 +849,8 @@ def merge_nested(*layers: dict[str, Any]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for layer in layers:
         try:
-            merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(merged), OmegaConf.create(layer)))
+            merged = OmegaConf.to_container(OmegaConf.merge(_kinds_written_out(OmegaConf.create(merged)),
+                                                            _kinds_written_out(OmegaConf.create(layer))))
         except (OmegaConfBaseException, TypeError, ValueError) as error:
             key = _clash(merged, layer) or "config"
             raise ConfigError([(key, f"cannot merge: a section and a list meet here ({' '.join(str(error).split())[:120]})")]) from None

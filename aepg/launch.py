@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from aepg import interrupts, preflight, provenance, schema
-from aepg.benchmarks import DATASETS
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore, CheckpointsUnreadable
 from aepg.config import ConfigError, RunConfig, flatten
@@ -52,7 +51,7 @@ class RunResult:
 def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective]:
     """Model (initialised from ``cfg.seed``), benchmark and objective of a run."""
     seed_all(cfg.seed)
-    model, inputs = build_model(cfg.model, DATASETS[cfg.benchmark.dataset].num_classes, cfg.benchmark.num_tasks)
+    model, inputs = build_model(cfg.model, cfg.benchmark.num_classes(), cfg.benchmark.num_tasks)
     benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std, cfg.train.channels_last)
     return model, benchmark, build_objective(cfg.objective, cfg.schedule)
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from aepg.benchmarks import DATASETS, DataError, DatasetNotFound, Listing, cache_location_problem, data_root
+from aepg.benchmarks import DataError, DatasetNotFound, ImageFilesDataset, Listing, cache_location_problem, data_root
 from aepg.config import ConfigError, RunConfig, is_uri
 
 CHECKPOINT_GLOB = "ckpt-*.pt"
@@ -120,33 +120,33 @@ def _lite0_problems(cfg: RunConfig) -> list[tuple[str, str]]:
 
 
 def _data_problems(cfg: RunConfig) -> list[tuple[str, str]]:
-    spec = DATASETS[cfg.benchmark.dataset]
+    dataset = cfg.benchmark.dataset
     root = data_root(cfg.benchmark)
-    if spec.uses_root and root.exists() and not root.is_dir():  # never fall back to another copy of the data
+    if not dataset.bundled and root.exists() and not root.is_dir():  # never fall back to another copy of the data
         named = "benchmark.root" if cfg.benchmark.root else "AEPG_DATA (benchmark.root's default)"
         return [("benchmark.root", f"{root} is a file; {named} must name the folder that holds the data set")]
     try:
-        spec.locate(cfg.benchmark)
-        if spec.checks_files:
-            spec.class_sizes(cfg.benchmark)
-        if spec.listing is None:
+        dataset.locate(cfg.benchmark)
+        if dataset.checks_files:
+            dataset.class_sizes(cfg.benchmark)
+        listing = dataset.listing(cfg.benchmark)
+        if listing is None:
             return []
-        listing = spec.listing(cfg.benchmark)
     except DatasetNotFound as error:
         if cfg.benchmark.download:
             return []  # prepare() downloads it before the run
         return [("benchmark.dataset", str(error))]
     except DataError as error:
         return _data_error_lines(error)
-    if spec.image_files and cfg.benchmark.cache == "decoded":
+    if isinstance(dataset, ImageFilesDataset) and dataset.cache == "decoded":
         problem = cache_location_problem(cfg.benchmark)
         if problem:
-            return [("benchmark.cache_dir", f"{problem}; set benchmark.cache_dir to a folder this user can write, "
-                     "or benchmark.cache=none")]
+            return [("benchmark.dataset.cache_dir", f"{problem}; set benchmark.dataset.cache_dir to a folder this "
+                     "user can write, or benchmark.dataset.cache=none")]
     bad = unreadable_images(listing)
-    if bad and cfg.benchmark.on_bad_image == "error":
+    if bad and getattr(dataset, "on_bad_image", "error") == "error":
         return _data_error_lines(DataError(f"{len(bad)} image files cannot be read; fix or remove them, or set "
-                                           "benchmark.on_bad_image=skip to train without them", bad))
+                                           "benchmark.dataset.on_bad_image=skip to train without them", bad))
     return []
 
 
@@ -254,32 +254,27 @@ def check(cfg: RunConfig, resume: str | None = None) -> None:
 def warnings(cfg: RunConfig) -> list[str]:
     """Settings that are allowed but cannot be what the user meant."""
     notes = []
-    spec = DATASETS[cfg.benchmark.dataset]
-    if cfg.benchmark.root and not spec.uses_root:
-        notes.append(f"benchmark.root is ignored: {cfg.benchmark.dataset} is bundled with its package")
-    if not spec.image_files and (cfg.benchmark.short_side or cfg.benchmark.cache_dir):
-        notes.append(f"benchmark.short_side and benchmark.cache_dir are ignored: {cfg.benchmark.dataset} is held in memory")
+    if cfg.benchmark.root and cfg.benchmark.dataset.bundled:
+        notes.append(f"benchmark.root is ignored: {cfg.benchmark.dataset.kind} is bundled with its package")
     return notes
 
 
 def prepare(cfg: RunConfig) -> None:
     """The driver's one-off work before a run opens: download a missing data set when asked, and
     build the decoded cache of a folder data set, so that workers and trials find both ready."""
-    from aepg.benchmarks import download
-
-    spec = DATASETS[cfg.benchmark.dataset]
+    dataset = cfg.benchmark.dataset
     try:
-        spec.locate(cfg.benchmark)
+        dataset.locate(cfg.benchmark)
     except DatasetNotFound:
         if not cfg.benchmark.download:
             raise
-        download(cfg.benchmark)
-        spec.locate(cfg.benchmark)
-    if spec.image_files and cfg.benchmark.cache == "decoded":
+        dataset.download(cfg.benchmark)
+        dataset.locate(cfg.benchmark)
+    if isinstance(dataset, ImageFilesDataset) and dataset.cache == "decoded":
         from aepg.benchmarks.tasks import decode_folder_images, short_side
 
         side = short_side(cfg.benchmark, cfg.model.image_size or backbone_facts(cfg)["input_size"])
-        decode_folder_images(cfg.benchmark, spec.load(cfg.benchmark), side)
+        decode_folder_images(cfg.benchmark, dataset.load(cfg.benchmark), side)
 
 
 # -- what a run will do ---------------------------------------------------------------------------
@@ -331,16 +326,15 @@ def plan(cfg: RunConfig) -> Plan:
     from aepg.benchmarks.order import class_order, task_groups
 
     bench = cfg.benchmark
-    spec = DATASETS[bench.dataset]
     try:
-        train, test = spec.class_sizes(bench)
+        train, test = bench.dataset.class_sizes(bench)
     except DatasetNotFound:
         return Plan([], cfg.train.epochs, cfg.train.batch_size, known=False)
     cap = lambda n, limit: min(n, limit) if limit else n  # noqa: E731
     workers = max(1, cfg.scaling.num_workers)
     per_worker = cfg.train.batch_size // workers
     tasks = []
-    for group in task_groups(class_order(spec.num_classes, bench.order_seed), bench.num_tasks):
+    for group in task_groups(class_order(bench.num_classes(), bench.order_seed), bench.num_tasks):
         n_train = sum(cap(train[c], bench.max_train_per_class) for c in group)
         n_test = sum(cap(test[c], bench.max_test_per_class) for c in group)
         trained = cfg.model.peft.trains(len(tasks))
@@ -351,5 +345,4 @@ def plan(cfg: RunConfig) -> Plan:
 
 
 def data_location(cfg: RunConfig) -> str:
-    spec = DATASETS[cfg.benchmark.dataset]
-    return "bundled with its package" if not spec.uses_root else str(data_root(cfg.benchmark))
+    return "bundled with its package" if cfg.benchmark.dataset.bundled else str(data_root(cfg.benchmark))

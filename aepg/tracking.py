@@ -380,7 +380,7 @@ def default_run_name(cfg: RunConfig) -> str:
     """What the run is: ``<data set>-<objective>-<method>[-<part>...]-s<seed>`` (e.g. ``-lae``, ``-ewc``)."""
     peft = cfg.model.peft
     parts = "".join(f"-{name}" for name in peft.chosen_parts())
-    return f"{cfg.benchmark.dataset}-{cfg.objective.kind}-{peft.kind}{parts}-s{cfg.seed}"
+    return f"{cfg.benchmark.dataset.kind}-{cfg.objective.kind}-{peft.kind}{parts}-s{cfg.seed}"
 
 
 def objective_label(cfg: RunConfig) -> str:
@@ -398,17 +398,16 @@ def dataset_input(cfg: RunConfig):
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     from aepg import preflight
-    from aepg.benchmarks import DATASETS
     from aepg.benchmarks.order import class_order
 
     b = cfg.benchmark
     plan = preflight.plan(cfg)
-    order = class_order(DATASETS[b.dataset].num_classes, b.order_seed)
+    order = class_order(b.num_classes(), b.order_seed)
     profile = {"num_tasks": b.num_tasks, "classes_per_task": [t.classes for t in plan.tasks],
                "train_images": [t.train for t in plan.tasks], "test_images": [t.test for t in plan.tasks]}
-    key = json.dumps({"dataset": b.dataset, "order": order, **profile}, sort_keys=True)
+    key = json.dumps({"dataset": b.dataset.kind, "order": order, **profile}, sort_keys=True)
     source = {"uri": preflight.data_location(cfg)}
-    dataset = Dataset(name=f"{b.dataset} ({b.num_tasks} tasks, order seed {b.order_seed})",
+    dataset = Dataset(name=f"{b.dataset.kind} ({b.num_tasks} tasks, order seed {b.order_seed})",
                       digest=hashlib.sha256(key.encode()).hexdigest()[:12], source_type="local",
                       source=json.dumps(source), profile=json.dumps(profile))
     return DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value="train")])

@@ -88,7 +88,7 @@ def main() -> None:
               f"({sum(p.stat().st_size for p in root.rglob('*.jpg')) / args.images / 1e3:.0f} kB each)")
 
         def benchmark(cache: str):
-            cfg = BenchmarkConfig(dataset="imagenet-r", root=tmp, num_tasks=1, augment=True, cache=cache)
+            cfg = BenchmarkConfig(dataset={"kind": "imagenet-r", "cache": cache}, root=tmp, num_tasks=1, augment=True)
             return build_benchmark(cfg, IMAGE_SIZE, MEAN, STD)
 
         jpeg = loading_rate(benchmark("none"), args.batches)

@@ -170,6 +170,14 @@ def workdir(tmp_path, monkeypatch):
 DIGITS = str(CONFIGS / "digits.yaml")
 
 
+def jpeg(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> None:
+    """A real JPEG file of random pixels (height, width)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(path, quality=90)
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """The IDX format: 0x0000 magic, type 0x08 (ubyte), ndim, big-endian sizes, then the bytes."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

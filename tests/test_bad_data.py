@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, fake_fashion, run_aepg, run_aepg_read_only, write_idx
+from conftest import CONFIGS, fake_fashion, jpeg, run_aepg, run_aepg_read_only, write_idx
 from PIL import Image
 
 from aepg import preflight
@@ -22,11 +22,6 @@ from aepg.benchmarks.tasks import build_benchmark
 from aepg.config import BenchmarkConfig, load_config
 
 IMAGES_PER_CLASS = 5  # 4 train / 1 test under the 80/20 split
-
-
-def jpeg(path, seed, size=(12, 10)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(path, quality=90)
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +83,10 @@ def test_many_bad_files_are_counted_and_skip_trains_without_them(imagenet_r):
     for c in range(8):
         (imagenet_r / "imagenet-r" / f"n{c:08d}" / "img_0.jpg").write_text("not an image")
     lines = [f"{key}: {message}" for key, message in preflight.problems(cfg_for(imagenet_r))]
-    assert lines[0].startswith("benchmark: 8 image files cannot be read") and "on_bad_image=skip" in lines[0]
+    assert lines[0].startswith("benchmark: 8 image files cannot be read") and "benchmark.dataset.on_bad_image=skip" in lines[0]
     assert lines[1] == "n00000000/img_0.jpg: is not an image Pillow can read"
     assert lines[-1] == "benchmark: and 3 more files" and len(lines) == 1 + DataError.SHOWN + 1
-    assert preflight.problems(cfg_for(imagenet_r, "benchmark.on_bad_image=skip")) == []
+    assert preflight.problems(cfg_for(imagenet_r, "benchmark.dataset.on_bad_image=skip")) == []
 
 
 @pytest.mark.parametrize("cache", ["decoded", "none"])
@@ -102,11 +97,11 @@ def test_a_truncated_jpeg_is_named_or_skipped(imagenet_r, cache):
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) * 2 // 3])
     assert preflight.problems(cfg_for(imagenet_r)) == []
-    settings = dict(root=str(imagenet_r), dataset="imagenet-r", num_tasks=10, cache=cache)
+    settings = dict(root=str(imagenet_r), num_tasks=10)
     if cache == "decoded":
         with pytest.raises(DataError, match="n00000003/img_1.jpg: cannot be decoded"):
-            build_benchmark(BenchmarkConfig(**settings), 16, (0.5,) * 3, (0.5,) * 3)
-    bench = build_benchmark(BenchmarkConfig(**settings, on_bad_image="skip"), 16, (0.5,) * 3, (0.5,) * 3)
+            build_benchmark(BenchmarkConfig(**settings, dataset={"kind": "imagenet-r", "cache": cache}), 16, (0.5,) * 3, (0.5,) * 3)
+    bench = build_benchmark(BenchmarkConfig(**settings, dataset={"kind": "imagenet-r", "cache": cache, "on_bad_image": "skip"}), 16, (0.5,) * 3, (0.5,) * 3)
     if cache == "decoded":
         assert bench.describe()["skipped_images"] == ["imagenet-r/n00000003/img_1.jpg"]
         assert sum(len(t.train) + len(t.test) for t in bench.tasks) == 200 * IMAGES_PER_CLASS - 1
@@ -118,7 +113,7 @@ def test_a_truncated_jpeg_is_named_or_skipped(imagenet_r, cache):
 
 def test_a_saved_split_that_names_missing_files_or_is_not_json(imagenet_r):
     preflight.check(cfg_for(imagenet_r))
-    build_benchmark(BenchmarkConfig(root=str(imagenet_r), dataset="imagenet-r", num_tasks=10, cache="none"),
+    build_benchmark(BenchmarkConfig(root=str(imagenet_r), dataset={"kind": "imagenet-r", "cache": "none"}, num_tasks=10),
                     16, (0.5,) * 3, (0.5,) * 3)  # saves the split file
     (imagenet_r / "imagenet-r" / "n00000005" / "img_4.jpg").unlink()
     split_file = imagenet_r_split_file(cfg_for(imagenet_r).benchmark)
@@ -437,10 +432,10 @@ def test_flipped_bytes_in_the_cache_are_caught_on_first_read_and_the_cache_is_bu
 
 def test_a_cache_dir_that_cannot_hold_the_cache_is_refused_before_compute(imagenet_r):
     (imagenet_r / "a-file").write_text("")
-    problems = preflight.problems(cfg_for(imagenet_r, f"benchmark.cache_dir={imagenet_r / 'a-file' / 'cache'}"))
-    assert problems and problems[0][0] == "benchmark.cache_dir" and "a-file is a file" in problems[0][1]
-    assert preflight.problems(cfg_for(imagenet_r, f"benchmark.cache_dir={imagenet_r / 'a-file' / 'cache'}",
-                                      "benchmark.cache=none")) == []
+    problems = preflight.problems(cfg_for(imagenet_r, f"benchmark.dataset.cache_dir={imagenet_r / 'a-file' / 'cache'}"))
+    assert problems and problems[0][0] == "benchmark.dataset.cache_dir" and "a-file is a file" in problems[0][1]
+    assert preflight.problems(cfg_for(imagenet_r, f"benchmark.dataset.cache_dir={imagenet_r / 'a-file' / 'cache'}",
+                                      "benchmark.dataset.cache=none")) == []
 
 
 def test_a_read_only_store_or_cache_folder_is_refused_in_one_line_before_compute(imagenet_r, tmp_path):
@@ -457,7 +452,7 @@ def test_a_read_only_store_or_cache_folder_is_refused_in_one_line_before_compute
         (["train", digits, f"tracking_uri=sqlite:///{locked / 'new' / 'mlflow.db'}"],
          f"cannot be created: {locked} is read-only"),
         (["train", "--dry-run", digits, "benchmark.dataset=imagenet-r", f"benchmark.root={imagenet_r}",
-          f"benchmark.cache_dir={locked / 'cache'}"], f"cannot be built in {locked / 'cache'}: {locked / 'cache'} is read-only"),
+          f"benchmark.dataset.cache_dir={locked / 'cache'}"], f"cannot be built in {locked / 'cache'}: {locked / 'cache'} is read-only"),
     ]
     for args, message in cases:
         result = run_aepg_read_only(locked, args, cwd=tmp_path)

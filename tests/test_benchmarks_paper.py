@@ -57,7 +57,7 @@ def test_imagenet_r_folders_and_pinned_split(tmp_path):
     for c in range(200):
         for i in range(5):
             jpeg(tmp_path / "imagenet-r" / f"n{c:08d}" / f"img_{i}.jpg", c * 10 + i)
-    bench = build(tmp_path, dataset="imagenet-r", num_tasks=10, split_seed=3)
+    bench = build(tmp_path, dataset={"kind": "imagenet-r", "split_seed": 3}, num_tasks=10)
     check_tasks(bench, 200, 10, 800, 200)
     (split_file,) = (tmp_path / ".aepg-cache").glob("imagenet-r_split_seed3_*.json")  # aepg's folder, not the user's
     assert sorted(p.name for p in tmp_path.iterdir()) == [".aepg-cache", "imagenet-r"]
@@ -65,15 +65,15 @@ def test_imagenet_r_folders_and_pinned_split(tmp_path):
     assert len(split["train"]) == 800 and not set(split["train"]) & set(split["test"])
     assert bench.split_manifest == split
     # The saved split is read back, so the same files stay in test even if the seed logic changed.
-    again = build(tmp_path, dataset="imagenet-r", num_tasks=5, split_seed=3)
+    again = build(tmp_path, dataset={"kind": "imagenet-r", "split_seed": 3}, num_tasks=5)
     assert again.split_manifest == split
-    other = build(tmp_path, dataset="imagenet-r", num_tasks=10, split_seed=4).split_manifest
+    other = build(tmp_path, dataset={"kind": "imagenet-r", "split_seed": 4}, num_tasks=10).split_manifest
     assert other["test"] != split["test"]
     # A split an earlier aepg pinned beside the data is still the one read.
     earlier = {**split, "seed": 4}  # seed 3's lists, which seed 4 does not make
     (tmp_path / "imagenet-r_split_seed4.json").write_text(json.dumps(earlier))
     split_file.with_name(split_file.name.replace("seed3", "seed4")).unlink()
-    assert build(tmp_path, dataset="imagenet-r", num_tasks=10, split_seed=4).split_manifest == earlier
+    assert build(tmp_path, dataset={"kind": "imagenet-r", "split_seed": 4}, num_tasks=10).split_manifest == earlier
 
 
 def test_cub200_official_split(tmp_path):

@@ -88,7 +88,7 @@ def test_shipped_configs_validate():
     for path in leaves:
         load_config(path)
     lae = load_config(CONFIGS / "paper" / "cub200_lae.yaml")
-    assert (lae.benchmark.dataset, lae.model.peft.kind, lae.model.peft.lae, lae.train.head_only_epochs) == ("cub200", "lora", True, 30)
+    assert (lae.benchmark.dataset.kind, lae.model.peft.kind, lae.model.peft.lae, lae.train.head_only_epochs) == ("cub200", "lora", True, 30)
 
 
 def test_a_backbone_checkpoint_layer_changes_only_the_backbone(tmp_path):
@@ -126,11 +126,12 @@ def test_local_cluster_refuses_bad_sizes_before_starting_anything(args, message,
 def test_catalog_sizes_of_digits_are_the_real_split():
     import numpy as np
 
-    from aepg.benchmarks import DATASETS
     from aepg.benchmarks.digits import load_digits_splits
+    from aepg.config import BenchmarkConfig
 
     splits = load_digits_splits()
-    train, test = DATASETS["digits"].class_sizes(None)
+    bench = BenchmarkConfig()
+    train, test = bench.dataset.class_sizes(bench)
     assert np.bincount(splits.train.labels).tolist() == train
     assert np.bincount(splits.test.labels).tolist() == test
 

@@ -180,8 +180,8 @@ def test_benchmark_reads_folder_images_from_the_cache_or_the_files(tmp_path):
         jpegs(tmp_path / "imagenet-r" / f"n{c:08d}", 3, size=(30, 40))
     decoded = build_benchmark(BenchmarkConfig(root=str(tmp_path), dataset="imagenet-r", num_tasks=10, augment=True), 16,
                               (0.5,) * 3, (0.5,) * 3)
-    files = build_benchmark(BenchmarkConfig(root=str(tmp_path), dataset="imagenet-r", num_tasks=10, augment=True,
-                                            cache="none"), 16, (0.5,) * 3, (0.5,) * 3)
+    files = build_benchmark(BenchmarkConfig(root=str(tmp_path), dataset={"kind": "imagenet-r", "cache": "none"},
+                                            num_tasks=10, augment=True), 16, (0.5,) * 3, (0.5,) * 3)
     assert type(decoded.tasks[0].train.images).__name__ == "CachedImages"
     assert type(files.tasks[0].train.images).__name__ == "FileImages"
     assert (tmp_path / ".aepg-cache").is_dir()

@@ -104,6 +104,9 @@ def test_the_newer_methods_have_rows_and_the_note_names_checkpoint_order_and_spl
     for made_with in runs:  # aepg's version and commit, as launch tags every run
         made_with.tags.update({VERSION_TAG: "0.1.0", COMMIT_TAG: "1a2b3c4"})
     runs[0].tags[COMMIT_TAG] = "1a2b3c4-dirty"
+    for logged_since_the_key_moved in runs[::2]:
+        params = logged_since_the_key_moved.params
+        params["benchmark.dataset.split_seed"] = params.pop("benchmark.split_seed")
     table = build_table([("imagenet-r, 10 tasks", runs)])
     assert table.rows == ["full fine-tuning", "LoRA", "LAE", "CODA-Prompt", "InfLoRA", "RanPAC", "SD-LoRA"]
     assert ("Runs: aepg 0.1.0 at 1a2b3c4-dirty, 0.1.0 at 1a2b3c4; backbone vit_base_patch16_224.augreg_in21k_ft_in1k; "

@@ -529,9 +529,7 @@ def test_there_is_a_preset_per_benchmark_and_method():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_paper_preset_trainable_parameters_on_vit_b16(preset):
     cfg = load_config(CONFIGS / "paper" / preset, ["model.weights=random"])
-    from aepg.benchmarks import DATASETS
-
-    classes = DATASETS[cfg.benchmark.dataset].num_classes
+    classes = cfg.benchmark.num_classes()
     with torch.device("meta"):  # shapes only: no memory, no download
         model, _ = build_model(cfg.model, classes, cfg.benchmark.num_tasks)
     counts = model.parameter_counts()

@@ -1,5 +1,5 @@
-"""A third-party package (tests/plugin) adds an objective, an a_t schedule, a training method and an
-early-stopping scheduler through entry points, without a fork: pip installs it for real, and aepg
+"""A third-party package (tests/plugin) adds an objective, an a_t schedule, a training method, a
+part, a data set, a searcher and an early-stopping scheduler through entry points, without a fork: pip installs it for real, and aepg
 validates, sweeps and logs its entries."""
 
 import json
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import CONFIGS, REPO, run_aepg
+from conftest import CONFIGS, REPO, jpeg, run_aepg
 from mlflow import MlflowClient
 
 PLUGIN = REPO / "tests" / "plugin"
@@ -67,19 +67,51 @@ def test_plugin_entries_validate_like_built_ins(workdir, plugin_env):
     assert "model.peft.init_scal: unknown key; did you mean 'init_scale'?" in bad.stderr
 
 
+def image_folder(root, classes: int) -> None:
+    """torchvision's ImageFolder layout: 3 training and 2 test JPEGs per class."""
+    for c in range(classes):
+        for split, count in (("train", 3), ("test", 2)):
+            for i in range(count):
+                jpeg(root / "images" / split / f"class{c}" / f"{i}.jpg", 10 * c + i, size=(20, 24))
+
+
+def test_a_plugin_data_set_counts_its_classes_from_its_folder(workdir, plugin_env):
+    """The class count comes from the entry's keys and the root: the plan and the task check use it;
+    its keys are checked under it."""
+    image_folder(workdir / "data", classes=4)
+    chosen = [DIGITS, "benchmark.dataset=image-folder", f"benchmark.root={workdir / 'data'}"]
+    out = run_aepg(["train", *chosen, "benchmark.num_tasks=2", "--dry-run"], workdir, plugin_env)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["benchmark"]["dataset"]["folder"] == "images"
+    assert "# task 2: 2 classes, 6 training / 4 test images" in out.stdout
+    image_folder(workdir / "data", classes=6)
+    assert "# task 2: 3 classes, 9 training / 6 test images" in run_aepg(
+        ["train", *chosen, "benchmark.num_tasks=2", "--dry-run"], workdir, plugin_env).stdout
+    for args, expected in [
+        (["benchmark.num_tasks=7"], "benchmark.num_tasks: 7 tasks but image-folder has only 6 classes"),
+        (["benchmark.dataset.foldr=x"], "benchmark.dataset.foldr: unknown key; did you mean 'folder'?"),
+        (["benchmark.dataset.folder=elsewhere"], "benchmark.dataset: image folder not found: expected"),
+        (["benchmark.download=true"], "benchmark.download: image-folder cannot be downloaded by aepg; only fashion-mnist, cifar100 can"),
+    ]:
+        bad = run_aepg(["train", *chosen, *args, "--dry-run"], workdir, plugin_env)
+        assert bad.returncode == 2 and expected in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
-    """The plugin's objective, method, part, searcher and scheduler in one sweep: two trials sampled
-    by its quasi-Monte Carlo searcher, fewer than the median rule's three samples (it builds and
-    stops nothing); each run names the package behind each entry in its manifest."""
+    """The plugin's objective, method, part, data set, searcher and scheduler in one sweep: two trials
+    sampled by its quasi-Monte Carlo searcher, fewer than the median rule's three samples (it builds
+    and stops nothing); each run names the package behind each entry in its manifest."""
+    image_folder(workdir / "data", classes=4)
     sweep = {
         "name": "plugin",
         "base_config": DIGITS,
         "base_overrides": {"objective": {"kind": "gce"},
                            "model": {"peft": {"kind": "feature_affine", "parts": {"l2_anchor": {"weight": 0.5}}}},
                            "train": {"epochs": 1, "batch_size": 16},
-                           "benchmark": {"num_tasks": 2, "max_train_per_class": 20, "max_test_per_class": 10}},
+                           "benchmark": {"dataset": {"kind": "image-folder"}, "root": str(workdir / "data"),
+                                         "num_tasks": 2}},
         "space": {"objective.q": {"uniform": [0.5, 1.0]}},
         "search": {"algorithm": "qmc", "seed": 0, "num_trials": 2, "max_concurrent": 2},
         "scheduler": {"kind": "median", "grace_period": 1},
@@ -104,6 +136,8 @@ def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
         assert run.data.params["model.peft.kind"] == "feature_affine"
         assert run.data.params["model.peft.init_scale"] == "1.0"
         assert run.data.params["model.peft.parts.l2_anchor.weight"] == "0.5"
+        assert run.data.params["benchmark.dataset.kind"] == "image-folder"
+        assert run.data.params["benchmark.dataset.folder"] == "images"
         assert run.data.tags["params_peft"] == str(2 * 1280)  # a scale and a shift per feature of Lite0
         assert "final/avg_incremental_accuracy" in run.data.metrics
         manifest = json.load(open(client.download_artifacts(run.info.run_id, "manifest.json",
@@ -112,6 +146,7 @@ def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
         assert manifest["entries"]["objective"] == {"name": "gce", **plugin}
         assert manifest["entries"]["method"] == {"name": "feature_affine", **plugin}
         assert manifest["entries"]["part l2_anchor"] == {"name": "l2_anchor", **plugin}
+        assert manifest["entries"]["dataset"] == {"name": "image-folder", **plugin}
 
 
 def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_env):
@@ -127,7 +162,8 @@ def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_e
         assert f"{name} ({catalog.setting})" in lines
     listed = {line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")}
     assert {"aepg", "ce", "lora", "ranpac", "digits", "cifar100", "adam", "sgd", "cosine", "tpe", "asha"} <= listed
-    assert {"gce", "two_phase", "feature_affine", "median", "l2_anchor", "qmc"} <= listed, "the plugin's entries"
+    assert {"gce", "two_phase", "feature_affine", "median", "l2_anchor", "qmc", "image-folder"} <= listed, \
+        "the plugin's entries"
     text = " ".join(out.stdout.split())
     assert "[aepg-example-plugin==0.1.0]" in text and "keys: logits=local, q=0.7" in text, text[:2000]
     one = run_aepg(["list", "schedulers"], workdir, plugin_env)

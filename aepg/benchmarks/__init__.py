@@ -1,8 +1,9 @@
 """The data sets aepg knows, described without loading any: how many classes, where their files
 live under ``benchmark.root``, and how many images each class has (from metadata only).
 
-Each data set is one entry of ``aepg.catalog.DATASETS``: its facts here, and a lazy reference to
-its loader (the modules beside this one), which returns its train and test images. The CLI
+Each data set is one entry of ``aepg.catalog.DATASETS``: its config here (its keys, and methods that
+answer from metadata), and a lazy reference to its loader (the modules beside this one), which
+returns its train and test images. The CLI
 checks configs and sizes runs with these facts before importing torch; ``aepg.benchmarks.tasks``
 turns a data set into tasks. docs/extending.md shows how to add one.
 """
@@ -16,10 +17,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from aepg.catalog import DATASETS
-from aepg.config import BenchmarkConfig, env_path
+from aepg.config import BenchmarkConfig, DatasetConfig, env_path
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -50,8 +53,9 @@ def data_root(cfg: BenchmarkConfig) -> Path:
 
 
 def cache_folder(cfg: BenchmarkConfig) -> Path:
-    """Where the decoded cache of this data set goes: ``benchmark.cache_dir`` or ROOT/.aepg-cache."""
-    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_root(cfg) / ".aepg-cache"
+    """Where the decoded cache of this data set goes: ``benchmark.dataset.cache_dir`` or ROOT/.aepg-cache."""
+    folder = getattr(cfg.dataset, "cache_dir", None)
+    return Path(folder).expanduser() if folder else data_root(cfg) / ".aepg-cache"
 
 
 def cache_location_problem(cfg: BenchmarkConfig) -> str | None:
@@ -61,7 +65,7 @@ def cache_location_problem(cfg: BenchmarkConfig) -> str | None:
     existing = next(p for p in [folder, *folder.parents] if p.exists())
     if not existing.is_dir():
         return f"the decoded cache cannot go in {folder}: {existing} is a file"
-    if os.access(existing, os.W_OK) or any(folder.glob(f"{cfg.dataset}-*px-*/manifest.json")):
+    if os.access(existing, os.W_OK) or any(folder.glob(f"{cfg.dataset.kind}-*px-*/manifest.json")):
         return None
     return f"the decoded cache cannot be built in {folder}: {existing} is read-only"
 
@@ -147,10 +151,6 @@ def food101_folder(cfg: BenchmarkConfig) -> Path:
 
 # -- how many images each class has ---------------------------------------------------------------
 
-def _fixed(train: int, test: int, classes: int) -> Callable:
-    return lambda cfg: ([train] * classes, [test] * classes)
-
-
 _COUNTED: dict[tuple, tuple[list[int], list[int]]] = {}
 
 
@@ -187,17 +187,17 @@ def imagenet_r_split_file(cfg: BenchmarkConfig) -> Path:
     user's files), named by the data folder it splits."""
     folder = imagenet_r_folder(cfg).resolve()
     digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
-    return cache_folder(cfg) / f"imagenet-r_split_seed{cfg.split_seed}_{digest}.json"
+    return cache_folder(cfg) / f"imagenet-r_split_seed{cfg.dataset.split_seed}_{digest}.json"
 
 
 def _saved_split_file(cfg: BenchmarkConfig) -> Path:
     """The pinned split file to read: aepg's, or one an earlier aepg saved beside the data folder."""
-    earlier = imagenet_r_folder(cfg).parent / f"imagenet-r_split_seed{cfg.split_seed}.json"
+    earlier = imagenet_r_folder(cfg).parent / f"imagenet-r_split_seed{cfg.dataset.split_seed}.json"
     saved = imagenet_r_split_file(cfg)
     return earlier if earlier.is_file() and not saved.is_file() else saved
 
 
-SPLIT_FILE_FIX = "delete it to make the split anew from benchmark.split_seed and the folder as it is"
+SPLIT_FILE_FIX = "delete it to make the split anew from benchmark.dataset.split_seed and the folder as it is"
 
 
 def _read_json(path: Path, fix: str = "restore it from the data set's archive"):
@@ -219,8 +219,8 @@ def imagenet_r_split(cfg: BenchmarkConfig) -> dict:
         if not isinstance(split, dict) or not all(isinstance(split.get(part), list) for part in ("train", "test")):
             raise DataError(f"{saved} is not a split file (lists 'train' and 'test'); {SPLIT_FILE_FIX}")
         return split
-    rng = np.random.default_rng(cfg.split_seed)
-    split = {"seed": cfg.split_seed, "train": [], "test": []}
+    rng = np.random.default_rng(cfg.dataset.split_seed)
+    split = {"seed": cfg.dataset.split_seed, "train": [], "test": []}
     for wnid in sorted(p.name for p in folder.iterdir() if p.is_dir()):
         images = sorted(p.name for p in (folder / wnid).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         order = rng.permutation(len(images))
@@ -376,83 +376,158 @@ def food101_listing(cfg: BenchmarkConfig) -> Listing:
 
 # -- the catalog ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    num_classes: int
-    loader: str
-    """``"module:function"``; ``function(benchmark_config)`` returns the ``ImageSplits`` (imported when a run loads it)."""
-    locate: Callable[..., object]
-    """``locate(benchmark_config)``: where the files are; DatasetNotFound naming the layout if absent."""
-    class_sizes: Callable[..., tuple[list[int], list[int]]]
-    """Training and test images per class: from metadata only, or (``checks_files``) from the files."""
-    display: str = ""
-    uses_root: bool = True
-    """False for data bundled with a package (``benchmark.root`` is ignored)."""
-    downloadable: bool = False
-    """torchvision can download it (``benchmark.download: true``)."""
-    draws_split: bool = False
-    """It ships no train/test split: aepg draws one with ``benchmark.split_seed``."""
-    image_files: bool = False
-    """Images in files: decoded into the cache (``benchmark.cache``) at ``benchmark.short_side``."""
-    checks_files: bool = False
-    """``class_sizes`` reads the data set's files as a run will (raising DataError on what is wrong), so
-    every run's checks and the dry run call it."""
-    listing: Callable[..., Listing] | None = None
-    """``listing(benchmark_config)``: an image-file data set's files by split, checked against its
-    metadata (``DataError`` naming what is wrong); the dry run reads each file's header from it."""
-
-    @property
-    def module(self) -> str:
-        """The module of the loader (its package provides the data set)."""
-        return self.loader.partition(":")[0]
-
-    @property
-    def doc(self) -> str:
-        how = ("bundled with a package" if not self.uses_root else "image files, decoded into a cache"
-               if self.image_files else "array files")
-        return f"{self.display}: {self.num_classes} classes, {how}" + (
-            "; torchvision downloads it (benchmark.download)" if self.downloadable else "")
-
-    def defaults(self) -> dict[str, Any]:
-        """A data set's settings are ``benchmark.*`` keys, shared by every data set."""
-        return {}
-
-    def load(self, cfg: BenchmarkConfig) -> Any:
-        """The data set's train and test images (``aepg.benchmarks.images.ImageSplits``)."""
-        module, _, function = self.loader.partition(":")
-        return getattr(importlib.import_module(module), function)(cfg)
-
-
 PACKAGE = "aepg.benchmarks"
-DATASETS.add("digits", DatasetSpec(10, f"{PACKAGE}.digits:load_digits_splits", lambda cfg: None,
-                                   lambda cfg: (DIGITS_TRAIN, DIGITS_TEST), "digits", uses_root=False))
-DATASETS.add("fashion-mnist", DatasetSpec(10, f"{PACKAGE}.fashion_mnist:load_fashion_mnist_splits", fashion_mnist_files,
-                                          lambda cfg: importlib.import_module(f"{PACKAGE}.fashion_mnist").class_sizes(cfg),
-                                          "Fashion-MNIST", downloadable=True, checks_files=True))
-DATASETS.add("cifar100", DatasetSpec(100, f"{PACKAGE}.cifar100:load_cifar100_splits", cifar100_folder,
-                                     lambda cfg: importlib.import_module(f"{PACKAGE}.cifar100").class_sizes(cfg),
-                                     "CIFAR-100", downloadable=True, checks_files=True))
-DATASETS.add("imagenet-r", DatasetSpec(200, f"{PACKAGE}.folders:load_imagenet_r_splits", imagenet_r_folder,
-                                       lambda cfg: imagenet_r_listing(cfg).sizes(), "ImageNet-R", image_files=True,
-                                       listing=imagenet_r_listing, draws_split=True))
-DATASETS.add("cub200", DatasetSpec(200, f"{PACKAGE}.folders:load_cub200_splits", cub200_folder,
-                                   lambda cfg: cub200_listing(cfg).sizes(), "CUB-200", image_files=True,
-                                   listing=cub200_listing))
-DATASETS.add("food101", DatasetSpec(101, f"{PACKAGE}.folders:load_food101_splits", food101_folder,
-                                    lambda cfg: food101_listing(cfg).sizes(), "Food-101", image_files=True,
-                                    listing=food101_listing))
 
 
-def download(cfg: BenchmarkConfig) -> None:
-    """Fetch a downloadable data set into ``benchmark.root`` with torchvision (needs a network)."""
-    import torchvision
+def _sizes_read_by(module: str, bench: BenchmarkConfig) -> tuple[list[int], list[int]]:
+    """``module.class_sizes(bench)``, imported now (it reads array files with numpy)."""
+    return importlib.import_module(f"{PACKAGE}.{module}").class_sizes(bench)
 
-    root = str(data_root(cfg))
+
+@DATASETS.register("digits", builder=f"{PACKAGE}.digits:load_digits_splits", display="digits")
+class DigitsDataset(DatasetConfig):
+    """scikit-learn's bundled 8x8 digits: 10 classes, 1,797 images, no download."""
+
+    kind: Literal["digits"] = "digits"
+    bundled: ClassVar[bool] = True
+
+    def num_classes(self, bench: BenchmarkConfig) -> int:
+        return 10
+
+    def class_sizes(self, bench: BenchmarkConfig) -> tuple[list[int], list[int]]:
+        return DIGITS_TRAIN, DIGITS_TEST
+
+
+def _torchvision_download(name: str, bench: BenchmarkConfig, fetch: Callable[[str], None]) -> None:
+    root = str(data_root(bench))
     try:
-        if cfg.dataset == "fashion-mnist":
-            for train in (True, False):
-                torchvision.datasets.FashionMNIST(root, train=train, download=True)
-        elif cfg.dataset == "cifar100":
-            torchvision.datasets.CIFAR100(root, train=True, download=True)
+        fetch(root)
     except Exception as error:  # no network, or the mirrors failed
-        raise DatasetNotFound(f"downloading {cfg.dataset} into {root} failed ({error})") from None
+        raise DatasetNotFound(f"downloading {name} into {root} failed ({error})") from None
+
+
+@DATASETS.register("fashion-mnist", builder=f"{PACKAGE}.fashion_mnist:load_fashion_mnist_splits",
+                   display="Fashion-MNIST")
+class FashionMNISTDataset(DatasetConfig):
+    """Fashion-MNIST: 10 classes of 28x28 images in IDX array files; torchvision downloads it."""
+
+    kind: Literal["fashion-mnist"] = "fashion-mnist"
+    checks_files: ClassVar[bool] = True
+
+    def num_classes(self, bench: BenchmarkConfig) -> int:
+        return 10
+
+    def locate(self, bench: BenchmarkConfig) -> dict[str, Path]:
+        return fashion_mnist_files(bench)
+
+    def class_sizes(self, bench: BenchmarkConfig) -> tuple[list[int], list[int]]:
+        return _sizes_read_by("fashion_mnist", bench)
+
+    def download(self, bench: BenchmarkConfig) -> None:
+        import torchvision
+
+        _torchvision_download("fashion-mnist", bench, lambda root: [
+            torchvision.datasets.FashionMNIST(root, train=train, download=True) for train in (True, False)])
+
+
+@DATASETS.register("cifar100", builder=f"{PACKAGE}.cifar100:load_cifar100_splits", display="CIFAR-100")
+class CIFAR100Dataset(DatasetConfig):
+    """CIFAR-100: 100 classes of 32x32 images in torchvision's pickles; torchvision downloads it."""
+
+    kind: Literal["cifar100"] = "cifar100"
+    checks_files: ClassVar[bool] = True
+
+    def num_classes(self, bench: BenchmarkConfig) -> int:
+        return 100
+
+    def locate(self, bench: BenchmarkConfig) -> Path:
+        return cifar100_folder(bench)
+
+    def class_sizes(self, bench: BenchmarkConfig) -> tuple[list[int], list[int]]:
+        return _sizes_read_by("cifar100", bench)
+
+    def download(self, bench: BenchmarkConfig) -> None:
+        import torchvision
+
+        _torchvision_download("cifar100", bench, lambda root: torchvision.datasets.CIFAR100(root, train=True, download=True))
+
+
+class ImageFilesDataset(DatasetConfig):
+    """What every data set of image files holds: its files are listed from metadata alone
+    (``listing``), decoded once into a memory-mapped cache, and checked image by image."""
+
+    cache: Literal["decoded", "none"] = "decoded"
+    """Decode every image once into a memory-mapped cache beside the data (``decoded``), or decode
+    the files at every read (``none``)."""
+    short_side: int | None = Field(None, ge=8)
+    """The short side images are decoded at; default the model's test resize (256 for 224)."""
+    cache_dir: str | None = None
+    """Where the decoded cache goes; default ROOT/.aepg-cache (shared by every run on the node)."""
+    cache_key: Literal["stat", "content"] = "stat"
+    """What ties the decoded cache to its source files: their sizes and modification times (free),
+    or their contents (SHA-256; sees a file replaced under the same size and time, but reads every
+    source file each time a run opens the cache)."""
+    on_bad_image: Literal["error", "skip"] = "error"
+    """An image file that cannot be read stops the run before compute (``error``, naming the files),
+    or is left out (``skip``: counted, and listed in the run's benchmark.json)."""
+
+    def listing(self, bench: BenchmarkConfig) -> Listing:
+        raise NotImplementedError
+
+    def class_sizes(self, bench: BenchmarkConfig) -> tuple[list[int], list[int]]:
+        return self.listing(bench).sizes()
+
+    def active_params(self) -> dict[str, object]:
+        """The keys that change which images a run reads (where the cache lies and how it is keyed do not)."""
+        return {key: value for key, value in super().active_params().items()
+                if key not in ("cache", "cache_dir", "cache_key")}
+
+
+@DATASETS.register("imagenet-r", builder=f"{PACKAGE}.folders:load_imagenet_r_splits", display="ImageNet-R")
+class ImageNetRDataset(ImageFilesDataset):
+    """ImageNet-R: 200 classes of renditions in image files, split 80/20 per class by ``split_seed``."""
+
+    kind: Literal["imagenet-r"] = "imagenet-r"
+    split_seed: int = 0
+    """Seed of the train/test split (ImageNet-R ships none): pinned in aepg's cache folder once drawn."""
+
+    def num_classes(self, bench: BenchmarkConfig) -> int:
+        return 200
+
+    def locate(self, bench: BenchmarkConfig) -> Path:
+        return imagenet_r_folder(bench)
+
+    def listing(self, bench: BenchmarkConfig) -> Listing:
+        return imagenet_r_listing(bench)
+
+
+@DATASETS.register("cub200", builder=f"{PACKAGE}.folders:load_cub200_splits", display="CUB-200")
+class CUB200Dataset(ImageFilesDataset):
+    """CUB-200-2011: 200 bird classes in image files, with its official split."""
+
+    kind: Literal["cub200"] = "cub200"
+
+    def num_classes(self, bench: BenchmarkConfig) -> int:
+        return 200
+
+    def locate(self, bench: BenchmarkConfig) -> Path:
+        return cub200_folder(bench)
+
+    def listing(self, bench: BenchmarkConfig) -> Listing:
+        return cub200_listing(bench)
+
+
+@DATASETS.register("food101", builder=f"{PACKAGE}.folders:load_food101_splits", display="Food-101")
+class Food101Dataset(ImageFilesDataset):
+    """Food-101: 101 dish classes in image files, with its official split."""
+
+    kind: Literal["food101"] = "food101"
+
+    def num_classes(self, bench: BenchmarkConfig) -> int:
+        return 101
+
+    def locate(self, bench: BenchmarkConfig) -> Path:
+        return food101_folder(bench)
+
+    def listing(self, bench: BenchmarkConfig) -> Listing:
+        return food101_listing(bench)

@@ -16,7 +16,9 @@ from aepg.benchmarks.images import FileImages, ImageSplits
 from aepg.config import BenchmarkConfig
 
 
-def _splits(listing: Listing, manifest: dict | None = None) -> ImageSplits:
+def listed_splits(listing: Listing, manifest: dict | None = None) -> ImageSplits:
+    """The images a listing names, as the files a run decodes (into the cache, or at every read)."""
+
     def files(part: list) -> FileImages:
         return FileImages([path for path, _ in part], np.asarray([label for _, label in part], dtype=np.int64))
 
@@ -29,7 +31,7 @@ def load_imagenet_r_splits(cfg: BenchmarkConfig) -> ImageSplits:
     saved as a file list in aepg's cache folder the first time and read back after, so it stays pinned."""
     listing = imagenet_r_listing(cfg)
     folder = listing.folder
-    split = {"seed": cfg.split_seed, **{part: [str(path.relative_to(folder)) for path, _ in getattr(listing, part)]
+    split = {"seed": cfg.dataset.split_seed, **{part: [str(path.relative_to(folder)) for path, _ in getattr(listing, part)]
                                         for part in ("train", "test")}}
     split_file = imagenet_r_split_file(cfg)
     if not split_file.is_file():
@@ -40,14 +42,14 @@ def load_imagenet_r_splits(cfg: BenchmarkConfig) -> ImageSplits:
             partial.replace(split_file)
         except OSError:  # a read-only cache folder: the run's artifacts still record the split
             pass
-    return _splits(listing, split)
+    return listed_splits(listing, split)
 
 
 def load_cub200_splits(cfg: BenchmarkConfig) -> ImageSplits:
     """CUB-200-2011 with its official split (``train_test_split.txt``)."""
-    return _splits(cub200_listing(cfg))
+    return listed_splits(cub200_listing(cfg))
 
 
 def load_food101_splits(cfg: BenchmarkConfig) -> ImageSplits:
     """Food-101 with its official split (``meta/train.json``, ``meta/test.json``)."""
-    return _splits(food101_listing(cfg))
+    return listed_splits(food101_listing(cfg))

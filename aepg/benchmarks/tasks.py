@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from aepg.benchmarks import DATASETS, DataError, cache_folder, data_root
+from aepg.benchmarks import DataError, cache_folder, data_root
 from aepg.benchmarks.augment import BatchView, test_resize
 from aepg.benchmarks.cache import ensure as ensure_cache
 from aepg.benchmarks.images import CachedImages, FileImages, ImageSet, ImageSplits
@@ -103,35 +103,35 @@ def _indices_of(labels: np.ndarray, classes: list[int], per_class: int | None, r
 
 
 def short_side(cfg: BenchmarkConfig, image_size: int) -> int:
-    """The short side folder images are decoded at: ``benchmark.short_side``, or the test resize of
+    """The short side folder images are decoded at: ``benchmark.dataset.short_side``, or the test resize of
     the model's input (256 for 224)."""
-    return cfg.short_side or test_resize(image_size)
+    return getattr(cfg.dataset, "short_side", None) or test_resize(image_size)
 
 
 def decode_folder_images(cfg: BenchmarkConfig, splits: ImageSplits, side: int) -> ImageSplits:
     """Folder data sets at ``side`` pixels: from the decoded cache, built first if missing
-    (``benchmark.cache: decoded``), or decoded from the files on every read (``none``). Files that
-    do not read stop the run (``benchmark.on_bad_image: error``) or are left out (``skip``)."""
+    (``benchmark.dataset.cache: decoded``), or decoded from the files on every read (``none``). Files
+    that do not read stop the run (``benchmark.dataset.on_bad_image: error``) or are left out (``skip``)."""
     if not isinstance(splits.train, FileImages):
         return splits
-    root = data_root(cfg)
+    root, dataset = data_root(cfg), cfg.dataset
     paths = splits.train.paths + splits.test.paths
-    if cfg.cache == "none":
-        found = scan([Path(p) for p in paths]) if cfg.on_bad_image == "skip" else []
+    if dataset.cache == "none":
+        found = scan([Path(p) for p in paths]) if dataset.on_bad_image == "skip" else []
         unreadable = {str(path): why for path, why in found}
     else:
-        cache = ensure_cache(paths, root, side, cache_folder(cfg), cfg.dataset, content=cfg.cache_key == "content")
+        cache = ensure_cache(paths, root, side, cache_folder(cfg), dataset.kind, content=dataset.cache_key == "content")
         unreadable = {str(root / rel): why for rel, why in cache.unreadable().items()}
-    if unreadable and cfg.on_bad_image == "error":
-        raise DataError(f"{cfg.dataset}: {len(unreadable)} images do not decode; fix or remove them, or set "
-                        "benchmark.on_bad_image=skip", [(os.path.relpath(p, root), why) for p, why in unreadable.items()])
+    if unreadable and dataset.on_bad_image == "error":
+        raise DataError(f"{dataset.kind}: {len(unreadable)} images do not decode; fix or remove them, or set "
+                        "benchmark.dataset.on_bad_image=skip", [(os.path.relpath(p, root), why) for p, why in unreadable.items()])
     keep = np.array([path not in unreadable for path in paths], dtype=bool)
     n = len(splits.train)
     parts = []
     for part, start in ((splits.train, 0), (splits.test, n)):
         positions = np.arange(start, start + len(part))
         kept = positions[keep[positions]]
-        if cfg.cache == "none":
+        if dataset.cache == "none":
             parts.append(FileImages([paths[i] for i in kept], part.labels[kept - start], side))
         else:
             parts.append(CachedImages(cache, kept, part.labels[kept - start]))
@@ -141,13 +141,13 @@ def decode_folder_images(cfg: BenchmarkConfig, splits: ImageSplits, side: int) -
 
 def build_benchmark(cfg: BenchmarkConfig, image_size: int, mean, std, channels_last: bool = False) -> Benchmark:
     """Tasks of ``cfg.num_tasks`` near-equal groups of classes, in the order ``cfg.order_seed`` fixes."""
-    spec = DATASETS[cfg.dataset]
-    splits = decode_folder_images(cfg, spec.load(cfg), short_side(cfg, image_size))
-    if len(splits.class_names) != spec.num_classes:
-        raise DataError(f"{cfg.dataset}: found {len(splits.class_names)} classes, expected {spec.num_classes}")
-    order = class_order(spec.num_classes, cfg.order_seed)
-    position = np.empty(spec.num_classes, dtype=np.int64)
-    position[order] = np.arange(spec.num_classes)
+    num_classes = cfg.num_classes()
+    splits = decode_folder_images(cfg, cfg.dataset.load(cfg), short_side(cfg, image_size))
+    if len(splits.class_names) != num_classes:
+        raise DataError(f"{cfg.dataset.kind}: found {len(splits.class_names)} classes, expected {num_classes}")
+    order = class_order(num_classes, cfg.order_seed)
+    position = np.empty(num_classes, dtype=np.int64)
+    position[order] = np.arange(num_classes)
     rng = np.random.default_rng(cfg.order_seed)
     tasks, start = [], 0
     for index, classes in enumerate(task_groups(order, cfg.num_tasks)):
@@ -166,4 +166,4 @@ def build_benchmark(cfg: BenchmarkConfig, image_size: int, mean, std, channels_l
         start += len(classes)
     views = [BatchView(image_size, mean, std, cfg.augment, train, channels_last, cfg.crop, cfg.crop_scale_min,
                        cfg.crop_padding, cfg.test_interpolation) for train in (True, False)]
-    return Benchmark(cfg.dataset, order, splits.class_names, tasks, *views, splits.manifest, splits.skipped)
+    return Benchmark(cfg.dataset.kind, order, splits.class_names, tasks, *views, splits.manifest, splits.skipped)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from aepg.config import DISPATCHED as RUN_SECTIONS
 from aepg.config import (
     ConfigError,
     RunConfig,
@@ -60,12 +61,10 @@ def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
     return problems
 
 
-# Sections whose keys a configuration can leave unused: the schedule of an objective that is not
-# annealed, the keys of another PEFT method, objective, optimiser or learning-rate schedule
-# (``RunConfig.active_params`` knows which).
-
-
-SWITCHED_SECTIONS = ("schedule.", "model.peft.", "objective.", "train.optimizer.", "train.lr_schedule.")
+SWITCHED_SECTIONS = tuple(f"{section}." for section in RUN_SECTIONS)
+"""Sections whose keys a configuration can leave unused: the keys of another entry than the one
+chosen (and the schedule of an objective that is not annealed); ``RunConfig.active_params`` knows
+which."""
 MAX_CONTEXTS = 64
 
 

@@ -55,7 +55,5 @@ def level_compute(cfg: RunConfig, low: RunConfig, fidelity: str, full_per_class:
 
 def full_per_class(cfg: RunConfig) -> int:
     """Training images per class at the full budget: the config's cap, or the largest class."""
-    from aepg.benchmarks import DATASETS
-
-    largest = max(DATASETS[cfg.benchmark.dataset].class_sizes(cfg.benchmark)[0])
+    largest = max(cfg.benchmark.dataset.class_sizes(cfg.benchmark)[0])
     return min(cfg.benchmark.max_train_per_class or largest, largest)

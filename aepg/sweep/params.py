@@ -44,7 +44,7 @@ def parent_params(sweep, path: str, num_trials: int, levels: int) -> dict[str, o
             "metric": f"final/{spec.metric}", "mode": spec.mode,
             **({"trade_off": json.dumps(spec.trade_off)} if spec.trade_off else {}),
             **({"pick": json.dumps(spec.pick)} if spec.pick else {}),
-            "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset,
+            "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset.kind,
             "base.num_tasks": sweep.num_tasks, "base.storage_path": base.storage_path}
 
 

@@ -325,6 +325,8 @@ def apply_dotted(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]
         node = result
         *parents, leaf = dotted.split(".")
         for part in parents:
+            if isinstance(node.get(part), str):  # a catalogue entry by its name alone
+                node[part] = {"kind": node[part]}
             node = node.setdefault(part, {})
         node[leaf] = value
     return result

@@ -1,4 +1,4 @@
-"""The plugin's catalogue entries. This module imports neither torch nor Ray, so ``aepg`` still
+"""The plugin's catalogue entries (the data set's in ``folder.py``). This module imports neither torch nor Ray, so ``aepg`` still
 validates a config fast; the method's and the scheduler's modules are imported only when a run or a
 sweep builds them."""
 
@@ -10,6 +10,7 @@ from aepg.catalog import METHODS, OBJECTIVES, PARTS, SCHEDULERS, SCHEDULES, SEAR
 from aepg.config import MethodConfig, ObjectiveConfig, PartConfig, ScheduleConfig
 from aepg.sweep.schedulers import SchedulerSettings
 from aepg.sweep.searchers import SampledSearch
+from aepg_example_plugin.folder import ImageFolder  # noqa: F401 (registers the image-folder data set)
 
 
 @OBJECTIVES.register("gce", display="GCE")
