@@ -227,6 +227,8 @@ class PartConfig(Section):
     (an entry of ``aepg.catalog.PARTS``), whose config adds its own keys."""
 
     kind: str = ""
+    enabled: bool = True
+    """False: the part is not built (its settings kept, e.g. for a sweep that searches ``enabled``)."""
 
 
 def _part_problems(name: str, error: ValidationError) -> list[dict]:
@@ -254,15 +256,30 @@ class MethodConfig(Section):
     whose config adds its own keys. docs/methods.md describes each and its reference code."""
 
     kind: str = DEFAULT_METHOD
-    lae: bool = False
-    """Wrap the PEFT module in LAE's online/offline pair (EMA from task 1, ensembled at test)."""
-    lae_decay: float = Field(0.9999, gt=0, lt=1)
-    """EMA decay per optimiser step. LAE's 0.9999 is for batch 24; at batch B use 0.9999 ** (B / 24)."""
     parts: dict[str, SerializeAsAny[PartConfig]] = {}
     """Parts layered over the method, by name, in the order they run (``aepg.catalog.PARTS``: lae,
-    ewc, lwf), e.g. ``{ewc: {weight: 100}}``. A mapping, so that ``model.peft.parts.ewc.weight``
-    is a key like any other (overrides, sweeps, MLflow params). ``lae: true`` is the part ``lae``
-    with ``decay: lae_decay``, placed first."""
+    ewc, lwf), e.g. ``{lae: {decay: 0.999}, ewc: {weight: 100}}``. A mapping, so that
+    ``model.peft.parts.ewc.weight`` is a key like any other (overrides, sweeps, MLflow params);
+    ``{enabled: false}`` keeps a part's settings but leaves it out (a sweep can search ``enabled``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lae_is_a_part(cls, data):
+        """``lae: true`` and ``lae_decay`` of configs written before LAE was a part: the part ``lae``,
+        placed first. ``lae: false`` (which every old config.yaml holds) is dropped with its decay."""
+        if not isinstance(data, dict) or not {"lae", "lae_decay"} & set(data):
+            return data
+        data = dict(data)
+        on, decay = data.pop("lae", False), data.pop("lae_decay", None)
+        if on in (True, "true", "True"):
+            parts = data.get("parts") or {}
+            if isinstance(parts, dict) and "lae" in parts:
+                raise PydanticCustomError("lae_twice", "LAE is on twice: model.peft.lae is true and model.peft.parts "
+                                          "names lae; keep parts.lae")
+            renamed("model.peft.lae", "model.peft.parts.lae")
+            data["parts"] = {"lae": {} if decay is None else {"decay": decay},
+                             **(parts if isinstance(parts, dict) else {})}
+        return data
 
     @field_validator("parts", mode="before")
     @classmethod
@@ -285,18 +302,14 @@ class MethodConfig(Section):
         return {name: part.model_dump(mode=info.mode, exclude={"kind"}) for name, part in parts.items()}
 
     def chosen_parts(self) -> dict[str, PartConfig]:
-        """The parts the run builds, in order: LAE first when ``lae`` is on, then ``parts``."""
-        lae = {"lae": PARTS.get("lae").config(kind="lae", decay=self.lae_decay)} if self.lae else {}
-        return {**lae, **self.parts}
+        """The parts the run builds, in order (those not ``enabled`` left out)."""
+        return {name: part for name, part in self.parts.items() if part.enabled}
 
     def problems(self) -> list[tuple[str, str]]:
         """(key under ``model.peft``, message) for settings that cannot work, whatever the backbone."""
-        found = [("lae", "LAE wraps a PEFT module: set model.peft.kind")] if self.lae and self.kind == "none" else []
-        if self.lae and "lae" in self.parts:
-            found.append(("parts.lae", "LAE is on twice: lae is true and parts names lae; keep one"))
-        if "lae" in self.parts and self.kind == "none":
-            found.append(("parts.lae", "LAE wraps a PEFT module: set model.peft.kind"))
-        return found
+        if "lae" in self.chosen_parts() and self.kind == "none":
+            return [("parts.lae", "LAE wraps a PEFT module: set model.peft.kind")]
+        return []
 
     def check(self, facts: dict, num_tasks: int) -> None:
         """Raise ``aepg.models.peft.PeftError`` when the settings do not fit the backbone ``facts`` describe."""
@@ -312,9 +325,10 @@ class MethodConfig(Section):
         return self.kind
 
     def params(self, facts: dict) -> dict[str, Any]:
-        """The keys the run uses, as logged to MLflow (unset and inactive keys left out)."""
+        """The keys the run uses, as logged to MLflow (unset keys left out; of a part left out, only that)."""
         values = self.model_dump(mode="json", exclude_none=True)
-        return {key: value for key, value in values.items() if key not in ("lae", "lae_decay") or self.lae}
+        values["parts"] = {name: part if part["enabled"] else {"enabled": False} for name, part in values["parts"].items()}
+        return values
 
 
 class ModelConfig(Section):
@@ -621,10 +635,12 @@ def schedule_config(**keys: Any) -> ScheduleConfig:
 
 
 def entry_keys() -> set[str]:
-    """The dotted keys of every entry of every catalogue section (a sweep may search any of them
-    under a ``when`` on the kind)."""
-    return {f"{section}.{key}" for section, (catalog, _) in DISPATCHED.items()
-            for entry in catalog.entries() for key in entry.config.model_fields}
+    """The dotted keys of every entry of every catalogue section, and of every method part (a sweep
+    may search any of them, under a ``when`` on the kind)."""
+    parts = {f"model.peft.parts.{part.name}.{key}" for part in PARTS.entries() for key in part.config.model_fields
+             if key != "kind"}
+    return parts | {f"{section}.{key}" for section, (catalog, _) in DISPATCHED.items()
+                    for entry in catalog.entries() for key in entry.config.model_fields}
 
 
 WEIGHT_KEYWORDS = ("hub", "random", "lite0-offline")

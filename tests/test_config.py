@@ -88,7 +88,9 @@ def test_shipped_configs_validate():
     for path in leaves:
         load_config(path)
     lae = load_config(CONFIGS / "paper" / "cub200_lae.yaml")
-    assert (lae.benchmark.dataset.kind, lae.model.peft.kind, lae.model.peft.lae, lae.train.head_only_epochs) == ("cub200", "lora", True, 30)
+    assert (lae.benchmark.dataset.kind, lae.model.peft.kind, lae.train.head_only_epochs) == ("cub200", "lora", 30)
+    assert lae.model.peft.chosen_parts()["lae"].decay == 0.999, "the protocol's decay, switched on by peft/lae.yaml"
+    assert "lae" not in load_config(CONFIGS / "paper" / "cub200_lora.yaml").model.peft.chosen_parts()
 
 
 def test_a_backbone_checkpoint_layer_changes_only_the_backbone(tmp_path):

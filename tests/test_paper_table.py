@@ -16,7 +16,7 @@ SEEDS = (0, 1, 2)
 
 def run(kind: str, objective: str, seed: int, last: float, avg: float, lae: bool = False, **params) -> RunRecord:
     p = {"model.peft.kind": kind, "objective.kind": objective, "seed": str(seed),
-         **({"model.peft.lae": "True"} if lae else {}), **params}
+         **({"model.peft.parts.lae.enabled": "True"} if lae else {}), **params}
     return RunRecord(f"{'lae-' if lae else ''}{kind}-{objective}-{seed}", "x", "FINISHED", p,
                      {"final/last_accuracy": last, "final/avg_incremental_accuracy": avg}, {})
 
@@ -24,7 +24,8 @@ def run(kind: str, objective: str, seed: int, last: float, avg: float, lae: bool
 def test_method_labels_follow_the_paper():
     assert method({"model.peft.kind": "lora"}) == "LoRA"
     assert method({"model.peft.kind": "lora", "model.peft.lae": "True"}) == "LAE"
-    assert method({"model.peft.kind": "prefix", "model.peft.lae": "True"}) == "LAE (Prefix)"
+    assert method({"model.peft.kind": "prefix", "model.peft.parts.lae.enabled": "True"}) == "LAE (Prefix)"
+    assert method({"model.peft.kind": "lora", "model.peft.parts.lae.enabled": "False"}) == "LoRA"
     assert method({"model.peft.kind": "coda"}) == "CODA-Prompt"
 
 

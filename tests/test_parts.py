@@ -18,6 +18,7 @@ from aepg.models.parts.ewc import OnlineEWC, build_ewc
 from aepg.models.parts.lwf import build_lwf, distillation
 from aepg.models.peft.attach import attach_peft
 from aepg.models.peft.base import TrainingBatch
+from aepg.preflight import backbone_facts
 from aepg.tracking import default_run_name
 
 DIM = 16
@@ -153,18 +154,35 @@ def test_parts_state_is_checkpointed_with_the_model():
 
 
 def test_part_settings_are_checked_like_every_key():
-    cfg = load_config(DIGITS, ["model.peft.parts.ewc.weight=5", "model.peft.lae=true"])
-    assert list(cfg.model.peft.chosen_parts()) == ["lae", "ewc"], "lae: true runs first"
-    assert cfg.model.peft.model_dump(mode="json")["parts"] == {"ewc": {"weight": 5.0, "decay": 1.0}}
-    assert default_run_name(cfg) == "digits-aepg-lora-lae-ewc-s0"
+    cfg = load_config(DIGITS, ["model.peft.parts.ewc.weight=5", "model.peft.parts.lae.enabled=false"])
+    assert list(cfg.model.peft.chosen_parts()) == ["ewc"], "a part not enabled is not built"
+    params = cfg.active_params(backbone_facts(cfg))
+    assert {key: value for key, value in params.items() if key.startswith("model.peft.parts.")} == {
+        "model.peft.parts.ewc.enabled": True, "model.peft.parts.ewc.weight": 5.0, "model.peft.parts.ewc.decay": 1.0,
+        "model.peft.parts.lae.enabled": False}, "of a part left out, only that"
+    assert default_run_name(cfg) == "digits-aepg-lora-ewc-s0"
     for overrides, expected in [
         (["model.peft.parts.ewcc.weight=5"], "model.peft.parts.ewcc: unknown method part 'ewcc'; did you mean 'ewc'?"),
         (["model.peft.parts.lwf.temprature=2"], "model.peft.parts.lwf.temprature: unknown key; did you mean 'temperature'?"),
         (["model.peft.parts.ewc.decay=2"], "model.peft.parts.ewc.decay: Input should be less than or equal to 1"),
-        (["model.peft.parts.lae.decay=0.9", "model.peft.lae=true"], "model.peft.parts.lae: LAE is on twice"),
+        (["model.peft.parts.lae.decay=0.9", "model.peft.lae=true"], "model.peft: LAE is on twice"),
+        (["model.peft.parts.lae.decay=1"], "model.peft.parts.lae.decay: Input should be less than 1"),
+        (["model.peft.kind=none", "model.peft.parts.lae.enabled=true"], "model.peft.parts.lae: LAE wraps a PEFT module"),
     ]:
         result = run_aepg(["train", DIGITS, *overrides, "--dry-run"], CONFIGS.parent)
         assert result.returncode == 2 and expected in result.stderr, (overrides, result.stderr)
+
+
+def test_lae_as_a_method_key_of_older_configs_is_the_lae_part(caplog):
+    """``model.peft.lae: true`` and ``lae_decay`` (every config before LAE was a part) load as the
+    part, placed first, with a notice; ``lae: false`` is dropped with its decay."""
+    old = load_config(DIGITS, ["model.peft.parts.ewc.weight=5", "model.peft.lae=true", "model.peft.lae_decay=0.99"])
+    assert list(old.model.peft.chosen_parts()) == ["lae", "ewc"] and old.model.peft.parts["lae"].decay == 0.99
+    assert default_run_name(old) == "digits-aepg-lora-lae-ewc-s0"
+    new = load_config(DIGITS, ["model.peft.parts.lae.decay=0.99", "model.peft.parts.ewc.weight=5"])
+    assert old.model_dump() == new.model_dump()
+    off = load_config(DIGITS, ["model.peft.lae=false", "model.peft.lae_decay=0.99"])
+    assert off.model.peft.parts == {} and off.model_dump() == load_config(DIGITS).model_dump()
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -179,8 +197,9 @@ def test_ewc_and_lwf_run_over_lora_and_full_fine_tuning(workdir, method):
     (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == f"digits-aepg-{method}-ewc-lwf-s0"
     assert {k: v for k, v in run.data.params.items() if ".parts." in k} == {
-        "model.peft.parts.ewc.weight": "100.0", "model.peft.parts.ewc.decay": "1.0",
-        "model.peft.parts.lwf.weight": "3.0", "model.peft.parts.lwf.temperature": "2.0"}
+        "model.peft.parts.ewc.enabled": "True", "model.peft.parts.ewc.weight": "100.0", "model.peft.parts.ewc.decay": "1.0",
+        "model.peft.parts.lwf.enabled": "True", "model.peft.parts.lwf.weight": "3.0",
+        "model.peft.parts.lwf.temperature": "2.0"}
     auxiliary = client.get_metric_history(run.info.run_id, "train/auxiliary_loss")
     first_task_end = min(m.step for m in client.get_metric_history(run.info.run_id, "train/samples_per_second"))
     assert auxiliary and all(m.value == 0 for m in auxiliary if m.step <= first_task_end), "no term in the first task"

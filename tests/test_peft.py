@@ -21,10 +21,10 @@ VARIANTS = {
     "l2p": ["model.peft.kind=l2p"],
     "dualprompt": ["model.peft.kind=dualprompt"],
     "coda": ["model.peft.kind=coda", "model.peft.pool_size=8"],
-    "lae-lora": ["model.peft.kind=lora", "model.peft.lae=true"],
-    "lae-prefix": ["model.peft.kind=prefix", "model.peft.lae=true"],
+    "lae-lora": ["model.peft.kind=lora", "model.peft.parts.lae.enabled=true"],
+    "lae-prefix": ["model.peft.kind=prefix", "model.peft.parts.lae.enabled=true"],
     "inflora": ["model.peft.kind=inflora", "model.peft.rank=4"],
-    "lae-inflora": ["model.peft.kind=inflora", "model.peft.rank=4", "model.peft.lae=true"],
+    "lae-inflora": ["model.peft.kind=inflora", "model.peft.rank=4", "model.peft.parts.lae.enabled=true"],
     "ranpac": ["model.peft.kind=ranpac", "model.peft.bottleneck=4", "model.peft.projection_dim=32"],
     "sd_lora": ["model.peft.kind=sd_lora", "model.peft.rank=4"],
 }

@@ -159,7 +159,7 @@ def test_adaptformer_reads_the_unnormalised_stream_beside_the_mlp():
 # -- LAE's offline copy -----------------------------------------------------------------------
 
 def lae_model(decay=0.9):
-    cfg = method_config(kind="lora", rank=2, lae=True, lae_decay=decay)
+    cfg = method_config(kind="lora", rank=2, parts={"lae": {"decay": decay}})
     backbone = attach_peft(tiny_vit(), cfg, num_tasks=3)
     model = ContinualClassifier(backbone, 6, 0.01, set())
     model.add_part("lae", OnlineOfflinePair(model.peft_parameters(), decay))
@@ -535,5 +535,5 @@ def test_paper_preset_trainable_parameters_on_vit_b16(preset):
     counts = model.parameter_counts()
     assert counts["params_peft"] == expected_peft_params(cfg.model.peft, cfg.benchmark.num_tasks)
     assert counts["params_head"] == D * classes + classes
-    if cfg.model.peft.kind == "lora" and not cfg.model.peft.lae:
+    if cfg.model.peft.kind == "lora" and "lae" not in cfg.model.peft.chosen_parts():
         assert counts["params_peft"] == 61_440 + 10

@@ -141,8 +141,8 @@ def test_head_only_epochs_keep_batchnorm_frozen_and_lae_is_refused():
     assert not any(m.training for m in norms)
     frozen, _, _ = build_job(load_config(DIGITS, [*SCRATCH, "model.peft.batchnorm=frozen"]))
     assert not any(m.training for m in frozen.train().backbone.modules() if isinstance(m, _BatchNorm))
-    with pytest.raises(ConfigError, match="model.peft.lae: LAE's online/offline pair"):
-        load_config(DIGITS, [*SCRATCH, "model.peft.lae=true"])
+    with pytest.raises(ConfigError, match="model.peft.parts.lae: LAE's online/offline pair"):
+        load_config(DIGITS, [*SCRATCH, "model.peft.parts.lae.enabled=true"])
 
 
 def test_unnormalised_inputs_are_pixels_in_0_1():

@@ -47,7 +47,8 @@ def read_state(path: str) -> dict:
 
 
 SHORT_NAMES = {"train.lr": "lr", "model.peft.rank": "r", "schedule.tau": "tau", "seed": "s", "train.epochs": "ep",
-               "train.batch_size": "b", "train.weight_decay": "wd", "model.peft.length": "len", "model.peft.lae": "lae",
+               "train.batch_size": "b", "train.weight_decay": "wd", "model.peft.length": "len",
+               "model.peft.parts.lae.enabled": "lae",
                "objective.kind": "objective", "model.peft.kind": "method", "schedule.kind": "schedule"}
 
 

@@ -30,9 +30,10 @@ SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}
 
 
 def method(params: dict[str, str]) -> str:
-    """The paper's row label: the PEFT module, and LAE around it (LAE over LoRA is the paper's "LAE")."""
+    """The paper's row label: the PEFT module, and LAE around it (LAE over LoRA is the paper's "LAE");
+    runs logged before LAE was a part say ``model.peft.lae``."""
     name = METHODS.display(params.get("model.peft.kind", "?"))
-    if params.get("model.peft.lae") == "True":
+    if "True" in (params.get("model.peft.parts.lae.enabled"), params.get("model.peft.lae")):
         return "LAE" if name == "LoRA" else f"LAE ({name})"
     return name
 

@@ -25,7 +25,7 @@ PACKAGE = "aepg.models.parts"
 class LAEPart(PartConfig):
     """LAE's online/offline pair (Gao et al., ICCV 2023): from task 1 an offline copy of the method's
     parameters follows them by an EMA after every step, and a prediction takes the per-class maximum
-    of the online and offline softmaxes. ``model.peft.lae: true`` is this part, placed first."""
+    of the online and offline softmaxes."""
 
     kind: Literal["lae"] = "lae"
     decay: float = Field(0.9999, gt=0, lt=1)

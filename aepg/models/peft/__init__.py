@@ -84,8 +84,8 @@ class FullMethod(MethodConfig):
 
     def problems(self) -> list[tuple[str, str]]:
         found = super().problems()
-        if self.lae:
-            found.append(("lae", "LAE's online/offline pair averages a PEFT module; it does not wrap full fine-tuning"))
+        if "lae" in self.chosen_parts():
+            found.append(("parts.lae", "LAE's online/offline pair averages a PEFT module; it does not wrap full fine-tuning"))
         return found
 
 
@@ -318,8 +318,8 @@ class RanpacMethod(BlocksMethod):
 
     def problems(self) -> list[tuple[str, str]]:
         found = super().problems()
-        if self.lae:
-            found.append(("lae", "RanPAC predicts with its ridge head, which LAE's online/offline ensemble cannot average"))
+        if "lae" in self.chosen_parts():
+            found.append(("parts.lae", "RanPAC predicts with its ridge head, which LAE's online/offline ensemble cannot average"))
         return found
 
     def check(self, facts: dict, num_tasks: int) -> None:
