@@ -178,9 +178,9 @@ def provider(module: str) -> tuple[str, str]:
 
 
 OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",), "objective.kind")
-METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",), "model.peft.kind")
+METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",), "model.method.kind")
 DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",), "benchmark.dataset.kind")
-PARTS = Catalog("method part", "aepg.parts", ("aepg.models.parts",), "model.peft.parts")
+PARTS = Catalog("method part", "aepg.parts", ("aepg.models.parts",), "model.method.parts")
 SCHEDULES = Catalog("a_t schedule", "aepg.schedules", ("aepg.schedules",), "schedule.kind")
 OPTIMIZERS = Catalog("optimizer", "aepg.optimizers", ("aepg.optim",), "train.optimizer.kind")
 LR_SCHEDULES = Catalog("learning-rate schedule", "aepg.lr_schedules", ("aepg.optim",), "train.lr_schedule.kind")

@@ -223,7 +223,7 @@ def read_moved_keys(data: Any, section: str, moved: dict[str, tuple[str, str, An
 
 
 class PartConfig(Section):
-    """What every method part's config holds; its name under ``model.peft.parts`` is its ``kind``
+    """What every method part's config holds; its name under ``model.method.parts`` is its ``kind``
     (an entry of ``aepg.catalog.PARTS``), whose config adds its own keys."""
 
     kind: str = ""
@@ -259,7 +259,7 @@ class MethodConfig(Section):
     parts: dict[str, SerializeAsAny[PartConfig]] = {}
     """Parts layered over the method, by name, in the order they run (``aepg.catalog.PARTS``: lae,
     ewc, lwf), e.g. ``{lae: {decay: 0.999}, ewc: {weight: 100}}``. A mapping, so that
-    ``model.peft.parts.ewc.weight`` is a key like any other (overrides, sweeps, MLflow params);
+    ``model.method.parts.ewc.weight`` is a key like any other (overrides, sweeps, MLflow params);
     ``{enabled: false}`` keeps a part's settings but leaves it out (a sweep can search ``enabled``)."""
 
     @model_validator(mode="before")
@@ -274,9 +274,9 @@ class MethodConfig(Section):
         if on in (True, "true", "True"):
             parts = data.get("parts") or {}
             if isinstance(parts, dict) and "lae" in parts:
-                raise PydanticCustomError("lae_twice", "LAE is on twice: model.peft.lae is true and model.peft.parts "
+                raise PydanticCustomError("lae_twice", "LAE is on twice: model.method.lae is true and model.method.parts "
                                           "names lae; keep parts.lae")
-            renamed("model.peft.lae", "model.peft.parts.lae")
+            renamed("model.method.lae", "model.method.parts.lae")
             data["parts"] = {"lae": {} if decay is None else {"decay": decay},
                              **(parts if isinstance(parts, dict) else {})}
         return data
@@ -293,7 +293,7 @@ class MethodConfig(Section):
             except ValidationError as error:
                 problems += _part_problems(str(name), error)
         if problems:
-            raise ValidationError.from_exception_data("model.peft.parts", problems)
+            raise ValidationError.from_exception_data("model.method.parts", problems)
         return parts
 
     @field_serializer("parts")
@@ -306,9 +306,9 @@ class MethodConfig(Section):
         return {name: part for name, part in self.parts.items() if part.enabled}
 
     def problems(self) -> list[tuple[str, str]]:
-        """(key under ``model.peft``, message) for settings that cannot work, whatever the backbone."""
+        """(key under ``model.method``, message) for settings that cannot work, whatever the backbone."""
         if "lae" in self.chosen_parts() and self.kind == "none":
-            return [("parts.lae", "LAE wraps a PEFT module: set model.peft.kind")]
+            return [("parts.lae", "LAE wraps a PEFT module: set model.method.kind")]
         return []
 
     def check(self, facts: dict, num_tasks: int) -> None:
@@ -345,9 +345,18 @@ class ModelConfig(Section):
     normalize: Literal["backbone", "none"] = "backbone"
     """Input pixels: standardised by the backbone's mean and std (timm's; [-1, 1] for AugReg ViTs),
     or left in [0, 1] as LAE, L2P, DualPrompt and CODA-Prompt feed their ViTs."""
-    peft: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: METHODS.get(DEFAULT_METHOD).config())
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: METHODS.get(DEFAULT_METHOD).config())
+    """An entry of ``aepg.catalog.METHODS``: what trains (a PEFT module, the whole backbone, or
+    nothing but the head), with its parts. Replaces ``model.peft``, still read with a notice."""
 
-    @field_validator("peft", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _peft_is_method(cls, data):
+        """``model.peft`` of configs written before it was named ``model.method`` (where both are
+        given, as an old config file with a new override, ``method``'s keys win)."""
+        return section_renamed(data, "model.peft", "model.method")
+
+    @field_validator("method", mode="before")
     @classmethod
     def _method(cls, value):
         return by_kind(METHODS, value, DEFAULT_METHOD)
@@ -356,7 +365,7 @@ class ModelConfig(Section):
         """The keys the model reads; the training method's depend on the backbone's ``facts``."""
         values = {"backbone": self.backbone, "weights": self.weights, "head_init_std": self.head_init_std,
                   "normalize": self.normalize, "backbone_kwargs": dict(self.backbone_kwargs),
-                  "peft": self.peft.params(facts)}
+                  "method": self.method.params(facts)}
         return values | ({"image_size": self.image_size} if self.image_size is not None else {})
 
 
@@ -597,7 +606,7 @@ class RunConfig(Section):
     def trains(self) -> bool:
         """Whether any task trains: when none does (RanPAC on the frozen features), the objective,
         its schedule and the optimiser are never used."""
-        return any(self.model.peft.trains(task) for task in range(self.benchmark.num_tasks))
+        return any(self.model.method.trains(task) for task in range(self.benchmark.num_tasks))
 
     def active_params(self, facts: dict) -> dict[str, object]:
         """The keys this run reads, dotted, each section saying which of its own (inactive and
@@ -616,7 +625,7 @@ class RunConfig(Section):
 
 
 DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, DEFAULT_OBJECTIVE),
-                                              "model.peft": (METHODS, DEFAULT_METHOD),
+                                              "model.method": (METHODS, DEFAULT_METHOD),
                                               "schedule": (SCHEDULES, DEFAULT_SCHEDULE),
                                               "train.optimizer": (OPTIMIZERS, DEFAULT_OPTIMIZER),
                                               "train.lr_schedule": (LR_SCHEDULES, DEFAULT_LR_SCHEDULE),
@@ -637,13 +646,60 @@ def schedule_config(**keys: Any) -> ScheduleConfig:
 def entry_keys() -> set[str]:
     """The dotted keys of every entry of every catalogue section, and of every method part (a sweep
     may search any of them, under a ``when`` on the kind)."""
-    parts = {f"model.peft.parts.{part.name}.{key}" for part in PARTS.entries() for key in part.config.model_fields
+    parts = {f"model.method.parts.{part.name}.{key}" for part in PARTS.entries() for key in part.config.model_fields
              if key != "kind"}
     return parts | {f"{section}.{key}" for section, (catalog, _) in DISPATCHED.items()
                     for entry in catalog.entries() for key in entry.config.model_fields}
 
 
 WEIGHT_KEYWORDS = ("hub", "random", "lite0-offline")
+
+
+RENAMED_SECTIONS = {"model.peft.": "model.method."}
+"""Dotted prefixes of config keys that were renamed: old -> new. Configs, sweep spaces and the
+params of runs logged under the old names are read under the new ones."""
+
+
+def section_renamed(data: Any, old: str, new: str) -> Any:
+    """``data`` (the mapping that holds the section) with the section ``old`` (dotted, as the notice
+    names it) moved to ``new``'s name, under the keys ``new`` already has, which win."""
+    old_name, new_name = old.rsplit(".", 1)[-1], new.rsplit(".", 1)[-1]
+    if not isinstance(data, dict) or old_name not in data:
+        return data
+    data = dict(data)
+    moved, kept = (({"kind": v} if isinstance(v, str) else v) for v in (data.pop(old_name), data.get(new_name, {})))
+    data[new_name] = merge_nested(moved, kept) if isinstance(moved, dict) and isinstance(kept, dict) else kept or moved
+    renamed(old, new)
+    return data
+
+
+def current_layout(data: dict[str, Any]) -> dict[str, Any]:
+    """A run config's data with every renamed section under its current name (the sweep's base
+    config, whose keys the space is checked against)."""
+    for old, new in RENAMED_SECTIONS.items():
+        *parents, _ = old.rstrip(".").split(".")
+        if len(parents) == 1 and isinstance(data.get(parents[0]), dict):
+            data = {**data, parents[0]: section_renamed(data[parents[0]], old.rstrip("."), new.rstrip("."))}
+    return data
+
+
+def current_key(key: str) -> str:
+    """A dotted key under its current name (``model.peft.rank`` -> ``model.method.rank``), with a notice."""
+    for old, new in RENAMED_SECTIONS.items():
+        if key.startswith(old):
+            renamed(old.rstrip("."), new.rstrip("."))
+            return new + key[len(old):]
+    return key
+
+
+def logged_param(params: dict[str, str], key: str) -> str | None:
+    """A run's param ``key``, or the same param logged under an old name by an earlier aepg."""
+    if key in params:
+        return params[key]
+    for old, new in RENAMED_SECTIONS.items():
+        if key.startswith(new) and (old + key[len(new):]) in params:
+            return params[old + key[len(new):]]
+    return None
 
 
 def is_uri(path: str) -> bool:
@@ -737,7 +793,7 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
         problems.append(("model.weights", "lite0-offline weights fit only model.backbone=tf_efficientnet_lite0"))
     elif weights not in WEIGHT_KEYWORDS and not Path(weights).expanduser().is_file():
         problems.append(("model.weights", f"{weights!r} is neither one of {WEIGHT_KEYWORDS} nor an existing file"))
-    problems += [(f"model.peft.{key}", message) for key, message in cfg.model.peft.problems()]
+    problems += [(f"model.method.{key}", message) for key, message in cfg.model.method.problems()]
     if isinstance(cfg.train.data_workers, int) and cfg.train.data_workers < 0:
         problems.append(("train.data_workers", "must be >= 0 or auto"))
     workers = cfg.scaling.num_workers

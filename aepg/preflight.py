@@ -45,9 +45,9 @@ def _backbone_problems(cfg: RunConfig) -> list[tuple[str, str]]:
         return [("model.backbone_kwargs", f"timm cannot build {name} with {dict(cfg.model.backbone_kwargs)}: {described['error']}")]
     problems = []
     try:
-        check(cfg.model.peft, described, cfg.benchmark.num_tasks)
+        check(cfg.model.method, described, cfg.benchmark.num_tasks)
     except PeftError as error:
-        problems.append(("model.peft", str(error)))
+        problems.append(("model.method", str(error)))
     if cfg.model.weights not in ("hub", "random", "lite0-offline"):
         problems += _weights_file_problems(cfg.model.weights, described)
     if cfg.model.weights == "hub":
@@ -337,10 +337,10 @@ def plan(cfg: RunConfig) -> Plan:
     for group in task_groups(class_order(bench.num_classes(), bench.order_seed), bench.num_tasks):
         n_train = sum(cap(train[c], bench.max_train_per_class) for c in group)
         n_test = sum(cap(test[c], bench.max_test_per_class) for c in group)
-        trained = cfg.model.peft.trains(len(tasks))
+        trained = cfg.model.method.trains(len(tasks))
         steps = math.ceil(math.ceil(n_train / workers) / per_worker) * cfg.train.epochs if trained else 0
         tasks.append(TaskPlan(len(group), n_train, n_test, steps))
-    untrained = "" if cfg.trains() else f"model.peft.kind={cfg.model.peft.kind} trains no task with these settings"
+    untrained = "" if cfg.trains() else f"model.method.kind={cfg.model.method.kind} trains no task with these settings"
     return Plan(tasks, cfg.train.epochs, cfg.train.batch_size, untrained=untrained)
 
 

@@ -54,10 +54,10 @@ def chosen_entries(cfg: RunConfig) -> dict[str, dict[str, str]]:
     """The objective, a_t schedule, training method, its parts, the data set, the optimiser and the
     learning-rate schedule the run uses, each with its providing package."""
     chosen = {"objective": (OBJECTIVES, cfg.objective.kind), "schedule": (SCHEDULES, cfg.schedule.kind),
-              "method": (METHODS, cfg.model.peft.kind), "dataset": (DATASETS, cfg.benchmark.dataset.kind),
+              "method": (METHODS, cfg.model.method.kind), "dataset": (DATASETS, cfg.benchmark.dataset.kind),
               "optimizer": (OPTIMIZERS, cfg.train.optimizer.kind),
               "lr_schedule": (LR_SCHEDULES, cfg.train.lr_schedule.kind),
-              **{f"part {name}": (PARTS, name) for name in cfg.model.peft.chosen_parts()}}
+              **{f"part {name}": (PARTS, name) for name in cfg.model.method.chosen_parts()}}
     entries = {}
     for role, (catalog, name) in chosen.items():
         package, package_version = provider(catalog.get(name).module)

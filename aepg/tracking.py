@@ -378,7 +378,7 @@ class RunHandle:
 
 def default_run_name(cfg: RunConfig) -> str:
     """What the run is: ``<data set>-<objective>-<method>[-<part>...]-s<seed>`` (e.g. ``-lae``, ``-ewc``)."""
-    peft = cfg.model.peft
+    peft = cfg.model.method
     parts = "".join(f"-{name}" for name in peft.chosen_parts())
     return f"{cfg.benchmark.dataset.kind}-{cfg.objective.kind}-{peft.kind}{parts}-s{cfg.seed}"
 

@@ -277,8 +277,8 @@ def randomise(module, seed: int = 1) -> None:
                 p.copy_(0.1 * torch.randn(p.shape, generator=generator))
 
 
-METHOD_KEYS = {"inflora": ["model.peft.kind=inflora", "model.peft.rank=4"],
-               "ranpac": ["model.peft.kind=ranpac", "model.peft.bottleneck=4", "model.peft.projection_dim=32"]}
+METHOD_KEYS = {"inflora": ["model.method.kind=inflora", "model.method.rank=4"],
+               "ranpac": ["model.method.kind=ranpac", "model.method.bottleneck=4", "model.method.projection_dim=32"]}
 STATISTICS = {"inflora": ["A", "basis", "basis_width", "retain"], "ranpac": ["G", "Q", "ridge", "head"]}
 
 

@@ -130,6 +130,6 @@ def test_a_resume_keeps_whole_sections_and_single_keys_fixed():
     from aepg.launch import fixed_on_resume
 
     assert fixed_on_resume("train.lr") and fixed_on_resume("train.lr_schedule.kind")
-    assert fixed_on_resume("train.optimizer.momentum") and fixed_on_resume("model.peft.rank")
+    assert fixed_on_resume("train.optimizer.momentum") and fixed_on_resume("model.method.rank")
     assert not fixed_on_resume("train.eval_batch_size") and not fixed_on_resume("train.lr_extra")
     assert not fixed_on_resume("train.epochs_extra") and not fixed_on_resume("scaling.num_workers")

@@ -174,7 +174,7 @@ def check_paired(trials: list, arms: list) -> None:
         own = [run for run in arms if run.data.tags["mlflow.parentRunId"] == trial.info.run_id]
         assert sorted((r.data.tags["aepg.arm"], r.data.tags["aepg.seed"]) for r in own) == \
             [("aepg", "0"), ("aepg", "1"), ("ce", "0"), ("ce", "1")]
-        for key in ("train.lr", "model.peft.rank"):
+        for key in ("train.lr", "model.method.rank"):
             assert {r.data.params[key] for r in own} == {trial.data.params[key]}
         assert {r.data.params["objective.kind"] for r in own} == {"ce", "aepg"}
         assert {r.data.tags["aepg.config_id"] for r in own} == {trial.data.tags["aepg.config_id"]}

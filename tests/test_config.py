@@ -1,5 +1,6 @@
 """Configs: YAML + overrides, and bad values rejected before any compute with the key named."""
 
+import logging
 import os
 
 import pytest
@@ -20,7 +21,7 @@ BAD = [
     (["train.batch_size=true"], "train.batch_size", "valid integer"),
     (["schedule.tau=0"], "schedule.tau", "greater than 0"),
     (["schedule.tau=-1.5"], "schedule.tau", "greater than 0"),
-    (["model.peft.rank=0"], "model.peft.rank", "greater than or equal to 1"),
+    (["model.method.rank=0"], "model.method.rank", "greater than or equal to 1"),
     (["benchmark.num_tasks=11"], "benchmark.num_tasks", "only 10 classes"),
     (["train.lr=0"], "train.lr", "greater than 0"),
     (["train.lr=-1e-3"], "train.lr", "greater than 0"),
@@ -65,8 +66,8 @@ def test_bad_files(tmp_path, capsys):
 
 
 def test_overrides_and_resolved_yaml_round_trip(tmp_path):
-    cfg = load_config(DIGITS, ["train.lr=1e-3", "schedule.kind=cosine", "model.peft.blocks=[0,1]"])
-    assert cfg.train.lr == 1e-3 and cfg.schedule.kind == "cosine" and cfg.model.peft.blocks == [0, 1]
+    cfg = load_config(DIGITS, ["train.lr=1e-3", "schedule.kind=cosine", "model.method.blocks=[0,1]"])
+    assert cfg.train.lr == 1e-3 and cfg.schedule.kind == "cosine" and cfg.model.method.blocks == [0, 1]
     resolved = tmp_path / "resolved.yaml"
     resolved.write_text(to_yaml(cfg))
     assert load_config(resolved) == cfg
@@ -88,9 +89,9 @@ def test_shipped_configs_validate():
     for path in leaves:
         load_config(path)
     lae = load_config(CONFIGS / "paper" / "cub200_lae.yaml")
-    assert (lae.benchmark.dataset.kind, lae.model.peft.kind, lae.train.head_only_epochs) == ("cub200", "lora", 30)
-    assert lae.model.peft.chosen_parts()["lae"].decay == 0.999, "the protocol's decay, switched on by peft/lae.yaml"
-    assert "lae" not in load_config(CONFIGS / "paper" / "cub200_lora.yaml").model.peft.chosen_parts()
+    assert (lae.benchmark.dataset.kind, lae.model.method.kind, lae.train.head_only_epochs) == ("cub200", "lora", 30)
+    assert lae.model.method.chosen_parts()["lae"].decay == 0.999, "the protocol's decay, switched on by peft/lae.yaml"
+    assert "lae" not in load_config(CONFIGS / "paper" / "cub200_lora.yaml").model.method.chosen_parts()
 
 
 def test_a_backbone_checkpoint_layer_changes_only_the_backbone(tmp_path):
@@ -195,3 +196,23 @@ def test_validation_imports_nothing_heavy(args, tmp_path, warm_cache_env):
     out = subprocess.run([sys.executable, "-c", LIGHT_CHECK, *args], env=warm_cache_env, cwd=tmp_path,
                          capture_output=True, text=True)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
+
+
+def test_model_peft_of_older_configs_and_sweeps_is_model_method(tmp_path, caplog):
+    """A config file, an override and a sweep space that say ``model.peft`` (every one written before
+    the rename) are read as ``model.method``, with a notice; new keys win where both are given."""
+    data = yaml.safe_load((CONFIGS / "digits.yaml").read_text())
+    data["model"]["peft"] = data["model"].pop("method")
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
+    with caplog.at_level(logging.WARNING, logger="aepg"):
+        old = load_config(tmp_path / "old.yaml", ["model.peft.rank=8", "model.method.alpha=4"])
+    assert old.model.method.rank == 8 and old.model.method.alpha == 4
+    assert old.model_dump() == load_config(CONFIGS / "digits.yaml", ["model.method.rank=8", "model.method.alpha=4"]).model_dump()
+    assert "model.peft is deprecated: read as model.method" in caplog.text
+    sweep = {"name": "old", "base_config": str(tmp_path / "old.yaml"), "search": {"algorithm": "grid"},
+             "space": {"model.peft.rank": {"choice": [2, 4], "when": {"model.peft.kind": "lora"}}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    from aepg.sweep.checks import load_sweep
+
+    loaded = load_sweep(tmp_path / "sweep.yaml")
+    assert list(loaded.space) == ["model.method.rank"] and loaded.space["model.method.rank"].when == {"model.method.kind": "lora"}

@@ -65,7 +65,7 @@ def build_probe(backbone, cfg, num_tasks):
     return Probe(backbone, cfg.untrained_task)
 
 
-PROBE = ["model.peft.kind=hook_probe", "benchmark.num_tasks=2", "benchmark.max_train_per_class=12",
+PROBE = ["model.method.kind=hook_probe", "benchmark.num_tasks=2", "benchmark.max_train_per_class=12",
          "benchmark.max_test_per_class=4", "train.epochs=1", "train.batch_size=20", "train.lr=0.01"]
 
 
@@ -95,7 +95,7 @@ def test_trainer_calls_every_hook_in_order_with_the_task_data():
 
 
 def test_a_task_the_method_does_not_train_goes_from_its_data_to_its_end():
-    cfg = load_config(CONFIGS / "digits.yaml", [*PROBE, "model.peft.untrained_task=1"])
+    cfg = load_config(CONFIGS / "digits.yaml", [*PROBE, "model.method.untrained_task=1"])
     model, benchmark, objective = build_job(cfg)
     ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu"))).fit()
     calls = model.peft.calls

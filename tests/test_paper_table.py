@@ -15,18 +15,18 @@ SEEDS = (0, 1, 2)
 
 
 def run(kind: str, objective: str, seed: int, last: float, avg: float, lae: bool = False, **params) -> RunRecord:
-    p = {"model.peft.kind": kind, "objective.kind": objective, "seed": str(seed),
-         **({"model.peft.parts.lae.enabled": "True"} if lae else {}), **params}
+    p = {"model.method.kind": kind, "objective.kind": objective, "seed": str(seed),
+         **({"model.method.parts.lae.enabled": "True"} if lae else {}), **params}
     return RunRecord(f"{'lae-' if lae else ''}{kind}-{objective}-{seed}", "x", "FINISHED", p,
                      {"final/last_accuracy": last, "final/avg_incremental_accuracy": avg}, {})
 
 
 def test_method_labels_follow_the_paper():
-    assert method({"model.peft.kind": "lora"}) == "LoRA"
-    assert method({"model.peft.kind": "lora", "model.peft.lae": "True"}) == "LAE"
-    assert method({"model.peft.kind": "prefix", "model.peft.parts.lae.enabled": "True"}) == "LAE (Prefix)"
-    assert method({"model.peft.kind": "lora", "model.peft.parts.lae.enabled": "False"}) == "LoRA"
-    assert method({"model.peft.kind": "coda"}) == "CODA-Prompt"
+    assert method({"model.method.kind": "lora"}) == "LoRA"
+    assert method({"model.method.kind": "lora", "model.method.lae": "True"}) == "LAE"
+    assert method({"model.method.kind": "prefix", "model.method.parts.lae.enabled": "True"}) == "LAE (Prefix)"
+    assert method({"model.method.kind": "lora", "model.method.parts.lae.enabled": "False"}) == "LoRA"
+    assert method({"model.method.kind": "coda"}) == "CODA-Prompt"
 
 
 def test_cells_are_seed_statistics_and_differences_are_paired():

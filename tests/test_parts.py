@@ -1,4 +1,4 @@
-"""Method parts that compose over any method (``model.peft.parts``): EWC (online) and LwF pinned
+"""Method parts that compose over any method (``model.method.parts``): EWC (online) and LwF pinned
 to their reference formulations on small hand-made tensors, their state checkpointed, their
 configs checked like every other key, and both run end to end over LoRA and full fine-tuning."""
 
@@ -136,7 +136,7 @@ def test_lwf_distillation_is_the_references_kd_and_reads_the_model_before_the_ta
 
 
 def test_parts_state_is_checkpointed_with_the_model():
-    cfg = load_config(DIGITS, ["model.peft.parts.ewc.weight=5", "model.peft.parts.lwf.temperature=3",
+    cfg = load_config(DIGITS, ["model.method.parts.ewc.weight=5", "model.method.parts.lwf.temperature=3",
                                "model.backbone=vit_tiny_patch16_224", "model.weights=random", "model.image_size=32",
                                "model.backbone_kwargs={depth: 1, embed_dim: 16, num_heads: 2, patch_size: 16}"])
     model, _ = build_model(cfg.model, 10, 5)
@@ -154,55 +154,55 @@ def test_parts_state_is_checkpointed_with_the_model():
 
 
 def test_part_settings_are_checked_like_every_key():
-    cfg = load_config(DIGITS, ["model.peft.parts.ewc.weight=5", "model.peft.parts.lae.enabled=false"])
-    assert list(cfg.model.peft.chosen_parts()) == ["ewc"], "a part not enabled is not built"
+    cfg = load_config(DIGITS, ["model.method.parts.ewc.weight=5", "model.method.parts.lae.enabled=false"])
+    assert list(cfg.model.method.chosen_parts()) == ["ewc"], "a part not enabled is not built"
     params = cfg.active_params(backbone_facts(cfg))
-    assert {key: value for key, value in params.items() if key.startswith("model.peft.parts.")} == {
-        "model.peft.parts.ewc.enabled": True, "model.peft.parts.ewc.weight": 5.0, "model.peft.parts.ewc.decay": 1.0,
-        "model.peft.parts.lae.enabled": False}, "of a part left out, only that"
+    assert {key: value for key, value in params.items() if key.startswith("model.method.parts.")} == {
+        "model.method.parts.ewc.enabled": True, "model.method.parts.ewc.weight": 5.0, "model.method.parts.ewc.decay": 1.0,
+        "model.method.parts.lae.enabled": False}, "of a part left out, only that"
     assert default_run_name(cfg) == "digits-aepg-lora-ewc-s0"
     for overrides, expected in [
-        (["model.peft.parts.ewcc.weight=5"], "model.peft.parts.ewcc: unknown method part 'ewcc'; did you mean 'ewc'?"),
-        (["model.peft.parts.lwf.temprature=2"], "model.peft.parts.lwf.temprature: unknown key; did you mean 'temperature'?"),
-        (["model.peft.parts.ewc.decay=2"], "model.peft.parts.ewc.decay: Input should be less than or equal to 1"),
-        (["model.peft.parts.lae.decay=0.9", "model.peft.lae=true"], "model.peft: LAE is on twice"),
-        (["model.peft.parts.lae.decay=1"], "model.peft.parts.lae.decay: Input should be less than 1"),
-        (["model.peft.kind=none", "model.peft.parts.lae.enabled=true"], "model.peft.parts.lae: LAE wraps a PEFT module"),
+        (["model.method.parts.ewcc.weight=5"], "model.method.parts.ewcc: unknown method part 'ewcc'; did you mean 'ewc'?"),
+        (["model.method.parts.lwf.temprature=2"], "model.method.parts.lwf.temprature: unknown key; did you mean 'temperature'?"),
+        (["model.method.parts.ewc.decay=2"], "model.method.parts.ewc.decay: Input should be less than or equal to 1"),
+        (["model.method.parts.lae.decay=0.9", "model.method.lae=true"], "model.method: LAE is on twice"),
+        (["model.method.parts.lae.decay=1"], "model.method.parts.lae.decay: Input should be less than 1"),
+        (["model.method.kind=none", "model.method.parts.lae.enabled=true"], "model.method.parts.lae: LAE wraps a PEFT module"),
     ]:
         result = run_aepg(["train", DIGITS, *overrides, "--dry-run"], CONFIGS.parent)
         assert result.returncode == 2 and expected in result.stderr, (overrides, result.stderr)
 
 
 def test_lae_as_a_method_key_of_older_configs_is_the_lae_part(caplog):
-    """``model.peft.lae: true`` and ``lae_decay`` (every config before LAE was a part) load as the
+    """``model.method.lae: true`` and ``lae_decay`` (every config before LAE was a part) load as the
     part, placed first, with a notice; ``lae: false`` is dropped with its decay."""
-    old = load_config(DIGITS, ["model.peft.parts.ewc.weight=5", "model.peft.lae=true", "model.peft.lae_decay=0.99"])
-    assert list(old.model.peft.chosen_parts()) == ["lae", "ewc"] and old.model.peft.parts["lae"].decay == 0.99
+    old = load_config(DIGITS, ["model.method.parts.ewc.weight=5", "model.method.lae=true", "model.method.lae_decay=0.99"])
+    assert list(old.model.method.chosen_parts()) == ["lae", "ewc"] and old.model.method.parts["lae"].decay == 0.99
     assert default_run_name(old) == "digits-aepg-lora-lae-ewc-s0"
-    new = load_config(DIGITS, ["model.peft.parts.lae.decay=0.99", "model.peft.parts.ewc.weight=5"])
+    new = load_config(DIGITS, ["model.method.parts.lae.decay=0.99", "model.method.parts.ewc.weight=5"])
     assert old.model_dump() == new.model_dump()
-    off = load_config(DIGITS, ["model.peft.lae=false", "model.peft.lae_decay=0.99"])
-    assert off.model.peft.parts == {} and off.model_dump() == load_config(DIGITS).model_dump()
+    off = load_config(DIGITS, ["model.method.lae=false", "model.method.lae_decay=0.99"])
+    assert off.model.method.parts == {} and off.model_dump() == load_config(DIGITS).model_dump()
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_ewc_and_lwf_run_over_lora_and_full_fine_tuning(workdir, method):
     """Both parts over one method, through the real CLI and MLflow: their settings are params, their
     loss term is logged, the run is named after them, and the run finishes."""
-    result = run_aepg(["train", DIGITS, f"model.peft.kind={method}", "model.peft.parts.ewc.weight=100",
-                       "model.peft.parts.lwf.weight=3", "benchmark.num_tasks=2", "train.epochs=1",
+    result = run_aepg(["train", DIGITS, f"model.method.kind={method}", "model.method.parts.ewc.weight=100",
+                       "model.method.parts.lwf.weight=3", "benchmark.num_tasks=2", "train.epochs=1",
                        "benchmark.max_train_per_class=40", "benchmark.max_test_per_class=10"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
     assert run.info.status == "FINISHED" and run.info.run_name == f"digits-aepg-{method}-ewc-lwf-s0"
     assert {k: v for k, v in run.data.params.items() if ".parts." in k} == {
-        "model.peft.parts.ewc.enabled": "True", "model.peft.parts.ewc.weight": "100.0", "model.peft.parts.ewc.decay": "1.0",
-        "model.peft.parts.lwf.enabled": "True", "model.peft.parts.lwf.weight": "3.0",
-        "model.peft.parts.lwf.temperature": "2.0"}
+        "model.method.parts.ewc.enabled": "True", "model.method.parts.ewc.weight": "100.0", "model.method.parts.ewc.decay": "1.0",
+        "model.method.parts.lwf.enabled": "True", "model.method.parts.lwf.weight": "3.0",
+        "model.method.parts.lwf.temperature": "2.0"}
     auxiliary = client.get_metric_history(run.info.run_id, "train/auxiliary_loss")
     first_task_end = min(m.step for m in client.get_metric_history(run.info.run_id, "train/samples_per_second"))
     assert auxiliary and all(m.value == 0 for m in auxiliary if m.step <= first_task_end), "no term in the first task"
     assert any(m.value > 0 for m in auxiliary if m.step > first_task_end), "EWC and LwF act from the second task"
     manifest = json.load(open(client.download_artifacts(run.info.run_id, "manifest.json", str(workdir / "m"))))
-    assert manifest["config"]["model"]["peft"]["parts"]["ewc"]["weight"] == 100.0
+    assert manifest["config"]["model"]["method"]["parts"]["ewc"]["weight"] == 100.0

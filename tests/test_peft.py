@@ -12,21 +12,21 @@ from aepg.trainer import ContinualTrainer, TaskInputs
 from conftest import CONFIGS, TINY_VIT, model_inputs
 
 VARIANTS = {
-    "lora": ["model.peft.kind=lora"],
-    "hf-lora": ["model.peft.kind=lora", "model.peft.target_modules=[attn.qkv]"],
-    "dora": ["model.peft.kind=dora"],
-    "adapter": ["model.peft.kind=adapter"],
-    "adaptformer": ["model.peft.kind=adaptformer"],
-    "prefix": ["model.peft.kind=prefix"],
-    "l2p": ["model.peft.kind=l2p"],
-    "dualprompt": ["model.peft.kind=dualprompt"],
-    "coda": ["model.peft.kind=coda", "model.peft.pool_size=8"],
-    "lae-lora": ["model.peft.kind=lora", "model.peft.parts.lae.enabled=true"],
-    "lae-prefix": ["model.peft.kind=prefix", "model.peft.parts.lae.enabled=true"],
-    "inflora": ["model.peft.kind=inflora", "model.peft.rank=4"],
-    "lae-inflora": ["model.peft.kind=inflora", "model.peft.rank=4", "model.peft.parts.lae.enabled=true"],
-    "ranpac": ["model.peft.kind=ranpac", "model.peft.bottleneck=4", "model.peft.projection_dim=32"],
-    "sd_lora": ["model.peft.kind=sd_lora", "model.peft.rank=4"],
+    "lora": ["model.method.kind=lora"],
+    "hf-lora": ["model.method.kind=lora", "model.method.target_modules=[attn.qkv]"],
+    "dora": ["model.method.kind=dora"],
+    "adapter": ["model.method.kind=adapter"],
+    "adaptformer": ["model.method.kind=adaptformer"],
+    "prefix": ["model.method.kind=prefix"],
+    "l2p": ["model.method.kind=l2p"],
+    "dualprompt": ["model.method.kind=dualprompt"],
+    "coda": ["model.method.kind=coda", "model.method.pool_size=8"],
+    "lae-lora": ["model.method.kind=lora", "model.method.parts.lae.enabled=true"],
+    "lae-prefix": ["model.method.kind=prefix", "model.method.parts.lae.enabled=true"],
+    "inflora": ["model.method.kind=inflora", "model.method.rank=4"],
+    "lae-inflora": ["model.method.kind=inflora", "model.method.rank=4", "model.method.parts.lae.enabled=true"],
+    "ranpac": ["model.method.kind=ranpac", "model.method.bottleneck=4", "model.method.projection_dim=32"],
+    "sd_lora": ["model.method.kind=sd_lora", "model.method.rank=4"],
 }
 
 
@@ -121,4 +121,4 @@ def test_prompt_kinds_need_a_vit():
     from aepg.models.peft import PeftError
 
     with pytest.raises(PeftError, match="VisionTransformer"):
-        build_job(load_config(CONFIGS / "digits.yaml", ["model.peft.kind=prefix", "benchmark.num_tasks=2"]))
+        build_job(load_config(CONFIGS / "digits.yaml", ["model.method.kind=prefix", "benchmark.num_tasks=2"]))

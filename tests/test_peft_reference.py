@@ -238,7 +238,7 @@ def test_l2p_batchwise_selection_takes_the_most_chosen_prompts():
 
 def test_dualprompt_lengths_follow_the_reference_configs():
     def length(preset):
-        return load_config(CONFIGS / "paper" / preset, ["model.weights=random"]).model.peft.length
+        return load_config(CONFIGS / "paper" / preset, ["model.weights=random"]).model.method.length
 
     assert length("imagenet_r_dualprompt.yaml") == 20 and length("cifar100_dualprompt.yaml") == 5
 
@@ -533,7 +533,7 @@ def test_paper_preset_trainable_parameters_on_vit_b16(preset):
     with torch.device("meta"):  # shapes only: no memory, no download
         model, _ = build_model(cfg.model, classes, cfg.benchmark.num_tasks)
     counts = model.parameter_counts()
-    assert counts["params_peft"] == expected_peft_params(cfg.model.peft, cfg.benchmark.num_tasks)
+    assert counts["params_peft"] == expected_peft_params(cfg.model.method, cfg.benchmark.num_tasks)
     assert counts["params_head"] == D * classes + classes
-    if cfg.model.peft.kind == "lora" and "lae" not in cfg.model.peft.chosen_parts():
+    if cfg.model.method.kind == "lora" and "lae" not in cfg.model.method.chosen_parts():
         assert counts["params_peft"] == 61_440 + 10

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 PLUGIN = REPO / "tests" / "plugin"
 DIGITS = str(CONFIGS / "digits.yaml")
-PLUGIN_KINDS = ["objective.kind=gce", "model.peft.kind=feature_affine"]
+PLUGIN_KINDS = ["objective.kind=gce", "model.method.kind=feature_affine"]
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +53,18 @@ def test_plugin_entries_validate_like_built_ins(workdir, plugin_env):
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load(out.stdout)
     assert resolved["objective"] == {"kind": "gce", "logits": "local", "q": 0.5}
-    assert resolved["model"]["peft"]["init_scale"] == 1.0 and "rank" not in resolved["model"]["peft"]
+    assert resolved["model"]["method"]["init_scale"] == 1.0 and "rank" not in resolved["model"]["method"]
 
     annealed = run_aepg(["train", DIGITS, "schedule.kind=two_phase", "schedule.switch=0.25", "--dry-run"], workdir,
                         plugin_env)
     assert annealed.returncode == 0, annealed.stderr
     assert yaml.safe_load(annealed.stdout)["schedule"] == {"kind": "two_phase", "scope": "task", "span": "task",
                                                            "switch": 0.25}
-    bad = run_aepg(["train", DIGITS, *PLUGIN_KINDS, "objective.q=2", "model.peft.init_scal=2", "--dry-run"],
+    bad = run_aepg(["train", DIGITS, *PLUGIN_KINDS, "objective.q=2", "model.method.init_scal=2", "--dry-run"],
                    workdir, plugin_env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "objective.q: Input should be less than or equal to 1" in bad.stderr
-    assert "model.peft.init_scal: unknown key; did you mean 'init_scale'?" in bad.stderr
+    assert "model.method.init_scal: unknown key; did you mean 'init_scale'?" in bad.stderr
 
 
 def image_folder(root, classes: int) -> None:
@@ -108,7 +108,7 @@ def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
         "name": "plugin",
         "base_config": DIGITS,
         "base_overrides": {"objective": {"kind": "gce"},
-                           "model": {"peft": {"kind": "feature_affine", "parts": {"l2_anchor": {"weight": 0.5}}}},
+                           "model": {"method": {"kind": "feature_affine", "parts": {"l2_anchor": {"weight": 0.5}}}},
                            "train": {"epochs": 1, "batch_size": 16},
                            "benchmark": {"dataset": {"kind": "image-folder"}, "root": str(workdir / "data"),
                                          "num_tasks": 2}},
@@ -133,9 +133,9 @@ def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.params["objective.kind"] == "gce"
-        assert run.data.params["model.peft.kind"] == "feature_affine"
-        assert run.data.params["model.peft.init_scale"] == "1.0"
-        assert run.data.params["model.peft.parts.l2_anchor.weight"] == "0.5"
+        assert run.data.params["model.method.kind"] == "feature_affine"
+        assert run.data.params["model.method.init_scale"] == "1.0"
+        assert run.data.params["model.method.parts.l2_anchor.weight"] == "0.5"
         assert run.data.params["benchmark.dataset.kind"] == "image-folder"
         assert run.data.params["benchmark.dataset.folder"] == "images"
         assert run.data.tags["params_peft"] == str(2 * 1280)  # a scale and a shift per feature of Lite0

@@ -61,7 +61,7 @@ def build_probe(backbone, cfg, num_tasks):
 
 
 def test_bf16_reaches_the_forwards_and_no_hook():
-    trainer = trainer_for("bf16-mixed", "model.peft.kind=precision_probe", "train.epochs=1")
+    trainer = trainer_for("bf16-mixed", "model.method.kind=precision_probe", "train.epochs=1")
     assert trainer.precision == "bf16-mixed" and trainer.scaler is None
     trainer.fit()
     seen = trainer.model.peft.seen

@@ -21,7 +21,7 @@ from aepg.trainer import ContinualTrainer
 from conftest import CONFIGS
 
 DIGITS = CONFIGS / "digits.yaml"
-SCRATCH = ["model.backbone=resnet18_cifar", "model.weights=random", "model.image_size=16", "model.peft.kind=full",
+SCRATCH = ["model.backbone=resnet18_cifar", "model.weights=random", "model.image_size=16", "model.method.kind=full",
            "benchmark.num_tasks=1", "benchmark.max_train_per_class=8", "benchmark.max_test_per_class=4",
            "train.batch_size=16", "train.epochs=2", "train.optimizer.kind=sgd", "train.lr=0.05",
            "train.optimizer.nesterov=true", "train.weight_decay=0.0005", "train.lr_schedule.kind=cosine",
@@ -119,7 +119,7 @@ def test_full_fine_tuning_trains_the_backbone_and_its_batchnorm(tmp_path):
     assert all(torch.equal(model.backbone.state_dict()[k], trained[k]) for k in trained)
 
     params = mlflow_run.data.params
-    assert (params["model.peft.kind"], params["model.peft.batchnorm"], params["train.optimizer.kind"]) == ("full", "train", "sgd")
+    assert (params["model.method.kind"], params["model.method.batchnorm"], params["train.optimizer.kind"]) == ("full", "train", "sgd")
     assert (params["train.optimizer.nesterov"], params["train.lr_schedule.kind"], params["benchmark.crop"]) == \
         ("True", "cosine", "padded")
     assert "train.lr_schedule.milestones" not in params, "the step schedule's keys belong to it"
@@ -139,10 +139,10 @@ def test_head_only_epochs_keep_batchnorm_frozen_and_lae_is_refused():
     model.set_peft_trainable(False)  # a head-only phase
     model.train()
     assert not any(m.training for m in norms)
-    frozen, _, _ = build_job(load_config(DIGITS, [*SCRATCH, "model.peft.batchnorm=frozen"]))
+    frozen, _, _ = build_job(load_config(DIGITS, [*SCRATCH, "model.method.batchnorm=frozen"]))
     assert not any(m.training for m in frozen.train().backbone.modules() if isinstance(m, _BatchNorm))
-    with pytest.raises(ConfigError, match="model.peft.parts.lae: LAE's online/offline pair"):
-        load_config(DIGITS, [*SCRATCH, "model.peft.parts.lae.enabled=true"])
+    with pytest.raises(ConfigError, match="model.method.parts.lae: LAE's online/offline pair"):
+        load_config(DIGITS, [*SCRATCH, "model.method.parts.lae.enabled=true"])
 
 
 def test_unnormalised_inputs_are_pixels_in_0_1():

@@ -17,8 +17,8 @@ def test_params_read_back_from_mlflow_keep_their_types():
     """MLflow stores params as text, and str(1e-05) is '1e-05', which YAML 1.1 reads as a string:
     the leaderboard must see the float the space sampled, or grouping and importances drop it."""
     space = {"train.lr": Param(loguniform=[1.0e-6, 1.0e-2]), "objective.kind": Param(choice=["ce", "aepg"]),
-             "model.peft.rank": Param(integer=[2, 8]), "train.epochs": Param(choice=[1, 2, 3])}
-    sampled = {"train.lr": 1e-05, "objective.kind": "aepg", "model.peft.rank": 4, "train.epochs": 2}
+             "model.method.rank": Param(integer=[2, 8]), "train.epochs": Param(choice=[1, 2, 3])}
+    sampled = {"train.lr": 1e-05, "objective.kind": "aepg", "model.method.rank": 4, "train.epochs": 2}
     run = RunRecord("id", "t00", "FINISHED", {k: str(v) for k, v in sampled.items()}, {}, {})
     params = sampled_params(run, space)
     assert params == sampled
@@ -152,7 +152,7 @@ def paired_store(folder) -> tuple[object, str]:
                 run = tracker.create_run("hand-made", f"t0{index}-{name}@{arm}-s{seed}",
                                          {PARENT_TAG: config_run, schema.STATUS_TAG: "arm run", schema.ARM_TAG: arm,
                                           schema.SEED_TAG: str(seed), schema.SWEEP_TAG: "paired-1", schema.CONFIG_TAG: name},
-                                         {"train.lr": lr, "objective.kind": arm, "seed": seed, "model.peft.kind": "lora"})
+                                         {"train.lr": lr, "objective.kind": arm, "seed": seed, "model.method.kind": "lora"})
                 tracker.run(run).log_metrics({f"seed_run/{m}": value for m in ("avg_incremental_accuracy", "last_accuracy")})
                 tracker.run(run).close("FINISHED")
     return tracker, parent

@@ -321,13 +321,13 @@ def test_the_live_table_fits_the_terminal_however_many_trials():
     from aepg.sweep.progress import LiveSweepTable
 
     table = LiveSweepTable({}, 30, ("tasks_done", 5), "avg_incremental_accuracy", "max", "task",
-                           "eval/avg_incremental_accuracy", keys=["objective.kind", "train.lr", "model.peft.rank"])
+                           "eval/avg_incremental_accuracy", keys=["objective.kind", "train.lr", "model.method.rank"])
     statuses = ["running", "finished", "stopped", "failed", "pending"]
     for i in range(30):
         table.names[f"id{i}"] = f"t{i + 1:02d}-aepg-lr3.4e-4-r8"
         table.rows[f"id{i}"] = {"status": statuses[i % 5], "done": "3/5", "now": "0.6123",
                                 "final": 0.6 + i / 1000 if i % 5 == 1 else None, "objective.kind": "aepg",
-                                "train.lr": 0.000337983049214134, "model.peft.rank": 8}
+                                "train.lr": 0.000337983049214134, "model.method.rank": 8}
     table.best, table.ended, table.elapsed = (0.627, "t27-aepg"), 12, 100.0
     out = io.StringIO()
     console = Console(file=out, width=80, height=24, force_terminal=True, color_system=None)
@@ -370,20 +370,20 @@ def test_the_newer_methods_run_in_a_sweep_with_their_params_in_mlflow(ray_addres
     """InfLoRA, SD-LoRA, RanPAC and full fine-tuning, each a trial of one grid on a tiny ViT."""
     base = {**TINY_BASE, "benchmark": {**TINY_BASE["benchmark"], "num_tasks": 2}, "model": TINY_VIT}
     path = write_sweep(workdir, base_overrides=base, space={
-        "model.peft.kind": {"choice": ["inflora", "sd_lora", "ranpac", "full"]},
-        "model.peft.rank": {"choice": [2], "when": {"model.peft.kind": ["inflora", "sd_lora"]}},
-        "model.peft.projection_dim": {"choice": [64], "when": {"model.peft.kind": "ranpac"}},
+        "model.method.kind": {"choice": ["inflora", "sd_lora", "ranpac", "full"]},
+        "model.method.rank": {"choice": [2], "when": {"model.method.kind": ["inflora", "sd_lora"]}},
+        "model.method.projection_dim": {"choice": [64], "when": {"model.method.kind": "ranpac"}},
     }, search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
     assert main(["sweep", path]) == 0
     _, (parent,), children = sweep_runs(workdir / "mlflow.db")
     assert parent.info.status == "FINISHED"
-    by_kind = {c.data.params["model.peft.kind"]: c for c in children}
+    by_kind = {c.data.params["model.method.kind"]: c for c in children}
     assert set(by_kind) == {"inflora", "sd_lora", "ranpac", "full"}
     assert len({c.data.tags["aepg.config_id"] for c in children}) == 4  # one configuration each
     assert all(c.info.status == "FINISHED" and "final/last_accuracy" in c.data.metrics for c in children)
-    assert by_kind["inflora"].data.params["model.peft.rank"] == "2" and "model.peft.threshold" in by_kind["inflora"].data.params
-    assert by_kind["ranpac"].data.params["model.peft.projection_dim"] == "64"
-    assert by_kind["full"].data.params["model.peft.batchnorm"] == "train"
+    assert by_kind["inflora"].data.params["model.method.rank"] == "2" and "model.method.threshold" in by_kind["inflora"].data.params
+    assert by_kind["ranpac"].data.params["model.method.projection_dim"] == "64"
+    assert by_kind["full"].data.params["model.method.batchnorm"] == "train"
     # Full fine-tuning trains every backbone weight; InfLoRA trains each task's B.
     assert int(by_kind["full"].data.tags["params_peft"]) > int(by_kind["inflora"].data.tags["params_peft"]) > 0
 

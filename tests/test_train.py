@@ -133,7 +133,7 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
     params = mlflow_run.data.params
     assert params["schedule.tau"] == "6.0" and int(mlflow_run.data.tags["params_trainable"]) > 0
     assert not [key for key in params if key.startswith("params_")], "counts are tags: params hold config keys only"
-    assert params["model.peft.implementation"] == "hf-peft" and "model.peft.length" not in params
+    assert params["model.method.implementation"] == "hf-peft" and "model.method.length" not in params
     assert "None" not in params.values() and "tracking_uri" not in params
     a_t = [m.value for m in client.get_metric_history(run_id, "train/a_t")]
     assert a_t[0] > 0.95 and min(a_t) < 0.05
@@ -242,11 +242,11 @@ TINY_VIT_FEATURES = [item for item in TINY_VIT if not item.startswith(("train.",
 def test_a_method_that_trains_nothing_is_described_as_such(workdir):
     """RanPAC on the frozen features trains no task: the plan says so with 0 steps, the run logs no
     objective, schedule or optimiser keys and no throughput, and it still evaluates every task."""
-    settings = [*TINY_VIT_FEATURES, "model.peft.kind=ranpac", "model.peft.adapt_first_task=false",
-                "model.peft.projection_dim=64", "run_name=ncm"]
+    settings = [*TINY_VIT_FEATURES, "model.method.kind=ranpac", "model.method.adapt_first_task=false",
+                "model.method.projection_dim=64", "run_name=ncm"]
     dry = run_aepg(["train", DIGITS, *settings, "--dry-run"], cwd=workdir)
     assert dry.returncode == 0, dry.stderr[-2000:]
-    assert "# 2 tasks, nothing trains (model.peft.kind=ranpac trains no task with these settings): 0 optimiser steps" \
+    assert "# 2 tasks, nothing trains (model.method.kind=ranpac trains no task with these settings): 0 optimiser steps" \
         in dry.stdout, dry.stdout[-2000:]
     result = run_aepg(["train", DIGITS, *settings], cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -255,6 +255,6 @@ def test_a_method_that_trains_nothing_is_described_as_such(workdir):
     assert run.info.status == "FINISHED" and run.data.tags["aepg.tasks_done"] == "2"
     assert not [key for key in run.data.params if key.split(".")[0] in ("objective", "schedule")]
     assert "train.lr" not in run.data.params and "train.optimizer.kind" not in run.data.params
-    assert run.data.params["model.peft.adapt_first_task"] == "False" and "train.batch_size" in run.data.params
+    assert run.data.params["model.method.adapt_first_task"] == "False" and "train.batch_size" in run.data.params
     assert not [key for key in run.data.metrics if key.startswith("train/")], "nothing trained, nothing to chart"
     assert "final/last_accuracy" in run.data.metrics

@@ -32,7 +32,7 @@ class ContinualClassifier(nn.Module):
     statistics never change (``train()`` keeps batch-norm layers in eval mode) unless the method
     trains the backbone (full fine-tuning). Prompt methods get their query (the frozen backbone's
     feature) from a first pass with prompts disabled. The method's parts (its PEFT module, then the
-    parts of ``model.peft.parts`` in order, such as LAE's online/offline pair, EWC, LwF) take each
+    parts of ``model.method.parts`` in order, such as LAE's online/offline pair, EWC, LwF) take each
     life-cycle hook in turn, and each may rewrite the prediction at test time.
     """
 
@@ -189,8 +189,8 @@ def build_model(cfg: ModelConfig, num_classes: int, num_tasks: int) -> tuple[Con
     mean, std = (tuple(data["mean"]), tuple(data["std"])) if cfg.normalize == "backbone" else ((0.0,) * 3, (1.0,) * 3)
     spec = InputSpec(cfg.image_size or data["input_size"][-1], mean, std)
     frozen_keys = set(backbone.state_dict())
-    backbone = attach_peft(backbone, cfg.peft, num_tasks)
+    backbone = attach_peft(backbone, cfg.method, num_tasks)
     model = ContinualClassifier(backbone, num_classes, cfg.head_init_std, frozen_keys)
-    for name, part in cfg.peft.chosen_parts().items():
+    for name, part in cfg.method.chosen_parts().items():
         model.add_part(name, PARTS.get(name).load()(part, model))
     return model, spec

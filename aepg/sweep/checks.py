@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from aepg.config import DISPATCHED as RUN_SECTIONS
 from aepg.config import (
     ConfigError,
+    current_layout,
     RunConfig,
     entry_keys,
     is_uri,
@@ -113,7 +114,7 @@ def _check_unused_keys(sweep: Sweep) -> list[tuple[str, str]]:
     for key in sweep.space:
         use = _key_use(sweep, key)
         if use is not None and not use[0]:
-            kinds = ", ".join(f"{k}={sweep.base_flat[k]}" for k in ("objective.kind", "model.peft.kind"))
+            kinds = ", ".join(f"{k}={sweep.base_flat[k]}" for k in ("objective.kind", "model.method.kind"))
             problems.append((f"space.{key}", f"no trial would use it: the base config ({kinds}) leaves it inactive; "
                              "search the kind that uses it too, or drop the key"))
     return problems
@@ -341,7 +342,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), check_runs: bool = T
     except ConfigError as error:
         raise ConfigError([(f"base_config ({base_path.name}): {k}", m) for k, m in error.problems]) from None
     try:
-        sweep = Sweep(spec, merge_nested(base_file, spec.base_overrides), path.read_text())
+        sweep = Sweep(spec, current_layout(merge_nested(base_file, spec.base_overrides)), path.read_text())
     except ConfigError as error:
         raise ConfigError([(f"base_overrides.{k}", m) for k, m in error.problems]) from None
     problems = _check_space(sweep) + _check_settings(sweep)

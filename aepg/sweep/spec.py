@@ -20,6 +20,7 @@ from aepg.config import (
     RunConfig,
     Section,
     by_kind,
+    current_key,
     default_storage,
     flatten,
     validate,
@@ -189,6 +190,25 @@ class SweepSpec(Section):
     storage_path: str = Field(default_factory=lambda: default_storage("sweeps", "aepg_sweeps"))
     """Where Ray Tune's state, trial checkpoints and the best config go: a folder or URI. Default:
     ``$AEPG_STORAGE/sweeps`` where AEPG_STORAGE is set, else ./aepg_sweeps."""
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _current_keys(cls, value):
+        """Searched keys and their ``when`` keys under their current names (``model.peft.*`` of
+        older sweep files is ``model.method.*``)."""
+        if not isinstance(value, dict):
+            return value
+        current = {}
+        for key, param in value.items():
+            if isinstance(param, dict) and isinstance(param.get("when"), dict):
+                param = {**param, "when": {current_key(str(k)): v for k, v in param["when"].items()}}
+            current[current_key(str(key))] = param
+        return current
+
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _current_compare_keys(cls, value):
+        return {current_key(str(key)): arms for key, arms in value.items()} if isinstance(value, dict) else value
 
     @field_validator("search", mode="before")
     @classmethod

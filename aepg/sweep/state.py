@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aepg.config import ConfigError, is_uri
+from aepg.config import RENAMED_SECTIONS, ConfigError, is_uri
 
 
 STATE_FILE = "aepg_sweep.json"
@@ -46,10 +46,12 @@ def read_state(path: str) -> dict:
     return state
 
 
-SHORT_NAMES = {"train.lr": "lr", "model.peft.rank": "r", "schedule.tau": "tau", "seed": "s", "train.epochs": "ep",
-               "train.batch_size": "b", "train.weight_decay": "wd", "model.peft.length": "len",
-               "model.peft.parts.lae.enabled": "lae",
-               "objective.kind": "objective", "model.peft.kind": "method", "schedule.kind": "schedule"}
+SHORT_NAMES = {"train.lr": "lr", "model.method.rank": "r", "schedule.tau": "tau", "seed": "s", "train.epochs": "ep",
+               "train.batch_size": "b", "train.weight_decay": "wd", "model.method.length": "len",
+               "model.method.parts.lae.enabled": "lae",
+               "objective.kind": "objective", "model.method.kind": "method", "schedule.kind": "schedule"}
+SHORT_NAMES |= {old + key[len(new):]: short for old, new in RENAMED_SECTIONS.items()
+                for key, short in list(SHORT_NAMES.items()) if key.startswith(new)}  # sweeps logged before a rename
 
 
 def short_name(key: str) -> str:

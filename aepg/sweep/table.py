@@ -21,7 +21,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from aepg.catalog import METHODS, OBJECTIVES
-from aepg.config import ConfigError
+from aepg.config import ConfigError, logged_param
 from aepg.schema import COMMIT_TAG, VERSION_TAG, final_name, one_seed_name
 from aepg.sweep.noise import paired_difference
 
@@ -30,10 +30,10 @@ SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}
 
 
 def method(params: dict[str, str]) -> str:
-    """The paper's row label: the PEFT module, and LAE around it (LAE over LoRA is the paper's "LAE");
-    runs logged before LAE was a part say ``model.peft.lae``."""
-    name = METHODS.display(params.get("model.peft.kind", "?"))
-    if "True" in (params.get("model.peft.parts.lae.enabled"), params.get("model.peft.lae")):
+    """The paper's row label: the method, and LAE around it (LAE over LoRA is the paper's "LAE");
+    runs logged before LAE was a part say ``model.peft.lae``, before the rename ``model.peft``."""
+    name = METHODS.display(logged_param(params, "model.method.kind") or "?")
+    if "True" in (logged_param(params, "model.method.parts.lae.enabled"), logged_param(params, "model.method.lae")):
         return "LAE" if name == "LoRA" else f"LAE ({name})"
     return name
 
@@ -41,7 +41,8 @@ def method(params: dict[str, str]) -> str:
 def label(key: str, params: dict[str, str]) -> str:
     if key == "method":
         return method(params)
-    value = params.get(key, "-")
+    value = logged_param(params, key)
+    value = "-" if value is None else value
     return OBJECTIVES.display(value) if key == "objective.kind" else value
 
 
@@ -285,7 +286,7 @@ def check_keys(sweeps: list[tuple[str, list]], keys: dict[str, str]) -> None:
     for option, key in keys.items():
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "; give 'method' or a config key, e.g. model.peft.rank"
+            hint = f"; did you mean {close[0]!r}?" if close else "; give 'method' or a config key, e.g. model.method.rank"
             problems.append((option, f"no finished run of the sweep has the key {key!r}{hint}"))
     if problems:
         raise ConfigError(problems)

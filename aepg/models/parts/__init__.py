@@ -1,5 +1,5 @@
 """Method parts: what layers over any training method, one catalogue entry each
-(``aepg.catalog.PARTS``), chosen under ``model.peft.parts`` by name, in the order they run.
+(``aepg.catalog.PARTS``), chosen under ``model.method.parts`` by name, in the order they run.
 
 A part takes the same life-cycle hooks as a PEFT module (``aepg.models.peft.base.MethodPart``):
 the start and end of each task with its context (the model, the objective and the task's data),

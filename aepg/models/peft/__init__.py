@@ -38,7 +38,7 @@ def adapted_blocks(blocks: list[int] | None, depth: int, default: list[int] | No
         return list(range(depth)) if default is None else [b for b in default if b < depth]
     chosen = sorted(set(blocks))
     if any(b >= depth for b in chosen):
-        raise PeftError(f"model.peft.blocks {chosen} exceed the backbone's {depth} blocks")
+        raise PeftError(f"model.method.blocks {chosen} exceed the backbone's {depth} blocks")
     return chosen
 
 
@@ -60,7 +60,7 @@ def target_pattern(targets: list[str], blocks: list[int] | None) -> str:
 def check(cfg: MethodConfig, facts: dict, num_tasks: int) -> None:
     """Raise PeftError when the PEFT settings ``cfg`` do not fit the backbone ``facts`` describes."""
     if METHODS.get(cfg.kind).has("vit_only") and not facts["is_vit"]:
-        raise PeftError(f"model.peft.kind={cfg.kind} needs a timm VisionTransformer, not {facts['family']}")
+        raise PeftError(f"model.method.kind={cfg.kind} needs a timm VisionTransformer, not {facts['family']}")
     cfg.check(facts, num_tasks)
 
 
@@ -140,12 +140,12 @@ class HfLoraMethod(BlocksMethod):
         family = facts["family"]
         targets = self.target_modules or HF_DEFAULT_TARGETS.get(family)
         if not targets:
-            raise PeftError(f"no default LoRA targets for {family}; set model.peft.target_modules "
+            raise PeftError(f"no default LoRA targets for {family}; set model.method.target_modules "
                             "(module-name suffixes such as attn.qkv)")
         blocks = self.blocks if self.blocks is not None else HF_DEFAULT_BLOCKS.get(family)
         pattern = target_pattern(targets, blocks)
         if not any(re.fullmatch(pattern, name) for name in facts["modules"]):
-            raise PeftError(f"model.peft.target_modules {targets} with blocks {blocks} match no module of {family}")
+            raise PeftError(f"model.method.target_modules {targets} with blocks {blocks} match no module of {family}")
         return pattern
 
     def params(self, facts: dict) -> dict[str, Any]:
@@ -268,11 +268,11 @@ class CodaMethod(BlocksMethod):
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)
         if self.pool_size < num_tasks:
-            raise PeftError(f"model.peft.pool_size ({self.pool_size}) must be at least the number of tasks ({num_tasks})")
+            raise PeftError(f"model.method.pool_size ({self.pool_size}) must be at least the number of tasks ({num_tasks})")
         if self.length % 2:
-            raise PeftError("model.peft.length must be even for CODA-Prompt (half keys, half values)")
+            raise PeftError("model.method.length must be even for CODA-Prompt (half keys, half values)")
         if self.pool_size > facts["embed_dim"]:
-            raise PeftError(f"model.peft.pool_size ({self.pool_size}) exceeds the embedding width ({facts['embed_dim']}): "
+            raise PeftError(f"model.method.pool_size ({self.pool_size}) exceeds the embedding width ({facts['embed_dim']}): "
                             "that many keys cannot be orthogonal")
 
 
@@ -294,7 +294,7 @@ class InfLoraMethod(BlocksMethod):
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)
         if self.rank > facts["embed_dim"]:
-            raise PeftError(f"model.peft.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
+            raise PeftError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
 
 
 @METHODS.register("ranpac", builder=f"{PACKAGE}.ranpac:build_ranpac", display="RanPAC")
@@ -325,7 +325,7 @@ class RanpacMethod(BlocksMethod):
     def check(self, facts: dict, num_tasks: int) -> None:
         if self.adapt_first_task and not facts["is_vit"]:
             raise PeftError(f"RanPAC's first-task adapter needs a timm VisionTransformer, not {facts['family']}; "
-                            "set model.peft.adapt_first_task=false to use the backbone's features only")
+                            "set model.method.adapt_first_task=false to use the backbone's features only")
         super().check(facts, num_tasks)
 
     def trains(self, task: int) -> bool:
@@ -355,4 +355,4 @@ class SdLoraMethod(BlocksMethod):
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)
         if self.rank > facts["embed_dim"]:
-            raise PeftError(f"model.peft.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
+            raise PeftError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")

@@ -1,6 +1,6 @@
 """LoRA and DoRA from HF peft, injected in place into a timm model on named targets.
 
-Used for ``dora``, for ``lora`` when ``model.peft.target_modules`` is set, and for ``lora`` on
+Used for ``dora``, for ``lora`` when ``model.method.target_modules`` is set, and for ``lora`` on
 backbones without a fused ``attn.qkv`` (EfficientNet: its 1x1 convolutions in every block).
 Targets are module-name suffixes (``attn.qkv``, ``conv_pw``) restricted to chosen ``blocks.N``
 (see ``HfLoraMethod.hf_target_pattern`` in ``aepg.models.peft``).
