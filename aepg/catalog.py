@@ -181,7 +181,7 @@ OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",), "obje
 METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",), "model.method.kind")
 DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",), "benchmark.dataset.kind")
 PARTS = Catalog("method part", "aepg.parts", ("aepg.models.parts",), "model.method.parts")
-SCHEDULES = Catalog("a_t schedule", "aepg.schedules", ("aepg.schedules",), "schedule.kind")
+SCHEDULES = Catalog("a_t schedule", "aepg.schedules", ("aepg.schedules",), "annealing.kind")
 OPTIMIZERS = Catalog("optimizer", "aepg.optimizers", ("aepg.optim",), "train.optimizer.kind")
 LR_SCHEDULES = Catalog("learning-rate schedule", "aepg.lr_schedules", ("aepg.optim",), "train.lr_schedule.kind")
 SEARCHERS = Catalog("search algorithm", "aepg.searchers", ("aepg.sweep.searchers",), "search.algorithm", key="algorithm")

@@ -587,7 +587,10 @@ class RunConfig(Section):
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     objective: SerializeAsAny[ObjectiveConfig] = Field(default_factory=lambda: OBJECTIVES.get(DEFAULT_OBJECTIVE).config())
-    schedule: SerializeAsAny[ScheduleConfig] = Field(default_factory=lambda: SCHEDULES.get(DEFAULT_SCHEDULE).config())
+    annealing: SerializeAsAny[ScheduleConfig] = Field(default_factory=lambda: SCHEDULES.get(DEFAULT_SCHEDULE).config())
+    """The a_t schedule of annealed objectives (aEPG's cross-entropy weight over a task), an entry of
+    ``aepg.catalog.SCHEDULES``. Replaces ``schedule`` (a word the learning-rate schedule and the
+    sweep's early-stopping scheduler share), still read with a notice."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = CheckpointConfig()
     scaling: ScalingConfig = ScalingConfig()
@@ -598,7 +601,12 @@ class RunConfig(Section):
     def _objective(cls, value):
         return by_kind(OBJECTIVES, value, DEFAULT_OBJECTIVE)
 
-    @field_validator("schedule", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _schedule_is_annealing(cls, data):
+        return section_renamed(data, "schedule", "annealing")
+
+    @field_validator("annealing", mode="before")
     @classmethod
     def _schedule(cls, value):
         return by_kind(SCHEDULES, value, DEFAULT_SCHEDULE)
@@ -619,14 +627,14 @@ class RunConfig(Section):
         if trains:  # otherwise no objective, schedule or optimiser is ever used
             sections["objective"] = self.objective.model_dump(mode="json")
             if OBJECTIVES.get(self.objective.kind).has("annealed"):
-                sections["schedule"] = self.schedule.active_params()
+                sections["annealing"] = self.annealing.active_params()
         sections |= {"train": self.train.active_params(trains), "scaling": self.scaling.active_params()}
         return {"seed": self.seed, **flatten(sections)}
 
 
 DISPATCHED: dict[str, tuple[Catalog, str]] = {"objective": (OBJECTIVES, DEFAULT_OBJECTIVE),
                                               "model.method": (METHODS, DEFAULT_METHOD),
-                                              "schedule": (SCHEDULES, DEFAULT_SCHEDULE),
+                                              "annealing": (SCHEDULES, DEFAULT_SCHEDULE),
                                               "train.optimizer": (OPTIMIZERS, DEFAULT_OPTIMIZER),
                                               "train.lr_schedule": (LR_SCHEDULES, DEFAULT_LR_SCHEDULE),
                                               "benchmark.dataset": (DATASETS, DEFAULT_DATASET)}
@@ -655,7 +663,7 @@ def entry_keys() -> set[str]:
 WEIGHT_KEYWORDS = ("hub", "random", "lite0-offline")
 
 
-RENAMED_SECTIONS = {"model.peft.": "model.method."}
+RENAMED_SECTIONS = {"model.peft.": "model.method.", "schedule.": "annealing."}
 """Dotted prefixes of config keys that were renamed: old -> new. Configs, sweep spaces and the
 params of runs logged under the old names are read under the new ones."""
 
@@ -678,7 +686,9 @@ def current_layout(data: dict[str, Any]) -> dict[str, Any]:
     config, whose keys the space is checked against)."""
     for old, new in RENAMED_SECTIONS.items():
         *parents, _ = old.rstrip(".").split(".")
-        if len(parents) == 1 and isinstance(data.get(parents[0]), dict):
+        if not parents:
+            data = section_renamed(data, old.rstrip("."), new.rstrip("."))
+        elif isinstance(data.get(parents[0]), dict):
             data = {**data, parents[0]: section_renamed(data[parents[0]], old.rstrip("."), new.rstrip("."))}
     return data
 
@@ -786,8 +796,8 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
     if cfg.train.head_only_epochs >= cfg.train.epochs:
         problems.append(("train.head_only_epochs", f"must be less than train.epochs ({cfg.train.epochs})"))
     problems += _optimizer_problems(cfg.train)
-    if cfg.schedule.span == "trained" and cfg.schedule.scope == "run":
-        problems.append(("schedule.span", "'trained' counts steps inside each task: it needs schedule.scope=task"))
+    if cfg.annealing.span == "trained" and cfg.annealing.scope == "run":
+        problems.append(("annealing.span", "'trained' counts steps inside each task: it needs annealing.scope=task"))
     weights = cfg.model.weights
     if weights == "lite0-offline" and cfg.model.backbone != "tf_efficientnet_lite0":
         problems.append(("model.weights", "lite0-offline weights fit only model.backbone=tf_efficientnet_lite0"))
@@ -842,6 +852,7 @@ def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError([(item, "overrides take the form key=value")])
         if not key.strip():
             raise ConfigError([(item, "an override needs a dotted key before '=', e.g. train.lr=1e-3")])
+        item = current_key(key.strip()) + item[len(key):]  # an old name lands in the renamed section
         try:
             merged = OmegaConf.merge(_kinds_written_out(merged), OmegaConf.from_dotlist([item]))
         except (OmegaConfBaseException, TypeError, ValueError, yaml.YAMLError) as error:

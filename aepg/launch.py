@@ -32,7 +32,7 @@ log = logging.getLogger("aepg")
 
 # Active keys (``RunConfig.active_params``) a resumed run must share with the run that wrote the
 # checkpoints: every key of a section (ending in "."), or one key.
-RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "schedule.", "train.epochs", "train.head_only_epochs",
+RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "annealing.", "train.epochs", "train.head_only_epochs",
                 "train.lr", "train.lr_schedule.", "train.weight_decay", "train.batch_size", "train.optimizer.",
                 "train.grad_clip_norm", "train.drop_last")
 
@@ -53,7 +53,7 @@ def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective
     seed_all(cfg.seed)
     model, inputs = build_model(cfg.model, cfg.benchmark.num_classes(), cfg.benchmark.num_tasks)
     benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std, cfg.train.channels_last)
-    return model, benchmark, build_objective(cfg.objective, cfg.schedule)
+    return model, benchmark, build_objective(cfg.objective, cfg.annealing)
 
 
 def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context,

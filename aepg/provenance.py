@@ -53,7 +53,7 @@ def library_versions() -> dict[str, str | None]:
 def chosen_entries(cfg: RunConfig) -> dict[str, dict[str, str]]:
     """The objective, a_t schedule, training method, its parts, the data set, the optimiser and the
     learning-rate schedule the run uses, each with its providing package."""
-    chosen = {"objective": (OBJECTIVES, cfg.objective.kind), "schedule": (SCHEDULES, cfg.schedule.kind),
+    chosen = {"objective": (OBJECTIVES, cfg.objective.kind), "annealing": (SCHEDULES, cfg.annealing.kind),
               "method": (METHODS, cfg.model.method.kind), "dataset": (DATASETS, cfg.benchmark.dataset.kind),
               "optimizer": (OPTIMIZERS, cfg.train.optimizer.kind),
               "lr_schedule": (LR_SCHEDULES, cfg.train.lr_schedule.kind),

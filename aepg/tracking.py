@@ -385,7 +385,7 @@ def default_run_name(cfg: RunConfig) -> str:
 
 def objective_label(cfg: RunConfig) -> str:
     """The objective as a plot title says it, e.g. ``aepg (sigmoid schedule, tau 6)``."""
-    o, s = cfg.objective, cfg.schedule
+    o, s = cfg.objective, cfg.annealing
     if is_annealed(o):
         detail = "".join(f", {key} {value:g}" for key, value in s.settings().items())
         return f"{o.kind} ({s.kind} schedule{detail})"

@@ -139,7 +139,7 @@ class TaskInputs:
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         trainer = self.trainer
-        if trainer.cfg.schedule.scope == "run":
+        if trainer.cfg.annealing.scope == "run":
             steps = [trainer.cfg.train.epochs * trainer.steps_per_epoch(t) for t in trainer.benchmark.tasks]
             end = Progress(sum(steps[: self.task.index + 1]), sum(steps))
         else:
@@ -292,10 +292,10 @@ class ContinualTrainer:
         return Phase(head_only, self.cfg.train.epochs, steps_per_epoch)
 
     def _schedule_progress(self, task: Task, phase: Phase, epoch: int, step: int, run_step: int, run_steps: int) -> Progress:
-        """Where a_t is: ``schedule.span: trained`` counts only the phase that trains the PEFT module."""
-        where = progress(self.cfg.schedule.scope, epoch * phase.steps_per_epoch + step,
+        """Where a_t is: ``annealing.span: trained`` counts only the phase that trains the PEFT module."""
+        where = progress(self.cfg.annealing.scope, epoch * phase.steps_per_epoch + step,
                          self.cfg.train.epochs * phase.steps_per_epoch, run_step, run_steps)
-        if self.cfg.schedule.span == "trained" and self.cfg.schedule.scope == "task":
+        if self.cfg.annealing.span == "trained" and self.cfg.annealing.scope == "task":
             trained = self._phase(task, self.cfg.train.epochs - 1, phase.steps_per_epoch)
             return Progress(max(0, where.t - trained.first * phase.steps_per_epoch), trained.steps)
         return where

@@ -44,7 +44,7 @@ TASKS = 2
 BENCHMARK = {"benchmark": {"num_tasks": TASKS, "max_train_per_class": 80}, "train": {"epochs": 2, "batch_size": 32},
              "checkpoint": {"every_epochs": 0}, "figures": False}
 GRID = {"objective.kind": {"choice": ["ce", "aepg"]},
-        "schedule.tau": {"choice": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
+        "annealing.tau": {"choice": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
         "train.lr": {"choice": [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2]}}
 HELD_OUT = [100, 101, 102, 103, 104]
 SEARCH_SEEDS = [0, 1, 2, 3, 4]

@@ -39,7 +39,7 @@ def fresh_model(cfg):
 
 def run_aepg(cfg, benchmark, run_id: str, tracker: Tracker) -> tuple[int, float]:
     model = fresh_model(cfg)
-    trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.schedule),
+    trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.annealing),
                                Context(device=torch.device("cpu")), [tracker.run(run_id).reporter(cfg)])
     state, samples = TrainState(), 0
     start = time.perf_counter()
@@ -65,7 +65,7 @@ def run_bare(cfg, benchmark) -> tuple[int, float]:
             sampler.set_epoch(epoch)
             for images, sizes, y in loader:
                 x = benchmark.train_view(images, sizes)
-                a = 1 / (1 + math.exp(-cfg.schedule.tau * (T - 2 * t) / T))
+                a = 1 / (1 + math.exp(-cfg.annealing.tau * (T - 2 * t) / T))
                 log_p_y = F.log_softmax(model(x, slice(task.start, task.stop)), -1).gather(1, (y - task.start)[:, None])
                 loss = -(a * log_p_y + (1 - a) * log_p_y.exp()).mean()
                 optimizer.zero_grad(set_to_none=True)

@@ -210,7 +210,7 @@ def write_sweep(folder, **changes) -> str:
         "base_overrides": TINY_BASE,
         "space": {
             "objective.kind": {"choice": ["ce", "aepg"]},
-            "schedule.tau": {"uniform": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
+            "annealing.tau": {"uniform": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
             "train.lr": {"loguniform": [1.0e-4, 1.0e-3]},
         },
         "search": {"algorithm": "tpe", "seed": 3, "num_trials": 6, "max_concurrent": 2},

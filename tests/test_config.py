@@ -19,13 +19,13 @@ BAD = [
     (["train.lr_rate=0.1"], "train.lr_rate", "known keys: epochs, head_only_epochs, lr,"),
     (["train.epochs=three"], "train.epochs", "valid integer"),
     (["train.batch_size=true"], "train.batch_size", "valid integer"),
-    (["schedule.tau=0"], "schedule.tau", "greater than 0"),
-    (["schedule.tau=-1.5"], "schedule.tau", "greater than 0"),
+    (["annealing.tau=0"], "annealing.tau", "greater than 0"),
+    (["annealing.tau=-1.5"], "annealing.tau", "greater than 0"),
     (["model.method.rank=0"], "model.method.rank", "greater than or equal to 1"),
     (["benchmark.num_tasks=11"], "benchmark.num_tasks", "only 10 classes"),
     (["train.lr=0"], "train.lr", "greater than 0"),
     (["train.lr=-1e-3"], "train.lr", "greater than 0"),
-    (["schedule.kind=exponential"], "schedule.kind", "'sigmoid'"),
+    (["annealing.kind=exponential"], "annealing.kind", "'sigmoid'"),
     (["objective.kind=hinge"], "objective.kind", "unknown objective"),
     (["objective.kind=label_smoothing", "objective.eps=1.5"], "objective.eps", "less than 1"),
     (["objective.kind=focal", "objective.gama=2"], "objective.gama", "did you mean 'gamma'"),
@@ -50,8 +50,8 @@ def test_bad_config_exits_2_naming_the_key(overrides, key, fragment, capsys, wor
 
 def test_every_problem_is_reported(workdir):
     with pytest.raises(ConfigError) as info:
-        load_config(DIGITS, ["schedule.tau=0", "train.lr=-1", "bogus=1"])
-    assert {key for key, _ in info.value.problems} == {"schedule.tau", "train.lr", "bogus"}
+        load_config(DIGITS, ["annealing.tau=0", "train.lr=-1", "bogus=1"])
+    assert {key for key, _ in info.value.problems} == {"annealing.tau", "train.lr", "bogus"}
 
 
 def test_bad_files(tmp_path, capsys):
@@ -66,8 +66,8 @@ def test_bad_files(tmp_path, capsys):
 
 
 def test_overrides_and_resolved_yaml_round_trip(tmp_path):
-    cfg = load_config(DIGITS, ["train.lr=1e-3", "schedule.kind=cosine", "model.method.blocks=[0,1]"])
-    assert cfg.train.lr == 1e-3 and cfg.schedule.kind == "cosine" and cfg.model.method.blocks == [0, 1]
+    cfg = load_config(DIGITS, ["train.lr=1e-3", "annealing.kind=cosine", "model.method.blocks=[0,1]"])
+    assert cfg.train.lr == 1e-3 and cfg.annealing.kind == "cosine" and cfg.model.method.blocks == [0, 1]
     resolved = tmp_path / "resolved.yaml"
     resolved.write_text(to_yaml(cfg))
     assert load_config(resolved) == cfg
@@ -75,9 +75,9 @@ def test_overrides_and_resolved_yaml_round_trip(tmp_path):
 
 
 def test_console_script_exit_code(workdir):
-    result = run_aepg(["train", DIGITS, "schedule.tau=0"], cwd=workdir)
+    result = run_aepg(["train", DIGITS, "annealing.tau=0"], cwd=workdir)
     assert result.returncode == 2
-    assert "schedule.tau" in result.stderr
+    assert "annealing.tau" in result.stderr
     dry = run_aepg(["train", DIGITS, "--dry-run", "train.epochs=7"], cwd=workdir)
     assert dry.returncode == 0 and yaml.safe_load(dry.stdout)["train"]["epochs"] == 7
 
@@ -198,21 +198,27 @@ def test_validation_imports_nothing_heavy(args, tmp_path, warm_cache_env):
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
 
 
-def test_model_peft_of_older_configs_and_sweeps_is_model_method(tmp_path, caplog):
-    """A config file, an override and a sweep space that say ``model.peft`` (every one written before
-    the rename) are read as ``model.method``, with a notice; new keys win where both are given."""
+def test_renamed_sections_of_older_configs_and_sweeps_load_under_their_new_names(tmp_path, caplog):
+    """A config file, an override and a sweep space that say ``model.peft`` or ``schedule`` (written
+    before they were named ``model.method`` and ``annealing``) are read under the new names, with a
+    notice; where a file and an override name one section both ways, the override wins."""
     data = yaml.safe_load((CONFIGS / "digits.yaml").read_text())
-    data["model"]["peft"] = data["model"].pop("method")
+    data["model"]["peft"], data["schedule"] = data["model"].pop("method"), data.pop("annealing")
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
     with caplog.at_level(logging.WARNING, logger="aepg"):
-        old = load_config(tmp_path / "old.yaml", ["model.peft.rank=8", "model.method.alpha=4"])
-    assert old.model.method.rank == 8 and old.model.method.alpha == 4
-    assert old.model_dump() == load_config(CONFIGS / "digits.yaml", ["model.method.rank=8", "model.method.alpha=4"]).model_dump()
+        old = load_config(tmp_path / "old.yaml", ["model.method.rank=8", "model.peft.alpha=4", "annealing.tau=3"])
+    new = load_config(CONFIGS / "digits.yaml", ["model.peft.rank=8", "model.method.alpha=4", "schedule.tau=3"])
+    assert (old.model.method.rank, old.model.method.alpha, old.annealing.tau) == (8, 4, 3)
+    assert old.model_dump() == new.model_dump()
     assert "model.peft is deprecated: read as model.method" in caplog.text
+    assert "schedule is deprecated: read as annealing" in caplog.text
     sweep = {"name": "old", "base_config": str(tmp_path / "old.yaml"), "search": {"algorithm": "grid"},
-             "space": {"model.peft.rank": {"choice": [2, 4], "when": {"model.peft.kind": "lora"}}}}
+             "space": {"model.peft.rank": {"choice": [2, 4], "when": {"model.peft.kind": "lora"}},
+                       "schedule.tau": {"choice": [3.0, 6.0]}}}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     from aepg.sweep.checks import load_sweep
 
     loaded = load_sweep(tmp_path / "sweep.yaml")
-    assert list(loaded.space) == ["model.method.rank"] and loaded.space["model.method.rank"].when == {"model.method.kind": "lora"}
+    assert list(loaded.space) == ["model.method.rank", "annealing.tau"]
+    assert loaded.space["model.method.rank"].when == {"model.method.kind": "lora"}
+    assert {"model.method.rank", "annealing.tau"} <= set(loaded.base_flat)

@@ -76,7 +76,7 @@ def test_one_seed_has_no_spread_and_differences_pair_only_the_compared_key():
     """The best CE configuration (lr 1e-3) is not what aEPG ran (lr 3e-4): the difference pairs aEPG
     with the CE run at its own lr, never the best CE with the best aEPG."""
     runs = [run("lora", "ce", 0, 0.80, 0.9, **{"train.lr": "0.001"}), run("lora", "ce", 0, 0.60, 0.7, **{"train.lr": "0.0003"}),
-            run("lora", "aepg", 0, 0.70, 0.8, **{"train.lr": "0.0003", "schedule.tau": "6.0"})]
+            run("lora", "aepg", 0, 0.70, 0.8, **{"train.lr": "0.0003", "annealing.tau": "6.0"})]
     table = build_table([("digits, 5 tasks", runs)])
     records = {(r["row"], r["column"], r["metric"]): r for r in table.records()}
     assert records[("LoRA", "aEPG - CE", "last_accuracy")]["mean"] == pytest.approx(0.70 - 0.60)

@@ -55,10 +55,10 @@ def test_plugin_entries_validate_like_built_ins(workdir, plugin_env):
     assert resolved["objective"] == {"kind": "gce", "logits": "local", "q": 0.5}
     assert resolved["model"]["method"]["init_scale"] == 1.0 and "rank" not in resolved["model"]["method"]
 
-    annealed = run_aepg(["train", DIGITS, "schedule.kind=two_phase", "schedule.switch=0.25", "--dry-run"], workdir,
+    annealed = run_aepg(["train", DIGITS, "annealing.kind=two_phase", "annealing.switch=0.25", "--dry-run"], workdir,
                         plugin_env)
     assert annealed.returncode == 0, annealed.stderr
-    assert yaml.safe_load(annealed.stdout)["schedule"] == {"kind": "two_phase", "scope": "task", "span": "task",
+    assert yaml.safe_load(annealed.stdout)["annealing"] == {"kind": "two_phase", "scope": "task", "span": "task",
                                                            "switch": 0.25}
     bad = run_aepg(["train", DIGITS, *PLUGIN_KINDS, "objective.q=2", "model.method.init_scal=2", "--dry-run"],
                    workdir, plugin_env)

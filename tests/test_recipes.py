@@ -27,7 +27,7 @@ SCRATCH = ["model.backbone=resnet18_cifar", "model.weights=random", "model.image
            "train.optimizer.nesterov=true", "train.weight_decay=0.0005", "train.lr_schedule.kind=cosine",
            "train.lr_schedule.warmup_epochs=1",
            "benchmark.augment=true", "benchmark.crop=padded", "benchmark.crop_padding=2",
-           "objective.kind=aepg", "schedule.kind=constant", "schedule.a=0.2"]
+           "objective.kind=aepg", "annealing.kind=constant", "annealing.a=0.2"]
 
 
 def run_places(tmp_path) -> list[str]:
@@ -154,7 +154,7 @@ def test_unnormalised_inputs_are_pixels_in_0_1():
 
 @pytest.mark.parametrize("span", ["task", "trained"])
 def test_annealing_spans_the_task_or_only_its_trained_epochs(span):
-    cfg = load_config(DIGITS, ["benchmark.num_tasks=2", "train.epochs=5", "train.head_only_epochs=3", f"schedule.span={span}"])
+    cfg = load_config(DIGITS, ["benchmark.num_tasks=2", "train.epochs=5", "train.head_only_epochs=3", f"annealing.span={span}"])
     model, benchmark, objective = build_job(cfg)
     trainer = ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu")))
     first, second = benchmark.tasks

@@ -58,7 +58,7 @@ def tiny_sweep(ray_address, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-sweep")
     space = {
         "objective.kind": {"choice": ["ce", "aepg"]},
-        "schedule.tau": {"uniform": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
+        "annealing.tau": {"uniform": [2.0, 10.0], "when": {"objective.kind": "aepg"}},
         "train.lr": {"loguniform": [1.0e-4, 1.0e-3]},
         # A head initialised this large gives infinite logits: those trials fail with NaN losses.
         "model.head_init_std": {"choice": [0.001, 0.002, 1.0e37]},
@@ -108,7 +108,7 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     for child in children:
         params = child.data.params
         annealed = params["objective.kind"] == "aepg"
-        assert ("schedule.tau" in params) == annealed and ("schedule.kind" in params) == annealed
+        assert ("annealing.tau" in params) == annealed and ("annealing.kind" in params) == annealed
         assert "None" not in params.values() and "experiment" not in params
         assert child.info.run_name.startswith(f"t{int(child.data.tags['aepg.trial_index']):02d}-{params['objective.kind']}")
     # Final metrics logged once, at step 0 (so that MLflow draws them as bars).
@@ -119,7 +119,7 @@ def test_sweep_end_to_end(tiny_sweep, workdir):
     assert {"sweep.yaml", "space.json", "leaderboard.csv", "leaderboard.md", "best.yaml", "objective_over_trials.png",
             "convergence.png", "paper_table.md", "paper_table.csv", "paper_table.tex"} <= artifacts
     assert json.loads(open(client.download_artifacts(parent.info.run_id, "space.json", str(workdir))).read()
-                      )["schedule.tau"]["when"] == {"objective.kind": "aepg"}
+                      )["annealing.tau"]["when"] == {"objective.kind": "aepg"}
     # The paper table names the runs behind its cells, each holding the manifest.json that made it.
     table = open(client.download_artifacts(parent.info.run_id, "paper_table.md", str(workdir))).read()
     named = set(re.findall(r"seed \d+ ([0-9a-f]{32})", table.split("Manifests")[1]))
@@ -469,11 +469,11 @@ def test_a_driver_killed_twice_resumes_without_duplicates(ray_address, workdir):
 BAD_SWEEPS = [
     ({"space": {"train.lr": {"loguniform": [0.0, 1.0e-3]}}}, "space.train.lr", "loguniform bounds must be > 0"),
     ({"space": {"train.lrate": {"choice": [0.1]}}}, "space.train.lrate", "not a run-config key"),
-    ({"space": {"schedule.tau": {"uniform": [-1.0, 2.0]}}}, "space.schedule.tau", "greater than 0"),
+    ({"space": {"annealing.tau": {"uniform": [-1.0, 2.0]}}}, "space.annealing.tau", "greater than 0"),
     ({"space": {"train.lr": {"choice": [0.1], "uniform": [0.1, 0.2]}}}, "space.train.lr", "exactly one"),
-    ({"space": {"schedule.tau": {"uniform": [1.0, 2.0], "when": {"objective.kind": "aepg"}},
-                "objective.kind": {"choice": ["ce", "aepg"]}}}, "space.schedule.tau.when", "searched before"),
-    ({"search": {"algorithm": "grid"}}, "space.schedule.tau", "grid search takes choice"),
+    ({"space": {"annealing.tau": {"uniform": [1.0, 2.0], "when": {"objective.kind": "aepg"}},
+                "objective.kind": {"choice": ["ce", "aepg"]}}}, "space.annealing.tau.when", "searched before"),
+    ({"search": {"algorithm": "grid"}}, "space.annealing.tau", "grid search takes choice"),
     ({"metric": "accuracy"}, "metric", "Input should be"),
     ({"seeds": [0, 1]}, "seeds", "grid"),
     ({"scheduler": {"grace_period": 5}}, "scheduler.grace_period", "the benchmark has 3"),
@@ -485,12 +485,12 @@ BAD_SWEEPS = [
 def test_a_key_inactive_in_some_combinations_is_warned_about_with_the_when_that_fixes_it(workdir, capsys):
     """tau searched for CE too: CE trials ignore it, so they repeat one configuration under
     different names; the warning names the combination and the ``when`` that keeps it where used."""
-    space = {"objective.kind": {"choice": ["ce", "aepg"]}, "schedule.tau": {"uniform": [2.0, 10.0]}}
+    space = {"objective.kind": {"choice": ["ce", "aepg"]}, "annealing.tau": {"uniform": [2.0, 10.0]}}
     assert main(["sweep", write_sweep(workdir, space=space), "--dry-run"]) == 0
     err = capsys.readouterr().err
-    assert "aepg: warning: space.schedule.tau is inactive in 1 of 2 combinations" in err and "objective.kind=ce" in err
+    assert "aepg: warning: space.annealing.tau is inactive in 1 of 2 combinations" in err and "objective.kind=ce" in err
     assert "when: {objective.kind: aepg}" in err
-    space["schedule.tau"]["when"] = {"objective.kind": "aepg"}
+    space["annealing.tau"]["when"] = {"objective.kind": "aepg"}
     assert main(["sweep", write_sweep(workdir, space=space), "--dry-run"]) == 0
     assert "warning" not in capsys.readouterr().err
 
@@ -525,13 +525,13 @@ def test_shipped_sweeps_validate(monkeypatch):
 def test_grid_expands_conditions_and_seeds(tmp_path):
     path = write_sweep(tmp_path, space={
         "objective.kind": {"choice": ["ce", "aepg"]},
-        "schedule.kind": {"choice": ["sigmoid", "cosine"], "when": {"objective.kind": "aepg"}},
+        "annealing.kind": {"choice": ["sigmoid", "cosine"], "when": {"objective.kind": "aepg"}},
     }, search={"algorithm": "grid"}, seeds=[0, 1])
     grid = load_sweep(path).grid()
     configs = {tuple(sorted((k, v) for k, v in p.items() if k != "seed")) for p in grid}
     assert configs == {(("objective.kind", "ce"),),
-                       (("objective.kind", "aepg"), ("schedule.kind", "sigmoid")),
-                       (("objective.kind", "aepg"), ("schedule.kind", "cosine"))}
+                       (("objective.kind", "aepg"), ("annealing.kind", "sigmoid")),
+                       (("objective.kind", "aepg"), ("annealing.kind", "cosine"))}
     assert len(grid) == 6 and sorted({p["seed"] for p in grid}) == [0, 1]
 
 

@@ -131,7 +131,7 @@ def test_aepg_train_writes_a_complete_mlflow_run(workdir):
         a = logged["a_t"][step]
         assert loss == pytest.approx(a * logged["ce"][step] - (1 - a) * logged["p_y"][step], abs=1e-5), step
     params = mlflow_run.data.params
-    assert params["schedule.tau"] == "6.0" and int(mlflow_run.data.tags["params_trainable"]) > 0
+    assert params["annealing.tau"] == "6.0" and int(mlflow_run.data.tags["params_trainable"]) > 0
     assert not [key for key in params if key.startswith("params_")], "counts are tags: params hold config keys only"
     assert params["model.method.implementation"] == "hf-peft" and "model.method.length" not in params
     assert "None" not in params.values() and "tracking_uri" not in params
@@ -188,7 +188,7 @@ class RecordingObjective:
 
 @pytest.mark.parametrize("logits, scope", [("local", "task"), ("seen", "run")])
 def test_logit_columns_and_schedule_scope(tmp_path, logits, scope):
-    cfg = small_config(tmp_path, "benchmark.num_tasks=2", f"objective.logits={logits}", f"schedule.scope={scope}")
+    cfg = small_config(tmp_path, "benchmark.num_tasks=2", f"objective.logits={logits}", f"annealing.scope={scope}")
     model, benchmark, objective = build_job(cfg)
     recorder = RecordingObjective(objective)
     trainer = ContinualTrainer(cfg, model, benchmark, recorder, Context(device=torch.device("cpu")))
@@ -253,7 +253,7 @@ def test_a_method_that_trains_nothing_is_described_as_such(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["aepg.tasks_done"] == "2"
-    assert not [key for key in run.data.params if key.split(".")[0] in ("objective", "schedule")]
+    assert not [key for key in run.data.params if key.split(".")[0] in ("objective", "annealing")]
     assert "train.lr" not in run.data.params and "train.optimizer.kind" not in run.data.params
     assert run.data.params["model.method.adapt_first_task"] == "False" and "train.batch_size" in run.data.params
     assert not [key for key in run.data.metrics if key.startswith("train/")], "nothing trained, nothing to chart"

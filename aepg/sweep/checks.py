@@ -317,7 +317,7 @@ def _check_runs(sweep: Sweep) -> list[tuple[str, str]]:
     return problems
 
 
-RUN_CONFIG_KEYS = ("benchmark", "model", "objective", "schedule", "train")
+RUN_CONFIG_KEYS = ("benchmark", "model", "objective", "annealing", "schedule", "train")
 
 
 def load_sweep(path: str | Path, overrides: list[str] = (), check_runs: bool = True) -> Sweep:

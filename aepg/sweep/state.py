@@ -46,10 +46,10 @@ def read_state(path: str) -> dict:
     return state
 
 
-SHORT_NAMES = {"train.lr": "lr", "model.method.rank": "r", "schedule.tau": "tau", "seed": "s", "train.epochs": "ep",
+SHORT_NAMES = {"train.lr": "lr", "model.method.rank": "r", "annealing.tau": "tau", "seed": "s", "train.epochs": "ep",
                "train.batch_size": "b", "train.weight_decay": "wd", "model.method.length": "len",
                "model.method.parts.lae.enabled": "lae",
-               "objective.kind": "objective", "model.method.kind": "method", "schedule.kind": "schedule"}
+               "objective.kind": "objective", "model.method.kind": "method", "annealing.kind": "annealing"}
 SHORT_NAMES |= {old + key[len(new):]: short for old, new in RENAMED_SECTIONS.items()
                 for key, short in list(SHORT_NAMES.items()) if key.startswith(new)}  # sweeps logged before a rename
 

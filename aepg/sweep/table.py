@@ -235,9 +235,9 @@ def configuration(params: dict[str, str]) -> tuple:
 
 def differ_only_by(a: tuple, b: tuple, key: str) -> bool:
     """Whether two configurations agree on everything but ``key``: keys both have are equal, and a
-    key only one has belongs to what ``key`` switches (its own section; the schedule, for the objective)."""
+    key only one has belongs to what ``key`` switches (its own section; the annealing, for the objective)."""
     first, second = dict(a), dict(b)
-    switched = (key.rsplit(".", 1)[0] + ".",) + (("schedule.",) if key == "objective.kind" else ())
+    switched = (key.rsplit(".", 1)[0] + ".",) + (("annealing.",) if key == "objective.kind" else ())
     for name in (set(first) | set(second)) - {key}:
         if name in first and name in second:
             if first[name] != second[name]:
