@@ -15,7 +15,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # -- a run's tags ---------------------------------------------------------------------------------
 RESUMED_TAG = "aepg.resumed_from"
 TASKS_DONE_TAG = "aepg.tasks_done"
-NODES_TAG = "aepg.ray_node_ids"
+NODES_TAG = "aepg.worker_node_ids"
+"""The Ray node ids the run's training workers ran on, comma-separated."""
 FAILURE_TAG = "failure_reason"
 VERSION_TAG = "aepg.version"
 COMMIT_TAG = "aepg.commit"
@@ -60,8 +61,8 @@ INDEX_TAG = "aepg.trial_index"
 """The trial's start order, from 1."""
 LEVEL_TAG = "aepg.fidelity_level"
 OPTUNA_STATE_TAG = "aepg.optuna_state"
-NODE_TAG = "aepg.ray_node_id"
-"""The Ray node id the trial's latest attempt runs on."""
+NODE_TAG = "aepg.trial_node_id"
+"""The Ray node id the trial's latest attempt runs on (its workers may run elsewhere)."""
 NODE_NAMES_TAG = "aepg.nodes"
 """The names of the nodes each attempt of the trial ran on, in order (a retry adds one): ``worker-1,head``."""
 SEED_VALUES_TAG = "aepg.seed_values"
@@ -87,9 +88,19 @@ COMPUTE_KEY = "compute/tasks"
 SEEDS_KEY = "seeds/count"
 SEED_VALUES_RESULT = "seeds/values"
 """In a seed ladder trial's Tune results (not logged): its value on each seed so far, as JSON {seed: value}."""
-COUNTER_TAGS = {LEVEL_KEY: "aepg.level", SEEDS_KEY: "aepg.seeds_done"}
+COUNTER_TAGS = {LEVEL_KEY: "aepg.levels_done", SEEDS_KEY: "aepg.seeds_done"}
 """The ladders' counters as their runs' tags: in MLflow the counter is the step of the ladder's
 metrics, not a ramp chart of its own (Tune still gets it: it is ASHA's time attribute)."""
+
+
+EARLIER_TAG_NAMES = {"aepg.worker_node_ids": "aepg.ray_node_ids", "aepg.trial_node_id": "aepg.ray_node_id",
+                     "aepg.levels_done": "aepg.level"}
+"""Tags renamed apart from a look-alike, by their names in runs logged before (read by ``tag_of``)."""
+
+
+def tag_of(tags: dict[str, str], name: str) -> str | None:
+    """A run's tag ``name``, or the same tag under the name an earlier aepg gave it."""
+    return tags.get(name, tags.get(EARLIER_TAG_NAMES.get(name, name)))
 
 
 def seed_metric(metric: str) -> str:

@@ -204,7 +204,7 @@ def test_a_two_worker_train_job_spans_both_nodes(cluster, mlflow_server, tmp_pat
     (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id],
                                 filter_string="attributes.run_name = 'span'")
     assert run.info.status == "FINISHED" and "final/last_accuracy" in run.data.metrics
-    assert len(set(run.data.tags["aepg.ray_node_ids"].split(","))) == 2
+    assert len(set(run.data.tags["aepg.worker_node_ids"].split(","))) == 2
     assert {"accuracy_matrix.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert list((tmp_path / "shared" / "runs" / run.info.run_id / "checkpoints").glob("ckpt-*"))
 

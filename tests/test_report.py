@@ -45,8 +45,9 @@ def _finished(index: int, lr: float, kind: str, value: float):
 
 
 def test_tasks_done_and_ladder_level_come_from_their_tags_or_from_the_metrics_of_older_runs():
-    """Runs now carry their counts as tags (``aepg.tasks_done``, ``aepg.level``); runs an earlier
-    aepg logged carry them as metrics, and their leaderboard rows still read right."""
+    """Runs now carry their counts as tags (``aepg.tasks_done``, ``aepg.levels_done``); runs an earlier
+    aepg logged carry them as metrics, or as ``aepg.level`` (renamed apart from ``aepg.fidelity_level``),
+    and their leaderboard rows still read right."""
     from aepg.sweep.leaderboard import entries_of
 
     space = {"train.lr": Param(choice=[1.0e-4, 1.0e-3])}
@@ -55,10 +56,11 @@ def test_tasks_done_and_ladder_level_come_from_their_tags_or_from_the_metrics_of
     before = RunRecord("b", "t02", "FINISHED", {}, {"eval/tasks_done": 3.0}, stopped)
     assert [e.progress for e in entries_of([now, before], space, "avg_incremental_accuracy", 5)] == \
         ["2/5 tasks", "3/5 tasks"]
-    now = RunRecord("a", "t01", "FINISHED", {}, {}, {**stopped, "aepg.level": "1"})
+    now = RunRecord("a", "t01", "FINISHED", {}, {}, {**stopped, "aepg.levels_done": "1"})
     before = RunRecord("b", "t02", "FINISHED", {}, {"fidelity/level": 2.0}, stopped)
-    assert [e.progress for e in entries_of([now, before], space, "avg_incremental_accuracy", 5, levels=3)] == \
-        ["level 1/3", "level 2/3"]
+    renamed = RunRecord("c", "t03", "FINISHED", {}, {}, {**stopped, "aepg.level": "3"})
+    assert [e.progress for e in entries_of([now, before, renamed], space, "avg_incremental_accuracy", 5, levels=3)] == \
+        ["level 1/3", "level 2/3", "level 3/3"]
 
 
 def test_the_importance_plot_has_one_title_that_states_n_and_warns_when_trials_are_few():

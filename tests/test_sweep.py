@@ -767,10 +767,10 @@ def test_a_data_ladder_restarts_promoted_trials_at_more_data(ray_address, workdi
     assert finished and len(finished) + len(stopped) == 4  # the first to reach a rung always goes on
     for child in finished:  # restarted at the full data: 0.5 + 1 tasks' worth per task
         assert child.data.params["benchmark.max_train_per_class"] == "20"
-        assert child.data.tags["aepg.level"] == "2" and child.data.metrics["compute/tasks"] == pytest.approx(4.5)
+        assert child.data.tags["aepg.levels_done"] == "2" and child.data.metrics["compute/tasks"] == pytest.approx(4.5)
         assert "final/avg_incremental_accuracy" in child.data.metrics and child.data.tags["aepg.optuna_state"] == "COMPLETE"
     for child in stopped:
-        assert child.data.tags["aepg.level"] == "1" and child.data.metrics["compute/tasks"] == pytest.approx(1.5)
+        assert child.data.tags["aepg.levels_done"] == "1" and child.data.metrics["compute/tasks"] == pytest.approx(1.5)
         assert "fidelity/level" not in child.data.metrics, "the level is the step and a tag, not a ramp chart"
         assert "final/avg_incremental_accuracy" not in child.data.metrics and child.data.tags["aepg.optuna_state"] == "PRUNED"
     leaderboard = open(client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(workdir))).read()

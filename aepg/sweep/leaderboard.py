@@ -163,7 +163,7 @@ def nodes_of(run: tracking.RunRecord) -> list[str]:
 def count_of(run: tracking.RunRecord, tag: str, metric: str) -> int:
     """A run's count (tasks done, ladder level) from its tag; runs logged before the tag carried it
     as the metric."""
-    return int(run.tags.get(tag) or run.metrics.get(metric, 0))
+    return int(schema.tag_of(run.tags, tag) or run.metrics.get(metric, 0))
 
 
 def seed_ladder_entry(run: tracking.RunRecord, status: str, space: dict[str, Param], seeds: int,
