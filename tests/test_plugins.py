@@ -97,22 +97,39 @@ def test_a_plugin_data_set_counts_its_classes_from_its_folder(workdir, plugin_en
         assert bad.returncode == 2 and expected in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
+@pytest.mark.slow
+def test_a_plugin_objective_and_data_set_train_for_real(workdir, plugin_env):
+    """The plugin's objective over its data set, through the decoded cache, in one real run."""
+    image_folder(workdir / "data", classes=4)
+    out = run_aepg(["train", DIGITS, "benchmark.dataset=image-folder", f"benchmark.root={workdir / 'data'}",
+                    "benchmark.num_tasks=2", "objective.kind=gce", "objective.q=0.5", "train.epochs=1"], workdir, plugin_env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "image-folder-gce-lora-s0"
+    assert run.data.params["objective.q"] == "0.5" and "annealing.kind" not in run.data.params
+    assert (workdir / "data" / ".aepg-cache").is_dir(), "the image files were decoded into the cache"
+    assert "final/avg_incremental_accuracy" in run.data.metrics
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
-    """The plugin's objective, method, part, data set, searcher and scheduler in one sweep: two trials
-    sampled by its quasi-Monte Carlo searcher, fewer than the median rule's three samples (it builds
-    and stops nothing); each run names the package behind each entry in its manifest."""
+    """The plugin's a_t schedule, method, part, data set, searcher and scheduler in one sweep: two
+    trials sampled by its quasi-Monte Carlo searcher, fewer than the median rule's three samples (it
+    builds and stops nothing); each run names the package behind each entry in its manifest. (Its
+    objective, which a trial of this sweep cannot use beside an annealed one, trains in
+    test_a_plugin_objective_and_data_set_train_for_real.)"""
     image_folder(workdir / "data", classes=4)
     sweep = {
         "name": "plugin",
         "base_config": DIGITS,
-        "base_overrides": {"objective": {"kind": "gce"},
+        "base_overrides": {"objective": {"kind": "aepg"}, "annealing": {"kind": "two_phase"},
                            "model": {"method": {"kind": "feature_affine", "parts": {"l2_anchor": {"weight": 0.5}}}},
                            "train": {"epochs": 1, "batch_size": 16},
                            "benchmark": {"dataset": {"kind": "image-folder"}, "root": str(workdir / "data"),
                                          "num_tasks": 2}},
-        "space": {"objective.q": {"uniform": [0.5, 1.0]}},
+        "space": {"annealing.switch": {"uniform": [0.25, 0.75]}},
         "search": {"algorithm": "qmc", "seed": 0, "num_trials": 2, "max_concurrent": 2},
         "scheduler": {"kind": "median", "grace_period": 1},
         "trial": {"cpus": 1},
@@ -128,11 +145,11 @@ def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
     assert parent.data.params["search.scheduler"] == "MedianStoppingRule(grace_period=1, min_samples_required=3)"
     assert parent.data.params["search.sampler"] == "QMCSampler(seed=0, scramble=True)"
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`aepg.status` = 'finished'")
-    qs = sorted(float(r.data.params["objective.q"]) for r in runs)
-    assert len(qs) == 2 and qs[0] < qs[1] and 0.5 <= qs[0] and qs[1] <= 1.0
+    switches = sorted(float(r.data.params["annealing.switch"]) for r in runs)
+    assert len(switches) == 2 and 0.25 <= switches[0] < switches[1] <= 0.75
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert run.data.params["objective.kind"] == "gce"
+        assert run.data.params["annealing.kind"] == "two_phase"
         assert run.data.params["model.method.kind"] == "feature_affine"
         assert run.data.params["model.method.init_scale"] == "1.0"
         assert run.data.params["model.method.parts.l2_anchor.weight"] == "0.5"
@@ -143,7 +160,7 @@ def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
         manifest = json.load(open(client.download_artifacts(run.info.run_id, "manifest.json",
                                                             str(workdir / run.info.run_id))))
         plugin = {"package": "aepg-example-plugin", "version": "0.1.0"}
-        assert manifest["entries"]["objective"] == {"name": "gce", **plugin}
+        assert manifest["entries"]["annealing"] == {"name": "two_phase", **plugin}
         assert manifest["entries"]["method"] == {"name": "feature_affine", **plugin}
         assert manifest["entries"]["part l2_anchor"] == {"name": "l2_anchor", **plugin}
         assert manifest["entries"]["dataset"] == {"name": "image-folder", **plugin}
