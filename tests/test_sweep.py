@@ -530,8 +530,8 @@ def test_grid_expands_conditions_and_seeds(tmp_path):
     grid = load_sweep(path).grid()
     configs = {tuple(sorted((k, v) for k, v in p.items() if k != "seed")) for p in grid}
     assert configs == {(("objective.kind", "ce"),),
-                       (("objective.kind", "aepg"), ("annealing.kind", "sigmoid")),
-                       (("objective.kind", "aepg"), ("annealing.kind", "cosine"))}
+                       (("annealing.kind", "sigmoid"), ("objective.kind", "aepg")),
+                       (("annealing.kind", "cosine"), ("objective.kind", "aepg"))}
     assert len(grid) == 6 and sorted({p["seed"] for p in grid}) == [0, 1]
 
 

@@ -483,51 +483,45 @@ class ImageFilesDataset(DatasetConfig):
                 if key not in ("cache", "cache_dir", "cache_key")}
 
 
+class ListedImageFiles(ImageFilesDataset):
+    """An image-file data set of a fixed class count, found by ``finds(bench)`` and listed from its
+    metadata by ``lists(bench)``."""
+
+    classes: ClassVar[int]
+    finds: ClassVar[Callable[[BenchmarkConfig], Path]]
+    lists: ClassVar[Callable[[BenchmarkConfig], Listing]]
+
+    def num_classes(self, bench: BenchmarkConfig) -> int:
+        return self.classes
+
+    def locate(self, bench: BenchmarkConfig) -> Path:
+        return type(self).finds(bench)
+
+    def listing(self, bench: BenchmarkConfig) -> Listing:
+        return type(self).lists(bench)
+
+
 @DATASETS.register("imagenet-r", builder=f"{PACKAGE}.folders:load_imagenet_r_splits", display="ImageNet-R")
-class ImageNetRDataset(ImageFilesDataset):
+class ImageNetRDataset(ListedImageFiles):
     """ImageNet-R: 200 classes of renditions in image files, split 80/20 per class by ``split_seed``."""
 
     kind: Literal["imagenet-r"] = "imagenet-r"
     split_seed: int = 0
     """Seed of the train/test split (ImageNet-R ships none): pinned in aepg's cache folder once drawn."""
-
-    def num_classes(self, bench: BenchmarkConfig) -> int:
-        return 200
-
-    def locate(self, bench: BenchmarkConfig) -> Path:
-        return imagenet_r_folder(bench)
-
-    def listing(self, bench: BenchmarkConfig) -> Listing:
-        return imagenet_r_listing(bench)
+    classes, finds, lists = 200, staticmethod(imagenet_r_folder), staticmethod(imagenet_r_listing)
 
 
 @DATASETS.register("cub200", builder=f"{PACKAGE}.folders:load_cub200_splits", display="CUB-200")
-class CUB200Dataset(ImageFilesDataset):
+class CUB200Dataset(ListedImageFiles):
     """CUB-200-2011: 200 bird classes in image files, with its official split."""
 
     kind: Literal["cub200"] = "cub200"
-
-    def num_classes(self, bench: BenchmarkConfig) -> int:
-        return 200
-
-    def locate(self, bench: BenchmarkConfig) -> Path:
-        return cub200_folder(bench)
-
-    def listing(self, bench: BenchmarkConfig) -> Listing:
-        return cub200_listing(bench)
+    classes, finds, lists = 200, staticmethod(cub200_folder), staticmethod(cub200_listing)
 
 
 @DATASETS.register("food101", builder=f"{PACKAGE}.folders:load_food101_splits", display="Food-101")
-class Food101Dataset(ImageFilesDataset):
+class Food101Dataset(ListedImageFiles):
     """Food-101: 101 dish classes in image files, with its official split."""
 
     kind: Literal["food101"] = "food101"
-
-    def num_classes(self, bench: BenchmarkConfig) -> int:
-        return 101
-
-    def locate(self, bench: BenchmarkConfig) -> Path:
-        return food101_folder(bench)
-
-    def listing(self, bench: BenchmarkConfig) -> Listing:
-        return food101_listing(bench)
+    classes, finds, lists = 101, staticmethod(food101_folder), staticmethod(food101_listing)
