@@ -274,8 +274,8 @@ class MethodConfig(Section):
         if on in (True, "true", "True"):
             parts = data.get("parts") or {}
             if isinstance(parts, dict) and "lae" in parts:
-                raise PydanticCustomError("lae_twice", "LAE is on twice: model.method.lae is true and model.method.parts "
-                                          "names lae; keep parts.lae")
+                raise PydanticCustomError("lae_twice", "LAE is on twice: lae (its switch before it was a part) is "
+                                          "true and parts names lae; keep parts.lae")
             renamed("model.method.lae", "model.method.parts.lae")
             data["parts"] = {"lae": {} if decay is None else {"decay": decay},
                              **(parts if isinstance(parts, dict) else {})}
