@@ -197,7 +197,7 @@ def read_moved_keys(data: Any, section: str, moved: dict[str, tuple[str, str, An
     """``data`` (a config section) with the flat keys of older configs (``moved``: old key ->
     (catalogue section, its key, the old default)) read into the catalogue section now holding
     them, each with a notice. A value the chosen entry has no key for is refused unless it is the
-    old default, which every old config.yaml holds (it is then dropped)."""
+    old default, which every old config.yaml holds (it is then dropped, silently)."""
     if not isinstance(data, dict) or not set(data) & set(moved):
         return data
     data = dict(data)
@@ -208,8 +208,7 @@ def read_moved_keys(data: Any, section: str, moved: dict[str, tuple[str, str, An
         target = {"kind": target} if isinstance(target, str) else dict(target)
         catalog, default = catalogs[target_name]
         entry = catalog.find(target.get("kind", default))
-        renamed(f"{section}.{old}", f"{section}.{target_name}.{key}")
-        if entry is not None and key not in entry.config.model_fields:
+        if entry is not None and key not in entry.config.model_fields:  # the old default: nothing to read
             if str(value).lower() != str(old_default).lower():
                 owners = [e.name for e in catalog.entries() if key in e.config.model_fields]
                 raise PydanticCustomError("moved_key", "{section}.{old} (now {section}.{target}.{key}) is read only "
@@ -217,6 +216,7 @@ def read_moved_keys(data: Any, section: str, moved: dict[str, tuple[str, str, An
                                           {"section": section, "old": old, "target": target_name, "key": key,
                                            "kind": entry.name, "owners": " or ".join(owners)})
             continue
+        renamed(f"{section}.{old}", f"{section}.{target_name}.{key}")
         target.setdefault(key, value)
         data[target_name] = target
     return data

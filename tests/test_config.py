@@ -198,7 +198,15 @@ def test_validation_imports_nothing_heavy(args, tmp_path, warm_cache_env):
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
 
 
-def test_renamed_sections_of_older_configs_and_sweeps_load_under_their_new_names(tmp_path, caplog):
+@pytest.fixture
+def notices_afresh(monkeypatch):
+    """Each deprecation notice is said once per process: say them again in this test."""
+    import aepg.config
+
+    monkeypatch.setattr(aepg.config, "_RENAMED_SAID", set())
+
+
+def test_renamed_sections_of_older_configs_and_sweeps_load_under_their_new_names(tmp_path, caplog, notices_afresh):
     """A config file, an override and a sweep space that say ``model.peft`` or ``schedule`` (written
     before they were named ``model.method`` and ``annealing``) are read under the new names, with a
     notice; where a file and an override name one section both ways, the override wins."""
@@ -222,3 +230,21 @@ def test_renamed_sections_of_older_configs_and_sweeps_load_under_their_new_names
     assert list(loaded.space) == ["model.method.rank", "annealing.tau"]
     assert loaded.space["model.method.rank"].when == {"model.method.kind": "lora"}
     assert {"model.method.rank", "annealing.tau"} <= set(loaded.base_flat)
+
+
+def test_flat_data_set_keys_of_older_configs_move_under_the_data_set(caplog, notices_afresh):
+    """``benchmark.split_seed`` and the image-file keys, flat before data sets were entries: read
+    under the entry that has them (with a notice), dropped silently where they hold the old default
+    (as every old config.yaml does), refused where they would change nothing."""
+    with caplog.at_level(logging.WARNING, logger="aepg"):
+        moved = load_config(CONFIGS / "digits.yaml", ["benchmark.dataset=imagenet-r", "benchmark.split_seed=3",
+                                                      "benchmark.cache=none"])
+    assert (moved.benchmark.dataset.split_seed, moved.benchmark.dataset.cache) == (3, "none")
+    assert "benchmark.split_seed is deprecated: read as benchmark.dataset.split_seed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aepg"):
+        dropped = load_config(CONFIGS / "digits.yaml", ["benchmark.split_seed=0", "benchmark.short_side=null"])
+    assert dropped.model_dump() == load_config(CONFIGS / "digits.yaml").model_dump() and "benchmark." not in caplog.text
+    with pytest.raises(ConfigError, match=r"benchmark.split_seed \(now benchmark.dataset.split_seed\) is read only "
+                                          "with benchmark.dataset=imagenet-r; benchmark.dataset is digits"):
+        load_config(CONFIGS / "digits.yaml", ["benchmark.split_seed=3"])
