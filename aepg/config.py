@@ -703,13 +703,13 @@ def current_key(key: str) -> str:
 
 
 def logged_param(params: dict[str, str], key: str) -> str | None:
-    """A run's param ``key``, or the same param logged under an old name by an earlier aepg."""
-    if key in params:
-        return params[key]
-    for old, new in RENAMED_SECTIONS.items():
-        if key.startswith(new) and (old + key[len(new):]) in params:
-            return params[old + key[len(new):]]
-    return None
+    """A run's param ``key``, or the same param logged under an old name by an earlier aepg: a
+    renamed section's (RENAMED_SECTIONS) or a flat key that moved into a catalogue entry's section."""
+    names = [key] + [old + key[len(new):] for old, new in RENAMED_SECTIONS.items() if key.startswith(new)]
+    for section, moved in (("benchmark", MOVED_BENCHMARK_KEYS), ("train", MOVED_TRAIN_KEYS)):
+        names += [f"{section}.{old}" for old, (target, entry_key, _) in moved.items()
+                  if key == f"{section}.{target}.{entry_key}"]
+    return next((params[name] for name in names if name in params), None)
 
 
 def is_uri(path: str) -> bool:

@@ -247,17 +247,16 @@ def differ_only_by(a: tuple, b: tuple, key: str) -> bool:
     return True
 
 
-PROVENANCE = {"backbone": ("model.backbone",), "weights": ("model.weights",), "class order seed": ("benchmark.order_seed",),
-              "split seed": ("benchmark.dataset.split_seed", "benchmark.split_seed")}
+PROVENANCE = {"model.backbone": "backbone", "model.weights": "weights", "benchmark.order_seed": "class order seed",
+              "benchmark.dataset.split_seed": "split seed"}
 """The params a footnote names, so that a number can be traced to its checkpoint, class order and
-split: each by its param's name, then its name in runs logged before the key moved."""
+split (read under their earlier names too)."""
 
 
 def provenance(runs: list) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for run in runs:
-        made_with = {"aepg": made_by(run.tags), **{what: next((run.params[key] for key in keys if key in run.params), None)
-                                                   for what, keys in PROVENANCE.items()}}
+        made_with = {"aepg": made_by(run.tags), **{what: logged_param(run.params, key) for key, what in PROVENANCE.items()}}
         for what, value in made_with.items():
             if value is not None and value not in found.setdefault(what, []):
                 found[what].append(value)
