@@ -1,3 +1,3 @@
 """aepg: continual fine-tuning of pretrained vision models with the annealed Expected Policy Gradient."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

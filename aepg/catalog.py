@@ -1,6 +1,6 @@
 """The catalogues of aepg's extension points: objectives, a_t schedules, training methods, method
-parts, data sets, optimisers, learning-rate schedules, search algorithms and early-stopping
-schedulers.
+parts, data sets, optimisers, learning-rate schedules, search algorithms, early-stopping
+schedulers and sweep protocols.
 
 An entry is a name, its own typed config (a pydantic model whose ``kind`` field holds the name:
 its keys, defaults, ranges and docstrings live with the entry), a lazy reference to what builds
@@ -8,8 +8,9 @@ it (``"module:attribute"``, imported only when a run builds it), a display name 
 its traits (``annealed``, ``vit_only``, ...). Built-in entries register with the catalogue's
 decorator in torch-free modules; an installed package adds entries through an entry-point group
 (``aepg.objectives``, ``aepg.schedules``, ``aepg.methods``, ``aepg.parts``, ``aepg.datasets``,
-``aepg.optimizers``, ``aepg.lr_schedules``, ``aepg.searchers``, ``aepg.schedulers``), whose modules are imported the first
-time a name is not among the built-ins. Nothing here imports torch, so the CLI validates fast.
+``aepg.optimizers``, ``aepg.lr_schedules``, ``aepg.searchers``, ``aepg.schedulers``,
+``aepg.protocols``), whose modules are imported the first time a name is not among the built-ins.
+Nothing here imports torch, so the CLI validates fast.
 """
 
 from __future__ import annotations
@@ -67,12 +68,12 @@ class Entry:
 class Catalog:
     """Named entries of one extension point, filled by ``register`` and by installed plugins.
 
-    ``builtins`` are the modules that register the built-in entries; ``setting`` is the config key
-    that chooses an entry (``objective.kind``), ``key`` its last part (``kind``; ``algorithm`` for
-    search algorithms)."""
+    ``builtins`` are the modules that register the built-in entries; ``key`` is the config key that
+    names an entry inside its section (``kind``; ``algorithm`` for search algorithms). The section
+    that holds the catalogue's entry declares it (``aepg.config.entries``)."""
 
-    def __init__(self, what: str, group: str, builtins: tuple[str, ...], setting: str, key: str = "kind"):
-        self.what, self.group, self.builtins, self.setting, self.key = what, group, builtins, setting, key
+    def __init__(self, what: str, group: str, builtins: tuple[str, ...], key: str = "kind"):
+        self.what, self.group, self.builtins, self.key = what, group, builtins, key
         self._entries: dict[str, Entry] = {}
         self._filled = self._plugins_loaded = False
 
@@ -177,16 +178,18 @@ def provider(module: str) -> tuple[str, str]:
         return name, "unknown"
 
 
-OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",), "objective.kind")
-METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",), "model.method.kind")
-DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",), "benchmark.dataset.kind")
-PARTS = Catalog("method part", "aepg.parts", ("aepg.models.parts",), "model.method.parts")
-SCHEDULES = Catalog("a_t schedule", "aepg.schedules", ("aepg.schedules",), "annealing.kind")
-OPTIMIZERS = Catalog("optimizer", "aepg.optimizers", ("aepg.optim",), "train.optimizer.kind")
-LR_SCHEDULES = Catalog("learning-rate schedule", "aepg.lr_schedules", ("aepg.optim",), "train.lr_schedule.kind")
-SEARCHERS = Catalog("search algorithm", "aepg.searchers", ("aepg.sweep.searchers",), "search.algorithm", key="algorithm")
-SCHEDULERS = Catalog("scheduler", "aepg.schedulers", ("aepg.sweep.schedulers",), "scheduler.kind")
+OBJECTIVES = Catalog("objective", "aepg.objectives", ("aepg.objectives",))
+METHODS = Catalog("training method", "aepg.methods", ("aepg.models.peft",))
+DATASETS = Catalog("dataset", "aepg.datasets", ("aepg.benchmarks",))
+PARTS = Catalog("method part", "aepg.parts", ("aepg.models.parts",))
+SCHEDULES = Catalog("a_t schedule", "aepg.schedules", ("aepg.schedules",))
+OPTIMIZERS = Catalog("optimizer", "aepg.optimizers", ("aepg.optim",))
+LR_SCHEDULES = Catalog("learning-rate schedule", "aepg.lr_schedules", ("aepg.optim",))
+SEARCHERS = Catalog("search algorithm", "aepg.searchers", ("aepg.sweep.searchers",), key="algorithm")
+SCHEDULERS = Catalog("scheduler", "aepg.schedulers", ("aepg.sweep.schedulers",))
+PROTOCOLS = Catalog("sweep protocol", "aepg.protocols", tuple(f"aepg.sweep.protocols.{name}" for name in (
+    "plain", "trade_off", "ladder", "seeds", "paired")))
 CATALOGS = {"objectives": OBJECTIVES, "schedules": SCHEDULES, "methods": METHODS, "parts": PARTS,
             "datasets": DATASETS, "optimizers": OPTIMIZERS, "lr_schedules": LR_SCHEDULES, "searchers": SEARCHERS,
-            "schedulers": SCHEDULERS}
+            "schedulers": SCHEDULERS, "protocols": PROTOCOLS}
 """Every catalogue by the name ``aepg list`` takes."""

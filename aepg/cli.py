@@ -42,6 +42,7 @@ def _warn(notes: list[str]) -> None:
 def cmd_train(args) -> int:
     from aepg import preflight
     from aepg.config import load_config, to_yaml
+    from aepg.config.files import ignored_overrides
 
     if not args.config:
         raise ConfigError([("CONFIG", "give a run config file, e.g. aepg train configs/digits.yaml [key=value ...]")])
@@ -51,7 +52,7 @@ def cmd_train(args) -> int:
     if args.resume is not None and not args.resume.strip():
         raise ConfigError([("--resume", "give the id of the MLflow run to continue")])
     cfg = load_config(args.config, args.overrides)
-    _warn(preflight.warnings(cfg))
+    _warn(ignored_overrides(cfg, args.overrides) + preflight.warnings(cfg))
     preflight.check(cfg, args.resume)  # every refusal comes before the trainer is imported
     if args.dry_run:
         print(to_yaml(cfg), end="")
@@ -67,12 +68,13 @@ def cmd_train(args) -> int:
               f"aepg train {shlex.join([args.config, *args.overrides])} --resume {stopped.run_id}", file=sys.stderr)
         raise
     summary = result.state.summary
-    print(f"\nrun {result.run_id} finished ({len(result.state.accuracy_matrix)} tasks)")
+    print(f"\nrun {result.run.run_id} finished ({len(result.state.accuracy_matrix)} tasks)")
     print("accuracy matrix R[i][j] (row: after task i, column: task j):")
     print(_matrix(result.state.accuracy_matrix))
     for key, value in summary.items():
         print(f"{key:>26}: {value:.4f}")
-    print("\n" + result.tracker.ui_hint(result.tracker.get_run(result.run_id)[0].experiment_id))
+    tracker = result.run.tracker
+    print("\n" + tracker.ui_hint(tracker.get_run(result.run.run_id)[0].experiment_id))
     return 0
 
 
@@ -113,7 +115,7 @@ def cmd_sweep(args) -> int:
         print(f"sweep outputs: {runtime.path}", file=sys.stderr)
         return EXIT_FAILED
     print(f"\nleaderboard, ranked on final/{report.metric}:\n{report.narrow_text(_width())}\n")
-    for verdict in (report.paired, report.front, report.noise.verdict if report.noise else ""):
+    for verdict in (report.verdict, report.noise.verdict if report.noise else ""):
         if verdict:
             print(textwrap.fill(verdict, _width()))
     if report.best_yaml:
@@ -159,8 +161,10 @@ def cmd_report(args) -> int:
     reports = {parent: build_report(tracker, parent) for parent in parents}
     if all(report.best is None for report in reports.values()):
         names = ", ".join(report.name for report in reports.values())
+        resume = "; ".join(f"aepg sweep --resume {tracker.get_run(parent)[0].params.get('sweep.path', '?')}"
+                           for parent in parents)
         print(f"aepg: no configuration of {names} finished: nothing to report (a sweep still running, interrupted "
-              "or failed; resume it with aepg sweep --resume)", file=sys.stderr)
+              f"or failed); continue it with: {resume}", file=sys.stderr)
         return EXIT_FAILED
     for parent, report in reports.items():
         publish(tracker, parent, report, table)
@@ -171,7 +175,7 @@ def cmd_report(args) -> int:
         for name, figure in report.figures.items():
             figure.savefig(folder / name, dpi=120, bbox_inches="tight")
         print(f"sweep {report.name}: trials ranked on final/{report.metric}\n{report.narrow_text(_width())}\n")
-        for verdict in (report.paired, report.front, report.noise.verdict if report.noise else ""):
+        for verdict in (report.verdict, report.noise.verdict if report.noise else ""):
             if verdict:
                 print(f"{textwrap.fill(verdict, _width())}\n")
     print(f"table ({args.rows} x {args.columns}):\n{table.markdown()}\n")
@@ -192,13 +196,15 @@ def cmd_list(args) -> int:
     """Every entry of each catalogue (or of one): its name, what it is, its keys with their
     defaults, and the package that provides it."""
     from aepg.catalog import CATALOGS, provider
+    from aepg.config import RunConfig, setting_of
+    from aepg.sweep.spec import SweepSpec
 
     width = min(shutil.get_terminal_size().columns, 100)
     for name in [args.catalogue] if args.catalogue else list(CATALOGS):
         catalog = CATALOGS[name]
         entries = catalog.items()
         indent = 2 + max(len(entry_name) for entry_name, _ in entries) + 2
-        print(f"{name} ({catalog.setting})")
+        print(f"{name} ({setting_of(catalog, RunConfig, SweepSpec)})")
         for entry_name, entry in entries:
             package, version = provider(entry.module)
             print(textwrap.fill(f"{entry.doc} [{package}=={version}]", width,
@@ -228,6 +234,8 @@ def _count(minimum: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from aepg.catalog import CATALOGS  # names only: no entry is imported
+
     parser = argparse.ArgumentParser(prog="aepg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"aepg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -257,10 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
 
     listing = commands.add_parser("list", help="the catalogues: objectives, a_t schedules, methods, parts, data sets, "
-                                  "optimisers, learning-rate schedules, searchers, schedulers")
-    listing.add_argument("catalogue", nargs="?", choices=["objectives", "schedules", "methods", "parts", "datasets",
-                                                          "optimizers", "lr_schedules", "searchers", "schedulers"],
-                         help="one catalogue (default: all)")
+                                  "optimisers, learning-rate schedules, searchers, schedulers, sweep protocols")
+    listing.add_argument("catalogue", nargs="?", choices=list(CATALOGS), help="one catalogue (default: all)")
     listing.set_defaults(func=cmd_list)
 
     cluster = commands.add_parser("cluster", help="clusters for trying multi-node features")
@@ -281,11 +287,11 @@ def _runtime_errors() -> tuple[type[Exception], ...]:
     from aepg.benchmarks.cache import CacheBusy, CacheDamaged
     from aepg.catalog import PluginError
     from aepg.models import WeightsError
-    from aepg.models.peft import PeftError
+    from aepg.models.peft import MethodError
     from aepg.ray_setup import RayStartError
     from aepg.tracking import TrackingUnavailable
 
-    return (DatasetNotFound, DataError, CacheBusy, CacheDamaged, WeightsError, PeftError, TrackingUnavailable, PluginError,
+    return (DatasetNotFound, DataError, CacheBusy, CacheDamaged, WeightsError, MethodError, TrackingUnavailable, PluginError,
             RayStartError)
 
 

@@ -1,8 +1,8 @@
 """Run one continual training job: in this process (``scaling.num_workers: 0``) or as a Ray Train
 ``TorchTrainer`` with N data-parallel workers. Both call ``train_worker``; only the context differs.
 
-The driver owns the MLflow run: it opens it, passes its id to the workers (the chief logs into
-it) and sets the final status. Checkpoints live under STORAGE_PATH/RUN_ID, so a restarted
+The driver owns the MLflow run: it opens it, passes its handle to the workers (the chief logs
+into it) and sets the final status. Checkpoints live under STORAGE_PATH/RUN_ID, so a restarted
 worker group, or ``aepg train --resume RUN_ID``, continues where the run stopped.
 """
 
@@ -19,32 +19,20 @@ import torch
 from aepg import interrupts, preflight, provenance, schema
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore, CheckpointsUnreadable
-from aepg.config import ConfigError, RunConfig, flatten
+from aepg.config import ConfigError, RunConfig, fixed_on_resume, flatten, renamed_layer
 from aepg.distributed import Context, pick_device, seed_all
 from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
 from aepg.ray_setup import ensure_ray, refuse_unschedulable, worker_resources
 from aepg.schema import FINAL
-from aepg.tracking import Tracker
+from aepg.tracking import RunHandle, Tracker
 from aepg.trainer import ContinualTrainer, TrainState
 
 log = logging.getLogger("aepg")
 
-# Active keys (``RunConfig.active_params``) a resumed run must share with the run that wrote the
-# checkpoints: every key of a section (ending in "."), or one key.
-RESUME_FIXED = ("seed", "benchmark.", "model.", "objective.", "annealing.", "train.epochs", "train.head_only_epochs",
-                "train.lr", "train.lr_schedule.", "train.weight_decay", "train.batch_size", "train.optimizer.",
-                "train.grad_clip_norm", "train.drop_last")
-
-
-def fixed_on_resume(key: str) -> bool:
-    return key in RESUME_FIXED or key.startswith(tuple(k for k in RESUME_FIXED if k.endswith(".")))
-
-
 @dataclass
 class RunResult:
-    run_id: str
-    tracker: Tracker
+    run: RunHandle
     state: TrainState
 
 
@@ -56,7 +44,7 @@ def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective
     return model, benchmark, build_objective(cfg.objective, cfg.annealing)
 
 
-def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context,
+def train_worker(cfg: RunConfig, run: RunHandle, context: Context,
                  task_hooks: list[Callable[[TrainState], None]] = (), summary: str | None = FINAL) -> TrainState:
     """Build benchmark, model and objective, restore the latest checkpoint if any, and train.
 
@@ -65,10 +53,9 @@ def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context
     if cfg.scaling.torch_threads:
         torch.set_num_threads(cfg.scaling.torch_threads)
     model, benchmark, objective = build_job(cfg)
-    store = CheckpointStore(cfg.storage_path, run_id, cfg.checkpoint.num_to_keep)
+    store = CheckpointStore(cfg.storage_path, run.run_id, cfg.checkpoint.num_to_keep)
     state, optimizer_state = TrainState(), None
     restored = store.load_latest()
-    run = tracker.run(run_id)
     if restored:
         snapshot, _ = restored
         model.load_trainable_state_dict(snapshot.model)
@@ -78,7 +65,7 @@ def train_worker(cfg: RunConfig, run_id: str, tracker: Tracker, context: Context
             run.set_tags({schema.RESUMED_TAG: f"task {state.task + 1}, epoch {state.epoch}"})
     reporters, monitor = [], None
     if context.is_chief:
-        reporters.append(run.reporter(cfg, summary))
+        reporters.append(run.reporter(preflight.charts(cfg), summary))
         run.set_tags({key: str(n) for key, n in model.parameter_counts().items()})  # derived, not config
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         made_with = provenance.manifest(cfg, context.device, benchmark.provenance())
@@ -123,10 +110,10 @@ def _ray_train_loop(config: dict) -> None:
         nodes = [None] * context.world_size
         dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
         if context.is_chief:
-            config["tracker"].run(config["run_id"]).set_tags({schema.NODES_TAG: ",".join(sorted(set(nodes)))})
+            config["run"].set_tags({schema.NODES_TAG: ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
     hooks = [lambda state: ray.train.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))] if config["report"] else []
-    train_worker(cfg, config["run_id"], config["tracker"], context, hooks, config["summary"])
+    train_worker(cfg, config["run"], context, hooks, config["summary"])
 
 
 def _prepare_ddp(model: ContinualClassifier):
@@ -137,8 +124,7 @@ def _prepare_ddp(model: ContinualClassifier):
         model, parallel_strategy_kwargs={"find_unused_parameters": model.sparse_updates})
 
 
-def torch_trainer(cfg: RunConfig, run_id: str, tracker: Tracker, report_to_tune: bool = False,
-                  summary: str | None = FINAL):
+def torch_trainer(cfg: RunConfig, run: RunHandle, report_to_tune: bool = False, summary: str | None = FINAL):
     """The Ray Train TorchTrainer for this run, named by run id so a second fit() resumes.
 
     With ``report_to_tune`` (a sweep trial), per-task metrics reach Ray Tune through
@@ -155,11 +141,11 @@ def torch_trainer(cfg: RunConfig, run_id: str, tracker: Tracker, report_to_tune:
     resources = worker_resources(cfg)
     return TorchTrainer(
         _ray_train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_id": run_id, "tracker": tracker,
-                           "report": report_to_tune, "summary": summary},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run": run, "report": report_to_tune,
+                           "summary": summary},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=run_id, storage_path=cfg.storage_path,
+        run_config=ray.train.RunConfig(name=run.run_id, storage_path=cfg.storage_path,
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
                                        callbacks=callbacks),
     )
@@ -191,19 +177,19 @@ def fit_off_main_thread(trainer):
     return outcome["result"]
 
 
-def run_workers(cfg: RunConfig, run_id: str, tracker: Tracker, report: Callable[[TrainState], None] | None = None,
+def run_workers(cfg: RunConfig, run: RunHandle, report: Callable[[TrainState], None] | None = None,
                 summary: str | None = FINAL, cpus: float | None = None) -> TrainState:
-    """Train ``run_id`` to the end, in this process or on Ray Train workers, and return the final
+    """Train ``run`` to the end, in this process or on Ray Train workers, and return the final
     state: the one path of ``aepg train`` and of every sweep trial. ``report`` (a trial's) hears
     of the end of each task; ``cpus`` are an in-process run's (default: the process's)."""
     if cfg.scaling.num_workers == 0:
         context = Context(device=pick_device(cfg.train.device), **({"cpus": cpus} if cpus else {}))
-        return train_worker(cfg, run_id, tracker, context, [report] if report else [], summary)
+        return train_worker(cfg, run, context, [report] if report else [], summary)
     ensure_ray()
-    fit_off_main_thread(torch_trainer(cfg, run_id, tracker, report_to_tune=report is not None, summary=summary))
-    restored = CheckpointStore(cfg.storage_path, run_id).load_latest()
+    fit_off_main_thread(torch_trainer(cfg, run, report_to_tune=report is not None, summary=summary))
+    restored = CheckpointStore(cfg.storage_path, run.run_id).load_latest()
     if restored is None:
-        raise RuntimeError(f"the Ray Train run {run_id} finished without a checkpoint")
+        raise RuntimeError(f"the Ray Train run {run.run_id} finished without a checkpoint")
     return restored[0].state
 
 
@@ -214,7 +200,7 @@ def active_then(saved: dict, facts: dict) -> dict[str, object]:
     moved has its old name); its every key where it no longer validates (a plugin since
     uninstalled), which then differs visibly."""
     try:
-        return RunConfig.model_validate(saved).active_params(facts)
+        return RunConfig.model_validate(renamed_layer(saved)).active_params(facts)
     except ValueError:
         return {"seed": saved.get("seed"), **flatten({k: v for k, v in saved.items() if k != "seed"})}
 
@@ -248,39 +234,37 @@ def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> Run
         refuse_unschedulable({k: v * cfg.scaling.num_workers for k, v in worker_resources(cfg).items()}, "the run",
                              "scaling", "lower scaling.num_workers or scaling.cpus_per_worker")
     if resume:
-        tracker.run(resume).check_reopenable()
+        run = tracker.run(resume)
+        run.check_reopenable()
         check_resumable(cfg, resume)
-        run_id = resume
-        tracker.run(run_id).reopen()
+        run.reopen()
     else:
-        run_id = tracker.open_run(cfg, cfg.active_params(preflight.backbone_facts(cfg)))
-    log.info("MLflow run %s at %s; checkpoints under %s/%s", run_id, tracker.uri, cfg.storage_path, run_id)
-    run = tracker.run(run_id)
+        run = tracker.open_run(preflight.planned_run(cfg))
+    log.info("MLflow run %s at %s; checkpoints under %s/%s", run.run_id, tracker.uri, cfg.storage_path, run.run_id)
     try:
-        state = run_workers(cfg, run_id, tracker)
+        state = run_workers(cfg, run)
     except KeyboardInterrupt as error:
         run.close("KILLED", interrupts.reason())
-        raise interrupts.RunInterrupted(run_id) from error
+        raise interrupts.RunInterrupted(run.run_id) from error
     except BaseException as error:
-        record_failure(tracker, run_id, error)
+        record_failure(run, error)
         raise
     run.close("FINISHED")
-    return RunResult(run_id, tracker, state)
+    return RunResult(run, state)
 
 
-def record_failure(tracker: Tracker, run_id: str, error: BaseException) -> None:
+def record_failure(run: RunHandle, error: BaseException) -> None:
     """Mark the run FAILED with the error's first line as reason, keep the traceback as the run's
     ``error.log`` and record the run on the error (``failed_run`` reads it back)."""
     reason = f"{type(error).__name__}: {error}".splitlines()[0]
     try:
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        run = tracker.run(run_id)
         run.log_outputs(texts={"error.log": trace})
         run.close("FAILED", reason)
     except Exception as unreachable:  # the tracking server itself may be what failed
-        log.warning("could not mark MLflow run %s FAILED (%s: %s)", run_id, type(unreachable).__name__, unreachable)
+        log.warning("could not mark MLflow run %s FAILED (%s: %s)", run.run_id, type(unreachable).__name__, unreachable)
         return
-    error.aepg_failed_run = run_id
+    error.aepg_failed_run = run.run_id
 
 
 def failed_run(error: BaseException) -> str | None:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from aepg.catalog import LR_SCHEDULES, OPTIMIZERS
-from aepg.config import LRScheduleConfig, OptimizerConfig, TrainConfig
+from aepg.config import FLOAT32_MAX, LRScheduleConfig, OptimizerConfig, TrainConfig
+
+ADAM_MAX_LR = FLOAT32_MAX * (1 - 0.9)
+"""Adam's first step is ``lr / (1 - beta1)`` times a unit-sized direction, computed in float32 (torch's
+default beta1 of 0.9): a rate from a tenth of float32's largest value on overflows there."""
 
 
 @OPTIMIZERS.register("adam", display="Adam")
@@ -24,6 +28,7 @@ class AdamOptimizer(OptimizerConfig):
     """Adam, with L2 weight decay in the gradient (the prompt methods' references use it)."""
 
     kind: Literal["adam"] = "adam"
+    max_lr: ClassVar[float] = ADAM_MAX_LR
 
     def build(self, params: list, lr: float, weight_decay: float, fused: bool):
         import torch
@@ -36,6 +41,7 @@ class AdamWOptimizer(OptimizerConfig):
     """AdamW: Adam with decoupled weight decay."""
 
     kind: Literal["adamw"] = "adamw"
+    max_lr: ClassVar[float] = ADAM_MAX_LR
 
     def build(self, params: list, lr: float, weight_decay: float, fused: bool):
         import torch
@@ -104,8 +110,8 @@ class StepRate(LRScheduleConfig):
     def factor(self, step: int, steps: int, epoch: int) -> float:
         return self.gamma ** sum(1 for milestone in self.milestones if epoch >= milestone)
 
-    def problems(self, epochs: int) -> list[tuple[str, str]]:
-        problems = super().problems(epochs)
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        problems, epochs = super().problems(cfg), cfg.train.epochs
         if not self.milestones:
             problems.append(("milestones", "the step schedule needs milestone epochs, e.g. [60, 120, 160]"))
         elif any(not 0 < m < epochs for m in self.milestones):

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aepg.benchmarks import DataError, DatasetNotFound, ImageFilesDataset, Listing, cache_location_problem, data_root
-from aepg.config import ConfigError, RunConfig, is_uri
+from aepg.catalog import OBJECTIVES
+from aepg.config import ConfigError, RunConfig, is_uri, resolve_tracking_uri, to_yaml
+from aepg.records import Charts, DatasetIdentity, PlannedRun
 
 CHECKPOINT_GLOB = "ckpt-*.pt"
 
@@ -32,7 +34,7 @@ def backbone_facts(cfg: RunConfig) -> dict:
 
 def _backbone_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     from aepg.models import facts
-    from aepg.models.peft import PeftError, check
+    from aepg.models.peft import MethodError, check
 
     name = cfg.model.backbone
     names = facts.model_names()
@@ -46,7 +48,7 @@ def _backbone_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     problems = []
     try:
         check(cfg.model.method, described, cfg.benchmark.num_tasks)
-    except PeftError as error:
+    except MethodError as error:
         problems.append(("model.method", str(error)))
     if cfg.model.weights not in ("hub", "random", "lite0-offline"):
         problems += _weights_file_problems(cfg.model.weights, described)
@@ -239,7 +241,6 @@ def _precision_problems(cfg: RunConfig) -> list[tuple[str, str]]:
 def durable_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     """A run's checkpoints and MLflow store must outlive the job: not in Ray's package cache."""
     from aepg.ray_setup import package_cache_problems
-    from aepg.tracking import resolve_tracking_uri
 
     return package_cache_problems({"storage_path": cfg.storage_path, "tracking_uri": resolve_tracking_uri(cfg.tracking_uri)})
 
@@ -346,3 +347,59 @@ def plan(cfg: RunConfig) -> Plan:
 
 def data_location(cfg: RunConfig) -> str:
     return "bundled with its package" if cfg.benchmark.dataset.bundled else str(data_root(cfg.benchmark))
+
+
+# -- what a run is, as its MLflow run records it ----------------------------------------------------
+
+def default_run_name(cfg: RunConfig) -> str:
+    """What the run is: ``<data set>-<objective>-<method>[-<part>...]-s<seed>`` (e.g. ``-lae``, ``-ewc``)."""
+    method = cfg.model.method
+    parts = "".join(f"-{name}" for name in method.chosen_parts())
+    return f"{cfg.benchmark.dataset.kind}-{cfg.objective.kind}-{method.kind}{parts}-s{cfg.seed}"
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def objective_label(cfg: RunConfig) -> str:
+    """The objective as a plot title says it, e.g. ``aepg (sigmoid schedule, tau 6)``; a plugin's
+    keys as they are, numbers in short form."""
+    objective, schedule = cfg.objective, cfg.annealing
+    if OBJECTIVES.get(objective.kind).has("annealed"):
+        detail = "".join(f", {key} {_shown(value)}" for key, value in schedule.settings().items())
+        return f"{objective.kind} ({schedule.kind} schedule{detail})"
+    extra = ", ".join(f"{key} {_shown(getattr(objective, key))}" for key in OBJECTIVES.get(objective.kind).keys()
+                      if key != "logits")
+    return f"{objective.kind} ({extra})" if extra else objective.kind
+
+
+def charts(cfg: RunConfig) -> Charts:
+    return Charts(objective_label(cfg), OBJECTIVES.get(cfg.objective.kind).has("annealed"), cfg.figures,
+                  cfg.benchmark.num_tasks)
+
+
+def dataset_identity(cfg: RunConfig) -> DatasetIdentity:
+    """The run's data: named by its data set, tasks and class order; its digest over the data set
+    entry's own keys (a split seed, a folder), the class order and the tasks' sizes, so that two runs
+    share it exactly when they read the same data in the same order."""
+    import hashlib
+    import json
+
+    from aepg.benchmarks.order import class_order
+
+    bench = cfg.benchmark
+    tasks = plan(cfg).tasks
+    profile = {"num_tasks": bench.num_tasks, "classes_per_task": [t.classes for t in tasks],
+               "train_images": [t.train for t in tasks], "test_images": [t.test for t in tasks]}
+    own = {key: value for key, value in bench.dataset.active_params().items() if key != "kind"}
+    key = json.dumps({"dataset": bench.dataset.kind, **({"dataset_keys": own} if own else {}),
+                      "order": class_order(bench.num_classes(), bench.order_seed), **profile}, sort_keys=True)
+    return DatasetIdentity(f"{bench.dataset.kind} ({bench.num_tasks} tasks, order seed {bench.order_seed})",
+                           hashlib.sha256(key.encode()).hexdigest()[:12], json.dumps({"uri": data_location(cfg)}), profile)
+
+
+def planned_run(cfg: RunConfig, name: str | None = None) -> PlannedRun:
+    """The MLflow run of ``cfg``: named ``name``, else its ``run_name``, else what it is."""
+    return PlannedRun(cfg.experiment, name or cfg.run_name or default_run_name(cfg), cfg.active_params(backbone_facts(cfg)),
+                      to_yaml(cfg), dataset_identity(cfg), charts(cfg))

@@ -13,8 +13,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from aepg import __version__
-from aepg.catalog import DATASETS, LR_SCHEDULES, METHODS, OBJECTIVES, OPTIMIZERS, PARTS, SCHEDULES, provider
-from aepg.config import RunConfig
+from aepg.catalog import provider
+from aepg.config import RunConfig, chosen_entries
+from aepg.config.entries import chosen_sections
 
 LIBRARIES = ("torch", "torchvision", "timm", "peft", "numpy", "ray", "mlflow", "optuna", "pydantic")
 """The installed libraries whose versions a run records (Python's too)."""
@@ -50,18 +51,22 @@ def library_versions() -> dict[str, str | None]:
     return found
 
 
-def chosen_entries(cfg: RunConfig) -> dict[str, dict[str, str]]:
-    """The objective, a_t schedule, training method, its parts, the data set, the optimiser and the
-    learning-rate schedule the run uses, each with its providing package."""
-    chosen = {"objective": (OBJECTIVES, cfg.objective.kind), "annealing": (SCHEDULES, cfg.annealing.kind),
-              "method": (METHODS, cfg.model.method.kind), "dataset": (DATASETS, cfg.benchmark.dataset.kind),
-              "optimizer": (OPTIMIZERS, cfg.train.optimizer.kind),
-              "lr_schedule": (LR_SCHEDULES, cfg.train.lr_schedule.kind),
-              **{f"part {name}": (PARTS, name) for name in cfg.model.method.chosen_parts()}}
+def made_with_entries(cfg: RunConfig) -> dict[str, dict[str, str]]:
+    """Every catalogue entry the run uses (its objective, a_t schedule, method and parts, data set,
+    optimiser, learning-rate schedule, ...), each under its section's name (a part as ``part
+    NAME``) with its providing package."""
+    sections = chosen_sections(RunConfig)
     entries = {}
-    for role, (catalog, name) in chosen.items():
-        package, package_version = provider(catalog.get(name).module)
-        entries[role] = {"name": name, "package": package, "version": package_version}
+    for path, chosen in chosen_entries(cfg).items():
+        parent, _, name = path.rpartition(".")
+        if parent in sections and sections[parent].many:  # one of a mapping's entries, e.g. a part
+            if not chosen.enabled:
+                continue
+            role, catalog = f"part {name}", sections[parent].catalog
+        else:
+            role, catalog = name, sections[path].catalog
+        package, package_version = provider(catalog.get(chosen.kind).module)
+        entries[role] = {"name": chosen.kind, "package": package, "version": package_version}
     return entries
 
 
@@ -78,5 +83,5 @@ def device_facts(device) -> dict[str, object]:
 
 def manifest(cfg: RunConfig, device, benchmark: dict[str, object]) -> dict[str, object]:
     """The run's manifest; ``benchmark`` says which data it read (see ``Benchmark.provenance``)."""
-    return {"aepg": aepg_source(), "entries": chosen_entries(cfg), "libraries": library_versions(),
+    return {"aepg": aepg_source(), "entries": made_with_entries(cfg), "libraries": library_versions(),
             **device_facts(device), "benchmark": benchmark, "config": cfg.model_dump(mode="json")}

@@ -93,16 +93,6 @@ COUNTER_TAGS = {LEVEL_KEY: "aepg.levels_done", SEEDS_KEY: "aepg.seeds_done"}
 metrics, not a ramp chart of its own (Tune still gets it: it is ASHA's time attribute)."""
 
 
-EARLIER_TAG_NAMES = {"aepg.worker_node_ids": "aepg.ray_node_ids", "aepg.trial_node_id": "aepg.ray_node_id",
-                     "aepg.levels_done": "aepg.level"}
-"""Tags renamed apart from a look-alike, by their names in runs logged before (read by ``tag_of``)."""
-
-
-def tag_of(tags: dict[str, str], name: str) -> str | None:
-    """A run's tag ``name``, or the same tag under the name an earlier aepg gave it."""
-    return tags.get(name, tags.get(EARLIER_TAG_NAMES.get(name, name)))
-
-
 def seed_metric(metric: str) -> str:
     """The mean of the sweep metric over the seeds a configuration has trained so far."""
     return f"seeds/mean_{metric}"

@@ -1,12 +1,14 @@
 """The one place that talks to MLflow: a ``Tracker``, built once per process from the resolved
 tracking URI, holding one client.
 
-The driver opens a run (``Tracker.open_run``) and writes to it through its handle
-(``Tracker.run``: tags, metrics, artifacts, closing, reopening); the chief training worker logs
-into it through the handle's ``MlflowReporter``, so the same code works in-process, in Ray Train
-workers and in Ray Tune trials (a tracker pickles as its URI, and each process builds its own
-client). The names of the tags and metrics are ``aepg.schema``'s. MLflow is imported when first used, so
-resolving and checking a tracking URI stays fast.
+The driver opens a run from what the planning code says of it (``Tracker.open_run`` with a
+``PlannedRun``: its name, params, config, data set and chart titles; nothing here derives them) and
+holds the run's handle (``RunHandle``: tags, metrics, artifacts, closing, reopening); the chief
+training worker logs into it through the handle's ``MlflowReporter``, so the same code works
+in-process, in Ray Train workers and in Ray Tune trials (a handle pickles as its tracker's URI and
+the run's id, and each process builds its own client). The names of the tags and metrics are
+``aepg.schema``'s. MLflow is imported when first used, so resolving and checking a tracking URI
+stays fast.
 
 What a run shows (README, "What a run logs"): params for the keys its configuration uses,
 ``train/`` metrics at each optimiser step, ``eval/`` metrics after each task at the step that
@@ -18,20 +20,17 @@ step 0, so that MLflow draws them as bars), and plots refreshed after each task.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aepg.catalog import OBJECTIVES
-from aepg.config import ConfigError, RunConfig, to_yaml
+from aepg.config import ConfigError, resolve_tracking_uri
 from aepg.metrics import accuracy_after_each_task
-from aepg.objectives import is_annealed
+from aepg.records import Charts, PlannedRun
 from aepg.schema import BUDGET_KEY, EXPERIMENT_KIND_TAG, FAILURE_TAG, FINAL, NOTE_TAG, PARENT_TAG, TASKS_DONE_TAG
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRAINING_KIND = "custom_model_development"
 """The experiment kind MLflow 3 opens on its runs table (GenAI experiments open on traces)."""
 BATCH_LIMIT = 1000
@@ -46,19 +45,6 @@ page but shows it raw in the experiments list, where a link would read as bracke
 def runs_page(experiment_id: str) -> str:
     """The UI's runs table of an experiment, relative to the UI's root."""
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def resolve_tracking_uri(configured: str | None = None) -> str:
-    """MLFLOW_TRACKING_URI, else the config's ``tracking_uri``, else ./mlflow.db.
-
-    Relative sqlite paths become absolute, so workers with another working directory
-    write to the same database.
-    """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
 
 
 class TrackingUnavailable(RuntimeError):
@@ -227,8 +213,8 @@ class Tracker:
         return experiment.experiment_id
 
     def create_run(self, experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
-                   params: dict[str, object] | None = None, texts: dict[str, str] | None = None) -> str:
-        """A new RUNNING run with params and text artifacts; returns its id."""
+                   params: dict[str, object] | None = None, texts: dict[str, str] | None = None) -> RunHandle:
+        """A new RUNNING run with params and text artifacts."""
         from mlflow.entities import Param
 
         run_id = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags or {}).info.run_id
@@ -237,15 +223,20 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
         for path, text in (texts or {}).items():
             self.client.log_text(run_id, text, path)
-        return run_id
+        return self.run(run_id)
 
-    def open_run(self, cfg: RunConfig, params: dict[str, object], tags: dict[str, str] | None = None) -> str:
-        """A run for ``cfg``: ``params`` (its active keys, ``RunConfig.active_params``), the resolved
-        config as ``config.yaml``, its data set as a dataset input."""
-        name = cfg.run_name or default_run_name(cfg)
-        run_id = self.create_run(cfg.experiment, name, tags, params, {"config.yaml": to_yaml(cfg)})
-        self.client.log_inputs(run_id, datasets=[dataset_input(cfg)])
-        return run_id
+    def open_run(self, planned: PlannedRun, tags: dict[str, str] | None = None) -> RunHandle:
+        """The run ``planned`` describes: its params, its config as ``config.yaml``, its data set as a
+        dataset input."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        run = self.create_run(planned.experiment, planned.name, tags, planned.params, {"config.yaml": planned.config_yaml})
+        data = planned.dataset
+        dataset = Dataset(name=data.name, digest=data.digest, source_type="local", source=data.source,
+                          profile=json.dumps(data.profile))
+        self.client.log_inputs(run.run_id, datasets=[DatasetInput(dataset=dataset, tags=[
+            InputTag(key="mlflow.data.context", value="train")])])
+        return run
 
     def run(self, run_id: str) -> RunHandle:
         """The handle every write to one run goes through."""
@@ -370,47 +361,9 @@ class RunHandle:
         monitor.start()
         return monitor
 
-    def reporter(self, cfg: RunConfig, summary: str | None = FINAL) -> "MlflowReporter":
-        return MlflowReporter(self.tracker, self.run_id, cfg, summary)
+    def reporter(self, charts: Charts, summary: str | None = FINAL) -> "MlflowReporter":
+        return MlflowReporter(self, charts, summary)
 
-
-# -- what a run is ----------------------------------------------------------------------------------
-
-def default_run_name(cfg: RunConfig) -> str:
-    """What the run is: ``<data set>-<objective>-<method>[-<part>...]-s<seed>`` (e.g. ``-lae``, ``-ewc``)."""
-    peft = cfg.model.method
-    parts = "".join(f"-{name}" for name in peft.chosen_parts())
-    return f"{cfg.benchmark.dataset.kind}-{cfg.objective.kind}-{peft.kind}{parts}-s{cfg.seed}"
-
-
-def objective_label(cfg: RunConfig) -> str:
-    """The objective as a plot title says it, e.g. ``aepg (sigmoid schedule, tau 6)``."""
-    o, s = cfg.objective, cfg.annealing
-    if is_annealed(o):
-        detail = "".join(f", {key} {value:g}" for key, value in s.settings().items())
-        return f"{o.kind} ({s.kind} schedule{detail})"
-    extra = ", ".join(f"{key} {getattr(o, key):g}" for key in OBJECTIVES.get(o.kind).keys() if key != "logits")
-    return f"{o.kind} ({extra})" if extra else o.kind
-
-
-def dataset_input(cfg: RunConfig):
-    """The run's data set as an MLflow dataset input: name, the class order's digest, its tasks' sizes."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    from aepg import preflight
-    from aepg.benchmarks.order import class_order
-
-    b = cfg.benchmark
-    plan = preflight.plan(cfg)
-    order = class_order(b.num_classes(), b.order_seed)
-    profile = {"num_tasks": b.num_tasks, "classes_per_task": [t.classes for t in plan.tasks],
-               "train_images": [t.train for t in plan.tasks], "test_images": [t.test for t in plan.tasks]}
-    key = json.dumps({"dataset": b.dataset.kind, "order": order, **profile}, sort_keys=True)
-    source = {"uri": preflight.data_location(cfg)}
-    dataset = Dataset(name=f"{b.dataset.kind} ({b.num_tasks} tasks, order seed {b.order_seed})",
-                      digest=hashlib.sha256(key.encode()).hexdigest()[:12], source_type="local",
-                      source=json.dumps(source), profile=json.dumps(profile))
-    return DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value="train")])
 
 
 class MlflowReporter:
@@ -418,17 +371,16 @@ class MlflowReporter:
 
     TRAIN_PLOT_KEYS = ("a_t", "entropy", "p_y", "ce")
 
-    def __init__(self, tracker: Tracker, run_id: str, cfg: RunConfig, summary: str | None = FINAL):
-        self.client = tracker.client
-        self.run_id, self.summary = run_id, summary
+    def __init__(self, run: RunHandle, charts: Charts, summary: str | None = FINAL):
+        self.client = run.tracker.client
+        self.run_id, self.summary = run.run_id, summary
         """The prefix the end-of-budget summary is logged under: ``final/``, ``seed_run/`` for one seed
         of a sweep's configuration, None for a low-fidelity level (``aepg.metrics``)."""
-        self.num_tasks = cfg.benchmark.num_tasks
-        self.annealed, self.figures = is_annealed(cfg.objective), cfg.figures
-        run = self.client.get_run(run_id)
-        self.title = f"{run.info.run_name}: {objective_label(cfg)}"
-        self.logged_through = {key: max(m.step for m in self.client.get_metric_history(run_id, key))
-                               for key in run.data.metrics}
+        self.num_tasks, self.annealed, self.figures = charts.num_tasks, charts.annealed, charts.figures
+        logged = self.client.get_run(run.run_id)
+        self.title = f"{logged.info.run_name}: {charts.label}"
+        self.logged_through = {key: max(m.step for m in self.client.get_metric_history(run.run_id, key))
+                               for key in logged.data.metrics}
         """The last step of each metric logged before this process: a resumed run recomputes the
         steps after its checkpoint, and their points are not logged twice."""
 

@@ -24,7 +24,7 @@ from aepg.config import RunConfig
 from aepg.distributed import Context, derive_seed, seed_all
 from aepg.metrics import summarize, task_metrics
 from aepg.models.classifier import ContinualClassifier
-from aepg.models.peft.base import TrainingBatch, full_precision
+from aepg.models.contract import TrainingBatch, full_precision
 from aepg.objectives import Objective
 from aepg.optim import Phase, build_optimizer, learning_rate, set_learning_rate
 from aepg.schedules import Progress, progress
@@ -115,7 +115,7 @@ class BarPostfix:
 
 @dataclass
 class TaskInputs:
-    """The context of a task's hooks (``aepg.models.peft.base.TaskData``): the model, the objective,
+    """The context of a task's hooks (``aepg.models.contract.TaskData``): the model, the objective,
     and the task's training images as unaugmented model inputs on the device, each worker its shard."""
 
     trainer: "ContinualTrainer"
@@ -277,8 +277,8 @@ class ContinualTrainer:
 
     def _optimizer(self, head_only: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """A fresh optimiser per phase, so moments from old tasks never move their head rows."""
-        self.model.set_peft_trainable(not head_only)
-        params = list(self.model.head.parameters()) + ([] if head_only else self.model.peft_parameters())
+        self.model.set_method_trainable(not head_only)
+        params = list(self.model.head.parameters()) + ([] if head_only else self.model.method_parameters())
         return self.context.prepare(self.model), build_optimizer(params, self.cfg.train, self.fused_adam)
 
     def _head_only(self, task: Task, epoch: int) -> bool:
@@ -354,7 +354,7 @@ class ContinualTrainer:
             where = self._schedule_progress(task, phase, epoch, i, state.global_step, run_steps)
             out = self.objective(logits, y, where)
             auxiliary = self.model.auxiliary_loss(
-                TrainingBatch(x, y, logits, self.model.last_features, columns, task.start, self.model))
+                TrainingBatch(x, y, logits, self.model.last_features, columns, task.start, self.model, optimizer))
             optimizer.zero_grad(set_to_none=True)
             loss = out.loss + auxiliary
             if self.scaler is None:

@@ -295,14 +295,13 @@ class Replay:
         import heapq
 
         from aepg.schema import partial_name
-        from aepg.sweep.fidelity import seeds_per_trial
         from aepg.sweep.search import budget, optuna_search, scheduler, searched_metric
 
         _, searcher, num_trials = optuna_search(sweep)
         stopper = scheduler(sweep) if sweep.spec.scheduler.kind == "wilcoxon" else None  # the signed-rank pruner
         key, full = budget(sweep)
         objectives, metric = sweep.spec.objectives, sweep.spec.metric
-        seeds = sweep.seeds if seeds_per_trial(sweep.spec) else sweep.seeds[:1]
+        seeds = sweep.seeds if sweep.protocol.unit == "seed" else sweep.seeds[:1]
         done, events, started, tasks = {}, [], 0, 0
 
         def start(now: int) -> None:

@@ -24,7 +24,7 @@ import optuna
 import ray
 import torch
 
-from aepg.preflight import backbone_facts
+from aepg.preflight import planned_run
 from aepg.tracking import Tracker
 from aepg.distributed import Context
 from aepg.launch import train_worker
@@ -42,9 +42,9 @@ def plain_optuna(sweep, trials: int, concurrency: int, tmp: str) -> float:
     def objective(trial: optuna.Trial) -> float:
         space(trial)
         cfg = sweep.run_config(trial.params, f"{tmp}/plain-runs", f"plain-{trial.number}")
-        run_id = tracker.open_run(cfg, cfg.active_params(backbone_facts(cfg)))
-        state = train_worker(cfg, run_id, tracker, Context(device=torch.device("cpu")))
-        tracker.run(run_id).close("FINISHED")
+        run = tracker.open_run(planned_run(cfg))
+        state = train_worker(cfg, run, Context(device=torch.device("cpu")))
+        run.close("FINISHED")
         return state.summary[sweep.spec.metric]
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=sweep.spec.search.seed))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from aepg.preflight import backbone_facts
+from aepg.preflight import charts, planned_run
 from aepg.tracking import Tracker
 from aepg.benchmarks.images import collate
 from aepg.config import load_config
@@ -37,10 +37,10 @@ def fresh_model(cfg):
     return build_job(cfg)[0]
 
 
-def run_aepg(cfg, benchmark, run_id: str, tracker: Tracker) -> tuple[int, float]:
+def run_aepg(cfg, benchmark, run) -> tuple[int, float]:
     model = fresh_model(cfg)
     trainer = ContinualTrainer(cfg, model, benchmark, build_objective(cfg.objective, cfg.annealing),
-                               Context(device=torch.device("cpu")), [tracker.run(run_id).reporter(cfg)])
+                               Context(device=torch.device("cpu")), [run.reporter(charts(cfg))])
     state, samples = TrainState(), 0
     start = time.perf_counter()
     for task in benchmark.tasks:
@@ -59,7 +59,7 @@ def run_bare(cfg, benchmark) -> tuple[int, float]:
         sampler = DistributedSampler(task.train, num_replicas=1, rank=0, shuffle=True,
                                      seed=derive_seed(cfg.seed, task.index))
         loader = DataLoader(task.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate)
-        optimizer = torch.optim.Adam(list(model.head.parameters()) + model.peft_parameters(), lr=cfg.train.lr)
+        optimizer = torch.optim.Adam(list(model.head.parameters()) + model.method_parameters(), lr=cfg.train.lr)
         T, t = cfg.train.epochs * len(loader), 0
         for epoch in range(cfg.train.epochs):
             sampler.set_epoch(epoch)
@@ -86,11 +86,11 @@ def main() -> None:
     benchmark = build_job(cfg)[1]
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(f"sqlite:///{tmp}/mlflow.db")
-        run_id = tracker.open_run(cfg, cfg.active_params(backbone_facts(cfg)))
+        run = tracker.open_run(planned_run(cfg))
         run_bare(cfg, benchmark)  # warm-up
         aepg_rates, bare_rates = [], []
         for r in range(args.rounds):
-            n, s = run_aepg(cfg, benchmark, run_id, tracker)
+            n, s = run_aepg(cfg, benchmark, run)
             aepg_rates.append(n / s)
             n, s = run_bare(cfg, benchmark)
             bare_rates.append(n / s)

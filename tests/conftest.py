@@ -291,7 +291,7 @@ def two_tasks_of_statistics(precision: str, kind: str, device=None):
 
     device = device or torch.device("cpu")
     trainer = trainer_for(precision, *METHOD_KEYS[kind], device=device)
-    model, peft = trainer.model, trainer.model.peft
+    model, peft = trainer.model, trainer.model.method_module
     for task in trainer.benchmark.tasks:
         peft.begin_task(task.index)
         peft.prepare_task(task.index, TaskInputs(trainer, task))

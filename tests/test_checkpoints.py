@@ -84,13 +84,14 @@ def test_terminated_run_resumes_exactly(workdir):
 def test_a_resumed_run_logs_no_point_twice(tmp_path):
     """The steps between the checkpoint and the stop are recomputed on resume: the points logged
     before the stop stay, the recomputed ones at those steps are not added, later ones are."""
+    from aepg.preflight import charts
     from aepg.tracking import Tracker
 
     cfg = load_config(DIGITS, [f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "figures=false"])
     tracker = Tracker(cfg.tracking_uri)
     run_id = tracker.client.create_run(tracker.client.create_experiment("resume")).info.run_id
-    tracker.run(run_id).reporter(cfg).log_steps([(step, {"loss": 1.0}) for step in range(1, 11)])
-    tracker.run(run_id).reporter(cfg).log_steps([(step, {"loss": 2.0, "p_y": 0.5}) for step in range(6, 16)])
+    tracker.run(run_id).reporter(charts(cfg)).log_steps([(step, {"loss": 1.0}) for step in range(1, 11)])
+    tracker.run(run_id).reporter(charts(cfg)).log_steps([(step, {"loss": 2.0, "p_y": 0.5}) for step in range(6, 16)])
     history = sorted((m.step, m.value) for m in tracker.client.get_metric_history(run_id, "train/loss"))
     assert history == [(step, 1.0) for step in range(1, 11)] + [(step, 2.0) for step in range(11, 16)]
     assert len(tracker.client.get_metric_history(run_id, "train/p_y")) == 10, "a metric new on resume is logged whole"
@@ -127,7 +128,7 @@ def test_resume_refuses_a_changed_config(workdir, capsys):
 
 def test_a_resume_keeps_whole_sections_and_single_keys_fixed():
     """A key ending in "." fixes its whole section; any other fixes that key alone."""
-    from aepg.launch import fixed_on_resume
+    from aepg.config import fixed_on_resume
 
     assert fixed_on_resume("train.lr") and fixed_on_resume("train.lr_schedule.kind")
     assert fixed_on_resume("train.optimizer.momentum") and fixed_on_resume("model.method.rank")

@@ -198,53 +198,15 @@ def test_validation_imports_nothing_heavy(args, tmp_path, warm_cache_env):
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
 
 
-@pytest.fixture
-def notices_afresh(monkeypatch):
-    """Each deprecation notice is said once per process: say them again in this test."""
-    import aepg.config
-
-    monkeypatch.setattr(aepg.config, "_RENAMED_SAID", set())
 
 
-def test_renamed_sections_of_older_configs_and_sweeps_load_under_their_new_names(tmp_path, caplog, notices_afresh):
-    """A config file, an override and a sweep space that say ``model.peft`` or ``schedule`` (written
-    before they were named ``model.method`` and ``annealing``) are read under the new names, with a
-    notice; where a file and an override name one section both ways, the override wins."""
-    data = yaml.safe_load((CONFIGS / "digits.yaml").read_text())
-    data["model"]["peft"], data["schedule"] = data["model"].pop("method"), data.pop("annealing")
-    (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
-    with caplog.at_level(logging.WARNING, logger="aepg"):
-        old = load_config(tmp_path / "old.yaml", ["model.method.rank=8", "model.peft.alpha=4", "annealing.tau=3"])
-    new = load_config(CONFIGS / "digits.yaml", ["model.peft.rank=8", "model.method.alpha=4", "schedule.tau=3"])
-    assert (old.model.method.rank, old.model.method.alpha, old.annealing.tau) == (8, 4, 3)
-    assert old.model_dump() == new.model_dump()
-    assert "model.peft is deprecated: read as model.method" in caplog.text
-    assert "schedule is deprecated: read as annealing" in caplog.text
-    sweep = {"name": "old", "base_config": str(tmp_path / "old.yaml"), "search": {"algorithm": "grid"},
-             "space": {"model.peft.rank": {"choice": [2, 4], "when": {"model.peft.kind": "lora"}},
-                       "schedule.tau": {"choice": [3.0, 6.0]}}}
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
-    from aepg.sweep.checks import load_sweep
-
-    loaded = load_sweep(tmp_path / "sweep.yaml")
-    assert list(loaded.space) == ["model.method.rank", "annealing.tau"]
-    assert loaded.space["model.method.rank"].when == {"model.method.kind": "lora"}
-    assert {"model.method.rank", "annealing.tau"} <= set(loaded.base_flat)
-
-
-def test_flat_data_set_keys_of_older_configs_move_under_the_data_set(caplog, notices_afresh):
-    """``benchmark.split_seed`` and the image-file keys, flat before data sets were entries: read
-    under the entry that has them (with a notice), dropped silently where they hold the old default
-    (as every old config.yaml does), refused where they would change nothing."""
-    with caplog.at_level(logging.WARNING, logger="aepg"):
-        moved = load_config(CONFIGS / "digits.yaml", ["benchmark.dataset=imagenet-r", "benchmark.split_seed=3",
-                                                      "benchmark.cache=none"])
-    assert (moved.benchmark.dataset.split_seed, moved.benchmark.dataset.cache) == (3, "none")
-    assert "benchmark.split_seed is deprecated: read as benchmark.dataset.split_seed" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="aepg"):
-        dropped = load_config(CONFIGS / "digits.yaml", ["benchmark.split_seed=0", "benchmark.short_side=null"])
-    assert dropped.model_dump() == load_config(CONFIGS / "digits.yaml").model_dump() and "benchmark." not in caplog.text
-    with pytest.raises(ConfigError, match=r"benchmark.split_seed \(now benchmark.dataset.split_seed\) is read only "
-                                          "with benchmark.dataset=imagenet-r; benchmark.dataset is digits"):
-        load_config(CONFIGS / "digits.yaml", ["benchmark.split_seed=3"])
+def test_an_override_of_another_entrys_key_is_said_to_be_ignored(tmp_path):
+    """A key of an entry that is not the chosen one is checked, then left out of the run: the dry
+    run says so, under the old name too (which means the new one)."""
+    out = run_aepg(["train", CONFIGS / "digits.yaml", "train.optimizer.momentum=0.5", "train.nesterov=true",
+                    "model.method.rank=6", "--dry-run"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "aepg: warning: train.optimizer.momentum=0.5 is ignored: train.optimizer is adam, which has no key momentum" \
+        in out.stderr
+    assert "aepg: warning: train.nesterov=true is ignored: train.optimizer is adam, which has no key nesterov" in out.stderr
+    assert "rank=6 is ignored" not in out.stderr and "rank: 6" in out.stdout

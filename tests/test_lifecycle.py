@@ -11,7 +11,7 @@ from aepg.catalog import METHODS
 from aepg.config import MethodConfig, load_config
 from aepg.distributed import Context
 from aepg.launch import build_job
-from aepg.models.peft.base import PeftModule
+from aepg.models.peft.base import MethodModule
 from aepg.trainer import ContinualTrainer
 
 
@@ -24,7 +24,7 @@ class HookProbe(MethodConfig):
     """A task the method says not to train."""
 
 
-class Probe(PeftModule):
+class Probe(MethodModule):
     def __init__(self, backbone: nn.Module, untrained_task: int):
         super().__init__()
         self.shift = nn.Parameter(torch.zeros(backbone.num_features))
@@ -75,7 +75,7 @@ def test_trainer_calls_every_hook_in_order_with_the_task_data():
     head_before = model.head.weight.detach().clone()
     ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu"))).fit()
 
-    calls, tasks = model.peft.calls, benchmark.tasks
+    calls, tasks = model.method_module.calls, benchmark.tasks
     assert calls[0] == ("classes", 10)
     steps = [-(-len(task.train) // cfg.train.batch_size) for task in tasks]  # ceil: batches per task
     for task, n in enumerate(steps):
@@ -90,7 +90,7 @@ def test_trainer_calls_every_hook_in_order_with_the_task_data():
         # The task's evaluation predicts after its end, in eval mode only.
         after = calls[end + 1:calls.index(("begin", task + 1)) if task + 1 < len(tasks) else None]
         assert after and set(after) == {("predict", False)}
-    assert torch.equal(model.peft.shift, torch.zeros_like(model.peft.shift)), "the transformed gradient was not used"
+    assert torch.equal(model.method_module.shift, torch.zeros_like(model.method_module.shift)), "the transformed gradient was not used"
     assert not torch.equal(model.head.weight, head_before)
 
 
@@ -98,6 +98,6 @@ def test_a_task_the_method_does_not_train_goes_from_its_data_to_its_end():
     cfg = load_config(CONFIGS / "digits.yaml", [*PROBE, "model.method.untrained_task=1"])
     model, benchmark, objective = build_job(cfg)
     ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu"))).fit()
-    calls = model.peft.calls
+    calls = model.method_module.calls
     begin = calls.index(("begin", 1))
     assert [call[0] for call in calls[begin:]][:3] == ["begin", "prepare", "end"]

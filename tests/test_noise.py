@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from aepg.schema import STATUS_TAG, final_name
-from aepg.sweep.leaderboard import average_over_seeds, entries_of, mark_within_noise, rank, table
+from aepg.sweep.leaderboard import average_over_seeds, mark_within_noise, rank, table, task_entries
 from aepg.sweep.noise import assess, difference_interval, pooled_std, seeds_needed
 from aepg.sweep.spec import Param
 from aepg.tracking import RunRecord
@@ -52,7 +52,7 @@ def test_the_leaderboard_shows_which_configurations_are_within_noise():
     runs = [RunRecord(f"{lr}-{seed}", f"t-{lr}-{seed}", "FINISHED", {"train.lr": str(lr), "seed": str(seed)},
                       {final_name("last_accuracy"): values[seed]}, {STATUS_TAG: "finished"})
             for lr, values in ((0.1, WINNER), (0.2, TIED), (0.3, BEATEN)) for seed in values]
-    ranked = rank(average_over_seeds(entries_of(runs, space, "last_accuracy", 3)), "max")
+    ranked = rank(average_over_seeds(task_entries(runs, space, "last_accuracy", 3)), "max")
     mark_within_noise(ranked, assess([e.by_seed for e in ranked]))
     rows = table(ranked, "last_accuracy", ["train.lr"])
     assert [(row["train.lr"], row.get("within noise")) for row in rows] == [(0.1, "best"), (0.2, "tied"), (0.3, None)]

@@ -16,10 +16,10 @@ from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.models.parts import EWCPart, LwFPart
 from aepg.models.parts.ewc import OnlineEWC, build_ewc
 from aepg.models.parts.lwf import build_lwf, distillation
-from aepg.models.peft.attach import attach_peft
-from aepg.models.peft.base import TrainingBatch
+from aepg.models.peft.attach import attach_method
+from aepg.models.contract import TrainingBatch
 from aepg.preflight import backbone_facts
-from aepg.tracking import default_run_name
+from aepg.preflight import default_run_name
 
 DIM = 16
 
@@ -28,12 +28,12 @@ def tiny_model(kind: str = "none", num_classes: int = 6, **settings) -> Continua
     torch.manual_seed(0)
     backbone = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=8,
                                  embed_dim=DIM, num_heads=2, depth=2)
-    backbone = attach_peft(backbone, method_config(kind=kind, **settings), num_tasks=3)
+    backbone = attach_method(backbone, method_config(kind=kind, **settings), num_tasks=3)
     return ContinualClassifier(backbone, num_classes, 0.5, set())
 
 
 class Context:
-    """A task's context (``aepg.models.peft.base.TaskData``) over fixed batches, cross-entropy as the objective."""
+    """A task's context (``aepg.models.contract.TaskData``) over fixed batches, cross-entropy as the objective."""
 
     def __init__(self, model, batches, start, stop):
         self.model, self._batches, self.start, self.stop = model, batches, start, stop
@@ -113,7 +113,7 @@ def test_lwf_distillation_is_the_references_kd_and_reads_the_model_before_the_ta
     lwf.prepare_task(0, None)
     assert not lwf.is_active, "task 0 has no previous model"
     with torch.no_grad():
-        for p in model.peft_parameters():
+        for p in model.method_parameters():
             p.normal_()
     model.eval()
     with torch.no_grad():
@@ -129,7 +129,7 @@ def test_lwf_distillation_is_the_references_kd_and_reads_the_model_before_the_ta
     new_old_classes = model.head(batch.features)[:, 0:2]
     torch.testing.assert_close(loss, 3.0 * distillation(new_old_classes, before, T))
     (logits.sum() + loss).backward()  # the step's graph is intact: nothing was copied into the model
-    assert all(p.grad is not None for p in model.peft_parameters())
+    assert all(p.grad is not None for p in model.method_parameters())
     named = dict(model.named_parameters())
     assert all(named[name] is p for name, p in model.trainable_parameters()), "the model has its own parameters back"
     assert model.training
@@ -165,7 +165,6 @@ def test_part_settings_are_checked_like_every_key():
         (["model.method.parts.ewcc.weight=5"], "model.method.parts.ewcc: unknown method part 'ewcc'; did you mean 'ewc'?"),
         (["model.method.parts.lwf.temprature=2"], "model.method.parts.lwf.temprature: unknown key; did you mean 'temperature'?"),
         (["model.method.parts.ewc.decay=2"], "model.method.parts.ewc.decay: Input should be less than or equal to 1"),
-        (["model.method.parts.lae.decay=0.9", "model.method.lae=true"], "model.method: LAE is on twice"),
         (["model.method.parts.lae.decay=1"], "model.method.parts.lae.decay: Input should be less than 1"),
         (["model.method.kind=none", "model.method.parts.lae.enabled=true"], "model.method.parts.lae: LAE wraps a PEFT module"),
     ]:
@@ -173,16 +172,16 @@ def test_part_settings_are_checked_like_every_key():
         assert result.returncode == 2 and expected in result.stderr, (overrides, result.stderr)
 
 
-def test_lae_as_a_method_key_of_older_configs_is_the_lae_part(caplog):
-    """``model.method.lae: true`` and ``lae_decay`` (every config before LAE was a part) load as the
-    part, placed first, with a notice; ``lae: false`` is dropped with its decay."""
-    old = load_config(DIGITS, ["model.method.parts.ewc.weight=5", "model.method.lae=true", "model.method.lae_decay=0.99"])
+def test_lae_as_a_method_key_of_older_configs_is_the_lae_part():
+    """``model.method.lae`` and ``lae_decay`` (every config before LAE was a part) are the part's
+    ``enabled`` and ``decay``: on, it is built; off, its settings are kept and it is left out."""
+    old = load_config(DIGITS, ["model.method.lae=true", "model.method.lae_decay=0.99", "model.method.parts.ewc.weight=5"])
     assert list(old.model.method.chosen_parts()) == ["lae", "ewc"] and old.model.method.parts["lae"].decay == 0.99
     assert default_run_name(old) == "digits-aepg-lora-lae-ewc-s0"
     new = load_config(DIGITS, ["model.method.parts.lae.decay=0.99", "model.method.parts.ewc.weight=5"])
     assert old.model_dump() == new.model_dump()
     off = load_config(DIGITS, ["model.method.lae=false", "model.method.lae_decay=0.99"])
-    assert off.model.method.parts == {} and off.model_dump() == load_config(DIGITS).model_dump()
+    assert off.model.method.chosen_parts() == {} and off.model.method.parts["lae"].decay == 0.99
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

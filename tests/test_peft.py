@@ -48,10 +48,10 @@ def test_only_peft_and_head_get_gradients(variant):
     loss = logits.logsumexp(1).mean() + model.auxiliary_loss()
     loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    allowed = set(model.peft_names) | {"head.weight", "head.bias"}
+    allowed = set(model.method_names) | {"head.weight", "head.bias"}
     assert with_grad and with_grad <= allowed, with_grad - allowed
-    assert with_grad & set(model.peft_names), "the PEFT module received no gradient"
-    assert model.parameter_counts()["params_peft"] == sum(p.numel() for p in model.peft_parameters()) > 0
+    assert with_grad & set(model.method_names), "the PEFT module received no gradient"
+    assert model.parameter_counts()["params_method"] == sum(p.numel() for p in model.method_parameters()) > 0
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -61,7 +61,7 @@ def test_two_task_run_trains_keeps_backbone_and_round_trips(variant):
     model, benchmark, objective = build_job(cfg)
     frozen_names = {f"backbone.{k}" for k in model.backbone.state_dict()} - set(model.state_names())
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k in frozen_names}
-    peft_before = {n: p.detach().clone() for n, p in zip(model.peft_names, model.peft_parameters())}
+    peft_before = {n: p.detach().clone() for n, p in zip(model.method_names, model.method_parameters())}
     first = benchmark.tasks[0]
     x0, y0 = model_inputs(benchmark, first.train, range(64))
 
@@ -104,7 +104,7 @@ def test_per_task_state_is_saved():
         if variant == "lae-lora":
             assert bool(state["lae.active"]) and fresh.lae.is_active
         else:
-            assert int(state["backbone.aepg_peft.task"]) == 1 and int(fresh.peft.task) == 1
+            assert int(state["backbone.aepg_peft.task"]) == 1 and int(fresh.method_module.task) == 1
 
 
 def test_coda_freezes_the_components_of_past_tasks():
@@ -113,12 +113,12 @@ def test_coda_freezes_the_components_of_past_tasks():
     model.begin_task(1)  # pool 8 over 2 tasks: components 0-3 belong to task 0
     x, _ = model_inputs(benchmark, benchmark.tasks[1].train, range(4))
     (model(x, slice(0, 10)).sum() + model.auxiliary_loss()).backward()
-    grad = model.peft.components.grad
+    grad = model.method_module.components.grad
     assert grad[:, :4].abs().sum() == 0 and grad[:, 4:].abs().sum() > 0
 
 
 def test_prompt_kinds_need_a_vit():
-    from aepg.models.peft import PeftError
+    from aepg.models.peft import MethodError
 
-    with pytest.raises(PeftError, match="VisionTransformer"):
+    with pytest.raises(MethodError, match="VisionTransformer"):
         build_job(load_config(CONFIGS / "digits.yaml", ["model.method.kind=prefix", "benchmark.num_tasks=2"]))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from aepg.config import MethodConfig, load_config, method_config
 from aepg.metrics import accuracy_after_each_task, summarize
 from aepg.models.classifier import ContinualClassifier, build_model
-from aepg.models.peft.attach import attach_peft
+from aepg.models.peft.attach import attach_method
 from aepg.models.peft.base import module_of
 from aepg.models.peft.base import compensate, prefixed_attention
 from aepg.models.peft.coda import orthogonality_penalty, orthonormal_rows
@@ -27,7 +27,7 @@ def tiny_vit(**peft) -> torch.nn.Module:
     torch.manual_seed(0)
     backbone = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=8,
                                  embed_dim=DIM, num_heads=HEADS, depth=DEPTH)
-    return attach_peft(backbone, method_config(**peft), num_tasks=3).eval()
+    return attach_method(backbone, method_config(**peft), num_tasks=3).eval()
 
 
 def randomise(module: torch.nn.Module) -> None:
@@ -160,19 +160,19 @@ def test_adaptformer_reads_the_unnormalised_stream_beside_the_mlp():
 
 def lae_model(decay=0.9):
     cfg = method_config(kind="lora", rank=2, parts={"lae": {"decay": decay}})
-    backbone = attach_peft(tiny_vit(), cfg, num_tasks=3)
+    backbone = attach_method(tiny_vit(), cfg, num_tasks=3)
     model = ContinualClassifier(backbone, 6, 0.01, set())
-    model.add_part("lae", OnlineOfflinePair(model.peft_parameters(), decay))
+    model.add_part("lae", OnlineOfflinePair(model.method_parameters(), decay))
     return model
 
 
 def test_lae_offline_copy_starts_at_task_1_and_follows_by_ema():
     torch.manual_seed(0)
     model = lae_model(decay=0.9)
-    online = model.peft_parameters()
+    online = model.method_parameters()
     images = torch.randn(3, 3, 16, 16)
     model.begin_task(0)
-    randomise(model.peft)
+    randomise(model.method_module)
     model.after_step()
     assert not model.lae.is_active and all(torch.count_nonzero(o) == 0 for o in model.lae._offline())
     with torch.no_grad():
@@ -268,7 +268,7 @@ def test_dualprompt_test_time_expert_is_per_sample_or_the_batch_majority(batchwi
         dual.keys.copy_(torch.eye(3, DIM))
     dual.eval()
     dual.set_query(torch.eye(3, DIM)[[2, 0, 2, 1]])  # samples matching experts 2, 0, 2, 1
-    assert dual._expert.tolist() == ([2, 2, 2, 2] if batchwise_prompt else [2, 0, 2, 1])
+    assert dual.expert.tolist() == ([2, 2, 2, 2] if batchwise_prompt else [2, 0, 2, 1])
 
 
 def test_coda_slices_start_orthonormal_and_the_penalty_follows_the_reference():
@@ -533,7 +533,7 @@ def test_paper_preset_trainable_parameters_on_vit_b16(preset):
     with torch.device("meta"):  # shapes only: no memory, no download
         model, _ = build_model(cfg.model, classes, cfg.benchmark.num_tasks)
     counts = model.parameter_counts()
-    assert counts["params_peft"] == expected_peft_params(cfg.model.method, cfg.benchmark.num_tasks)
+    assert counts["params_method"] == expected_peft_params(cfg.model.method, cfg.benchmark.num_tasks)
     assert counts["params_head"] == D * classes + classes
     if cfg.model.method.kind == "lora" and "lae" not in cfg.model.method.chosen_parts():
-        assert counts["params_peft"] == 61_440 + 10
+        assert counts["params_method"] == 61_440 + 10

@@ -1,6 +1,6 @@
 """A third-party package (tests/plugin) adds an objective, an a_t schedule, a training method, a
-part, a data set, a searcher and an early-stopping scheduler through entry points, without a fork: pip installs it for real, and aepg
-validates, sweeps and logs its entries."""
+part, a data set, a searcher, an early-stopping scheduler and a sweep protocol through entry points,
+without a fork: pip installs it for real, and aepg validates, sweeps and logs its entries."""
 
 import json
 import os
@@ -155,7 +155,7 @@ def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
         assert run.data.params["model.method.parts.l2_anchor.weight"] == "0.5"
         assert run.data.params["benchmark.dataset.kind"] == "image-folder"
         assert run.data.params["benchmark.dataset.folder"] == "images"
-        assert run.data.tags["params_peft"] == str(2 * 1280)  # a scale and a shift per feature of Lite0
+        assert run.data.tags["params_method"] == str(2 * 1280)  # a scale and a shift per feature of Lite0
         assert "final/avg_incremental_accuracy" in run.data.metrics
         manifest = json.load(open(client.download_artifacts(run.info.run_id, "manifest.json",
                                                             str(workdir / run.info.run_id))))
@@ -166,20 +166,55 @@ def test_plugin_entries_run_in_a_real_sweep(workdir, plugin_env):
         assert manifest["entries"]["dataset"] == {"name": "image-folder", **plugin}
 
 
+def test_a_plugin_protocol_trains_each_configuration_its_own_way(workdir, plugin_env):
+    """The plugin's ``class_orders`` protocol, named by a sweep file: each configuration trains on
+    two class orders at once, one run per order nested under its run, and ranks on their mean."""
+    sweep = {
+        "name": "orders",
+        "base_config": DIGITS,
+        "base_overrides": {"train": {"epochs": 1, "batch_size": 16},
+                           "benchmark": {"num_tasks": 2, "max_train_per_class": 12, "max_test_per_class": 6}},
+        "space": {"train.lr": {"choice": [0.0003]}},
+        "protocol": {"kind": "class_orders", "orders": [3, 4]},
+        "search": {"algorithm": "grid"},
+        "scheduler": {"kind": "none"},
+        "metric": "last_accuracy",
+        "trial": {"cpus": 1},
+    }
+    (workdir / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    planned = run_aepg(["sweep", "sweep.yaml", "--dry-run"], workdir, plugin_env)
+    assert planned.returncode == 0 and "(class orders protocol)" in planned.stdout, planned.stderr
+    out = run_aepg(["sweep", "sweep.yaml"], workdir, plugin_env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("aepg.kind") == "sweep"]
+    (trial,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    orders = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id]
+    assert parent.data.params["sweep.protocol"] == "class_orders"
+    assert sorted(r.data.params["benchmark.order_seed"] for r in orders) == ["3", "4"]
+    assert {r.info.status for r in [trial, *orders]} == {"FINISHED"}
+    mean = sum(r.data.metrics["seed_run/last_accuracy"] for r in orders) / 2
+    assert trial.data.metrics["final/last_accuracy"] == pytest.approx(mean, abs=1e-12)
+    assert trial.data.tags["aepg.status"] == "finished"
+
+
 def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_env):
     """`aepg list` in an 80-column terminal: every entry of every catalogue, a plugin's entries
     with the package that provides them, no line wider than the terminal."""
-    from aepg.catalog import CATALOGS
-
     out = run_aepg(["list"], workdir, {**plugin_env, "COLUMNS": "80"})
     assert out.returncode == 0 and not out.stderr, out.stderr
     lines = out.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
-    for name, catalog in CATALOGS.items():
-        assert f"{name} ({catalog.setting})" in lines
+    settings = {"objectives": "objective.kind", "schedules": "annealing.kind", "methods": "model.method.kind",
+                "parts": "model.method.parts", "datasets": "benchmark.dataset.kind",
+                "optimizers": "train.optimizer.kind", "lr_schedules": "train.lr_schedule.kind",
+                "searchers": "search.algorithm", "schedulers": "scheduler.kind", "protocols": "protocol.kind"}
+    for name, setting in settings.items():  # each catalogue with the key that chooses its entry
+        assert f"{name} ({setting})" in lines
     listed = {line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")}
     assert {"aepg", "ce", "lora", "ranpac", "digits", "cifar100", "adam", "sgd", "cosine", "tpe", "asha"} <= listed
-    assert {"gce", "two_phase", "feature_affine", "median", "l2_anchor", "qmc", "image-folder"} <= listed, \
+    assert {"gce", "two_phase", "feature_affine", "median", "l2_anchor", "qmc", "image-folder", "class_orders"} <= listed, \
         "the plugin's entries"
     text = " ".join(out.stdout.split())
     assert "[aepg-example-plugin==0.1.0]" in text and "keys: logits=local, q=0.7" in text, text[:2000]

@@ -14,8 +14,8 @@ from torch import nn
 
 from aepg.catalog import METHODS
 from aepg.config import MethodConfig, load_config, method_config
-from aepg.models.peft.attach import attach_peft
-from aepg.models.peft.base import PeftModule, module_of
+from aepg.models.peft.attach import attach_method
+from aepg.models.peft.base import MethodModule, module_of
 from aepg.models.peft.inflora import update_basis
 
 from conftest import CONFIGS, trainer_for, two_tasks_of_statistics
@@ -30,7 +30,7 @@ class PrecisionProbe(MethodConfig):
     kind: Literal["precision_probe"] = "precision_probe"
 
 
-class Probe(PeftModule):
+class Probe(MethodModule):
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.shift = nn.Parameter(torch.zeros(backbone.num_features))
@@ -64,7 +64,7 @@ def test_bf16_reaches_the_forwards_and_no_hook():
     trainer = trainer_for("bf16-mixed", "model.method.kind=precision_probe", "train.epochs=1")
     assert trainer.precision == "bf16-mixed" and trainer.scaler is None
     trainer.fit()
-    seen = trainer.model.peft.seen
+    seen = trainer.model.method_module.seen
     assert ("forward", True, True) in seen, "training forwards run under bf16 autocast"
     assert {s for s in seen if s[0] in ("prepare", "end")} == {("prepare", torch.float32, False),
                                                                ("end", torch.float32, False)}
@@ -116,7 +116,7 @@ def test_float64_inflora_keeps_a_basis_whose_update_is_skipped():
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, patch_size=8,
                             embed_dim=16, num_heads=2, depth=2)
     cfg = method_config(kind="inflora", rank=2, threshold=0.5, threshold_end=0.5)
-    vit = attach_peft(vit, cfg, num_tasks=3).double().eval()
+    vit = attach_method(vit, cfg, num_tasks=3).double().eval()
     inflora = module_of(vit)
     data = Inputs(vit, torch.randn(6, 3, 16, 16, dtype=torch.float64))
     inflora.begin_task(0)

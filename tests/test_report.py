@@ -48,18 +48,18 @@ def test_tasks_done_and_ladder_level_come_from_their_tags_or_from_the_metrics_of
     """Runs now carry their counts as tags (``aepg.tasks_done``, ``aepg.levels_done``); runs an earlier
     aepg logged carry them as metrics, or as ``aepg.level`` (renamed apart from ``aepg.fidelity_level``),
     and their leaderboard rows still read right."""
-    from aepg.sweep.leaderboard import entries_of
+    from aepg.sweep.leaderboard import level_entries, task_entries
 
     space = {"train.lr": Param(choice=[1.0e-4, 1.0e-3])}
     stopped = {"aepg.status": "stopped early"}
     now = RunRecord("a", "t01", "FINISHED", {}, {}, {**stopped, "aepg.tasks_done": "2"})
     before = RunRecord("b", "t02", "FINISHED", {}, {"eval/tasks_done": 3.0}, stopped)
-    assert [e.progress for e in entries_of([now, before], space, "avg_incremental_accuracy", 5)] == \
+    assert [e.progress for e in task_entries([now, before], space, "avg_incremental_accuracy", 5)] == \
         ["2/5 tasks", "3/5 tasks"]
     now = RunRecord("a", "t01", "FINISHED", {}, {}, {**stopped, "aepg.levels_done": "1"})
     before = RunRecord("b", "t02", "FINISHED", {}, {"fidelity/level": 2.0}, stopped)
     renamed = RunRecord("c", "t03", "FINISHED", {}, {}, {**stopped, "aepg.level": "3"})
-    assert [e.progress for e in entries_of([now, before, renamed], space, "avg_incremental_accuracy", 5, levels=3)] == \
+    assert [e.progress for e in level_entries([now, before, renamed], space, "avg_incremental_accuracy", 3)] == \
         ["level 1/3", "level 2/3", "level 3/3"]
 
 
@@ -142,22 +142,22 @@ def paired_store(folder) -> tuple[object, str]:
     for index, (name, lr) in enumerate((("A", 0.1), ("B", 0.2), ("C", 0.3)), 1):
         arms = PAIRED[name]
         by_seed = {str(s): {arm: arms[arm][s] for arm in ("ce", "aepg")} for s in range(3)}
-        tags = {PARENT_TAG: parent, schema.STATUS_TAG: "finished", schema.INDEX_TAG: str(index),
+        tags = {PARENT_TAG: parent.run_id, schema.STATUS_TAG: "finished", schema.INDEX_TAG: str(index),
                 schema.SWEEP_TAG: "paired-1", schema.CONFIG_TAG: name, schema.ARM_VALUES_TAG: json.dumps(by_seed),
                 schema.SEED_VALUES_TAG: json.dumps({s: (v["ce"] + v["aepg"]) / 2 for s, v in by_seed.items()})}
         cfg = base.model_copy(update={"train": base.train.model_copy(update={"lr": lr})})
         config_run = tracker.create_run("hand-made", f"t0{index}-{name}", tags, {"train.lr": lr, "objective.kind": "aepg"},
                                         {"config.yaml": to_yaml(cfg)})
-        tracker.run(config_run).close("FINISHED")
+        config_run.close("FINISHED")
         for arm, values in arms.items():
             for seed, value in values.items():
                 run = tracker.create_run("hand-made", f"t0{index}-{name}@{arm}-s{seed}",
-                                         {PARENT_TAG: config_run, schema.STATUS_TAG: "arm run", schema.ARM_TAG: arm,
+                                         {PARENT_TAG: config_run.run_id, schema.STATUS_TAG: "arm run", schema.ARM_TAG: arm,
                                           schema.SEED_TAG: str(seed), schema.SWEEP_TAG: "paired-1", schema.CONFIG_TAG: name},
                                          {"train.lr": lr, "objective.kind": arm, "seed": seed, "model.method.kind": "lora"})
-                tracker.run(run).log_metrics({f"seed_run/{m}": value for m in ("avg_incremental_accuracy", "last_accuracy")})
-                tracker.run(run).close("FINISHED")
-    return tracker, parent
+                run.log_metrics({f"seed_run/{m}": value for m in ("avg_incremental_accuracy", "last_accuracy")})
+                run.close("FINISHED")
+    return tracker, parent.run_id
 
 
 def test_a_paired_report_gives_the_known_differences_intervals_and_ties(tmp_path):
@@ -173,7 +173,7 @@ def test_a_paired_report_gives_the_known_differences_intervals_and_ties(tmp_path
     diffs = [0.05, 0.06, 0.05]
     half = t_quantile(2) * statistics.stdev(diffs) / math.sqrt(3)
     assert best.difference == pytest.approx((statistics.mean(diffs), half), abs=1e-12)
-    assert report.paired == (f"aepg - ce at t01-A: +0.0533, 95% interval [{0.053333 - half:+.4f}, "
+    assert report.verdict == (f"aepg - ce at t01-A: +0.0533, 95% interval [{0.053333 - half:+.4f}, "
                              f"{0.053333 + half:+.4f}] over 3 seeds: separated from zero (aepg higher)")
     second = report.entries[1]  # .04 .06 .02: mean .04 and half 4.303 * .02 / sqrt 3 = .0497, across zero
     assert second.difference == pytest.approx((0.04, t_quantile(2) * 0.02 / math.sqrt(3)), abs=1e-12)
@@ -220,14 +220,14 @@ def trade_off_store(folder, pick: dict | None) -> tuple[object, str]:
     for lr, (accuracy, forgetting) in TRADE_OFF.items():
         for seed in range(3):
             index += 1
-            tags = {PARENT_TAG: parent, schema.STATUS_TAG: "finished", schema.INDEX_TAG: str(index),
+            tags = {PARENT_TAG: parent.run_id, schema.STATUS_TAG: "finished", schema.INDEX_TAG: str(index),
                     schema.SWEEP_TAG: "trade-off-1"}
             cfg = base.model_copy(update={"seed": seed, "train": base.train.model_copy(update={"lr": lr})})
             run = tracker.create_run("hand-made", f"t{index:02d}-lr{lr}-s{seed}", tags,
                                      {"train.lr": lr, "seed": seed, "objective.kind": "aepg"}, {"config.yaml": to_yaml(cfg)})
-            tracker.run(run).log_metrics({"final/last_accuracy": accuracy[seed], "final/forgetting": forgetting[seed]})
-            tracker.run(run).close("FINISHED")
-    return tracker, parent
+            run.log_metrics({"final/last_accuracy": accuracy[seed], "final/forgetting": forgetting[seed]})
+            run.close("FINISHED")
+    return tracker, parent.run_id
 
 
 @pytest.mark.parametrize("pick, chosen", [(None, 0.1), ({"forgetting": 0.05}, 0.2)])
@@ -246,7 +246,7 @@ def test_a_trade_off_report_marks_the_known_front_and_picks_by_its_rule(tmp_path
     assert rows[0.3]["front"] == "within noise" and rows[0.2]["final/forgetting"] == pytest.approx(0.03, abs=1e-9)
     rule = "the best last_accuracy on the front with forgetting within 0.05 of the front's lowest" if pick else \
         "the front's best last_accuracy"
-    assert report.front == ("Pareto front of last_accuracy (max), forgetting (min): #1, #3; off it only within seed "
+    assert report.verdict == ("Pareto front of last_accuracy (max), forgetting (min): #1, #3; off it only within seed "
                             f"noise: #2; best.yaml is {'#3 (lr 0.2)' if pick else '#1 (lr 0.1)'}, {rule}")
     assert "pareto_front.png" in report.figures
     narrow = report.narrow_text(80)

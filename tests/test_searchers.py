@@ -43,8 +43,9 @@ def test_the_parent_run_records_every_sampler_and_scheduler_setting():
                                                          constant_liar=True))
     assert built != proposals(optuna.samplers.TPESampler(seed=0, n_startup_trials=4, multivariate=True,
                                                          constant_liar=True))
-    params = parent_params(sweep, "path", 8, 5)
+    params = parent_params(sweep, "path", 8)
     assert params["search.sampler"] == "TPESampler(seed=0, n_startup_trials=4, multivariate=False, constant_liar=True)"
+    assert params["sweep.protocol"] == "plain"
     assert params["search.scheduler"] == ("ASHA(fidelity=tasks, grace_period=2, reduction_factor=3.0, "
                                           "rung_metric=avg_incremental_accuracy, min_fraction=0.1111)")
     assert params["versions.optuna"] == version("optuna") and params["versions.ray"] == version("ray")
@@ -74,4 +75,4 @@ def test_nsga2_searches_a_trade_off_and_survives_ray_saving_it(tmp_path):
     restored = cloudpickle.loads(cloudpickle.dumps(found))
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("t2") is not None and [t.number for t in restored.study.trials] == [0, 1]
-    assert parent_params(sweep, "path", 8, 1)["search.sampler"] == "NSGAIISampler(seed=0, population_size=8)"
+    assert parent_params(sweep, "path", 8)["search.sampler"] == "NSGAIISampler(seed=0, population_size=8)"

@@ -12,8 +12,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from aepg.catalog import PARTS
 from aepg.config import ModelConfig
 from aepg.models.backbones import create_backbone
-from aepg.models.peft.attach import attach_peft
-from aepg.models.peft.base import MethodPart, TrainingBatch, full_precision, module_of
+from aepg.models.peft.attach import attach_method
+from aepg.models.contract import MethodPart, TrainingBatch, full_precision
+from aepg.models.peft.base import module_of
 
 
 @dataclass(frozen=True)
@@ -42,23 +43,23 @@ class ContinualClassifier(nn.Module):
         self.head = nn.Linear(backbone.num_features, num_classes)
         nn.init.normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
-        self.peft = module_of(backbone)
-        if self.peft is not None:
-            self.peft.set_num_classes(num_classes)
+        self.method_module = module_of(backbone)
+        if self.method_module is not None:
+            self.method_module.set_num_classes(num_classes)
         # The method says what trains: what it added, or backbone weights it unfroze.
-        self.peft_names = [f"backbone.{n}" for n, p in backbone.named_parameters() if p.requires_grad]
+        self.method_names = [f"backbone.{n}" for n, p in backbone.named_parameters() if p.requires_grad]
         # Everything PEFT added (parameters and buffers such as task counters) and everything that
         # trains; HF peft moves the frozen weights it wraps to "base_layer", which stay frozen.
-        trained = {n.removeprefix("backbone.") for n in self.peft_names}
-        whole = self.peft is not None and self.peft.trains_backbone
-        self.peft_state_names = [f"backbone.{k}" for k in backbone.state_dict()
+        trained = {n.removeprefix("backbone.") for n in self.method_names}
+        whole = self.method_module is not None and self.method_module.trains_backbone
+        self.method_state_names = [f"backbone.{k}" for k in backbone.state_dict()
                                  if (k not in frozen_keys and ".base_layer." not in k) or k in trained or whole]
-        self.parts: list[MethodPart] = [self.peft] if self.peft is not None else []
+        self.parts: list[MethodPart] = [self.method_module] if self.method_module is not None else []
         self.added_parts: list[str] = []
         """Names of the parts added over the PEFT module (their state is checkpointed under them)."""
-        self.peft_frozen = False
+        self.method_frozen = False
         self.last_features: Tensor | None = None
-        self.sparse_updates = bool(self.peft is not None and self.peft.sparse)
+        self.sparse_updates = bool(self.method_module is not None and self.method_module.sparse)
 
     def add_part(self, name: str, part: MethodPart) -> None:
         """Add a part over the PEFT module; its hooks run after the parts before it."""
@@ -69,10 +70,10 @@ class ContinualClassifier(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The backbone's features of ``x`` (with the query pass that prompt methods need)."""
-        if self.peft is not None and self.peft.needs_query:
-            with torch.no_grad(), self.peft.disabled():
+        if self.method_module is not None and self.method_module.needs_query:
+            with torch.no_grad(), self.method_module.disabled():
                 query = self.backbone(x)
-            self.peft.set_query(query)
+            self.method_module.set_query(query)
         return self.backbone(x)
 
     def _logits(self, x: Tensor, columns: slice, parts: list[MethodPart]) -> Tensor:
@@ -80,7 +81,7 @@ class ContinualClassifier(nn.Module):
         if not self.training and any(part.predicts_from_exact_features for part in parts):
             with full_precision(x.device):
                 features = self.features(x)
-        elif self.peft_frozen:  # head-only phases: no autograd graph through the backbone
+        elif self.method_frozen:  # head-only phases: no autograd graph through the backbone
             with torch.no_grad():
                 features = self.features(x)
         else:
@@ -108,7 +109,7 @@ class ContinualClassifier(nn.Module):
 
     def train(self, mode: bool = True) -> "ContinualClassifier":
         super().train(mode)
-        if self.peft is not None and self.peft.trains_batchnorm and not self.peft_frozen:
+        if self.method_module is not None and self.method_module.trains_batchnorm and not self.method_frozen:
             return self
         for module in self.backbone.modules():
             if isinstance(module, _BatchNorm):
@@ -143,26 +144,26 @@ class ContinualClassifier(nn.Module):
             part.end_task(task, data)
 
     # -- parameters and state -------------------------------------------------------------------
-    def peft_parameters(self) -> list[nn.Parameter]:
+    def method_parameters(self) -> list[nn.Parameter]:
         params = dict(self.named_parameters())
-        return [params[n] for n in self.peft_names]
+        return [params[n] for n in self.method_names]
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The method's parameters and the head's, by name: what the tasks train."""
         params = dict(self.named_parameters())
-        return [(n, params[n]) for n in self.peft_names] + list(self.head.named_parameters(prefix="head"))
+        return [(n, params[n]) for n in self.method_names] + list(self.head.named_parameters(prefix="head"))
 
-    def set_peft_trainable(self, trainable: bool) -> None:
+    def set_method_trainable(self, trainable: bool) -> None:
         """Head-only phases switch the PEFT parameters off so backward stops at the head; the
         parameters the method keeps frozen in this task stay off (no gradient, no weight decay)."""
-        self.peft_frozen = not trainable
+        self.method_frozen = not trainable
         frozen = {id(p) for part in self.parts for p in part.frozen_parameters()}
-        for p in self.peft_parameters():
+        for p in self.method_parameters():
             p.requires_grad_(trainable and id(p) not in frozen)
 
     def state_names(self) -> list[str]:
         added = [f"{name}.{k}" for name in self.added_parts for k in getattr(self, name).state_dict()]
-        return self.peft_state_names + added + ["head.weight", "head.bias"]
+        return self.method_state_names + added + ["head.weight", "head.bias"]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """PEFT, added parts' and head state (the whole backbone's when it trains): all a checkpoint needs."""
@@ -176,10 +177,10 @@ class ContinualClassifier(nn.Module):
         self.load_state_dict(state, strict=False)
 
     def parameter_counts(self) -> dict[str, int]:
-        peft = sum(p.numel() for p in self.peft_parameters())
+        peft = sum(p.numel() for p in self.method_parameters())
         head = sum(p.numel() for p in self.head.parameters())
         total = sum(p.numel() for p in self.parameters())
-        return {"params_peft": peft, "params_head": head, "params_trainable": peft + head, "params_total": total}
+        return {"params_method": peft, "params_head": head, "params_trainable": peft + head, "params_total": total}
 
 
 def build_model(cfg: ModelConfig, num_classes: int, num_tasks: int) -> tuple[ContinualClassifier, InputSpec]:
@@ -189,7 +190,7 @@ def build_model(cfg: ModelConfig, num_classes: int, num_tasks: int) -> tuple[Con
     mean, std = (tuple(data["mean"]), tuple(data["std"])) if cfg.normalize == "backbone" else ((0.0,) * 3, (1.0,) * 3)
     spec = InputSpec(cfg.image_size or data["input_size"][-1], mean, std)
     frozen_keys = set(backbone.state_dict())
-    backbone = attach_peft(backbone, cfg.method, num_tasks)
+    backbone = attach_method(backbone, cfg.method, num_tasks)
     model = ContinualClassifier(backbone, num_classes, cfg.head_init_std, frozen_keys)
     for name, part in cfg.method.chosen_parts().items():
         model.add_part(name, PARTS.get(name).load()(part, model))

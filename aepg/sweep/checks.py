@@ -11,10 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from aepg.config import DISPATCHED as RUN_SECTIONS
 from aepg.config import (
     ConfigError,
-    current_layout,
+    dispatched,
     RunConfig,
     entry_keys,
     is_uri,
@@ -23,19 +22,20 @@ from aepg.config import (
     pydantic_problems,
     read_run_yaml,
     read_yaml,
+    renamed_layer,
+    resolve_tracking_uri,
     validate,
 )
 from aepg.ray_setup import local_cpu_problem, package_cache_problems
-from aepg.sweep.fidelity import seeds_per_trial
-from aepg.sweep.spec import DISPATCHED, Sweep, SweepSpec, apply_dotted, expected_trials
+from aepg.sweep.spec import Sweep, SweepSpec, apply_dotted, expected_trials
 
 
 def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
     problems = []
-    known = set(sweep.base_flat) | entry_keys()
+    known = set(sweep.base_flat) | entry_keys(RunConfig)
     seen: list[str] = []
-    if not sweep.space:
-        problems.append(("space", "is empty; a sweep searches at least one run-config key"))
+    if not sweep.space and not sweep.protocol.compares:
+        problems.append(("space", "is empty; a sweep searches at least one run-config key (or compares arms: compare)"))
     for key, param in sweep.space.items():
         where = f"space.{key}"
         if key not in known:
@@ -62,7 +62,7 @@ def _check_space(sweep: Sweep) -> list[tuple[str, str]]:
     return problems
 
 
-SWITCHED_SECTIONS = tuple(f"{section}." for section in RUN_SECTIONS)
+SWITCHED_SECTIONS = tuple(f"{section}." for section in dispatched(RunConfig))
 """Sections whose keys a configuration can leave unused: the keys of another entry than the one
 chosen (and the schedule of an objective that is not annealed); ``RunConfig.active_params`` knows
 which."""
@@ -148,29 +148,13 @@ def _valid(base: dict[str, Any], values: dict[str, Any]) -> RunConfig | None:
         return None
 
 
-BUDGET_KEYS = {"train.epochs": "epochs", "benchmark.max_train_per_class": "data"}
-
-
-def _check_budget_keys(sweep: Sweep) -> list[tuple[str, str]]:
-    """Keys that set what a trial's budget is cannot be searched where budgets are compared."""
-    problems = []
+def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
+    spec = sweep.spec
+    problems = spec.search.problems(sweep) + spec.scheduler.problems(sweep) + sweep.protocol.problems(sweep)
     if "benchmark.num_tasks" in sweep.space:
         problems.append(("space.benchmark.num_tasks", "sets the sweep's budget (a trial is finished when it trains every "
                          "task): trials would train different task counts and rank on different sequences; run one "
                          "sweep per task count"))
-    fidelity = sweep.spec.scheduler.fidelity if sweep.spec.scheduler.climbs else None
-    for key, kind in BUDGET_KEYS.items():
-        if key in sweep.space and fidelity == kind:
-            problems.append((f"space.{key}", f"the {kind} fidelity sets it at each level of its ladder; search it "
-                             "with scheduler.fidelity: tasks, or without early stopping"))
-    return problems
-
-
-def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
-    from aepg.tracking import resolve_tracking_uri
-
-    spec = sweep.spec
-    problems = spec.search.problems(sweep) + spec.scheduler.problems(sweep) + _check_budget_keys(sweep)
     if not is_uri(spec.storage_path) and Path(spec.storage_path).expanduser().exists() \
             and not Path(spec.storage_path).expanduser().is_dir():
         problems.append(("storage_path", f"{spec.storage_path} is a file; sweep outputs need a folder"))
@@ -181,72 +165,8 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
     fix = "lower trial.cpus" + (" or scaling.cpus_per_worker" if scaling.num_workers else "")
     problems.extend(local_cpu_problem(spec.trial.cpus + scaling.num_workers * scaling.cpus_per_worker, "one trial",
                                       "trial.cpus", fix))
-    if spec.scheduler.climbs:
-        problems.extend(_check_ladder(sweep))
-    if seeds_per_trial(spec):
-        problems.extend(_check_seed_ladder(sweep))
     if spec.confirm:
         problems.extend(_check_confirm(sweep))
-    if spec.compare is not None:
-        problems.extend(_check_compare(sweep))
-    if spec.trade_off or spec.pick:
-        problems.extend(_check_trade_off(sweep))
-    return problems
-
-
-def _check_trade_off(sweep: Sweep) -> list[tuple[str, str]]:
-    """A trade-off is searched by Optuna over full-budget values: nothing that ranks on one metric
-    (early stopping, the seed ladder, arms, a confirmation) comes with it."""
-    spec = sweep.spec
-    trade_off = spec.trade_off or {}
-    problems = []
-    if not trade_off:
-        problems.append(("pick", "picks a point of a trade-off's front: add trade_off, e.g. {forgetting: min}"))
-    if spec.metric in trade_off:
-        problems.append((f"trade_off.{spec.metric}", "is the sweep's metric already: list the other metrics"))
-    for key in (spec.pick or {}):
-        if key not in trade_off:
-            problems.append((f"pick.{key}", f"is not a trade-off metric ({', '.join(trade_off) or 'none'})"))
-        elif spec.pick[key] < 0:
-            problems.append((f"pick.{key}", "a tolerance is 0 or more"))
-    if trade_off and spec.scheduler.stops_early:
-        problems.append(("scheduler.kind", f"{spec.scheduler.kind} compares trials on one metric; with trade_off, "
-                         "use scheduler.kind: none"))
-    elif trade_off and seeds_per_trial(spec):
-        problems.append(("scheduler.fidelity", "the seed ladder follows one metric; with trade_off, train seeds "
-                         "as a grid's (search.algorithm: grid, seeds: [...]) with scheduler.fidelity: tasks"))
-    if trade_off and spec.compare is not None:
-        problems.append(("compare", "arms are compared on one metric; drop compare or trade_off"))
-    if trade_off and spec.confirm is not None:
-        problems.append(("confirm", "a confirmation ranks on one metric; drop confirm or trade_off"))
-    return problems
-
-
-def _check_compare(sweep: Sweep) -> list[tuple[str, str]]:
-    """Paired arms: one key, two or more distinct values, each a valid run config; the arms train on
-    each seed of a configuration, so the seed ladder carries them."""
-    spec = sweep.spec
-    if len(spec.compare) != 1:
-        return [("compare", f"compares one key's values, e.g. {{objective.kind: [ce, aepg]}} (got {len(spec.compare)} keys)")]
-    ((key, values),) = spec.compare.items()
-    problems = []
-    labels = spec.arm_labels()
-    if len(set(labels)) < 2:
-        problems.append((f"compare.{key}", f"needs two or more different values to compare (got {values})"))
-    if key in spec.space:
-        problems.append((f"compare.{key}", "is also searched in space: a key is either compared or searched"))
-    for value in values:
-        try:
-            validate(apply_dotted(sweep.base, {key: value}))
-        except ConfigError as error:
-            problems += [(f"compare.{key}={value}: {k}", m) for k, m in error.problems]
-    if not seeds_per_trial(spec):
-        problems.append(("scheduler.fidelity", "compare trains every arm on each seed of a configuration: set "
-                         "scheduler.fidelity: seeds, with the seeds to pair over (seeds: [0, 1, 2])"))
-    if spec.compare_by != "mean" and spec.compare_by not in labels:
-        close = difflib.get_close_matches(spec.compare_by, ["mean", *labels], n=1)
-        problems.append(("compare_by", f"{spec.compare_by!r} is neither mean nor an arm of compare ({', '.join(labels)})"
-                         + (f"; did you mean {close[0]!r}?" if close else "")))
     return problems
 
 
@@ -263,35 +183,6 @@ def _check_confirm(sweep: Sweep) -> list[tuple[str, str]]:
     if repeated:
         problems.append(("confirm.seeds", f"seed {', '.join(map(str, repeated))} listed twice"))
     return problems
-
-
-def _check_seed_ladder(sweep: Sweep) -> list[tuple[str, str]]:
-    """A seed ladder needs seeds to climb (the scheduler checks its first rung against them)."""
-    seeds = sweep.spec.seeds or []
-    if len(seeds) < 2:
-        return [("seeds", f"scheduler.fidelity: seeds needs two or more seeds to train each configuration on "
-                 f"(got {seeds or 'none'}), e.g. seeds: [0, 1, 2, 3, 4]")]
-    return []
-
-
-def _check_ladder(sweep: Sweep) -> list[tuple[str, str]]:
-    """The levels of an epochs or data ladder must each train something different (the scheduler
-    checks that it plans two or more)."""
-    from aepg.sweep.fidelity import full_per_class, level_config
-
-    levels = sweep.spec.scheduler.levels()
-    fidelity, cfg = sweep.spec.scheduler.fidelity, sweep.base_config
-    try:
-        per_class = full_per_class(cfg) if fidelity == "data" else 0
-    except FileNotFoundError:  # the data set is missing: its check says so
-        return []
-    budgets = [level_config(cfg, fidelity, level, per_class) for level in levels]
-    sizes = [b.train.epochs if fidelity == "epochs" else b.benchmark.max_train_per_class for b in budgets]
-    if len(set(sizes)) < len(sizes):
-        what = "epochs per task" if fidelity == "epochs" else "training images per class"
-        return [("scheduler.min_fraction", f"levels {[f'{lv.fraction:.3g}' for lv in levels]} train {sizes} {what}: "
-                 "two levels train the same; raise min_fraction" + (" or train.epochs" if fidelity == "epochs" else ""))]
-    return []
 
 
 def variants(sweep: Sweep) -> list[tuple[str, RunConfig]]:
@@ -334,7 +225,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), check_runs: bool = T
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(pydantic_problems(error, SweepSpec, data, DISPATCHED)) from None
+        raise ConfigError(pydantic_problems(error, SweepSpec, data)) from None
     base_path = (path.parent / spec.base_config).resolve()
     try:
         base_file = read_run_yaml(base_path)
@@ -342,7 +233,7 @@ def load_sweep(path: str | Path, overrides: list[str] = (), check_runs: bool = T
     except ConfigError as error:
         raise ConfigError([(f"base_config ({base_path.name}): {k}", m) for k, m in error.problems]) from None
     try:
-        sweep = Sweep(spec, current_layout(merge_nested(base_file, spec.base_overrides)), path.read_text())
+        sweep = Sweep(spec, merge_nested(base_file, renamed_layer(spec.base_overrides)), path.read_text())
     except ConfigError as error:
         raise ConfigError([(f"base_overrides.{k}", m) for k, m in error.problems]) from None
     problems = _check_space(sweep) + _check_settings(sweep)

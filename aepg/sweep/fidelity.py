@@ -1,18 +1,12 @@
-"""The fidelity ladders of a sweep (``scheduler.fidelity``; see ``aepg.sweep.search``): the epochs
-and data levels, a trial's config at each and what each costs, and the seed ladder's rungs. Pure
-arithmetic on configs, so sweep files are checked without importing Ray."""
+"""The epochs and data ladders of a sweep (``scheduler.fidelity``; ``aepg.sweep.protocols.ladder``):
+the levels, a trial's config at each and what each costs. Pure arithmetic on configs, so sweep
+files are checked without importing Ray."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from aepg.config import RunConfig
-
-
-def seeds_per_trial(spec) -> bool:
-    """Whether a trial is a configuration trained on the sweep's seeds one after another (the seed
-    ladder: with ASHA, the configurations still in the running get more seeds)."""
-    return spec.scheduler.fidelity == "seeds"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from aepg import schema, tracking
+from aepg.config import tag_of
 from aepg.schema import (
     ARM_VALUES_TAG,
     BUDGET_KEY,
@@ -126,34 +127,37 @@ def sampled_params(run: tracking.RunRecord, space: dict[str, Param]) -> dict[str
     return {key: values[key] for key, param in space.items() if key in values and param.active(values)}
 
 
-def entries_of(runs: list[tracking.RunRecord], space: dict[str, Param], metric: str, num_tasks: int,
-               levels: int | None = None, seeds: int | None = None, trade_off: list[str] = ()) -> list[TrialResult]:
-    """Leaderboard entries; ``levels`` for sweeps over an epochs or data ladder, ``seeds`` for a seed
-    ladder (a trial's value is its mean over the seeds it trained); ``trade_off``: the other
-    metrics a trade-off searched."""
+def task_entries(runs: list[tracking.RunRecord], space: dict[str, Param], metric: str, num_tasks: int,
+                 trade_off: list[str] = ()) -> list[TrialResult]:
+    """A trial per run that trains the task sequence once: its final value, or the running value it
+    had when it stopped; ``trade_off``: the other metrics a trade-off searched."""
     entries = []
     for run in runs:
-        status = status_of(run)
-        if seeds:
-            entries.append(seed_ladder_entry(run, status, space, seeds, num_tasks))
-            continue
-        if levels:  # a ladder: the value at the last level trained, compute from the trial's own count
-            level = count_of(run, COUNTER_TAGS[LEVEL_KEY], LEVEL_KEY)
-            partial, progress, compute = level_metric(metric), f"level {level}/{levels}", run.metrics.get(COMPUTE_KEY, 0.0)
-        else:
-            done = count_of(run, schema.TASKS_DONE_TAG, BUDGET_KEY)
-            partial, progress, compute = partial_name(metric), f"{done}/{num_tasks} tasks", float(done)
-        value = run.metrics.get(final_name(metric) if status == "finished" else partial)
-        seed = _typed(run.params.get("seed", "0"))
-        finished = status == "finished" and value is not None
-        others = {m: {seed: run.metrics[final_name(m)]} for m in trade_off if finished and final_name(m) in run.metrics}
-        entries.append(TrialResult(run.name, status, sampled_params(run, space), value, progress, compute, [run.run_id],
-                             int(run.tags.get(INDEX_TAG, 0)), [seed],
-                             optuna_state=run.tags.get(OPTUNA_STATE_TAG, ""), end_time=run.end_time,
-                             objective=run.params.get("objective.kind", ""),
-                             by_seed={seed: value} if finished else {},
-                             nodes=nodes_of(run), trade_off=others))
+        done = count_of(run, schema.TASKS_DONE_TAG, BUDGET_KEY)
+        entries.append(_run_entry(run, space, metric, partial_name(metric), f"{done}/{num_tasks} tasks", float(done),
+                                  trade_off))
     return entries
+
+
+def level_entries(runs: list[tracking.RunRecord], space: dict[str, Param], metric: str, levels: int) -> list[TrialResult]:
+    """A trial per run that climbs an epochs or data ladder: its value at the last level it trained,
+    its compute from its own count."""
+    return [_run_entry(run, space, metric, level_metric(metric),
+                       f"level {count_of(run, COUNTER_TAGS[LEVEL_KEY], LEVEL_KEY)}/{levels}",
+                       run.metrics.get(COMPUTE_KEY, 0.0)) for run in runs]
+
+
+def _run_entry(run: tracking.RunRecord, space: dict[str, Param], metric: str, partial: str, progress: str,
+               compute: float, trade_off: list[str] = ()) -> TrialResult:
+    status = status_of(run)
+    value = run.metrics.get(final_name(metric) if status == "finished" else partial)
+    seed = _typed(run.params.get("seed", "0"))
+    finished = status == "finished" and value is not None
+    others = {m: {seed: run.metrics[final_name(m)]} for m in trade_off if finished and final_name(m) in run.metrics}
+    return TrialResult(run.name, status, sampled_params(run, space), value, progress, compute, [run.run_id],
+                       int(run.tags.get(INDEX_TAG, 0)), [seed], optuna_state=run.tags.get(OPTUNA_STATE_TAG, ""),
+                       end_time=run.end_time, objective=run.params.get("objective.kind", ""),
+                       by_seed={seed: value} if finished else {}, nodes=nodes_of(run), trade_off=others)
 
 
 def nodes_of(run: tracking.RunRecord) -> list[str]:
@@ -163,12 +167,13 @@ def nodes_of(run: tracking.RunRecord) -> list[str]:
 def count_of(run: tracking.RunRecord, tag: str, metric: str) -> int:
     """A run's count (tasks done, ladder level) from its tag; runs logged before the tag carried it
     as the metric."""
-    return int(schema.tag_of(run.tags, tag) or run.metrics.get(metric, 0))
+    return int(tag_of(run.tags, tag) or run.metrics.get(metric, 0))
 
 
-def seed_ladder_entry(run: tracking.RunRecord, status: str, space: dict[str, Param], seeds: int,
-                      num_tasks: int) -> TrialResult:
-    """A seed ladder's trial: its mean, spread and values over the seeds it trained."""
+def seed_ladder_entry(run: tracking.RunRecord, space: dict[str, Param], seeds: int, num_tasks: int) -> TrialResult:
+    """A seed ladder's trial: its mean, spread and values over the seeds it trained (and, with arms,
+    each arm's mean and their paired difference)."""
+    status = status_of(run)
     by_seed = {int(k): v for k, v in json.loads(run.tags.get(SEED_VALUES_TAG, "{}")).items()}
     values = list(by_seed.values())
     by_arm = json.loads(run.tags.get(ARM_VALUES_TAG, "{}"))

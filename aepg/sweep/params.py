@@ -33,17 +33,15 @@ def search_settings(spec) -> dict[str, object]:
     return found
 
 
-def parent_params(sweep, path: str, num_trials: int, levels: int) -> dict[str, object]:
+def parent_params(sweep, path: str, num_trials: int) -> dict[str, object]:
     """The parent run's params: the sweep's settings and what the report needs to read it back."""
     spec, base = sweep.spec, sweep.base_config
     search = {f"search.{key}": value for key, value in spec.search.model_dump(mode="json").items()}
     scheduler = {f"scheduler.{key}": value for key, value in spec.scheduler.model_dump(mode="json").items()}
-    return {"sweep.name": spec.name, "sweep.path": path, **search, "search.num_trials": num_trials,
-            **search_settings(spec), **scheduler, **({"scheduler.levels": levels} if spec.scheduler.climbs else {}),
+    return {"sweep.name": spec.name, "sweep.path": path, "sweep.protocol": sweep.protocol.kind, **search,
+            "search.num_trials": num_trials, **search_settings(spec), **scheduler, **sweep.protocol.parent_params(sweep),
             **({"confirm.top_k": spec.confirm.top_k, "confirm.seeds": spec.confirm.seeds} if spec.confirm else {}),
             "metric": f"final/{spec.metric}", "mode": spec.mode,
-            **({"trade_off": json.dumps(spec.trade_off)} if spec.trade_off else {}),
-            **({"pick": json.dumps(spec.pick)} if spec.pick else {}),
             "seeds": sweep.seeds, "base.dataset": base.benchmark.dataset.kind,
             "base.num_tasks": sweep.num_tasks, "base.storage_path": base.storage_path}
 
@@ -56,11 +54,11 @@ class SweepParams:
     mode: str
     num_tasks: int
     num_trials: int
+    protocol: str
+    """The sweep's protocol (``aepg.sweep.protocols``): how its trials' runs read back."""
     levels: int | None
     """Levels of an epochs or data ladder; None for sweeps over tasks."""
     seeds: list[int]
-    seeds_per_trial: bool
-    """A trial trains a configuration on several of ``seeds`` (the seed ladder)."""
     confirm_seeds: list[int]
     """The confirmation stage's seeds (none without one)."""
     storage_path: str
@@ -77,12 +75,28 @@ class SweepParams:
     @classmethod
     def of(cls, parent: RunRecord) -> "SweepParams":
         p = parent.params
-        ladder = p.get("scheduler.fidelity", "tasks") in ("epochs", "data") and "scheduler.levels" in p
         return cls(p["metric"].removeprefix("final/"), p["mode"], int(p.get("base.num_tasks", 0)), int(p["search.num_trials"]),
-                   int(p["scheduler.levels"]) if ladder else None, json.loads(p["seeds"]),
-                   p.get("scheduler.fidelity") == "seeds", json.loads(p.get("confirm.seeds", "[]")),
-                   p["base.storage_path"], p.get("base.dataset", "?"), json.loads(p.get("trade_off", "{}")),
-                   json.loads(p.get("pick", "{}")))
+                   p.get("sweep.protocol") or logged_before_protocols(p),
+                   int(p["scheduler.levels"]) if "scheduler.levels" in p else None, json.loads(p["seeds"]),
+                   json.loads(p.get("confirm.seeds", "[]")), p["base.storage_path"], p.get("base.dataset", "?"),
+                   json.loads(p.get("trade_off", "{}")), json.loads(p.get("pick", "{}")))
+
+    @property
+    def reader(self):
+        """The protocol that reads the sweep's runs back (``aepg.sweep.protocols``)."""
+        from aepg.catalog import PROTOCOLS
+
+        return PROTOCOLS.get(self.protocol).config()
+
+
+def logged_before_protocols(params: dict[str, str]) -> str:
+    """The protocol of a sweep logged before sweeps named theirs, from its settings (a paired sweep's
+    arms read back as the seed ladder's runs, their arms from their tags)."""
+    if params.get("scheduler.fidelity") == "seeds":
+        return "seeds"
+    if "scheduler.levels" in params:
+        return "ladder"
+    return "trade_off" if "trade_off" in params else "plain"
 
 
 def find_sweep(tracker: Tracker, name: str) -> str | None:

@@ -3,10 +3,9 @@ samples they cost (per trial and for the whole sweep, ladders and confirmation i
 
 from __future__ import annotations
 
-from aepg.catalog import SEARCHERS
+from aepg.catalog import PROTOCOLS, SEARCHERS
 from aepg.config import validate
 from aepg.sweep.checks import variants
-from aepg.sweep.fidelity import seeds_per_trial
 from aepg.sweep.front import pick_rule
 from aepg.sweep.spec import Sweep, apply_dotted, expected_trials
 
@@ -15,12 +14,11 @@ def sweep_plan(sweep: Sweep) -> list[str]:
     """What ``aepg sweep --dry-run`` prints: trials, the space, and the training samples they cost."""
     from aepg import preflight
 
-    spec = sweep.spec
+    spec, protocol = sweep.spec, sweep.protocol
     trials = expected_trials(sweep)
-    ladder = spec.scheduler.climbs
-    stopping = spec.scheduler.summary()
-    lines = [f"sweep {spec.name}: {trials} trials of {spec.search.algorithm} search over {', '.join(sweep.space)}; "
-             f"ranked on final/{spec.metric} ({spec.mode}); {stopping}"]
+    lines = [f"sweep {spec.name}: {trials} trials of {spec.search.algorithm} search over {', '.join(sweep.space) or 'nothing'}"
+             f" ({PROTOCOLS.display(protocol.kind)} protocol); ranked on final/{spec.metric} ({spec.mode}); "
+             f"{spec.scheduler.summary()}"]
     if spec.trade_off:
         lines.append("a trade-off: the Pareto front of " + ", ".join(f"final/{m} ({mode})" for m, mode in spec.objectives.items())
                      + f", searched as one multi-objective study; best.yaml: {pick_rule(spec.metric, spec.pick or {}, spec.objectives)}")
@@ -33,25 +31,8 @@ def sweep_plan(sweep: Sweep) -> list[str]:
         samples += [preflight.plan(validate(apply_dotted(sweep.base, {k: v}))).train_samples
                     for k, p in sweep.space.items() if k.startswith("train.") for v in p.extremes()]
         total, per_trial = trials * max(samples), f"up to {max(samples):,}"
-    base = preflight.plan(sweep.base_config)
-    if ladder:  # a promoted trial also trains every lower level
-        from aepg.sweep.fidelity import full_per_class, level_config
-
-        per_class = full_per_class(sweep.base_config) if spec.scheduler.fidelity == "data" else 0
-        lows = [preflight.plan(level_config(sweep.base_config, spec.scheduler.fidelity, level, per_class)).train_samples
-                for level in spec.scheduler.levels()]
-        total = round(total * sum(lows) / lows[-1])
-        per_trial += f" training samples at the full budget, and {sum(lows[:-1]):,} on the levels below it"
-    else:
-        per_trial += " training samples"
-    if seeds_per_trial(spec):
-        rungs = spec.scheduler.seed_rungs(len(sweep.seeds))
-        arms = len(spec.arms())
-        per_trial += (f" per seed{' and arm' if arms else ''}, on up to {len(sweep.seeds)} seeds"
-                      + (f" x {arms} arms ({', '.join(spec.arm_labels())})" if arms else "")
-                      + f" (rungs at {', '.join(map(str, rungs))} seeds)")
-        total *= len(sweep.seeds) * max(1, arms)
-    lines.append(f"each trial: {len(base.tasks)} tasks; {per_trial}")
+    per_trial, total = protocol.cost(sweep, per_trial, total)
+    lines.append(f"each trial: {len(preflight.plan(sweep.base_config).tasks)} tasks; {per_trial}")
     if spec.confirm:
         lines.append(f"then the best {spec.confirm.top_k} configurations again on seeds "
                      f"{', '.join(map(str, spec.confirm.seeds))}")

@@ -22,13 +22,9 @@ from aepg import plots, schema, tracking
 from aepg.config import to_yaml, validate
 from aepg.metrics import running_best
 from aepg.schema import CONFIG_TAG, STAGE_TAG, STATUS_TAG, SWEEP_TAG
-from aepg.sweep import front
-from aepg.sweep.front import ON_FRONT, WITHIN_NOISE, pick_rule
 from aepg.sweep.leaderboard import (
     CONFIRMED_FIRST,
     TrialResult,
-    average_over_seeds,
-    entries_of,
     format_table,
     mark_within_noise,
     markdown_table,
@@ -39,10 +35,9 @@ from aepg.sweep.leaderboard import (
     table,
     to_csv,
 )
-from aepg.sweep.noise import Noise, assess, paired_verdict
+from aepg.sweep.noise import Noise, assess
 from aepg.sweep.params import SweepParams
 from aepg.sweep.spec import Param
-from aepg.sweep.state import compact, short_name
 from aepg.sweep.table import PaperTable, build_table
 from aepg.tracking import Tracker
 
@@ -132,38 +127,13 @@ class SweepReport:
     experiment_id: str = ""
     noise: Noise | None = None
     space_keys: list[str] = field(default_factory=list)
-    objectives: dict[str, str] = field(default_factory=dict)
-    pick: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def front(self) -> str:
-        """A trade-off: the front's configurations and which one best.yaml is, by which rule; empty
-        without a trade-off."""
-        if len(self.objectives) < 2:
-            return ""
-        rank = {id(e): f"#{i}" for i, e in enumerate(self.entries, 1)}  # a seed group has no trial name of its own
-        on = [rank[id(e)] for e in self.entries if e.front == ON_FRONT]
-        near = [rank[id(e)] for e in self.entries if e.front == WITHIN_NOISE]
-        said = (f"Pareto front of {', '.join(f'{m} ({mode})' for m, mode in self.objectives.items())}: "
-                f"{', '.join(on) or 'none'}" + (f"; off it only within seed noise: {', '.join(near)}" if near else ""))
-        if self.best:
-            settings = ", ".join(f"{short_name(k)} {compact(v)}" for k, v in self.best.params.items())
-            said += (f"; best.yaml is {rank[id(self.best)]} ({settings}), "
-                     f"{pick_rule(self.metric, self.pick, self.objectives)}")
-        return said
+    verdict: str = ""
+    """The protocol's answer in one line (paired arms: is the difference separated from zero; a
+    trade-off: its front and which point best.yaml is); empty where it has none."""
 
     @property
     def text(self) -> str:
         return format_table(self.rows)
-
-    @property
-    def paired(self) -> str:
-        """Paired arms: whether the best configuration's difference between the arms is separated
-        from zero, in one line; empty without arms."""
-        best = self.best
-        if best is None or not best.arms:
-            return ""
-        return paired_verdict(best.name, list(best.arms), best.difference, len(best.seeds))
 
     def narrow_text(self, width: int) -> str:
         """The leaderboard for a terminal ``width`` columns wide (``leaderboard.txt`` has every column)."""
@@ -181,10 +151,8 @@ class SweepReport:
                      f"final/{self.metric} = {self.best.value:.4f}{over}"]
         else:
             lines = ["**No trial finished.**"]
-        if self.paired:
-            lines.append(f"{self.paired}.")
-        if self.front:
-            lines.append(f"{self.front}.")
+        if self.verdict:
+            lines.append(f"{self.verdict}.")
         if self.noise:
             lines.append(f"{self.noise.verdict}.")
         lines += ["", f"Sweep {self.name}, ranked on `final/{self.metric}`: trials that trained every task first; "
@@ -211,21 +179,17 @@ class SweepReport:
 
 
 def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
-    """Everything about a sweep, read from its MLflow parent run and the child runs under it."""
+    """Everything about a sweep, read from its MLflow parent run and the child runs under it; its
+    protocol (``aepg.sweep.protocols``) reads its runs back, picks the best and says its verdict."""
     parent, experiment = tracker.get_run(parent_run_id)
     space = {k: Param.model_validate(v) for k, v in json.loads(tracker.read_text(parent_run_id, "space.json")).items()}
     sweep = SweepParams.of(parent)
+    protocol = sweep.reader
     children = tracker.find_runs(experiment, {schema.PARENT_TAG: parent_run_id})
-    searched = [c for c in children if c.tags.get(STAGE_TAG) != "confirm"]
-    ladder_seeds = len(sweep.seeds) if sweep.seeds_per_trial else None
-    entries = entries_of(searched, space, sweep.metric, sweep.num_tasks, sweep.levels, ladder_seeds, list(sweep.trade_off))
-    budget = sweep.num_trials * sweep.num_tasks * (ladder_seeds or 1) if sweep.num_tasks else None
-    searched_entries = entries
-    if len(sweep.seeds) > 1 and not ladder_seeds:
-        entries = average_over_seeds(entries)
-    ranked = rank(entries, sweep.mode)
-    confirmed = rank([dataclasses.replace(seed_ladder_entry(run, status_of(run), space, len(sweep.confirm_seeds),
-                                                            sweep.num_tasks), stage="confirm")
+    searched_entries = protocol.entries([c for c in children if c.tags.get(STAGE_TAG) != "confirm"], space, sweep)
+    ranked = rank(protocol.group(searched_entries, sweep), sweep.mode)
+    confirmed = rank([dataclasses.replace(seed_ladder_entry(run, space, len(sweep.confirm_seeds), sweep.num_tasks),
+                                          stage="confirm")
                       for run in children if run.tags.get(STAGE_TAG) == "confirm"], sweep.mode)
     searched_finished = [e for e in ranked if e.status == "finished" and e.value is not None]
     finished = [e for e in confirmed if e.status == "finished" and e.value is not None]
@@ -234,43 +198,13 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     judged = finished if len(finished) > 1 else searched_finished
     found = assess([e.by_seed for e in judged])
     mark_within_noise(judged, found)
-    best = (finished or searched_finished or [None])[0]
-    if sweep.trade_off:
-        best = mark_front(searched_finished, sweep.objectives, sweep.pick)
+    best = protocol.best(finished or searched_finished, sweep)
     best_yaml = best_config(tracker, best, f"{parent.name}-best", sweep.storage_path) if best else None
-    figs = figures(parent.name, searched_entries, space, sweep.mode, sweep.metric, budget, confirmed,
-                   best if best in confirmed or best in searched_entries else None)
-    if sweep.trade_off:
-        figs["pareto_front.png"] = front_figure(parent.name, searched_finished, sweep.objectives, best,
-                                                {id(e): f"#{i}" for i, e in enumerate(ranked, 1)})
+    figs = figures(parent.name, searched_entries, space, sweep.mode, sweep.metric, protocol.compute_budget(sweep),
+                   confirmed, best if best in confirmed or best in searched_entries else None)
+    figs.update(protocol.figures(parent.name, ranked, sweep, best))
     return SweepReport(parent.name, sweep.metric, table(ranked, sweep.metric, list(space)), best, best_yaml, figs,
-                       ranked, parent.experiment_id, found, list(space), sweep.objectives, sweep.pick)
-
-
-def mark_front(finished: list[TrialResult], objectives: dict[str, str], tolerances: dict[str, float]) -> TrialResult | None:
-    """Mark the finished configurations on a trade-off's front (and those off it within noise);
-    the one ``best.yaml`` names (``aepg.sweep.front.pick``)."""
-    metric, *others = objectives
-    complete = [e for e in finished if all(e.trade_off.get(m) for m in others)]
-    values = [{metric: e.by_seed, **e.trade_off} for e in complete]
-    for entry, mark in zip(complete, front.front_marks(values, objectives)):
-        entry.front = mark
-    means = [{metric: e.value, **{m: e.mean_of(m) for m in e.trade_off}} for e in complete]
-    chosen = front.pick(means, [e.front for e in complete], objectives, tolerances)
-    return None if chosen is None else complete[chosen]
-
-
-def front_figure(name: str, finished: list[TrialResult], objectives: dict[str, str], best: TrialResult | None,
-                 labels: dict[int, str]):
-    """The first two metrics of a trade-off: each configuration (labelled by its rank on the
-    leaderboard, ``labels`` by ``id``) at its seed-mean with its spread over seeds, the front drawn
-    through its points, coloured by objective, ``best.yaml``'s starred."""
-    (x, x_mode), (y, y_mode) = list(objectives.items())[:2]
-    points = [{"name": labels[id(e)], "x": e.value, "y": e.mean_of(y), "x_std": e.spread,
-               "y_std": statistics.stdev(e.trade_off[y].values()) if len(e.trade_off.get(y, {})) > 1 else None,
-               "mark": e.front, "group": e.objective, "best": e is best}
-              for e in finished if e.mean_of(y) is not None]
-    return plots.front_plot(points, (x, x_mode), (y, y_mode), f"sweep {name}: the trade-off between final/{x} and final/{y}")
+                       ranked, parent.experiment_id, found, list(space), protocol.verdict(best, ranked, sweep))
 
 
 def sweep_label(parent: tracking.RunRecord) -> str:
@@ -287,7 +221,7 @@ def paper_table(tracker: Tracker, parent_ids: list[str], rows_key: str = "method
         children = tracker.find_runs(experiment, {schema.PARENT_TAG: parent_id})
         finished = [c for c in children if status_of(c) == "finished"]
         params = SweepParams.of(parent)
-        if params.seeds_per_trial or params.confirm_seeds:  # each configuration's seeds (and arms) are nested runs
+        if params.reader.nests_seed_runs(params) or params.confirm_seeds:  # each configuration's seeds (and arms) are nested runs
             per_seed = [run for status in ("seed run", "arm run")
                         for run in tracker.find_runs(experiment, {STATUS_TAG: status, SWEEP_TAG: parent.name})
                         if run.status == "FINISHED"]

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from aepg.catalog import SCHEDULERS
-from aepg.config import Section
+from aepg.config import EntryConfig
 from aepg.metrics import SUMMARY_METRICS
 from aepg.sweep.fidelity import Level
 
@@ -20,7 +20,7 @@ DEFAULT_SCHEDULER = "asha"
 Fidelity = Literal["tasks", "epochs", "data", "seeds"]
 
 
-class SchedulerSettings(Section):
+class SchedulerSettings(EntryConfig):
     """What every scheduler's settings hold; ``kind`` picks the entry."""
 
     kind: str = DEFAULT_SCHEDULER

@@ -29,7 +29,6 @@ COMPLETE with a value from less than the full budget. Compute is counted in task
 from __future__ import annotations
 
 import json
-import threading
 
 import optuna
 from ray import tune
@@ -37,62 +36,35 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from aepg.catalog import SCHEDULERS, SEARCHERS
-from aepg.schema import (
-    BUDGET_KEY,
-    LEVEL_KEY,
-    SEED_VALUES_RESULT,
-    SEEDS_KEY,
-    final_name,
-    level_metric,
-    partial_name,
-    seed_metric,
-)
-from aepg.sweep.fidelity import seeds_per_trial
+from aepg.schema import BUDGET_KEY, SEED_VALUES_RESULT, final_name, partial_name
 from aepg.sweep.noise import signed_rank_worse
 from aepg.sweep.spec import DefineByRun
 
 
 def budget(sweep) -> tuple[str, int]:
-    """(the result key counting a trial's progress, its value at the full budget)."""
-    if sweep.spec.scheduler.climbs:
-        return LEVEL_KEY, len(sweep.spec.scheduler.levels())
-    if seeds_per_trial(sweep.spec):
-        return SEEDS_KEY, len(sweep.seeds)
-    return BUDGET_KEY, sweep.num_tasks
+    """(the result key counting a trial's progress, its value at the full budget): the protocol's."""
+    return sweep.protocol.budget(sweep)
 
 
 def progress_unit(sweep) -> str:
     """What ``budget`` counts, for the terminal: task, level or seed."""
-    return "level" if sweep.spec.scheduler.climbs else "seed" if seeds_per_trial(sweep.spec) else "task"
+    return sweep.protocol.unit
 
 
 def compared_metric(sweep) -> str:
     """What trials are compared on while under way (ASHA's rungs, Optuna's intermediate values)."""
-    spec = sweep.spec
-    if spec.scheduler.climbs:
-        return level_metric(spec.metric)
-    if seeds_per_trial(spec):
-        return seed_metric(spec.metric)
-    return partial_name(spec.scheduler.compared_metric(spec.metric))
+    return sweep.protocol.compared_metric(sweep)
 
 
 def compared_mode(sweep) -> str:
-    """The direction of the compared metric: the sweep's mode for its own metric; for another rung
-    metric its natural one (less forgetting is better, more of the rest)."""
-    spec = sweep.spec
-    compared = spec.scheduler.compared_metric(spec.metric)
-    if spec.scheduler.climbs or seeds_per_trial(spec) or compared == spec.metric:
-        return spec.mode
-    return "min" if compared == "forgetting" else "max"
+    """The direction of the compared metric."""
+    return sweep.protocol.compared_mode(sweep)
 
 
 def searched_metric(sweep) -> str:
     """The value Optuna learns from: the sweep metric's running value, final at the full budget
     (over seeds: the seed-mean)."""
-    spec = sweep.spec
-    if seeds_per_trial(spec):
-        return seed_metric(spec.metric)
-    return level_metric(spec.metric) if spec.scheduler.climbs else partial_name(spec.metric)
+    return sweep.protocol.searched_metric(sweep)
 
 
 class SweepOptunaSearch(OptunaSearch):
@@ -179,17 +151,6 @@ class SweepOptunaSearch(OptunaSearch):
         return self._ot_trials[trial_id]
 
 
-class PicklableNSGAII(optuna.samplers.NSGAIISampler):
-    """Optuna's NSGA-II sampler, which Ray can save with the searcher: Optuna's genetic samplers
-    hold a thread lock, which cannot be pickled; it is made anew when the sampler is loaded."""
-
-    def __getstate__(self) -> dict:
-        return {key: value for key, value in self.__dict__.items() if key != "_thread_lock"}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _thread_lock=threading.Lock())
-
-
 def _key(params: dict) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
@@ -239,7 +200,7 @@ def asha_scheduler(sweep) -> RungASHA:
     """ASHA over the configured fidelity (a ladder's rungs are its levels)."""
     settings = sweep.spec.scheduler
     key, full = budget(sweep)
-    grace = 1 if settings.climbs else settings.grace_period
+    grace = 1 if settings.climbs else settings.grace_period  # a ladder's rungs are its levels
     return RungASHA(time_attr=key, metric=compared_metric(sweep), mode=compared_mode(sweep), max_t=full,
                     grace_period=grace, reduction_factor=settings.reduction_factor)
 

@@ -10,12 +10,12 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from aepg.catalog import SEARCHERS
-from aepg.config import Section
+from aepg.config import EntryConfig
 
 DEFAULT_SEARCHER = "tpe"
 
 
-class SearchSettings(Section):
+class SearchSettings(EntryConfig):
     """What every search algorithm's settings hold; ``algorithm`` picks the entry."""
 
     algorithm: str = DEFAULT_SEARCHER
@@ -92,7 +92,7 @@ class NSGAIISearch(SampledSearch):
         return {"seed": self.seed, "population_size": self.population_size}
 
     def sampler(self):
-        from aepg.sweep.search import PicklableNSGAII  # Ray saves the searcher, and its sampler, by pickling
+        from aepg.sweep.samplers import PicklableNSGAII  # Ray saves the searcher, and its sampler, by pickling
 
         return PicklableNSGAII(**self.sampler_settings())
 

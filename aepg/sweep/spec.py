@@ -8,25 +8,17 @@ what it costs; ``state`` holds its folder's state file and its trials' names.
 from __future__ import annotations
 
 import copy
-import itertools
-import statistics
-from typing import Any, Literal
+from functools import cached_property
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SerializeAsAny, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from aepg.catalog import SCHEDULERS, SEARCHERS
-from aepg.config import (
-    RunConfig,
-    Section,
-    by_kind,
-    current_key,
-    default_storage,
-    flatten,
-    validate,
-)
+from aepg.catalog import PROTOCOLS, SCHEDULERS, SEARCHERS
+from aepg.config import RunConfig, Section, by_kind, current_key, current_value, default_storage, flatten, validate
+from aepg.config.entries import Choice, entry
 from aepg.metrics import SUMMARY_METRICS
-from aepg.sweep.fidelity import seeds_per_trial
+from aepg.sweep.protocols import SweepProtocol, protocol_for
 from aepg.sweep.schedulers import DEFAULT_SCHEDULER, SchedulerSettings
 from aepg.sweep.searchers import DEFAULT_SEARCHER, SearchSettings
 
@@ -143,8 +135,20 @@ class ConfirmSettings(Section):
     """The fresh seeds each of them trains on (none of the search's)."""
 
 
+def _current_values(key: str, values):
+    """A searched or compared value (or list of them) of an old key, as it means under the new one."""
+    return [current_value(key, v) for v in values] if isinstance(values, list) else current_value(key, values)
+
+
 class SweepSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    protocol: Annotated[SerializeAsAny[SweepProtocol] | None,
+                        BeforeValidator(lambda value: None if value is None else by_kind(PROTOCOLS, value, "plain")),
+                        Choice(PROTOCOLS, None)] = None
+    """How a trial trains a configuration and what its result means: an entry of
+    ``aepg.catalog.PROTOCOLS`` (``aepg.sweep.protocols``); default the one the file's other keys ask
+    for (``compare``: paired, ``scheduler.fidelity: seeds``: seeds, an epochs or data fidelity:
+    ladder, ``trade_off``: trade_off, else plain)."""
     base_config: str
     """Run config YAML, relative to the sweep file."""
     base_overrides: dict[str, Any] = {}
@@ -152,11 +156,10 @@ class SweepSpec(Section):
     experiment: str | None = None
     """MLflow experiment of the sweep and its trials; default the base config's."""
     space: dict[str, Param]
-    search: SerializeAsAny[SearchSettings] = Field(default_factory=lambda: SEARCHERS.get(DEFAULT_SEARCHER).config())
+    search: entry(SearchSettings, SEARCHERS, DEFAULT_SEARCHER)
     """``algorithm`` picks an entry of ``aepg.catalog.SEARCHERS`` (``aepg.sweep.searchers``: tpe,
     random, grid), whose config holds the other keys."""
-    scheduler: SerializeAsAny[SchedulerSettings] = Field(
-        default_factory=lambda: SCHEDULERS.get(DEFAULT_SCHEDULER).config())
+    scheduler: entry(SchedulerSettings, SCHEDULERS, DEFAULT_SCHEDULER)
     """Early stopping: ``kind`` picks an entry of ``aepg.catalog.SCHEDULERS`` (``aepg.sweep.schedulers``:
     asha, none), whose config holds the other keys."""
     metric: Literal[SUMMARY_METRICS] = "avg_incremental_accuracy"
@@ -194,31 +197,25 @@ class SweepSpec(Section):
     @field_validator("space", mode="before")
     @classmethod
     def _current_keys(cls, value):
-        """Searched keys and their ``when`` keys under their current names (``model.peft.*`` of
-        older sweep files is ``model.method.*``)."""
+        """Searched keys and their ``when`` keys under their current names, their values as they mean
+        now (``model.peft.*`` of older sweep files is ``model.method.*``)."""
         if not isinstance(value, dict):
             return value
         current = {}
         for key, param in value.items():
             if isinstance(param, dict) and isinstance(param.get("when"), dict):
-                param = {**param, "when": {current_key(str(k)): v for k, v in param["when"].items()}}
+                param = {**param, "when": {current_key(str(k)): _current_values(str(k), v) for k, v in param["when"].items()}}
+            if isinstance(param, dict) and isinstance(param.get("choice"), list):
+                param = {**param, "choice": _current_values(str(key), param["choice"])}
             current[current_key(str(key))] = param
         return current
 
     @field_validator("compare", mode="before")
     @classmethod
     def _current_compare_keys(cls, value):
-        return {current_key(str(key)): arms for key, arms in value.items()} if isinstance(value, dict) else value
-
-    @field_validator("search", mode="before")
-    @classmethod
-    def _searcher(cls, value):
-        return by_kind(SEARCHERS, value, DEFAULT_SEARCHER)
-
-    @field_validator("scheduler", mode="before")
-    @classmethod
-    def _scheduler(cls, value):
-        return by_kind(SCHEDULERS, value, DEFAULT_SCHEDULER)
+        if not isinstance(value, dict):
+            return value
+        return {current_key(str(key)): _current_values(str(key), arms) for key, arms in value.items()}
 
     @field_validator("seeds")
     @classmethod
@@ -234,22 +231,6 @@ class SweepSpec(Section):
     def objectives(self) -> dict[str, str]:
         """Every metric searched, with its mode: ``metric`` first, then the trade-off's."""
         return {self.metric: self.mode, **(self.trade_off or {})}
-
-    def arms(self) -> list[tuple[str, Any]]:
-        """(key, value) of each arm, in the order ``compare`` lists them; empty without arms."""
-        return [(key, value) for key, values in (self.compare or {}).items() for value in values]
-
-    def arm_labels(self) -> list[str]:
-        """Each arm's value as text: its runs' ``aepg.arm`` tag and its column on the leaderboard."""
-        return [str(value) for _, value in self.arms()]
-
-    def arm_value(self, by_arm: dict[str, float]) -> float:
-        """The value of a configuration on one seed from its arms' values (by arm label), as
-        ``compare_by`` says."""
-        return statistics.mean(by_arm.values()) if self.compare_by == "mean" else by_arm[self.compare_by]
-
-
-DISPATCHED = {"search": (SEARCHERS, DEFAULT_SEARCHER), "scheduler": (SCHEDULERS, DEFAULT_SCHEDULER)}
 
 
 class Sweep:
@@ -269,7 +250,7 @@ class Sweep:
         confirmation's seeds, every one to the full budget."""
         confirm = self.spec.confirm
         spec = self.spec.model_copy(update={
-            "seeds": confirm.seeds, "confirm": None, "search": SEARCHERS.get("grid").config(
+            "seeds": confirm.seeds, "confirm": None, "protocol": None, "search": SEARCHERS.get("grid").config(
                 max_concurrent=self.spec.search.max_concurrent),
             "scheduler": SCHEDULERS.get("none").config(fidelity="seeds")})
         return Sweep(spec, self.base, self.source_text, points)
@@ -277,6 +258,11 @@ class Sweep:
     @property
     def space(self) -> dict[str, Param]:
         return self.spec.space
+
+    @cached_property
+    def protocol(self) -> SweepProtocol:
+        """How its trials train and what their results mean (``aepg.sweep.protocols``)."""
+        return protocol_for(self.spec)
 
     @property
     def experiment(self) -> str:
@@ -312,9 +298,7 @@ class Sweep:
                     grown.append(point)
             points = grown
         unique = list({tuple(sorted(p.items(), key=lambda kv: kv[0])): p for p in points}.values())
-        if self.spec.seeds and not seeds_per_trial(self.spec):
-            return [{**p, "seed": s} for p, s in itertools.product(unique, self.spec.seeds)]
-        return unique
+        return self.protocol.points(unique, self)
 
 
 class DefineByRun:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aepg.config import RENAMED_SECTIONS, ConfigError, is_uri
+from aepg.config import ConfigError, current_key, is_uri
 
 
 STATE_FILE = "aepg_sweep.json"
@@ -50,13 +50,11 @@ SHORT_NAMES = {"train.lr": "lr", "model.method.rank": "r", "annealing.tau": "tau
                "train.batch_size": "b", "train.weight_decay": "wd", "model.method.length": "len",
                "model.method.parts.lae.enabled": "lae",
                "objective.kind": "objective", "model.method.kind": "method", "annealing.kind": "annealing"}
-SHORT_NAMES |= {old + key[len(new):]: short for old, new in RENAMED_SECTIONS.items()
-                for key, short in list(SHORT_NAMES.items()) if key.startswith(new)}  # sweeps logged before a rename
 
 
 def short_name(key: str) -> str:
     """A searched key as names and narrow tables show it: ``train.lr`` as ``lr``, else its last part."""
-    return SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
+    return SHORT_NAMES.get(current_key(key, quiet=True), key.rsplit(".", 1)[-1])  # a sweep logged before a rename too
 
 
 def compact(value) -> str:

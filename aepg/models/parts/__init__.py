@@ -1,7 +1,7 @@
 """Method parts: what layers over any training method, one catalogue entry each
 (``aepg.catalog.PARTS``), chosen under ``model.method.parts`` by name, in the order they run.
 
-A part takes the same life-cycle hooks as a PEFT module (``aepg.models.peft.base.MethodPart``):
+A part takes the same life-cycle hooks as a PEFT module (``aepg.models.contract``):
 the start and end of each task with its context (the model, the objective and the task's data),
 a loss term at every training step with the step's batch, the step's end, and a prediction rule
 at test time. The built-in parts: LAE's online/offline pair, EWC (online) and LwF. This module
@@ -30,6 +30,11 @@ class LAEPart(PartConfig):
     kind: Literal["lae"] = "lae"
     decay: float = Field(0.9999, gt=0, lt=1)
     """EMA decay per optimiser step. LAE's 0.9999 is for batch 24; at batch B use 0.9999 ** (B / 24)."""
+
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        if self.enabled and cfg.model.method.kind == "none":
+            return [("", "LAE wraps a PEFT module: set model.method.kind")]
+        return []
 
 
 @PARTS.register("ewc", builder=f"{PACKAGE}.ewc:build_ewc", display="EWC")

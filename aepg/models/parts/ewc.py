@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from aepg.models.peft.base import ActivatedPart, TaskData, TrainingBatch, full_precision
+from aepg.models.contract import ActivatedPart, TaskData, TrainingBatch, full_precision
 
 
 class OnlineEWC(ActivatedPart):

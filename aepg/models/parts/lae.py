@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from aepg.models.peft.base import ActivatedPart
+from aepg.models.contract import ActivatedPart
 
 
 class OnlineOfflinePair(ActivatedPart):
@@ -72,4 +72,4 @@ class OnlineOfflinePair(ActivatedPart):
 
 def build_lae(cfg, model) -> OnlineOfflinePair:
     """LAE's pair over the method's parameters (``aepg.models.parts.LAEPart``)."""
-    return OnlineOfflinePair(model.peft_parameters(), cfg.decay)
+    return OnlineOfflinePair(model.method_parameters(), cfg.decay)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from aepg.models.peft.base import ActivatedPart, TaskData, TrainingBatch
+from aepg.models.contract import ActivatedPart, TaskData, TrainingBatch
 
 
 class LearningWithoutForgetting(ActivatedPart):
@@ -51,7 +51,7 @@ class LearningWithoutForgetting(ActivatedPart):
         model.eval()
         try:
             with torch.no_grad():
-                # tie_weights off: the method's module is reachable by two names (``peft`` and
+                # tie_weights off: the method's module is reachable by two names (``method_module`` and
                 # ``backbone.aepg_peft``), and tying them would not hand the model its own parameters back.
                 old = functional_call(model, self.previous(), (batch.inputs, old_classes), {"rules": False},
                                       tie_weights=False).float()

@@ -1,10 +1,10 @@
 """Parameter-efficient modules for frozen timm backbones: one catalogue entry per method here, one
-file per implementation beside it, attached in one call by ``aepg.models.peft.attach.attach_peft``.
+file per implementation beside it, attached in one call by ``aepg.models.peft.attach.attach_method``.
 
 An entry (``aepg.catalog.METHODS``) is the method's config: its keys with their defaults and
 ranges, the checks a backbone must pass (from the backbone's facts, ``aepg.models.facts``, so
 the CLI runs them before importing torch) and a lazy reference to its builder,
-``build(backbone, cfg, num_tasks) -> PeftModule``. docs/extending.md shows how to add one.
+``build(backbone, cfg, num_tasks) -> MethodModule``. docs/extending.md shows how to add one.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import Field
 
 from aepg.catalog import METHODS
 from aepg.config import MethodConfig
+from aepg.config.renames import old_names
 
 DEFAULT_BLOCKS = [0, 1, 2, 3, 4]
 """The paper's blocks 0-4, as far as the ViT goes."""
@@ -26,9 +27,10 @@ HF_DEFAULT_TARGETS = {
 }
 HF_DEFAULT_BLOCKS = {"VisionTransformer": DEFAULT_BLOCKS}
 PACKAGE = "aepg.models.peft"
+__getattr__ = old_names(__name__)
 
 
-class PeftError(ValueError):
+class MethodError(ValueError):
     """The PEFT settings do not fit the backbone."""
 
 
@@ -38,7 +40,7 @@ def adapted_blocks(blocks: list[int] | None, depth: int, default: list[int] | No
         return list(range(depth)) if default is None else [b for b in default if b < depth]
     chosen = sorted(set(blocks))
     if any(b >= depth for b in chosen):
-        raise PeftError(f"model.method.blocks {chosen} exceed the backbone's {depth} blocks")
+        raise MethodError(f"model.method.blocks {chosen} exceed the backbone's {depth} blocks")
     return chosen
 
 
@@ -58,9 +60,9 @@ def target_pattern(targets: list[str], blocks: list[int] | None) -> str:
 
 
 def check(cfg: MethodConfig, facts: dict, num_tasks: int) -> None:
-    """Raise PeftError when the PEFT settings ``cfg`` do not fit the backbone ``facts`` describes."""
+    """Raise MethodError when the PEFT settings ``cfg`` do not fit the backbone ``facts`` describes."""
     if METHODS.get(cfg.kind).has("vit_only") and not facts["is_vit"]:
-        raise PeftError(f"model.method.kind={cfg.kind} needs a timm VisionTransformer, not {facts['family']}")
+        raise MethodError(f"model.method.kind={cfg.kind} needs a timm VisionTransformer, not {facts['family']}")
     cfg.check(facts, num_tasks)
 
 
@@ -82,8 +84,8 @@ class FullMethod(MethodConfig):
     """BatchNorm layers use and update batch statistics while training (``train``), or keep the
     backbone's running statistics as every PEFT method does (``frozen``)."""
 
-    def problems(self) -> list[tuple[str, str]]:
-        found = super().problems()
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        found = super().problems(cfg)
         if "lae" in self.chosen_parts():
             found.append(("parts.lae", "LAE's online/offline pair averages a PEFT module; it does not wrap full fine-tuning"))
         return found
@@ -100,8 +102,8 @@ class BlocksMethod(MethodConfig):
     def chosen_blocks(self, depth: int) -> list[int]:
         return adapted_blocks(self.blocks, depth, self.default_blocks)
 
-    def problems(self) -> list[tuple[str, str]]:
-        found = super().problems()
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        found = super().problems(cfg)
         if self.blocks is not None and any(b < 0 for b in self.blocks):
             found.append(("blocks", "block indices must be >= 0"))
         return found
@@ -110,8 +112,8 @@ class BlocksMethod(MethodConfig):
         if facts["is_vit"]:
             self.chosen_blocks(facts["depth"])
 
-    def params(self, facts: dict) -> dict[str, Any]:
-        values = super().params(facts)
+    def active_params(self, facts: dict | None = None) -> dict[str, Any]:
+        values = super().active_params(facts)
         if facts.get("is_vit"):
             values["blocks"] = self.chosen_blocks(facts["depth"])
         return values
@@ -136,20 +138,20 @@ class HfLoraMethod(BlocksMethod):
             super().check(facts, num_tasks)
 
     def hf_target_pattern(self, facts: dict) -> str:
-        """The HF peft target regex on this backbone; PeftError when it matches nothing."""
+        """The HF peft target regex on this backbone; MethodError when it matches nothing."""
         family = facts["family"]
         targets = self.target_modules or HF_DEFAULT_TARGETS.get(family)
         if not targets:
-            raise PeftError(f"no default LoRA targets for {family}; set model.method.target_modules "
+            raise MethodError(f"no default LoRA targets for {family}; set model.method.target_modules "
                             "(module-name suffixes such as attn.qkv)")
         blocks = self.blocks if self.blocks is not None else HF_DEFAULT_BLOCKS.get(family)
         pattern = target_pattern(targets, blocks)
         if not any(re.fullmatch(pattern, name) for name in facts["modules"]):
-            raise PeftError(f"model.method.target_modules {targets} with blocks {blocks} match no module of {family}")
+            raise MethodError(f"model.method.target_modules {targets} with blocks {blocks} match no module of {family}")
         return pattern
 
-    def params(self, facts: dict) -> dict[str, Any]:
-        values = super().params(facts)
+    def active_params(self, facts: dict | None = None) -> dict[str, Any]:
+        values = super().active_params(facts)
         implementation = self.implementation(facts)
         if implementation == "kv-lora":  # LAE's LoRA reads its rank and blocks only
             values = {key: value for key, value in values.items() if key not in ("alpha", "dropout", "target_modules")}
@@ -221,8 +223,8 @@ class L2PMethod(MethodConfig):
     pull_weight: float = Field(0.1, ge=0)
     """Weight of the pull constraint on chosen keys (0.1 in the reference configs)."""
 
-    def problems(self) -> list[tuple[str, str]]:
-        found = super().problems()
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        found = super().problems(cfg)
         if self.top_k > self.pool_size:
             found.append(("top_k", f"{self.top_k} exceeds the prompt pool ({self.pool_size})"))
         return found
@@ -249,7 +251,7 @@ class DualPromptMethod(BlocksMethod):
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)
         if not dualprompt_blocks(self.chosen_blocks(facts["depth"]))[1]:
-            raise PeftError("DualPrompt needs blocks for expert prompts beyond the general ones (default 0-4)")
+            raise MethodError("DualPrompt needs blocks for expert prompts beyond the general ones (default 0-4)")
 
 
 @METHODS.register("coda", builder=f"{PACKAGE}.coda:build_coda", display="CODA-Prompt", traits=("vit_only",))
@@ -268,11 +270,11 @@ class CodaMethod(BlocksMethod):
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)
         if self.pool_size < num_tasks:
-            raise PeftError(f"model.method.pool_size ({self.pool_size}) must be at least the number of tasks ({num_tasks})")
+            raise MethodError(f"model.method.pool_size ({self.pool_size}) must be at least the number of tasks ({num_tasks})")
         if self.length % 2:
-            raise PeftError("model.method.length must be even for CODA-Prompt (half keys, half values)")
+            raise MethodError("model.method.length must be even for CODA-Prompt (half keys, half values)")
         if self.pool_size > facts["embed_dim"]:
-            raise PeftError(f"model.method.pool_size ({self.pool_size}) exceeds the embedding width ({facts['embed_dim']}): "
+            raise MethodError(f"model.method.pool_size ({self.pool_size}) exceeds the embedding width ({facts['embed_dim']}): "
                             "that many keys cannot be orthogonal")
 
 
@@ -294,7 +296,7 @@ class InfLoraMethod(BlocksMethod):
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)
         if self.rank > facts["embed_dim"]:
-            raise PeftError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
+            raise MethodError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
 
 
 @METHODS.register("ranpac", builder=f"{PACKAGE}.ranpac:build_ranpac", display="RanPAC")
@@ -316,23 +318,23 @@ class RanpacMethod(BlocksMethod):
     """M, the random projection's width (10000 in the reference); 0: no projection, the ridge head
     reads the features themselves."""
 
-    def problems(self) -> list[tuple[str, str]]:
-        found = super().problems()
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        found = super().problems(cfg)
         if "lae" in self.chosen_parts():
             found.append(("parts.lae", "RanPAC predicts with its ridge head, which LAE's online/offline ensemble cannot average"))
         return found
 
     def check(self, facts: dict, num_tasks: int) -> None:
         if self.adapt_first_task and not facts["is_vit"]:
-            raise PeftError(f"RanPAC's first-task adapter needs a timm VisionTransformer, not {facts['family']}; "
+            raise MethodError(f"RanPAC's first-task adapter needs a timm VisionTransformer, not {facts['family']}; "
                             "set model.method.adapt_first_task=false to use the backbone's features only")
         super().check(facts, num_tasks)
 
     def trains(self, task: int) -> bool:
         return task == 0 and self.adapt_first_task
 
-    def params(self, facts: dict) -> dict[str, Any]:
-        values = super().params(facts)
+    def active_params(self, facts: dict | None = None) -> dict[str, Any]:
+        values = super().active_params(facts)
         if not self.adapt_first_task:
             values = {key: value for key, value in values.items()
                       if key not in ("blocks", "bottleneck", "adapter_scale", "adapter_dropout")}
@@ -355,4 +357,4 @@ class SdLoraMethod(BlocksMethod):
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)
         if self.rank > facts["embed_dim"]:
-            raise PeftError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
+            raise MethodError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")

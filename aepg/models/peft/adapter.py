@@ -14,7 +14,7 @@ from types import MethodType
 from torch import nn
 
 from aepg.models.peft import AdapterMethod
-from aepg.models.peft.base import PeftModule, Scale, blocks_of
+from aepg.models.peft.base import MethodModule, Scale, blocks_of
 
 
 class Bottleneck(nn.Sequential):
@@ -30,7 +30,7 @@ class Bottleneck(nn.Sequential):
         nn.init.zeros_(up.bias)
 
 
-class AttentionAdapter(PeftModule):
+class AttentionAdapter(MethodModule):
     def __init__(self, backbone: nn.Module, blocks: list[int], bottleneck: int):
         super().__init__()
         dim = backbone.embed_dim

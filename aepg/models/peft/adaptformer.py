@@ -13,10 +13,10 @@ from torch import Tensor, nn
 
 from aepg.models.peft import AdaptFormerMethod
 from aepg.models.peft.adapter import Bottleneck
-from aepg.models.peft.base import PeftModule, blocks_of
+from aepg.models.peft.base import MethodModule, blocks_of
 
 
-class AdaptFormer(PeftModule):
+class AdaptFormer(MethodModule):
     def __init__(self, backbone: nn.Module, blocks: list[int], bottleneck: int, scale: float, dropout: float):
         super().__init__()
         dim = backbone.embed_dim

@@ -41,7 +41,8 @@ class DualPrompt(PrefixSource):
         self.keys = uniform_parameter(num_tasks, dim)
         self.pull_weight, self.batchwise_prompt = pull_weight, batchwise_prompt
         self.register_buffer("task", torch.zeros((), dtype=torch.long))
-        self._expert: Tensor | None = None
+        self.expert: Tensor | None = None
+        """The expert each sample of the current query uses (its task at training; chosen by key at test)."""
         install_prefixes(backbone, self, sorted(set(g_blocks) | set(e_blocks)))
 
     @torch.no_grad()
@@ -54,24 +55,24 @@ class DualPrompt(PrefixSource):
     def set_query(self, query: Tensor | None) -> None:
         super().set_query(query)
         if query is None:
-            self._expert = None
+            self.expert = None
             return
         task = int(self.task)
         if self.training:
-            self._expert = torch.full((len(query),), task, device=query.device, dtype=torch.long)
+            self.expert = torch.full((len(query),), task, device=query.device, dtype=torch.long)
             self._aux = -self.pull_weight * cosine_to_keys(query, self.keys[task : task + 1]).mean()
         else:  # the experts of the tasks seen so far compete
-            self._expert = cosine_to_keys(query, self.keys[: task + 1]).argmax(dim=1)
+            self.expert = cosine_to_keys(query, self.keys[: task + 1]).argmax(dim=1)
             if self.batchwise_prompt:
-                self._expert = batchwise(self._expert[:, None], 1)[:, 0]
+                self.expert = batchwise(self.expert[:, None], 1)[:, 0]
 
     def prefix(self, block: int, batch: int):
         if block in self.g_slots:
             key, value = self.general[self.g_slots[block]]
             return key.expand(batch, -1, -1), value.expand(batch, -1, -1)
-        if self._expert is None:
+        if self.expert is None:
             return None
-        chosen = self.experts[self._expert, self.e_slots[block]]  # (B, 2, length, dim)
+        chosen = self.experts[self.expert, self.e_slots[block]]  # (B, 2, length, dim)
         return chosen[:, 0], chosen[:, 1]
 
 

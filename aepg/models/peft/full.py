@@ -9,10 +9,10 @@ from __future__ import annotations
 from torch import nn
 
 from aepg.models.peft import FullMethod
-from aepg.models.peft.base import PeftModule
+from aepg.models.peft.base import MethodModule
 
 
-class FullFineTuning(PeftModule):
+class FullFineTuning(MethodModule):
     trains_backbone = True
 
     def __init__(self, backbone: nn.Module, batchnorm: str):

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from aepg.models.peft import InfLoraMethod
-from aepg.models.peft.base import PeftModule, TaskData, add_to_qkv, blocks_of
+from aepg.models.contract import TaskData
+from aepg.models.peft.base import MethodModule, add_to_qkv, blocks_of
 
 
 def energy_rank(singular: Tensor, total: float, start: float, threshold: float) -> int:
@@ -78,7 +79,7 @@ def project_away(covariance: Tensor, basis: Tensor, retain: bool) -> Tensor:
     return covariance - basis @ (basis.T @ covariance)
 
 
-class InfLoRA(PeftModule):
+class InfLoRA(MethodModule):
     def __init__(self, backbone: nn.Module, blocks: list[int], rank: int, num_tasks: int,
                  threshold: float, threshold_end: float):
         super().__init__()

@@ -20,10 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from aepg.models.peft import L2PMethod
-from aepg.models.peft.base import PeftModule, batchwise, cosine_to_keys, uniform_parameter
+from aepg.models.peft.base import MethodModule, batchwise, cosine_to_keys, uniform_parameter
 
 
-class L2P(PeftModule):
+class L2P(MethodModule):
     needs_query = True
     sparse = True
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from aepg.models import facts
 from aepg.models.peft import LoraMethod
-from aepg.models.peft.base import PeftModule, Scale, add_to_qkv, blocks_of
+from aepg.models.peft.base import MethodModule, Scale, add_to_qkv, blocks_of
 from aepg.models.peft.peft_lora import attach_peft_lora
 
 
@@ -34,7 +34,7 @@ class LowRank(nn.Module):
         return self.scale(x @ self.A.t() @ self.B.t())
 
 
-class KVLoRA(PeftModule):
+class KVLoRA(MethodModule):
     def __init__(self, backbone: nn.Module, blocks: list[int], rank: int):
         super().__init__()
         dim = backbone.embed_dim

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from aepg.models.peft import RanpacMethod
 from aepg.models.peft.adaptformer import AdaptFormer
-from aepg.models.peft.base import PeftModule, TaskData, blocks_of
+from aepg.models.contract import TaskData
+from aepg.models.peft.base import MethodModule, blocks_of
 
 RIDGES = tuple(10.0 ** k for k in range(-8, 9))
 FIT_FRACTION = 0.8
@@ -30,7 +31,7 @@ def ridge_solution(G: Tensor, Q: Tensor, ridge: float) -> Tensor:
     return torch.linalg.solve(G + ridge * torch.eye(G.shape[0], dtype=G.dtype, device=G.device), Q).T
 
 
-class RanPAC(PeftModule):
+class RanPAC(MethodModule):
     predicts_from_exact_features = True
 
     def __init__(self, backbone: nn.Module, cfg: RanpacMethod):

@@ -19,12 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from aepg.models.peft import SdLoraMethod
-from aepg.models.peft.base import PeftModule, TaskData, add_to_qkv, blocks_of
+from aepg.models.contract import TaskData
+from aepg.models.peft.base import MethodModule, add_to_qkv, blocks_of
 
 PARTS = 2  # query, value
 
 
-class SDLoRA(PeftModule):
+class SDLoRA(MethodModule):
     def __init__(self, backbone: nn.Module, blocks: list[int], rank: int, num_tasks: int, init_magnitude: float):
         super().__init__()
         dim = backbone.embed_dim

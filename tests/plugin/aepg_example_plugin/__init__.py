@@ -1,4 +1,4 @@
-"""The plugin's catalogue entries (the data set's in ``folder.py``). This module imports neither torch nor Ray, so ``aepg`` still
+"""The plugin's catalogue entries (the data set's in ``folder.py``), a sweep protocol among them. This module imports neither torch nor Ray, so ``aepg`` still
 validates a config fast; the method's and the scheduler's modules are imported only when a run or a
 sweep builds them."""
 
@@ -6,8 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from aepg.catalog import METHODS, OBJECTIVES, PARTS, SCHEDULERS, SCHEDULES, SEARCHERS
+from aepg.catalog import METHODS, OBJECTIVES, PARTS, PROTOCOLS, SCHEDULERS, SCHEDULES, SEARCHERS
 from aepg.config import MethodConfig, ObjectiveConfig, PartConfig, ScheduleConfig
+from aepg.sweep.protocols.plain import PlainProtocol
 from aepg.sweep.schedulers import SchedulerSettings
 from aepg.sweep.searchers import SampledSearch
 from aepg_example_plugin.folder import ImageFolder  # noqa: F401 (registers the image-folder data set)
@@ -89,3 +90,37 @@ class QMCSearch(SampledSearch):
 
     def sampler_settings(self):  # every argument, explicit: the parent run logs them as search.sampler
         return {"seed": self.seed, "scramble": self.scramble}
+
+
+@PROTOCOLS.register("class_orders", display="class orders")
+class ClassOrders(PlainProtocol):
+    """Each configuration on several class orders at once, one run per order nested under its run,
+    ranked on the mean over the orders: settings that do not hang on one order of the tasks."""
+
+    kind: Literal["class_orders"] = "class_orders"
+    orders: list[int] = Field(default_factory=lambda: [0, 1], min_length=2)
+    """The values of benchmark.order_seed each configuration trains on."""
+
+    def trial_resources(self, sweep):
+        return {"CPU": 0, "memory": 2**20}  # its runs hold the CPUs
+
+    def problems(self, sweep):
+        return [("scheduler.kind", "class_orders trains every order to the end")] if sweep.spec.scheduler.stops_early else []
+
+    def train_trial(self, cfg, run, runtime):
+        from aepg.sweep.runtime import NestedRun
+
+        jobs = []
+        for order in self.orders:
+            ordered = cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"order_seed": order})})
+            nested = runtime.nested_run(run, {"example.order": str(order)}, ordered, f"{run.name}@order{order}", "order run")
+            jobs.append(NestedRun(ordered, nested, "seed_run/"))
+        values = runtime.train_at_once(jobs)
+        failed = [value for value in values if isinstance(value, BaseException)]
+        if failed:
+            raise failed[0]
+        metric, tasks = runtime.sweep.spec.metric, cfg.benchmark.num_tasks
+        mean = sum(values) / len(values)
+        run.run.log_metrics({f"final/{metric}": mean})
+        run.run.set_tags({"aepg.tasks_done": str(tasks)})
+        run.report({"eval/tasks_done": tasks, f"eval/{metric}": mean, f"final/{metric}": mean})

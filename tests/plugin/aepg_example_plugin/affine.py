@@ -3,10 +3,10 @@
 import torch
 from torch import nn
 
-from aepg.models.peft.base import PeftModule
+from aepg.models.peft.base import MethodModule
 
 
-class FeatureAffine(PeftModule):
+class FeatureAffine(MethodModule):
     def __init__(self, backbone: nn.Module, init_scale: float):
         super().__init__()
         self.scale = nn.Parameter(torch.full((backbone.num_features,), init_scale))

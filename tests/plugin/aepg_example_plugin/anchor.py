@@ -2,7 +2,7 @@
 
 import torch
 
-from aepg.models.peft.base import ActivatedPart, TaskData
+from aepg.models.contract import ActivatedPart, TaskData
 
 
 class L2AnchorPart(ActivatedPart):
