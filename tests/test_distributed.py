@@ -59,16 +59,16 @@ def test_one_and_two_workers_agree(two_workers, tmp_path):
     # Evaluation reduced over 2 workers equals a single process scoring the same weights.
     cfg = config(tmp_path)
     model, benchmark, objective = build_job(cfg)
-    snapshot, _ = CheckpointStore(two_cfg.storage_path, two.run_id).load_latest()
+    snapshot, _ = CheckpointStore(two_cfg.storage_path, two.run.run_id).load_latest()
     model.load_trainable_state_dict(snapshot.model)
     trainer = ContinualTrainer(cfg, model, benchmark, objective, Context(device=torch.device("cpu")))
     assert trainer.evaluate(2) == (two.state.accuracy_matrix[-1], two.state.test_sizes)
 
-    client = two.tracker.client
-    mlflow_run = client.get_run(two.run_id)
+    client = two.run.tracker.client
+    mlflow_run = client.get_run(two.run.run_id)
     assert mlflow_run.info.status == "FINISHED"
     # Only rank 0 logs: one value per step, not one per worker.
-    steps = [m.step for m in client.get_metric_history(two.run_id, "train/loss")]
+    steps = [m.step for m in client.get_metric_history(two.run.run_id, "train/loss")]
     assert len(steps) == len(set(steps)) == two.state.global_step
 
 
@@ -99,12 +99,12 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
     assert "pid" in killed
     started = [a for a in ray_workers(ray_address) if a.actor_id not in before]
     assert len(started) == 4, "the worker group was not restarted"
-    client = result.tracker.client
-    mlflow_run = client.get_run(result.run_id)
+    client = result.run.tracker.client
+    mlflow_run = client.get_run(result.run.run_id)
     assert mlflow_run.info.status == "FINISHED"
     assert len(result.state.accuracy_matrix) == 3
-    assert [m.step for m in client.get_metric_history(result.run_id, "eval/accuracy")] == [1, 2, 3]
-    assert {a.path for a in client.list_artifacts(result.run_id)} >= {"accuracy_matrix.png", "training_curves.png"}
+    assert [m.step for m in client.get_metric_history(result.run.run_id, "eval/accuracy")] == [1, 2, 3]
+    assert {a.path for a in client.list_artifacts(result.run.run_id)} >= {"accuracy_matrix.png", "training_curves.png"}
 
 
 def test_two_worker_run_resumes_after_interrupt(ray_address, two_workers, workdir):

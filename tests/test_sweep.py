@@ -859,6 +859,34 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(seed_sweep):
     assert parent.data.tags["sweep.noise_verdict"].startswith(("seed noise", "one finished configuration"))
 
 
+def training_span(client, run) -> tuple[int, int]:
+    """When a run trained: its first step's and its last task's metric timestamps (ms)."""
+    first = min(m.timestamp for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    last = max(m.timestamp for m in client.get_metric_history(run.info.run_id, "eval/accuracy"))
+    return first, last
+
+
+def test_a_paired_configurations_runs_train_at_once(ray_address, workdir):
+    """One configuration (nothing searched), two arms on two seeds, no early stopping: its four runs
+    go out together as Ray tasks of one CPU each, so on this 2-CPU Ray two of them train at any time,
+    while the configuration's own process holds no CPU."""
+    base = {**TINY_BASE, "benchmark": {"num_tasks": 2, "max_train_per_class": 30, "max_test_per_class": 6}}
+    path = write_sweep(workdir, space={}, compare={"objective.kind": ["ce", "aepg"]}, seeds=[0, 1],
+                       base_overrides=base, search={"algorithm": "grid"}, scheduler={"kind": "none", "fidelity": "seeds"})
+    result = run_aepg(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, (parent,), runs = sweep_runs(workdir / "mlflow.db")
+    (trial,) = [r for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+    arms = [r for r in runs if r.data.tags.get("aepg.status") == "arm run"]
+    assert len(arms) == 4 and {r.info.status for r in [parent, trial, *arms]} == {"FINISHED"}
+    assert parent.data.params["sweep.protocol"] == "paired" and trial.info.run_name == "t01"
+    spans = sorted(training_span(client, r) for r in arms)
+    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
+    assert overlapping, f"no two runs trained at the same time: {spans}"
+    assert not any(b[0] < a[1] and c[0] < min(a[1], b[1]) for i, a in enumerate(spans) for j, b in enumerate(spans)
+                   if j > i for c in spans[j + 1:]), "three runs at once on 2 CPUs"
+
+
 def test_a_trade_off_sweep_searches_both_metrics_and_marks_its_front(ray_address, workdir):
     """last_accuracy (max) against forgetting (min) through real Ray, Optuna (a two-objective TPE
     study) and MLflow: every trial is told to Optuna with both values, the front the leaderboard

@@ -25,6 +25,7 @@ from aepg.schema import (
     INDEX_TAG,
     LEVEL_KEY,
     NODE_NAMES_TAG,
+    RUN_NODES_TAG,
     OPTUNA_STATE_TAG,
     SEED_VALUES_TAG,
     STATUS_TAG,
@@ -161,7 +162,8 @@ def _run_entry(run: tracking.RunRecord, space: dict[str, Param], metric: str, pa
 
 
 def nodes_of(run: tracking.RunRecord) -> list[str]:
-    return [name for name in run.tags.get(NODE_NAMES_TAG, "").split(",") if name]
+    """Where a trial trained: the nodes of the runs it trained as Ray tasks, else of its attempts."""
+    return [name for name in (run.tags.get(RUN_NODES_TAG) or run.tags.get(NODE_NAMES_TAG, "")).split(",") if name]
 
 
 def count_of(run: tracking.RunRecord, tag: str, metric: str) -> int:

@@ -51,6 +51,18 @@ class TrialRun:
         trial trains only what it lacks."""
         return json.loads(self.run.tracker.get_run(self.run.run_id)[0].tags.get(tag, "{}"))
 
+    def values_list(self, tag: str) -> list[str]:
+        """A comma-separated tag of the trial's run (the nodes its runs trained on, say)."""
+        return [item for item in self.run.tracker.get_run(self.run.run_id)[0].tags.get(tag, "").split(",") if item]
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a run trained as a Ray task gave: the sweep metric, and the node it trained on."""
+
+    value: float
+    node: str
+
 
 @dataclass(frozen=True)
 class NestedRun:
@@ -162,10 +174,10 @@ class SweepRuntime:
 
         return run_workers(cfg, run, report, summary, self.sweep.spec.trial.cpus)
 
-    def train_at_once(self, nested: list[NestedRun]) -> list[float | BaseException]:
+    def train_at_once(self, nested: list[NestedRun]) -> list[Trained | BaseException]:
         """Train every run of ``nested`` at once, each a Ray task holding the trial's per-run resources
         (as many run together as the cluster has room for), each closed FINISHED as it ends (FAILED
-        with its error): the sweep metric of each, or the error it failed with, once all have ended."""
+        with its error): what each gave, or the error it failed with, once all have ended."""
         import ray
 
         resources = dict(self.sweep.protocol.run_resources(self.sweep))
@@ -203,18 +215,22 @@ class SweepRuntime:
         return cls(sweep, path, Tracker(state["tracking_uri"]), state["parent_run_id"])
 
 
-def _train_nested(cfg: dict, run: RunHandle, summary: str | None, cpus: float, metric: str) -> float:
-    """One nested run, in a Ray task: trained to its end and closed FINISHED (FAILED with the
-    error's first line, which the trial then reports); its sweep metric."""
+def _train_nested(cfg: dict, run: RunHandle, summary: str | None, cpus: float, metric: str) -> Trained:
+    """One nested run, in a Ray task: trained to its end on this node (which it records) and closed
+    FINISHED (FAILED with the error's first line, which the trial then reports)."""
     from aepg.launch import record_failure, run_workers
+    from aepg.ray_setup import this_node
 
+    node = this_node()[1]
+    before = run.tracker.get_run(run.run_id)[0].tags.get(NODE_NAMES_TAG, "")
+    run.set_tags({NODE_NAMES_TAG: ",".join(filter(None, [before, node]))})
     try:
         state = run_workers(RunConfig.model_validate(cfg), run, None, summary, cpus)
     except BaseException as error:
         record_failure(run, error)
         raise
     run.close("FINISHED")
-    return state.summary[metric]
+    return Trained(state.summary[metric], node)
 
 
 def started(runtime: SweepRuntime, trial_id: str, params: dict) -> tuple[TrialRun, RunConfig]:

@@ -114,11 +114,15 @@ class Param(Section):
 
 
 class TrialSettings(Section):
+    """What one run of a trial asks Ray for: a plain trial trains its run in its own process; a seed
+    ladder's or paired trial holds nothing itself and sends its runs out as Ray tasks, each asking
+    for this."""
+
     cpus: float = Field(1.0, gt=0)
-    """CPUs of the trial process. In-process trials train there; with scaling.num_workers > 0
-    the trial only drives a TorchTrainer, and a fraction (0.1) is enough."""
+    """CPUs of a run's process. In-process runs train there; with scaling.num_workers > 0 the
+    process only drives a TorchTrainer, and a fraction (0.1) is enough."""
     gpus: float = Field(0.0, ge=0)
-    """GPUs of an in-process trial; fractions let small trials share a GPU."""
+    """GPUs of an in-process run; fractions let small runs share a GPU."""
     resources: dict[str, float] = {}
     """Custom Ray resources, e.g. to keep trial drivers on non-spot nodes."""
     max_failures: int = Field(1, ge=0)

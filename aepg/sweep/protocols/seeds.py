@@ -14,7 +14,7 @@ import json
 from typing import Literal
 
 from aepg.catalog import PROTOCOLS
-from aepg.schema import (COMPUTE_KEY, ONE_SEED, SEED_TAG, SEED_VALUES_RESULT, SEED_VALUES_TAG, SEEDS_KEY,
+from aepg.schema import (COMPUTE_KEY, ONE_SEED, RUN_NODES_TAG, SEED_TAG, SEED_VALUES_RESULT, SEED_VALUES_TAG, SEEDS_KEY,
                          final_name, seed_metric, seed_std_name)
 from aepg.sweep.protocols import SweepProtocol
 
@@ -82,13 +82,15 @@ class SeedLadderProtocol(SweepProtocol):
                 jobs = {(seed, label): job for seed in batch
                         for label, job in self.seed_runs(cfg, run, runtime, seed).items()
                         if label not in done.get(seed, {})}
-                failed = None
+                failed, nodes = None, run.values_list(RUN_NODES_TAG)
                 for (seed, label), outcome in zip(jobs, runtime.train_at_once(list(jobs.values()))):
                     if isinstance(outcome, BaseException):
                         failed = failed or outcome
                     else:
-                        done.setdefault(seed, {})[label] = outcome
+                        done.setdefault(seed, {})[label] = outcome.value
+                        nodes = list(dict.fromkeys([*nodes, outcome.node]))
                 self.keep(run, spec, done)
+                run.run.set_tags({RUN_NODES_TAG: ",".join(nodes)})
                 if failed is not None:
                     raise failed
             for count in range(reached + 1, rung + 1):
