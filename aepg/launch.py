@@ -26,7 +26,7 @@ from aepg.objectives import Objective, build_objective
 from aepg.ray_setup import ensure_ray, refuse_unschedulable, worker_resources
 from aepg.schema import FINAL
 from aepg.tracking import RunHandle, Tracker
-from aepg.trainer import ContinualTrainer, TrainState
+from aepg.trainer import ContinualTrainer, TrainState, autocast_for
 
 log = logging.getLogger("aepg")
 
@@ -40,7 +40,8 @@ def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective
     """Model (initialised from ``cfg.seed``), benchmark and objective of a run."""
     seed_all(cfg.seed)
     model, inputs = build_model(cfg.model, cfg.benchmark.num_classes(), cfg.benchmark.num_tasks)
-    benchmark = build_benchmark(cfg.benchmark, inputs.image_size, inputs.mean, inputs.std, cfg.train.channels_last)
+    benchmark = build_benchmark(cfg.benchmark.model_copy(update={"order_seed": cfg.class_order_seed}), inputs.image_size,
+                                inputs.mean, inputs.std, cfg.train.channels_last)
     return model, benchmark, build_objective(cfg.objective, cfg.annealing)
 
 
@@ -78,6 +79,12 @@ def train_worker(cfg: RunConfig, run: RunHandle, context: Context,
         log.info("trainable parameters: %s", model.parameter_counts())
         if cfg.system_metrics if cfg.system_metrics is not None else context.device.type == "cuda":
             monitor = run.start_system_metrics()
+    if cfg.train.prefix_cache:  # after benchmark.json and the manifest, which describe the images
+        from aepg.models.prefix import cache_prefix
+
+        first = cfg.model.method.first_adapted_block(preflight.backbone_facts(cfg))
+        benchmark = cache_prefix(model, benchmark, first, context.device, autocast_for(cfg, context.device),
+                                 cfg.train.eval_batch_size)
     config = cfg.model_dump(mode="json")
     trainer = ContinualTrainer(cfg, model, benchmark, objective, context,
                                reporters, save=lambda snapshot: store.save(snapshot, config), task_hooks=task_hooks)

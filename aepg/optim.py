@@ -124,7 +124,7 @@ class StepRate(LRScheduleConfig):
 
 
 def build_optimizer(params: list, cfg: TrainConfig, fused: bool):
-    """``train.optimizer`` over ``params``; ``fused``: Adam's fused CUDA kernel."""
+    """``train.optimizer`` over ``params`` (tensors, or parameter groups); ``fused``: Adam's fused CUDA kernel."""
     return cfg.optimizer.build(params, cfg.lr, cfg.weight_decay, fused)
 
 
@@ -150,6 +150,10 @@ def learning_rate(cfg: TrainConfig, phase: Phase, epoch: int, step_in_epoch: int
     return cfg.lr * cfg.lr_schedule.factor(t - warmup, phase.steps - warmup, epoch - phase.first)
 
 
+LR_SCALE = "lr_scale"
+"""A parameter group's rate as a multiple of the phase's (``model.method.lr_scale`` for the method's)."""
+
+
 def set_learning_rate(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get(LR_SCALE, 1.0)

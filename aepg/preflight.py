@@ -50,6 +50,10 @@ def _backbone_problems(cfg: RunConfig) -> list[tuple[str, str]]:
         check(cfg.model.method, described, cfg.benchmark.num_tasks)
     except MethodError as error:
         problems.append(("model.method", str(error)))
+    if cfg.train.prefix_cache:
+        why = facts.cacheable(described["family"], cfg.model.method.first_adapted_block(described))
+        if why:
+            problems.append(("train.prefix_cache", f"{why}; set train.prefix_cache=false"))
     if cfg.model.weights not in ("hub", "random", "lite0-offline"):
         problems += _weights_file_problems(cfg.model.weights, described)
     if cfg.model.weights == "hub":
@@ -335,7 +339,7 @@ def plan(cfg: RunConfig) -> Plan:
     workers = max(1, cfg.scaling.num_workers)
     per_worker = cfg.train.batch_size // workers
     tasks = []
-    for group in task_groups(class_order(bench.num_classes(), bench.order_seed), bench.num_tasks):
+    for group in task_groups(class_order(bench.num_classes(), cfg.class_order_seed), bench.num_tasks):
         n_train = sum(cap(train[c], bench.max_train_per_class) for c in group)
         n_test = sum(cap(test[c], bench.max_test_per_class) for c in group)
         trained = cfg.model.method.trains(len(tasks))
@@ -394,8 +398,8 @@ def dataset_identity(cfg: RunConfig) -> DatasetIdentity:
                "train_images": [t.train for t in tasks], "test_images": [t.test for t in tasks]}
     own = {key: value for key, value in bench.dataset.active_params().items() if key != "kind"}
     key = json.dumps({"dataset": bench.dataset.kind, **({"dataset_keys": own} if own else {}),
-                      "order": class_order(bench.num_classes(), bench.order_seed), **profile}, sort_keys=True)
-    return DatasetIdentity(f"{bench.dataset.kind} ({bench.num_tasks} tasks, order seed {bench.order_seed})",
+                      "order": class_order(bench.num_classes(), cfg.class_order_seed), **profile}, sort_keys=True)
+    return DatasetIdentity(f"{bench.dataset.kind} ({bench.num_tasks} tasks, order seed {cfg.class_order_seed})",
                            hashlib.sha256(key.encode()).hexdigest()[:12], json.dumps({"uri": data_location(cfg)}), profile)
 
 

@@ -26,7 +26,7 @@ from aepg.metrics import summarize, task_metrics
 from aepg.models.classifier import ContinualClassifier
 from aepg.models.contract import TrainingBatch, full_precision
 from aepg.objectives import Objective
-from aepg.optim import Phase, build_optimizer, learning_rate, set_learning_rate
+from aepg.optim import LR_SCALE, Phase, build_optimizer, learning_rate, set_learning_rate
 from aepg.schedules import Progress, progress
 
 log = logging.getLogger("aepg")
@@ -181,6 +181,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def autocast_for(cfg: RunConfig, device: torch.device):
+    """The run's forwards' autocast on ``device`` (a null context in float32)."""
+    dtype = AUTOCAST_DTYPES.get(resolve_precision(cfg.train.precision, device))
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
 class ContinualTrainer:
     def __init__(
         self,
@@ -202,8 +208,7 @@ class ContinualTrainer:
         self.device = context.device
         cuda = self.device.type == "cuda"
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        dtype = AUTOCAST_DTYPES.get(self.precision)
-        self.autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
+        self.autocast = autocast_for(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16-mixed" else None
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
@@ -276,10 +281,13 @@ class ContinualTrainer:
         return state
 
     def _optimizer(self, head_only: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        """A fresh optimiser per phase, so moments from old tasks never move their head rows."""
+        """A fresh optimiser per phase, so moments from old tasks never move their head rows; the
+        method's parameters in a group of their own, at ``model.method.lr_scale`` times the rate."""
         self.model.set_method_trainable(not head_only)
-        params = list(self.model.head.parameters()) + ([] if head_only else self.model.method_parameters())
-        return self.context.prepare(self.model), build_optimizer(params, self.cfg.train, self.fused_adam)
+        groups = [{"params": list(self.model.head.parameters()), LR_SCALE: 1.0}]
+        if not head_only and self.model.method_parameters():
+            groups.append({"params": self.model.method_parameters(), LR_SCALE: self.cfg.model.method.lr_scale or 1.0})
+        return self.context.prepare(self.model), build_optimizer(groups, self.cfg.train, self.fused_adam)
 
     def _head_only(self, task: Task, epoch: int) -> bool:
         return task.index > 0 and epoch < self.cfg.train.head_only_epochs

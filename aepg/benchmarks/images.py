@@ -89,9 +89,13 @@ class ImageSplits:
     """Files left out because they do not read (``benchmark.on_bad_image: skip``)."""
 
 
-def collate(items: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor, Tensor]:
+def collate(items: list[tuple[np.ndarray | Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
     """A batch of images of any sizes: uint8 (B, 3, H, W) padded at the bottom and right to the
-    largest, their (height, width), and their labels."""
+    largest, their (height, width), and their labels. Activations of a frozen prefix
+    (``aepg.models.prefix``) are stacked as they are, with no sizes."""
+    if isinstance(items[0][0], Tensor):
+        return (torch.stack([inputs for inputs, _ in items]), torch.zeros(len(items), 2, dtype=torch.long),
+                torch.tensor([label for _, label in items]))
     sizes = np.array([image.shape[:2] for image, _ in items], dtype=np.int64)
     batch = np.zeros((len(items), 3, *sizes.max(axis=0)), dtype=np.uint8)
     for i, (image, _) in enumerate(items):

@@ -81,8 +81,9 @@ class BenchmarkConfig(Section):
     download: bool = False
     """Download a missing data set, once, before the run (entries that can: Fashion-MNIST, CIFAR-100)."""
     num_tasks: int = Field(5, ge=1)
-    order_seed: int = 0
-    """Seed of the class order: classes are permuted by it, then split into tasks in that order."""
+    order_seed: int | None = 0
+    """Seed of the class order: classes are permuted by it, then split into tasks in that order.
+    None: the run's ``seed``, so that each seed of a sweep draws its own class order too."""
     max_train_per_class: int | None = Field(None, ge=1)
     max_test_per_class: int | None = Field(None, ge=1)
     augment: bool = False
@@ -166,6 +167,9 @@ class MethodConfig(EntryConfig):
     whose config adds its own keys. docs/methods.md describes each and its reference code."""
 
     kind: str = DEFAULT_METHOD
+    lr_scale: float | None = Field(None, gt=0)
+    """The rate of the method's parameters as a multiple of ``train.lr`` (the head's stays
+    ``train.lr``): a slow learner, e.g. SLCA's 0.01 for a fully fine-tuned backbone. Unset: 1."""
     parts: entries(PartConfig, PARTS, _parts)
     """Parts layered over the method, by name, in the order they run (``aepg.catalog.PARTS``: lae,
     ewc, lwf), e.g. ``{lae: {decay: 0.999}, ewc: {weight: 100}}``. A mapping, so that
@@ -193,6 +197,12 @@ class MethodConfig(EntryConfig):
     def implementation(self, facts: dict) -> str:
         """What runs on this backbone (a method may have several implementations)."""
         return self.kind
+
+    def first_adapted_block(self, facts: dict) -> int | None:
+        """The first of the backbone's ``blocks`` whose computation the method changes (or whose
+        input it reads): what comes before it is a frozen prefix (``train.prefix_cache``). 0: the
+        method may change anything; None: nothing, the whole backbone stays frozen."""
+        return 0
 
     def active_params(self, facts: dict | None = None) -> dict[str, Any]:
         """The keys the run uses, as logged to MLflow (unset keys left out; of a part left out, only that)."""
@@ -355,6 +365,12 @@ class TrainConfig(Section):
     """Adam's fused CUDA kernel (changes the order of floating-point operations)."""
     channels_last: bool = False
     """Channels-last memory format for convolutional backbones on CUDA."""
+    prefix_cache: bool = False
+    """Compute the frozen part of the backbone before the method's first adapted block once per
+    image, and train and evaluate the rest on those activations: exact, and much faster when the
+    method adapts only later blocks (the linear probe: the whole backbone). Needs
+    ``benchmark.augment: false`` (the inputs must not change between epochs); the activations are
+    kept on the training device (``bench/prefix_cache.py`` prints their size and the speed-up)."""
 
     @field_validator("lr", "weight_decay")
     @classmethod
@@ -369,6 +385,7 @@ class TrainConfig(Section):
             return {"batch_size": self.batch_size}
         keys = ["epochs", "head_only_epochs", "lr", "weight_decay", "precision", "drop_last", "batch_size"]
         keys += ["grad_clip_norm"] if self.grad_clip_norm is not None else []
+        keys += ["prefix_cache"] if self.prefix_cache else []
         return {**{key: getattr(self, key) for key in keys}, "optimizer": self.optimizer.active_params(),
                 "lr_schedule": self.lr_schedule.active_params()}
 
@@ -427,6 +444,11 @@ class RunConfig(Section):
     scaling: ScalingConfig = ScalingConfig()
     failure: FailureConfig = FailureConfig()
 
+    @property
+    def class_order_seed(self) -> int:
+        """The seed of the class order: ``benchmark.order_seed``, or the run's seed where that is None."""
+        return self.seed if self.benchmark.order_seed is None else self.benchmark.order_seed
+
     def trains(self) -> bool:
         """Whether any task trains: when none does (RanPAC on the frozen features), the objective,
         its schedule and the optimiser are never used."""
@@ -439,7 +461,8 @@ class RunConfig(Section):
         a resumed run must share. ``facts``: the backbone's (``preflight.backbone_facts``), on
         which the training method's keys depend."""
         trains = self.trains()
-        sections = {"benchmark": self.benchmark.active_params(), "model": self.model.active_params(facts)}
+        sections = {"benchmark": {**self.benchmark.active_params(), "order_seed": self.class_order_seed},
+                    "model": self.model.active_params(facts)}
         if trains:  # otherwise no objective, schedule or optimiser is ever used
             sections["objective"] = self.objective.active_params()
             if OBJECTIVES.get(self.objective.kind).has("annealed"):
@@ -504,6 +527,9 @@ def check_consistency(cfg: RunConfig) -> list[tuple[str, str]]:
         problems.append(("model.weights", f"{weights!r} is neither one of {WEIGHT_KEYWORDS} nor an existing file"))
     for path, chosen in chosen_entries(cfg).items():
         problems += [(f"{path}.{key}" if key else path, message) for key, message in chosen.problems(cfg)]
+    if cfg.train.prefix_cache and cfg.benchmark.augment:
+        problems.append(("train.prefix_cache", "benchmark.augment draws new crops and flips every epoch, so the frozen "
+                         "prefix's activations would differ each time; turn one of them off"))
     if isinstance(cfg.train.data_workers, int) and cfg.train.data_workers < 0:
         problems.append(("train.data_workers", "must be >= 0 or auto"))
     workers = cfg.scaling.num_workers

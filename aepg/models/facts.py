@@ -108,3 +108,18 @@ def of_model(model) -> dict:
         "std": [float(s) for s in data["std"]],
         "hub": {key: model.pretrained_cfg.get(key) for key in ("hf_hub_id", "hf_hub_filename", "url")},
     }
+
+
+# -- the frozen prefix (``train.prefix_cache``, ``aepg.models.prefix``) ---------------------------
+
+STEMS = {"EfficientNet": ("conv_stem", "bn1"), "VisionTransformer": ("patch_embed", "_pos_embed", "patch_drop", "norm_pre")}
+"""What each timm family runs before its ``blocks``, in order (``forward_features``)."""
+
+
+def cacheable(family: str, first_block: int | None) -> str | None:
+    """Why a backbone of ``family`` has no frozen prefix to cache before ``first_block``, or None."""
+    if first_block == 0:
+        return "the method adapts the backbone from its first block on (or reads its whole input): nothing before it is frozen"
+    if first_block is not None and family not in STEMS:
+        return f"aepg knows where the blocks of {', '.join(STEMS)} backbones start, not of {family}"
+    return None

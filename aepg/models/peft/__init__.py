@@ -74,6 +74,9 @@ class LinearProbe(MethodConfig):
 
     kind: Literal["none"] = "none"
 
+    def first_adapted_block(self, facts: dict) -> int | None:
+        return None
+
 
 @METHODS.register("full", builder=f"{PACKAGE}.full:build_full", display="full fine-tuning")
 class FullMethod(MethodConfig):
@@ -101,6 +104,12 @@ class BlocksMethod(MethodConfig):
 
     def chosen_blocks(self, depth: int) -> list[int]:
         return adapted_blocks(self.blocks, depth, self.default_blocks)
+
+    def first_adapted_block(self, facts: dict) -> int | None:
+        """The first chosen block (on other families than ViTs, with ``blocks`` unset: every block)."""
+        if facts["is_vit"]:
+            return min(self.chosen_blocks(facts["depth"]), default=0)
+        return min(self.blocks, default=0) if self.blocks is not None else 0
 
     def problems(self, cfg) -> list[tuple[str, str]]:
         found = super().problems(cfg)
@@ -253,6 +262,9 @@ class DualPromptMethod(BlocksMethod):
         if not dualprompt_blocks(self.chosen_blocks(facts["depth"]))[1]:
             raise MethodError("DualPrompt needs blocks for expert prompts beyond the general ones (default 0-4)")
 
+    def first_adapted_block(self, facts: dict) -> int | None:
+        return 0  # the query is the whole frozen backbone's feature of the image
+
 
 @METHODS.register("coda", builder=f"{PACKAGE}.coda:build_coda", display="CODA-Prompt", traits=("vit_only",))
 class CodaMethod(BlocksMethod):
@@ -276,6 +288,9 @@ class CodaMethod(BlocksMethod):
         if self.pool_size > facts["embed_dim"]:
             raise MethodError(f"model.method.pool_size ({self.pool_size}) exceeds the embedding width ({facts['embed_dim']}): "
                             "that many keys cannot be orthogonal")
+
+    def first_adapted_block(self, facts: dict) -> int | None:
+        return 0  # the query is the whole frozen backbone's feature of the image
 
 
 @METHODS.register("inflora", builder=f"{PACKAGE}.inflora:build_inflora", display="InfLoRA", traits=("vit_only",))
@@ -332,6 +347,9 @@ class RanpacMethod(BlocksMethod):
 
     def trains(self, task: int) -> bool:
         return task == 0 and self.adapt_first_task
+
+    def first_adapted_block(self, facts: dict) -> int | None:
+        return super().first_adapted_block(facts) if self.adapt_first_task else None
 
     def active_params(self, facts: dict | None = None) -> dict[str, Any]:
         values = super().active_params(facts)
