@@ -51,8 +51,10 @@ def train_worker(cfg: RunConfig, run: RunHandle, context: Context,
 
     ``summary``: the prefix of the end-of-budget metrics (``aepg.metrics``): ``final/``, ``seed_run/``
     for one seed of a sweep's configuration, None for a sweep's low-fidelity level."""
-    if cfg.scaling.torch_threads:
-        torch.set_num_threads(cfg.scaling.torch_threads)
+    # Results depend on the thread count (it splits reductions): fix it, from the config or the CPUs
+    # the worker was given, never from torch's guess; oneDNN's reductions in a fixed order too.
+    torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(context.cpus)))
+    torch.backends.mkldnn.deterministic = True
     model, benchmark, objective = build_job(cfg)
     store = CheckpointStore(cfg.storage_path, run.run_id, cfg.checkpoint.num_to_keep)
     state, optimizer_state = TrainState(), None
@@ -71,7 +73,8 @@ def train_worker(cfg: RunConfig, run: RunHandle, context: Context,
         reporters[0].log_dict(benchmark.describe(), "benchmark.json")
         made_with = provenance.manifest(cfg, context.device, benchmark.provenance())
         run.set_tags({schema.VERSION_TAG: made_with["aepg"]["version"],
-                      schema.COMMIT_TAG: made_with["aepg"]["commit"] or "unknown"})
+                      schema.COMMIT_TAG: made_with["aepg"]["commit"] or "unknown",
+                      schema.THREADS_TAG: str(made_with["torch_threads"])})
         reporters[0].log_dict(made_with, "manifest.json" if restored is None else
                               f"manifest-resumed-at-task-{state.task + 1}-epoch-{state.epoch}.json")
         if benchmark.split_manifest:

@@ -71,10 +71,11 @@ def made_with_entries(cfg: RunConfig) -> dict[str, dict[str, str]]:
 
 
 def device_facts(device) -> dict[str, object]:
-    """The device the run trains on, with torch's CUDA and cuDNN builds (and the GPU's name)."""
+    """The device the run trains on, the threads torch computes with on the CPU, torch's CUDA and
+    cuDNN builds (and the GPU's name)."""
     import torch
 
-    facts: dict[str, object] = {"device": str(device), "cuda": torch.version.cuda,
+    facts: dict[str, object] = {"device": str(device), "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda,
                                 "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)

@@ -19,6 +19,9 @@ NODES_TAG = "aepg.worker_node_ids"
 """The Ray node ids the run's training workers ran on, comma-separated."""
 FAILURE_TAG = "failure_reason"
 VERSION_TAG = "aepg.version"
+THREADS_TAG = "aepg.torch_threads"
+"""The CPU threads the run's torch computed with: a run repeats bit for bit on the same machine with
+the same count (README, "Reproducibility")."""
 COMMIT_TAG = "aepg.commit"
 """aepg's git commit when it runs from a checkout (``-dirty`` with changes), else "unknown"; the
 run's ``manifest.json`` holds the rest of what it was made with."""

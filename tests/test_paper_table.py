@@ -27,6 +27,8 @@ def test_method_labels_follow_the_paper():
     assert method({"model.method.kind": "prefix", "model.method.parts.lae.enabled": "True"}) == "LAE (Prefix)"
     assert method({"model.method.kind": "lora", "model.method.parts.lae.enabled": "False"}) == "LoRA"
     assert method({"model.method.kind": "coda"}) == "CODA-Prompt"
+    assert method({"model.method.kind": "lora", "model.method.parts.lwf.enabled": "True"}) == "LoRA + LwF"
+    assert method({"model.method.kind": "full", "model.method.lr_scale": "0.01"}) == "full fine-tuning (rate x0.01)"
 
 
 def test_cells_are_seed_statistics_and_differences_are_paired():
@@ -51,7 +53,8 @@ def test_cells_are_seed_statistics_and_differences_are_paired():
     assert markdown.splitlines()[0] == ("| method | CE last | CE avg inc | aEPG last | aEPG avg inc | aEPG - CE last "
                                         "| aEPG - CE avg inc |")
     assert (f"| LoRA | 72.0 ± 2.0, n=3 | 80.0 ± 0.0, n=3 | 74.7 ± 1.5, n=3 | 82.0 ± 0.0, n=3 | "
-            f"+2.7 [{100 * (statistics.mean(diffs) - half):+.1f}") in markdown
+            f"+2.7 [{100 * (statistics.mean(diffs) - half):+.1f}, {100 * (statistics.mean(diffs) + half):+.1f}], "
+            "not separated | +2.0 [+2.0, +2.0], aEPG higher |") in markdown
     assert "mean ± std over n seeds" in markdown and "paired over the seeds both have" in markdown
     latex = table.latex()
     assert latex.startswith(r"\begin{tabular}{lcccccc}") and r"72.0 $\pm$ 2.0" in latex

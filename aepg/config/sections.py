@@ -403,6 +403,8 @@ class ScalingConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1)
+    """CPU threads of torch in each worker; default the CPUs the worker was given (Ray's assignment,
+    else the process's CPU affinity). Recorded in the run (tag ``aepg.torch_threads``)."""
 
     def active_params(self) -> dict[str, object]:
         return {"num_workers": self.num_workers,

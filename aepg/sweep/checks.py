@@ -6,6 +6,7 @@ validation, the budget and ladder rules, and what the trials need of the machine
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from aepg.config import (
     resolve_tracking_uri,
     validate,
 )
+from aepg.catalog import SEARCHERS
 from aepg.ray_setup import local_cpu_problem, package_cache_problems
 from aepg.sweep.spec import Sweep, SweepSpec, apply_dotted, expected_trials
 
@@ -186,8 +188,13 @@ def _check_confirm(sweep: Sweep) -> list[tuple[str, str]]:
 
 
 def variants(sweep: Sweep) -> list[tuple[str, RunConfig]]:
-    """The base config, and the base with each value a searched data or model key can take."""
+    """The base config, and the base with each value a searched data or model key can take; for a
+    grid, each of its points (whose keys may only make sense together)."""
     found = [("base_config", sweep.base_config)]
+    if SEARCHERS.get(sweep.spec.search.algorithm).has("grid"):
+        points = {json.dumps({k: v for k, v in point.items() if k != "seed"}, sort_keys=True) for point in sweep.grid()}
+        return found + [(f"space point {point}", validate(apply_dotted(sweep.base, json.loads(point))))
+                        for point in sorted(points) if point != "{}"]
     for key, param in sweep.space.items():
         if key.startswith(("benchmark.", "model.")):
             for value in param.extremes():

@@ -20,7 +20,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from aepg.catalog import METHODS, OBJECTIVES
+from aepg.catalog import METHODS, OBJECTIVES, PARTS
 from aepg.config import ConfigError, logged_param
 from aepg.schema import COMMIT_TAG, VERSION_TAG, final_name, one_seed_name
 from aepg.sweep.noise import paired_difference
@@ -30,12 +30,18 @@ SHORT = {"last_accuracy": "last", "avg_incremental_accuracy": "avg inc"}
 
 
 def method(params: dict[str, str]) -> str:
-    """The paper's row label: the method, and LAE around it (LAE over LoRA is the paper's "LAE");
-    runs logged before LAE was a part say ``model.peft.lae``, before the rename ``model.peft``."""
+    """The paper's row label: the method with its rate where it is a slow learner, LAE around it (LAE
+    over LoRA is the paper's "LAE") and its other parts after it ("LoRA + LwF"); runs logged under
+    earlier names read as today's (``logged_param``)."""
     name = METHODS.display(logged_param(params, "model.method.kind") or "?")
-    if "True" in (logged_param(params, "model.method.parts.lae.enabled"), logged_param(params, "model.method.lae")):
-        return "LAE" if name == "LoRA" else f"LAE ({name})"
-    return name
+    scale = logged_param(params, "model.method.lr_scale")
+    if scale not in (None, "None"):
+        name += f" (rate x{float(scale):g})"
+    parts = [PARTS.display(part.name) for part in PARTS.entries()
+             if part.name != "lae" and logged_param(params, f"model.method.parts.{part.name}.enabled") == "True"]
+    if logged_param(params, "model.method.parts.lae.enabled") == "True":
+        name = "LAE" if name == "LoRA" else f"LAE ({name})"
+    return " + ".join([name, *parts])
 
 
 def label(key: str, params: dict[str, str]) -> str:
@@ -161,7 +167,9 @@ class PaperTable:
         mean, half, _ = result
         text = f"{100 * mean:+.1f}"
         if half is not None:
-            text += f" [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]"
+            low, high = mean - half, mean + half
+            verdict = f"{column} higher" if low > 0 else f"{self.baseline} higher" if high < 0 else "not separated"
+            text += f" [{100 * low:+.1f}, {100 * high:+.1f}], {verdict}"
         return text.replace("-", "$-$") if latex else text
 
     def _grid(self, latex=False) -> tuple[list[str], list[list[str]]]:
@@ -197,7 +205,9 @@ class PaperTable:
         baseline = f" to {self.baseline}" if self.baseline else ""
         if self.most_seeds > 1:
             note = ("Accuracy in %, mean ± std over n seeds (final values of trials that trained every task). "
-                    f"Differences{baseline}: paired over the seeds both have, mean [95% confidence interval].")
+                    f"Differences{baseline}: paired over the seeds both have, mean [95% confidence interval], and "
+                    "which is higher where the interval excludes zero (not corrected for the table's several "
+                    "comparisons).")
         else:
             note = ("Accuracy in %, one seed per cell (final values of trials that trained every task): no spread "
                     f"or interval can be given. Differences{baseline}: one seed, no interval.")
