@@ -107,8 +107,8 @@ def main_table(tracker, name: str) -> tuple[str, list[str], dict]:
     for row, by_arm in by_method.items():
         last = paired(*(seed_values(by_arm[arm], "seed_run/", "last_accuracy") for arm in ("ce", "aepg")))
         avg = paired(*(seed_values(by_arm[arm], "seed_run/", "avg_incremental_accuracy") for arm in ("ce", "aepg")))
-        sentences.append(f"- **{row}**: aEPG - CE last accuracy {said(*last[:2])} points over {last[2]} seeds; "
-                         f"average incremental accuracy {said(*avg[:2])}.")
+        sentences.append(f"- **{row}**: aEPG - CE in last accuracy {said(*last[:2])} (points, 95% interval over "
+                         f"{last[2]} seeds); in average incremental accuracy {said(*avg[:2])}.")
         if row == "LoRA":
             ce = by_arm["ce"]
             regime = {metric: statistics.mean(r.metrics[f"seed_run/{metric}"] for r in ce)

@@ -463,8 +463,7 @@ class RunConfig(Section):
         a resumed run must share. ``facts``: the backbone's (``preflight.backbone_facts``), on
         which the training method's keys depend."""
         trains = self.trains()
-        sections = {"benchmark": {**self.benchmark.active_params(), "order_seed": self.class_order_seed},
-                    "model": self.model.active_params(facts)}
+        sections = {"benchmark": self.benchmark.active_params(), "model": self.model.active_params(facts)}
         if trains:  # otherwise no objective, schedule or optimiser is ever used
             sections["objective"] = self.objective.active_params()
             if OBJECTIVES.get(self.objective.kind).has("annealed"):

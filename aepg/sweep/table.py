@@ -267,6 +267,8 @@ def provenance(runs: list) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for run in runs:
         made_with = {"aepg": made_by(run.tags), **{what: logged_param(run.params, key) for key, what in PROVENANCE.items()}}
+        if made_with["class order seed"] == "None":  # benchmark.order_seed: null, the order follows the seed
+            made_with["class order seed"] = "each run's seed"
         for what, value in made_with.items():
             if value is not None and value not in found.setdefault(what, []):
                 found[what].append(value)
