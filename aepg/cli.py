@@ -74,7 +74,7 @@ def cmd_train(args) -> int:
     for key, value in summary.items():
         print(f"{key:>26}: {value:.4f}")
     tracker = result.run.tracker
-    print("\n" + tracker.ui_hint(tracker.get_run(result.run.run_id)[0].experiment_id))
+    print("\n" + "\n".join(tracker.ui_hint(tracker.get_run(result.run.run_id)[0].experiment_id)))
     return 0
 
 
@@ -110,19 +110,29 @@ def cmd_sweep(args) -> int:
         print(f"\nsweep {interrupts.reason()}; continue it with: aepg sweep --resume {runtime.path}", file=sys.stderr)
         return interrupts.exit_code()
     report = finalize(runtime)
+    width, folder = _width(), _shown_path(runtime.path)
     if report.best is None:
-        print(f"\naepg: sweep {runtime.name}: {nothing_finished(runtime)}\n{report.narrow_text(_width())}", file=sys.stderr)
-        print(f"sweep outputs: {runtime.path}", file=sys.stderr)
+        print(f"\naepg: sweep {runtime.name}: {nothing_finished(runtime)}\n{report.narrow_text(width)}", file=sys.stderr)
+        print(f"sweep outputs: {folder}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"\nleaderboard, ranked on final/{report.metric}:\n{report.narrow_text(_width())}\n")
-    for verdict in (report.verdict, report.noise.verdict if report.noise else ""):
-        if verdict:
-            print(textwrap.fill(verdict, _width()))
+    print(f"\nleaderboard, ranked on final/{report.metric}:\n{report.narrow_text(width)}\n")
+    if report.noise:
+        print(textwrap.fill(report.noise.verdict, width))
     if report.best_yaml:
-        print(f"best config: {runtime.path}/best.yaml  (reproduce it with: aepg train {runtime.path}/best.yaml)")
-    print(f"sweep outputs: {runtime.path}")
-    print(runtime.tracker.ui_hint(report.experiment_id))
+        print(f"best config: {folder}/best.yaml\n  reproduce it with: aepg train {folder}/best.yaml")
+    print(f"sweep outputs: {folder}")
+    print("\n".join(runtime.tracker.ui_hint(report.experiment_id)))
+    if report.verdict:  # the answer, last
+        print("\n" + textwrap.fill(report.verdict, width))
     return 0
+
+
+def _shown_path(path: str) -> str:
+    """A local path relative to the working directory where it lies under it (a URI as it is)."""
+    if "://" in path or not os.path.isabs(path):
+        return path
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def _width() -> int:

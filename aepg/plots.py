@@ -218,3 +218,28 @@ def parallel_coordinates(rows: list[dict[str, object]], keys: list[str], metric:
     ax.set_title(title + ("  (below an axis: the key was inactive)" if np.any(positions < 0) else ""), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def paired_plot(rows: list[dict], metrics: list[str], arms: tuple[str, str], title: str):
+    """One panel per metric: each configuration's difference of the last arm minus the first, paired
+    over seeds, with its 95% interval (``rows``: name, and per metric (mean, half, n)), best on top,
+    zero marked; a difference whose interval excludes zero is drawn solid, one across it hollow."""
+    names = [row["name"] for row in rows]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1.5, 1.2 + 0.45 * len(rows)), sharey=True,
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for y, row in enumerate(rows):
+            mean, half, n = row[metric]
+            separated = half is not None and (mean - half > 0 or mean + half < 0)
+            ax.errorbar(100 * mean, y, xerr=None if half is None else 100 * half, fmt="o", capsize=4, color="tab:purple",
+                        mfc="tab:purple" if separated else "white")
+            ax.annotate(f"n={n}", (100 * mean, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
+        ax.axvline(0.0, color="0.3", lw=1)
+        ax.set_xlabel(f"{arms[1]} - {arms[0]}, {metric} (points)")
+        ax.grid(axis="x", color="0.9")
+    axes[0, 0].set_yticks(range(len(rows)), names)
+    axes[0, 0].invert_yaxis()
+    fig.suptitle(f"{title}\n95% intervals over the seeds both arms trained; solid: the interval excludes 0",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -21,7 +21,7 @@ FAILURE_TAG = "failure_reason"
 VERSION_TAG = "aepg.version"
 THREADS_TAG = "aepg.torch_threads"
 """The CPU threads the run's torch computed with: a run repeats bit for bit on the same machine with
-the same count (README, "Reproducibility")."""
+the same count (docs/running.md, "Reproducibility")."""
 COMMIT_TAG = "aepg.commit"
 """aepg's git commit when it runs from a checkout (``-dirty`` with changes), else "unknown"; the
 run's ``manifest.json`` holds the rest of what it was made with."""
@@ -76,13 +76,22 @@ SEED_VALUES_TAG = "aepg.seed_values"
 SEED_TAG = "aepg.seed"
 """Seed ladder: the seed a run nested under its configuration's run trained."""
 ARM_TAG = "aepg.arm"
+ARMS_TAG = "aepg.arms"
+"""Paired arms, on a configuration's run: the compared key and its arms (``objective.kind: ce, aepg``);
+the run's params hold only what its arms share."""
+SEEDS_TAG = "aepg.seeds"
+"""On a configuration's run that trains several seeds: the seeds, comma-separated (its params hold no seed)."""
 """Paired arms: the arm (``compare``'s value) a run nested under its configuration's run trained."""
 ARM_VALUES_TAG = "aepg.arm_values"
 """Paired arms: a configuration's final value of each arm on each seed so far, as JSON {seed: {arm: value}}."""
 PAIRED_PREFIX = "paired/"
-"""Paired arms: the configuration run's metrics, each arm's seed-mean and the difference of the
-last arm minus the first with its 95% interval (``paired/<arm>_<metric>``, ``paired/diff_<metric>``,
-``paired/diff_low_<metric>``, ``paired/diff_high_<metric>``)."""
+"""Paired arms, on a configuration's run once every seed is done (at step 0, one labelled bar per
+run in MLflow's charts): on the sweep's metric, each arm's seed-mean and the difference of the last
+arm minus the first with its 95% interval (``paired/<arm>``, ``paired/diff``, ``paired/low``,
+``paired/high``)."""
+PAIRED_RUNNING_PREFIX = "paired_by_seeds/"
+"""The same as the seeds come in, at the step that counts them (``paired_by_seeds/diff_<metric>``,
+``paired_by_seeds/diff_low_<metric>``, ``paired_by_seeds/diff_high_<metric>``, ``paired_by_seeds/<arm>_<metric>``)."""
 STAGE_TAG = "aepg.stage"
 """``confirm`` on the runs of the confirmation stage (the search's runs have none)."""
 CONFIG_TAG = "aepg.config_id"

@@ -10,7 +10,7 @@ the run's id, and each process builds its own client). The names of the tags and
 ``aepg.schema``'s. MLflow is imported when first used, so resolving and checking a tracking URI
 stays fast.
 
-What a run shows (README, "What a run logs"): params for the keys its configuration uses,
+What a run shows (docs/mlflow.md, "What a run logs"): params for the keys its configuration uses,
 ``train/`` metrics at each optimiser step, ``eval/`` metrics after each task at the step that
 counts the tasks done (so their charts read per task, and runs of different lengths line up),
 the count as the tag ``aepg.tasks_done``, ``final/`` metrics only when every task is done (at
@@ -278,13 +278,19 @@ class Tracker:
 
         return mlflow.artifacts.load_text(f"{self.client.get_run(run_id).info.artifact_uri}/{path}")
 
-    def ui_hint(self, experiment_id: str) -> str:
-        """How to see an experiment: the UI command and the link to its runs table (MLflow 3's UI
-        opens on GenAI pages unless asked for the model-training view)."""
+    def ui_hint(self, experiment_id: str) -> list[str]:
+        """How to see an experiment, in lines that fit 80 columns: the UI command (a local store by a
+        path relative to the working directory, where it lies under it) and the link to its runs table
+        (MLflow 3's UI opens on GenAI pages unless asked for the model-training view)."""
         page = runs_page(experiment_id)
         if self.uri.startswith(("http://", "https://")):
-            return f"see it at {self.uri.rstrip('/')}/{page}"
-        return f"see it with: mlflow ui --backend-store-uri {self.uri}  then open http://127.0.0.1:5000/{page}"
+            return ["see it at:", f"{self.uri.rstrip('/')}/{page}"]
+        store = self.uri
+        if store.startswith("sqlite:///"):
+            path = Path(store.removeprefix("sqlite:///"))
+            if path.is_relative_to(Path.cwd()):
+                store = f"sqlite:///{path.relative_to(Path.cwd())}"
+        return [f"see it with: mlflow ui --backend-store-uri {store}, then open", f"http://127.0.0.1:5000/{page}"]
 
 
 @dataclass(frozen=True)

@@ -183,10 +183,13 @@ def check_paired(trials: list, arms: list) -> None:
         value = {(r.data.tags["aepg.arm"], r.data.tags["aepg.seed"]): r.data.metrics[f"seed_run/{metric}"] for r in own}
         diffs = [value["aepg", seed] - value["ce", seed] for seed in ("0", "1")]
         paired = trial.data.metrics
-        assert paired[f"paired/diff_{metric}"] == pytest.approx(sum(diffs) / 2, abs=1e-12)
+        assert paired["paired/diff"] == pytest.approx(sum(diffs) / 2, abs=1e-12)
         half = t_quantile(1) * abs(diffs[0] - diffs[1]) / 2  # stdev of two values / sqrt(2)
-        assert paired[f"paired/diff_high_{metric}"] - paired[f"paired/diff_{metric}"] == pytest.approx(half, abs=1e-9)
-        assert paired[f"paired/ce_{metric}"] == pytest.approx((value["ce", "0"] + value["ce", "1"]) / 2, abs=1e-12)
+        assert paired["paired/high"] - paired["paired/diff"] == pytest.approx(half, abs=1e-9)
+        assert paired["paired/ce"] == pytest.approx((value["ce", "0"] + value["ce", "1"]) / 2, abs=1e-12)
+        assert paired[f"paired_by_seeds/diff_{metric}"] == paired["paired/diff"], "the running value, at 2 seeds"
+        assert "seed" not in trial.data.params and trial.data.tags["aepg.arms"] == "objective.kind: ce, aepg"
+        assert "objective.kind" not in trial.data.params, "a configuration's run logs only what its arms share"
         assert paired[f"final/{metric}"] == pytest.approx(sum(value.values()) / 4, abs=1e-12), "ranked on the mean"
         shades = {r.data.tags["aepg.arm"]: r.data.tags["mlflow.runColor"] for r in own}
         assert shades["ce"] != shades["aepg"], "arms coloured by their objective"

@@ -191,6 +191,37 @@ def test_a_paired_report_gives_the_known_differences_intervals_and_ties(tmp_path
     assert arm.by_seed["avg_incremental_accuracy"] == PAIRED["A"]["aepg"]
 
 
+def test_a_report_published_twice_adds_no_metric_point_and_says_the_answer(tmp_path):
+    """``aepg report`` run again logs nothing new; the sweep's description carries the paired column
+    and the paper's table under a heading, the best configuration's its answer, each arm run one line."""
+    from aepg import schema
+    from aepg.sweep.publish import publish
+    from aepg.sweep.report import build_report, paper_table
+
+    tracker, parent = paired_store(tmp_path)
+    runs = [r.run_id for r in tracker.find_runs("hand-made", {})]
+
+    def histories():
+        return {(run, key): [(m.step, m.value) for m in tracker.client.get_metric_history(run, key)]
+                for run in runs for key in tracker.get_run(run)[0].metrics}
+
+    for times in range(2):
+        report = build_report(tracker, parent)
+        publish(tracker, parent, report, paper_table(tracker, [parent]))
+        if times == 0:
+            once = histories()
+    assert histories() == once and any(key == schema.STANDING_KEY for _, key in once)
+    note = tracker.get_run(parent)[0].tags[schema.NOTE_TAG]
+    assert " aepg-ce " in note and "| +0.0533 [+0.0" in note, "the leaderboard's paired column, with its interval"
+    assert "\n## The paper's table\n" in note and "The verdict judges `final/avg_incremental_accuracy`" in note
+    best = tracker.get_run(report.best.run_ids[0])[0]
+    assert best.tags[schema.NOTE_TAG].endswith(report.verdict)
+    arm = next(r for r in tracker.find_runs("hand-made", {schema.ARM_TAG: "aepg", schema.SEED_TAG: "1"})
+               if r.tags[schema.PARENT_TAG] == report.best.run_ids[0])
+    assert arm.tags[schema.NOTE_TAG] == (f"arm aepg on seed 1 of configuration t01-A: seed_run/avg_incremental_accuracy = "
+                                         f"{PAIRED['A']['aepg'][1]:.4f}")
+
+
 # -- a hand-made store of a trade-off over seeds, whose front is known ------------------------------
 
 TRADE_OFF = {  # configuration (its lr) -> (last accuracy, forgetting) on seeds 0, 1, 2

@@ -269,45 +269,65 @@ def test_an_ordered_choice_is_searched_by_its_index_and_the_trial_gets_its_value
         searcher.on_trial_complete(f"t{index}", {"acc": config["train.lr"], BUDGET_KEY: 1, "training_iteration": 1})
 
 
-def check_terminal(text: str, columns: int, trials: int, tasks: int) -> None:
+def check_terminal(text: str, columns: int, trials: int, done: str, runs: int = 0) -> list[str]:
     """What a sweep under a pseudo-terminal shows: a live table of the trials (status, progress,
-    values, searched keys by short names, explained above it) and the progress line, every line
-    within the terminal's width, cleared at the end; the progress line, the leaderboard (within the
-    width too) and the links are what stays, with no library log line after them."""
+    values, searched keys by short names, explained above it) and the progress line, its clock
+    running between events, every line within the terminal's width, cleared at the end; the progress
+    line, the leaderboard (within the width too), the paths (relative to the working directory) and
+    the links are what stays, with no library log line after them. Its lines from the leaderboard on."""
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     screen = [line for line in plain.replace("\r", "\n").splitlines()]
-    paths = ("best config: ", "sweep outputs: ", "see it with: ")  # a path or link is as long as it is
-    wide = [line for line in screen if len(line) > columns and not any(path in line for path in paths)]
+    wide = [line for line in screen if len(line) > columns]
     assert not wide, wide
     legend = " ".join(plain.split())  # the legend above the table wraps at 80 columns
-    assert "now: eval/avg_incremental_accuracy · final: final/avg_incremental_accuracy (max) · " in legend
+    assert "now: " in legend and " · final: final/avg_incremental_accuracy (max) · " in legend
     assert "lr: train.lr" in legend
-    assert any(re.match(rf"t0\d\s+running\s+\d/{tasks}", line) for line in screen), plain[-3000:]
+    assert any(re.match(rf"t0\d\s+running\s+{done}", line) for line in screen), plain[-3000:]
     # Trials may end within one redraw of each other: the line with one ended is not always drawn.
-    standing = rf"\d/{trials} trials · best 0\.\d{{4}} \(t0\d\) · \d+:\d\d elapsed( · about \d+:\d\d left)?"
+    counted = rf" · \d+/{runs} runs" if runs else ""
+    standing = rf"\d/{trials} trials{counted} · best 0\.\d{{4}} \(t0\d\) · \d+:\d\d elapsed( · about \d+:\d\d left)?"
     assert re.search(standing, plain), plain[-3000:]
+    clocks = set(re.findall(rf"0/{trials} trials.* · (\d+:\d\d) elapsed", plain))
+    assert len(clocks) >= 2, f"the clock stood still while the first trials ran: {clocks}"
     assert not any(line.startswith("  started   ") for line in screen), "the table replaces event lines"
     lines = [line.strip() for line in screen if line.strip()]
     board = max(i for i, line in enumerate(lines) if line.startswith("leaderboard, ranked on"))
     assert any(line.startswith(f"[{trials}/{trials} trials, best final/avg_incremental_accuracy ")
                for line in lines[board - 3:board])
-    assert re.match(r"1\s+t0\d\s+finished\s+0\.\d{4}\s", lines[board + 3]), lines[board:board + 6]
-    assert lines[-3].startswith("best config: ") and lines[-2].startswith("sweep outputs: ")
-    assert lines[-1].startswith("see it with: mlflow ui")
+    assert re.match(r"1\s+t0\d\s+finished\s+0\.\d{4}", lines[board + 3]), lines[board:board + 6]
+    ends = next(i for i in range(board, len(lines)) if lines[i].startswith("best config: "))
+    assert lines[ends].startswith("best config: aepg_sweeps/tiny-"), "a path relative to the working directory"
+    assert lines[ends + 1].startswith("reproduce it with: aepg train aepg_sweeps/tiny-")
+    assert lines[ends + 2].startswith("sweep outputs: aepg_sweeps/tiny-")
+    assert lines[ends + 3] == "see it with: mlflow ui --backend-store-uri sqlite:///mlflow.db, then open"
+    assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning", lines[ends + 4])
     assert not any(word in line for line in lines[board:] for word in ("INFO", "WARNING", "system_metrics", "pid="))
+    return lines[board:]
 
 
-def test_in_an_80_by_24_terminal_the_trials_are_one_table_redrawn_in_place_and_the_results_stay(ray_address, workdir):
-    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}},
-                       search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none"})
+def test_in_an_80_by_24_terminal_a_paired_sweep_is_one_table_redrawn_in_place_and_ends_on_its_answer(
+        ray_address, workdir):
+    """Two configurations, CE against aEPG on two seeds: the live table counts the arm runs done as
+    they finish; at the end every line fits 80 columns, the searched key is kept, and the line that
+    answers the question is the last."""
+    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}}, compare={"objective.kind": ["ce", "aepg"]},
+                       seeds=[0, 1], search={"algorithm": "grid", "max_concurrent": 2},
+                       scheduler={"kind": "none", "fidelity": "seeds"})
     status, text = run_in_terminal(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address}, columns=80, rows=24)
     assert status == 0, text[-3000:]
-    check_terminal(text, 80, trials=2, tasks=3)
+    end = check_terminal(text, 80, trials=2, done="", runs=8)
+    assert re.match(r"aepg - ce at t0\d-lr(3e-4|1e-3): [+-]0\.\d{4}", end[-2]) or re.match(
+        r"aepg - ce at t0\d-lr(3e-4|1e-3): [+-]0\.\d{4}", " ".join(end[-3:])), end[-6:]
+    assert re.search(r"(separated from zero \((aepg|ce) higher\)|not separated from zero: the seeds cannot tell the "
+                     r"arms apart)$", " ".join(end[-3:])), end[-6:]
+    board = "\n".join(end)
+    assert re.search(r"\blr\b", board.split("\n")[1]) or "lr 3e-4" in board, "the searched key is kept"
 
 
 def test_in_a_wide_terminal_the_trials_are_one_table_redrawn_in_place_and_the_results_stay(tiny_sweep):
     """The tiny sweep ran under a 200 x 50 terminal: 8 trials, stopped and failed ones among them."""
-    check_terminal((tiny_sweep / "terminal.txt").read_text(), 200, trials=8, tasks=3)
+    end = check_terminal((tiny_sweep / "terminal.txt").read_text(), 200, trials=8, done=r"\d/3")
+    assert end[-1].startswith("http://127.0.0.1:5000/"), "a sweep without arms ends on its link"
 
 
 def test_the_live_table_fits_the_terminal_however_many_trials():
@@ -328,7 +348,7 @@ def test_the_live_table_fits_the_terminal_however_many_trials():
         table.rows[f"id{i}"] = {"status": statuses[i % 5], "done": "3/5", "now": "0.6123",
                                 "final": 0.6 + i / 1000 if i % 5 == 1 else None, "objective.kind": "aepg",
                                 "train.lr": 0.000337983049214134, "model.method.rank": 8}
-    table.best, table.ended, table.elapsed = (0.627, "t27-aepg"), 12, 100.0
+    table.best, table.ended, table.started = (0.627, "t27-aepg"), 12, time.time() - 100.0
     out = io.StringIO()
     console = Console(file=out, width=80, height=24, force_terminal=True, color_system=None)
     table.live = Live(console=console)
@@ -838,7 +858,8 @@ def test_a_seed_ladder_trains_the_configurations_kept_on_more_seeds(seed_sweep):
     best = {t.data.tags["aepg.config_id"]: t for t in finished if t.data.metrics["seeds/mean_avg_incremental_accuracy"] == top}
     assert confirmed.data.tags["aepg.config_id"] in best  # one of the best (tiny data can tie them)
     best = best[confirmed.data.tags["aepg.config_id"]]
-    assert confirmed.data.params["train.lr"] == best.data.params["train.lr"] and confirmed.data.params["seed"] == "7"
+    assert confirmed.data.params["train.lr"] == best.data.params["train.lr"] and confirmed.data.tags["aepg.seeds"] == "7,8"
+    assert "seed" not in confirmed.data.params, "a configuration's run logs what its seeds share"
     fresh = [r for r in nested if r.data.tags["mlflow.parentRunId"] == confirmed.info.run_id]
     assert sorted(r.data.params["seed"] for r in fresh) == ["7", "8"] and confirmed.data.tags["aepg.status"] == "finished"
     assert confirmed.info.run_name.startswith("t04-confirm-"), "marked wherever it is named"
@@ -921,8 +942,11 @@ def test_a_trade_off_sweep_searches_both_metrics_and_marks_its_front(ray_address
     assert "[3/3 trials, best final/last_accuracy " in out and "[1/3 trials, " in out
     for noise in ("Trial status", "╭", "TensorBoard", "RayTrainWorker", "pid=", "system_metrics", "INFO"):
         assert noise not in out and noise not in result.stderr, noise
-    assert lines[-3].startswith("best config: ") and lines[-2].startswith("sweep outputs: ")
-    assert lines[-1].startswith("see it with: mlflow ui") and "leaderboard, ranked on final/last_accuracy:" in out
+    ends = next(i for i, line in enumerate(lines) if line.startswith("best config: "))
+    assert lines[ends + 2].startswith("sweep outputs: ") and lines[ends + 3].startswith("see it with: mlflow ui")
+    assert lines[ends + 4].startswith("http://127.0.0.1:5000/#/experiments/") and "leaderboard, ranked on" in out
+    assert " ".join(lines[ends + 5:]).startswith("Pareto front of last_accuracy (max), forgetting (min): #"), \
+        "the answer is the last thing said"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "sweeps").glob("*.yaml")))

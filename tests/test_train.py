@@ -216,7 +216,8 @@ def test_aepg_train_on_a_terminal_shows_a_bar_per_task_and_ends_with_the_results
         bar = next((line for line in text.split("\r") if line.startswith(task) and "loss=" in line), None)
         assert bar is not None and "a_t=" in bar and "acc=" in bar, text[-3000:]
     lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
-    assert lines[-1].startswith("see it with: mlflow ui") and any(line.startswith("bwt:") for line in lines[-3:])
+    assert lines[-2].startswith("see it with: mlflow ui") and lines[-1].startswith("http://127.0.0.1:5000/#/experiments/")
+    assert any(line.startswith("bwt:") for line in lines[-4:])
     assert "accuracy matrix R[i][j]" in text
 
 

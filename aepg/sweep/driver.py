@@ -77,10 +77,12 @@ def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callb
     if verbose:
         return [runs]
     spec, sweep = runtime.sweep.spec, runtime.sweep
+    nested = sweep.protocol.runs_per_trial(sweep)
     settings = (runs.names, expected_trials(sweep), search.budget(sweep), spec.metric, spec.mode,
-                search.progress_unit(sweep), search.searched_metric(sweep), SCHEDULERS.display(spec.scheduler.kind))
+                search.progress_unit(sweep), search.searched_metric(sweep), SCHEDULERS.display(spec.scheduler.kind),
+                expected_trials(sweep) * nested if nested > 1 else 0)
     view = LiveSweepTable(*settings, keys=list(sweep.space)) if sys.stdout.isatty() else SweepProgress(*settings)
-    runs.say = view.notice
+    runs.say, runs.count_runs = view.notice, view.runs_done if nested > 1 else None
     return [runs, view]
 
 

@@ -302,7 +302,8 @@ def aligned(header: list[str], rows: list[list[str]], numeric: set[int]) -> list
 def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width: int) -> str:
     """The leaderboard for a terminal ``width`` columns wide: each trial by its short id, values to
     4 decimals and right-aligned (a stopped trial's partial value in parentheses), the searched
-    keys by short names, explained below; key columns that do not fit are left to leaderboard.md."""
+    keys by short names, explained below, as columns while they fit and the rest on a line under
+    each trial; every line within the width (leaderboard.md has every column and full names)."""
     if not entries:
         return "(no trials)"
     spread = any(e.spread is not None for e in entries)
@@ -320,13 +321,19 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
               *(["front"] if front else []), *(["noise"] if noise else []), *(["stage"] if stage else []),
               *(["nodes"] if nodes else [])]
     numeric = {0, 3, *([4] if seeds else []), *range(4 + seeds, 4 + seeds + len(values))}
-    fixed, rows = len(header), []
-    for i, e in enumerate(entries, 1):
-        rows.append([str(i), trial_id(e.name), e.status.replace("stopped early", "stopped"), e.shown(),
-                     *([str(len(e.seeds))] if seeds else []),
-                     *("" if e.mean_of(m) is None else f"{e.mean_of(m):.4f}" for m in others), *paired_cells(e, arms),
-                     *([e.front.replace(WITHIN_NOISE, "noise")] if front else []), *([e.within_noise] if noise else []),
-                     *([e.stage] if stage else []), *([">".join(e.nodes)] if nodes else [])])
+    fixed = len(header)
+
+    def base_rows(tight: bool) -> list[list[str]]:
+        squeeze = (lambda text: text.replace(" ± ", "±")) if tight else (lambda text: text)  # noqa: E731
+        return [[str(i), trial_id(e.name), e.status.replace("stopped early", "stopped"), squeeze(e.shown()),
+                 *([str(len(e.seeds))] if seeds else []),
+                 *("" if e.mean_of(m) is None else f"{e.mean_of(m):.4f}" for m in others), *paired_cells(e, arms),
+                 *([e.front.replace(WITHIN_NOISE, "noise")] if front else []), *([e.within_noise] if noise else []),
+                 *([e.stage] if stage else []), *([">".join(e.nodes)] if nodes else [])] for i, e in enumerate(entries, 1)]
+
+    rows = base_rows(tight=False)
+    if max(len(line) for line in aligned(header, rows, numeric)) > width:
+        rows = base_rows(tight=True)
     shown = []
     for key in keys:  # as many key columns as the width takes
         cells = [compact(e.params.get(key, "")) for e in entries]
@@ -341,6 +348,11 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
                     numeric | {fixed + j for j, k in enumerate(shown)
                                if all(isinstance(e.params.get(k), (int, float)) and not isinstance(e.params.get(k), bool)
                                       for e in entries if e.params.get(k) not in (None, ""))})
+    rest = keys[len(shown):]
+    if rest:  # the keys that do not fit as columns: under each trial, indented
+        lines = lines[:2] + [line for e, row in zip(entries, lines[2:]) for line in
+                             (row, ("      " + "  ".join(f"{short_name(k)} {compact(e.params.get(k, ''))}"
+                                                        for k in rest))[:width])]
     legend = [f"final: final/{metric}" + (f" over {counts.pop()} seeds" if len(counts) == 1 and not seeds else "")
               + ("; (x): the value a stopped trial had, partial" if any(
         e.status != "finished" and e.value is not None for e in entries) else "")]
@@ -352,10 +364,10 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
         legend.append(f"{arms[-1]}-{arms[0]}: their difference paired over the seeds, ± half its 95% interval")
     if stage:
         legend.append(CONFIRMED_FIRST)
-    legend += [f"{short_name(k)}: {k}" for k in shown if short_name(k) != k]
-    if len(shown) < len(keys):
-        legend.append(f"{len(keys) - len(shown)} more searched keys, and the full trial names: leaderboard.md")
-    return "\n".join(lines + [textwrap.fill("; ".join(legend), width)])
+    legend += [f"{short_name(k)}: {k}" for k in keys if short_name(k) != k]
+    if rest:
+        legend.append("the searched keys that do not fit as columns are under each trial; full trial names: leaderboard.md")
+    return "\n".join([line[:width] for line in lines] + [textwrap.fill("; ".join(legend), width)])
 
 
 def paired_cells(entry: TrialResult, arms: list[str]) -> list[str]:

@@ -122,13 +122,14 @@ class SweepProgress(tune.Callback):
     opens the trials' runs, which runs first."""
 
     def __init__(self, names: dict[str, str], total: int, budget: tuple[str, int], metric: str, mode: str,
-                 unit: str, value_key: str, stopper: str = "ASHA"):
+                 unit: str, value_key: str, stopper: str = "ASHA", runs: int = 0):
         """``budget``: the result key counting a trial's progress in ``unit`` (task, level or seed)
         and its full value; ``value_key``: the running value shown after each step; ``stopper``: the
-        early-stopping scheduler's name, which says who stopped a trial."""
+        early-stopping scheduler's name, which says who stopped a trial; ``runs``: the runs the trials
+        train under their own at most (0: none), counted as they finish (``runs_done``)."""
         self.names, self.total, self.budget, self.metric, self.mode = names, total, budget, metric, mode
-        self.unit, self.value_key, self.stopper = unit, value_key, stopper
-        self.started, self.best = time.time(), None
+        self.unit, self.value_key, self.stopper, self.runs, self.done_runs = unit, value_key, stopper, runs, 0
+        self.started, self.best, self.said_runs = time.time(), None, 0.0
         self.nodes: dict[str, str] = {}
         """Trial id to the name of the node it last reported from; shown once trials ran on several."""
 
@@ -183,11 +184,24 @@ class SweepProgress(tune.Callback):
         self._say(f"  ended     {self._name(trial)}: {how}")
         self._standing(ended, time.time() - self.started)
 
+    def runs_done(self, done: int) -> None:
+        """The trials' nested runs (seeds, arms) finished so far: said at most once a minute."""
+        self.done_runs = done
+        if time.time() - self.said_runs >= 60:
+            self.said_runs = time.time()
+            self._say(f"[{done}/{self.runs} runs done, {_clock(time.time() - self.started)} elapsed"
+                      + (f", about {_clock(self.left(done, self.runs))} left]" if done else "]"))
+
+    def left(self, done: int, total: int) -> float:
+        """The time left, at the pace of what is done so far."""
+        return (time.time() - self.started) / done * (total - done) if done else 0.0
+
     def standing(self, ended: int, elapsed: float) -> str:
-        """Where the sweep stands: trials ended, the best finished value, time spent and left."""
+        """Where the sweep stands: trials ended, the best finished value, time spent and left (at the
+        pace of the runs done, where trials train several)."""
         best = (f"best {final_name(self.metric)} {self.best[0]:.4f} ({trial_id(self.best[1])})" if self.best
                 else "none finished yet")
-        left = elapsed / ended * (self.total - ended) if ended else 0
+        left = self.left(self.done_runs, self.runs) if self.done_runs else elapsed / ended * (self.total - ended) if ended else 0
         return (f"[{ended}/{self.total} trials, {best}, {_clock(elapsed)} elapsed"
                 + (f", about {_clock(left)} left]" if ended < self.total else "]"))
 
@@ -225,13 +239,19 @@ class LiveSweepTable(SweepProgress):
         from rich.live import Live
 
         super().setup(**info)
-        self.live = Live(self._render(), console=Console(), refresh_per_second=4, transient=True,
-                         vertical_overflow="crop")
+        self.live = Live(self, console=Console(), refresh_per_second=2, transient=True, vertical_overflow="crop")
         self.live.start()
         _LIVE.append(self.live)
 
+    def __rich__(self):
+        """Drawn afresh at every refresh, so that the clock ticks between events."""
+        return self._render()
+
     def _say(self, text: str) -> None:  # events are the table's rows
         self._refresh()
+
+    def runs_done(self, done: int) -> None:  # the status line counts them
+        self.done_runs = done
 
     def _standing(self, ended: int, elapsed: float) -> None:
         self.status_line, self.ended, self.elapsed = self.standing(ended, elapsed), ended, elapsed
@@ -280,17 +300,18 @@ class LiveSweepTable(SweepProgress):
 
     def _refresh(self) -> None:
         if self.live is not None:
-            self.live.update(self._render())
+            self.live.refresh()
 
     def compact_standing(self) -> str:
-        """The status line in a few words (the legend above names the metric)."""
-        line = f"{self.ended}/{self.total} trials"
+        """The status line in a few words (the legend above names the metric), its clock running."""
+        elapsed = time.time() - self.started
+        line = f"{self.ended}/{self.total} trials" + (f" · {self.done_runs}/{self.runs} runs" if self.runs else "")
         if self.best:
             line += f" · best {self.best[0]:.4f} ({trial_id(self.best[1])})"
-        if self.ended:
-            left = self.elapsed / self.ended * (self.total - self.ended)
-            line += f" · {_clock(self.elapsed)} elapsed" + (f" · about {_clock(left)} left" if self.ended < self.total else "")
-        return line
+        line += f" · {_clock(elapsed)} elapsed"
+        left = self.left(self.done_runs, self.runs) if self.done_runs else \
+            elapsed / self.ended * (self.total - self.ended) if self.ended else 0
+        return line + (f" · about {_clock(left)} left" if left else "")
 
     def shown_rows(self, room: int) -> tuple[list[str], list[str]]:
         """The trial ids that fit in ``room`` rows, in trial order, and those left out: the running

@@ -4,13 +4,15 @@ and on every child run its standing (``sweep/standing``), a one-line description
 from __future__ import annotations
 
 from aepg import schema, tracking
-from aepg.schema import STANDING_KEY, best_name, final_name, seed_metric
+from aepg.schema import STANDING_KEY, best_name, final_name, one_seed_name, seed_metric
 from aepg.sweep.leaderboard import TrialResult
 from aepg.sweep.report import SweepReport, report_texts
 from aepg.sweep.table import PaperTable
 from aepg.tracking import Tracker
 
-FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")
+FAMILIES = ("Blues", "Oranges", "Greens", "Purples", "Reds")
+NEUTRAL = "Greys"
+"""The family of runs that train no one objective: a paired configuration's, whose arms hold them."""
 PARENT_COLOUR = "#000000"  # black: no trial's shade
 
 
@@ -20,12 +22,14 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
               for status in ("finished", "stopped early", "failed")}  # tags: counts are no chart
     metrics = {best_name(report.metric): report.best.value} if report.best else {}
     metrics.update(report.noise.params() if report.noise else {})
-    tags = {schema.NOTE_TAG: report.note() + "\n\n" + table.markdown(), schema.COLOR_TAG: PARENT_COLOUR, **counts}
+    tags = {schema.NOTE_TAG: report.note() + "\n\n## The paper's table\n\n" + table.markdown(),
+            schema.COLOR_TAG: PARENT_COLOUR, **counts}
     if report.best:
         tags["best_run_id"] = report.best.run_ids[0]
     if report.noise:
         tags["sweep.noise_verdict"] = report.noise.verdict
-    tracker.run(parent_id).log_outputs(report_texts(report, table), report.figures, metrics, tags)
+    parent = tracker.get_run(parent_id)[0]
+    tracker.run(parent_id).log_outputs(report_texts(report, table), report.figures, new_values(parent, metrics), tags)
     nested = {run_id: tracker.nested_runs(report.experiment_id, run_id) for entry in report.entries
               for run_id in entry.run_ids}
     colours = run_colours(report.entries, nested)
@@ -33,11 +37,30 @@ def publish(tracker: Tracker, parent_id: str, report: SweepReport, table: PaperT
     for i, entry in enumerate(report.entries, 1):
         for run_id in entry.run_ids:
             note = child_note(entry, i, len(report.entries), report.metric, confirmed)
-            tracker.run(run_id).set_tags({schema.NOTE_TAG: note,
-                                      schema.COLOR_TAG: colours[run_id]})
-            tracker.run(run_id).log_metrics({STANDING_KEY: len(report.entries) + 1 - i})
-            for run in nested[run_id]:  # seed, arm and ladder runs: their configuration's shade
-                tracker.run(run.run_id).set_tags({schema.COLOR_TAG: colours[run.run_id]})
+            if entry is report.best and report.verdict:
+                note += f". {report.verdict}"
+            run = tracker.run(run_id)
+            run.set_tags({schema.NOTE_TAG: note, schema.COLOR_TAG: colours[run_id]})
+            run.log_metrics(new_values(tracker.get_run(run_id)[0], {STANDING_KEY: len(report.entries) + 1 - i}))
+            for nested_run in nested[run_id]:  # seed, arm and ladder runs: their configuration's shade
+                tags = {schema.COLOR_TAG: colours[nested_run.run_id]}
+                if nested_run.tags.get(schema.ARM_TAG):
+                    tags[schema.NOTE_TAG] = arm_note(nested_run, entry.name, report.metric)
+                tracker.run(nested_run.run_id).set_tags(tags)
+
+
+def new_values(run, metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a run does not hold yet with that value: a report published again (``aepg report``
+    run twice) adds no point to their histories."""
+    return {key: value for key, value in metrics.items() if run.metrics.get(key) != value}
+
+
+def arm_note(run, configuration: str, metric: str) -> str:
+    """An arm run's one-line description: its arm and seed, its configuration, its value."""
+    value = run.metrics.get(one_seed_name(metric))
+    said = f": {one_seed_name(metric)} = {value:.4f}" if value is not None else ""
+    return (f"arm {run.tags[schema.ARM_TAG]} on seed {run.tags.get(schema.SEED_TAG, '?')} of configuration "
+            f"{configuration}{said}")
 
 
 def child_note(entry: TrialResult, rank: int, of: int, metric: str, confirmed: bool = False) -> str:
@@ -67,7 +90,8 @@ def run_colours(entries: list[TrialResult], nested: dict[str, list[tracking.RunR
     nested = nested or {}
     objective = lambda run: run.params.get("objective.kind", "")  # noqa: E731
     kinds = sorted({entry.objective for entry in entries} | {objective(r) for runs in nested.values() for r in runs})
-    family = {kind: colormaps[FAMILIES[i % len(FAMILIES)]] for i, kind in enumerate(kinds)}
+    named = [kind for kind in kinds if kind]  # a configuration whose arms differ in objective has none: grey
+    family = {"": colormaps[NEUTRAL], **{kind: colormaps[FAMILIES[i % len(FAMILIES)]] for i, kind in enumerate(named)}}
     colours = {}
     for kind in kinds:
         for finished, (darkest, lightest) in ((True, (0.95, 0.5)), (False, (0.4, 0.2))):

@@ -153,6 +153,10 @@ class SweepReport:
             lines = ["**No trial finished.**"]
         if self.verdict:
             lines.append(f"{self.verdict}.")
+        if any(entry.arms for entry in self.entries):
+            lines.append(f"The verdict judges `final/{self.metric}`; the paper's table below also gives the other "
+                         "metric, which is secondary, and none of its intervals is corrected for the several "
+                         "comparisons it makes.")
         if self.noise:
             lines.append(f"{self.noise.verdict}.")
         lines += ["", f"Sweep {self.name}, ranked on `final/{self.metric}`: trials that trained every task first; "
@@ -168,6 +172,9 @@ class SweepReport:
         for i, entry in enumerate(self.entries, 1):
             row = {"rank": i, "trial": f"[{entry.name}]({self.run_link(entry.run_ids[0])})", "status": entry.status,
                    f"final/{self.metric}": entry.shown(with_progress=True)}
+            if entry.arms:
+                (first, *_, last), (mean, half) = list(entry.arms), entry.difference
+                row[f"{last}-{first}"] = f"{mean:+.4f}" + (f" [{mean - half:+.4f}, {mean + half:+.4f}]" if half else "")
             if entry.front:
                 row["front"] = entry.front
             if entry.within_noise:
@@ -202,7 +209,10 @@ def build_report(tracker: Tracker, parent_run_id: str) -> SweepReport:
     best_yaml = best_config(tracker, best, f"{parent.name}-best", sweep.storage_path) if best else None
     figs = figures(parent.name, searched_entries, space, sweep.mode, sweep.metric, protocol.compute_budget(sweep),
                    confirmed, best if best in confirmed or best in searched_entries else None)
-    figs.update(protocol.figures(parent.name, ranked, sweep, best))
+    nested: dict[str, list] = {}
+    for run in tracker.find_runs(experiment, {SWEEP_TAG: parent.tags.get(SWEEP_TAG, parent.name)}):
+        nested.setdefault(run.tags.get(schema.PARENT_TAG, ""), []).append(run)
+    figs.update(protocol.figures(parent.name, ranked, sweep, best, nested))
     return SweepReport(parent.name, sweep.metric, table(ranked, sweep.metric, list(space)), best, best_yaml, figs,
                        ranked, parent.experiment_id, found, list(space), protocol.verdict(best, ranked, sweep))
 

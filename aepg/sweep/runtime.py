@@ -127,6 +127,12 @@ class SweepRuntime:
         runs = self.tracker.find_runs(self.sweep.experiment, {schema.PARENT_TAG: self.parent_run_id})
         return runs if every_stage else [r for r in runs if r.tags.get(STAGE_TAG, "search") == self.stage]
 
+    def nested_runs(self) -> list[RunRecord]:
+        """The runs the sweep's trials nest under their own (seeds, arms, ladder levels)."""
+        children = {child.run_id for child in self.children(every_stage=True)}
+        return [run for run in self.tracker.find_runs(self.sweep.experiment, {SWEEP_TAG: self.name})
+                if run.tags.get(schema.PARENT_TAG) in children]
+
     def open_runs(self) -> list[RunRecord]:
         """Every run of the sweep still RUNNING: trial runs and the runs nested under them."""
         return [run for run in self.tracker.find_runs(self.sweep.experiment, {SWEEP_TAG: self.name})

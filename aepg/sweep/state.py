@@ -48,13 +48,19 @@ def read_state(path: str) -> dict:
 
 SHORT_NAMES = {"train.lr": "lr", "model.method.rank": "r", "annealing.tau": "tau", "seed": "s", "train.epochs": "ep",
                "train.batch_size": "b", "train.weight_decay": "wd", "model.method.length": "len",
-               "model.method.parts.lae.enabled": "lae",
+               "model.method.lr_scale": "lrx", "train.prefix_cache": "cache",
                "objective.kind": "objective", "model.method.kind": "method", "annealing.kind": "annealing"}
 
 
+PART_SWITCH = re.compile(r"^model\.method\.parts\.([^.]+)\.enabled$")
+
+
 def short_name(key: str) -> str:
-    """A searched key as names and narrow tables show it: ``train.lr`` as ``lr``, else its last part."""
-    return SHORT_NAMES.get(current_key(key, quiet=True), key.rsplit(".", 1)[-1])  # a sweep logged before a rename too
+    """A searched key as names and narrow tables show it: ``train.lr`` as ``lr``, a part's switch as
+    the part (``lwf``), else its last part."""
+    key = current_key(key, quiet=True)  # a sweep logged before a rename too
+    switch = PART_SWITCH.match(key)
+    return SHORT_NAMES.get(key) or (switch.group(1) if switch else key.rsplit(".", 1)[-1])
 
 
 def compact(value) -> str:

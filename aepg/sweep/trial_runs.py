@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ray import tune
 
@@ -75,6 +75,7 @@ class MlflowTrialRuns(tune.Callback):
     says in one line where a retried trial failed and where it resumed."""
 
     RETRY_POLL_S = 1.0
+    RUNS_POLL_S = 10.0
 
     def __init__(self, runtime: SweepRuntime, searcher):
         self.runtime, self.searcher = runtime, searcher
@@ -84,7 +85,10 @@ class MlflowTrialRuns(tune.Callback):
         """How a line that no trial event carries (a retry's) reaches the user: through the terminal
         view, where there is one."""
         self.retries: dict[str, Retry] = {}
-        self.polled = 0.0
+        self.polled = self.counted = 0.0
+        self.count_runs = None
+        """Where the number of the trials' nested runs finished so far goes (the view's estimate), if
+        the trials train several."""
 
     def on_trial_start(self, iteration, trials, trial, **info):
         existing = self.runtime.find_child(trial.trial_id)
@@ -106,7 +110,9 @@ class MlflowTrialRuns(tune.Callback):
             run = self.runtime.tracker.create_run(self.runtime.sweep.experiment, name, tags, params)
             log.warning("trial %s has an invalid config: %s", trial.trial_id, error)
         else:
-            run = self.runtime.tracker.open_run(preflight.planned_run(cfg, name), tags)
+            params, record_tags = self.runtime.sweep.protocol.trial_record(cfg, self.runtime.sweep)
+            run = self.runtime.tracker.open_run(replace(preflight.planned_run(cfg, name), params=params),
+                                                {**tags, **record_tags})
         self.runtime.hand_run(trial.trial_id, TrialRun(run, name, tags[CONFIG_TAG]))
 
     def _close(self, trial, status: str, tags: dict, reason: str | None = None, texts: dict | None = None) -> None:
@@ -157,6 +163,9 @@ class MlflowTrialRuns(tune.Callback):
         if self.retries and now - self.polled >= self.RETRY_POLL_S:
             self.polled = now
             self._say_retries(trials, ending=False)
+        if self.count_runs is not None and now - self.counted >= self.RUNS_POLL_S:
+            self.counted = now
+            self.count_runs(sum(run.status == "FINISHED" for run in self.runtime.nested_runs()))
 
     def _say_retries(self, trials, ending: bool) -> None:
         """Say each retry whose new node is known, once Ray has said whether the old node is lost; when

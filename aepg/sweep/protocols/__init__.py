@@ -62,6 +62,16 @@ back as leaderboard rows (``aepg.sweep.leaderboard.TrialResult``)."""
             resources["GPU"] = trial.gpus
         return resources
 
+    def runs_per_trial(self, sweep) -> int:
+        """The runs a trial trains at most: one where it trains its own."""
+        return 1
+
+    def trial_record(self, cfg: RunConfig, sweep) -> tuple[dict[str, object], dict[str, str]]:
+        """The params the trial's own run logs (what its training reads) and the tags it adds."""
+        from aepg.preflight import backbone_facts
+
+        return cfg.active_params(backbone_facts(cfg)), {}
+
     def trial_resources(self, sweep) -> dict[str, float]:
         """What a trial's own process asks Ray for: one run's, where the trial trains in it."""
         return self.run_resources(sweep)
@@ -118,8 +128,9 @@ back as leaderboard rows (``aepg.sweep.leaderboard.TrialResult``)."""
         """A line that answers what the protocol asks, or empty."""
         return ""
 
-    def figures(self, name: str, entries: list, params, best: object) -> dict:
-        """Plots only this protocol draws (file name -> figure)."""
+    def figures(self, name: str, entries: list, params, best: object, nested: dict) -> dict:
+        """Plots only this protocol draws (file name -> figure); ``nested``: each configuration's run
+        id to the runs nested under it."""
         return {}
 
     def nests_seed_runs(self, params) -> bool:

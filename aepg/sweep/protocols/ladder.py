@@ -44,7 +44,7 @@ class LadderProtocol(SweepProtocol):
             compute += fidelity.level_compute(cfg, low, kind, per_class)
             if level.fraction < 1:
                 level_run = runtime.nested_run(run, {LEVEL_TAG: str(level.index)}, low,
-                                               f"{run.name}@{kind}-{level.label}", "low fidelity")
+                                               f"{kind} {level.label}@{run.name}", "low fidelity")
                 state = runtime.train(low, level_run, summary=None)
                 level_run.close("FINISHED")
             else:

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from aepg.catalog import PROTOCOLS
 from aepg.config import ConfigError, validate
-from aepg.schema import ARM_TAG, ARM_VALUES_TAG, ONE_SEED, PAIRED_PREFIX, SEED_TAG, SEED_VALUES_TAG
+from aepg.schema import (ARM_TAG, ARM_VALUES_TAG, ARMS_TAG, ONE_SEED, PAIRED_PREFIX, PAIRED_RUNNING_PREFIX, SEED_TAG,
+                         SEED_VALUES_TAG)
 from aepg.sweep.protocols.seeds import SeedLadderProtocol
 
 
@@ -41,17 +42,32 @@ class PairedProtocol(SeedLadderProtocol):
     def matches(cls, spec) -> bool:
         return spec.compare is not None
 
-    def seed_runs(self, cfg, run, runtime, seed: int) -> dict:
+    def trial_record(self, cfg, sweep) -> tuple[dict[str, object], dict[str, str]]:
+        """What every arm shares (and the searched keys, which some arm uses), so that the configuration's
+        run never passes for one arm's run; the compared key and its arms in a tag."""
+        from aepg.preflight import backbone_facts
+        from aepg.sweep.spec import apply_dotted
+
+        params, tags = super().trial_record(cfg, sweep)
+        by_arm = [validate(apply_dotted(cfg.model_dump(mode="json"), {key: value})) for key, value in arms(sweep.spec)]
+        armed = [arm.active_params(backbone_facts(arm)) for arm in by_arm]
+        shared = {k: v for k, v in params.items() if all(k in p and p[k] == v for p in armed) or k in sweep.space}
+        ((key, values),) = sweep.spec.compare.items()
+        return shared, {**tags, ARMS_TAG: f"{key}: {', '.join(map(str, values))}"}
+
+    def seed_labels(self, spec) -> list[str]:
+        return arm_labels(spec)
+
+    def seed_run(self, cfg, run, runtime, seed: int, label: str):
+        """The run of arm ``label`` on ``seed``: the configuration with the arm's value of the compared key."""
         from aepg.sweep.runtime import NestedRun
         from aepg.sweep.spec import apply_dotted
 
-        found = {}
-        for (key, value), arm in zip(arms(runtime.sweep.spec), arm_labels(runtime.sweep.spec)):
-            armed = validate(apply_dotted(cfg.model_copy(update={"seed": seed}).model_dump(mode="json"), {key: value}))
-            nested = runtime.nested_run(run, {ARM_TAG: arm, SEED_TAG: str(seed)}, armed, f"{run.name}@{arm}-s{seed}",
-                                        "arm run")
-            found[arm] = NestedRun(armed, nested, ONE_SEED)
-        return found
+        key, value = dict(zip(arm_labels(runtime.sweep.spec), arms(runtime.sweep.spec)))[label]
+        armed = validate(apply_dotted(cfg.model_copy(update={"seed": seed}).model_dump(mode="json"), {key: value}))
+        nested = runtime.nested_run(run, {ARM_TAG: label, SEED_TAG: str(seed)}, armed, f"{label}-s{seed}@{run.name}",
+                                    "arm run")
+        return NestedRun(armed, nested, ONE_SEED)
 
     def seed_value(self, spec, by_label: dict[str, float]) -> float:
         """The mean over the arms (``compare_by: mean``), or one arm's value."""
@@ -66,21 +82,23 @@ class PairedProtocol(SeedLadderProtocol):
     def done(self, run, spec) -> dict[int, dict[str, float]]:
         return {int(seed): dict(by_arm) for seed, by_arm in run.values(ARM_VALUES_TAG).items()}
 
-    def runs_per_seed(self, spec) -> int:
-        return len(arms(spec))
-
     def log_count(self, run, spec, done: dict[int, dict[str, float]], count: int) -> None:
-        """Each arm's mean over the seeds so far, and their paired difference with its 95% interval."""
+        """Each arm's mean over the seeds so far, and their paired difference with its 95% interval, at
+        the step counting the seeds; once every seed is done, the same under short names at step 0."""
         from aepg.sweep.noise import paired_summary
 
         means, (difference, half) = paired_summary({str(s): v for s, v in done.items()}, arm_labels(spec))
-        metric = spec.metric
-        found = {f"{PAIRED_PREFIX}{arm}_{metric}": mean for arm, mean in means.items()}
-        found[f"{PAIRED_PREFIX}diff_{metric}"] = difference
-        if half is not None:
-            found.update({f"{PAIRED_PREFIX}diff_low_{metric}": difference - half,
-                          f"{PAIRED_PREFIX}diff_high_{metric}": difference + half})
+        low, high = (difference - half, difference + half) if half is not None else (None, None)
+        metric, running = spec.metric, PAIRED_RUNNING_PREFIX
+        found = {f"{running}{arm}_{metric}": mean for arm, mean in means.items()}
+        found.update({f"{running}diff_{metric}": difference, **({f"{running}diff_low_{metric}": low,
+                                                                f"{running}diff_high_{metric}": high} if half else {})})
         run.run.log_metrics(found, step=count)
+        if count == len(spec.seeds):
+            final = {f"{PAIRED_PREFIX}{arm}": mean for arm, mean in means.items()}
+            final.update({f"{PAIRED_PREFIX}diff": difference, **({f"{PAIRED_PREFIX}low": low,
+                                                                f"{PAIRED_PREFIX}high": high} if half else {})})
+            run.run.log_metrics(final, step=0)
 
     def problems(self, sweep) -> list[tuple[str, str]]:
         """One key, two or more distinct values, each a valid run config, carried by the seed ladder."""

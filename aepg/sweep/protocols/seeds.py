@@ -14,7 +14,7 @@ import json
 from typing import Literal
 
 from aepg.catalog import PROTOCOLS
-from aepg.schema import (COMPUTE_KEY, ONE_SEED, RUN_NODES_TAG, SEED_TAG, SEED_VALUES_RESULT, SEED_VALUES_TAG, SEEDS_KEY,
+from aepg.schema import (COMPUTE_KEY, ONE_SEED, RUN_NODES_TAG, SEED_TAG, SEEDS_TAG, SEED_VALUES_RESULT, SEED_VALUES_TAG, SEEDS_KEY,
                          final_name, seed_metric, seed_std_name)
 from aepg.sweep.protocols import SweepProtocol
 
@@ -42,14 +42,23 @@ class SeedLadderProtocol(SweepProtocol):
     def trial_resources(self, sweep) -> dict[str, float]:
         return {"CPU": 0, "memory": COORDINATOR_MEMORY}
 
+    def trial_record(self, cfg, sweep) -> tuple[dict[str, object], dict[str, str]]:
+        """What the configuration's seeds share: no seed (a tag lists them)."""
+        params, tags = super().trial_record(cfg, sweep)
+        return {k: v for k, v in params.items() if k != "seed"}, {**tags, SEEDS_TAG: ",".join(map(str, sweep.seeds))}
+
     # -- the runs of one seed (a paired sweep trains each arm on it) ------------------------------------
-    def seed_runs(self, cfg, run, runtime, seed: int) -> dict:
-        """The runs the configuration trains on ``seed``, by label."""
+    def seed_labels(self, spec) -> list[str]:
+        """The runs the configuration trains on each seed, by label: one, the seed's own."""
+        return [""]
+
+    def seed_run(self, cfg, run, runtime, seed: int, label: str):
+        """The run labelled ``label`` of ``seed`` (a retried trial continues it from its checkpoints)."""
         from aepg.sweep.runtime import NestedRun
 
         seeded = cfg.model_copy(update={"seed": seed})
-        nested = runtime.nested_run(run, {SEED_TAG: str(seed)}, seeded, f"{run.name}@s{seed}", "seed run")
-        return {"": NestedRun(seeded, nested, ONE_SEED)}
+        nested = runtime.nested_run(run, {SEED_TAG: str(seed)}, seeded, f"s{seed}@{run.name}", "seed run")
+        return NestedRun(seeded, nested, ONE_SEED)
 
     def seed_value(self, spec, by_label: dict[str, float]) -> float:
         """The configuration's value on a seed from its runs' values."""
@@ -65,7 +74,10 @@ class SeedLadderProtocol(SweepProtocol):
         return {int(seed): {"": value} for seed, value in run.values(SEED_VALUES_TAG).items()}
 
     def runs_per_seed(self, spec) -> int:
-        return 1
+        return len(self.seed_labels(spec))
+
+    def runs_per_trial(self, sweep) -> int:
+        return len(sweep.seeds) * self.runs_per_seed(sweep.spec)
 
     def log_count(self, run, spec, done: dict[int, dict[str, float]], count: int) -> None:
         """What the configuration's run logs once it has ``count`` seeds (beyond the seed-mean)."""
@@ -79,9 +91,8 @@ class SeedLadderProtocol(SweepProtocol):
         for rung in spec.scheduler.seed_rungs(len(seeds)):
             batch = [seed for seed in seeds[reached:rung] if self._missing(done.get(seed), spec)]
             if batch:
-                jobs = {(seed, label): job for seed in batch
-                        for label, job in self.seed_runs(cfg, run, runtime, seed).items()
-                        if label not in done.get(seed, {})}
+                jobs = {(seed, label): self.seed_run(cfg, run, runtime, seed, label) for seed in batch
+                        for label in self.seed_labels(spec) if label not in done.get(seed, {})}
                 failed, nodes = None, run.values_list(RUN_NODES_TAG)
                 for (seed, label), outcome in zip(jobs, runtime.train_at_once(list(jobs.values()))):
                     if isinstance(outcome, BaseException):
@@ -149,6 +160,32 @@ class SeedLadderProtocol(SweepProtocol):
 
     def nests_seed_runs(self, params) -> bool:
         return True
+
+    def figures(self, name, entries, params, best, nested) -> dict:
+        """With arms: ``paired_difference.png``, each finished configuration's difference between its
+        arms (best first) on the sweep metric and on the other summary metric, from its arm runs."""
+        from aepg import plots
+        from aepg.schema import ARM_TAG, SEED_TAG, one_seed_name
+        from aepg.sweep.noise import paired_summary
+
+        compared = [e for e in entries if e.arms and e.status == "finished"][:25]
+        if not compared:
+            return {}
+        first, *_, last = list(compared[0].arms)
+        metrics = [params.metric, "last_accuracy" if params.metric != "last_accuracy" else "avg_incremental_accuracy"]
+        rows = []
+        for entry in compared:
+            row = {"name": entry.name}
+            for metric in metrics:
+                by_seed: dict[str, dict[str, float]] = {}
+                for run in nested.get(entry.run_ids[0], []):
+                    if run.tags.get(ARM_TAG) and one_seed_name(metric) in run.metrics:
+                        by_seed.setdefault(run.tags[SEED_TAG], {})[run.tags[ARM_TAG]] = run.metrics[one_seed_name(metric)]
+                _, (mean, half) = paired_summary(by_seed, [first, last])
+                row[metric] = (mean, half, sum(1 for values in by_seed.values() if {first, last} <= set(values)))
+            rows.append(row)
+        return {"paired_difference.png": plots.paired_plot(rows, metrics, (first, last),
+                                                           f"sweep {name}: {last} - {first} by configuration")}
 
     def verdict(self, best, entries, params) -> str:
         """With arms (each seed's runs tagged with theirs): whether the best configuration's difference

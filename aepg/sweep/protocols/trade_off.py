@@ -80,7 +80,7 @@ class TradeOffProtocol(PlainProtocol):
             said += f"; best.yaml is {rank[id(best)]} ({settings}), {pick_rule(params.metric, params.pick, params.objectives)}"
         return said
 
-    def figures(self, name, entries, params, best) -> dict:
+    def figures(self, name, entries, params, best, nested) -> dict:
         """The first two metrics: each configuration (labelled by its rank) at its seed-mean with its
         spread over seeds, the front drawn through its points, coloured by objective, best.yaml's starred."""
         from aepg import plots
