@@ -137,14 +137,17 @@ class TaskInputs:
     def columns(self) -> slice:
         return self.trainer.objective.columns(self.task.start, self.task.stop)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, start: int | None = None) -> torch.Tensor:
         trainer = self.trainer
         if trainer.cfg.annealing.scope == "run":
             steps = [trainer.cfg.train.epochs * trainer.steps_per_epoch(t) for t in trainer.benchmark.tasks]
             end = Progress(sum(steps[: self.task.index + 1]), sum(steps))
         else:
             end = Progress(1, 1)
-        return trainer.objective(logits, labels - self.columns.start, end).loss
+        return trainer.objective(logits, labels - (self.columns.start if start is None else start), end).loss
+
+    def generator(self, *salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(self.trainer.cfg.seed, self.task.index, HOOK_DRAWS, *salt))
 
     def batches(self):
         trainer, train = self.trainer, self.task.train
@@ -170,6 +173,9 @@ class TaskInputs:
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.context.all_reduce_sum(tensor)
 
+
+HOOK_DRAWS = 1 << 30
+"""Marks the hooks' seeds apart from the epochs' ((seed, task, epoch, rank, ...))."""
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 

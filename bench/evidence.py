@@ -5,10 +5,11 @@ machine and wall times, the regime cross-entropy reaches, the table of aEPG agai
 (last and average incremental accuracy, mean ± std over seeds, aEPG - CE paired over the seeds with
 its 95% interval and a verdict), one sentence per method, and the ablation table.
 
-    python bench/evidence.py            # the whole evidence: 5 methods x 10 seeds x CE and aEPG
+    python bench/evidence.py            # the whole evidence: 6 methods x 10 seeds x CE and aEPG
     python bench/evidence.py --quick    # LoRA only, 3 seeds
     python bench/evidence.py --ablation # also tau 2-12 and the linear, cosine and constant schedules
     python bench/evidence.py --report-only --folder DIR   # the page again from a folder's runs
+A sweep that finished in the folder is not run again (run in a fresh --folder for fresh runs).
 Targets (2 CPU cores): the whole evidence within 90 minutes, --quick within 10.
 """
 
@@ -195,7 +196,7 @@ def write_page(out: Path, quick: bool, walls: dict[str, float], main: tuple, joi
         "",
         "aEPG is the paper's: the sigmoid schedule with tau 6, nothing of it tuned here. Each method trains "
         "with each objective on the same seeds; the differences pair them seed by seed. The verdict judges the "
-        "last accuracy; the other column is secondary, and neither is corrected for the five methods compared.",
+        "last accuracy; the other column is secondary, and neither is corrected for the six methods compared.",
         "",
         table,
         "",
@@ -203,8 +204,9 @@ def write_page(out: Path, quick: bool, walls: dict[str, float], main: tuple, joi
         "",
         "Rows that wait for a GPU machine and real data: InfLoRA, SD-LoRA, L2P, DualPrompt, CODA-Prompt and the "
         "adapters need a pretrained ViT, and the only pretrained weights that install offline are "
-        "EfficientNet-Lite0/1/2 (`sweeps/paper/` runs them on ImageNet-R and CIFAR-100). The class-statistics "
-        "alignment methods join as rows once they land.",
+        "EfficientNet-Lite0/1/2 (`sweeps/paper/` runs them on ImageNet-R and CIFAR-100). Class statistics "
+        "and classifier alignment are here as the `align` part over LoRA; the methods built on it (SLCA, "
+        "SLCA++, MACIL, LCA, TUNA) join as rows once they land.",
     ]
     if ablation:
         lines += ["", "## The paper's ablation: the a_t schedule, with LoRA", "",
@@ -240,6 +242,9 @@ def main() -> int:
     walls = json.loads(walls_file.read_text()) if walls_file.exists() else {}
     if not args.report_only:
         for name, path in sweeps.items():
+            if name in walls:
+                print(f"{name}: done in {folder} before ({walls[name] / 60:.1f} min); not run again", flush=True)
+                continue
             walls[name] = run_sweep(folder, path)
             walls_file.write_text(json.dumps(walls))
     from aepg.tracking import Tracker

@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import pty
+import shlex
 import signal
 import struct
 import subprocess
@@ -237,7 +238,7 @@ def interrupt_after_task(workdir, task: int, overrides: list[str], num_tasks: in
         process.kill()
     run_id = checkpoint.parent.parent.name
     assert process.returncode == 128 + stop, output[-3000:]
-    assert f"continue it with: aepg train {DIGITS} {' '.join(overrides)} --resume {run_id}" in output, output[-3000:]
+    assert f"continue it with: aepg train {DIGITS} {shlex.join(overrides)} --resume {run_id}" in output, output[-3000:]
     assert f"ckpt-{num_tasks:04d}-0000.pt" not in {p.name for p in checkpoint.parent.iterdir()}, "not interrupted"
     return run_id
 

@@ -117,3 +117,22 @@ def test_two_worker_run_resumes_after_interrupt(ray_address, two_workers, workdi
     assert mlflow_run.info.status == "FINISHED"
     for row_resumed, row in zip(R_resumed, two_workers[0].state.accuracy_matrix, strict=True):
         assert row_resumed == pytest.approx(row, abs=TOLERANCE)
+
+
+def test_alignment_statistics_reduced_over_two_workers_equal_one_workers(ray_address, tmp_path):
+    """Classifier alignment over a linear probe (its features never change): the class statistics
+    summed over 2 Ray Train workers, each on its shard, are those of one worker on all the images."""
+    probe = ["model.method.kind=none", "model.method.parts.align.epochs=1", "model.method.parts.align.samples_per_class=8",
+             "benchmark.num_tasks=2"]
+    statistics = []
+    for workers in (1, 2):
+        cfg = config(tmp_path / str(workers), *probe, f"scaling.num_workers={workers}")
+        result = run(cfg)
+        snapshot, _ = CheckpointStore(cfg.storage_path, result.run.run_id).load_latest()
+        statistics.append({k: v for k, v in snapshot.model.items() if k.startswith("align.statistics.")})
+    one, two = statistics
+    assert set(one) == {"align.statistics.means", "align.statistics.covariances", "align.statistics.task_of_class"}
+    assert bool((one["align.statistics.means"].abs().sum(1) > 0).all()), "every class has its statistics"
+    torch.testing.assert_close(two["align.statistics.means"], one["align.statistics.means"], rtol=0, atol=1e-9)
+    torch.testing.assert_close(two["align.statistics.covariances"], one["align.statistics.covariances"], rtol=1e-5, atol=1e-6)
+    assert torch.equal(two["align.statistics.task_of_class"], one["align.statistics.task_of_class"])

@@ -54,9 +54,14 @@ class TaskData(Protocol):
     columns: slice
     """The head's columns the objective covers while this task trains."""
 
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """The run's objective on ``logits`` over ``columns`` for ``labels`` (dataset labels), as it
-        stands at the task's last step (a_t at its end for annealed objectives)."""
+    def loss(self, logits: Tensor, labels: Tensor, start: int | None = None) -> Tensor:
+        """The run's objective on ``logits`` for ``labels`` (dataset labels), as it stands at the
+        task's last step (a_t at its end for annealed objectives); the logits' first column is class
+        ``start`` (by default ``columns.start``: logits over ``columns``)."""
+
+    def generator(self, *salt: int) -> torch.Generator:
+        """A CPU generator seeded from the run's seed, the task and ``salt``: the same draws on
+        every worker, and after a resume as in the uninterrupted run."""
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """(inputs, labels) batches over the task's training images; every worker sees its shard."""

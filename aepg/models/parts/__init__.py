@@ -4,7 +4,8 @@
 A part takes the same life-cycle hooks as a PEFT module (``aepg.models.contract``):
 the start and end of each task with its context (the model, the objective and the task's data),
 a loss term at every training step with the step's batch, the step's end, and a prediction rule
-at test time. The built-in parts: LAE's online/offline pair, EWC (online) and LwF. This module
+at test time. The built-in parts: LAE's online/offline pair, EWC (online), LwF and classifier
+alignment on class statistics (SLCA's). This module
 holds their configs only (no torch), so the CLI checks them before anything heavy is imported;
 each builder, ``build(cfg, model) -> MethodPart``, lives in the file beside it.
 """
@@ -64,3 +65,52 @@ class LwFPart(PartConfig):
     """lambda (the references' ``lamda = 3``)."""
     temperature: float = Field(2.0, gt=0)
     """T (the references' ``T = 2``)."""
+
+
+@PARTS.register("align", builder=f"{PACKAGE}.align:build_alignment", display="classifier alignment")
+class ClassifierAlignmentPart(PartConfig):
+    """Class statistics and classifier alignment (SLCA, Zhang et al., ICCV 2023, ``models/slca.py``):
+    after each task, one unaugmented pass over its training images keeps each new class's feature
+    mean and covariance; from the second task on, the head's columns of every class seen so far are
+    re-trained on features drawn from those Gaussians. As in SLCA the aligned head serves the task's
+    evaluation and the next task trains from the head as it was before alignment."""
+
+    kind: Literal["align"] = "align"
+    covariance: Literal["full", "diagonal", "low_rank"] = "full"
+    """What is kept per class: the full d x d covariance (SLCA's), its diagonal (C3Box's
+    ``variance``), or its top ``rank`` eigenvectors plus the mean of the other eigenvalues."""
+    rank: int = Field(16, ge=1)
+    """Eigenvectors kept per class with ``covariance: low_rank``."""
+    ridge: float = Field(1.0e-4, ge=0)
+    """Added to the covariance's diagonal (SLCA's and C3Box's 1e-4), so it can be sampled."""
+    samples_per_class: int = Field(256, ge=1)
+    """Features drawn per class and epoch; also the alignment's batch size (SLCA's 256)."""
+    epochs: int = Field(5, ge=0)
+    """Alignment epochs per task (SLCA's ``ca_epochs``; 0 keeps the statistics only)."""
+    lr: float = Field(0.01, gt=0)
+    """SGD's rate, annealed to 0 over the epochs by a cosine (SLCA's: its training rate, 0.01)."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5.0e-4, ge=0)
+    temperature: float | None = Field(0.1, gt=0)
+    """SLCA's logit normalisation (``ca_with_logit_norm``, 0.1 in all its presets): the logits
+    divided by the mean over tasks of each task's logit norm, then by this; null: plain logits."""
+    shrink_old_means: bool = True
+    """SLCA's draw around ``(0.9 + 0.1 (t + 1) / (T + 1)) * mean`` for a class of task t after task T
+    (the current task's classes at their mean, the oldest shrunk most); false: around the mean."""
+    keep_aligned_head: bool = False
+    """False (SLCA's ``fc.recall()``): the next task trains from the head as it was before
+    alignment; true: from the aligned head."""
+    objective: Literal["run", "ce"] = "run"
+    """The alignment's loss: the run's objective as it stands at the task's end, or cross-entropy
+    (SLCA's)."""
+
+    def active_params(self, facts: dict | None = None) -> dict[str, object]:
+        params = super().active_params(facts)
+        if self.covariance != "low_rank":
+            params.pop("rank", None)
+        return params
+
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        if self.enabled and cfg.model.method.kind == "ranpac":
+            return [("", "RanPAC predicts with its closed-form head, so an aligned linear head is never read")]
+        return []
