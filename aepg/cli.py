@@ -18,7 +18,7 @@ import sys
 import textwrap
 
 from aepg import __version__, interrupts
-from aepg.config import ConfigError
+from aepg.config import ConfigError, shown_path
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -110,7 +110,7 @@ def cmd_sweep(args) -> int:
         print(f"\nsweep {interrupts.reason()}; continue it with: aepg sweep --resume {runtime.path}", file=sys.stderr)
         return interrupts.exit_code()
     report = finalize(runtime)
-    width, folder = _width(), _shown_path(runtime.path)
+    width, folder = _width(), shown_path(runtime.path)
     if report.best is None:
         print(f"\naepg: sweep {runtime.name}: {nothing_finished(runtime)}\n{report.narrow_text(width)}", file=sys.stderr)
         print(f"sweep outputs: {folder}", file=sys.stderr)
@@ -127,12 +127,6 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def _shown_path(path: str) -> str:
-    """A local path relative to the working directory where it lies under it (a URI as it is)."""
-    if "://" in path or not os.path.isabs(path):
-        return path
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
 
 
 def _width() -> int:

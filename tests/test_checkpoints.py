@@ -100,7 +100,7 @@ def test_a_resumed_run_logs_no_point_twice(tmp_path):
 def test_resume_refuses_a_changed_config(workdir, capsys):
     """The command line's own entry point, in this process (the refusals come before any training)."""
     tiny = ["benchmark.num_tasks=2", "train.epochs=1", "benchmark.max_train_per_class=20"]
-    run_id = run(load_config(DIGITS, tiny)).run_id
+    run_id = run(load_config(DIGITS, tiny)).run.run_id
 
     def resume(*args: str) -> tuple[int, str]:
         code = main(["train", DIGITS, *tiny, *args])

@@ -25,7 +25,7 @@ def test_the_preset_and_its_sweeps_validate():
     assert cfg.benchmark.order_seed is None and cfg.class_order_seed == cfg.seed
     assert cfg.train.prefix_cache and cfg.model.method.blocks == [5, 6]
     main = load_sweep(REPO / "sweeps" / "evidence.yaml", check_runs=False)
-    assert main.protocol.kind == "paired" and len(main.grid()) == 5 and main.seeds == list(range(10))
+    assert main.protocol.kind == "paired" and len(main.grid()) == 6 and main.seeds == list(range(10))
     ablation = load_sweep(REPO / "sweeps" / "evidence_ablation.yaml", check_runs=False)
     assert len(ablation.grid()) == 7 * 10
 

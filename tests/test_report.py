@@ -282,3 +282,24 @@ def test_a_trade_off_report_marks_the_known_front_and_picks_by_its_rule(tmp_path
     assert "pareto_front.png" in report.figures
     narrow = report.narrow_text(80)
     assert max(len(line) for line in narrow.splitlines()) <= 80 and "front: on the Pareto front" in " ".join(narrow.split())
+
+
+def test_the_nodes_are_a_column_where_they_fit_and_else_under_each_trial():
+    """A terminal's leaderboard never cuts the node names off: at 80 columns a paired sweep's
+    nodes go on the line under each trial, in a wide terminal they are a column."""
+    from aepg.sweep.leaderboard import narrow_table
+
+    entries = [_finished(i, 1e-3 * i, "aepg", 0.5 + 0.01 * i) for i in (1, 2)]
+    for entry in entries:
+        entry.nodes, entry.spread = ["head", "worker-1"], 0.05
+        entry.arms, entry.difference = {"ce": 0.51, "aepg": 0.52}, (0.01, 0.02)
+    for width in (80, 160):
+        table = narrow_table(entries, "last_accuracy", ["train.lr"], width)
+        lines = table.splitlines()
+        assert all(len(line) <= width for line in lines), table
+        header = lines[0].split()
+        if width == 80:
+            assert "nodes" not in header and [line.strip() for line in lines[3:6:2]] == ["nodes head>worker-1"] * 2, table
+        else:
+            assert "nodes" in header and lines[2].split()[header.index("nodes")] == "head>worker-1", table
+        assert table.count("head>worker-1") == 2 and "nodes: the Ray nodes its runs trained on" in " ".join(table.split())

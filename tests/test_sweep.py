@@ -193,18 +193,20 @@ def test_asha_stopped_trials_reach_optuna_as_pruned():
 
     for cls, expected in ((OptunaSearch, "COMPLETE"), (SweepOptunaSearch, "PRUNED")):
         kwargs = {"full_budget": 5} if cls is SweepOptunaSearch else {}
-        searcher = cls(space=space, metric="acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0), **kwargs)
+        storage = optuna.storages.InMemoryStorage()  # the study each searcher tells, read through Optuna
+        searcher = cls(space=space, metric="acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
+                       storage=storage, study_name="asha", **kwargs)
         assert searcher.suggest("t1") is not None
         for step in (1, 2):
             searcher.on_trial_result("t1", {"acc": 0.5 + step / 10, BUDGET_KEY: step, "training_iteration": step})
         searcher.on_trial_complete("t1", {"acc": 0.7, BUDGET_KEY: 2, "training_iteration": 2})
-        (trial,) = searcher.study.trials
+        (trial,) = optuna.load_study(study_name="asha", storage=storage).trials
         assert trial.state.name == expected
         assert trial.intermediate_values == {1: 0.6, 2: 0.7}
         # A trial that used its whole budget is COMPLETE either way.
         searcher.suggest("t2")
         searcher.on_trial_complete("t2", {"acc": 0.8, BUDGET_KEY: 5, "training_iteration": 5})
-        assert searcher.study.trials[1].state.name == "COMPLETE"
+        assert optuna.load_study(study_name="asha", storage=storage).trials[1].state.name == "COMPLETE"
 
 
 SAMPLERS = {"tpe": lambda optuna: optuna.samplers.TPESampler(seed=0, n_startup_trials=2, multivariate=True,

@@ -8,7 +8,7 @@ Nothing here imports torch or timm.
 """
 
 from aepg.config.base import (ConfigError, EntryConfig, Section, default_storage, env_path, is_uri,
-                              resolve_tracking_uri)
+                              resolve_tracking_uri, shown_path)
 from aepg.config.entries import by_kind, chosen_entries, dispatched, entry_keys, pydantic_problems, setting_of
 from aepg.config.files import load_config, merge_nested, merge_overrides, read_run_yaml, read_yaml, to_yaml
 from aepg.config.renames import current_key, current_value, logged_param, renamed_layer, tag_of
@@ -40,6 +40,6 @@ __all__ = [
     "TrainConfig", "WEIGHT_KEYWORDS", "by_kind", "check_consistency", "chosen_entries", "current_key",
     "current_value", "default_storage", "dispatched", "entry_keys", "env_path", "fixed_on_resume", "flatten",
     "is_uri", "load_config", "logged_param", "merge_nested", "merge_overrides", "method_config",
-    "pydantic_problems", "read_run_yaml", "resolve_tracking_uri", "read_yaml", "renamed_layer", "schedule_config", "setting_of", "tag_of",
-    "to_yaml", "validate",
+    "pydantic_problems", "read_run_yaml", "resolve_tracking_uri", "read_yaml", "renamed_layer", "schedule_config", "setting_of", "shown_path",
+    "tag_of", "to_yaml", "validate",
 ]

@@ -53,6 +53,15 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def shown_path(path: str) -> str:
+    """A local path relative to the working directory where it lies under it (a URI as it is), so
+    that the lines naming it fit a terminal."""
+    if is_uri(path) or not os.path.isabs(path):
+        return path
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 

@@ -27,7 +27,7 @@ from ray import tune
 
 from aepg import interrupts, preflight, schema
 from aepg.catalog import SCHEDULERS
-from aepg.config import ConfigError, is_uri
+from aepg.config import ConfigError, is_uri, shown_path
 from aepg.ray_setup import ensure_ray, refuse_unschedulable, worker_resources
 from aepg.schema import KIND_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
 from aepg.sweep import search
@@ -158,7 +158,9 @@ def run_sweep(sweep: Sweep, verbose: bool = False) -> tuple[SweepRuntime, bool]:
             shutil.rmtree(path, ignore_errors=True)
         raise
     runtime = start(sweep, tracker, path)
-    log.info("sweep outputs: %s (resume with: aepg sweep --resume %s)", runtime.path, runtime.path)
+    folder = shown_path(runtime.path)
+    log.info("sweep outputs: %s", folder)
+    log.info("resume it with: aepg sweep --resume %s", folder)
     complete = _fit_and_close(runtime, lambda: build_tuner(runtime, verbose))
     return runtime, complete and confirm(runtime, verbose)
 

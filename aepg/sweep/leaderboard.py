@@ -318,8 +318,7 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
     front = any(e.front for e in entries)
     values = [*others, *paired]  # the numeric columns after the final value
     header = ["#", "trial", "status", "final ± std" if spread else "final", *(["seeds"] if seeds else []), *values,
-              *(["front"] if front else []), *(["noise"] if noise else []), *(["stage"] if stage else []),
-              *(["nodes"] if nodes else [])]
+              *(["front"] if front else []), *(["noise"] if noise else []), *(["stage"] if stage else [])]
     numeric = {0, 3, *([4] if seeds else []), *range(4 + seeds, 4 + seeds + len(values))}
     fixed = len(header)
 
@@ -329,11 +328,19 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
                  *([str(len(e.seeds))] if seeds else []),
                  *("" if e.mean_of(m) is None else f"{e.mean_of(m):.4f}" for m in others), *paired_cells(e, arms),
                  *([e.front.replace(WITHIN_NOISE, "noise")] if front else []), *([e.within_noise] if noise else []),
-                 *([e.stage] if stage else []), *([">".join(e.nodes)] if nodes else [])] for i, e in enumerate(entries, 1)]
+                 *([e.stage] if stage else [])] for i, e in enumerate(entries, 1)]
 
     rows = base_rows(tight=False)
     if max(len(line) for line in aligned(header, rows, numeric)) > width:
         rows = base_rows(tight=True)
+    where = [">".join(e.nodes) for e in entries]
+    nodes_under = False  # the nodes are a column where it fits, else on the line under each trial
+    if nodes:
+        with_nodes = [row + [cell] for row, cell in zip(rows, where)]
+        if max(len(line) for line in aligned(header + ["nodes"], with_nodes, numeric)) <= width:
+            header, rows, fixed = header + ["nodes"], with_nodes, fixed + 1
+        else:
+            nodes_under = True
     shown = []
     for key in keys:  # as many key columns as the width takes
         cells = [compact(e.params.get(key, "")) for e in entries]
@@ -349,10 +356,10 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
                                if all(isinstance(e.params.get(k), (int, float)) and not isinstance(e.params.get(k), bool)
                                       for e in entries if e.params.get(k) not in (None, ""))})
     rest = keys[len(shown):]
-    if rest:  # the keys that do not fit as columns: under each trial, indented
-        lines = lines[:2] + [line for e, row in zip(entries, lines[2:]) for line in
-                             (row, ("      " + "  ".join(f"{short_name(k)} {compact(e.params.get(k, ''))}"
-                                                        for k in rest))[:width])]
+    if rest or nodes_under:  # the keys (and nodes) that do not fit as columns: under each trial, indented
+        lines = lines[:2] + [line for e, row, node in zip(entries, lines[2:], where) for line in
+                             (row, ("      " + "  ".join([*(f"{short_name(k)} {compact(e.params.get(k, ''))}"
+                                                          for k in rest), *([f"nodes {node}"] if nodes_under else [])]))[:width])]
     legend = [f"final: final/{metric}" + (f" over {counts.pop()} seeds" if len(counts) == 1 and not seeds else "")
               + ("; (x): the value a stopped trial had, partial" if any(
         e.status != "finished" and e.value is not None for e in entries) else "")]
@@ -365,8 +372,11 @@ def narrow_table(entries: list[TrialResult], metric: str, keys: list[str], width
     if stage:
         legend.append(CONFIRMED_FIRST)
     legend += [f"{short_name(k)}: {k}" for k in keys if short_name(k) != k]
-    if rest:
-        legend.append("the searched keys that do not fit as columns are under each trial; full trial names: leaderboard.md")
+    if nodes:
+        legend.append("nodes: the Ray nodes its runs trained on")
+    if rest or nodes_under:
+        legend.append(("the searched keys" if rest else "the nodes") + (" and nodes" if rest and nodes_under else "")
+                      + " that do not fit as columns are under each trial; full trial names: leaderboard.md")
     return "\n".join([line[:width] for line in lines] + [textwrap.fill("; ".join(legend), width)])
 
 

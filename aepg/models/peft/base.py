@@ -117,15 +117,19 @@ def prefixed_attention(attn: nn.Module, x: Tensor, prefix: tuple[Tensor, Tensor]
 def add_to_qkv(backbone: nn.Module, module: MethodModule, blocks: list[int],
                update: Callable[[int, Tensor, Tensor], Tensor]) -> None:
     """Route the fused ``attn.qkv`` of ``blocks`` through ``update(slot, x, qkv(x))`` while
-    ``module`` is enabled (``slot``: the block's place in ``blocks``): the LoRA family's hook."""
+    ``module`` is enabled (``slot``: the block's place in ``blocks``): the LoRA family's hook. The
+    route is an attribute of the layer, not a closure, so a copy of the model (``copy.deepcopy``)
+    routes through its own copy of the module."""
     for slot, index in enumerate(blocks):
         qkv = backbone.blocks[index].attn.qkv
+        qkv.aepg_route = (module, update, slot)
+        qkv.forward = MethodType(_routed_qkv, qkv)
 
-        def forward(self, x, _slot=slot, _original=qkv.forward):
-            out = _original(x)
-            return update(_slot, x, out) if module.enabled else out
 
-        qkv.forward = MethodType(forward, qkv)
+def _routed_qkv(self: nn.Module, x: Tensor) -> Tensor:
+    module, update, slot = self.aepg_route
+    out = type(self).forward(self, x)
+    return update(slot, x, out) if module.enabled else out
 
 
 class PrefixSource(MethodModule):
@@ -139,17 +143,20 @@ class PrefixSource(MethodModule):
 
 
 def install_prefixes(backbone: nn.Module, module: PrefixSource, blocks: list[int]) -> None:
-    """Route the attention of ``blocks`` through ``prefixed_attention`` with ``module``'s prefixes."""
+    """Route the attention of ``blocks`` through ``prefixed_attention`` with ``module``'s prefixes
+    (an attribute of the layer, as ``add_to_qkv``'s route, so copies of the model stay apart)."""
     for index in blocks:
         attn = backbone.blocks[index].attn
+        attn.aepg_route = (module, index)
+        attn.forward = MethodType(_prefixed_forward, attn)
 
-        def forward(self, x, attn_mask=None, is_causal=False, _index=index):
-            if attn_mask is not None or is_causal:
-                raise ValueError("prefix-based PEFT does not support attention masks")
-            prefix = module.prefix(_index, x.shape[0]) if module.enabled else None
-            return prefixed_attention(self, x, prefix, module.position, module.compensatory)
 
-        attn.forward = MethodType(forward, attn)
+def _prefixed_forward(self: nn.Module, x: Tensor, attn_mask=None, is_causal=False) -> Tensor:
+    if attn_mask is not None or is_causal:
+        raise ValueError("prefix-based PEFT does not support attention masks")
+    module, index = self.aepg_route
+    prefix = module.prefix(index, x.shape[0]) if module.enabled else None
+    return prefixed_attention(self, x, prefix, module.position, module.compensatory)
 
 
 def uniform_parameter(*shape: int, low: float = -1.0, high: float = 1.0) -> nn.Parameter:

@@ -115,12 +115,12 @@ class ClassOrders(PlainProtocol):
             ordered = cfg.model_copy(update={"benchmark": cfg.benchmark.model_copy(update={"order_seed": order})})
             nested = runtime.nested_run(run, {"example.order": str(order)}, ordered, f"{run.name}@order{order}", "order run")
             jobs.append(NestedRun(ordered, nested, "seed_run/"))
-        values = runtime.train_at_once(jobs)
-        failed = [value for value in values if isinstance(value, BaseException)]
+        trained = runtime.train_at_once(jobs)
+        failed = [outcome for outcome in trained if isinstance(outcome, BaseException)]
         if failed:
             raise failed[0]
         metric, tasks = runtime.sweep.spec.metric, cfg.benchmark.num_tasks
-        mean = sum(values) / len(values)
+        mean = sum(outcome.value for outcome in trained) / len(trained)
         run.run.log_metrics({f"final/{metric}": mean})
         run.run.set_tags({"aepg.tasks_done": str(tasks)})
         run.report({"eval/tasks_done": tasks, f"eval/{metric}": mean, f"final/{metric}": mean})
