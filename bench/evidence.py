@@ -145,7 +145,13 @@ def ablation_table(tracker, main: str, name: str) -> str:
     lines = ["| a_t schedule | last | avg inc | aEPG - CE last | aEPG - CE avg inc |", "|---|---|---|---|---|",
              f"| (cross-entropy) | {mean_std(ce['last_accuracy'].values())} | "
              f"{mean_std(ce['avg_incremental_accuracy'].values())} | | |"]
-    for label, values in sorted(rows.items(), key=lambda item: (not item[0].startswith("sigmoid"), item[0])):
+
+    def order(label: str) -> tuple:  # the sigmoid by tau, then the other schedules by name
+        tau = label.split("tau ")[1].split(" ")[0] if label.startswith("sigmoid") else "inf"
+        return not label.startswith("sigmoid"), float(tau), label
+
+    for label in sorted(rows, key=order):
+        values = rows[label]
         cells = [mean_std(values[m].values()) for m in METRICS]
         cells += [said(*paired(ce[m], values[m])[:2]) for m in METRICS]
         lines.append(f"| {label} | {' | '.join(cells)} |")
