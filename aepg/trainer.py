@@ -113,6 +113,10 @@ class BarPostfix:
         self.bar.set_postfix({BAR_NAMES[k]: f"{values[k]:.3f}" for k in BAR_NAMES if k in values}, refresh=True)
 
 
+HOOK_DRAWS = 1 << 30
+"""Marks the hooks' seeds apart from the epochs' ((seed, task, epoch, rank, ...))."""
+
+
 @dataclass
 class TaskInputs:
     """The context of a task's hooks (``aepg.models.contract.TaskData``): the model, the objective,
@@ -173,9 +177,6 @@ class TaskInputs:
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.context.all_reduce_sum(tensor)
 
-
-HOOK_DRAWS = 1 << 30
-"""Marks the hooks' seeds apart from the epochs' ((seed, task, epoch, rank, ...))."""
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
