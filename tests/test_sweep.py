@@ -307,17 +307,24 @@ def check_terminal(text: str, columns: int, trials: int, done: str, runs: int = 
     return lines[board:]
 
 
-def test_in_an_80_by_24_terminal_a_paired_sweep_is_one_table_redrawn_in_place_and_ends_on_its_answer(
-        ray_address, workdir):
-    """Two configurations, CE against aEPG on two seeds: the live table counts the arm runs done as
-    they finish; at the end every line fits 80 columns, the searched key is kept, and the line that
-    answers the question is the last."""
-    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}}, compare={"objective.kind": ["ce", "aepg"]},
+@pytest.fixture(scope="module")
+def paired_sweep(ray_address, tmp_path_factory):
+    """Two configurations, CE against aEPG on two seeds, run in an 80 x 24 terminal in its own folder
+    (what the terminal got is ``terminal.txt``; the store stays as the sweep left it)."""
+    folder = tmp_path_factory.mktemp("paired-sweep")
+    path = write_sweep(folder, space={"train.lr": {"choice": [0.0003, 0.001]}}, compare={"objective.kind": ["ce", "aepg"]},
                        seeds=[0, 1], search={"algorithm": "grid", "max_concurrent": 2},
                        scheduler={"kind": "none", "fidelity": "seeds"})
-    status, text = run_in_terminal(["sweep", path], cwd=workdir, env={"RAY_ADDRESS": ray_address}, columns=80, rows=24)
+    status, text = run_in_terminal(["sweep", path], cwd=folder, env={"RAY_ADDRESS": ray_address}, columns=80, rows=24)
+    (folder / "terminal.txt").write_text(text)
     assert status == 0, text[-3000:]
-    end = check_terminal(text, 80, trials=2, done="", runs=8)
+    return folder
+
+
+def test_in_an_80_by_24_terminal_a_paired_sweep_is_one_table_redrawn_in_place_and_ends_on_its_answer(paired_sweep):
+    """The live table counts the arm runs done as they finish; at the end every line fits 80
+    columns, the searched key is kept, and the line that answers the question is the last."""
+    end = check_terminal((paired_sweep / "terminal.txt").read_text(), 80, trials=2, done="", runs=8)
     assert re.match(r"aepg - ce at t0\d-lr(3e-4|1e-3): [+-]0\.\d{4}", end[-2]) or re.match(
         r"aepg - ce at t0\d-lr(3e-4|1e-3): [+-]0\.\d{4}", " ".join(end[-3:])), end[-6:]
     assert re.search(r"(separated from zero \((aepg|ce) higher\)|not separated from zero: the seeds cannot tell the "
@@ -747,6 +754,73 @@ def test_the_mlflow_ui_shows_the_sweep_as_a_researcher_needs(tiny_sweep, mlflow_
         By.XPATH, "//*[starts-with(normalize-space(text()), 'stopped early, ')]") if e.is_displayed()]),
         "the stopped trial's description", timeout=60)
     assert "when it stopped (partial: not comparable with finished trials)" in note[0]
+
+
+def grouped_rows(driver) -> dict[str, list[str]] | None:
+    """The runs table grouped: each group's title ("Group: ce", "Additional runs") to the run names
+    under it, top to bottom (None while the table redraws)."""
+    from selenium.webdriver.common.by import By
+
+    def read() -> dict[str, list[str]]:
+        rows = driver.find_elements(By.CSS_SELECTOR, "[role=row][row-index]")
+        named = sorted((int(row.get_attribute("row-index")), row.text.splitlines()) for row in rows)
+        groups, current = {}, None
+        for _, lines in named:  # the name column's rows; the other columns' rows start otherwise
+            if lines and lines[0] == "Pin group":
+                current = next(line for line in lines[1:] if not line.startswith("#"))
+                groups[current] = []
+            elif lines and lines[0] == "Pin run" and current is not None:
+                groups[current].append(lines[1])
+        return groups
+
+    return unless_redrawn(read)
+
+
+@pytest.mark.browser
+def test_grouped_by_objective_in_the_mlflow_ui_a_paired_sweep_counts_exactly_its_arm_runs(paired_sweep, browser):
+    """Grouped by `objective.kind` as the README says, each group holds exactly the arm runs of that
+    arm and no configuration run (those log only what their arms share); the sweep run's artifacts
+    hold the figure of aEPG against CE."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    client, (parent,), children = sweep_runs(paired_sweep / "mlflow.db")
+    arms = {kind: sorted(c.info.run_name for c in children if c.data.tags.get("aepg.arm") == kind)
+            for kind in ("ce", "aepg")}
+    configurations = [c.info.run_name for c in children if "aepg.arm" not in c.data.tags]
+    assert len(arms["ce"]) == len(arms["aepg"]) == 4 and len(configurations) == 2
+    assert "paired_difference.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    experiment = parent.info.experiment_id
+    with mlflow_server(paired_sweep / "mlflow.db", paired_sweep / "ui.log") as url:
+        browser.get(f"{url}/#/experiments/{experiment}/runs?workflowType=machine_learning")
+        wait_until(lambda: run_names(browser) == [parent.info.run_name], "the sweep run in the runs table", timeout=60)
+        browser.find_element(By.XPATH, "//button[normalize-space(.)='Group by']").click()
+        wait_until(lambda: browser.find_elements(By.XPATH, "//input[@placeholder='Search']"), "the group-by menu")
+        browser.switch_to.active_element.send_keys("objective.kind")
+
+        def choose() -> bool:
+            options = [e for e in browser.find_elements(By.CSS_SELECTOR, "[role=option], [role=menuitem], "
+                                                                         "[role=menuitemcheckbox]")
+                       if e.text == "objective.kind"]
+            if options:
+                options[0].click()
+            return bool(options)
+
+        wait_until(lambda: unless_redrawn(choose), "objective.kind in the group-by menu", timeout=30)
+        browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+
+        def grouped() -> dict | None:
+            groups = grouped_rows(browser)
+            return groups if groups and {"Group: ce", "Group: aepg"} <= set(groups) else None
+
+        groups = wait_until(grouped, "the runs grouped by objective.kind", timeout=60)
+        assert sorted(groups["Group: ce"]) == arms["ce"] and sorted(groups["Group: aepg"]) == arms["aepg"], groups
+        assert set(groups) == {"Group: ce", "Group: aepg", "Additional runs"}, "no third arm made of configurations"
+
+        # The sweep run's artifacts list the figure of aEPG against CE.
+        browser.get(f"{url}/#/experiments/{experiment}/runs/{parent.info.run_id}/artifacts")
+        wait_until(lambda: browser.find_elements(By.XPATH, "//*[normalize-space(text())='paired_difference.png']"),
+                   "paired_difference.png among the sweep run's artifacts", timeout=60)
 
 
 @pytest.mark.browser
