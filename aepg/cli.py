@@ -107,7 +107,9 @@ def cmd_sweep(args) -> int:
 
     runtime, complete = resume_sweep(path, args.verbose) if args.resume is not None else run_sweep(sweep, args.verbose)
     if not complete:
-        print(f"\nsweep {interrupts.reason()}; continue it with: aepg sweep --resume {runtime.path}", file=sys.stderr)
+        if not interrupts.stop_handled():  # a stop signal's action said it already
+            print(f"\nsweep {interrupts.reason()}; continue it with: aepg sweep --resume {shown_path(runtime.path)}",
+                  file=sys.stderr)
         return interrupts.exit_code()
     report = finalize(runtime)
     width, folder = _width(), shown_path(runtime.path)
@@ -324,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its own level on import
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a link per closed run, from a server
     try:
         return args.func(args)
     except BrokenPipeError:  # the output went to `head` or a closed pager: not a failure

@@ -4,19 +4,50 @@ SIGTERM (what ``timeout``, Slurm, Kubernetes and ``ray job stop`` send) and SIGH
 terminal) are handed to whatever handles SIGINT at that moment: Python's KeyboardInterrupt in
 ``aepg train`` (the run is marked KILLED, its checkpoint kept) or Ray Tune's graceful stop in a
 sweep (its state saved, every trial stopped). The exit status says which signal it was.
+
+A stop signal may be followed by SIGKILL within seconds (``ray job stop`` waits 3 s, Kubernetes
+its grace period): what must not wait for the graceful stop (a sweep closing its MLflow runs and
+saying how to resume) is registered with ``on_stop`` and runs at once, in a thread of its own.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Callable
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _received: list[int] = []
 _installed = False
+_on_stop: list[Callable[[], None]] = []
+_stop_done = threading.Event()
+
+
+def on_stop(action: Callable[[], None]) -> None:
+    """Run ``action`` at the first stop signal, at once and beside the graceful stop."""
+    _on_stop.append(action)
+
+
+def signalled() -> bool:
+    """Whether a stop signal (not Ctrl-C) came."""
+    return bool(_received)
+
+
+def stop_handled() -> bool:
+    """Whether the ``on_stop`` actions ran to their end."""
+    return _stop_done.is_set()
+
+
+def _run_on_stop() -> None:
+    for action in list(_on_stop):
+        action()
+    _stop_done.set()
 
 
 def _forward(signum: int, frame) -> None:
     _received.append(signum)
+    if len(_received) == 1 and _on_stop:
+        threading.Thread(target=_run_on_stop, name="aepg-stop", daemon=True).start()
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)
@@ -28,6 +59,8 @@ def install() -> None:
     """Route SIGTERM and SIGHUP to the SIGINT handler (main thread only, as Python requires)."""
     global _installed
     _received.clear()
+    _on_stop.clear()
+    _stop_done.clear()
     _installed = True
     restore()
 

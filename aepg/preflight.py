@@ -242,6 +242,43 @@ def _precision_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     return []
 
 
+STORAGE_CAUSES = (
+    ("NO_SUCH_BUCKET", "its bucket does not exist: create it first"),
+    ("SIGNATURE_DOES_NOT_MATCH", "the server refused the credentials: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+    ("INVALID_ACCESS_KEY_ID", "the server refused the credentials: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+    ("ACCESS_DENIED", "access denied: the credentials may not write there"),
+    ("NETWORK_CONNECTION", "its server does not answer"),
+)
+"""What an S3 error code (as pyarrow words it) means to the user."""
+
+
+def storage_problems(storage_path: str, key: str = "storage_path") -> list[tuple[str, str]]:
+    """A storage URI (``s3://``, ``gs://``, ...) that cannot be written: found before any run opens by
+    writing and deleting a probe object, so a missing bucket or refused credentials are one line,
+    not a trial's traceback. The endpoint and credentials are the usual ``AWS_*`` variables."""
+    if not is_uri(storage_path):
+        return []
+    import os
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    try:
+        fs, base = pafs.FileSystem.from_uri(storage_path)
+        probe = f"{base.rstrip('/')}/.aepg-probe-{uuid.uuid4().hex[:8]}"
+        with fs.open_output_stream(probe) as out:
+            out.write(b"aepg")
+        fs.delete_file(probe)
+        return []
+    except (OSError, ValueError, pa.ArrowException) as error:
+        text = str(error)
+        cause = next((why for code, why in STORAGE_CAUSES if code in text), text.split(" (Request ID")[0])
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    where = f" (endpoint {endpoint})" if storage_path.startswith("s3://") and endpoint else ""
+    return [(key, f"cannot write to {storage_path}{where}: {cause}")]
+
+
 def durable_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     """A run's checkpoints and MLflow store must outlive the job: not in Ray's package cache."""
     from aepg.ray_setup import package_cache_problems
@@ -252,6 +289,7 @@ def durable_problems(cfg: RunConfig) -> list[tuple[str, str]]:
 def check(cfg: RunConfig, resume: str | None = None) -> None:
     """Raise ConfigError naming every problem ``problems`` finds, and where a run's outputs would not last."""
     found = durable_problems(cfg) + problems(cfg, resume)
+    found = found or storage_problems(cfg.storage_path)
     if found:
         raise ConfigError(found)
 

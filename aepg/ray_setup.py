@@ -17,7 +17,7 @@ from aepg.config import ConfigError, RunConfig
 log = logging.getLogger("aepg")
 
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
-                 "MLFLOW_LOGGING_LEVEL", "AEPG_DATA", "AEPG_STORAGE", "AEPG_CACHE",
+                 "MLFLOW_LOGGING_LEVEL", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "AEPG_DATA", "AEPG_STORAGE", "AEPG_CACHE",
                  "HF_HUB_OFFLINE", "HF_HOME")
 """Environment every Ray worker gets from the driver (a job's runtime env wins where it sets a key)."""
 

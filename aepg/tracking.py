@@ -83,6 +83,26 @@ def _record(r) -> RunRecord:
                      r.info.start_time, r.info.end_time, r.info.experiment_id)
 
 
+def retry_window_s() -> float:
+    """How long MLflow's client retries one request before it gives up (urllib3's backoff: none
+    before the first retry, then MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR x 2^(n-1) s, at most 120 s
+    each, for MLFLOW_HTTP_REQUEST_MAX_RETRIES retries): about 4 minutes by default."""
+    retries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 7))
+    factor = float(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 2))
+    return sum(min(120.0, factor * 2 ** (n - 1)) for n in range(2, retries + 1))
+
+
+def _basic_auth() -> tuple[str, str] | None:
+    """MLflow's own variables for a server behind basic auth."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    return (user, password) if user and password else None
+
+
+def _token_header() -> dict[str, str]:
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class Tracker:
     """MLflow at one tracking URI, with one client made on first use."""
 
@@ -143,6 +163,26 @@ class Tracker:
                 "(e.g. mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db) "
                 "or point MLFLOW_TRACKING_URI (or tracking_uri) at a running one."
             ) from None
+
+    def trouble(self, timeout: tuple[float, float] = (2.0, 3.0)) -> str | None:
+        """What is wrong with an HTTP tracking server now, in a few words ("HTTP 500", "connection
+        refused"), or None while it answers: one request through the tracking API, not retried (MLflow's
+        own client retries for minutes, silently). None for a local store."""
+        if not self.uri.startswith(("http://", "https://")):
+            return None
+        import requests
+
+        try:
+            answer = requests.get(f"{self.uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+                                  params={"max_results": 1}, timeout=timeout, auth=_basic_auth(),
+                                  headers=_token_header())
+        except requests.ConnectionError as error:
+            return "connection refused" if "refused" in str(error).lower() else "no connection"
+        except requests.Timeout:
+            return f"no answer within {sum(timeout):.0f} s"
+        except requests.RequestException as error:
+            return type(error).__name__
+        return None if answer.status_code < 500 else f"HTTP {answer.status_code}"
 
     def _artifact_location(self, experiment: str) -> str | None:
         """A local store keeps artifacts beside its database (``mlruns/<experiment>``), not in

@@ -110,18 +110,20 @@ def wait_until(condition, what: str, process: subprocess.Popen | None = None, ti
 
 
 @contextmanager
-def mlflow_server(store: Path, log: Path, *extra: str):
-    """A real `mlflow server` on 127.0.0.1 over the sqlite ``store``; yields its URL, then stops it
-    and the workers it forked by its process group id."""
+def mlflow_server(store: Path | str, log: Path, *extra: str, env: dict | None = None, port: int | None = None):
+    """A real `mlflow server` on 127.0.0.1 (on ``port``, else a free one) over ``store``: a sqlite
+    file, or a database URI; yields its URL, then stops it and the workers it forked by its process
+    group id."""
     import requests
 
     from aepg.cluster import free_port
 
-    port = free_port()
+    port = port or free_port()
+    backend = store if isinstance(store, str) else f"sqlite:///{store}"
     mlflow = Path(sys.executable).with_name("mlflow")
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                                   "--backend-store-uri", f"sqlite:///{store}", *extra],
+                                   "--backend-store-uri", backend, *extra], env={**os.environ, **(env or {})},
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
@@ -135,8 +137,9 @@ def mlflow_server(store: Path, log: Path, *extra: str):
         wait_until(healthy, f"the MLflow server (log: {log})", server, timeout=120)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
 
 
 def model_inputs(benchmark, images, indices):

@@ -166,6 +166,44 @@ def test_the_shipped_rayjob_runs_a_sweep_on_both_nodes(cluster, mlflow_server, t
     assert not written, f"written into Ray's package cache: {written}"
 
 
+@pytest.mark.production
+def test_ray_job_stop_closes_every_run_of_a_paired_sweep_and_says_how_to_resume(cluster, mlflow_server, tmp_path):
+    """`ray job stop` sends SIGTERM and, 3 s later, SIGKILL: within that window the sweep closes its
+    own run, its configuration runs and their arm runs KILLED, and its log ends on the resume line."""
+    shared = tmp_path / "shared"
+    ray, env = str(AEPG.with_name("ray")), {**os.environ, **cluster.client_env}
+    submitted = subprocess.run(
+        [ray, "job", "submit", "--no-wait", "--address", cluster.dashboard, "--working-dir",
+         str(project_folder(tmp_path)), "--runtime-env-json",
+         json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_DISABLE_TELEMETRY": "true"}}),
+         "--", "aepg", "sweep", "sweeps/quickstart.yaml", *SMALL_QUICKSTART, "base_overrides.train.epochs=3",
+         f"storage_path={shared}/sweeps"], env=env, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job = re.search(r"(raysubmit_\w+)", submitted.stdout + submitted.stderr).group(1)
+    client = MlflowClient(mlflow_server)
+
+    def sweep_runs_of_job() -> list:
+        sweeps = list((shared / "sweeps").glob("quickstart-*"))
+        experiment = client.get_experiment_by_name("aepg-digits")
+        if not sweeps or experiment is None:
+            return []
+        return client.search_runs([experiment.experiment_id], filter_string=f"tags.`aepg.sweep` = '{sweeps[0].name}'")
+
+    wait_until(lambda: any(int(r.data.tags.get("aepg.tasks_done", 0)) >= 1 for r in sweep_runs_of_job()
+                           if "aepg.arm" in r.data.tags), "an arm run's first task", timeout=600)
+    stopped = subprocess.run([ray, "job", "stop", "--address", cluster.dashboard, job], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    logs = subprocess.run([ray, "job", "logs", "--address", cluster.dashboard, job], env=env, capture_output=True,
+                          text=True, timeout=120).stdout
+    assert re.search(r"sweep stopped by SIGTERM; continue it with: aepg sweep --resume \S+quickstart-", logs), logs[-3000:]
+    runs = sweep_runs_of_job()
+    arms = [r for r in runs if "aepg.arm" in r.data.tags]
+    assert arms and not [r.info.run_name for r in runs if r.info.status == "RUNNING"], \
+        {r.info.run_name: r.info.status for r in runs}
+    assert "KILLED" in {r.info.status for r in arms}
+
+
 def check_paired(trials: list, arms: list) -> None:
     """Each configuration of a paired sweep (compare: {objective.kind: [ce, aepg]} over seeds 0 and 1)
     against its arm runs, as MLflow holds them."""

@@ -496,6 +496,35 @@ def test_a_driver_killed_twice_resumes_without_duplicates(ray_address, workdir):
     assert not [r.info.run_name for r in [*parents, *children] if "failure_reason" in r.data.tags], "stale reasons"
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.production),
+                                  pytest.param(signal.SIGINT, marks=pytest.mark.production)], ids=lambda s: s.name)
+def test_a_paired_sweep_stopped_mid_task_closes_every_run_it_opened(stop, workdir):
+    """A stop signal to a paired sweep's process group (its own local Ray included) once an arm run
+    has done a task: the sweep, configuration and arm runs all end KILLED, none stays RUNNING, and
+    the line that resumes it is printed."""
+    db = workdir / "mlflow.db"
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "epochs": 3}}  # time to stop it mid-run
+    path = write_sweep(workdir, base_overrides=base, space={"train.lr": {"choice": [0.0003, 0.001]}},
+                       compare={"objective.kind": ["ce", "aepg"]}, seeds=[0, 1],
+                       search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none", "fidelity": "seeds"})
+    driver = start_aepg(["sweep", path], workdir, {}, own_group=True)
+    try:
+        wait_until(lambda: any(_one_task_done(c) for c in live_children(db) if "aepg.arm" in c.data.tags),
+                   "an arm run's first task", driver)
+        os.killpg(driver.pid, stop)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 128 + stop, output[-3000:]
+    reason = "interrupted (Ctrl-C)" if stop == signal.SIGINT else f"stopped by {stop.name}"
+    assert f"sweep {reason}; continue it with: aepg sweep --resume aepg_sweeps/tiny-" in output, output[-3000:]
+    _, parents, children = sweep_runs(db)
+    arms = [c for c in children if "aepg.arm" in c.data.tags]
+    assert [p.info.status for p in parents] == ["KILLED"] and arms
+    assert {c.info.status for c in children} <= {"KILLED", "FINISHED"}, {c.info.run_name: c.info.status for c in children}
+    assert "KILLED" in {c.info.status for c in arms}, {c.info.run_name: c.info.status for c in children}
+
+
 BAD_SWEEPS = [
     ({"space": {"train.lr": {"loguniform": [0.0, 1.0e-3]}}}, "space.train.lr", "loguniform bounds must be > 0"),
     ({"space": {"train.lrate": {"choice": [0.1]}}}, "space.train.lrate", "not a run-config key"),

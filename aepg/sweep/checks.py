@@ -163,6 +163,9 @@ def _check_settings(sweep: Sweep) -> list[tuple[str, str]]:
     storage = spec.storage_path if is_uri(spec.storage_path) else str(Path(spec.storage_path).expanduser().resolve())
     problems.extend(package_cache_problems({"storage_path": storage,
                                             "tracking_uri": resolve_tracking_uri(sweep.base_config.tracking_uri)}))
+    from aepg.preflight import storage_problems
+
+    problems.extend(storage_problems(storage))
     scaling = sweep.base_config.scaling
     fix = "lower trial.cpus" + (" or scaling.cpus_per_worker" if scaling.num_workers else "")
     problems.extend(local_cpu_problem(spec.trial.cpus + scaling.num_workers * scaling.cpus_per_worker, "one trial",

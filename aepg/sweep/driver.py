@@ -33,11 +33,13 @@ from aepg.schema import KIND_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
 from aepg.sweep import search
 from aepg.sweep.checks import variants
 from aepg.sweep.params import parent_params
-from aepg.sweep.progress import HideRestoreHint, LiveSweepTable, SweepProgress, driver_log, route_library_output
+from aepg.sweep.progress import (HideRestoreHint, LiveSweepTable, SweepProgress, driver_log, keep_driver_log,
+                                 route_library_output)
 from aepg.sweep.publish import publish
 from aepg.sweep.report import SweepReport, build_report, paper_table, report_texts
 from aepg.sweep.runtime import TRIAL_PREFIX, SweepRuntime, started
 from aepg.sweep.spec import Sweep, expected_trials
+from aepg.sweep.tracking_watch import TrackingWatch
 from aepg.sweep.trial_runs import MlflowTrialRuns
 from aepg.tracking import Tracker
 
@@ -71,11 +73,13 @@ def _check_trial_fits(sweep: Sweep) -> None:
 
 
 def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callback]:
-    """The MLflow runs of the trials, then (unless ``verbose`` leaves Ray Tune's own tables on) the
-    sweep's view: a live table on a terminal, plain lines otherwise."""
+    """The watch on the tracking server, the MLflow runs of the trials, then (unless ``verbose``
+    leaves Ray Tune's own tables on) the sweep's view: a live table on a terminal, plain lines otherwise."""
     runs = MlflowTrialRuns(runtime, searcher)
+    watch = TrackingWatch(runtime.tracker, runs.names, runtime.sweep.spec.trial.max_failures + 1)
+    runs.tracking_up = lambda: not watch.failing
     if verbose:
-        return [runs]
+        return [watch, runs]
     spec, sweep = runtime.sweep.spec, runtime.sweep
     nested = sweep.protocol.runs_per_trial(sweep)
     settings = (runs.names, expected_trials(sweep), search.budget(sweep), spec.metric, spec.mode,
@@ -83,7 +87,8 @@ def callbacks(runtime: SweepRuntime, searcher, verbose: bool) -> list[tune.Callb
                 expected_trials(sweep) * nested if nested > 1 else 0)
     view = LiveSweepTable(*settings, keys=list(sweep.space)) if sys.stdout.isatty() else SweepProgress(*settings)
     runs.say, runs.count_runs = view.notice, view.runs_done if nested > 1 else None
-    return [runs, view]
+    watch.say = view.notice
+    return [watch, runs, view]
 
 
 def run_config(runtime: SweepRuntime, searcher, verbose: bool) -> tune.RunConfig:
@@ -161,6 +166,7 @@ def run_sweep(sweep: Sweep, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     folder = shown_path(runtime.path)
     log.info("sweep outputs: %s", folder)
     log.info("resume it with: aepg sweep --resume %s", folder)
+    interrupts.on_stop(lambda: close_on_stop(runtime))
     complete = _fit_and_close(runtime, lambda: build_tuner(runtime, verbose))
     return runtime, complete and confirm(runtime, verbose)
 
@@ -174,6 +180,7 @@ def resume_sweep(path: str, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     if not tune.Tuner.can_restore(path):
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
     runtime.parent.reopen()
+    interrupts.on_stop(lambda: close_on_stop(runtime))
     complete = _fit_and_close(runtime, lambda: restore_tuner(runtime))
     return runtime, complete and confirm(runtime, verbose)
 
@@ -211,11 +218,14 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
     except BaseException as error:
         runtime.parent.close("FAILED", f"{type(error).__name__}: {error}")
         raise
+    finally:
+        keep_driver_log(runtime.path, runtime.name)
     _drop_orphans(runtime, {Path(r.path).name.removeprefix(TRIAL_PREFIX) for r in results})
     # Ctrl-C: Tune saved its state, then stopped the running trials, which it counts as terminated
     # although they never ended (their runs are still open): either sign means interrupted.
-    cut_short = runtime.open_runs()
-    complete = not cut_short and results.num_terminated + results.num_errors >= expected_trials(runtime.sweep)
+    cut_short = runtime.open_runs()  # (a stop signal's action may have closed them already)
+    complete = (not cut_short and not interrupts.signalled()
+                and results.num_terminated + results.num_errors >= expected_trials(runtime.sweep))
     if not complete:
         for open_run in cut_short:  # the trials' runs and the runs nested under them
             interrupted = runtime.tracker.run(open_run.run_id)
@@ -223,6 +233,22 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
             interrupted.close("KILLED", "sweep interrupted")
         runtime.parent.close("KILLED", interrupts.reason())
     return complete
+
+
+def close_on_stop(runtime: SweepRuntime) -> None:
+    """At a stop signal, before Ray Tune's graceful stop (which a SIGKILL may cut short): every run of
+    the sweep still open, then the sweep's own, closed KILLED, and the line that resumes it said."""
+    reason = interrupts.reason()
+    try:
+        for open_run in runtime.open_runs():
+            interrupted = runtime.tracker.run(open_run.run_id)
+            interrupted.set_tags({STATUS_TAG: "interrupted"})
+            interrupted.close("KILLED", f"sweep {reason}")
+        runtime.parent.close("KILLED", reason)
+    except Exception as error:  # the tracking server may be what failed: the resume line matters more
+        log.warning("runs not closed at the stop (%s: %s)", type(error).__name__, error)
+    print(f"\nsweep {reason}; continue it with: aepg sweep --resume {shown_path(runtime.path)}", file=sys.stderr,
+          flush=True)
 
 
 def _drop_orphans(runtime: SweepRuntime, trial_ids: set[str]) -> None:

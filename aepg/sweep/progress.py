@@ -42,10 +42,38 @@ class HideRestoreHint(logging.Filter):
 
 
 def driver_log(sweep_path: str, name: str) -> Path:
-    """The driver's log file: in the sweep's folder, or for a sweep on s3:// or gs:// in the temp folder."""
-    if "://" in sweep_path:
-        return Path(tempfile.gettempdir()) / f"aepg-{name}-{DRIVER_LOG}"
-    return Path(sweep_path) / DRIVER_LOG
+    """The driver's log file: in the sweep's folder, or for a sweep on s3:// or gs:// a local copy in
+    the temp folder (started from the sweep's own, on a resume elsewhere), which ``keep_driver_log``
+    puts back into the sweep's folder."""
+    if "://" not in sweep_path:
+        return Path(sweep_path) / DRIVER_LOG
+    local = Path(tempfile.gettempdir()) / f"aepg-{name}-{DRIVER_LOG}"
+    if not local.exists():
+        import pyarrow.fs as pafs
+
+        fs, folder = pafs.FileSystem.from_uri(sweep_path)
+        try:
+            with fs.open_input_stream(f"{folder}/{DRIVER_LOG}") as stream:
+                local.write_bytes(stream.read())
+        except FileNotFoundError:
+            pass
+    return local
+
+
+def keep_driver_log(sweep_path: str, name: str) -> None:
+    """Copy the local log of a sweep on s3:// or gs:// into its folder there (as it ends, however)."""
+    local = Path(tempfile.gettempdir()) / f"aepg-{name}-{DRIVER_LOG}"
+    if "://" not in sweep_path or not local.exists():
+        return
+    import pyarrow.fs as pafs
+
+    try:
+        fs, folder = pafs.FileSystem.from_uri(sweep_path)
+        with fs.open_output_stream(f"{folder}/{DRIVER_LOG}") as out:
+            out.write(local.read_bytes())
+    except OSError as error:  # the storage is failing: the log stays where it is
+        logging.getLogger("aepg").warning("driver log not copied to %s (%s); it is in %s", sweep_path,
+                                          str(error).split(" (Request ID")[0], local)
 
 
 class RayThreadsToLog(io.TextIOBase):
@@ -112,7 +140,7 @@ def error_reason(trial) -> str:
     return lines[-1] if lines else "trial failed"
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
 
@@ -189,8 +217,8 @@ class SweepProgress(tune.Callback):
         self.done_runs = done
         if time.time() - self.said_runs >= 60:
             self.said_runs = time.time()
-            self._say(f"[{done}/{self.runs} runs done, {_clock(time.time() - self.started)} elapsed"
-                      + (f", about {_clock(self.left(done, self.runs))} left]" if done else "]"))
+            self._say(f"[{done}/{self.runs} runs done, {clock(time.time() - self.started)} elapsed"
+                      + (f", about {clock(self.left(done, self.runs))} left]" if done else "]"))
 
     def left(self, done: int, total: int) -> float:
         """The time left, at the pace of what is done so far."""
@@ -202,8 +230,8 @@ class SweepProgress(tune.Callback):
         best = (f"best {final_name(self.metric)} {self.best[0]:.4f} ({trial_id(self.best[1])})" if self.best
                 else "none finished yet")
         left = self.left(self.done_runs, self.runs) if self.done_runs else elapsed / ended * (self.total - ended) if ended else 0
-        return (f"[{ended}/{self.total} trials, {best}, {_clock(elapsed)} elapsed"
-                + (f", about {_clock(left)} left]" if ended < self.total else "]"))
+        return (f"[{ended}/{self.total} trials, {best}, {clock(elapsed)} elapsed"
+                + (f", about {clock(left)} left]" if ended < self.total else "]"))
 
     def _standing(self, ended: int, elapsed: float) -> None:
         """Where the sweep stands, as a trial ends."""
@@ -308,10 +336,10 @@ class LiveSweepTable(SweepProgress):
         line = f"{self.ended}/{self.total} trials" + (f" · {self.done_runs}/{self.runs} runs" if self.runs else "")
         if self.best:
             line += f" · best {self.best[0]:.4f} ({trial_id(self.best[1])})"
-        line += f" · {_clock(elapsed)} elapsed"
+        line += f" · {clock(elapsed)} elapsed"
         left = self.left(self.done_runs, self.runs) if self.done_runs else \
             elapsed / self.ended * (self.total - self.ended) if self.ended else 0
-        return line + (f" · about {_clock(left)} left" if left else "")
+        return line + (f" · about {clock(left)} left" if left else "")
 
     def shown_rows(self, room: int) -> tuple[list[str], list[str]]:
         """The trial ids that fit in ``room`` rows, in trial order, and those left out: the running

@@ -86,6 +86,8 @@ class MlflowTrialRuns(tune.Callback):
         view, where there is one."""
         self.retries: dict[str, Retry] = {}
         self.polled = self.counted = 0.0
+        self.tracking_up = lambda: True
+        """False while the tracking server fails (``TrackingWatch``): polling MLflow then waits."""
         self.count_runs = None
         """Where the number of the trials' nested runs finished so far goes (the view's estimate), if
         the trials train several."""
@@ -160,6 +162,8 @@ class MlflowTrialRuns(tune.Callback):
         """Once a retried trial has started again its run names its new node: say where it failed and
         where it went, in one line ("t01 lost node worker-1; retrying from task 2 on head (attempt 2 of 3)")."""
         now = time.monotonic()
+        if not self.tracking_up():
+            return
         if self.retries and now - self.polled >= self.RETRY_POLL_S:
             self.polled = now
             self._say_retries(trials, ending=False)
