@@ -87,6 +87,41 @@ def ensure_ray(trial_output: bool = True) -> None:
     interrupts.restore()
 
 
+HEAD_LOST_S = 30.0
+"""How long a joined cluster's head may refuse connections before the driver gives it up: before Ray's
+own 60 s, after which Ray ends the process without a word."""
+
+
+def watch_head(on_lost, every_s: float = 5.0) -> None:
+    """On a cluster joined through RAY_ADDRESS, call ``on_lost(address, seconds)`` (in a thread of
+    its own) once the head's GCS has refused connections for ``HEAD_LOST_S``. A local instance the
+    driver started needs no watch: it ends with the driver."""
+    import threading
+    import time
+
+    import ray
+
+    if not os.environ.get("RAY_ADDRESS"):
+        return
+    address = ray.get_runtime_context().gcs_address
+    host, _, port = address.rpartition(":")
+
+    def watch() -> None:
+        since = None
+        while True:
+            time.sleep(every_s)
+            try:
+                socket.create_connection((host, int(port)), timeout=every_s).close()
+                since = None
+            except OSError:
+                since = since or time.monotonic()
+                if time.monotonic() - since >= HEAD_LOST_S:
+                    on_lost(address, time.monotonic() - since)
+                    return
+
+    threading.Thread(target=watch, name="aepg-head-watch", daemon=True).start()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

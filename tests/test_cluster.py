@@ -361,3 +361,65 @@ def test_a_cluster_that_cannot_start_or_run_anything_is_one_line(workdir):
     absent = run_aepg(["sweep", str(REPO / "sweeps" / "quickstart.yaml")], cwd=workdir, env={"RAY_ADDRESS": address})
     assert absent.returncode == 1 and f"nothing answers at RAY_ADDRESS={address}" in absent.stderr
     assert "Traceback" not in absent.stderr and not list(workdir.glob("aepg_sweeps/*")), "refused: no sweep folder left"
+
+
+@pytest.mark.production
+def test_a_lost_head_ends_the_sweep_in_one_line_with_its_runs_closed_and_a_resume_that_works(workdir):
+    """A sweep on a cluster of its own (`aepg cluster local`, head and one worker) through RAY_ADDRESS;
+    the head's whole process tree is killed mid-trial: within about a minute the driver says in one
+    line that the head is lost and how to resume, its runs are closed FAILED (none RUNNING), and the
+    resume on a new cluster finishes the sweep."""
+    def start_cluster(log: Path) -> tuple[subprocess.Popen, dict, dict]:
+        with open(log, "w") as out:
+            process = subprocess.Popen([str(AEPG), "cluster", "local", "--workers", "1"], cwd=workdir, stdout=out,
+                                       stderr=subprocess.STDOUT, env=os.environ.copy())
+        wait_until(lambda: "Ctrl-C stops exactly these nodes" in log.read_text(), "the cluster to start", process, 180)
+        text = log.read_text()
+        env = dict(item.split("=", 1) for item in re.search(r"^  (RAY_ADDRESS=.*)$", text, re.M).group(1).split())
+        pids = {name: int(pid) for name, pid in re.findall(r"([\w-]+)=(\d+)", re.search(r"node processes: (.*)", text).group(1))}
+        return process, env, pids
+
+    db = workdir / "mlflow.db"
+    path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}}, scheduler={"kind": "none"},
+                       base_overrides={**TINY_BASE, "train": {"epochs": 3, "batch_size": 16}},
+                       search={"algorithm": "grid", "max_concurrent": 2}, storage_path=str(workdir / "shared"))
+    first, env, pids = start_cluster(workdir / "first.log")
+    try:
+        driver = start_aepg(["sweep", path], workdir, env)
+        try:
+            client = MlflowClient(f"sqlite:///{db}")
+
+            def a_task_done() -> bool:
+                if not list(workdir.glob("shared/*/aepg_sweep.json")):
+                    return False
+                runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+                return any(int(r.data.tags.get("aepg.tasks_done", 0)) >= 1 for r in runs)
+
+            wait_until(a_task_done, "a trial's first task", driver, timeout=600)
+            killed = time.time()
+            kill_tree(pids["head"])
+            output, _ = driver.communicate(timeout=180)
+            took = time.time() - killed
+        finally:
+            driver.kill()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(120)
+    assert driver.returncode == 1 and took < 75, (took, output[-3000:])
+    said = [line for line in output.splitlines() if "lost the Ray head" in line]
+    assert len(said) == 1 and re.fullmatch(r"aepg: sweep lost the Ray head at \S+ \(no answer for \d+ s\); its trials "
+                                           r"ended with it\. On a running cluster, continue it with: aepg sweep --resume "
+                                           r"shared/tiny-\S+", said[0]), output[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"] and \
+        "FAILED" in {r.info.status for r in runs}
+
+    second, env, _ = start_cluster(workdir / "second.log")
+    try:
+        resumed = run_aepg(["sweep", "--resume", said[0].rsplit(" ", 1)[1]], cwd=workdir, env=env)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(120)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 3

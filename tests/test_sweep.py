@@ -525,6 +525,28 @@ def test_a_paired_sweep_stopped_mid_task_closes_every_run_it_opened(stop, workdi
     assert "KILLED" in {c.info.status for c in arms}, {c.info.run_name: c.info.status for c in children}
 
 
+def test_a_sweep_waiting_for_resources_the_cluster_lacks_stops_with_its_resume_line(ray_address, workdir):
+    """Trials asking for a GPU on a CPU-only cluster reached through RAY_ADDRESS wait for an
+    autoscaler; SIGTERM then ends the sweep as any stop does: its run KILLED, none left RUNNING, and
+    the line that resumes it (not "no trial ran", exit 1, FAILED)."""
+    db = workdir / "mlflow.db"
+    path = write_sweep(workdir, trial={"cpus": 1, "gpus": 1, "max_failures": 0},
+                       search={"algorithm": "random", "seed": 1, "num_trials": 2, "max_concurrent": 2})
+    driver = start_aepg(["sweep", path], workdir, {"RAY_ADDRESS": ray_address})
+    try:
+        wait_until(lambda: list(workdir.glob("aepg_sweeps/*/aepg_sweep.json")), "the sweep to start", driver)
+        time.sleep(5)  # its trials pending, for a GPU
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 143, output[-3000:]
+    assert "waiting for the autoscaler" in output and "sweep stopped by SIGTERM; continue it with: aepg sweep --resume" \
+        in output, output[-3000:]
+    _, parents, children = sweep_runs(db)
+    assert [p.info.status for p in parents] == ["KILLED"] and not [c for c in children if c.info.status == "RUNNING"]
+
+
 BAD_SWEEPS = [
     ({"space": {"train.lr": {"loguniform": [0.0, 1.0e-3]}}}, "space.train.lr", "loguniform bounds must be > 0"),
     ({"space": {"train.lrate": {"choice": [0.1]}}}, "space.train.lrate", "not a run-config key"),

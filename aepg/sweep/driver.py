@@ -28,7 +28,7 @@ from ray import tune
 from aepg import interrupts, preflight, schema
 from aepg.catalog import SCHEDULERS
 from aepg.config import ConfigError, is_uri, shown_path
-from aepg.ray_setup import ensure_ray, refuse_unschedulable, worker_resources
+from aepg.ray_setup import ensure_ray, refuse_unschedulable, watch_head, worker_resources
 from aepg.schema import KIND_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
 from aepg.sweep import search
 from aepg.sweep.checks import variants
@@ -167,6 +167,7 @@ def run_sweep(sweep: Sweep, verbose: bool = False) -> tuple[SweepRuntime, bool]:
     log.info("sweep outputs: %s", folder)
     log.info("resume it with: aepg sweep --resume %s", folder)
     interrupts.on_stop(lambda: close_on_stop(runtime))
+    watch_head(lambda address, seconds: head_lost(runtime, address, seconds))
     complete = _fit_and_close(runtime, lambda: build_tuner(runtime, verbose))
     return runtime, complete and confirm(runtime, verbose)
 
@@ -181,6 +182,7 @@ def resume_sweep(path: str, verbose: bool = False) -> tuple[SweepRuntime, bool]:
         raise ConfigError([("--resume", f"Ray Tune finds no experiment state to restore in {path}")])
     runtime.parent.reopen()
     interrupts.on_stop(lambda: close_on_stop(runtime))
+    watch_head(lambda address, seconds: head_lost(runtime, address, seconds))
     complete = _fit_and_close(runtime, lambda: restore_tuner(runtime))
     return runtime, complete and confirm(runtime, verbose)
 
@@ -235,20 +237,36 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
     return complete
 
 
-def close_on_stop(runtime: SweepRuntime) -> None:
-    """At a stop signal, before Ray Tune's graceful stop (which a SIGKILL may cut short): every run of
-    the sweep still open, then the sweep's own, closed KILLED, and the line that resumes it said."""
-    reason = interrupts.reason()
+def _close_open_runs(runtime: SweepRuntime, status: str, reason: str) -> None:
+    """Every run of the sweep still open, then the sweep's own, closed with ``status``."""
     try:
         for open_run in runtime.open_runs():
             interrupted = runtime.tracker.run(open_run.run_id)
             interrupted.set_tags({STATUS_TAG: "interrupted"})
-            interrupted.close("KILLED", f"sweep {reason}")
-        runtime.parent.close("KILLED", reason)
+            interrupted.close(status, f"sweep {reason}")
+        runtime.parent.close(status, reason)
     except Exception as error:  # the tracking server may be what failed: the resume line matters more
-        log.warning("runs not closed at the stop (%s: %s)", type(error).__name__, error)
+        log.warning("runs not closed (%s: %s)", type(error).__name__, error)
+
+
+def close_on_stop(runtime: SweepRuntime) -> None:
+    """At a stop signal, before Ray Tune's graceful stop (which a SIGKILL may cut short): the sweep's
+    open runs closed KILLED, and the line that resumes it said."""
+    reason = interrupts.reason()
+    _close_open_runs(runtime, "KILLED", reason)
     print(f"\nsweep {reason}; continue it with: aepg sweep --resume {shown_path(runtime.path)}", file=sys.stderr,
           flush=True)
+
+
+def head_lost(runtime: SweepRuntime, address: str, seconds: float) -> None:
+    """The cluster's head is gone, and with it every trial: say so in one line with the resume
+    command, close the sweep's runs FAILED, and end now (Ray would end the process silently)."""
+    reason = f"lost the Ray head at {address} (no answer for {seconds:.0f} s)"
+    _close_open_runs(runtime, "FAILED", reason)
+    keep_driver_log(runtime.path, runtime.name)
+    print(f"\naepg: sweep {reason}; its trials ended with it. On a running cluster, continue it with: "
+          f"aepg sweep --resume {shown_path(runtime.path)}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def _drop_orphans(runtime: SweepRuntime, trial_ids: set[str]) -> None:
