@@ -294,11 +294,12 @@ def _runtime_errors() -> tuple[type[Exception], ...]:
     from aepg.catalog import PluginError
     from aepg.models import WeightsError
     from aepg.models.peft import MethodError
+    from aepg.preflight import StorageUnavailable
     from aepg.ray_setup import RayStartError
     from aepg.tracking import TrackingUnavailable
 
     return (DatasetNotFound, DataError, CacheBusy, CacheDamaged, WeightsError, MethodError, TrackingUnavailable, PluginError,
-            RayStartError)
+            RayStartError, StorageUnavailable)
 
 
 def _leave_ray_after_interrupt() -> None:

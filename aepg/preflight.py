@@ -242,6 +242,10 @@ def _precision_problems(cfg: RunConfig) -> list[tuple[str, str]]:
     return []
 
 
+class StorageUnavailable(RuntimeError):
+    """The storage of a run or sweep (``s3://``, ``gs://``) stopped answering while it ran."""
+
+
 STORAGE_CAUSES = (
     ("NO_SUCH_BUCKET", "its bucket does not exist: create it first"),
     ("SIGNATURE_DOES_NOT_MATCH", "the server refused the credentials: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),

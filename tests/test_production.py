@@ -168,6 +168,30 @@ def test_a_sweep_on_s3_stopped_mid_trial_resumes_to_the_metrics_of_an_uninterrup
         assert any(key.startswith("runs/") and key.endswith(".pt") for key in stored)
 
 
+@pytest.mark.production
+def test_an_s3_server_that_goes_away_mid_sweep_ends_it_in_one_line_with_its_runs_closed(tmp_path):
+    """The S3 server killed once a checkpoint is in: the sweep ends with one line naming the storage,
+    its cause and the resume command, no traceback, and no MLflow run left RUNNING."""
+    with s3_server() as server:
+        driver = start_aepg(["sweep", sweep_file(tmp_path), f"storage_path=s3://{BUCKET}/gone"], tmp_path, server.env)
+        try:
+            wait_until(lambda: any(key.endswith(".pt") for key in bucket_keys(server, "gone/")),
+                       "a checkpoint in the bucket", driver, timeout=600)
+            server.stop()
+            output, _ = driver.communicate(timeout=600)
+        finally:
+            driver.kill()
+    assert driver.returncode == 1 and "Traceback" not in output, output[-3000:]
+    said = [line for line in output.splitlines() if "storage failed mid-sweep" in line]
+    assert len(said) == 1 and re.fullmatch(
+        rf"aepg: sweep tiny-\S+ stopped: its storage failed mid-sweep \(cannot write to s3://{BUCKET}/gone/tiny-\S+ "
+        rf"\(endpoint {server.url}\): its server does not answer\); what it wrote before stays there; once the storage "
+        rf"answers, continue it with: aepg sweep --resume s3://{BUCKET}/gone/tiny-\S+", said[0]), output[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+
+
 @contextmanager
 def postgresql():
     """A PostgreSQL server in a temp folder (``initdb``, ``pg_ctl``) on 127.0.0.1, with a database

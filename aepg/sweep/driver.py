@@ -218,6 +218,10 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
         runtime.parent.close("KILLED", interrupts.reason())
         raise
     except BaseException as error:
+        lost = _storage_lost(runtime, error)
+        if lost is not None:
+            _close_open_runs(runtime, "FAILED", str(lost))
+            raise lost from error
         runtime.parent.close("FAILED", f"{type(error).__name__}: {error}")
         raise
     finally:
@@ -235,6 +239,18 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
             interrupted.close("KILLED", "sweep interrupted")
         runtime.parent.close("KILLED", interrupts.reason())
     return complete
+
+
+def _storage_lost(runtime: SweepRuntime, error: BaseException) -> preflight.StorageUnavailable | None:
+    """The error, said plainly, when it is the sweep's storage (s3://, gs://) that stopped answering."""
+    if not isinstance(error, OSError) or not is_uri(runtime.path):
+        return None
+    problems = preflight.storage_problems(runtime.path)
+    if not problems:
+        return None
+    return preflight.StorageUnavailable(
+        f"sweep {runtime.name} stopped: its storage failed mid-sweep ({problems[0][1]}); what it wrote before stays "
+        f"there; once the storage answers, continue it with: aepg sweep --resume {shown_path(runtime.path)}")
 
 
 def _close_open_runs(runtime: SweepRuntime, status: str, reason: str) -> None:

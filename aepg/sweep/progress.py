@@ -71,9 +71,8 @@ def keep_driver_log(sweep_path: str, name: str) -> None:
         fs, folder = pafs.FileSystem.from_uri(sweep_path)
         with fs.open_output_stream(f"{folder}/{DRIVER_LOG}") as out:
             out.write(local.read_bytes())
-    except OSError as error:  # the storage is failing: the log stays where it is
-        logging.getLogger("aepg").warning("driver log not copied to %s (%s); it is in %s", sweep_path,
-                                          str(error).split(" (Request ID")[0], local)
+    except OSError:  # the storage is failing (said on its own): the log stays where it is
+        logging.getLogger("aepg").warning("the driver log stays in %s (the sweep's storage did not take it)", local)
 
 
 class RayThreadsToLog(io.TextIOBase):
