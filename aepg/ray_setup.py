@@ -138,6 +138,25 @@ def check_answers(address: str, timeout: float = 5) -> None:
     except OSError as error:
         raise RayStartError(f"nothing answers at RAY_ADDRESS={address} ({error.strerror or error}); start the "
                             "cluster, or unset RAY_ADDRESS for a local Ray") from None
+    _check_token(address)
+
+
+def _check_token(address: str) -> None:
+    """Refuse at once a token the cluster refuses (Ray's own connect retries for most of a minute, then
+    blames the address). Asked through Ray's GCS client, which is not public API: where it is
+    missing or fails otherwise, the connect itself says what is wrong, later."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        from ray._raylet import GcsClient
+
+        GcsClient(address=address)
+    except AuthenticationError as error:
+        cause = str(error).removeprefix("RPC error: ").split(".")[0]
+        raise RayStartError(f"the Ray cluster at RAY_ADDRESS={address} refused the token ({cause}): give it the "
+                            "cluster's token with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
+    except Exception:  # noqa: BLE001 - only the refusal is said here
+        return
 
 
 def ray_log_folder() -> str:

@@ -252,6 +252,24 @@ def test_a_two_worker_train_job_spans_both_nodes(cluster, mlflow_server, tmp_pat
     assert list((tmp_path / "shared" / "runs" / run.info.run_id / "checkpoints").glob("ckpt-*"))
 
 
+def test_a_token_the_cluster_refuses_is_said_as_refused_at_once(cluster, workdir):
+    """A sweep given the wrong token for a token-authenticated cluster: one line saying the token was
+    refused, within seconds (Ray's own connect retried for most of a minute and blamed the address),
+    and nothing started."""
+    (workdir / "wrong_token").write_text("not-the-cluster-token\n")
+    env = {**cluster.client_env, "RAY_AUTH_TOKEN_PATH": str(workdir / "wrong_token")}
+    started = time.time()
+    refused = run_aepg(["sweep", write_sweep(workdir)], cwd=workdir, env=env)
+    took = time.time() - started
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Traceback" not in said, said[-3000:]
+    assert re.search(rf"^aepg: the Ray cluster at RAY_ADDRESS={re.escape(cluster.client_env['RAY_ADDRESS'])} refused the "
+                     r"token \(InvalidAuthToken: .*\): give it the cluster's token with RAY_AUTH_MODE=token and "
+                     r"RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH$", said, re.M), said[-3000:]
+    assert took < 20, took
+    assert not list(workdir.glob("aepg_sweeps/*")), "no sweep folder for a sweep that never started"
+
+
 def test_a_local_run_beside_another_ray_instance_stays_quiet(cluster, workdir):
     """A second Ray instance on the machine (the cluster): a local two-worker run's Ray Train actors
     find their own instance's state API, so no "Found multiple active Ray instances" traceback."""
