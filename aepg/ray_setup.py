@@ -198,6 +198,41 @@ def this_node() -> tuple[str, str]:
     return node_id, node_names().get(node_id, (node_id[:8], True))[0]
 
 
+def _sees(path: str) -> bool:
+    return os.path.isfile(path)
+
+
+def check_shared_storage(storage: str, key: str = "storage_path", timeout_s: float = 60.0) -> None:
+    """Refuse a local ``storage`` that some node of a joined cluster does not see, before any trial
+    runs: a probe file written here, looked for by a task on every alive node. (A local Ray instance
+    is one machine; s3:// and gs:// are shared by nature.)"""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not os.environ.get("RAY_ADDRESS") or "://" in storage:
+        return
+    alive = {node_id: name for node_id, (name, up) in node_names().items() if up}
+    if len(alive) < 2:
+        return
+    folder = Path(storage).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".aepg-probe-{uuid.uuid4().hex[:8]}"
+    probe.write_text("aepg")
+    try:
+        look = ray.remote(num_cpus=0, max_retries=0)(_sees)
+        asks = {name: look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+                .remote(str(probe)) for node_id, name in alive.items()}
+        ready, _ = ray.wait(list(asks.values()), num_returns=len(asks), timeout=timeout_s)
+        blind = sorted(name for name, ask in asks.items() if ask not in ready or not ray.get(ask))
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError([(key, f"{folder} is not shared: node(s) {', '.join(blind)} do not see the file the driver "
+                            "wrote there; give a folder mounted at the same path on every node, or s3:// or gs://")])
+
+
 def worker_resources(cfg: RunConfig) -> dict[str, float]:
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:

@@ -270,6 +270,32 @@ def test_a_token_the_cluster_refuses_is_said_as_refused_at_once(cluster, workdir
     assert not list(workdir.glob("aepg_sweeps/*")), "no sweep folder for a sweep that never started"
 
 
+PRIVATE_FOLDER = 'mount -t tmpfs aepg-private "$1" && shift && exec "$@"'
+"""Run a command with a folder of its own: a tmpfs over it in a private mount namespace, which no Ray
+node (started outside that namespace) sees."""
+
+
+def test_storage_that_the_nodes_do_not_see_is_refused_before_any_trial(cluster, workdir):
+    """A sweep whose storage_path only its driver sees (a folder of its own, as a disk local to the
+    submitting machine would be): refused in one line naming the nodes that do not see it, before any
+    trial or MLflow run starts."""
+    private = workdir / "local-disk"
+    private.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", PRIVATE_FOLDER, "sh", str(private), "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no private mount namespace here (unshare -m needs root)")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", PRIVATE_FOLDER, "sh", str(private), str(AEPG), "sweep",
+                           write_sweep(workdir), f"storage_path={private}"], cwd=workdir,
+                          env={**os.environ, **cluster.client_env}, capture_output=True, text=True, timeout=300)
+    said = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in said, said[-3000:]
+    assert re.search(rf"^  storage_path: {re.escape(str(private))} is not shared: node\(s\) head, worker-1 do not see "
+                     r"the file the driver wrote there; give a folder mounted at the same path on every node, or "
+                     r"s3:// or gs://$", said, re.M), said[-3000:]
+    assert not (workdir / "mlflow.db").exists() or not MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()])
+
+
 def test_a_local_run_beside_another_ray_instance_stays_quiet(cluster, workdir):
     """A second Ray instance on the machine (the cluster): a local two-worker run's Ray Train actors
     find their own instance's state API, so no "Found multiple active Ray instances" traceback."""

@@ -28,7 +28,7 @@ from ray import tune
 from aepg import interrupts, preflight, schema
 from aepg.catalog import SCHEDULERS
 from aepg.config import ConfigError, is_uri, shown_path
-from aepg.ray_setup import ensure_ray, refuse_unschedulable, watch_head, worker_resources
+from aepg.ray_setup import check_shared_storage, ensure_ray, refuse_unschedulable, watch_head, worker_resources
 from aepg.schema import KIND_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
 from aepg.sweep import search
 from aepg.sweep.checks import variants
@@ -158,6 +158,7 @@ def run_sweep(sweep: Sweep, verbose: bool = False) -> tuple[SweepRuntime, bool]:
         _quiet_ray(path, path.rstrip("/").rsplit("/", 1)[-1], verbose)
         ensure_ray(trial_output=verbose)
         _check_trial_fits(sweep)
+        check_shared_storage(sweep.spec.storage_path)
     except BaseException:  # refused before anything ran: leave no sweep folder behind
         if not is_uri(path):
             shutil.rmtree(path, ignore_errors=True)
