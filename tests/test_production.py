@@ -340,3 +340,40 @@ def test_mlflow_retries_a_request_for_the_window_the_watch_states(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     assert retry_window_s() == 2.0 + 4.0
+
+
+@pytest.mark.production
+def test_a_tracking_server_that_never_comes_back_ends_the_sweep_in_plain_lines(tmp_path):
+    """The tracking server stopped for good mid-sweep, MLflow's retries cut to seconds: the terminal
+    says when it failed, the trial Tune retries into the outage, the outage still on at the end, and
+    a last line with the resume command; no traceback, no retry warnings."""
+    path = write_sweep(tmp_path, space={"train.lr": {"choice": [0.0003, 0.001]}}, scheduler={"kind": "none"},
+                       search={"algorithm": "grid", "max_concurrent": 2}, trial={"cpus": 1, "max_failures": 1})
+    server = mlflow_server(tmp_path / "mlflow.db", tmp_path / "server.log")
+    url = server.__enter__()
+    try:
+        driver = start_aepg(["sweep", path], tmp_path, {"MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"})
+        client = MlflowClient(url)
+
+        def a_task_done() -> bool:
+            experiment = client.get_experiment_by_name("aepg-digits")
+            return bool(experiment) and any(int(r.data.tags.get("aepg.tasks_done", 0)) >= 1
+                                            for r in client.search_runs([experiment.experiment_id]))
+
+        wait_until(a_task_done, "a trial's first task", driver, timeout=600)
+    finally:
+        server.__exit__(None, None, None)
+    try:
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+    assert driver.returncode == 1 and "Traceback" not in output and "Retrying (Retry(" not in output, output[-3000:]
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    assert re.fullmatch(rf"tracking server {re.escape(url)} is failing \(connection refused\) since \d\d:\d\d:\d\d; the "
+                        r"trials' MLflow requests retry for about 0:04", next(l for l in lines if " is failing " in l))
+    assert any(re.fullmatch(r"t0[12] failed while the tracking server is failing; Tune retries it now, into the outage "
+                            r"\(attempt 2 of 2\)", line) for line in lines), output[-3000:]
+    assert any(line.startswith(f"the sweep ends with the tracking server {url} still failing") for line in lines)
+    assert re.fullmatch(rf"aepg: sweep tiny-\S+ stopped: the tracking server {re.escape(url)} kept failing \(connection "
+                        r"refused\) past MLflow's retries; .*; once the server answers, continue it with: aepg sweep "
+                        r"--resume aepg_sweeps/tiny-\S+", lines[-1]), output[-3000:]

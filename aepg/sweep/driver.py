@@ -41,7 +41,7 @@ from aepg.sweep.runtime import TRIAL_PREFIX, SweepRuntime, started
 from aepg.sweep.spec import Sweep, expected_trials
 from aepg.sweep.tracking_watch import TrackingWatch
 from aepg.sweep.trial_runs import MlflowTrialRuns
-from aepg.tracking import Tracker
+from aepg.tracking import Tracker, TrackingUnavailable
 
 log = logging.getLogger("aepg")
 
@@ -142,9 +142,11 @@ def start(sweep: Sweep, tracker: Tracker, path: str) -> SweepRuntime:
 def _quiet_ray(path: str, name: str, verbose: bool) -> None:
     """Unless ``verbose``: what Ray prints in this process goes to the sweep's driver log, and Ray Tune
     uses its legacy output engine, silent at ``verbose=0`` (the current one prints its experiment box
-    even there), so the terminal view is the only one. Ray Tune's own resume hint is never shown."""
+    even there), so the terminal view is the only one; MLflow's retries (a warning each) are not shown
+    either: the tracking watch says an outage once. Ray Tune's own resume hint is never shown."""
     logging.getLogger("ray.tune.tune").addFilter(HideRestoreHint())
     if not verbose:
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         route_library_output(driver_log(path, name))
 
@@ -219,6 +221,9 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
         runtime.parent.close("KILLED", interrupts.reason())
         raise
     except BaseException as error:
+        lost = _tracking_lost(runtime, error)
+        if lost is not None:  # nothing can be closed: the resume reopens the runs
+            raise lost from error
         lost = _storage_lost(runtime, error)
         if lost is not None:
             _close_open_runs(runtime, "FAILED", str(lost))
@@ -240,6 +245,19 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
             interrupted.close("KILLED", "sweep interrupted")
         runtime.parent.close("KILLED", interrupts.reason())
     return complete
+
+
+def _tracking_lost(runtime: SweepRuntime, error: BaseException) -> TrackingUnavailable | None:
+    """The error, said plainly, when it is the tracking server that kept failing past MLflow's retries."""
+    if isinstance(error, KeyboardInterrupt):
+        return None
+    trouble = runtime.tracker.trouble()
+    if trouble is None:
+        return None
+    return TrackingUnavailable(
+        f"sweep {runtime.name} stopped: the tracking server {runtime.tracker.uri} kept failing ({trouble}) past "
+        f"MLflow's retries; its runs show RUNNING until it resumes, and trials that failed on it stay failed; once the "
+        f"server answers, continue it with: aepg sweep --resume {shown_path(runtime.path)}")
 
 
 def _storage_lost(runtime: SweepRuntime, error: BaseException) -> preflight.StorageUnavailable | None:
