@@ -62,7 +62,7 @@ def cmd_train(args) -> int:
     from aepg.launch import run
 
     try:
-        result = run(cfg, resume=args.resume, checked=True)
+        result = run(cfg, resume=args.resume, checked=True, ray_log=True)
     except interrupts.RunInterrupted as stopped:
         print(f"aepg: run {stopped.run_id} marked KILLED, its checkpoints kept; continue it with: "
               f"aepg train {shlex.join([args.config, *args.overrides])} --resume {stopped.run_id}", file=sys.stderr)

@@ -9,21 +9,24 @@ worker group, or ``aepg train --resume RUN_ID``, continues where the run stopped
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from aepg import interrupts, preflight, provenance, schema
 from aepg.benchmarks.tasks import Benchmark, build_benchmark
 from aepg.checkpoints import CheckpointStore, CheckpointsUnreadable
-from aepg.config import ConfigError, RunConfig, fixed_on_resume, flatten, renamed_layer
+from aepg.config import ConfigError, RunConfig, fixed_on_resume, flatten, is_uri, renamed_layer
 from aepg.distributed import Context, pick_device, seed_all
 from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
-from aepg.ray_setup import ensure_ray, refuse_unschedulable, worker_resources
+from aepg.ray_setup import ensure_ray, refuse_unschedulable, route_library_output, worker_resources
 from aepg.schema import FINAL
 from aepg.tracking import RunHandle, Tracker
 from aepg.trainer import ContinualTrainer, TrainState, autocast_for
@@ -46,11 +49,13 @@ def build_job(cfg: RunConfig) -> tuple[ContinualClassifier, Benchmark, Objective
 
 
 def train_worker(cfg: RunConfig, run: RunHandle, context: Context,
-                 task_hooks: list[Callable[[TrainState], None]] = (), summary: str | None = FINAL) -> TrainState:
+                 task_hooks: list[Callable[[TrainState], None]] = (), summary: str | None = FINAL,
+                 mark_start: bool = False) -> TrainState:
     """Build benchmark, model and objective, restore the latest checkpoint if any, and train.
 
     ``summary``: the prefix of the end-of-budget metrics (``aepg.metrics``): ``final/``, ``seed_run/``
-    for one seed of a sweep's configuration, None for a sweep's low-fidelity level."""
+    for one seed of a sweep's configuration, None for a sweep's low-fidelity level. ``mark_start``
+    (Ray Train's workers): the chief tags when training started, which ``RestartWatch`` reads."""
     # Results depend on the thread count (it splits reductions): fix it, from the config or the CPUs
     # the worker was given, never from torch's guess; oneDNN's reductions in a fixed order too.
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(context.cpus)))
@@ -66,6 +71,8 @@ def train_worker(cfg: RunConfig, run: RunHandle, context: Context,
         if context.is_chief:
             log.info("resuming at task %d, epoch %d from %s", state.task + 1, state.epoch, store.uri)
             run.set_tags({schema.RESUMED_TAG: f"task {state.task + 1}, epoch {state.epoch}"})
+    if mark_start and context.is_chief:  # after the resume point, which a restart's line reads with it
+        run.set_tags({schema.STARTED_TAG: f"{time.time():.3f}"})
     reporters, monitor = [], None
     if context.is_chief:
         reporters.append(run.reporter(preflight.charts(cfg), summary))
@@ -123,7 +130,7 @@ def _ray_train_loop(config: dict) -> None:
             config["run"].set_tags({schema.NODES_TAG: ",".join(sorted(set(nodes)))})
     # Inside a Tune trial, every rank reports after each task; TuneReportCallback forwards rank 0's.
     hooks = [lambda state: ray.train.report(state.metrics(cfg.benchmark.num_tasks, placeholders=True))] if config["report"] else []
-    train_worker(cfg, config["run"], context, hooks, config["summary"])
+    train_worker(cfg, config["run"], context, hooks, config["summary"], mark_start=True)
 
 
 def _prepare_ddp(model: ContinualClassifier):
@@ -161,7 +168,53 @@ def torch_trainer(cfg: RunConfig, run: RunHandle, report_to_tune: bool = False, 
     )
 
 
-def fit_off_main_thread(trainer):
+class RestartWatch:
+    """Says in one aepg line when Ray Train restarted the run's workers from its last checkpoint (a
+    worker or its node lost), from the tags the chief sets as training starts; Ray's own account,
+    tracebacks included, stays in its logs."""
+
+    POLL_S = 5.0
+
+    def __init__(self, run: RunHandle, attempts: int):
+        self.run, self.attempts, self.restarts, self.polled = run, attempts, 0, 0.0
+        tags = self._tags()
+        self.before = tags.get(schema.STARTED_TAG)
+        """Its value as the fit began: the first change is the first start, later ones restarts."""
+        self.seen: dict[str, str] | None = None
+
+    def _tags(self) -> dict[str, str]:
+        try:
+            return self.run.tracker.get_run(self.run.run_id)[0].tags
+        except Exception:  # noqa: BLE001 - the tracking server's trouble is said elsewhere
+            return {}
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.polled < self.POLL_S:
+            return
+        self.polled = now
+        tags = self._tags()
+        started = tags.get(schema.STARTED_TAG)
+        if started is None or started == self.before or (self.seen and started == self.seen["started"]):
+            return
+        previous, self.seen = self.seen, {"started": started, "nodes": tags.get(schema.NODES_TAG, "")}
+        if previous is not None:
+            self.restarts += 1
+            log.info("%s", self.line(previous["nodes"], self.seen["nodes"], tags.get(schema.RESUMED_TAG)))
+
+    def line(self, nodes_before: str, nodes_now: str, resumed: str | None) -> str:
+        from aepg.ray_setup import node_names
+
+        names = {node_id: name for node_id, (name, _) in node_names().items()}
+        lost = sorted(names.get(n, n[:8]) for n in set(nodes_before.split(",")) - set(nodes_now.split(",")) if n)
+        now = sorted(names.get(n, n[:8]) for n in nodes_now.split(",") if n)
+        cause = f"lost node {', '.join(lost)}" if lost else "a worker failed"
+        where = f" on {', '.join(now)}" if now else ""
+        return (f"{cause}; Ray Train restarted the workers{where}, resuming at {resumed or 'task 1, epoch 0'} from "
+                f"the last checkpoint (attempt {self.restarts + 1} of {self.attempts})")
+
+
+def fit_off_main_thread(trainer, watch: RestartWatch | None = None):
     """``trainer.fit()`` in a helper thread, so Ctrl-C stays a KeyboardInterrupt here.
 
     On the main thread Ray Train installs its own SIGINT handler, which ends the process with
@@ -182,6 +235,8 @@ def fit_off_main_thread(trainer):
     thread.start()
     while thread.is_alive():
         thread.join(0.5)
+        if watch is not None:
+            watch.tick()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -196,7 +251,8 @@ def run_workers(cfg: RunConfig, run: RunHandle, report: Callable[[TrainState], N
         context = Context(device=pick_device(cfg.train.device), **({"cpus": cpus} if cpus else {}))
         return train_worker(cfg, run, context, [report] if report else [], summary)
     ensure_ray()
-    fit_off_main_thread(torch_trainer(cfg, run, report_to_tune=report is not None, summary=summary))
+    fit_off_main_thread(torch_trainer(cfg, run, report_to_tune=report is not None, summary=summary),
+                        RestartWatch(run, cfg.failure.max_failures + 1))
     restored = CheckpointStore(cfg.storage_path, run.run_id).load_latest()
     if restored is None:
         raise RuntimeError(f"the Ray Train run {run.run_id} finished without a checkpoint")
@@ -232,9 +288,10 @@ def check_resumable(cfg: RunConfig, run_id: str) -> None:
                             "there is nothing to resume")])
 
 
-def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> RunResult:
+def run(cfg: RunConfig, resume: str | None = None, checked: bool = False, ray_log: bool = False) -> RunResult:
     """Check everything (unless the caller has: ``checked``), open (or reopen) the MLflow run,
-    train, and set the run's final status."""
+    train, and set the run's final status. ``ray_log`` (the command line's): with Ray Train workers,
+    what Ray prints (the workers' output, a restart's tracebacks) goes to the run's ``ray.log``."""
     if not checked:  # data, backbone, PEFT, weights, checkpoint: before any run is opened
         preflight.check(cfg, resume)
     preflight.prepare(cfg)
@@ -251,6 +308,8 @@ def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> Run
     else:
         run = tracker.open_run(preflight.planned_run(cfg))
     log.info("MLflow run %s at %s; checkpoints under %s/%s", run.run_id, tracker.uri, cfg.storage_path, run.run_id)
+    if ray_log and cfg.scaling.num_workers:
+        route_library_output(_ray_log_file(cfg.storage_path, run.run_id))
     try:
         state = run_workers(cfg, run)
     except KeyboardInterrupt as error:
@@ -261,6 +320,14 @@ def run(cfg: RunConfig, resume: str | None = None, checked: bool = False) -> Run
         raise
     run.close("FINISHED")
     return RunResult(run, state)
+
+
+def _ray_log_file(storage_path: str, run_id: str) -> Path:
+    """Beside the run's checkpoints, or in the temp folder for storage on s3:// or gs://."""
+    folder = Path(tempfile.gettempdir()) / f"aepg-{run_id}" if is_uri(storage_path) else Path(storage_path) / run_id
+    path = folder / "ray.log"
+    log.info("Ray's output (its workers', and any restart's tracebacks): %s", path)
+    return path
 
 
 def record_failure(run: RunHandle, error: BaseException) -> None:

@@ -4,11 +4,14 @@ only orchestrates trials, starts without them."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import signal
 import socket
+import sys
+import threading
 from pathlib import Path
 
 from aepg import interrupts
@@ -85,6 +88,53 @@ def ensure_ray(trial_output: bool = True) -> None:
                                 "(check the address, RAY_AUTH_MODE=token and the cluster's token)") from error
         raise RayStartError(f"a local Ray instance did not start: {first}; its logs: {ray_log_folder()}") from error
     interrupts.restore()
+
+
+class RayThreadsToLog(io.TextIOBase):
+    """``sys.stdout`` or ``sys.stderr`` for a driver whose library output goes to a log: what Ray's
+    background threads (``ray_listen_error_messages``, which prints a dead node's notice on stdout,
+    ``ray_print_logs``) write goes to the log, everything else to the terminal."""
+
+    def __init__(self, terminal, log):
+        self.terminal, self.log = terminal, log
+
+    def _target(self):
+        return self.log if threading.current_thread().name.startswith("ray_") else self.terminal
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.terminal.isatty()
+
+    def fileno(self) -> int:
+        return self.terminal.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return self.terminal.encoding
+
+
+def route_library_output(log_file: Path) -> None:
+    """Send what this process writes to its stderr file descriptor (Ray's C++ core, Ray's and Ray Tune's
+    loggers, set up on ``sys.__stderr__``) and what Ray's threads print to ``log_file``; aepg's own
+    lines stay on the terminal."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    for handler in logging.getLogger().handlers:  # aepg's lines (the root logger's handler, see cli)
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__):
+            handler.setStream(terminal)
+    sys.stderr = RayThreadsToLog(terminal, sys.__stderr__)
+    sys.stdout = RayThreadsToLog(sys.stdout, sys.__stderr__)
 
 
 HEAD_LOST_S = 30.0

@@ -196,6 +196,7 @@ def test_ray_job_stop_closes_every_run_of_a_paired_sweep_and_says_how_to_resume(
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     logs = subprocess.run([ray, "job", "logs", "--address", cluster.dashboard, job], env=env, capture_output=True,
                           text=True, timeout=120).stdout
+    (tmp_path / "job.log").write_text(logs)
     assert re.search(r"sweep stopped by SIGTERM; continue it with: aepg sweep --resume \S+quickstart-", logs), logs[-3000:]
     runs = sweep_runs_of_job()
     arms = [r for r in runs if "aepg.arm" in r.data.tags]
@@ -449,6 +450,7 @@ def test_a_lost_head_ends_the_sweep_in_one_line_with_its_runs_closed_and_a_resum
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(120)
+    (workdir / "terminal.txt").write_text(output)
     assert driver.returncode == 1 and took < 75, (took, output[-3000:])
     said = [line for line in output.splitlines() if "lost the Ray head" in line]
     assert len(said) == 1 and re.fullmatch(r"aepg: sweep lost the Ray head at \S+ \(no answer for \d+ s\); its trials "
@@ -467,3 +469,50 @@ def test_a_lost_head_ends_the_sweep_in_one_line_with_its_runs_closed_and_a_resum
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 3
+
+
+@pytest.mark.production
+def test_a_node_lost_under_aepg_train_is_one_line_and_the_run_finishes(workdir):
+    """`aepg train` with two Ray Train workers on a cluster of three one-CPU nodes; the worker node
+    under one of them is killed once a checkpoint is in: the terminal says in one aepg line which
+    node was lost and where training resumed, shows no traceback, and the run finishes."""
+    log = workdir / "cluster.log"
+    with open(log, "w") as out:
+        cluster = subprocess.Popen([str(AEPG), "cluster", "local", "--workers", "2"], cwd=workdir, stdout=out,
+                                   stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        wait_until(lambda: "Ctrl-C stops exactly these nodes" in log.read_text(), "the cluster to start", cluster, 180)
+        text = log.read_text()
+        env = dict(item.split("=", 1) for item in re.search(r"^  (RAY_ADDRESS=.*)$", text, re.M).group(1).split())
+        pids = {name: int(pid) for name, pid in re.findall(r"([\w-]+)=(\d+)", re.search(r"node processes: (.*)", text).group(1))}
+        process = start_aepg(["train", DIGITS, "benchmark.num_tasks=3", "train.epochs=2", "checkpoint.every_epochs=1",
+                              "benchmark.max_train_per_class=40", "scaling.num_workers=2", "scaling.cpus_per_worker=1",
+                              "scaling.torch_threads=1", "failure.max_failures=1", f"storage_path={workdir / 'runs'}"],
+                             workdir, env)
+        try:
+            client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+
+            def worker_nodes() -> list[str]:
+                if not list((workdir / "runs").glob("*/checkpoints/ckpt-*.pt")):
+                    return []
+                (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+                return run.data.tags.get("aepg.worker_node_ids", "").split(",")
+
+            wait_until(worker_nodes, "a checkpoint and the workers' nodes", process, timeout=600)
+            listed = subprocess.run([str(AEPG.with_name("ray")), "list", "nodes", "--address",
+                                     re.search(r"dashboard: (\S+)", text).group(1), "--format", "json"],
+                                    env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+            names = {n["node_id"]: n["node_name"] for n in json.loads(listed.stdout)}
+            target = next(names[n] for n in worker_nodes() if names.get(n, "head") != "head")
+            kill_tree(pids[target])
+            output, _ = process.communicate(timeout=600)
+        finally:
+            process.kill()
+    finally:
+        cluster.send_signal(signal.SIGTERM)
+        cluster.wait(120)
+    (workdir / "terminal.txt").write_text(output)
+    assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
+    said = [line for line in output.splitlines() if "Ray Train restarted" in line]
+    assert len(said) == 1 and re.search(rf"lost node {target}; Ray Train restarted the workers on \S+, resuming at task "
+                                        r"\d, epoch \d from the last checkpoint \(attempt 2 of 2\)$", said[0]), output[-3000:]

@@ -1,6 +1,8 @@
 """Ray Train on a real local Ray instance (127.0.0.1) with 2 CPU workers."""
 
+import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -14,7 +16,7 @@ from aepg.distributed import Context
 from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer
 
-from conftest import DIGITS, final_matrix, interrupt_after_task, run_aepg
+from conftest import DIGITS, final_matrix, interrupt_after_task, run_aepg, start_aepg, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -79,7 +81,10 @@ def ray_workers(address: str) -> list:
     return list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")], limit=100)
 
 
-def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
+def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path, caplog):
+    """A Ray Train worker killed mid-task: the worker group restarts from the last checkpoint, the
+    run finishes whole, and the driver says so in one aepg line."""
+    caplog.set_level(logging.INFO, logger="aepg")
     cfg = config(tmp_path, "scaling.num_workers=2", "failure.max_failures=1", "train.epochs=2")
     before = {a.actor_id for a in ray_workers(ray_address)}
     killed = {}
@@ -99,12 +104,40 @@ def test_killed_worker_restarts_from_the_last_checkpoint(ray_address, tmp_path):
     assert "pid" in killed
     started = [a for a in ray_workers(ray_address) if a.actor_id not in before]
     assert len(started) == 4, "the worker group was not restarted"
+    said = [r.getMessage() for r in caplog.records if "Ray Train restarted" in r.getMessage()]
+    assert len(said) == 1 and re.fullmatch(r"a worker failed; Ray Train restarted the workers on \S+, resuming at task \d, "
+                                           r"epoch \d from the last checkpoint \(attempt 2 of 2\)", said[0]), said
     client = result.run.tracker.client
     mlflow_run = client.get_run(result.run.run_id)
     assert mlflow_run.info.status == "FINISHED"
     assert len(result.state.accuracy_matrix) == 3
     assert [m.step for m in client.get_metric_history(result.run.run_id, "eval/accuracy")] == [1, 2, 3]
     assert {a.path for a in client.list_artifacts(result.run.run_id)} >= {"accuracy_matrix.png", "training_curves.png"}
+
+
+@pytest.mark.production
+def test_a_restart_under_aepg_train_is_one_line_and_its_tracebacks_go_to_the_runs_ray_log(ray_address, workdir):
+    """`aepg train` with two Ray Train workers, one killed mid-task: the terminal has one aepg line
+    for the restart and no traceback; Ray's account of it is in the run's ray.log."""
+    before = {a.actor_id for a in ray_workers(ray_address)}
+    process = start_aepg(["train", DIGITS, *SMALL, "scaling.num_workers=2", "failure.max_failures=1", "train.epochs=2"],
+                         workdir, {"RAY_ADDRESS": ray_address})
+    try:
+        wait_until(lambda: list(workdir.glob("aepg_runs/*/checkpoints/ckpt-0001-0001.pt")), "a checkpoint of task 2",
+                   process, timeout=600)
+        alive = [a for a in ray_workers(ray_address) if a.actor_id not in before and a.state == "ALIVE"]
+        os.kill(alive[-1].pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    (workdir / "terminal.txt").write_text(output)
+    assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
+    said = [line for line in output.splitlines() if "Ray Train restarted" in line]
+    assert len(said) == 1 and re.search(r"a worker failed; Ray Train restarted the workers on \S+, resuming at task \d, "
+                                        r"epoch \d from the last checkpoint \(attempt 2 of 2\)$", said[0]), output[-3000:]
+    (ray_log,) = workdir.glob("aepg_runs/*/ray.log")
+    assert f"Ray's output (its workers', and any restart's tracebacks): {ray_log}" in output
+    assert "Error" in ray_log.read_text()
 
 
 def test_two_worker_run_resumes_after_interrupt(ray_address, two_workers, workdir):

@@ -28,13 +28,13 @@ from ray import tune
 from aepg import interrupts, preflight, schema
 from aepg.catalog import SCHEDULERS
 from aepg.config import ConfigError, is_uri, shown_path
-from aepg.ray_setup import check_shared_storage, ensure_ray, refuse_unschedulable, watch_head, worker_resources
+from aepg.ray_setup import (check_shared_storage, ensure_ray, refuse_unschedulable, route_library_output, watch_head,
+                            worker_resources)
 from aepg.schema import KIND_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
 from aepg.sweep import search
 from aepg.sweep.checks import variants
 from aepg.sweep.params import parent_params
-from aepg.sweep.progress import (HideRestoreHint, LiveSweepTable, SweepProgress, driver_log, keep_driver_log,
-                                 route_library_output)
+from aepg.sweep.progress import HideRestoreHint, LiveSweepTable, SweepProgress, driver_log, keep_driver_log, stop_live
 from aepg.sweep.publish import publish
 from aepg.sweep.report import SweepReport, build_report, paper_table, report_texts
 from aepg.sweep.runtime import TRIAL_PREFIX, SweepRuntime, started
@@ -238,12 +238,8 @@ def _fit_and_close(runtime: SweepRuntime, make_tuner) -> bool:
     cut_short = runtime.open_runs()  # (a stop signal's action may have closed them already)
     complete = (not cut_short and not interrupts.signalled()
                 and results.num_terminated + results.num_errors >= expected_trials(runtime.sweep))
-    if not complete:
-        for open_run in cut_short:  # the trials' runs and the runs nested under them
-            interrupted = runtime.tracker.run(open_run.run_id)
-            interrupted.set_tags({STATUS_TAG: "interrupted"})
-            interrupted.close("KILLED", "sweep interrupted")
-        runtime.parent.close("KILLED", interrupts.reason())
+    if not complete:  # the trials' runs and the runs nested under them
+        _close_open_runs(runtime, "KILLED", interrupts.reason())
     return complete
 
 
@@ -299,6 +295,7 @@ def head_lost(runtime: SweepRuntime, address: str, seconds: float) -> None:
     reason = f"lost the Ray head at {address} (no answer for {seconds:.0f} s)"
     _close_open_runs(runtime, "FAILED", reason)
     keep_driver_log(runtime.path, runtime.name)
+    stop_live()  # the live table hides the cursor while it draws
     print(f"\naepg: sweep {reason}; its trials ended with it. On a running cluster, continue it with: "
           f"aepg sweep --resume {shown_path(runtime.path)}", file=sys.stderr, flush=True)
     os._exit(1)

@@ -30,6 +30,10 @@ class TrackingWatch(tune.Callback):
         self.failing_since: float | None = None
         self.probed = 0.0
 
+    def __setstate__(self, state: dict) -> None:
+        """Restored with a resumed sweep: its clock readings were another process's."""
+        self.__dict__.update(state, failing_since=None, probed=0.0)
+
     @property
     def failing(self) -> bool:
         return self.failing_since is not None
