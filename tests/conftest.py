@@ -109,6 +109,19 @@ def wait_until(condition, what: str, process: subprocess.Popen | None = None, ti
     return value
 
 
+def through_a_fault(process: subprocess.Popen, ready, what: str, fault, folder: Path, timeout: float = 600) -> str:
+    """Wait until ``ready()`` (``what`` names it), then do ``fault()`` (a signal, a killed node or
+    server) and return all that ``process`` wrote until it ended; kept in ``folder``/terminal.txt."""
+    try:
+        wait_until(ready, what, process, timeout=timeout)
+        fault()
+        output, _ = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    (folder / "terminal.txt").write_text(output)
+    return output
+
+
 @contextmanager
 def mlflow_server(store: Path | str, log: Path, *extra: str, env: dict | None = None, port: int | None = None):
     """A real `mlflow server` on 127.0.0.1 (on ``port``, else a free one) over ``store``: a sqlite

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from mlflow import MlflowClient
 
 from aepg.cluster import free_port
 
-from conftest import AEPG, DIGITS, REPO, TINY_BASE, run_aepg, start_aepg, wait_until, write_sweep
+from conftest import AEPG, DIGITS, REPO, TINY_BASE, run_aepg, start_aepg, through_a_fault, wait_until, write_sweep
 from conftest import mlflow_server as mlflow_server_on
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -48,13 +49,13 @@ class RunningCluster:
         return self.log.read_text()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cluster")
-    log = folder / "cluster.log"
+@contextmanager
+def local_cluster(folder: Path, workers: int = 1, log_name: str = "cluster.log"):
+    """`aepg cluster local --workers N` started in ``folder`` as a user starts it; stopped as Ctrl-C would."""
+    log = folder / log_name
     env = {**os.environ, "PATH": f"{AEPG.parent}{os.pathsep}{os.environ['PATH']}"}  # jobs find `aepg`
     with open(log, "w") as out:
-        process = subprocess.Popen([str(AEPG), "cluster", "local", "--workers", "1"], cwd=folder, stdout=out,
+        process = subprocess.Popen([str(AEPG), "cluster", "local", "--workers", str(workers)], cwd=folder, stdout=out,
                                    stderr=subprocess.STDOUT, env=env)
     try:
         wait_until(lambda: "Ctrl-C stops exactly these nodes" in log.read_text(), "the cluster to start", process, 180)
@@ -67,6 +68,12 @@ def cluster(tmp_path_factory):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -414,44 +421,29 @@ def test_a_lost_head_ends_the_sweep_in_one_line_with_its_runs_closed_and_a_resum
     the head's whole process tree is killed mid-trial: within about a minute the driver says in one
     line that the head is lost and how to resume, its runs are closed FAILED (none RUNNING), and the
     resume on a new cluster finishes the sweep."""
-    def start_cluster(log: Path) -> tuple[subprocess.Popen, dict, dict]:
-        with open(log, "w") as out:
-            process = subprocess.Popen([str(AEPG), "cluster", "local", "--workers", "1"], cwd=workdir, stdout=out,
-                                       stderr=subprocess.STDOUT, env=os.environ.copy())
-        wait_until(lambda: "Ctrl-C stops exactly these nodes" in log.read_text(), "the cluster to start", process, 180)
-        text = log.read_text()
-        env = dict(item.split("=", 1) for item in re.search(r"^  (RAY_ADDRESS=.*)$", text, re.M).group(1).split())
-        pids = {name: int(pid) for name, pid in re.findall(r"([\w-]+)=(\d+)", re.search(r"node processes: (.*)", text).group(1))}
-        return process, env, pids
-
     db = workdir / "mlflow.db"
     path = write_sweep(workdir, space={"train.lr": {"choice": [0.0003, 0.001]}}, scheduler={"kind": "none"},
                        base_overrides={**TINY_BASE, "train": {"epochs": 3, "batch_size": 16}},
                        search={"algorithm": "grid", "max_concurrent": 2}, storage_path=str(workdir / "shared"))
-    first, env, pids = start_cluster(workdir / "first.log")
-    try:
-        driver = start_aepg(["sweep", path], workdir, env)
-        try:
-            client = MlflowClient(f"sqlite:///{db}")
+    client = MlflowClient(f"sqlite:///{db}")
 
-            def a_task_done() -> bool:
-                if not list(workdir.glob("shared/*/aepg_sweep.json")):
-                    return False
-                runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
-                return any(int(r.data.tags.get("aepg.tasks_done", 0)) >= 1 for r in runs)
+    def a_task_done() -> bool:
+        if not list(workdir.glob("shared/*/aepg_sweep.json")):
+            return False
+        runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+        return any(int(r.data.tags.get("aepg.tasks_done", 0)) >= 1 for r in runs)
 
-            wait_until(a_task_done, "a trial's first task", driver, timeout=600)
-            killed = time.time()
-            kill_tree(pids["head"])
-            output, _ = driver.communicate(timeout=180)
-            took = time.time() - killed
-        finally:
-            driver.kill()
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.wait(120)
-    (workdir / "terminal.txt").write_text(output)
-    assert driver.returncode == 1 and took < 75, (took, output[-3000:])
+    killed = {}
+
+    def kill_the_head() -> None:
+        killed["at"] = time.time()
+        kill_tree(first.pids["head"])
+
+    with local_cluster(workdir, log_name="first.log") as first:
+        output = through_a_fault(start_aepg(["sweep", path], workdir, first.client_env), a_task_done,
+                                 "a trial's first task", kill_the_head, workdir)
+        took = time.time() - killed["at"]
+    assert took < 75, (took, output[-3000:])
     said = [line for line in output.splitlines() if "lost the Ray head" in line]
     assert len(said) == 1 and re.fullmatch(r"aepg: sweep lost the Ray head at \S+ \(no answer for \d+ s\); its trials "
                                            r"ended with it\. On a running cluster, continue it with: aepg sweep --resume "
@@ -460,12 +452,8 @@ def test_a_lost_head_ends_the_sweep_in_one_line_with_its_runs_closed_and_a_resum
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"] and \
         "FAILED" in {r.info.status for r in runs}
 
-    second, env, _ = start_cluster(workdir / "second.log")
-    try:
-        resumed = run_aepg(["sweep", "--resume", said[0].rsplit(" ", 1)[1]], cwd=workdir, env=env)
-    finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(120)
+    with local_cluster(workdir, log_name="second.log") as second:
+        resumed = run_aepg(["sweep", "--resume", said[0].rsplit(" ", 1)[1]], cwd=workdir, env=second.client_env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 3
@@ -476,43 +464,30 @@ def test_a_node_lost_under_aepg_train_is_one_line_and_the_run_finishes(workdir):
     """`aepg train` with two Ray Train workers on a cluster of three one-CPU nodes; the worker node
     under one of them is killed once a checkpoint is in: the terminal says in one aepg line which
     node was lost and where training resumed, shows no traceback, and the run finishes."""
-    log = workdir / "cluster.log"
-    with open(log, "w") as out:
-        cluster = subprocess.Popen([str(AEPG), "cluster", "local", "--workers", "2"], cwd=workdir, stdout=out,
-                                   stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        wait_until(lambda: "Ctrl-C stops exactly these nodes" in log.read_text(), "the cluster to start", cluster, 180)
-        text = log.read_text()
-        env = dict(item.split("=", 1) for item in re.search(r"^  (RAY_ADDRESS=.*)$", text, re.M).group(1).split())
-        pids = {name: int(pid) for name, pid in re.findall(r"([\w-]+)=(\d+)", re.search(r"node processes: (.*)", text).group(1))}
+    client, lost = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"), {}
+
+    def worker_nodes() -> list[str]:
+        if not list((workdir / "runs").glob("*/checkpoints/ckpt-*.pt")):
+            return []
+        (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+        return run.data.tags.get("aepg.worker_node_ids", "").split(",")
+
+    def kill_a_worker_node() -> None:
+        listed = subprocess.run([str(AEPG.with_name("ray")), "list", "nodes", "--address", cluster.dashboard, "--format",
+                                 "json"], env={**os.environ, **cluster.client_env}, capture_output=True, text=True,
+                                timeout=120)
+        names = {n["node_id"]: n["node_name"] for n in json.loads(listed.stdout)}
+        lost["node"] = next(names[n] for n in worker_nodes() if names.get(n, "head") != "head")
+        kill_tree(cluster.pids[lost["node"]])
+
+    with local_cluster(workdir, workers=2) as cluster:
         process = start_aepg(["train", DIGITS, "benchmark.num_tasks=3", "train.epochs=2", "checkpoint.every_epochs=1",
                               "benchmark.max_train_per_class=40", "scaling.num_workers=2", "scaling.cpus_per_worker=1",
                               "scaling.torch_threads=1", "failure.max_failures=1", f"storage_path={workdir / 'runs'}"],
-                             workdir, env)
-        try:
-            client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-
-            def worker_nodes() -> list[str]:
-                if not list((workdir / "runs").glob("*/checkpoints/ckpt-*.pt")):
-                    return []
-                (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
-                return run.data.tags.get("aepg.worker_node_ids", "").split(",")
-
-            wait_until(worker_nodes, "a checkpoint and the workers' nodes", process, timeout=600)
-            listed = subprocess.run([str(AEPG.with_name("ray")), "list", "nodes", "--address",
-                                     re.search(r"dashboard: (\S+)", text).group(1), "--format", "json"],
-                                    env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
-            names = {n["node_id"]: n["node_name"] for n in json.loads(listed.stdout)}
-            target = next(names[n] for n in worker_nodes() if names.get(n, "head") != "head")
-            kill_tree(pids[target])
-            output, _ = process.communicate(timeout=600)
-        finally:
-            process.kill()
-    finally:
-        cluster.send_signal(signal.SIGTERM)
-        cluster.wait(120)
-    (workdir / "terminal.txt").write_text(output)
+                             workdir, cluster.client_env)
+        output = through_a_fault(process, worker_nodes, "a checkpoint and the workers' nodes", kill_a_worker_node, workdir)
     assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
     said = [line for line in output.splitlines() if "Ray Train restarted" in line]
-    assert len(said) == 1 and re.search(rf"lost node {target}; Ray Train restarted the workers on \S+, resuming at task "
-                                        r"\d, epoch \d from the last checkpoint \(attempt 2 of 2\)$", said[0]), output[-3000:]
+    assert len(said) == 1 and re.search(rf"lost node {lost['node']}; Ray Train restarted the workers on \S+, resuming at "
+                                        r"task \d, epoch \d from the last checkpoint \(attempt 2 of 2\)$", said[0]), \
+        output[-3000:]

@@ -16,7 +16,7 @@ from aepg.distributed import Context
 from aepg.launch import build_job, run
 from aepg.trainer import ContinualTrainer
 
-from conftest import DIGITS, final_matrix, interrupt_after_task, run_aepg, start_aepg, wait_until
+from conftest import DIGITS, final_matrix, interrupt_after_task, run_aepg, start_aepg, through_a_fault
 
 pytestmark = pytest.mark.ray
 
@@ -122,15 +122,13 @@ def test_a_restart_under_aepg_train_is_one_line_and_its_tracebacks_go_to_the_run
     before = {a.actor_id for a in ray_workers(ray_address)}
     process = start_aepg(["train", DIGITS, *SMALL, "scaling.num_workers=2", "failure.max_failures=1", "train.epochs=2"],
                          workdir, {"RAY_ADDRESS": ray_address})
-    try:
-        wait_until(lambda: list(workdir.glob("aepg_runs/*/checkpoints/ckpt-0001-0001.pt")), "a checkpoint of task 2",
-                   process, timeout=600)
+
+    def kill_a_worker() -> None:
         alive = [a for a in ray_workers(ray_address) if a.actor_id not in before and a.state == "ALIVE"]
         os.kill(alive[-1].pid, signal.SIGKILL)
-        output, _ = process.communicate(timeout=600)
-    finally:
-        process.kill()
-    (workdir / "terminal.txt").write_text(output)
+
+    output = through_a_fault(process, lambda: list(workdir.glob("aepg_runs/*/checkpoints/ckpt-0001-0001.pt")),
+                             "a checkpoint of task 2", kill_a_worker, workdir)
     assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
     said = [line for line in output.splitlines() if "Ray Train restarted" in line]
     assert len(said) == 1 and re.search(r"a worker failed; Ray Train restarted the workers on \S+, resuming at task \d, "

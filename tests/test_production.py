@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, TINY_BASE, mlflow_server, run_aepg, start_aepg, wait_until, write_sweep
+from conftest import (CONFIGS, TINY_BASE, mlflow_server, run_aepg, start_aepg, through_a_fault, wait_until,
+                      write_sweep)
 from mlflow import MlflowClient
 
 from aepg.ray_setup import free_port
@@ -148,13 +149,8 @@ def test_a_sweep_on_s3_stopped_mid_trial_resumes_to_the_metrics_of_an_uninterrup
 
         driver = start_aepg(["sweep", sweep_file(cut), f"storage_path=s3://{BUCKET}/cut"], cut, server.env,
                             own_group=True)
-        try:
-            wait_until(lambda: any(key.endswith(".pt") for key in bucket_keys(server, "cut/")), "a checkpoint in the bucket",
-                       driver, timeout=600)
-            os.killpg(driver.pid, signal.SIGTERM)
-            output, _ = driver.communicate(timeout=120)
-        finally:
-            driver.kill()
+        output = through_a_fault(driver, lambda: any(key.endswith(".pt") for key in bucket_keys(server, "cut/")),
+                                 "a checkpoint in the bucket", lambda: os.killpg(driver.pid, signal.SIGTERM), cut)
         assert driver.returncode == 143, output[-3000:]
         (folder,) = re.findall(rf"continue it with: aepg sweep --resume (s3://{BUCKET}/cut/tiny-\S+)", output)
         assert len(finals(cut / "mlflow.db")) < 2 or not all(finals(cut / "mlflow.db").values()), "stopped too late"
@@ -174,14 +170,8 @@ def test_an_s3_server_that_goes_away_mid_sweep_ends_it_in_one_line_with_its_runs
     its cause and the resume command, no traceback, and no MLflow run left RUNNING."""
     with s3_server() as server:
         driver = start_aepg(["sweep", sweep_file(tmp_path), f"storage_path=s3://{BUCKET}/gone"], tmp_path, server.env)
-        try:
-            wait_until(lambda: any(key.endswith(".pt") for key in bucket_keys(server, "gone/")),
-                       "a checkpoint in the bucket", driver, timeout=600)
-            server.stop()
-            output, _ = driver.communicate(timeout=600)
-        finally:
-            driver.kill()
-    (tmp_path / "terminal.txt").write_text(output)
+        output = through_a_fault(driver, lambda: any(key.endswith(".pt") for key in bucket_keys(server, "gone/")),
+                                 "a checkpoint in the bucket", server.stop, tmp_path)
     assert driver.returncode == 1 and "Traceback" not in output, output[-3000:]
     said = [line for line in output.splitlines() if "storage failed mid-sweep" in line]
     assert len(said) == 1 and re.fullmatch(

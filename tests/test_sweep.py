@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, TINY_BASE, mlflow_server, run_aepg, run_in_terminal, start_aepg, wait_until, write_sweep
+from conftest import (REPO, TINY_BASE, mlflow_server, run_aepg, run_in_terminal, start_aepg, through_a_fault,
+                      wait_until, write_sweep)
 from mlflow import MlflowClient
 from ray.tune.search.optuna import OptunaSearch
 
@@ -508,13 +509,8 @@ def test_a_paired_sweep_stopped_mid_task_closes_every_run_it_opened(stop, workdi
                        compare={"objective.kind": ["ce", "aepg"]}, seeds=[0, 1],
                        search={"algorithm": "grid", "max_concurrent": 2}, scheduler={"kind": "none", "fidelity": "seeds"})
     driver = start_aepg(["sweep", path], workdir, {}, own_group=True)
-    try:
-        wait_until(lambda: any(_one_task_done(c) for c in live_children(db) if "aepg.arm" in c.data.tags),
-                   "an arm run's first task", driver)
-        os.killpg(driver.pid, stop)
-        output, _ = driver.communicate(timeout=120)
-    finally:
-        driver.kill()
+    output = through_a_fault(driver, lambda: any(_one_task_done(c) for c in live_children(db) if "aepg.arm" in c.data.tags),
+                             "an arm run's first task", lambda: os.killpg(driver.pid, stop), workdir)
     assert driver.returncode == 128 + stop, output[-3000:]
     reason = "interrupted (Ctrl-C)" if stop == signal.SIGINT else f"stopped by {stop.name}"
     assert f"sweep {reason}; continue it with: aepg sweep --resume aepg_sweeps/tiny-" in output, output[-3000:]
@@ -533,13 +529,13 @@ def test_a_sweep_waiting_for_resources_the_cluster_lacks_stops_with_its_resume_l
     path = write_sweep(workdir, trial={"cpus": 1, "gpus": 1, "max_failures": 0},
                        search={"algorithm": "random", "seed": 1, "num_trials": 2, "max_concurrent": 2})
     driver = start_aepg(["sweep", path], workdir, {"RAY_ADDRESS": ray_address})
-    try:
-        wait_until(lambda: list(workdir.glob("aepg_sweeps/*/aepg_sweep.json")), "the sweep to start", driver)
+
+    def stop_while_pending() -> None:
         time.sleep(5)  # its trials pending, for a GPU
         driver.send_signal(signal.SIGTERM)
-        output, _ = driver.communicate(timeout=120)
-    finally:
-        driver.kill()
+
+    output = through_a_fault(driver, lambda: list(workdir.glob("aepg_sweeps/*/aepg_sweep.json")), "the sweep to start",
+                             stop_while_pending, workdir)
     assert driver.returncode == 143, output[-3000:]
     assert "waiting for the autoscaler" in output and "sweep stopped by SIGTERM; continue it with: aepg sweep --resume" \
         in output, output[-3000:]

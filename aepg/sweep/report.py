@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import statistics
 import warnings
 from dataclasses import dataclass, field
 

@@ -109,8 +109,6 @@ class SweepOptunaSearch(OptunaSearch):
 
     def _untried(self) -> dict | None:
         """A configuration of the space not proposed yet, drawn at random, or None if none is found."""
-        import optuna
-
         if self._draws is None:
             self._draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.draw_seed))
         for _ in range(self.REDRAWS):
