@@ -188,9 +188,11 @@ class RestartWatch:
         except Exception:  # noqa: BLE001 - the tracking server's trouble is said elsewhere
             return {}
 
-    def tick(self) -> None:
+    def tick(self, last: bool = False) -> None:
+        """Read the tags every ``POLL_S``, or now when it is the ``last`` look (the fit ended: a
+        restart shortly before its end is said too)."""
         now = time.monotonic()
-        if now - self.polled < self.POLL_S:
+        if now - self.polled < self.POLL_S and not last:
             return
         self.polled = now
         tags = self._tags()
@@ -237,6 +239,8 @@ def fit_off_main_thread(trainer, watch: RestartWatch | None = None):
         thread.join(0.5)
         if watch is not None:
             watch.tick()
+    if watch is not None:
+        watch.tick(last=True)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
