@@ -26,7 +26,7 @@ from aepg.config import ConfigError, RunConfig, fixed_on_resume, flatten, is_uri
 from aepg.distributed import Context, pick_device, seed_all
 from aepg.models.classifier import ContinualClassifier, build_model
 from aepg.objectives import Objective, build_objective
-from aepg.ray_setup import ensure_ray, refuse_unschedulable, route_library_output, worker_resources
+from aepg.ray_setup import ensure_ray, node_names, refuse_unschedulable, route_library_output, worker_resources
 from aepg.schema import FINAL
 from aepg.tracking import RunHandle, Tracker
 from aepg.trainer import ContinualTrainer, TrainState, autocast_for
@@ -205,8 +205,6 @@ class RestartWatch:
             log.info("%s", self.line(previous["nodes"], self.seen["nodes"], tags.get(schema.RESUMED_TAG)))
 
     def line(self, nodes_before: str, nodes_now: str, resumed: str | None) -> str:
-        from aepg.ray_setup import node_names
-
         names = {node_id: name for node_id, (name, _) in node_names().items()}
         lost = sorted(names.get(n, n[:8]) for n in set(nodes_before.split(",")) - set(nodes_now.split(",")) if n)
         now = sorted(names.get(n, n[:8]) for n in nodes_now.split(",") if n)

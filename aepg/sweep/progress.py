@@ -39,13 +39,18 @@ class HideRestoreHint(logging.Filter):
         return "Tuner.restore(" not in record.getMessage()
 
 
+def _local_copy(name: str) -> Path:
+    """Where the driver of a sweep on s3:// or gs:// writes its log while it runs."""
+    return Path(tempfile.gettempdir()) / f"aepg-{name}-{DRIVER_LOG}"
+
+
 def driver_log(sweep_path: str, name: str) -> Path:
     """The driver's log file: in the sweep's folder, or for a sweep on s3:// or gs:// a local copy in
     the temp folder (started from the sweep's own, on a resume elsewhere), which ``keep_driver_log``
     puts back into the sweep's folder."""
     if "://" not in sweep_path:
         return Path(sweep_path) / DRIVER_LOG
-    local = Path(tempfile.gettempdir()) / f"aepg-{name}-{DRIVER_LOG}"
+    local = _local_copy(name)
     if not local.exists():
         import pyarrow.fs as pafs
 
@@ -60,7 +65,7 @@ def driver_log(sweep_path: str, name: str) -> Path:
 
 def keep_driver_log(sweep_path: str, name: str) -> None:
     """Copy the local log of a sweep on s3:// or gs:// into its folder there (as it ends, however)."""
-    local = Path(tempfile.gettempdir()) / f"aepg-{name}-{DRIVER_LOG}"
+    local = _local_copy(name)
     if "://" not in sweep_path or not local.exists():
         return
     import pyarrow.fs as pafs
