@@ -42,8 +42,14 @@ class Entry:
         return " ".join((self.config.__doc__ or "").strip().split("\n\n")[0].split()).replace("``", "`")
 
     def defaults(self) -> dict[str, Any]:
-        """The entry's own keys (``kind`` excluded) with their defaults."""
-        return {key: self.config.model_fields[key].get_default(call_default_factory=True) for key in self.keys()}
+        """The entry's own keys (``kind`` excluded) with their defaults, as a config with none of
+        them set holds them (a method's own parts included)."""
+        try:
+            made = self.config.model_validate({})
+        except ValueError:  # an entry with a required key: each field's default
+            made = None
+        return {key: getattr(made, key) if made is not None else
+                self.config.model_fields[key].get_default(call_default_factory=True) for key in self.keys()}
 
     @property
     def module(self) -> str:

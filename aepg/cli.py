@@ -215,7 +215,8 @@ def cmd_list(args) -> int:
             package, version = provider(entry.module)
             print(textwrap.fill(f"{entry.doc} [{package}=={version}]", width,
                                 initial_indent=f"  {entry_name:<{indent - 2}}", subsequent_indent=" " * indent))
-            keys = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+            keys = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else
+                             f"{key}={{{', '.join(value)}}}" if isinstance(value, dict) else f"{key}={value}"
                              for key, value in entry.defaults().items())
             if keys:
                 print(textwrap.fill(f"keys: {keys}", width, initial_indent=" " * indent,

@@ -10,6 +10,7 @@ validates objective keys fast. docs/extending.md shows how to add one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -133,6 +134,25 @@ class EntropyPenalty(ObjectiveConfig):
         return -x.log_p_y + self.beta * entropy(x.log_p)
 
 
+@OBJECTIVES.register("sce", display="symmetric CE")
+class SymmetricCrossEntropy(ObjectiveConfig):
+    """Symmetric cross-entropy (Wang et al., ICCV 2019) as SLCA++ computes it: ``a CE + b RCE`` with the
+    reverse term ``RCE = -sum_k p_k log q_k`` over p clamped to [1e-7, 1] and the one-hot label q
+    clamped to [1e-4, 1], i.e. ``-log(1e-4) (sum_k p_k - p_y)``: about 9.21 (1 - p_y), EPG's reward
+    term at a fixed weight."""
+
+    kind: Literal["sce"] = "sce"
+    a: float = Field(1.0, ge=0)
+    """The cross-entropy's weight (SLCA++'s ``sce_a``: 1.0 on CIFAR-100 and CUB-200, 0.5 on ImageNet-R)."""
+    b: float = Field(0.1, ge=0)
+    """The reverse term's weight (``sce_b``: 0.1 on CIFAR-100 and CUB-200, 0.5 on ImageNet-R)."""
+
+    def per_sample(self, x: LossInputs) -> Tensor:
+        p = x.log_p.exp().clamp(1e-7, 1.0)
+        reverse = -math.log(1e-4) * (p.sum(dim=-1) - x.log_p_y.exp().clamp(1e-7, 1.0))
+        return -self.a * x.log_p_y + self.b * reverse
+
+
 def is_annealed(cfg: ObjectiveConfig) -> bool:
     """Whether the objective follows the ``schedule`` (its keys are inactive for the others)."""
     return OBJECTIVES.get(cfg.kind).has("annealed")
@@ -153,12 +173,20 @@ class Objective:
         return self.schedule(progress) if self.schedule else None
 
     def __call__(self, logits: Tensor, targets: Tensor, progress: Progress) -> ObjectiveOutput:
-        log_p = logits.log_softmax(dim=-1)
-        log_p_y = log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
+        inputs = self._inputs(logits, targets, progress)
         a_t = self.weight(progress)
-        terms = self.cfg.per_sample(LossInputs(log_p, log_p_y, 1.0 if a_t is None else a_t))
-        seen, seen_y = log_p.detach(), log_p_y.detach()
-        return ObjectiveOutput(terms.mean(), a_t, entropy(seen).mean(), seen_y.exp().mean(), -seen_y.mean())
+        seen, seen_y = inputs.log_p.detach(), inputs.log_p_y.detach()
+        return ObjectiveOutput(self.cfg.per_sample(inputs).mean(), a_t, entropy(seen).mean(), seen_y.exp().mean(),
+                               -seen_y.mean())
+
+    def per_sample(self, logits: Tensor, targets: Tensor, progress: Progress) -> Tensor:
+        """Each sample's loss (what ``__call__`` averages)."""
+        return self.cfg.per_sample(self._inputs(logits, targets, progress))
+
+    def _inputs(self, logits: Tensor, targets: Tensor, progress: Progress) -> LossInputs:
+        log_p = logits.log_softmax(dim=-1)
+        a_t = self.weight(progress)
+        return LossInputs(log_p, log_p.gather(1, targets.unsqueeze(1)).squeeze(1), 1.0 if a_t is None else a_t)
 
 
 def build_objective(objective_cfg: ObjectiveConfig, schedule_cfg) -> Objective:

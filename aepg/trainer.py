@@ -141,14 +141,18 @@ class TaskInputs:
     def columns(self) -> slice:
         return self.trainer.objective.columns(self.task.start, self.task.stop)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, start: int | None = None) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, start: int | None = None,
+             reduction: str = "mean") -> torch.Tensor:
         trainer = self.trainer
         if trainer.cfg.annealing.scope == "run":
             steps = [trainer.cfg.train.epochs * trainer.steps_per_epoch(t) for t in trainer.benchmark.tasks]
             end = Progress(sum(steps[: self.task.index + 1]), sum(steps))
         else:
             end = Progress(1, 1)
-        return trainer.objective(logits, labels - (self.columns.start if start is None else start), end).loss
+        targets = labels - (self.columns.start if start is None else start)
+        if reduction == "none":
+            return trainer.objective.per_sample(logits, targets, end)
+        return trainer.objective(logits, targets, end).loss
 
     def generator(self, *salt: int) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.trainer.cfg.seed, self.task.index, HOOK_DRAWS, *salt))
@@ -287,13 +291,15 @@ class ContinualTrainer:
                 hook(state)
         return state
 
-    def _optimizer(self, head_only: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def _optimizer(self, task: Task, head_only: bool) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """A fresh optimiser per phase, so moments from old tasks never move their head rows; the
-        method's parameters in a group of their own, at ``model.method.lr_scale`` times the rate."""
+        method's parameters in groups of their own, at ``model.method.lr_scale`` times the rate
+        (or the rates the method gives some of them in this task)."""
         self.model.set_method_trainable(not head_only)
         groups = [{"params": list(self.model.head.parameters()), LR_SCALE: 1.0}]
         if not head_only and self.model.method_parameters():
-            groups.append({"params": self.model.method_parameters(), LR_SCALE: self.cfg.model.method.lr_scale or 1.0})
+            groups += [{"params": params, LR_SCALE: rate} for params, rate in
+                       self.model.method_rate_groups(task.index, self.cfg.model.method.lr_scale or 1.0)]
         return self.context.prepare(self.model), build_optimizer(groups, self.cfg.train, self.fused_adam)
 
     def _head_only(self, task: Task, epoch: int) -> bool:
@@ -335,7 +341,7 @@ class ContinualTrainer:
             head_only = self._head_only(task, epoch)
             if head_only != phase:
                 phase = head_only
-                model, optimizer = self._optimizer(head_only)
+                model, optimizer = self._optimizer(task, head_only)
                 if optimizer_state is not None:
                     optimizer.load_state_dict(optimizer_state)
                     optimizer_state = None

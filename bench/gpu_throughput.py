@@ -43,7 +43,7 @@ def synchronize(device: torch.device) -> None:
 def steps_per_second(trainer: ContinualTrainer, batches, steps: int, head_only: bool = False) -> float:
     """Training steps over ``batches`` (an iterator of (images, sizes, labels)), synchronised."""
     device = trainer.device
-    model, optimizer = trainer._optimizer(head_only)
+    model, optimizer = trainer._optimizer(trainer.benchmark.tasks[0], head_only)
     model.train()
     columns = slice(0, 20)
     crops = torch.Generator().manual_seed(derive_seed(0, 0))

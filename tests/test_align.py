@@ -38,8 +38,8 @@ class Features:
             chunk = self.rows[i:i + 5]
             yield torch.stack([image for _, image in chunk]).to(dtype), torch.tensor([c for c, _ in chunk])
 
-    def loss(self, logits, labels, start=None):
-        return F.cross_entropy(logits, labels - (self.start if start is None else start))
+    def loss(self, logits, labels, start=None, reduction="mean"):
+        return F.cross_entropy(logits, labels - (self.start if start is None else start), reduction=reduction)
 
     def generator(self, *salt):
         return torch.Generator().manual_seed(self.seed)

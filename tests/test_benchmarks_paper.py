@@ -35,8 +35,9 @@ def check_tasks(bench, num_classes, num_tasks, train_total, test_total):
     assert x.shape == (1, 3, 16, 16) and bench.tasks[-1].start <= int(y[0]) < bench.tasks[-1].stop
 
 
-def test_cifar100_pickles(tmp_path):
-    folder = tmp_path / "cifar-100-python"
+def write_cifar100(root):
+    """CIFAR-100 as torchvision's pickles: 3 training and 1 test image per class."""
+    folder = root / "cifar-100-python"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name, per_class in (("train", 3), ("test", 1)):
@@ -45,6 +46,53 @@ def test_cifar100_pickles(tmp_path):
                 "coarse_labels": (labels // 5).tolist(), "filenames": [f"{i}.png" for i in range(len(labels))]}
         pickle.dump(data, open(folder / name, "wb"))
     pickle.dump({"fine_label_names": [f"class{i}" for i in range(100)]}, open(folder / "meta", "wb"))
+    return folder
+
+
+def write_imagenet_r(root):
+    """ImageNet-R's folders: 5 JPEGs for each of 200 classes."""
+    for c in range(200):
+        for i in range(5):
+            jpeg(root / "imagenet-r" / f"n{c:08d}" / f"img_{i}.jpg", c * 10 + i)
+
+
+def write_cub200(root):
+    """CUB-200-2011's lists and images: 2 training and 1 test image per class."""
+    folder = root / "CUB_200_2011"
+    images, labels, split, classes = [], [], [], []
+    image_id = 0
+    for c in range(200):
+        classes.append(f"{c + 1} {c + 1:03d}.Bird_{c}")
+        for i, train in enumerate((1, 1, 0)):
+            image_id += 1
+            rel = f"{c + 1:03d}.Bird_{c}/Bird_{c}_{i}.jpg"
+            jpeg(folder / "images" / rel, image_id)
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {c + 1}")
+            split.append(f"{image_id} {train}")
+    for name, lines in (("images.txt", images), ("image_class_labels.txt", labels),
+                        ("train_test_split.txt", split), ("classes.txt", classes)):
+        (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def write_food101(root):
+    """Food-101's meta files and images: 2 training and 1 test image per class."""
+    folder = root / "food-101"
+    classes = [f"dish_{c}" for c in range(101)]
+    listing = {"train": {}, "test": {}}
+    for c, name in enumerate(classes):
+        for i in range(3):
+            jpeg(folder / "images" / name / f"{i}.jpg", c * 3 + i)
+        listing["train"][name] = [f"{name}/0", f"{name}/1"]
+        listing["test"][name] = [f"{name}/2"]
+    (folder / "meta").mkdir(parents=True)
+    (folder / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
+    for part in ("train", "test"):
+        (folder / "meta" / f"{part}.json").write_text(json.dumps(listing[part]))
+
+
+def test_cifar100_pickles(tmp_path):
+    folder = write_cifar100(tmp_path)
     bench = build(tmp_path, dataset="cifar100", num_tasks=10, order_seed=1)
     check_tasks(bench, 100, 10, 300, 100)
     # The channel-first rows become H x W x C images: pixel (0, 0) of image 0 is bytes 0, 1024, 2048.
@@ -54,9 +102,7 @@ def test_cifar100_pickles(tmp_path):
 
 
 def test_imagenet_r_folders_and_pinned_split(tmp_path):
-    for c in range(200):
-        for i in range(5):
-            jpeg(tmp_path / "imagenet-r" / f"n{c:08d}" / f"img_{i}.jpg", c * 10 + i)
+    write_imagenet_r(tmp_path)
     bench = build(tmp_path, dataset={"kind": "imagenet-r", "split_seed": 3}, num_tasks=10)
     check_tasks(bench, 200, 10, 800, 200)
     (split_file,) = (tmp_path / ".aepg-cache").glob("imagenet-r_split_seed3_*.json")  # aepg's folder, not the user's
@@ -77,39 +123,14 @@ def test_imagenet_r_folders_and_pinned_split(tmp_path):
 
 
 def test_cub200_official_split(tmp_path):
-    folder = tmp_path / "CUB_200_2011"
-    images, labels, split, classes = [], [], [], []
-    image_id = 0
-    for c in range(200):
-        classes.append(f"{c + 1} {c + 1:03d}.Bird_{c}")
-        for i, train in enumerate((1, 1, 0)):
-            image_id += 1
-            rel = f"{c + 1:03d}.Bird_{c}/Bird_{c}_{i}.jpg"
-            jpeg(folder / "images" / rel, image_id)
-            images.append(f"{image_id} {rel}")
-            labels.append(f"{image_id} {c + 1}")
-            split.append(f"{image_id} {train}")
-    for name, lines in (("images.txt", images), ("image_class_labels.txt", labels),
-                        ("train_test_split.txt", split), ("classes.txt", classes)):
-        (folder / name).write_text("\n".join(lines) + "\n")
+    write_cub200(tmp_path)
     bench = build(tmp_path, dataset="cub200", num_tasks=10)
     check_tasks(bench, 200, 10, 400, 200)
     assert bench.class_names[0] == "Bird_0"
 
 
 def test_food101_meta_files(tmp_path):
-    folder = tmp_path / "food-101"
-    classes = [f"dish_{c}" for c in range(101)]
-    listing = {"train": {}, "test": {}}
-    for c, name in enumerate(classes):
-        for i in range(3):
-            jpeg(folder / "images" / name / f"{i}.jpg", c * 3 + i)
-        listing["train"][name] = [f"{name}/0", f"{name}/1"]
-        listing["test"][name] = [f"{name}/2"]
-    (folder / "meta").mkdir(parents=True)
-    (folder / "meta" / "classes.txt").write_text("\n".join(classes) + "\n")
-    for part in ("train", "test"):
-        (folder / "meta" / f"{part}.json").write_text(json.dumps(listing[part]))
+    write_food101(tmp_path)
     bench = build(tmp_path, dataset="food101", num_tasks=10)
     check_tasks(bench, 101, 10, 202, 101)
     assert [len(t.classes) for t in bench.tasks] == [11] + [10] * 9

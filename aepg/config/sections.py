@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_serializer, field_validator
+from pydantic import Field, ValidationError, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from aepg.catalog import DATASETS, LR_SCHEDULES, METHODS, OBJECTIVES, OPTIMIZERS, PARTS, SCHEDULES
@@ -163,8 +163,13 @@ def _parts(value: Any) -> Any:
 
 class MethodConfig(EntryConfig):
     """What every training method's config holds; ``kind`` picks the entry of ``aepg.catalog.METHODS``
-    (``aepg.models.peft``: none, full, lora, dora, adapter, adaptformer, prefix, l2p, dualprompt, coda),
-    whose config adds its own keys. docs/methods.md describes each and its reference code."""
+    (``aepg.models.peft``: none, full, lora, dora, adapter, adaptformer, prefix, l2p, dualprompt, coda,
+    inflora, ranpac, sd_lora, slca, slca_pp), whose config adds its own keys. docs/methods.md
+    describes each and its reference code."""
+
+    default_parts: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Parts a method is made of (SLCA's alignment), with the method's settings for them: built
+    unless ``parts.<name>.enabled`` is false; settings given under ``parts`` override them."""
 
     kind: str = DEFAULT_METHOD
     lr_scale: float | None = Field(None, gt=0)
@@ -172,9 +177,20 @@ class MethodConfig(EntryConfig):
     ``train.lr``): a slow learner, e.g. SLCA's 0.01 for a fully fine-tuned backbone. Unset: 1."""
     parts: entries(PartConfig, PARTS, _parts)
     """Parts layered over the method, by name, in the order they run (``aepg.catalog.PARTS``: lae,
-    ewc, lwf), e.g. ``{lae: {decay: 0.999}, ewc: {weight: 100}}``. A mapping, so that
+    ewc, lwf, align), the method's own first, e.g. ``{lae: {decay: 0.999}, ewc: {weight: 100}}``. A mapping, so that
     ``model.method.parts.ewc.weight`` is a key like any other (overrides, sweeps, MLflow params);
     ``{enabled: false}`` keeps a part's settings but leaves it out (a sweep can search ``enabled``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _with_default_parts(cls, data: Any) -> Any:
+        """The method's own parts first, each under the settings given for it."""
+        if not cls.default_parts or not isinstance(data, dict) or not isinstance(data.get("parts", {}), dict):
+            return data
+        given = data.get("parts") or {}
+        own = {name: {**settings, **value} if isinstance(value := given.get(name) or {}, dict) else value
+               for name, settings in cls.default_parts.items()}
+        return {**data, "parts": {**own, **{name: value for name, value in given.items() if name not in own}}}
 
     @field_serializer("parts")
     def _dump_parts(self, parts: dict[str, PartConfig], info) -> dict[str, dict]:

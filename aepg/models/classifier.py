@@ -148,6 +148,15 @@ class ContinualClassifier(nn.Module):
         params = dict(self.named_parameters())
         return [params[n] for n in self.method_names]
 
+    def method_rate_groups(self, task: int, scale: float) -> list[tuple[list[nn.Parameter], float]]:
+        """The method's parameters grouped by their rate in task ``task`` (a multiple of ``train.lr``):
+        ``scale`` unless the method's module says otherwise (SLCA++'s LoRA on its first task)."""
+        rates = self.method_module.learning_rates(task, scale) if self.method_module is not None else {}
+        groups: dict[float, list[nn.Parameter]] = {}
+        for p in self.method_parameters():
+            groups.setdefault(rates.get(id(p), scale), []).append(p)
+        return [(params, rate) for rate, params in groups.items()]
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The method's parameters and the head's, by name: what the tasks train."""
         params = dict(self.named_parameters())

@@ -54,10 +54,11 @@ class TaskData(Protocol):
     columns: slice
     """The head's columns the objective covers while this task trains."""
 
-    def loss(self, logits: Tensor, labels: Tensor, start: int | None = None) -> Tensor:
+    def loss(self, logits: Tensor, labels: Tensor, start: int | None = None, reduction: str = "mean") -> Tensor:
         """The run's objective on ``logits`` for ``labels`` (dataset labels), as it stands at the
         task's last step (a_t at its end for annealed objectives); the logits' first column is class
-        ``start`` (by default ``columns.start``: logits over ``columns``)."""
+        ``start`` (by default ``columns.start``: logits over ``columns``); ``reduction="none"``: each
+        sample's loss."""
 
     def generator(self, *salt: int) -> torch.Generator:
         """A CPU generator seeded from the run's seed, the task and ``salt``: the same draws on

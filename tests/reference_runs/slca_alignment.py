@@ -17,29 +17,35 @@ import torch
 DIM, TASK_SIZE, TASKS, PER_CLASS, SEED = 8, 3, 2, 12, 7
 
 
-def made_up_inputs() -> dict:
+def made_up_inputs(tasks: int = TASKS) -> dict:
     generator = torch.Generator().manual_seed(0)
-    classes = TASK_SIZE * TASKS
+    classes = TASK_SIZE * tasks
     centres = 2.0 * torch.randn(classes, DIM, generator=generator)
     mixing = torch.randn(classes, DIM, DIM, generator=generator) / DIM ** 0.5
     features = torch.stack([centres[c] + torch.randn(PER_CLASS, DIM, generator=generator) @ mixing[c]
                             for c in range(classes)]).float()  # (class, image, dim)
-    heads = [0.02 * torch.randn(TASK_SIZE, DIM, generator=generator) for _ in range(TASKS)]
+    heads = [0.02 * torch.randn(TASK_SIZE, DIM, generator=generator) for _ in range(tasks)]
     return {"features": features, "weight": torch.cat(heads), "bias": torch.zeros(classes), "seed": SEED,
             "task_size": TASK_SIZE, "ca_epochs": 5, "logit_norm": 0.1}
 
 
 def run_reference(slca_dir: str, inputs: dict) -> dict:
+    """SLCA's statistics and alignment over the tasks; with ``inputs["fc_scale_mu"]``, SLCA++'s
+    alignment and head (``SLCApp``, its features scaled by task age), and after each alignment the
+    logits its scaled head gives for ``inputs["test"]``."""
     sys.path.insert(0, slca_dir)
     import timm.layers.weight_init  # SLCA imports it from timm's old path
 
     sys.modules.setdefault("timm.models.layers.weight_init", timm.layers.weight_init)
     import models.slca as slca
+    import models.slca_pp as slca_pp
     from convs.linears import SimpleContinualLinear
     from models.base import BaseLearner
 
-    slca.ca_epochs = inputs["ca_epochs"]
+    mu = inputs.get("fc_scale_mu", -1)
+    slca.ca_epochs = slca_pp.ca_epochs = inputs["ca_epochs"]
     features = inputs["features"]
+    tasks = len(inputs["bias"]) // TASK_SIZE
 
     class Images(torch.utils.data.Dataset):
         def __init__(self, classes):
@@ -56,13 +62,17 @@ def run_reference(slca_dir: str, inputs: dict) -> dict:
     class Network(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc = SimpleContinualLinear(DIM, TASK_SIZE)
-            self.fc.update(TASK_SIZE)
-            with torch.no_grad():
-                for t, head in enumerate(self.fc.heads):
-                    head[0].weight.copy_(inputs["weight"][t * TASK_SIZE:(t + 1) * TASK_SIZE])
-                    head[0].bias.copy_(inputs["bias"][t * TASK_SIZE:(t + 1) * TASK_SIZE])
+            self.fc = SimpleContinualLinear(DIM, TASK_SIZE, scale_mu=mu)
             self.feature_dim = DIM
+            self.new_head(0)
+
+        def new_head(self, task):
+            """The task's head (SLCA's ``update_fc``: one more head, the old ones frozen), given weights."""
+            if task:
+                self.fc.update(TASK_SIZE)
+            with torch.no_grad():
+                self.fc.heads[task][0].weight.copy_(inputs["weight"][task * TASK_SIZE:(task + 1) * TASK_SIZE])
+                self.fc.heads[task][0].bias.copy_(inputs["bias"][task * TASK_SIZE:(task + 1) * TASK_SIZE])
 
         def extract_vector(self, x):
             return x
@@ -72,18 +82,30 @@ def run_reference(slca_dir: str, inputs: dict) -> dict:
 
     learner = SimpleNamespace(_network=Network(), _device="cpu", _multiple_gpus=["cpu"], _known_classes=0,
                               _total_classes=0, _cur_task=-1, logit_norm=inputs["logit_norm"], task_sizes=[],
-                              test_loader=None, _compute_accuracy=lambda *_: 0.0)
+                              test_loader=None, _compute_accuracy=lambda *_: 0.0, fc_scale_mu=mu)
     learner.feature_dim = DIM
     learner._extract_vectors = lambda loader: BaseLearner._extract_vectors(learner, loader)
-    saved = {}
-    for task in range(TASKS):
+    saved = {"logits": []}
+    fc = learner._network.fc
+    for task in range(tasks):
+        learner._network.new_head(task)
         learner._cur_task = task
         learner._total_classes = learner._known_classes + TASK_SIZE
         learner.task_sizes.append(TASK_SIZE)
         BaseLearner._compute_class_mean(learner, data_manager)
         if task > 0:
             torch.manual_seed(inputs["seed"])
-            slca.SLCA._stage2_compact_classifier(learner, TASK_SIZE)
+            if mu > 0:  # as SLCApp.incremental_train: back up, align, scale; evaluate; recall
+                fc.backup()
+                slca_pp.SLCApp._stage2_compact_classifier(learner, TASK_SIZE)
+                fc.update_scale()
+                with torch.no_grad():
+                    saved["logits"].append(fc(inputs["test"])["logits"][:, :learner._total_classes])
+                saved.setdefault("aligned", []).append(
+                    torch.cat([head[0].weight.detach() for head in fc.heads])[:learner._total_classes].clone())
+                fc.recall()
+            else:
+                slca.SLCA._stage2_compact_classifier(learner, TASK_SIZE)
         learner._known_classes = learner._total_classes
     saved["means"] = torch.tensor(learner._class_means)
     saved["covariances"] = learner._class_covs.clone()

@@ -5,7 +5,8 @@ A part takes the same life-cycle hooks as a PEFT module (``aepg.models.contract`
 the start and end of each task with its context (the model, the objective and the task's data),
 a loss term at every training step with the step's batch, the step's end, and a prediction rule
 at test time. The built-in parts: LAE's online/offline pair, EWC (online), LwF and classifier
-alignment on class statistics (SLCA's). This module
+alignment on class statistics (SLCA's and SLCA++'s). A method may be made with some of them
+(``MethodConfig.default_parts``: SLCA's alignment). This module
 holds their configs only (no torch), so the CLI checks them before anything heavy is imported;
 each builder, ``build(cfg, model) -> MethodPart``, lives in the file beside it.
 """
@@ -84,7 +85,11 @@ class ClassifierAlignmentPart(PartConfig):
     ridge: float = Field(1.0e-4, ge=0)
     """Added to the covariance's diagonal (SLCA's and C3Box's 1e-4), so it can be sampled."""
     samples_per_class: int = Field(256, ge=1)
-    """Features drawn per class and epoch; also the alignment's batch size (SLCA's 256)."""
+    """Features drawn per class (SLCA's 256, LCA's 512)."""
+    draws: Literal["per_epoch", "once"] = "per_epoch"
+    """Fresh features every epoch (SLCA's), or drawn once and reshuffled every epoch (LCA's)."""
+    batch_size: int | None = Field(None, ge=1)
+    """The alignment's batch (LCA's 128); unset: ``samples_per_class`` (SLCA's)."""
     epochs: int = Field(5, ge=0)
     """Alignment epochs per task (SLCA's ``ca_epochs``; 0 keeps the statistics only)."""
     lr: float = Field(0.01, gt=0)
@@ -97,9 +102,24 @@ class ClassifierAlignmentPart(PartConfig):
     shrink_old_means: bool = True
     """SLCA's draw around ``(0.9 + 0.1 (t + 1) / (T + 1)) * mean`` for a class of task t after task T
     (the current task's classes at their mean, the oldest shrunk most); false: around the mean."""
+    old_feature_scale: float = Field(0.0, ge=0)
+    """mu of SLCA++'s feature scaling (its ``fc_scale_mu``, 0.02 in its presets): a feature drawn for a
+    class of task t after task T is divided by ``1 + (mu + 0.02 (u - 0.5)) (T - t)``, u uniform in
+    [0, 1), and at the task's evaluation the logits of task t's classes read the features times
+    ``1 + mu (T - t)``. 0: off (SLCA's)."""
+    freeze_old_classes: bool = True
+    """Earlier tasks' head rows stay as they were while a task trains (SLCA's per-task heads, the old
+    ones frozen): weight decay does not shrink them. False: they go through the optimiser's step."""
     keep_aligned_head: bool = False
     """False (SLCA's ``fc.recall()``): the next task trains from the head as it was before
     alignment; true: from the aligned head."""
+    robust_weight: float = Field(0.0, ge=0)
+    """LCA's robust alignment loss (``train_ca_robust_weight``, 0.1 in its ``base_lca``): per class of
+    a batch, over its features whose nearest class mean is its own, the mean loss plus this times
+    the mean absolute difference of two of their losses; 0: the plain mean loss (SLCA's)."""
+    align_bias: bool = True
+    """The head's bias is aligned with its weights (SLCA's head has a bias); false: left as it is
+    (LCA's heads have none)."""
     objective: Literal["run", "ce"] = "run"
     """The alignment's loss: the run's objective as it stands at the task's end, or cross-entropy
     (SLCA's)."""
@@ -108,9 +128,40 @@ class ClassifierAlignmentPart(PartConfig):
         params = super().active_params(facts)
         if self.covariance != "low_rank":
             params.pop("rank", None)
+        if self.batch_size is None:
+            params.pop("batch_size", None)
         return params
 
     def problems(self, cfg) -> list[tuple[str, str]]:
         if self.enabled and cfg.model.method.kind == "ranpac":
             return [("", "RanPAC predicts with its closed-form head, so an aligned linear head is never read")]
+        return []
+
+
+@PARTS.register("merge", builder=f"{PACKAGE}.merge:build_merge", display="task-vector merging")
+class MergePart(PartConfig):
+    """Incremental merging of the method's parameters (LCA, ICLR 2026, ``lca.py``): each task trains
+    from the merged parameters of the tasks before it, and when it ends its task vector and theirs
+    (each relative to the parameters as built) are merged by ``rule`` into the parameters the task
+    is evaluated with and the next one starts from."""
+
+    kind: Literal["merge"] = "merge"
+    rule: Literal["ties", "max", "min", "max_abs"] = "ties"
+    """TIES (LCA's: the top ``topk`` percent magnitudes of each vector, the elected sign, the mean
+    of the entries that agree with it), or the element-wise max, min or largest magnitude."""
+    topk: float = Field(100.0, gt=0, le=100)
+    """Percent of each tensor's task-vector entries TIES keeps (LCA's ``train_merge_topk``, 100)."""
+    coefficient: float = Field(1.0, gt=0)
+    """lambda: the parameters become ``base + lambda * merged`` (LCA's ``train_merge_coef``, 1.0)."""
+
+    def active_params(self, facts: dict | None = None) -> dict[str, object]:
+        params = super().active_params(facts)
+        if self.rule != "ties":
+            params.pop("topk", None)
+        return params
+
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        if self.enabled and cfg.model.method.kind in ("none", "ranpac"):
+            return [("", f"merging needs trained method parameters; model.method.kind={cfg.model.method.kind} has none "
+                         "that train after the first task")]
         return []

@@ -19,9 +19,14 @@ divided, with a ``temperature``, by the mean over tasks of each task's logit nor
 temperature (SLCA's ``ca_with_logit_norm``).
 
 The aligned head serves the task's evaluation; as SLCA's ``fc.recall()`` does, the next task then
-trains from the head as it was before alignment (``keep_aligned_head`` keeps the aligned one). The
+trains from the head as it was before alignment (``keep_aligned_head`` keeps the aligned one), and
+while it trains the earlier tasks' rows stay as they were (SLCA's frozen per-task heads). The
 draws come from a generator seeded from the run's seed and the task, so every worker, holding the
 same summed statistics, aligns the same head, and a resumed run aligns as an uninterrupted one.
+
+SLCA++ (``models/slca_pp.py``, ``convs/linears.py``) adds ``old_feature_scale`` mu: each drawn
+feature of a class of task t is divided by ``1 + (mu + 0.02 (u - 0.5)) (T - t)``, u uniform, and the
+task's evaluation reads task t's logits from the features times ``1 + mu (T - t)``.
 """
 
 from __future__ import annotations
@@ -111,14 +116,30 @@ class ClassifierAlignment(MethodPart):
         self.register_buffer("unaligned_weight", torch.zeros_like(head.weight))
         self.register_buffer("unaligned_bias", torch.zeros_like(head.bias))
         self.register_buffer("restore_pending", torch.zeros((), dtype=torch.bool))
+        self.old_rows: tuple[Tensor, Tensor] | None = None
+        self.scaled_after: int | None = None
+        """The task after whose alignment the evaluation scales old tasks' features (SLCA++)."""
 
     def begin_task(self, task: int) -> None:
-        """The head as it was before the last alignment (SLCA's ``fc.recall()``), once."""
+        """The head as it was before the last alignment (SLCA's ``fc.recall()``), once; then the
+        earlier tasks' rows as the task starts, which ``after_step`` keeps."""
+        weight, bias = self.head_parameters
         if bool(self.restore_pending):
             with torch.no_grad():
-                self.head_parameters[0].copy_(self.unaligned_weight)
-                self.head_parameters[1].copy_(self.unaligned_bias)
+                weight.copy_(self.unaligned_weight)
+                bias.copy_(self.unaligned_bias)
             self.restore_pending.fill_(False)
+        self.scaled_after = None
+        seen = int((self.statistics.task_of_class >= 0).sum())
+        self.old_rows = (weight[:seen].detach().clone(), bias[:seen].detach().clone()) \
+            if self.cfg.freeze_old_classes and seen else None
+
+    def after_step(self) -> None:
+        if self.old_rows is not None:
+            weight, bias = self.head_parameters
+            with torch.no_grad():
+                weight[:len(self.old_rows[1])].copy_(self.old_rows[0])
+                bias[:len(self.old_rows[1])].copy_(self.old_rows[1])
 
     def end_task(self, task: int, data: TaskData) -> None:
         self.statistics.collect(task, data)
@@ -130,36 +151,53 @@ class ClassifierAlignment(MethodPart):
                 self.unaligned_bias.copy_(self.head_parameters[1])
             self.restore_pending.fill_(True)
         self.align(task, data)
+        if self.cfg.old_feature_scale:
+            self.scaled_after = task
+
+    def predict(self, logits: Tensor, features: Tensor, columns: slice, again) -> Tensor:
+        """SLCA++'s ``fc.update_scale()``: after task T's alignment, task t's logits read the features
+        times ``1 + mu (T - t)``, i.e. ``(logits - bias) (1 + mu (T - t)) + bias``."""
+        if self.scaled_after is None:
+            return logits
+        tasks = self.statistics.task_of_class[columns].to(logits.device)
+        old = (tasks >= 0) & (tasks < self.scaled_after)
+        scale = torch.where(old, 1 + self.cfg.old_feature_scale * (self.scaled_after - tasks), 1.0).float()
+        bias = self.head_parameters[1][columns].detach().float()
+        return (logits - bias) * scale + bias
 
     def align(self, task: int, data: TaskData) -> None:
-        """SLCA's ``_stage2_compact_classifier`` on the rows of the classes seen so far."""
+        """SLCA's ``_stage2_compact_classifier`` (or LCA's ``align``) on the rows of the classes seen so far."""
         cfg, stop = self.cfg, data.stop
         weight, bias = self.head_parameters
-        rows = [weight[:stop].detach().clone().requires_grad_(True), bias[:stop].detach().clone().requires_grad_(True)]
-        optimizer = torch.optim.SGD(rows, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        rows = [weight[:stop].detach().clone().requires_grad_(True), bias[:stop].detach().clone().requires_grad_(cfg.align_bias)]
+        optimizer = torch.optim.SGD(rows if cfg.align_bias else rows[:1], lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
         generator = data.generator()
         tasks = self.statistics.task_of_class[:stop]
         task_edges = _task_edges(tasks)
-        shrink = (0.9 + 0.1 * (tasks + 1).double() / (task + 1)) if cfg.shrink_old_means else torch.ones(stop, dtype=torch.float64)
-        means = (self.statistics.means[:stop] * shrink[:, None].to(self.statistics.means.device)).float()
-        samplers = self.statistics.samplers(stop)
-        n, dim = cfg.samples_per_class, weight.shape[1]
-        draws = dim + (self.statistics.rank if cfg.covariance == "low_rank" else 0)
+        means = self.statistics.means[:stop].float()
+        batch = cfg.batch_size or cfg.samples_per_class
         device = weight.device
+        samplers = self.statistics.samplers(stop)
+        inputs = targets = None
         for _ in range(cfg.epochs):
-            inputs = torch.cat([means[c] + samplers[c](torch.empty(n, draws).normal_(generator=generator).to(device))
-                                for c in range(stop)])
-            targets = torch.arange(stop, device=device).repeat_interleave(n)
+            if inputs is None or cfg.draws == "per_epoch":
+                inputs, targets = self.drawn(task, samplers, generator, device)
             order = torch.randperm(len(inputs), generator=generator).to(device)
             inputs, targets = inputs[order], targets[order]
-            for step in range(stop):
-                x, y = inputs[step * n:(step + 1) * n], targets[step * n:(step + 1) * n]
+            for first in range(0, len(inputs), batch):
+                x, y = inputs[first:first + batch], targets[first:first + batch]
                 with torch.enable_grad():
                     logits = F.linear(x, rows[0], rows[1])
                     if cfg.temperature is not None:
                         logits = normalised_logits(logits, task_edges, cfg.temperature)
-                    loss = F.cross_entropy(logits, y) if cfg.objective == "ce" else data.loss(logits, y, start=0)
+                    if cfg.robust_weight:
+                        losses = F.cross_entropy(logits, y, reduction="none") if cfg.objective == "ce" \
+                            else data.loss(logits, y, start=0, reduction="none")
+                        loss = robust_loss(losses, x, y, means.to(device), cfg.robust_weight)
+                    else:
+                        loss = F.cross_entropy(logits, y) if cfg.objective == "ce" else data.loss(logits, y, start=0)
                     optimizer.zero_grad()
                     loss.backward()
                 optimizer.step()
@@ -167,6 +205,44 @@ class ClassifierAlignment(MethodPart):
         with torch.no_grad():
             weight[:stop].copy_(rows[0])
             bias[:stop].copy_(rows[1])
+
+    def drawn(self, task: int, samplers: list, generator: torch.Generator, device) -> tuple[Tensor, Tensor]:
+        """``samples_per_class`` features of each class ``samplers`` covers, in class order, and their labels."""
+        cfg, stop = self.cfg, len(samplers)
+        tasks = self.statistics.task_of_class[:stop]
+        shrink = (0.9 + 0.1 * (tasks + 1).double() / (task + 1)) if cfg.shrink_old_means else torch.ones(stop, dtype=torch.float64)
+        means = (self.statistics.means[:stop] * shrink[:, None].to(self.statistics.means.device)).float()
+        n, dim = cfg.samples_per_class, means.shape[1]
+        draws = dim + (self.statistics.rank if cfg.covariance == "low_rank" else 0)
+        mu = cfg.old_feature_scale
+        drawn = []
+        for c in range(stop):
+            features = means[c] + samplers[c](torch.empty(n, draws).normal_(generator=generator).to(device))
+            if mu:  # SLCA++'s scaling, a uniform per feature drawn after the class's normals
+                noise = mu + 0.02 * (torch.rand(n, generator=generator).to(device) - 0.5)
+                features = features * (1 / (1 + noise * (task - int(tasks[c]))))[:, None]
+            drawn.append(features)
+        return torch.cat(drawn), torch.arange(stop, device=device).repeat_interleave(n)
+
+
+def robust_loss(losses: Tensor, x: Tensor, y: Tensor, means: Tensor, weight: float) -> Tensor:
+    """LCA's alignment loss: for each class of the batch, over its features whose nearest class mean
+    is its own (all its features where none is), the mean loss plus ``weight`` times the mean absolute
+    difference between the losses of two of them; averaged over the classes."""
+    nearest = torch.cdist(x, means).argmin(dim=1)
+    total = losses.new_zeros(())
+    classes = torch.unique(y)
+    for c in classes:
+        labelled = y == c
+        kept = labelled & (nearest == c)
+        if not bool(kept.any()):
+            total = total + losses[labelled].mean()
+            continue
+        own = losses[kept]
+        spread = (own[:, None] - own[None, :]).abs()[~torch.eye(len(own), dtype=torch.bool, device=own.device)].mean() \
+            if len(own) >= 2 else own.new_zeros(())
+        total = total + own.mean() + weight * spread
+    return total / len(classes)
 
 
 def _task_edges(task_of_class: Tensor) -> list[int]:

@@ -376,3 +376,58 @@ class SdLoraMethod(BlocksMethod):
         super().check(facts, num_tasks)
         if self.rank > facts["embed_dim"]:
             raise MethodError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
+
+
+@METHODS.register("slca", builder=f"{PACKAGE}.full:build_full", display="SLCA")
+class SlcaMethod(FullMethod):
+    """SLCA: full fine-tuning as a slow learner (the backbone at 0.01 times the head's rate) with
+    classifier alignment on class statistics (the part ``align``) after each task."""
+
+    kind: Literal["slca"] = "slca"
+    default_parts: ClassVar[dict[str, dict[str, Any]]] = {"align": {}}
+    lr_scale: float | None = Field(0.01, gt=0)
+    """The backbone's rate as a multiple of ``train.lr`` (SLCA's ``bcb_lrscale``, 0.01)."""
+
+
+@METHODS.register("slca_pp", builder=f"{PACKAGE}.slca_pp:build_slca_pp", display="SLCA++", traits=("vit_only",))
+class SlcaPlusPlusMethod(BlocksMethod):
+    """SLCA++: a hybrid slow learner (one LoRA on every block's qkv, fc1 and fc2, its A from the
+    pretrained weight's top right singular vectors, plus every norm, bias and the class token)
+    with classifier alignment, its features scaled by task age (the part ``align``)."""
+
+    kind: Literal["slca_pp"] = "slca_pp"
+    default_blocks: ClassVar[list[int] | None] = None  # every block, as the reference
+    default_parts: ClassVar[dict[str, dict[str, Any]]] = {"align": {"shrink_old_means": False, "old_feature_scale": 0.02}}
+    lr_scale: float | None = Field(0.1, gt=0)
+    """The rate of the norms, biases and class token, and of the LoRA after the first task, as a
+    multiple of ``train.lr`` (SLCA++'s ``bcb_lrscale``, 0.1)."""
+    rank: int = Field(4, ge=1)
+    """The LoRA's rank (``lora_rank``, 4)."""
+    scale: float = Field(0.8, gt=0)
+    """The LoRA's fixed scale (``lora_scale``, 0.8)."""
+    first_task_lr_scale: float = Field(0.5, gt=0)
+    """The LoRA's rate on the first task, as a multiple of ``train.lr`` (0.5 in SLCA++'s code)."""
+    hybrid: bool = True
+    """Train the backbone's norms, biases and class token too (SLCA++'s hybrid slow learner)."""
+
+    def check(self, facts: dict, num_tasks: int) -> None:
+        super().check(facts, num_tasks)
+        if self.rank > facts["embed_dim"]:
+            raise MethodError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
+
+
+@METHODS.register("lca", builder=f"{PACKAGE}.adaptformer:build_adaptformer", display="LCA", traits=("vit_only",))
+class LcaMethod(AdaptFormerMethod):
+    """LCA: AdaptFormer adapters on every block, each task training from their incremental TIES merge
+    (the part ``merge``), and the classifier re-aligned on Gaussian draws under its robust loss (the
+    part ``align``)."""
+
+    kind: Literal["lca"] = "lca"
+    default_blocks: ClassVar[list[int] | None] = None  # every block, as the reference's adapter
+    default_parts: ClassVar[dict[str, dict[str, Any]]] = {
+        "align": {"samples_per_class": 512, "draws": "once", "batch_size": 128, "epochs": 10, "lr": 0.005,
+                  "temperature": None, "shrink_old_means": False, "robust_weight": 0.1, "align_bias": False,
+                  "keep_aligned_head": True},
+        "merge": {}}
+    bottleneck: int = Field(16, ge=1)
+    """The adapter's width (LCA's ``ffn_num``, 16)."""

@@ -46,6 +46,11 @@ class MethodModule(MethodPart):
         self.query: Tensor | None = None
         self._aux: Tensor | None = None
 
+    def learning_rates(self, task: int, scale: float) -> dict[int, float]:
+        """Rates, as multiples of ``train.lr``, of those of its parameters (by ``id``) that do not
+        train at the method's ``scale`` (``model.method.lr_scale``) in task ``task``."""
+        return {}
+
     def set_query(self, query: Tensor | None) -> None:
         self.query = query
 
@@ -121,12 +126,17 @@ def add_to_qkv(backbone: nn.Module, module: MethodModule, blocks: list[int],
     route is an attribute of the layer, not a closure, so a copy of the model (``copy.deepcopy``)
     routes through its own copy of the module."""
     for slot, index in enumerate(blocks):
-        qkv = backbone.blocks[index].attn.qkv
-        qkv.aepg_route = (module, update, slot)
-        qkv.forward = MethodType(_routed_qkv, qkv)
+        add_to_linear(backbone.blocks[index].attn.qkv, module, update, slot)
 
 
-def _routed_qkv(self: nn.Module, x: Tensor) -> Tensor:
+def add_to_linear(layer: nn.Linear, module: MethodModule, update: Callable[[int, Tensor, Tensor], Tensor],
+                  slot: int) -> None:
+    """Route ``layer`` through ``update(slot, x, layer(x))`` while ``module`` is enabled."""
+    layer.aepg_route = (module, update, slot)
+    layer.forward = MethodType(_routed_linear, layer)
+
+
+def _routed_linear(self: nn.Module, x: Tensor) -> Tensor:
     module, update, slot = self.aepg_route
     out = type(self).forward(self, x)
     return update(slot, x, out) if module.enabled else out
