@@ -259,6 +259,66 @@ def interrupt_after_task(workdir, task: int, overrides: list[str], num_tasks: in
     return run_id
 
 
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance of 2 CPUs for a module's tests (its GCS address, for RAY_ADDRESS)."""
+    import ray
+
+    context = ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+def sweep_runs(db):
+    """The client of the MLflow store ``db``, and its sweep runs and their child runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("aepg-digits")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("aepg.kind") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def finals(folder: Path) -> dict:
+    """The final metrics of the one run in ``folder``'s MLflow store (experiment aepg-digits), which
+    must have finished."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
+    assert run.info.status == "FINISHED"
+    return {k: v for k, v in run.data.metrics.items() if k.startswith("final/")}
+
+
+def assert_resumed_ends_as_uninterrupted(workdir: Path, overrides: list[str], num_tasks: int) -> None:
+    """A digits run stopped after its first task and resumed ends on the final metrics of the same
+    run never stopped."""
+    for folder in ("whole", "cut"):
+        (workdir / folder).mkdir()
+    whole = run_aepg(["train", DIGITS, *overrides], workdir / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run_id = interrupt_after_task(workdir / "cut", 1, overrides, num_tasks=num_tasks)
+    resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], workdir / "cut")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert finals(workdir / "whole") == finals(workdir / "cut")
+
+
+def reference_result(script: str, reference: Path, needs: str, tmp_path: Path) -> dict:
+    """What ``tests/reference_runs/<script>`` saves from the reference code cloned at ``reference``
+    (the test skips with one line where ``reference/needs`` is not there)."""
+    import torch
+
+    if not (reference / needs).exists():
+        pytest.skip(f"{reference.name}'s reference code is not at {reference} (clone it there to run it)")
+    out = tmp_path / "reference.pt"
+    result = subprocess.run([sys.executable, str(Path(__file__).parent / "reference_runs" / script), str(reference), str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out, weights_only=False)["reference"]
+
+
 def final_matrix(workdir, run_id):
     from mlflow import MlflowClient
 

@@ -3,14 +3,12 @@ on the same features, head and random draws; its statistics reduced over workers
 options; run end to end over several methods under CE and aEPG, resumed as uninterrupted."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, DIGITS, interrupt_after_task, run_aepg
+from conftest import CONFIGS, DIGITS, assert_resumed_ends_as_uninterrupted, reference_result, run_aepg
 from mlflow import MlflowClient
 
 from aepg.config import load_config
@@ -83,16 +81,9 @@ def test_statistics_and_alignment_equal_slcas_own_code():
 def test_slcas_code_run_now_gives_the_stored_result(tmp_path):
     """The stored result is what SLCA's code gives (run beside aepg when a clone of GengDavid/SLCA is at
     $AEPG_REFERENCES/SLCA)."""
-    slca = REFERENCES / "SLCA"
-    if not (slca / "models" / "slca.py").exists():
-        pytest.skip(f"SLCA's reference code is not at {slca} (clone GengDavid/SLCA there to run it)")
-    out = tmp_path / "slca.pt"
-    result = subprocess.run([sys.executable, str(HERE / "reference_runs" / "slca_alignment.py"), str(slca), str(out)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    fresh, stored = torch.load(out, weights_only=False), torch.load(FIXTURE, weights_only=False)
-    for key, value in stored["reference"].items():
-        torch.testing.assert_close(fresh["reference"][key], value, rtol=0, atol=1e-6, msg=key)
+    fresh = reference_result("slca_alignment.py", REFERENCES / "SLCA", "models/slca.py", tmp_path)
+    for key, value in torch.load(FIXTURE, weights_only=False)["reference"].items():
+        torch.testing.assert_close(fresh[key], value, rtol=0, atol=1e-6, msg=key)
 
 
 def test_the_statistics_summed_over_workers_equal_one_workers():
@@ -204,18 +195,4 @@ def test_alignment_runs_over_a_method_and_an_objective(workdir, method, objectiv
 def test_a_run_with_alignment_resumed_after_its_first_task_ends_as_an_uninterrupted_one(workdir):
     """The statistics and the head before alignment are in the checkpoint, and the draws follow the
     run's seed: stopped after task 1 and resumed, the final metrics are those of a run never stopped."""
-    for folder in ("whole", "cut"):
-        (workdir / folder).mkdir()
-    overrides = [*TINY, "benchmark.num_tasks=5", "scaling.torch_threads=1"]
-    whole = run_aepg(["train", DIGITS, *overrides], workdir / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    run_id = interrupt_after_task(workdir / "cut", 1, overrides, num_tasks=5)
-    resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], workdir / "cut")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    def finals(folder):
-        client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-        (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
-        return {k: v for k, v in run.data.metrics.items() if k.startswith("final/")}
-
-    assert finals(workdir / "whole") == finals(workdir / "cut")
+    assert_resumed_ends_as_uninterrupted(workdir, [*TINY, "benchmark.num_tasks=5", "scaling.torch_threads=1"], 5)

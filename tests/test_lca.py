@@ -3,14 +3,12 @@
 from tests/reference_runs/lca.py); the method runs end to end under CE and aEPG, resumed as
 uninterrupted, and merges what it trained."""
 
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import DIGITS, interrupt_after_task, run_aepg
+from conftest import DIGITS, assert_resumed_ends_as_uninterrupted, finals, reference_result, run_aepg
+from mlflow import MlflowClient
 from test_align import HERE, REFERENCES, TINY, Features
-from test_slca import finals
 
 from aepg.config import load_config
 from aepg.models.parts import ClassifierAlignmentPart, MergePart
@@ -93,14 +91,7 @@ def test_statistics_and_the_robust_alignment_drawn_once_equal_lcas(stored):
 def test_lcas_code_run_now_gives_the_stored_result(tmp_path, stored):
     """The stored result is what LCA's code gives (run beside aepg when a clone of tungts1101/LCA is at
     $AEPG_REFERENCES/LCA)."""
-    lca = REFERENCES / "LCA"
-    if not (lca / "lca.py").exists():
-        pytest.skip(f"LCA's reference code is not at {lca} (clone tungts1101/LCA there to run it)")
-    out = tmp_path / "lca.pt"
-    result = subprocess.run([sys.executable, str(HERE / "reference_runs" / "lca.py"), str(lca), str(out)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    fresh = torch.load(out, weights_only=False)["reference"]
+    fresh = reference_result("lca.py", REFERENCES / "LCA", "lca.py", tmp_path)
     for key in ("means", "covariances"):
         torch.testing.assert_close(fresh[key], stored["reference"][key], rtol=0, atol=1e-6)
     for fresh_head, head in zip(fresh["aligned"], stored["reference"]["aligned"], strict=True):
@@ -121,20 +112,14 @@ def test_lca_brings_its_parts_in_the_order_lca_runs_them():
 LCA = [*TINY, "model.method.kind=lca", "model.method.parts.align.batch_size=8"]
 
 
-def test_lca_runs_under_ce_and_its_adapters_are_the_merge(workdir):
+def test_lca_runs_under_ce(workdir):
     result = run_aepg(["train", DIGITS, *LCA, "objective.kind=ce"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    run, metrics = finals(workdir)
-    assert run.data.params["model.method.parts.merge.rule"] == "ties" and "final/last_accuracy" in metrics
+    assert "final/last_accuracy" in finals(workdir)
+    params = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_runs(["1"])[0].data.params
+    assert params["model.method.kind"] == "lca" and params["model.method.parts.merge.rule"] == "ties"
 
 
 def test_lca_under_aepg_resumed_after_its_first_task_ends_as_an_uninterrupted_one(workdir):
-    for folder in ("whole", "cut"):
-        (workdir / folder).mkdir()
-    overrides = [*LCA, "objective.kind=aepg", "benchmark.num_tasks=3", "scaling.torch_threads=1"]
-    whole = run_aepg(["train", DIGITS, *overrides], workdir / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    run_id = interrupt_after_task(workdir / "cut", 1, overrides, num_tasks=3)
-    resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], workdir / "cut")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert finals(workdir / "whole")[1] == finals(workdir / "cut")[1]
+    assert_resumed_ends_as_uninterrupted(workdir, [*LCA, "objective.kind=aepg", "benchmark.num_tasks=3",
+                                                   "scaling.torch_threads=1"], 3)

@@ -3,15 +3,13 @@ sce``) and SLCA++'s feature scaling in the ``align`` part: equal to GengDavid/SL
 same weights, logits, features and draws (stored from tests/reference_runs/slca_pp.py), and run end
 to end under CE and aEPG, resumed as uninterrupted."""
 
-import subprocess
-import sys
 
 import pytest
 import timm
 import yaml
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, DIGITS, interrupt_after_task, run_aepg
+from conftest import CONFIGS, DIGITS, assert_resumed_ends_as_uninterrupted, finals, reference_result, run_aepg
 from mlflow import MlflowClient
 from test_align import HERE, REFERENCES, TINY, Features
 from test_benchmarks_paper import write_cifar100, write_cub200, write_food101, write_imagenet_r
@@ -137,14 +135,7 @@ def test_the_alignment_with_features_scaled_by_task_age_equals_slca_pps(stored):
 def test_slca_pps_code_run_now_gives_the_stored_result(tmp_path, stored):
     """The stored result is what SLCA's code gives (run beside aepg when a clone of GengDavid/SLCA is at
     $AEPG_REFERENCES/SLCA)."""
-    slca = REFERENCES / "SLCA"
-    if not (slca / "models" / "slca_pp.py").exists():
-        pytest.skip(f"SLCA's reference code is not at {slca} (clone GengDavid/SLCA there to run it)")
-    out = tmp_path / "slca_pp.pt"
-    result = subprocess.run([sys.executable, str(HERE / "reference_runs" / "slca_pp.py"), str(slca), str(out)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    fresh = torch.load(out, weights_only=False)["reference"]
+    fresh = reference_result("slca_pp.py", REFERENCES / "SLCA", "models/slca_pp.py", tmp_path)
 
     def same(a, b, where):
         if isinstance(a, dict):
@@ -188,34 +179,19 @@ def test_the_methods_bring_their_parts_which_settings_override():
     assert load_config(DIGITS, ["model.method.kind=lora"]).model.method.chosen_parts() == {}
 
 
-def finals(folder):
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("aepg-digits").experiment_id])
-    assert run.info.status == "FINISHED"
-    return run, {k: v for k, v in run.data.metrics.items() if k.startswith("final/")}
-
-
 @pytest.mark.parametrize("method", ["slca", "slca_pp"])
 def test_the_method_runs_under_ce(workdir, method):
     result = run_aepg(["train", DIGITS, *TINY, f"model.method.kind={method}", "objective.kind=ce"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    run, metrics = finals(workdir)
-    assert run.data.params["model.method.kind"] == method and "final/last_accuracy" in metrics
-    assert run.data.params["model.method.parts.align.epochs"] == "2"
+    assert "final/last_accuracy" in finals(workdir)
+    params = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_runs(["1"])[0].data.params
+    assert params["model.method.kind"] == method and params["model.method.parts.align.epochs"] == "2"
 
 
 @pytest.mark.parametrize("method", ["slca", "slca_pp"])
 def test_a_run_under_aepg_resumed_after_its_first_task_ends_as_an_uninterrupted_one(workdir, method):
-    for folder in ("whole", "cut"):
-        (workdir / folder).mkdir()
-    overrides = [*TINY, f"model.method.kind={method}", "objective.kind=aepg", "benchmark.num_tasks=3",
-                 "scaling.torch_threads=1"]
-    whole = run_aepg(["train", DIGITS, *overrides], workdir / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    run_id = interrupt_after_task(workdir / "cut", 1, overrides, num_tasks=3)
-    resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], workdir / "cut")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert finals(workdir / "whole")[1] == finals(workdir / "cut")[1]
+    assert_resumed_ends_as_uninterrupted(workdir, [*TINY, f"model.method.kind={method}", "objective.kind=aepg",
+                                                   "benchmark.num_tasks=3", "scaling.torch_threads=1"], 3)
 
 
 RECIPE_OBJECTIVES = {"slca": "ce", "slca_pp": "sce", "lca": "ce"}
