@@ -410,6 +410,9 @@ class SlcaPlusPlusMethod(BlocksMethod):
     hybrid: bool = True
     """Train the backbone's norms, biases and class token too (SLCA++'s hybrid slow learner)."""
 
+    def first_adapted_block(self, facts: dict) -> int | None:
+        return 0 if self.hybrid else super().first_adapted_block(facts)  # the class token and block 0's norms train
+
     def check(self, facts: dict, num_tasks: int) -> None:
         super().check(facts, num_tasks)
         if self.rank > facts["embed_dim"]:
