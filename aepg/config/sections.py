@@ -177,9 +177,10 @@ class MethodConfig(EntryConfig):
     ``train.lr``): a slow learner, e.g. SLCA's 0.01 for a fully fine-tuned backbone. Unset: 1."""
     parts: entries(PartConfig, PARTS, _parts)
     """Parts layered over the method, by name, in the order they run (``aepg.catalog.PARTS``: lae,
-    ewc, lwf, align), the method's own first, e.g. ``{lae: {decay: 0.999}, ewc: {weight: 100}}``. A mapping, so that
-    ``model.method.parts.ewc.weight`` is a key like any other (overrides, sweeps, MLflow params);
-    ``{enabled: false}`` keeps a part's settings but leaves it out (a sweep can search ``enabled``)."""
+    ewc, lwf, align, merge), the method's own first, e.g. ``{lae: {decay: 0.999}, ewc: {weight:
+    100}}``. A mapping, so that ``model.method.parts.ewc.weight`` is a key like any other (overrides,
+    sweeps, MLflow params); ``{enabled: false}`` keeps a part's settings but leaves it out (a sweep
+    can search ``enabled``)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -169,7 +169,8 @@ class ClassifierAlignment(MethodPart):
         """SLCA's ``_stage2_compact_classifier`` (or LCA's ``align``) on the rows of the classes seen so far."""
         cfg, stop = self.cfg, data.stop
         weight, bias = self.head_parameters
-        rows = [weight[:stop].detach().clone().requires_grad_(True), bias[:stop].detach().clone().requires_grad_(cfg.align_bias)]
+        rows = [weight[:stop].detach().clone().requires_grad_(True),
+                bias[:stop].detach().clone().requires_grad_(cfg.align_bias)]
         optimizer = torch.optim.SGD(rows if cfg.align_bias else rows[:1], lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
