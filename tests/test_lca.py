@@ -123,3 +123,15 @@ def test_lca_runs_under_ce(workdir):
 def test_lca_under_aepg_resumed_after_its_first_task_ends_as_an_uninterrupted_one(workdir):
     assert_resumed_ends_as_uninterrupted(workdir, [*LCA, "objective.kind=aepg", "benchmark.num_tasks=3",
                                                    "scaling.torch_threads=1"], 3)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model.method.kind=none", "model.method.parts.merge.rule=ties"], "model.method.parts.merge: merging needs trained"),
+    (["model.method.kind=lca", "model.method.parts.merge.rule=mean"], "model.method.parts.merge.rule: Input should be"),
+    (["model.method.kind=slca_pp", "model.method.parts.align.old_feature_scale=-1"],
+     "model.method.parts.align.old_feature_scale: Input should be greater than or equal to 0"),
+])
+def test_bad_settings_of_the_new_parts_are_one_line_before_anything_runs(overrides, expected, workdir):
+    result = run_aepg(["train", DIGITS, *overrides, "--dry-run"], workdir)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (workdir / "mlflow.db").exists()
