@@ -128,6 +128,17 @@ class BlocksMethod(MethodConfig):
         return values
 
 
+class LowRankBlocksMethod(BlocksMethod):
+    """A method of rank-``rank`` updates on chosen ViT blocks, whose rank cannot exceed the width."""
+
+    rank: int
+
+    def check(self, facts: dict, num_tasks: int) -> None:
+        super().check(facts, num_tasks)
+        if self.rank > facts["embed_dim"]:
+            raise MethodError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
+
+
 class HfLoraMethod(BlocksMethod):
     rank: int = Field(4, ge=1)
     alpha: float = Field(8.0, gt=0)
@@ -294,7 +305,7 @@ class CodaMethod(BlocksMethod):
 
 
 @METHODS.register("inflora", builder=f"{PACKAGE}.inflora:build_inflora", display="InfLoRA", traits=("vit_only",))
-class InfLoraMethod(BlocksMethod):
+class InfLoraMethod(LowRankBlocksMethod):
     """InfLoRA: per task a new key/value LoRA branch whose A spans the task's input subspace
     orthogonal to earlier tasks' (DualGPM) and stays frozen; only the task's B trains."""
 
@@ -308,10 +319,6 @@ class InfLoraMethod(BlocksMethod):
     threshold_end: float = Field(1.0, gt=0, le=1)
     """The threshold moves linearly from ``threshold`` towards this over the tasks (``lame``)."""
 
-    def check(self, facts: dict, num_tasks: int) -> None:
-        super().check(facts, num_tasks)
-        if self.rank > facts["embed_dim"]:
-            raise MethodError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
 
 
 @METHODS.register("ranpac", builder=f"{PACKAGE}.ranpac:build_ranpac", display="RanPAC")
@@ -360,7 +367,7 @@ class RanpacMethod(BlocksMethod):
 
 
 @METHODS.register("sd_lora", builder=f"{PACKAGE}.sd_lora:build_sd_lora", display="SD-LoRA", traits=("vit_only",))
-class SdLoraMethod(BlocksMethod):
+class SdLoraMethod(LowRankBlocksMethod):
     """SD-LoRA: per task a new query/value LoRA; earlier tasks' updates keep their directions
     (B A / (|B| |A|), frozen) and go on learning only their magnitudes, shared by all blocks."""
 
@@ -372,10 +379,6 @@ class SdLoraMethod(BlocksMethod):
     """Every magnitude's value at the start of each task (1.0 in LibContinual's configs, 0.8 in
     the authors' code)."""
 
-    def check(self, facts: dict, num_tasks: int) -> None:
-        super().check(facts, num_tasks)
-        if self.rank > facts["embed_dim"]:
-            raise MethodError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
 
 
 @METHODS.register("slca", builder=f"{PACKAGE}.full:build_full", display="SLCA")
@@ -390,7 +393,7 @@ class SlcaMethod(FullMethod):
 
 
 @METHODS.register("slca_pp", builder=f"{PACKAGE}.slca_pp:build_slca_pp", display="SLCA++", traits=("vit_only",))
-class SlcaPlusPlusMethod(BlocksMethod):
+class SlcaPlusPlusMethod(LowRankBlocksMethod):
     """SLCA++: a hybrid slow learner (one LoRA on every block's qkv, fc1 and fc2, its A from the
     pretrained weight's top right singular vectors, plus every norm, bias and the class token)
     with classifier alignment, its features scaled by task age (the part ``align``)."""
@@ -413,10 +416,6 @@ class SlcaPlusPlusMethod(BlocksMethod):
     def first_adapted_block(self, facts: dict) -> int | None:
         return 0 if self.hybrid else super().first_adapted_block(facts)  # the class token and block 0's norms train
 
-    def check(self, facts: dict, num_tasks: int) -> None:
-        super().check(facts, num_tasks)
-        if self.rank > facts["embed_dim"]:
-            raise MethodError(f"model.method.rank ({self.rank}) exceeds the embedding width ({facts['embed_dim']})")
 
 
 @METHODS.register("lca", builder=f"{PACKAGE}.adaptformer:build_adaptformer", display="LCA", traits=("vit_only",))
