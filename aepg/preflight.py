@@ -333,6 +333,7 @@ class TaskPlan:
     test: int
     steps: int
     """Optimiser steps over the task's epochs."""
+    epochs: int
 
 
 @dataclass
@@ -348,7 +349,7 @@ class Plan:
     @property
     def train_samples(self) -> int:
         """Training samples drawn over the run (every epoch of every task it trains)."""
-        return sum(t.train for t in self.tasks if t.steps) * self.epochs
+        return sum(t.train * t.epochs for t in self.tasks if t.steps)
 
     @property
     def steps(self) -> int:
@@ -361,7 +362,8 @@ class Plan:
             out = [f"{len(self.tasks)} tasks, nothing trains ({self.untrained}): 0 optimiser steps; each task's "
                    "training images are read once, for the method's statistics"]
         else:
-            out = [f"{len(self.tasks)} tasks x {self.epochs} epochs, global batch {self.batch_size}: "
+            first = f" (the first {self.tasks[0].epochs})" if self.tasks and self.tasks[0].epochs != self.epochs else ""
+            out = [f"{len(self.tasks)} tasks x {self.epochs} epochs{first}, global batch {self.batch_size}: "
                    f"{self.steps} optimiser steps, {self.train_samples:,} training samples"]
         out += [f"task {i + 1}: {t.classes} classes, {t.train} training / {t.test} test images, {t.steps} steps"
                 for i, t in enumerate(self.tasks)]
@@ -385,8 +387,9 @@ def plan(cfg: RunConfig) -> Plan:
         n_train = sum(cap(train[c], bench.max_train_per_class) for c in group)
         n_test = sum(cap(test[c], bench.max_test_per_class) for c in group)
         trained = cfg.model.method.trains(len(tasks))
-        steps = math.ceil(math.ceil(n_train / workers) / per_worker) * cfg.train.epochs if trained else 0
-        tasks.append(TaskPlan(len(group), n_train, n_test, steps))
+        epochs = cfg.train.epochs_of(len(tasks))
+        steps = math.ceil(math.ceil(n_train / workers) / per_worker) * epochs if trained else 0
+        tasks.append(TaskPlan(len(group), n_train, n_test, steps, epochs))
     untrained = "" if cfg.trains() else f"model.method.kind={cfg.model.method.kind} trains no task with these settings"
     return Plan(tasks, cfg.train.epochs, cfg.train.batch_size, untrained=untrained)
 

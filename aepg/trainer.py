@@ -145,7 +145,7 @@ class TaskInputs:
              reduction: str = "mean") -> torch.Tensor:
         trainer = self.trainer
         if trainer.cfg.annealing.scope == "run":
-            steps = [trainer.cfg.train.epochs * trainer.steps_per_epoch(t) for t in trainer.benchmark.tasks]
+            steps = [trainer.cfg.train.epochs_of(t.index) * trainer.steps_per_epoch(t) for t in trainer.benchmark.tasks]
             end = Progress(sum(steps[: self.task.index + 1]), sum(steps))
         else:
             end = Progress(1, 1)
@@ -276,7 +276,7 @@ class ContinualTrainer:
             optimizer_state = None
             # Training throughput of the whole job (all workers), evaluation excluded; none for a
             # task the method does not train.
-            trained = (self.cfg.train.epochs - first_epoch) * len(task.train) if self.model.trains(task.index) else 0
+            trained = (self.cfg.train.epochs_of(task.index) - first_epoch) * len(task.train) if self.model.trains(task.index) else 0
             rate = trained / (time.perf_counter() - start) if trained else None
             accuracies, state.test_sizes = self.evaluate(task.index)
             state.accuracy_matrix.append(accuracies)
@@ -310,14 +310,14 @@ class ContinualTrainer:
         head_only = self.cfg.train.head_only_epochs if task.index > 0 else 0
         if epoch < head_only:
             return Phase(0, head_only, steps_per_epoch)
-        return Phase(head_only, self.cfg.train.epochs, steps_per_epoch)
+        return Phase(head_only, self.cfg.train.epochs_of(task.index), steps_per_epoch)
 
     def _schedule_progress(self, task: Task, phase: Phase, epoch: int, step: int, run_step: int, run_steps: int) -> Progress:
         """Where a_t is: ``annealing.span: trained`` counts only the phase that trains the PEFT module."""
         where = progress(self.cfg.annealing.scope, epoch * phase.steps_per_epoch + step,
-                         self.cfg.train.epochs * phase.steps_per_epoch, run_step, run_steps)
+                         self.cfg.train.epochs_of(task.index) * phase.steps_per_epoch, run_step, run_steps)
         if self.cfg.annealing.span == "trained" and self.cfg.annealing.scope == "task":
-            trained = self._phase(task, self.cfg.train.epochs - 1, phase.steps_per_epoch)
+            trained = self._phase(task, self.cfg.train.epochs_of(task.index) - 1, phase.steps_per_epoch)
             return Progress(max(0, where.t - trained.first * phase.steps_per_epoch), trained.steps)
         return where
 
@@ -326,7 +326,7 @@ class ContinualTrainer:
         each with a fresh optimiser), then the method's end of the task."""
         loader = self._train_loader(task)
         bar = tqdm(
-            total=self.cfg.train.epochs * len(loader),
+            total=self.cfg.train.epochs_of(task.index) * len(loader),
             initial=state.epoch * len(loader),
             desc=f"task {task.index + 1}/{len(self.benchmark.tasks)}",
             disable=None if self.context.is_chief else True,
@@ -336,7 +336,7 @@ class ContinualTrainer:
         if state.epoch == 0:
             self.model.prepare_task(task.index, TaskInputs(self, task))
         phase = None
-        epochs = range(state.epoch, self.cfg.train.epochs) if self.model.trains(task.index) else ()
+        epochs = range(state.epoch, self.cfg.train.epochs_of(task.index)) if self.model.trains(task.index) else ()
         for epoch in epochs:
             head_only = self._head_only(task, epoch)
             if head_only != phase:
@@ -356,7 +356,7 @@ class ContinualTrainer:
         """One pass over the task's training data: a step per batch, its metrics logged in chunks."""
         columns = self.objective.columns(task.start, task.stop)
         phase = self._phase(task, epoch, len(loader))
-        run_steps = sum(self.cfg.train.epochs * self.steps_per_epoch(t) for t in self.benchmark.tasks)
+        run_steps = sum(self.cfg.train.epochs_of(t.index) * self.steps_per_epoch(t) for t in self.benchmark.tasks)
         every = self.cfg.train.log_every_steps
         shown = [BarPostfix(bar)] if not bar.disable else []  # a terminal's bar
         buffer = StepBuffer([*self.reporters, *shown], chunk=max(50, every))
@@ -407,7 +407,7 @@ class ContinualTrainer:
                                 head_only: bool) -> None:
         """Every ``checkpoint.every_epochs`` epochs inside a task (after the task, ``fit`` saves)."""
         every = self.cfg.checkpoint.every_epochs
-        if self.save and every and state.epoch % every == 0 and state.epoch < self.cfg.train.epochs:
+        if self.save and every and state.epoch % every == 0 and state.epoch < self.cfg.train.epochs_of(task.index):
             # The optimiser carries over only if the next epoch stays in the same phase.
             same_phase = self._head_only(task, state.epoch) == head_only
             self.save(Snapshot(state, self.model.trainable_state_dict(), optimizer.state_dict() if same_phase else None))

@@ -214,12 +214,14 @@ def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_e
         assert f"{name} ({setting})" in lines
     listed = {line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")}
     assert {"aepg", "ce", "lora", "ranpac", "digits", "cifar100", "adam", "sgd", "cosine", "tpe", "asha"} <= listed
-    assert {"slca", "slca_pp", "lca", "sce", "align", "merge"} <= listed, "today's methods, their loss and their parts"
+    assert {"slca", "slca_pp", "lca", "macil", "sce", "align", "merge", "drift"} <= listed, \
+        "today's methods, their loss and their parts"
     assert {"gce", "two_phase", "feature_affine", "median", "l2_anchor", "qmc", "image-folder", "class_orders"} <= listed, \
         "the plugin's entries"
     text = " ".join(out.stdout.split())
     assert "[aepg-example-plugin==0.1.0]" in text and "keys: logits=local, q=0.7" in text, text[:2000]
-    assert "keys: lr_scale=0.01, parts={align}, batchnorm=train" in text, "a method's own parts are listed"
+    assert "keys: lr_scale=0.01, head=linear, head_scale=20, parts={align}, batchnorm=train" in text, \
+        "a method's own parts are listed"
     one = run_aepg(["list", "schedulers"], workdir, plugin_env)
     assert one.returncode == 0 and one.stdout.startswith("schedulers (scheduler.kind)") and "objectives" not in one.stdout
     bad = run_aepg(["list", "objective"], workdir)

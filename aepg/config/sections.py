@@ -175,6 +175,11 @@ class MethodConfig(EntryConfig):
     lr_scale: float | None = Field(None, gt=0)
     """The rate of the method's parameters as a multiple of ``train.lr`` (the head's stays
     ``train.lr``): a slow learner, e.g. SLCA's 0.01 for a fully fine-tuned backbone. Unset: 1."""
+    head: Literal["linear", "cosine"] = "linear"
+    """The classifier: linear (weights and a bias per class), or cosine (``head_scale`` times the
+    cosine between the feature and each class's weights, no bias: MACIL's and TUNA's)."""
+    head_scale: float = Field(20.0, gt=0)
+    """s of the cosine head (MACIL's ``scale``, 20): the objective reads s cos."""
     parts: entries(PartConfig, PARTS, _parts)
     """Parts layered over the method, by name, in the order they run (``aepg.catalog.PARTS``: lae,
     ewc, lwf, align, merge), the method's own first, e.g. ``{lae: {decay: 0.999}, ewc: {weight:
@@ -224,6 +229,8 @@ class MethodConfig(EntryConfig):
     def active_params(self, facts: dict | None = None) -> dict[str, Any]:
         """The keys the run uses, as logged to MLflow (unset keys left out; of a part left out, only that)."""
         values = self.model_dump(mode="json", exclude_none=True, exclude={"parts"})
+        if self.head == "linear":  # the default head, left out of the logged keys as before it had a choice
+            values = {key: value for key, value in values.items() if key not in ("head", "head_scale")}
         return {**values, "parts": {name: part.active_params() for name, part in self.parts.items()}}
 
 
@@ -335,8 +342,8 @@ class LRScheduleConfig(EntryConfig):
 
     def problems(self, cfg) -> list[tuple[str, str]]:
         """(key, message) for what does not fit a phase of up to ``train.epochs`` epochs."""
-        epochs = cfg.train.epochs
-        return [("warmup_epochs", f"must be less than train.epochs ({epochs})")] if self.warmup_epochs >= epochs else []
+        epochs = cfg.train.fewest_epochs
+        return [("warmup_epochs", f"must be less than a task's epochs ({epochs})")] if self.warmup_epochs >= epochs else []
 
     def scaled(self, epochs: Callable[[int], int]) -> LRScheduleConfig:
         """The schedule over fewer epochs (a sweep's low level): each epoch count mapped by ``epochs``."""
@@ -344,11 +351,14 @@ class LRScheduleConfig(EntryConfig):
 
 
 class TrainConfig(Section):
-    resume_fixed: ClassVar[tuple[str, ...]] = ("epochs", "head_only_epochs", "lr", "weight_decay", "optimizer",
-                                               "lr_schedule", "grad_clip_norm", "batch_size", "drop_last")
+    resume_fixed: ClassVar[tuple[str, ...]] = ("epochs", "first_task_epochs", "head_only_epochs", "lr", "weight_decay",
+                                               "optimizer", "lr_schedule", "grad_clip_norm", "batch_size", "drop_last")
     """The keys a resumed run must share with the run it continues (``fixed_on_resume``)."""
 
     epochs: int = Field(3, ge=1)
+    first_task_epochs: int | None = Field(None, ge=1)
+    """The first task's epochs where they differ from the others' (MACIL's ``init_epoch``: 20, then 10);
+    unset: ``epochs``."""
     head_only_epochs: int = Field(0, ge=0)
     """The first epochs of every task after the first train the head only (the paper: 30 of 50)."""
     lr: float = Field(5e-4, gt=0)
@@ -389,6 +399,15 @@ class TrainConfig(Section):
     ``benchmark.augment: false`` (the inputs must not change between epochs); the activations are
     kept on the training device (``bench/prefix_cache.py`` prints their size and the speed-up)."""
 
+    @property
+    def fewest_epochs(self) -> int:
+        """The epochs of the shortest task."""
+        return min(self.epochs, self.first_task_epochs or self.epochs)
+
+    def epochs_of(self, task: int) -> int:
+        """Task ``task``'s epochs."""
+        return self.first_task_epochs if task == 0 and self.first_task_epochs is not None else self.epochs
+
     @field_validator("lr", "weight_decay")
     @classmethod
     def _fits_float32(cls, value: float) -> float:
@@ -401,6 +420,7 @@ class TrainConfig(Section):
         if not trains:
             return {"batch_size": self.batch_size}
         keys = ["epochs", "head_only_epochs", "lr", "weight_decay", "precision", "drop_last", "batch_size"]
+        keys += ["first_task_epochs"] if self.first_task_epochs is not None else []
         keys += ["grad_clip_norm"] if self.grad_clip_norm is not None else []
         keys += ["prefix_cache"] if self.prefix_cache else []
         return {**{key: getattr(self, key) for key in keys}, "optimizer": self.optimizer.active_params(),

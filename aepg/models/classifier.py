@@ -1,4 +1,4 @@
-"""The continual classifier: frozen timm backbone + PEFT module + one linear head over all classes."""
+"""The continual classifier: frozen timm backbone + PEFT module + one head over all classes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aepg.config import ModelConfig
 from aepg.models.backbones import create_backbone
 from aepg.models.peft.attach import attach_method
 from aepg.models.contract import MethodPart, TrainingBatch, full_precision
+from aepg.models.heads import build_head
 from aepg.models.peft.base import module_of
 
 
@@ -37,12 +38,11 @@ class ContinualClassifier(nn.Module):
     life-cycle hook in turn, and each may rewrite the prediction at test time.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, head_init_std: float, frozen_keys: set[str]):
+    def __init__(self, backbone: nn.Module, num_classes: int, head_init_std: float, frozen_keys: set[str],
+                 head: str = "linear", head_scale: float = 20.0):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.num_features, num_classes)
-        nn.init.normal_(self.head.weight, std=head_init_std)
-        nn.init.zeros_(self.head.bias)
+        self.head = build_head(head, backbone.num_features, num_classes, head_init_std, head_scale)
         self.method_module = module_of(backbone)
         if self.method_module is not None:
             self.method_module.set_num_classes(num_classes)
@@ -172,7 +172,7 @@ class ContinualClassifier(nn.Module):
 
     def state_names(self) -> list[str]:
         added = [f"{name}.{k}" for name in self.added_parts for k in getattr(self, name).state_dict()]
-        return self.method_state_names + added + ["head.weight", "head.bias"]
+        return self.method_state_names + added + [f"head.{k}" for k in self.head.state_dict()]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """PEFT, added parts' and head state (the whole backbone's when it trains): all a checkpoint needs."""
@@ -200,7 +200,8 @@ def build_model(cfg: ModelConfig, num_classes: int, num_tasks: int) -> tuple[Con
     spec = InputSpec(cfg.image_size or data["input_size"][-1], mean, std)
     frozen_keys = set(backbone.state_dict())
     backbone = attach_method(backbone, cfg.method, num_tasks)
-    model = ContinualClassifier(backbone, num_classes, cfg.head_init_std, frozen_keys)
+    model = ContinualClassifier(backbone, num_classes, cfg.head_init_std, frozen_keys, cfg.method.head,
+                                cfg.method.head_scale)
     for name, part in cfg.method.chosen_parts().items():
         model.add_part(name, PARTS.get(name).load()(part, model))
     return model, spec

@@ -35,6 +35,8 @@ def level_config(cfg: RunConfig, fidelity: str, level: Level, full_per_class: in
         low.train.head_only_epochs = scaled(cfg.train.head_only_epochs)
         low.train.lr_schedule = cfg.train.lr_schedule.scaled(scaled)
         low.train.epochs = epochs
+        if cfg.train.first_task_epochs is not None:
+            low.train.first_task_epochs = max(1, round(cfg.train.first_task_epochs * level.fraction))
     else:
         low.benchmark.max_train_per_class = max(1, round(full_per_class * level.fraction))
     return low

@@ -4,9 +4,9 @@
 A part takes the same life-cycle hooks as a PEFT module (``aepg.models.contract``):
 the start and end of each task with its context (the model, the objective and the task's data),
 a loss term at every training step with the step's batch, the step's end, and a prediction rule
-at test time. The built-in parts: LAE's online/offline pair, EWC (online), LwF and classifier
-alignment on class statistics (SLCA's and SLCA++'s). A method may be made with some of them
-(``MethodConfig.default_parts``: SLCA's alignment). This module
+at test time. The built-in parts: LAE's online/offline pair, EWC (online), LwF, classifier
+alignment on class statistics (SLCA's and SLCA++'s), LCA's merge and MACIL's drift calibration.
+A method may be made with some of them (``MethodConfig.default_parts``: SLCA's alignment). This module
 holds their configs only (no torch), so the CLI checks them before anything heavy is imported;
 each builder, ``build(cfg, model) -> MethodPart``, lives in the file beside it.
 """
@@ -135,6 +135,8 @@ class ClassifierAlignmentPart(PartConfig):
     def problems(self, cfg) -> list[tuple[str, str]]:
         if self.enabled and cfg.model.method.kind == "ranpac":
             return [("", "RanPAC predicts with its closed-form head, so an aligned linear head is never read")]
+        if self.enabled and self.old_feature_scale and cfg.model.method.head == "cosine":
+            return [("old_feature_scale", "scales features, which a cosine head (model.method.head) does not see")]
         return []
 
 
@@ -164,4 +166,42 @@ class MergePart(PartConfig):
         if self.enabled and cfg.model.method.kind in ("none", "ranpac"):
             return [("", f"merging needs trained method parameters; model.method.kind={cfg.model.method.kind} has none "
                          "that train after the first task")]
+        return []
+
+
+@PARTS.register("drift", builder=f"{PACKAGE}.drift:build_drift", display="semantic drift calibration")
+class DriftCalibrationPart(PartConfig):
+    """MACIL's semantic drift calibration (Wu et al., ICML 2025, ``methods/macil.py``): from the second
+    task on, the model as the task finds it is kept; every step adds a Mahalanobis constraint that keeps
+    the distances between a class's features (under the old model's inverse covariance of the class) as
+    the old model had them, and an angle-weighted distillation of the patch tokens; when the task
+    ends, the means of the earlier classes (the part ``align``'s statistics) move by the drift of
+    the task's features, each weighted by a Gaussian kernel of its old feature's distance to the mean."""
+
+    kind: Literal["drift"] = "drift"
+    mean_shift: bool = True
+    """Move the earlier classes' means by the drift (MACIL's ``msc``)."""
+    sigma: float = Field(1.0, gt=0)
+    """The kernel's width: weights ``exp(-|f_old - mean|^2 / (2 sigma^2)) + 1e-5`` (MACIL's 1.0)."""
+    covariance_weight: float = Field(1.0, ge=0)
+    """The Mahalanobis constraint's weight (MACIL's ``cc``: 1 when on); 0: off."""
+    shrinkage: float = Field(10.0, ge=0)
+    """The old covariance of each of the task's classes gets this times its mean diagonal on the
+    diagonal and times its mean off-diagonal entry off it before it is inverted (MACIL's 10 and 10)."""
+    ridge: float = Field(1.0e-3, ge=0)
+    """Then added to its diagonal (MACIL's 1e-3)."""
+    patch_weight: float = Field(0.4, ge=0)
+    """The patch distillation's weight (MACIL's ``lamb_p``, 0.4; MACIL adds it only with ``cc`` on); 0: off."""
+
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        method = cfg.model.method
+        if not self.enabled:
+            return []
+        if method.kind in ("none", "ranpac"):
+            return [("", f"drift calibration needs features that training moves; model.method.kind={method.kind} "
+                         "trains none after the first task")]
+        align = method.parts.get("align")
+        if self.mean_shift and (align is None or not align.enabled):
+            return [("mean_shift", "moves the class means the part align keeps: add model.method.parts.align "
+                                   "or set mean_shift=false")]
         return []

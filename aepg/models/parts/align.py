@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aepg.models.contract import MethodPart, TaskData
+from aepg.models.heads import CosineHead
 
 
 class ClassStatistics(nn.Module):
@@ -108,13 +109,17 @@ def _low_rank_sampler(factor: Tensor, residual: Tensor):
 
 
 class ClassifierAlignment(MethodPart):
-    def __init__(self, head: nn.Linear, cfg):
+    def __init__(self, head: nn.Module, cfg):
         super().__init__()
-        self.head_parameters = [head.weight, head.bias]  # not a submodule: the model checkpoints the head
+        # Not submodules: the model checkpoints the head. A cosine head has no bias: a zero one
+        # stands in for it, and is never aligned.
+        bias = head.bias if head.bias is not None else torch.zeros(head.out_features, device=head.weight.device)
+        self.head_parameters = [head.weight, bias]
+        self.cosine_head = [head] if isinstance(head, CosineHead) else []  # a list: not a submodule
         self.cfg = cfg
         self.statistics = ClassStatistics(head.out_features, head.in_features, cfg.covariance, cfg.rank, cfg.ridge)
         self.register_buffer("unaligned_weight", torch.zeros_like(head.weight))
-        self.register_buffer("unaligned_bias", torch.zeros_like(head.bias))
+        self.register_buffer("unaligned_bias", torch.zeros_like(bias))
         self.register_buffer("restore_pending", torch.zeros((), dtype=torch.bool))
         self.old_rows: tuple[Tensor, Tensor] | None = None
         self.scaled_after: int | None = None
@@ -190,7 +195,8 @@ class ClassifierAlignment(MethodPart):
             for first in range(0, len(inputs), batch):
                 x, y = inputs[first:first + batch], targets[first:first + batch]
                 with torch.enable_grad():
-                    logits = F.linear(x, rows[0], rows[1])
+                    logits = self.cosine_head[0].with_weights(x, rows[0]) if self.cosine_head \
+                        else F.linear(x, rows[0], rows[1])
                     if cfg.temperature is not None:
                         logits = normalised_logits(logits, task_edges, cfg.temperature)
                     if cfg.robust_weight:

@@ -418,6 +418,23 @@ class SlcaPlusPlusMethod(LowRankBlocksMethod):
 
 
 
+@METHODS.register("macil", builder=f"{PACKAGE}.macil:build_macil", display="MACIL", traits=("vit_only",))
+class MacilMethod(LowRankBlocksMethod):
+    """MACIL: per task a new key/value LoRA (earlier ones frozen) under a cosine head, with semantic
+    drift calibration (the part ``drift``: the class means moved by the features' drift, a Mahalanobis
+    constraint and patch distillation) and classifier alignment (the part ``align``)."""
+
+    kind: Literal["macil"] = "macil"
+    default_blocks: ClassVar[list[int] | None] = None  # every block, as the reference
+    default_parts: ClassVar[dict[str, dict[str, Any]]] = {
+        "drift": {},
+        "align": {"ridge": 1.0e-3, "keep_aligned_head": True, "align_bias": False}}
+    rank: int = Field(32, ge=1)
+    """Rank of each task's pair (MACIL's ``rank``, 32)."""
+    head: Literal["linear", "cosine"] = "cosine"
+    """MACIL's per-task cosine heads, as one cosine head (``model.method.head``)."""
+
+
 @METHODS.register("lca", builder=f"{PACKAGE}.adaptformer:build_adaptformer", display="LCA", traits=("vit_only",))
 class LcaMethod(AdaptFormerMethod):
     """LCA: AdaptFormer adapters on every block, each task training from their incremental TIES merge

@@ -8,6 +8,7 @@ that checkpoints written before keep their keys) so they move, save and wrap (DD
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from types import MethodType
 from typing import Callable
@@ -76,6 +77,17 @@ class Scale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale
+
+
+def task_lora_pairs(num_tasks: int, blocks: int, parts: int, rank: int, dim: int) -> tuple[nn.ParameterList, nn.ParameterList]:
+    """Per task, per block and per part of ``attn.qkv``: LoRA's A (rank x dim, Kaiming-uniform as
+    ``nn.Linear(dim, rank)``'s weight) and B (dim x rank, zero), so every task's update starts at 0."""
+    A = nn.ParameterList(nn.Parameter(torch.empty(blocks, parts, rank, dim)) for _ in range(num_tasks))
+    B = nn.ParameterList(nn.Parameter(torch.zeros(blocks, parts, dim, rank)) for _ in range(num_tasks))
+    for a in A:
+        for matrix in a.view(-1, rank, dim):
+            nn.init.kaiming_uniform_(matrix, a=math.sqrt(5))
+    return A, B
 
 
 def blocks_of(backbone: nn.Module, cfg: BlocksMethod) -> list[int]:

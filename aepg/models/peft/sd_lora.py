@@ -13,14 +13,12 @@ restarts at ``init_magnitude`` when a task starts, as both references rebuild th
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from aepg.models.peft import SdLoraMethod
 from aepg.models.contract import TaskData
-from aepg.models.peft.base import MethodModule, add_to_qkv, blocks_of
+from aepg.models.peft.base import MethodModule, add_to_qkv, blocks_of, task_lora_pairs
 
 PARTS = 2  # query, value
 
@@ -29,11 +27,7 @@ class SDLoRA(MethodModule):
     def __init__(self, backbone: nn.Module, blocks: list[int], rank: int, num_tasks: int, init_magnitude: float):
         super().__init__()
         dim = backbone.embed_dim
-        self.A = nn.ParameterList(nn.Parameter(torch.empty(len(blocks), PARTS, rank, dim)) for _ in range(num_tasks))
-        self.B = nn.ParameterList(nn.Parameter(torch.zeros(len(blocks), PARTS, dim, rank)) for _ in range(num_tasks))
-        for a in self.A:
-            for matrix in a.view(-1, rank, dim):
-                nn.init.kaiming_uniform_(matrix, a=math.sqrt(5))
+        self.A, self.B = task_lora_pairs(num_tasks, len(blocks), PARTS, rank, dim)
         self.magnitude = nn.Parameter(torch.full((num_tasks,), float(init_magnitude)))
         self.init_magnitude = init_magnitude
         self.register_buffer("task", torch.zeros((), dtype=torch.long))
