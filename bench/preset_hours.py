@@ -76,9 +76,11 @@ def projected_hours(cfg, figures: dict) -> tuple[float, str]:
     seconds = 0.0
     for task in range(tasks):
         heads = head_only if task else 0
-        seconds += per_task * (epochs - heads) / figures["step"] + per_task * heads / figures["head only"]
+        trained = cfg.train.epochs_of(task)
+        seconds += per_task * (trained - heads) / figures["step"] + per_task * heads / figures["head only"]
         seconds += (per_task if statistics else 0) / figures["inference"] + per_test * (task + 1) / figures["inference"]
-    counted = (f"{tasks} tasks x {epochs} epochs ({head_only} head-only after the first) of {per_task:,.0f} images"
+    first = f", the first {cfg.train.first_task_epochs}" if cfg.train.first_task_epochs is not None else ""
+    counted = (f"{tasks} tasks x {epochs} epochs ({head_only} head-only after the first{first}) of {per_task:,.0f} images"
                + (", a statistics pass per task" if statistics else "") + ", evaluation after each task")
     return seconds / 3600, counted
 

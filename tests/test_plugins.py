@@ -214,7 +214,7 @@ def test_aepg_list_names_every_entry_with_its_keys_and_package(workdir, plugin_e
         assert f"{name} ({setting})" in lines
     listed = {line.split()[0] for line in lines if line.startswith("  ") and not line.startswith("   ")}
     assert {"aepg", "ce", "lora", "ranpac", "digits", "cifar100", "adam", "sgd", "cosine", "tpe", "asha"} <= listed
-    assert {"slca", "slca_pp", "lca", "macil", "sce", "align", "merge", "drift"} <= listed, \
+    assert {"slca", "slca_pp", "lca", "macil", "tuna", "sce", "align", "merge", "drift", "select"} <= listed, \
         "today's methods, their loss and their parts"
     assert {"gce", "two_phase", "feature_affine", "median", "l2_anchor", "qmc", "image-folder", "class_orders"} <= listed, \
         "the plugin's entries"

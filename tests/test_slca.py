@@ -194,7 +194,7 @@ def test_a_run_under_aepg_resumed_after_its_first_task_ends_as_an_uninterrupted_
                                                    "benchmark.num_tasks=3", "scaling.torch_threads=1"], 3)
 
 
-RECIPE_OBJECTIVES = {"slca": "ce", "slca_pp": "sce", "lca": "ce", "macil": "ce"}
+RECIPE_OBJECTIVES = {"slca": "ce", "slca_pp": "sce", "lca": "ce", "macil": "ce", "tuna": "ce"}
 """The methods with class statistics and alignment, and the loss of each one's own recipe."""
 
 

@@ -164,7 +164,7 @@ def _parts(value: Any) -> Any:
 class MethodConfig(EntryConfig):
     """What every training method's config holds; ``kind`` picks the entry of ``aepg.catalog.METHODS``
     (``aepg.models.peft``: none, full, lora, dora, adapter, adaptformer, prefix, l2p, dualprompt, coda,
-    inflora, ranpac, sd_lora, slca, slca_pp), whose config adds its own keys. docs/methods.md
+    inflora, ranpac, sd_lora, slca, slca_pp, lca, macil, tuna), whose config adds its own keys. docs/methods.md
     describes each and its reference code."""
 
     default_parts: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -182,7 +182,7 @@ class MethodConfig(EntryConfig):
     """s of the cosine head (MACIL's ``scale``, 20): the objective reads s cos."""
     parts: entries(PartConfig, PARTS, _parts)
     """Parts layered over the method, by name, in the order they run (``aepg.catalog.PARTS``: lae,
-    ewc, lwf, align, merge), the method's own first, e.g. ``{lae: {decay: 0.999}, ewc: {weight:
+    ewc, lwf, align, merge, drift, select), the method's own first, e.g. ``{lae: {decay: 0.999}, ewc: {weight:
     100}}``. A mapping, so that ``model.method.parts.ewc.weight`` is a key like any other (overrides,
     sweeps, MLflow params); ``{enabled: false}`` keeps a part's settings but leaves it out (a sweep
     can search ``enabled``)."""

@@ -33,6 +33,7 @@ these hooks, where the rule already holds.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
@@ -99,6 +100,21 @@ class TrainingBatch:
     optimizer: torch.optim.Optimizer | None = None
     """The optimiser of the step's phase (a fresh one per phase): its parameter groups and state,
     e.g. for a part whose ``transform_gradients`` or ``after_step`` needs the step's rate."""
+
+
+@contextmanager
+@torch.no_grad()
+def swapped(params: list[nn.Parameter], values: list[Tensor]):
+    """The parameters hold ``values`` inside the block and their own again after it (a forward
+    with other parameters that keeps the model whole: LAE's offline copy, a kept old model)."""
+    own = [p.detach().clone() for p in params]
+    for p, value in zip(params, values, strict=True):
+        p.copy_(value)
+    try:
+        yield
+    finally:
+        for p, kept in zip(params, own):
+            p.copy_(kept)
 
 
 def full_precision(device: torch.device):

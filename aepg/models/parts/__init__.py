@@ -5,7 +5,8 @@ A part takes the same life-cycle hooks as a PEFT module (``aepg.models.contract`
 the start and end of each task with its context (the model, the objective and the task's data),
 a loss term at every training step with the step's batch, the step's end, and a prediction rule
 at test time. The built-in parts: LAE's online/offline pair, EWC (online), LwF, classifier
-alignment on class statistics (SLCA's and SLCA++'s), LCA's merge and MACIL's drift calibration.
+alignment on class statistics (SLCA's and SLCA++'s), LCA's merge, MACIL's drift calibration and
+TUNA's task-specific selection.
 A method may be made with some of them (``MethodConfig.default_parts``: SLCA's alignment). This module
 holds their configs only (no torch), so the CLI checks them before anything heavy is imported;
 each builder, ``build(cfg, model) -> MethodPart``, lives in the file beside it.
@@ -94,14 +95,19 @@ class ClassifierAlignmentPart(PartConfig):
     """Alignment epochs per task (SLCA's ``ca_epochs``; 0 keeps the statistics only)."""
     lr: float = Field(0.01, gt=0)
     """SGD's rate, annealed to 0 over the epochs by a cosine (SLCA's: its training rate, 0.01)."""
+    cosine_epochs: int | None = Field(None, ge=1)
+    """The cosine's half period in epochs (``CosineAnnealingLR``'s ``T_max``); unset: ``epochs``.
+    TUNA's 5 over its 30 epochs: the rate falls to 0 by epoch 5, rises back by epoch 10, and so on."""
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5.0e-4, ge=0)
     temperature: float | None = Field(0.1, gt=0)
     """SLCA's logit normalisation (``ca_with_logit_norm``, 0.1 in all its presets): the logits
     divided by the mean over tasks of each task's logit norm, then by this; null: plain logits."""
-    shrink_old_means: bool = True
+    shrink_old_means: bool | Literal["tuna"] = True
     """SLCA's draw around ``(0.9 + 0.1 (t + 1) / (T + 1)) * mean`` for a class of task t after task T
-    (the current task's classes at their mean, the oldest shrunk most); false: around the mean."""
+    (the current task's classes at their mean, the oldest shrunk most); false: around the mean;
+    ``tuna``: the same formula with TUNA's code's t, ``c // -n`` for class c and the task's n
+    classes (its ``decay`` on ImageNet-R; see docs/methods.md)."""
     old_feature_scale: float = Field(0.0, ge=0)
     """mu of SLCA++'s feature scaling (its ``fc_scale_mu``, 0.02 in its presets): a feature drawn for a
     class of task t after task T is divided by ``1 + (mu + 0.02 (u - 0.5)) (T - t)``, u uniform in
@@ -130,6 +136,8 @@ class ClassifierAlignmentPart(PartConfig):
             params.pop("rank", None)
         if self.batch_size is None:
             params.pop("batch_size", None)
+        if self.cosine_epochs is None:
+            params.pop("cosine_epochs", None)
         return params
 
     def problems(self, cfg) -> list[tuple[str, str]]:
@@ -204,4 +212,30 @@ class DriftCalibrationPart(PartConfig):
         if self.mean_shift and (align is None or not align.enabled):
             return [("mean_shift", "moves the class means the part align keeps: add model.method.parts.align "
                                    "or set mean_shift=false")]
+        return []
+
+
+@PARTS.register("select", builder=f"{PACKAGE}.select:build_selection", display="task-specific selection")
+class TaskSelectionPart(PartConfig):
+    """TUNA's task-specific and universal parameters (Wang et al., ICCV 2025): after each task the
+    method's parameters are kept as that task's; from the second task on, a prediction runs every
+    task's parameters, takes per input the one whose softmax over the seen classes has the least
+    entropy, and adds that softmax to the universal parameters' softmax."""
+
+    kind: Literal["select"] = "select"
+    universal: Literal["current", "merged"] = "current"
+    """The universal parameters: those as trained (TUNA's code, whose pass with the merged adapter
+    reads the current one; see docs/methods.md), or the EMR merge of every task's (TUNA's paper)."""
+    orth_weight: float = Field(0.0, ge=0)
+    """TUNA's orthogonality term (its ``reg`` with ``use_orth``: 0.001 on ImageNet-R, off elsewhere):
+    ``orth_weight exp(-(t + 1))`` times, over the earlier tasks and the adapted blocks, the absolute
+    mean cosine between the rows of the current and that task's up-projections, over the blocks."""
+
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        kind = cfg.model.method.kind
+        if self.enabled and kind in ("none", "ranpac"):
+            return [("", f"task-specific selection needs trained method parameters; model.method.kind={kind} has none "
+                         "that train after the first task")]
+        if self.enabled and self.orth_weight and kind not in ("adaptformer", "tuna", "lca"):
+            return [("orth_weight", f"is over AdaptFormer's up-projections; model.method.kind={kind} has none")]
         return []

@@ -178,7 +178,7 @@ class ClassifierAlignment(MethodPart):
                 bias[:stop].detach().clone().requires_grad_(cfg.align_bias)]
         optimizer = torch.optim.SGD(rows if cfg.align_bias else rows[:1], lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.cosine_epochs or cfg.epochs)
         generator = data.generator()
         tasks = self.statistics.task_of_class[:stop]
         task_edges = _task_edges(tasks)
@@ -217,7 +217,9 @@ class ClassifierAlignment(MethodPart):
         """``samples_per_class`` features of each class ``samplers`` covers, in class order, and their labels."""
         cfg, stop = self.cfg, len(samplers)
         tasks = self.statistics.task_of_class[:stop]
-        shrink = (0.9 + 0.1 * (tasks + 1).double() / (task + 1)) if cfg.shrink_old_means else torch.ones(stop, dtype=torch.float64)
+        index = tasks if cfg.shrink_old_means != "tuna" else \
+            torch.div(torch.arange(stop), -int((tasks == task).sum()), rounding_mode="floor")  # TUNA's: class // -n
+        shrink = (0.9 + 0.1 * (index + 1).double() / (task + 1)) if cfg.shrink_old_means else torch.ones(stop, dtype=torch.float64)
         means = (self.statistics.means[:stop] * shrink[:, None].to(self.statistics.means.device)).float()
         n, dim = cfg.samples_per_class, means.shape[1]
         draws = dim + (self.statistics.rank if cfg.covariance == "low_rank" else 0)

@@ -21,14 +21,12 @@ When the task ends, each earlier class's mean (in the part ``align``'s statistic
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from aepg.models.contract import ActivatedPart, TaskData, TrainingBatch
+from aepg.models.contract import ActivatedPart, TaskData, TrainingBatch, swapped
 from aepg.models.parts.align import ClassifierAlignment
 
 MAHALANOBIS_JITTER = 1e-6
@@ -126,19 +124,6 @@ class DriftCalibration(ActivatedPart):
             weighted += w @ (after - before).to(means.device)
             weights += w.sum(dim=1)
         means += data.sum(weighted) / data.sum(weights)[:, None]
-
-
-@contextmanager
-def swapped(params: list[nn.Parameter], values: list[Tensor]):
-    """The parameters hold ``values`` inside the block and their own again after it."""
-    own = [p.detach().clone() for p in params]
-    for p, value in zip(params, values):
-        p.data.copy_(value)
-    try:
-        yield
-    finally:
-        for p, kept in zip(params, own):
-            p.data.copy_(kept)
 
 
 def kernel_weights(features: Tensor, means: Tensor, sigma: float) -> Tensor:

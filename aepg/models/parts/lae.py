@@ -12,13 +12,12 @@ batch B the same horizon in samples is ``decay ** (B / 24)``: 0.9989 at batch 25
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from aepg.models.contract import ActivatedPart
+from aepg.models.contract import ActivatedPart, swapped
 
 
 class OnlineOfflinePair(ActivatedPart):
@@ -47,18 +46,9 @@ class OnlineOfflinePair(ActivatedPart):
             for p, offline in zip(self.online, self._offline()):
                 offline.mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
 
-    @contextmanager
-    @torch.no_grad()
     def offline(self):
         """Run the model with the offline parameters (swapped in place, then back)."""
-        saved = [p.detach().clone() for p in self.online]
-        for p, offline in zip(self.online, self._offline()):
-            p.copy_(offline)
-        try:
-            yield
-        finally:
-            for p, value in zip(self.online, saved):
-                p.copy_(value)
+        return swapped(self.online, self._offline())
 
     def predict(self, logits: Tensor, features: Tensor, columns: slice, again: Callable[[], Tensor]) -> Tensor:
         """From task 1 on, the log of the per-class maximum of the online and offline softmaxes over

@@ -435,6 +435,24 @@ class MacilMethod(LowRankBlocksMethod):
     """MACIL's per-task cosine heads, as one cosine head (``model.method.head``)."""
 
 
+@METHODS.register("tuna", builder=f"{PACKAGE}.adaptformer:build_adaptformer", display="TUNA", traits=("vit_only",))
+class TunaMethod(AdaptFormerMethod):
+    """TUNA: AdaptFormer adapters on every block trained task after task under a cosine head, every
+    task's adapters kept and chosen per input by the least entropy at test, beside the universal ones
+    (the part ``select``), and the head re-aligned on Gaussian draws (the part ``align``)."""
+
+    kind: Literal["tuna"] = "tuna"
+    default_blocks: ClassVar[list[int] | None] = None  # every block, as the reference's adapter
+    default_parts: ClassVar[dict[str, dict[str, Any]]] = {
+        "select": {},
+        "align": {"samples_per_class": 80, "epochs": 30, "lr": 0.005, "cosine_epochs": 5, "temperature": None,
+                  "shrink_old_means": False, "keep_aligned_head": True, "align_bias": False}}
+    bottleneck: int = Field(16, ge=1)
+    """The adapter's width (TUNA's 16)."""
+    head: Literal["linear", "cosine"] = "cosine"
+    """TUNA's per-task cosine heads, as one cosine head (``model.method.head``)."""
+
+
 @METHODS.register("lca", builder=f"{PACKAGE}.adaptformer:build_adaptformer", display="LCA", traits=("vit_only",))
 class LcaMethod(AdaptFormerMethod):
     """LCA: AdaptFormer adapters on every block, each task training from their incremental TIES merge

@@ -28,6 +28,10 @@ class AdaptFormer(MethodModule):
             block.norm2.register_forward_pre_hook(self._remember(slot))
             block.mlp.forward = MethodType(self._patched_forward(slot, block.mlp.forward), block.mlp)
 
+    def up_projections(self) -> list[nn.Parameter]:
+        """Each adapted block's up-projection weight (d x bottleneck): TUNA's orthogonality term reads them."""
+        return [layer[-1].weight for layer in self.layers]
+
     def _remember(self, slot: int):
         def hook(norm, inputs):
             self._stream[slot] = inputs[0]

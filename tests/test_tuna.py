@@ -1,0 +1,153 @@
+"""TUNA (``model.method.kind: tuna``): its part ``select`` (every task's adapters kept, EMR merge,
+orthogonality term, entropy-based selection at test) and its alignment (a cosine half period of 5
+epochs over 30, its code's mean decay) equal TUNA's own code on the same parameters, features and
+draws (stored from tests/reference_runs/tuna.py); the method runs end to end under CE and aEPG,
+resumed as uninterrupted."""
+
+import pytest
+import torch
+from conftest import DIGITS, finals, interrupt_after_task, reference_result, run_aepg
+from mlflow import MlflowClient
+from test_align import HERE, REFERENCES, TINY, Features
+
+from aepg.config import load_config
+from aepg.models.heads import CosineHead
+from aepg.models.parts import TaskSelectionPart
+from aepg.models.parts.align import ClassifierAlignment
+from aepg.models.parts.select import TaskSelection, emr_merged, orthogonality
+
+FIXTURE = HERE / "data" / "tuna.pt"
+TOL = {"rtol": 0, "atol": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def stored():
+    return torch.load(FIXTURE, weights_only=False)
+
+
+def test_the_emr_merge_equals_tunas(stored):
+    """``emr_merge`` over three tasks' tensors (a zero one among them): the same unified tensors."""
+    tasks, reference = stored["inputs"]["emr"], stored["reference"]["emr"]
+    for name in tasks[0]:
+        torch.testing.assert_close(emr_merged(torch.stack([t[name] for t in tasks])), reference[name], rtol=0, atol=0)
+
+
+def test_the_orthogonality_term_equals_tunas(stored):
+    """``orth_loss`` over 12 blocks and two earlier tasks, and the part's term with its weight."""
+    orth, reference = stored["inputs"]["orth"], stored["reference"]["orth"]
+    torch.testing.assert_close(orthogonality(orth["current"], orth["earlier"]), reference["raw"], **TOL)
+    current = [torch.nn.Parameter(u.clone()) for u in orth["current"]]
+    part = TaskSelection(current, current, TaskSelectionPart(orth_weight=orth["reg"]))
+    for earlier in orth["earlier"]:
+        for p, kept in zip(current, earlier):
+            p.data.copy_(kept)
+        part.end_task(0, None)
+    for p, now in zip(current, orth["current"]):
+        p.data.copy_(now)
+    part.begin_task(orth["task"])
+    term = part.auxiliary_loss(object())
+    torch.testing.assert_close(term, reference["weighted"], rtol=1e-5, atol=0)
+    term.backward()
+    assert all(p.grad is not None for p in current), "the term trains the current up-projections"
+
+
+def test_the_entropy_based_selection_predicts_as_tunas(stored):
+    """TUNA's ``_eval_cnn`` after task 2 (each task's adapters, least entropy, plus the current
+    ones' softmax): the part's prediction rule ranks the classes the same (its top 5)."""
+    inputs, reference = stored["inputs"]["selection"], stored["reference"]["selection"]
+    table = inputs["features"]
+    head = CosineHead(table.shape[-1], inputs["weight"].shape[0], inputs["scale"])
+    with torch.no_grad():
+        head.weight.copy_(inputs["weight"])
+    which = torch.nn.Parameter(torch.zeros(()))  # the pass's parameters: which row of features it gives
+    part = TaskSelection([which], [], TaskSelectionPart())
+    for task in range(3):
+        which.data.fill_(task)
+        part.end_task(task, None)
+    which.data.fill_(3)  # the current parameters: TUNA's pass with its current adapter
+    again = lambda: head(table[int(which.item())])  # noqa: E731
+    with torch.no_grad():
+        out = part.predict(again(), table[3], slice(0, 9), again)
+    assert torch.equal(out.topk(5, dim=1).indices, reference)
+    assert int(which.item()) == 3, "the current parameters are back after the passes"
+
+
+def test_tunas_alignment_equals_tunas(stored):
+    """``_compute_mean`` and ``classifer_align`` over three tasks on its bias-free cosine heads: 7
+    epochs under a cosine of half period 5 (TUNA's ``T_max``), its code's mean decay (``decay`` on),
+    plain cross-entropy on 20 cos: the same statistics and aligned heads, to 1e-5."""
+    inputs, reference = stored["inputs"]["alignment"], stored["reference"]["alignment"]
+    cfg = load_config(DIGITS, ["model.method.kind=tuna", f"model.method.parts.align.epochs={inputs['crct_epochs']}",
+                               f"model.method.parts.align.samples_per_class={5 * inputs['batch_size']}",
+                               "model.method.parts.align.shrink_old_means=tuna", "model.method.parts.align.objective=ce"]
+                      ).model.method.chosen_parts()["align"]
+    assert (cfg.lr, cfg.cosine_epochs, cfg.temperature, cfg.weight_decay) == (inputs["ca_lr"], 5, None, inputs["weight_decay"])
+    head = CosineHead(inputs["weight"].shape[1], len(inputs["bias"]), inputs["scale"])
+    with torch.no_grad():
+        head.weight.copy_(inputs["weight"])
+    part = ClassifierAlignment(head, cfg)
+    size = inputs["task_size"]
+    for task in range(3):
+        part.begin_task(task)
+        part.end_task(task, Features(inputs["features"].double(), task * size, (task + 1) * size, inputs["seed"]))
+        if task:
+            torch.testing.assert_close(head.weight[:(task + 1) * size].detach(), reference["aligned"][task - 1], **TOL)
+    torch.testing.assert_close(part.statistics.means.float(), reference["means"], **TOL)
+    torch.testing.assert_close(part.statistics.covariances, reference["covariances"], **TOL)
+
+
+def test_tunas_code_run_now_gives_the_stored_result(tmp_path, stored):
+    """The stored result is what TUNA's code gives (run beside aepg when its authors' release is at
+    $AEPG_REFERENCES/TUNA)."""
+    fresh = reference_result("tuna.py", REFERENCES / "TUNA", "models/tuna.py", tmp_path)
+    assert torch.equal(fresh["selection"], stored["reference"]["selection"])
+    for key in ("emr", "orth"):
+        for name, value in stored["reference"][key].items():
+            torch.testing.assert_close(fresh[key][name], value, rtol=1e-6, atol=0)
+    for name in ("means", "covariances"):
+        torch.testing.assert_close(fresh["alignment"][name], stored["reference"]["alignment"][name], rtol=0, atol=1e-6)
+    for now, then in zip(fresh["alignment"]["aligned"], stored["reference"]["alignment"]["aligned"], strict=True):
+        torch.testing.assert_close(now, then, rtol=0, atol=1e-6)
+
+
+def test_tuna_brings_its_head_and_parts():
+    method = load_config(DIGITS, ["model.method.kind=tuna"]).model.method
+    assert list(method.chosen_parts()) == ["select", "align"] and (method.head, method.bottleneck) == ("cosine", 16)
+    align = method.chosen_parts()["align"]
+    assert (align.epochs, align.cosine_epochs, align.lr, align.temperature, align.keep_aligned_head) == (30, 5, 0.005, None, True)
+
+
+TUNA = [*TINY, "model.method.kind=tuna", "model.method.parts.select.orth_weight=0.001"]
+
+
+def test_tuna_runs_under_ce_with_the_merged_universal_adapter(workdir):
+    result = run_aepg(["train", DIGITS, *TUNA, "objective.kind=ce", "model.method.parts.select.universal=merged"], workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "final/last_accuracy" in finals(workdir)
+    params = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").search_runs(["1"])[0].data.params
+    assert (params["model.method.parts.select.universal"], params["model.method.head"]) == ("merged", "cosine")
+
+
+def test_tuna_under_aepg_resumed_after_its_second_task_ends_as_an_uninterrupted_one(workdir):
+    """Resumed where the part holds two tasks' adapters."""
+    overrides = [*TUNA, "objective.kind=aepg", "benchmark.num_tasks=3", "scaling.torch_threads=1"]
+    for folder in ("whole", "cut"):
+        (workdir / folder).mkdir()
+    whole = run_aepg(["train", DIGITS, *overrides], workdir / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run_id = interrupt_after_task(workdir / "cut", 2, overrides, num_tasks=3)
+    resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], workdir / "cut")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert finals(workdir / "whole") == finals(workdir / "cut")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model.method.kind=none", "model.method.parts.select.universal=current"], "model.method.parts.select: task-specific"),
+    (["model.method.kind=lora", "model.method.parts.select.orth_weight=0.1"], "model.method.parts.select.orth_weight: is over"),
+    (["model.method.kind=tuna", "model.method.parts.align.cosine_epochs=0"],
+     "model.method.parts.align.cosine_epochs: Input should be greater than or equal to 1"),
+])
+def test_bad_settings_of_tunas_pieces_are_one_line_before_anything_runs(overrides, expected, workdir):
+    result = run_aepg(["train", DIGITS, *overrides, "--dry-run"], workdir)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (workdir / "mlflow.db").exists()
