@@ -212,8 +212,8 @@ def write_page(out: Path, quick: bool, walls: dict[str, float], main: tuple, joi
         "adapters need a pretrained ViT, and the only pretrained weights that install offline are "
         "EfficientNet-Lite0/1/2 (`sweeps/paper/` runs them on ImageNet-R and CIFAR-100). Class statistics "
         "and classifier alignment are here as the `align` part over LoRA. Of the methods built on it, SLCA, "
-        "SLCA++ and LCA are in aepg (docs/methods.md) but not rows yet: SLCA++ and LCA need a ViT, and SLCA's "
-        "row waits for this sweep's next run; MACIL and TUNA are not in aepg yet.",
+        "SLCA++, LCA, MACIL and TUNA are in aepg (docs/methods.md) but not rows yet: all but SLCA need a ViT, "
+        "and SLCA's row waits for this sweep's next run.",
     ]
     if ablation:
         lines += ["", "## The paper's ablation: the a_t schedule, with LoRA", "",

@@ -292,17 +292,25 @@ def finals(folder: Path) -> dict:
     return {k: v for k, v in run.data.metrics.items() if k.startswith("final/")}
 
 
-def assert_resumed_ends_as_uninterrupted(workdir: Path, overrides: list[str], num_tasks: int) -> None:
-    """A digits run stopped after its first task and resumed ends on the final metrics of the same
-    run never stopped."""
+def assert_resumed_ends_as_uninterrupted(workdir: Path, overrides: list[str], num_tasks: int, after: int = 1) -> None:
+    """A digits run stopped after its task ``after`` (counted from 1) and resumed ends on the final
+    metrics of the same run never stopped."""
     for folder in ("whole", "cut"):
         (workdir / folder).mkdir()
     whole = run_aepg(["train", DIGITS, *overrides], workdir / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
-    run_id = interrupt_after_task(workdir / "cut", 1, overrides, num_tasks=num_tasks)
+    run_id = interrupt_after_task(workdir / "cut", after, overrides, num_tasks=num_tasks)
     resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], workdir / "cut")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert finals(workdir / "whole") == finals(workdir / "cut")
+
+
+def assert_refused_before_running(overrides: list[str], expected: str, workdir: Path) -> None:
+    """``aepg train --dry-run`` with ``overrides`` exits 2 with ``expected`` in one line, no traceback,
+    and nothing created."""
+    result = run_aepg(["train", DIGITS, *overrides, "--dry-run"], workdir)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (workdir / "mlflow.db").exists()
 
 
 def reference_result(script: str, reference: Path, needs: str, tmp_path: Path) -> dict:
@@ -317,6 +325,23 @@ def reference_result(script: str, reference: Path, needs: str, tmp_path: Path) -
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out, weights_only=False)["reference"]
+
+
+def assert_same_result(fresh, stored, where: str = "reference", atol: float = 1e-6) -> None:
+    """A reference run's result (nested dicts and lists of tensors) equals the stored one, to ``atol``."""
+    import torch
+
+    if isinstance(fresh, dict):
+        assert fresh.keys() == stored.keys(), where
+        for key in fresh:
+            assert_same_result(fresh[key], stored[key], f"{where}.{key}", atol)
+    elif isinstance(fresh, list):
+        for i, (x, y) in enumerate(zip(fresh, stored, strict=True)):
+            assert_same_result(x, y, f"{where}[{i}]", atol)
+    elif isinstance(fresh, torch.Tensor):
+        torch.testing.assert_close(fresh, stored, rtol=0, atol=atol, msg=where)
+    else:
+        assert fresh == stored, where
 
 
 def final_matrix(workdir, run_id):

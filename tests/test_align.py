@@ -62,6 +62,20 @@ def run_part(part: ClassifierAlignment, inputs: dict) -> None:
         part.end_task(task, Features(inputs["features"].double(), task * size, (task + 1) * size, inputs["seed"]))
 
 
+def assert_aligns_as_reference(part: ClassifierAlignment, inputs: dict, reference: dict, tasks: int = 3) -> None:
+    """The part over ``tasks`` tasks of ``inputs``' features: after each task from the second, the head's
+    rows of the classes seen so far equal ``reference["aligned"]``, and at the end the statistics its
+    means and covariances, to 1e-5."""
+    size, weight = inputs["task_size"], part.head_parameters[0]
+    for task in range(tasks):
+        part.begin_task(task)
+        part.end_task(task, Features(inputs["features"].double(), task * size, (task + 1) * size, inputs["seed"]))
+        if task:
+            torch.testing.assert_close(weight[:(task + 1) * size].detach(), reference["aligned"][task - 1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(part.statistics.means.float(), reference["means"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(part.statistics.covariances, reference["covariances"], rtol=0, atol=1e-5)
+
+
 def test_statistics_and_alignment_equal_slcas_own_code():
     """SLCA's ``_compute_class_mean`` and ``_stage2_compact_classifier`` as they ran (stored from
     tests/reference_runs/slca_alignment.py): the same means and covariances, and after the second

@@ -6,9 +6,9 @@ uninterrupted, and merges what it trained."""
 
 import pytest
 import torch
-from conftest import DIGITS, assert_resumed_ends_as_uninterrupted, finals, reference_result, run_aepg
+from conftest import DIGITS, assert_refused_before_running, assert_resumed_ends_as_uninterrupted, finals, reference_result, run_aepg
 from mlflow import MlflowClient
-from test_align import HERE, REFERENCES, TINY, Features
+from test_align import HERE, REFERENCES, TINY, assert_aligns_as_reference
 
 from aepg.config import load_config
 from aepg.models.parts import ClassifierAlignmentPart, MergePart
@@ -75,16 +75,7 @@ def test_statistics_and_the_robust_alignment_drawn_once_equal_lcas(stored):
                                   lr=config["train_ca_lr"], temperature=None, shrink_old_means=False,
                                   robust_weight=config["train_ca_robust_weight"], align_bias=False,
                                   keep_aligned_head=True, objective="ce")
-    part = ClassifierAlignment(head, cfg)
-    size = inputs["task_size"]
-    for task in range(3):
-        part.begin_task(task)
-        part.end_task(task, Features(inputs["features"].double(), task * size, (task + 1) * size, inputs["seed"]))
-        if task:
-            stop = (task + 1) * size
-            torch.testing.assert_close(head.weight[:stop].detach(), reference["aligned"][task - 1], rtol=0, atol=1e-5)
-    torch.testing.assert_close(part.statistics.means.float(), reference["means"], rtol=0, atol=1e-5)
-    torch.testing.assert_close(part.statistics.covariances, reference["covariances"], rtol=0, atol=1e-5)
+    assert_aligns_as_reference(ClassifierAlignment(head, cfg), inputs, reference)
     assert torch.equal(head.bias, torch.zeros_like(head.bias)), "LCA's heads have no bias: it is left alone"
 
 
@@ -130,8 +121,15 @@ def test_lca_under_aepg_resumed_after_its_first_task_ends_as_an_uninterrupted_on
     (["model.method.kind=lca", "model.method.parts.merge.rule=mean"], "model.method.parts.merge.rule: Input should be"),
     (["model.method.kind=slca_pp", "model.method.parts.align.old_feature_scale=-1"],
      "model.method.parts.align.old_feature_scale: Input should be greater than or equal to 0"),
+    (["model.method.kind=lora", "model.method.parts.drift.mean_shift=true"], "model.method.parts.drift.mean_shift: moves"),
+    (["model.method.kind=macil", "model.method.parts.align.old_feature_scale=0.02"],
+     "model.method.parts.align.old_feature_scale: scales features"),
+    (["train.first_task_epochs=0"], "train.first_task_epochs: Input should be greater than or equal to 1"),
+    (["model.method.kind=none", "model.method.parts.select.universal=current"], "model.method.parts.select: task-specific"),
+    (["model.method.kind=lora", "model.method.parts.select.orth_weight=0.1"], "model.method.parts.select.orth_weight: is over"),
+    (["model.method.kind=tuna", "model.method.parts.align.cosine_epochs=0"],
+     "model.method.parts.align.cosine_epochs: Input should be greater than or equal to 1"),
 ])
-def test_bad_settings_of_the_new_parts_are_one_line_before_anything_runs(overrides, expected, workdir):
-    result = run_aepg(["train", DIGITS, *overrides, "--dry-run"], workdir)
-    assert result.returncode == 2 and expected in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and not (workdir / "mlflow.db").exists()
+def test_bad_settings_of_todays_parts_are_one_line_before_anything_runs(overrides, expected, workdir):
+    """LCA's, SLCA++'s, MACIL's and TUNA's pieces, and the first task's epochs."""
+    assert_refused_before_running(overrides, expected, workdir)

@@ -10,9 +10,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import DIGITS, finals, interrupt_after_task, reference_result, run_aepg
+from conftest import DIGITS, assert_resumed_ends_as_uninterrupted, assert_same_result, finals, reference_result, run_aepg
 from mlflow import MlflowClient
-from test_align import HERE, REFERENCES, TINY, Features
+from test_align import HERE, REFERENCES, TINY, Features, assert_aligns_as_reference
 
 from aepg.config import load_config
 from aepg.models.heads import CosineHead
@@ -121,36 +121,14 @@ def test_macils_alignment_on_its_cosine_heads_equals_macils(stored):
     head = CosineHead(inputs["weight"].shape[1], len(inputs["bias"]), 20.0)
     with torch.no_grad():
         head.weight.copy_(inputs["weight"])
-    part = ClassifierAlignment(head, cfg)
-    size = inputs["task_size"]
-    for task in range(3):
-        part.begin_task(task)
-        part.end_task(task, Features(inputs["features"].double(), task * size, (task + 1) * size, inputs["seed"]))
-        if task:
-            torch.testing.assert_close(head.weight[:(task + 1) * size].detach(), reference["aligned"][task - 1], **TOL)
-    torch.testing.assert_close(part.statistics.means.float(), reference["means"], **TOL)
-    torch.testing.assert_close(part.statistics.covariances, reference["covariances"], **TOL)
+    assert_aligns_as_reference(ClassifierAlignment(head, cfg), inputs, reference)
 
 
 def test_macils_code_run_now_gives_the_stored_result(tmp_path, stored):
     """The stored result is what MACIL's code gives (run beside aepg when a clone of fwu11/MACIL is at
     $AEPG_REFERENCES/MACIL)."""
     fresh = reference_result("macil.py", REFERENCES / "MACIL", "methods/macil.py", tmp_path)
-
-    def same(a, b, where):
-        if isinstance(a, dict):
-            assert a.keys() == b.keys(), where
-            for key in a:
-                same(a[key], b[key], f"{where}.{key}")
-        elif isinstance(a, list):
-            for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                same(x, y, f"{where}[{i}]")
-        elif isinstance(a, torch.Tensor):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=where)
-        else:
-            assert a == b, where
-
-    same(fresh, stored["reference"], "reference")
+    assert_same_result(fresh, stored["reference"])
 
 
 def test_macil_brings_its_head_its_parts_and_its_first_task_epochs():
@@ -181,23 +159,4 @@ def test_macil_runs_under_ce(workdir):
 def test_macil_under_aepg_resumed_after_its_second_task_ends_as_an_uninterrupted_one(workdir):
     """Resumed where the part holds the old model and task 1's inverse covariances."""
     overrides = [*MACIL, "objective.kind=aepg", "benchmark.num_tasks=3", "scaling.torch_threads=1"]
-    for folder in ("whole", "cut"):
-        (workdir / folder).mkdir()
-    whole = run_aepg(["train", DIGITS, *overrides], workdir / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    run_id = interrupt_after_task(workdir / "cut", 2, overrides, num_tasks=3)
-    resumed = run_aepg(["train", DIGITS, *overrides, "--resume", run_id], workdir / "cut")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert finals(workdir / "whole") == finals(workdir / "cut")
-
-
-@pytest.mark.parametrize("overrides, expected", [
-    (["model.method.kind=lora", "model.method.parts.drift.mean_shift=true"], "model.method.parts.drift.mean_shift: moves"),
-    (["model.method.kind=macil", "model.method.parts.align.old_feature_scale=0.02"],
-     "model.method.parts.align.old_feature_scale: scales features"),
-    (["train.first_task_epochs=0"], "train.first_task_epochs: Input should be greater than or equal to 1"),
-])
-def test_bad_settings_of_macils_pieces_are_one_line_before_anything_runs(overrides, expected, workdir):
-    result = run_aepg(["train", DIGITS, *overrides, "--dry-run"], workdir)
-    assert result.returncode == 2 and expected in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and not (workdir / "mlflow.db").exists()
+    assert_resumed_ends_as_uninterrupted(workdir, overrides, 3, after=2)

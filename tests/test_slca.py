@@ -9,7 +9,8 @@ import timm
 import yaml
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, DIGITS, assert_resumed_ends_as_uninterrupted, finals, reference_result, run_aepg
+from conftest import (CONFIGS, DIGITS, assert_resumed_ends_as_uninterrupted, assert_same_result, finals, reference_result,
+                      run_aepg)
 from mlflow import MlflowClient
 from test_align import HERE, REFERENCES, TINY, Features
 from test_benchmarks_paper import write_cifar100, write_cub200, write_food101, write_imagenet_r
@@ -136,21 +137,7 @@ def test_slca_pps_code_run_now_gives_the_stored_result(tmp_path, stored):
     """The stored result is what SLCA's code gives (run beside aepg when a clone of GengDavid/SLCA is at
     $AEPG_REFERENCES/SLCA)."""
     fresh = reference_result("slca_pp.py", REFERENCES / "SLCA", "models/slca_pp.py", tmp_path)
-
-    def same(a, b, where):
-        if isinstance(a, dict):
-            assert a.keys() == b.keys(), where
-            for key in a:
-                same(a[key], b[key], f"{where}.{key}")
-        elif isinstance(a, list) and a and isinstance(a[0], torch.Tensor):
-            for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                same(x, y, f"{where}[{i}]")
-        elif isinstance(a, torch.Tensor):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=where)
-        else:
-            assert a == b, where
-
-    same(fresh, stored["reference"], "reference")
+    assert_same_result(fresh, stored["reference"])
 
 
 def test_old_classes_rows_stay_while_a_task_trains_under_weight_decay():

@@ -10,18 +10,16 @@ identity, and its ViT module (which needs easydict and timm 0.6's paths) by plac
 only ``MANet``'s heads and forward over them are used.
 """
 
-import os
 import sys
 import types
 from pathlib import Path
 from types import MethodType, SimpleNamespace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from slca_alignment import made_up_inputs  # noqa: E402
+from slca_alignment import Images, made_up_inputs, save_run  # noqa: E402
 
 TASK_SIZE, TASKS, DIM, HEADS, TOKENS, RANK = 3, 3, 8, 2, 5, 2
 
@@ -104,17 +102,6 @@ def run_losses(losses, made: dict) -> dict:
     return out
 
 
-class Images(torch.utils.data.Dataset):
-    def __init__(self, features, classes):
-        self.items = [(i, features[c, i], c) for c in classes for i in range(features.shape[1])]
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
 def run_learner(macil, network, made: dict) -> dict:
     """MACIL's inverse covariances (``_compute_class_invcov``), mean shift (``displacement``) and its
     statistics and alignment over the tasks (``_compute_class_mean``, ``_stage2_compact_classifier``)."""
@@ -169,7 +156,4 @@ def run(macil_dir: str, made: dict) -> dict:
 
 
 if __name__ == "__main__":
-    made = made_up()
-    out = os.path.abspath(sys.argv[2])
-    torch.save({"inputs": made, "reference": run(os.path.abspath(sys.argv[1]), made), "numpy": np.__version__,
-                "torch": torch.__version__}, out)
+    save_run(run, made_up())

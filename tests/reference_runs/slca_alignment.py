@@ -8,6 +8,7 @@ themselves and a network whose feature extractor is the identity, with SLCA's ow
 (``convs.linears.SimpleContinualLinear``).
 """
 
+import os
 import sys
 from types import SimpleNamespace
 
@@ -29,6 +30,27 @@ def made_up_inputs(tasks: int = TASKS) -> dict:
             "task_size": TASK_SIZE, "ca_epochs": 5, "logit_norm": 0.1}
 
 
+def save_run(run, made: dict) -> None:
+    """``python <harness>.py REFERENCE_DIR OUT.pt``: the made-up inputs and what ``run(REFERENCE_DIR,
+    made)`` gave, with the versions that gave it."""
+    out = os.path.abspath(sys.argv[2])
+    torch.save({"inputs": made, "reference": run(os.path.abspath(sys.argv[1]), made), "numpy": np.__version__,
+                "torch": torch.__version__}, out)
+
+
+class Images(torch.utils.data.Dataset):
+    """A data set of the classes' made-up features as their own images: (index, image, label)."""
+
+    def __init__(self, features: torch.Tensor, classes: list[int]):
+        self.items = [(i, features[c, i], c) for c in classes for i in range(features.shape[1])]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
 def run_reference(slca_dir: str, inputs: dict) -> dict:
     """SLCA's statistics and alignment over the tasks; with ``inputs["fc_scale_mu"]``, SLCA++'s
     alignment and head (``SLCApp``, its features scaled by task age), and after each alignment the
@@ -47,17 +69,7 @@ def run_reference(slca_dir: str, inputs: dict) -> dict:
     features = inputs["features"]
     tasks = len(inputs["bias"]) // TASK_SIZE
 
-    class Images(torch.utils.data.Dataset):
-        def __init__(self, classes):
-            self.items = [(i, features[c, i], c) for c in classes for i in range(features.shape[1])]
-
-        def __len__(self):
-            return len(self.items)
-
-        def __getitem__(self, i):
-            return self.items[i]
-
-    data_manager = SimpleNamespace(get_dataset=lambda classes, **_: (None, None, Images(list(classes))))
+    data_manager = SimpleNamespace(get_dataset=lambda classes, **_: (None, None, Images(features, list(classes))))
 
     class Network(torch.nn.Module):
         def __init__(self):

@@ -9,16 +9,14 @@ and a ViT is stood in for: a data manager whose images are the features themselv
 that looks up each input's features under each adapter in a made-up table.
 """
 
-import os
 import sys
 from pathlib import Path
 from types import MethodType, SimpleNamespace
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from slca_alignment import made_up_inputs  # noqa: E402
+from slca_alignment import Images, made_up_inputs, save_run  # noqa: E402
 
 TASK_SIZE, TASKS, DIM, BLOCKS, RANK, IMAGES = 3, 3, 8, 12, 4, 10
 
@@ -73,7 +71,7 @@ def heads(linears, weight: torch.Tensor, tasks: int):
     return fc
 
 
-def run_selection(tuna, linears, made: dict) -> np.ndarray:
+def run_selection(tuna, linears, made: dict) -> torch.Tensor:
     """TUNA's ``_eval_cnn`` after task 2: every task's adapter, then the current one."""
     inputs = made["selection"]
     table = inputs["features"]
@@ -84,17 +82,6 @@ def run_selection(tuna, linears, made: dict) -> np.ndarray:
     loader = [(None, torch.arange(IMAGES), inputs["labels"])]
     predicted, _ = tuna.Learner._eval_cnn(learner, loader)
     return torch.as_tensor(predicted)
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, features, classes):
-        self.items = [(i, features[c, i], c) for c in classes for i in range(features.shape[1])]
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
 
 
 def run_alignment(tuna, linears, made: dict) -> dict:
@@ -142,7 +129,4 @@ def run(tuna_dir: str, made: dict) -> dict:
 
 
 if __name__ == "__main__":
-    made = made_up()
-    out = os.path.abspath(sys.argv[2])
-    torch.save({"inputs": made, "reference": run(os.path.abspath(sys.argv[1]), made), "numpy": np.__version__,
-                "torch": torch.__version__}, out)
+    save_run(run, made_up())
