@@ -276,7 +276,8 @@ class ContinualTrainer:
             optimizer_state = None
             # Training throughput of the whole job (all workers), evaluation excluded; none for a
             # task the method does not train.
-            trained = (self.cfg.train.epochs_of(task.index) - first_epoch) * len(task.train) if self.model.trains(task.index) else 0
+            trained = (self.cfg.train.epochs_of(task.index) - first_epoch) * len(task.train) \
+                if self.model.trains(task.index) else 0
             rate = trained / (time.perf_counter() - start) if trained else None
             accuracies, state.test_sizes = self.evaluate(task.index)
             state.accuracy_matrix.append(accuracies)

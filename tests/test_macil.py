@@ -111,6 +111,36 @@ def test_the_inverse_covariances_and_the_mean_shift_equal_macils(stored):
         torch.testing.assert_close(gap.float(), reference["gaps"][key], **TOL)
 
 
+def test_the_part_moves_the_earlier_classes_means_by_the_drift_of_the_tasks_features():
+    """The old model is the method's parameters as the task found them: where every feature drifts by
+    the same vector, each earlier class's mean moves by exactly it, whatever the kernel's weights;
+    the current parameters are back after the old model's pass, and the task's own means stay."""
+    images = torch.randn(6, 5, 4, dtype=torch.float64)  # (class, image, dim)
+    shift = torch.nn.Parameter(torch.zeros(4))
+
+    class Drifting(Features):  # features: the images moved by the method's one parameter
+        def features(self, dtype=torch.float32):
+            for x, y in super().features(torch.float64):
+                yield (x + shift.detach().double()).to(dtype), y
+
+    settings = load_config(DIGITS, ["model.method.kind=macil"]).model.method.parts["align"]
+    align = ClassifierAlignment(torch.nn.Linear(4, 6), settings)
+    model = SimpleNamespace(backbone=torch.nn.Identity(), method_names=["backbone.shift"],
+                            method_parameters=lambda: [shift], parts=[align])
+    part = DriftCalibration(model, DriftCalibrationPart(patch_weight=0.0, covariance_weight=0.0))
+    with torch.no_grad():
+        align.statistics.means[:3] = torch.randn(3, 4, dtype=torch.float64)
+    before = align.statistics.means.clone()
+    data = Drifting(images, 3, 6)
+    data.model = model
+    part.prepare_task(1, data)
+    with torch.no_grad():
+        shift.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    part.end_task(1, data)
+    torch.testing.assert_close(align.statistics.means[:3], before[:3] + shift.detach().double(), rtol=0, atol=1e-12)
+    assert torch.equal(align.statistics.means[3:], before[3:]) and torch.equal(shift.detach(), torch.tensor([0.5, -1.0, 2.0, 0.0]))
+
+
 def test_macils_alignment_on_its_cosine_heads_equals_macils(stored):
     """``_compute_class_mean`` (ridge 1e-3) and ``_stage2_compact_classifier`` on its bias-free cosine
     heads over three tasks, with MACIL's settings of the part: the same statistics, and the same
@@ -154,6 +184,10 @@ def test_macil_runs_under_ce(workdir):
     assert (params["model.method.head"], params["model.method.parts.drift.patch_weight"], params["train.first_task_epochs"]) \
         == ("cosine", "0.4", "2")
     assert int(run.data.tags["params_head"]) == 10 * 16, "a cosine head: weights, no bias"
+    steps = plan(load_config(DIGITS, [*MACIL, "objective.kind=ce"])).tasks
+    assert steps[0].steps == 2 * steps[1].steps > 0
+    logged = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(run.info.run_id, "train/loss")
+    assert max(m.step for m in logged) == sum(t.steps for t in steps), "the first task trained its 2 epochs, the next 1"
 
 
 def test_macil_under_aepg_resumed_after_its_second_task_ends_as_an_uninterrupted_one(workdir):

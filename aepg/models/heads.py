@@ -32,4 +32,3 @@ def build_head(kind: str, in_features: int, out_features: int, init_std: float, 
     if head.bias is not None:
         nn.init.zeros_(head.bias)
     return head
-
