@@ -111,11 +111,11 @@ class StepRate(LRScheduleConfig):
         return self.gamma ** sum(1 for milestone in self.milestones if epoch >= milestone)
 
     def problems(self, cfg) -> list[tuple[str, str]]:
-        problems, epochs = super().problems(cfg), cfg.train.fewest_epochs
+        problems, (key, epochs) = super().problems(cfg), cfg.train.fewest_epochs
         if not self.milestones:
             problems.append(("milestones", "the step schedule needs milestone epochs, e.g. [60, 120, 160]"))
         elif any(not 0 < m < epochs for m in self.milestones):
-            problems.append(("milestones", f"milestones must lie between 0 and a task's epochs ({epochs})"))
+            problems.append(("milestones", f"milestones must lie between 0 and {key} ({epochs})"))
         return problems
 
     def scaled(self, epochs: Callable[[int], int]) -> StepRate:

@@ -342,8 +342,8 @@ class LRScheduleConfig(EntryConfig):
 
     def problems(self, cfg) -> list[tuple[str, str]]:
         """(key, message) for what does not fit a phase of up to ``train.epochs`` epochs."""
-        epochs = cfg.train.fewest_epochs
-        return [("warmup_epochs", f"must be less than a task's epochs ({epochs})")] if self.warmup_epochs >= epochs else []
+        key, epochs = cfg.train.fewest_epochs
+        return [("warmup_epochs", f"must be less than {key} ({epochs})")] if self.warmup_epochs >= epochs else []
 
     def scaled(self, epochs: Callable[[int], int]) -> LRScheduleConfig:
         """The schedule over fewer epochs (a sweep's low level): each epoch count mapped by ``epochs``."""
@@ -400,9 +400,11 @@ class TrainConfig(Section):
     kept on the training device (``bench/prefix_cache.py`` prints their size and the speed-up)."""
 
     @property
-    def fewest_epochs(self) -> int:
-        """The epochs of the shortest task."""
-        return min(self.epochs, self.first_task_epochs or self.epochs)
+    def fewest_epochs(self) -> tuple[str, int]:
+        """The key that sets the shortest task's epochs, and their number."""
+        if self.first_task_epochs is not None and self.first_task_epochs < self.epochs:
+            return "train.first_task_epochs", self.first_task_epochs
+        return "train.epochs", self.epochs
 
     def epochs_of(self, task: int) -> int:
         """Task ``task``'s epochs."""
