@@ -5,6 +5,7 @@ draws (stored from tests/reference_runs/tuna.py); the method runs end to end und
 resumed as uninterrupted."""
 
 import pytest
+import timm
 import torch
 from conftest import DIGITS, assert_resumed_ends_as_uninterrupted, assert_same_result, finals, reference_result, run_aepg
 from mlflow import MlflowClient
@@ -15,14 +16,47 @@ from aepg.models.heads import CosineHead
 from aepg.models.parts import TaskSelectionPart
 from aepg.models.parts.align import ClassifierAlignment
 from aepg.models.parts.select import TaskSelection, emr_merged, orthogonality
+from aepg.models.peft.adaptformer import AdaptFormer
 
 FIXTURE = HERE / "data" / "tuna.pt"
 TOL = {"rtol": 0, "atol": 1e-5}
+TIMM_NAMES = {"proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
 @pytest.fixture(scope="module")
 def stored():
     return torch.load(FIXTURE, weights_only=False)
+
+
+def test_the_adapter_beside_the_mlp_equals_tunas_block(stored):
+    """A block of TUNA's ViT with its adapter (parallel to the MLP, reading the stream after the
+    attention, scale 0.1) and aepg's AdaptFormer on a timm block with the same weights: the same
+    output and gradients of the adapter's four tensors, in float64."""
+    inputs, reference = stored["inputs"]["block"], stored["reference"]["block"]
+    weights, dim = inputs["weights"], inputs["x"].shape[-1]
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=8, patch_size=4, embed_dim=dim, depth=1,
+                            num_heads=2, num_classes=0).double()
+    block = vit.blocks[0]
+    with torch.no_grad():
+        block.attn.qkv.weight.copy_(torch.cat([weights["q"], weights["k"], weights["v"]]))
+        block.attn.qkv.bias.copy_(torch.cat([weights["q_bias"], weights["k_bias"], weights["v_bias"]]))
+        for layer in ("norm1", "norm2", "proj", "fc1", "fc2"):  # TUNA's names, and timm's
+            timm_layer = block.get_submodule(TIMM_NAMES.get(layer, layer))
+            timm_layer.weight.copy_(weights[f"{layer}.weight"])
+            timm_layer.bias.copy_(weights[f"{layer}.bias"])
+    bottleneck = inputs["adapter"]["down_proj.weight"].shape[0]
+    adapter = AdaptFormer(vit, [0], bottleneck=bottleneck, scale=0.1, dropout=0.0).double()
+    down, up = adapter.layers[0][0], adapter.layers[0][-1]
+    with torch.no_grad():
+        for layer, name in ((down, "down_proj"), (up, "up_proj")):
+            layer.weight.copy_(inputs["adapter"][f"{name}.weight"])
+            layer.bias.copy_(inputs["adapter"][f"{name}.bias"])
+    out = block(inputs["x"])
+    torch.testing.assert_close(out.detach(), reference["out"], **TOL)
+    (out * inputs["upstream"]).sum().backward()
+    for layer, name in ((down, "down_proj"), (up, "up_proj")):
+        torch.testing.assert_close(layer.weight.grad, reference["grads"][f"{name}.weight"], **TOL)
+        torch.testing.assert_close(layer.bias.grad, reference["grads"][f"{name}.bias"], **TOL)
 
 
 def test_the_emr_merge_equals_tunas(stored):

@@ -30,9 +30,18 @@ def made_up() -> dict:
     # features of each input under task 0's, 1's and 2's adapters and the current one (4 passes)
     selection = {"features": r(TASKS + 1, IMAGES, DIM), "weight": 0.5 * r(TASK_SIZE * TASKS, DIM),
                  "labels": torch.arange(IMAGES) % (TASK_SIZE * TASKS), "scale": 20.0}
+    w = lambda *shape: 0.3 * r(*shape).double()  # noqa: E731
+    block = {"x": r(3, 5, DIM).double(), "upstream": r(3, 5, DIM).double(),
+             "weights": {"norm1.weight": 1 + w(DIM), "norm1.bias": w(DIM), "q": w(DIM, DIM), "k": w(DIM, DIM),
+                         "v": w(DIM, DIM), "q_bias": w(DIM), "k_bias": w(DIM), "v_bias": w(DIM), "proj.weight": w(DIM, DIM),
+                         "proj.bias": w(DIM), "norm2.weight": 1 + w(DIM), "norm2.bias": w(DIM),
+                         "fc1.weight": w(4 * DIM, DIM), "fc1.bias": w(4 * DIM), "fc2.weight": w(DIM, 4 * DIM),
+                         "fc2.bias": w(DIM)},
+             "adapter": {"down_proj.weight": w(RANK, DIM), "down_proj.bias": w(RANK), "up_proj.weight": w(DIM, RANK),
+                         "up_proj.bias": w(DIM)}}
     alignment = made_up_inputs(tasks=TASKS)
     alignment.update({"crct_epochs": 7, "ca_lr": 0.005, "batch_size": 2, "weight_decay": 5e-4, "scale": 20.0})
-    return {"emr": emr, "orth": orth, "selection": selection, "alignment": alignment}
+    return {"emr": emr, "orth": orth, "selection": selection, "block": block, "alignment": alignment}
 
 
 def import_tuna(tuna_dir: str):
@@ -44,6 +53,29 @@ def import_tuna(tuna_dir: str):
     import backbone.vit_tuna as vit_tuna
     import models.tuna as tuna
     return tuna, vit_tuna, linears
+
+
+def run_block(vit_tuna, made: dict) -> dict:
+    """A block of TUNA's ViT with its adapter beside the MLP (``ffn_option: parallel``, scale 0.1, no
+    dropout): the output and the adapter's gradients."""
+    from functools import partial
+
+    inputs = made["block"]
+    config = SimpleNamespace(ffn_adapt=True, ffn_option="parallel")
+    block = vit_tuna.Block(DIM, 2, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), config=config).double()
+    adapter = vit_tuna.Adapter(d_model=DIM, bottleneck=RANK, dropout=0.0, init_option="lora", adapter_scalar="0.1",
+                               adapter_layernorm_option="none").double()
+    weights = dict(inputs["weights"])
+    with torch.no_grad():
+        for name in ("q", "k", "v"):
+            getattr(block.attn, f"{name}_proj").weight.copy_(weights.pop(name))
+            getattr(block.attn, f"{name}_proj").bias.copy_(weights.pop(f"{name}_bias"))
+        block.load_state_dict({**block.state_dict(), **{key.replace("proj.", "attn.proj.") if key.startswith("proj.")
+                                                      else key: value for key, value in weights.items()}})
+        adapter.load_state_dict(inputs["adapter"])
+    out = block(inputs["x"], adapter)
+    (out * inputs["upstream"]).sum().backward()
+    return {"out": out.detach(), "grads": {name: p.grad.clone() for name, p in adapter.named_parameters()}}
 
 
 def run_emr(vit_tuna, made: dict) -> dict:
@@ -125,7 +157,7 @@ class _Identity:
 def run(tuna_dir: str, made: dict) -> dict:
     tuna, vit_tuna, linears = import_tuna(tuna_dir)
     return {"emr": run_emr(vit_tuna, made), "orth": run_orth(tuna, made), "selection": run_selection(tuna, linears, made),
-            "alignment": run_alignment(tuna, linears, made)}
+            "block": run_block(vit_tuna, made), "alignment": run_alignment(tuna, linears, made)}
 
 
 if __name__ == "__main__":
