@@ -80,7 +80,8 @@ class DriftCalibration(ActivatedPart):
 
     def auxiliary_loss(self, batch: TrainingBatch | None = None) -> Tensor | float:
         cfg = self.cfg
-        if batch is None or not self.is_active or not (cfg.covariance_weight or cfg.patch_weight):
+        if batch is None or not self.is_active or not (cfg.covariance_weight or cfg.patch_weight) \
+                or not batch.features.requires_grad:  # a head-only step: the terms reach nothing that trains
             return 0.0
         new, new_tokens = batch.features.float(), self.tokens
         old, old_tokens = self._old(batch)

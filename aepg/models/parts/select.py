@@ -61,6 +61,8 @@ class TaskSelection(MethodPart):
         if not self.cfg.orth_weight or self.task == 0 or batch is None:
             return 0.0
         current = [self.params[i] for i in self.up_index]
+        if not current[0].requires_grad:  # a head-only step
+            return 0.0
         earlier = [[getattr(self, f"tasks_{i}")[t] for i in self.up_index] for t in range(self.task)]
         decay = math.exp(-(self.task + 1))
         return self.cfg.orth_weight * decay * orthogonality(current, earlier)
