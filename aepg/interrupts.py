@@ -15,6 +15,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 _received: list[int] = []
@@ -53,6 +54,31 @@ def _forward(signum: int, frame) -> None:
         handler(signal.SIGINT, frame)
     else:  # SIGINT ignored (a job started with `&`) or at its default: still stop, as Ctrl-C would
         raise KeyboardInterrupt
+
+
+_deferring: list[bool] = []
+
+
+@contextmanager
+def deferred():
+    """Ctrl-C and the stop signals take effect at the block's end, not inside it: a write to a SQLite
+    MLflow store cut half-way would leave the store locked by its own transaction, and the run's
+    closing write would then fail. Only on the main thread, where Python raises KeyboardInterrupt,
+    and only where SIGINT has a handler."""
+    previous = signal.getsignal(signal.SIGINT)
+    if _deferring or not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            previous(signal.SIGINT, caught[0])
 
 
 def install() -> None:

@@ -20,12 +20,14 @@ step 0, so that MLflow draws them as bars), and plots refreshed after each task.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aepg import interrupts
 from aepg.config import ConfigError, resolve_tracking_uri
 from aepg.metrics import accuracy_after_each_task
 from aepg.records import Charts, PlannedRun
@@ -103,6 +105,25 @@ def _token_header() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+class WholeCalls:
+    """A client whose method calls run inside ``interrupts.deferred``."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def whole(*args, **kwargs):
+            with interrupts.deferred():
+                return attribute(*args, **kwargs)
+
+        return whole
+
+
 class Tracker:
     """MLflow at one tracking URI, with one client made on first use."""
 
@@ -143,10 +164,13 @@ class Tracker:
 
     @property
     def client(self):
+        """MLflow's client; on a SQLite store each of its calls ends before Ctrl-C or a stop signal
+        takes effect (``interrupts.deferred``), so no write is cut half-way with the store locked."""
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            client = MlflowClient(tracking_uri=self.uri)
+            self._client = WholeCalls(client) if self.uri.startswith("sqlite:") else client
         return self._client
 
     def check_reachable(self, timeout: tuple[float, float] = (3.0, 5.0)) -> None:

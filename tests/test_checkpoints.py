@@ -134,3 +134,39 @@ def test_a_resume_keeps_whole_sections_and_single_keys_fixed():
     assert fixed_on_resume("train.optimizer.momentum") and fixed_on_resume("model.method.rank")
     assert not fixed_on_resume("train.eval_batch_size") and not fixed_on_resume("train.lr_extra")
     assert not fixed_on_resume("train.epochs_extra") and not fixed_on_resume("scaling.num_workers")
+
+
+def test_ctrl_c_inside_a_write_to_a_sqlite_store_takes_effect_when_the_write_is_done(tmp_path):
+    """A Ctrl-C (a real SIGINT to this process) that lands while a metric batch is being inserted into
+    a SQLite MLflow store: the batch is written whole, KeyboardInterrupt comes after it, and the store
+    is not left locked, so the run's closing write goes through (it failed with ``database is locked``
+    when the interrupt cut the insert)."""
+    import os
+    import signal
+
+    import sqlalchemy
+    from mlflow.entities import Metric
+
+    from aepg.tracking import Tracker
+
+    client = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}").client
+    run_id = client.create_run(client.create_experiment("interrupted")).info.run_id
+    engine = client._client._tracking_client.store.engine
+    sent = []
+
+    def interrupt_mid_insert(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("INSERT") and not sent:
+            sent.append(statement)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", interrupt_mid_insert)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.log_batch(run_id, metrics=[Metric("m", float(i), 0, i) for i in range(500)])
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", interrupt_mid_insert)
+    assert sent, "the interrupt came inside the insert"
+    assert len(client.get_metric_history(run_id, "m")) == 500
+    client.set_tag(run_id, "failure_reason", "interrupted (Ctrl-C)")
+    client.set_terminated(run_id, status="KILLED")
+    assert client.get_run(run_id).info.status == "KILLED"
