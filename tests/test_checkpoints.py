@@ -142,7 +142,6 @@ def test_ctrl_c_inside_a_write_to_a_sqlite_store_takes_effect_when_the_write_is_
     is not left locked, so the run's closing write goes through (it failed with ``database is locked``
     when the interrupt cut the insert)."""
     import os
-    import signal
 
     import sqlalchemy
     from mlflow.entities import Metric
@@ -160,10 +159,12 @@ def test_ctrl_c_inside_a_write_to_a_sqlite_store_takes_effect_when_the_write_is_
             os.kill(os.getpid(), signal.SIGINT)
 
     sqlalchemy.event.listen(engine, "before_cursor_execute", interrupt_mid_insert)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in `aepg train` (a pytest-xdist worker ignores it)
     try:
         with pytest.raises(KeyboardInterrupt):
             client.log_batch(run_id, metrics=[Metric("m", float(i), 0, i) for i in range(500)])
     finally:
+        signal.signal(signal.SIGINT, handler)
         sqlalchemy.event.remove(engine, "before_cursor_execute", interrupt_mid_insert)
     assert sent, "the interrupt came inside the insert"
     assert len(client.get_metric_history(run_id, "m")) == 500
