@@ -62,6 +62,16 @@ def run_part(part: ClassifierAlignment, inputs: dict) -> None:
         part.end_task(task, Features(inputs["features"].double(), task * size, (task + 1) * size, inputs["seed"]))
 
 
+def cosine_head(weight: torch.Tensor, scale: float):
+    """A cosine head (``model.method.head: cosine``) holding ``weight``."""
+    from aepg.models.heads import CosineHead
+
+    head = CosineHead(weight.shape[1], weight.shape[0], scale)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    return head
+
+
 def assert_aligns_as_reference(part: ClassifierAlignment, inputs: dict, reference: dict, tasks: int = 3) -> None:
     """The part over ``tasks`` tasks of ``inputs``' features: after each task from the second, the head's
     rows of the classes seen so far equal ``reference["aligned"]``, and at the end the statistics its

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import DIGITS, assert_resumed_ends_as_uninterrupted, assert_same_result, finals, reference_result, run_aepg
 from mlflow import MlflowClient
-from test_align import HERE, REFERENCES, TINY, Features, assert_aligns_as_reference
+from test_align import HERE, REFERENCES, TINY, Features, assert_aligns_as_reference, cosine_head
 
 from aepg.config import load_config
 from aepg.models.heads import CosineHead
@@ -148,10 +148,7 @@ def test_macils_alignment_on_its_cosine_heads_equals_macils(stored):
     inputs, reference = stored["inputs"]["alignment"], stored["reference"]["learner"]
     cfg = load_config(DIGITS, ["model.method.kind=macil", f"model.method.parts.align.epochs={inputs['ca_epochs']}",
                                "model.method.parts.align.objective=ce"]).model.method.chosen_parts()["align"]
-    head = CosineHead(inputs["weight"].shape[1], len(inputs["bias"]), 20.0)
-    with torch.no_grad():
-        head.weight.copy_(inputs["weight"])
-    assert_aligns_as_reference(ClassifierAlignment(head, cfg), inputs, reference)
+    assert_aligns_as_reference(ClassifierAlignment(cosine_head(inputs["weight"], 20.0), cfg), inputs, reference)
 
 
 def test_macils_code_run_now_gives_the_stored_result(tmp_path, stored):

@@ -9,7 +9,7 @@ import timm
 import torch
 from conftest import DIGITS, assert_resumed_ends_as_uninterrupted, assert_same_result, finals, reference_result, run_aepg
 from mlflow import MlflowClient
-from test_align import HERE, REFERENCES, TINY, assert_aligns_as_reference
+from test_align import HERE, REFERENCES, TINY, assert_aligns_as_reference, cosine_head
 
 from aepg.config import load_config
 from aepg.models.heads import CosineHead
@@ -116,10 +116,7 @@ def test_tunas_alignment_equals_tunas(stored):
                                "model.method.parts.align.shrink_old_means=tuna", "model.method.parts.align.objective=ce"]
                       ).model.method.chosen_parts()["align"]
     assert (cfg.lr, cfg.cosine_epochs, cfg.temperature, cfg.weight_decay) == (inputs["ca_lr"], 5, None, inputs["weight_decay"])
-    head = CosineHead(inputs["weight"].shape[1], len(inputs["bias"]), inputs["scale"])
-    with torch.no_grad():
-        head.weight.copy_(inputs["weight"])
-    assert_aligns_as_reference(ClassifierAlignment(head, cfg), inputs, reference)
+    assert_aligns_as_reference(ClassifierAlignment(cosine_head(inputs["weight"], inputs["scale"]), cfg), inputs, reference)
 
 
 def test_tunas_code_run_now_gives_the_stored_result(tmp_path, stored):
